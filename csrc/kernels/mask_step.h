@@ -1,0 +1,211 @@
+// One step of VampNet's iterative generation (SPEC.md §3.2), fused: sample every masked position,
+// write the tokens, choose by VampNet's cosine schedule and Gumbel-noised confidence which
+// positions to mask again, and build the next forward pass's input with the MASK token.
+// Pure C++, no ORT types; mirrored by vampnet_onnx.reference.mask_git_step.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "det_math.h"
+#include "errors.h"
+#include "parallel.h"
+#include "rng.h"
+#include "sampling.h"
+
+namespace vampnet {
+
+// Shapes: logits [B, T, P, V], codes / mask / outputs [B, C, T], C = n_conditioning + P.
+struct MaskStepShape {
+  int64_t batch = 0, codebooks = 0, frames = 0, predicted = 0, vocab = 0;
+  int64_t conditioning() const { return codebooks - predicted; }
+};
+
+struct MaskStepParams {
+  int64_t step = 0, n_steps = 1;
+  SamplingParams sampling;
+  float mask_temperature = 10.5f;
+  bool batch_coupled = false;  // upstream's schedule: N0 counted over the whole batch
+};
+
+// Schedule value floor(gamma(r) * n0) before the clamps, in VampNet's float32 arithmetic:
+// r = float32((step + 1) / n_steps), gamma = clamp(cos(r * pi / 2), 1e-10, 1).
+inline int64_t schedule_count(int64_t step, int64_t n_steps, int64_t n0) {
+  const float r = static_cast<float>(static_cast<double>(step + 1) / static_cast<double>(n_steps));
+  const float angle = (r * static_cast<float>(3.14159265358979323846)) / 2.0f;
+  float gamma = static_cast<float>(det::cos(static_cast<double>(angle)));
+  gamma = std::min(std::max(gamma, static_cast<float>(1e-10)), 1.0f);
+  const float product = gamma * static_cast<float>(n0);
+  return static_cast<int64_t>(std::floor(product));
+}
+
+// How many masked positions stay masked after `step`: the schedule, and on all but the last step
+// at least 1 and at most (currently masked - 1).
+inline int64_t n_to_mask(int64_t step, int64_t n_steps, int64_t n0, int64_t n_masked) {
+  int64_t k = schedule_count(step, n_steps, n0);
+  if (step != n_steps - 1) k = std::max<int64_t>(1, std::min(n_masked - 1, k));
+  return k;
+}
+
+// Scale of the Gumbel noise added to the confidences: mask_temperature * (1 - r), float32.
+inline float noise_scale(float mask_temperature, int64_t step, int64_t n_steps) {
+  const float r = static_cast<float>(static_cast<double>(step + 1) / static_cast<double>(n_steps));
+  return mask_temperature * (1.0f - r);
+}
+
+// Standard Gumbel noise -log(-log(U)), U in [1e-20, 1), as float32.
+inline float gumbel(double u) {
+  return static_cast<float>(-det::log(-det::log(std::max(u, 1e-20))));
+}
+
+// Random stream of position p = t * P + c of batch item b (shared with SampleTokens' row ids).
+inline uint64_t mask_step_row(int64_t b, int64_t position) {
+  return (static_cast<uint64_t>(b) << 32) | static_cast<uint64_t>(position);
+}
+
+inline void check_mask_step_params(const std::string& where, const MaskStepParams& params) {
+  check_sampling_params(where, params.sampling);
+  if (params.n_steps < 1) fail(where, "n_steps", "be >= 1", to_text(params.n_steps));
+  if (params.step < 0 || params.step >= params.n_steps)
+    fail(where, "step", "be in [0, n_steps = " + to_text(params.n_steps) + ")",
+         to_text(params.step));
+  if (!(params.mask_temperature >= 0.0f) || std::isinf(params.mask_temperature))
+    fail(where, "mask_temperature", "be finite and >= 0", to_text(params.mask_temperature));
+}
+
+// Checks the shapes of logits [B, T, P, V], codes and mask [B, C, T] and n_masked_start [B]
+// (empty vector: absent) and returns the problem's dimensions.
+inline MaskStepShape check_mask_step_shapes(const std::string& where,
+                                            const std::vector<int64_t>& logits,
+                                            const std::vector<int64_t>& codes,
+                                            const std::vector<int64_t>& mask,
+                                            const std::vector<int64_t>* n_masked_start) {
+  if (logits.size() != 4)
+    fail(where, "logits", "have rank 4 [B, T, P, V]", "shape " + shape_text(logits));
+  if (codes.size() != 3) fail(where, "codes", "have rank 3 [B, C, T]", "shape " + shape_text(codes));
+  if (mask != codes)
+    fail(where, "mask", "have the shape of codes " + shape_text(codes), shape_text(mask));
+  MaskStepShape shape{codes[0], codes[1], codes[2], logits[2], logits[3]};
+  if (logits[0] != shape.batch || logits[1] != shape.frames)
+    fail(where, "logits", "have shape [B, T, P, V] with B, T of codes " + shape_text(codes),
+         shape_text(logits));
+  if (shape.predicted < 1 || shape.predicted > shape.codebooks)
+    fail(where, "logits", "have P in [1, C = " + to_text(shape.codebooks) + "] predicted codebooks",
+         "P = " + to_text(shape.predicted));
+  if (shape.vocab < 1) fail(where, "logits", "have V >= 1", "V = 0");
+  if (shape.frames * shape.predicted >= (int64_t{1} << 32) || shape.batch >= (int64_t{1} << 32))
+    fail(where, "codes", "have B < 2^32 and T * P < 2^32", shape_text(codes));
+  if (n_masked_start && *n_masked_start != std::vector<int64_t>{shape.batch})
+    fail(where, "n_masked_start", "have shape [B] = [" + to_text(shape.batch) + "]",
+         shape_text(*n_masked_start));
+  return shape;
+}
+
+// Outputs: codes_out (sampled tokens at masked positions), mask_out (positions to generate in the
+// next step), model_input (codes_out with the MASK token V where mask_out). The MASK token id is
+// V, the vocabulary size (1024 for VampNet). n_masked_start [B]: masked positions per item before
+// step 0 (N0 of the schedule); nullptr means "count the current mask", which is right at step 0.
+template <typename Logit>
+void mask_git_step(const std::string& where, const MaskStepShape& shape, const Logit* logits,
+                   const int64_t* codes, const bool* mask, const int64_t* n_masked_start,
+                   const MaskStepParams& params, int64_t* codes_out, bool* mask_out,
+                   int64_t* model_input, const ParallelFor& parallel_for) {
+  check_mask_step_params(where, params);
+  const int64_t B = shape.batch, C = shape.codebooks, T = shape.frames, P = shape.predicted,
+                V = shape.vocab, ncc = shape.conditioning();
+  const int64_t positions = T * P;
+
+  // Masked positions of each item in the flat order p = t * P + c, and the checks on the codes.
+  std::vector<std::vector<uint32_t>> masked(B);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = (b * C + c) * T + t;
+        if (mask[i]) {
+          if (c < ncc)
+            fail(where, "mask", "be false in the " + to_text(ncc) + " conditioning codebooks",
+                 "true at [" + to_text(b) + ", " + to_text(c) + ", " + to_text(t) + "]");
+          masked[b].push_back(static_cast<uint32_t>(t * P + (c - ncc)));
+        } else if (codes[i] < 0 || codes[i] >= V) {
+          fail(where, "codes", "be in [0, " + to_text(V) + ") where mask is false",
+               to_text(codes[i]) + " at [" + to_text(b) + ", " + to_text(c) + ", " + to_text(t) +
+                   "]");
+        }
+      }
+    }
+  }
+  std::vector<int64_t> n0(B);
+  for (int64_t b = 0; b < B; ++b) {
+    n0[b] = n_masked_start ? n_masked_start[b] : static_cast<int64_t>(masked[b].size());
+    if (n0[b] < 0 || n0[b] > positions)
+      fail(where, "n_masked_start", "be in [0, T * P = " + to_text(positions) + "]",
+           to_text(n0[b]) + " for item " + to_text(b));
+  }
+  if (params.batch_coupled) {
+    int64_t total = 0;
+    for (int64_t b = 0; b < B; ++b) total += n0[b];
+    std::fill(n0.begin(), n0.end(), total);
+  }
+
+  // Sample all masked positions of all items in parallel.
+  std::vector<size_t> first(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) first[b + 1] = first[b] + masked[b].size();
+  const size_t n_rows = first[B];
+  std::vector<int64_t> token(n_rows);
+  std::vector<float> logprob(n_rows), noise(n_rows);
+  const size_t n_tasks = (n_rows + kRowsPerTask - 1) / kRowsPerTask;
+  parallel_checked(parallel_for, n_tasks, [&](size_t task) {
+    RowSampler sampler(static_cast<size_t>(V));
+    std::vector<float> buffer;
+    const size_t end = std::min(n_rows, (task + 1) * kRowsPerTask);
+    size_t b = std::upper_bound(first.begin(), first.end(), task * kRowsPerTask) - first.begin() - 1;
+    for (size_t j = task * kRowsPerTask; j < end; ++j) {
+      while (j >= first[b + 1]) ++b;
+      const uint32_t p = masked[b][j - first[b]];
+      const PhiloxBlock bits =
+          random_block(params.sampling.seed, mask_step_row(static_cast<int64_t>(b), p),
+                       static_cast<uint64_t>(params.step));
+      const size_t row = static_cast<size_t>(b) * positions + p;
+      const RowResult result = sampler.sample(load_row(logits, row, V, buffer), params.sampling,
+                                              uniform53(bits[0], bits[1]), where, row);
+      token[j] = result.token;
+      logprob[j] = result.logprob;
+      noise[j] = gumbel(uniform53(bits[2], bits[3]));
+    }
+  });
+
+  std::copy(codes, codes + B * C * T, codes_out);
+  std::fill(mask_out, mask_out + B * C * T, false);
+  const float scale = noise_scale(params.mask_temperature, params.step, params.n_steps);
+  std::vector<float> confidence, sorted;
+  for (int64_t b = 0; b < B; ++b) {
+    const size_t m = masked[b].size();
+    confidence.resize(m);
+    for (size_t j = 0; j < m; ++j) {
+      const float scaled_noise = scale * noise[first[b] + j];
+      confidence[j] = logprob[first[b] + j] + scaled_noise;
+    }
+    const int64_t k = n_to_mask(params.step, params.n_steps, n0[b], static_cast<int64_t>(m));
+    // Upstream keeps masked every position whose confidence is strictly below the k-th smallest
+    // (0-based) of all positions; unmasked positions count as +inf.
+    float cut = std::numeric_limits<float>::infinity();
+    if (k < static_cast<int64_t>(m)) {
+      sorted = confidence;
+      std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
+      cut = sorted[k];
+    }
+    for (size_t j = 0; j < m; ++j) {
+      const int64_t p = masked[b][j];
+      const int64_t i = (b * C + ncc + p % P) * T + p / P;
+      codes_out[i] = token[first[b] + j];
+      mask_out[i] = confidence[j] < cut;
+    }
+  }
+  for (int64_t i = 0; i < B * C * T; ++i) model_input[i] = mask_out[i] ? V : codes_out[i];
+}
+
+}  // namespace vampnet

@@ -1,0 +1,57 @@
+#include "sample_tokens.h"
+
+#include "../kernels/sampling.h"
+
+namespace vampnet::ort {
+
+namespace {
+constexpr const char* kWhere = "SampleTokens";
+}
+
+OrtStatusPtr SampleTokensOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo*,
+                                            void** kernel) const {
+  return guard([&] { *kernel = std::make_unique<SampleTokensKernel>().release(); });
+}
+
+OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
+  return guard([&] {
+    Ort::KernelContext context(raw_context);
+    const Input logits = get_input(context, 0);
+    check_type(kWhere, "logits", logits,
+               {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
+    if (logits.shape.empty())
+      fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
+    SamplingParams params;
+    params.temperature = scalar_float(kWhere, "temperature", get_input(context, 1));
+    params.top_k = scalar_int64(kWhere, "top_k", get_input(context, 2));
+    params.top_p = scalar_float(kWhere, "top_p", get_input(context, 3));
+    params.seed = static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 4)));
+    const auto offset = static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, 5)));
+    const Input first_row_input = get_input(context, 6);
+    int64_t first_row = 0;
+    if (first_row_input.present) {
+      first_row = scalar_int64(kWhere, "first_row", first_row_input);
+      if (first_row < 0) fail(kWhere, "first_row", "be >= 0", to_text(first_row));
+    }
+    check_sampling_params(kWhere, params);
+
+    const std::vector<int64_t> row_shape(logits.shape.begin(), logits.shape.end() - 1);
+    const auto vocab = static_cast<size_t>(logits.shape.back());
+    auto tokens = context.GetOutput(0, row_shape);
+    auto logprob = context.GetOutput(1, row_shape);
+    size_t rows = 1;
+    for (auto d : row_shape) rows *= static_cast<size_t>(d);
+    const ParallelFor pool = thread_pool(context);
+    if (logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      sample_tokens(kWhere, logits.as<float>(), rows, vocab, params, offset,
+                    static_cast<uint64_t>(first_row), tokens.GetTensorMutableData<int64_t>(),
+                    logprob.GetTensorMutableData<float>(), pool);
+    } else {
+      sample_tokens(kWhere, logits.as<uint16_t>(), rows, vocab, params, offset,
+                    static_cast<uint64_t>(first_row), tokens.GetTensorMutableData<int64_t>(),
+                    logprob.GetTensorMutableData<float>(), pool);
+    }
+  });
+}
+
+}  // namespace vampnet::ort

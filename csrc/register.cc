@@ -1,0 +1,47 @@
+// The library's one exported entry point. ORT calls it from OrtSessionOptions with its own API
+// table, which is why the headers are used with ORT_API_MANUAL_INIT: no link against
+// libonnxruntime, and one build loads into every runtime whose API version is >= the headers'.
+#include <mutex>
+
+#include "ops/mask_git_step.h"
+#include "ops/op_utils.h"
+#include "ops/sample_tokens.h"
+
+#define VAMPNET_STR_(x) #x
+#define VAMPNET_STR(x) VAMPNET_STR_(x)
+
+namespace {
+
+constexpr const char* kDomain = "vampnet_onnx";
+
+// The op objects and the domain must outlive every session that uses them, so they live for the
+// whole process. They are built once and never modified afterwards.
+struct Registry {
+  vampnet::ort::SampleTokensOp sample_tokens;
+  vampnet::ort::MaskGitStepOp mask_git_step;
+  Ort::CustomOpDomain domain{kDomain};
+
+  Registry() {
+    domain.Add(&sample_tokens);
+    domain.Add(&mask_git_step);
+  }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    // Returning nullptr would mean success without ops: report the version problem instead.
+    return api_base->GetApi(1)->CreateStatus(
+        ORT_FAIL, "vampnet_onnx: onnxruntime must provide ORT API version " VAMPNET_STR(ORT_API_VERSION)
+                  " (onnxruntime >= 1." VAMPNET_STR(ORT_API_VERSION) "), got an older runtime");
+  }
+  static std::once_flag init_once;
+  std::call_once(init_once, [api] { Ort::InitApi(api); });
+  return vampnet::ort::guard([&] {
+    static Registry registry;
+    Ort::UnownedSessionOptions(options).Add(registry.domain);
+  });
+}

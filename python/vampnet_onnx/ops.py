@@ -1,0 +1,137 @@
+"""The op schemas: domain, names, inputs, outputs and attributes of the custom ops.
+
+Defined once here and used by the graph builders, the Python fallback, the docs and the tests.
+The C++ side (csrc/ops/) implements exactly these signatures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, helper
+
+DOMAIN = "vampnet_onnx"
+VERSION = 1
+
+# VampNet's defaults (SPEC.md §3.1, §4.7).
+MASK_TOKEN = 1024
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_MASK_TEMPERATURE = 10.5
+DEFAULT_TOP_K = 0
+DEFAULT_TOP_P = 1.0
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output: its name, ONNX element type(s) and whether it may be omitted."""
+
+    name: str
+    types: tuple[int, ...]
+    doc: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    type: int  # onnx.AttributeProto.AttributeType
+    default: object
+    doc: str
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    attributes: tuple[Attribute, ...] = ()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [port.name for port in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [port.name for port in self.outputs]
+
+    def make_node(
+        self, inputs: list[str], outputs: list[str], name: str | None = None, **attributes
+    ) -> onnx.NodeProto:
+        """An ONNX node of this op; `inputs` may leave trailing optional inputs out."""
+        required = sum(not port.optional for port in self.inputs)
+        if not required <= len(inputs) <= len(self.inputs):
+            raise ValueError(
+                f"{self.name}: inputs must have {required} to {len(self.inputs)} names, "
+                f"got {len(inputs)}"
+            )
+        if len(outputs) != len(self.outputs):
+            raise ValueError(
+                f"{self.name}: outputs must have {len(self.outputs)} names, got {len(outputs)}"
+            )
+        known = {attribute.name for attribute in self.attributes}
+        for key in attributes:
+            if key not in known:
+                raise ValueError(f"{self.name}: attribute must be one of {sorted(known)}, got {key!r}")
+        return helper.make_node(
+            self.name, inputs, outputs, name=name or self.name, domain=DOMAIN, **attributes
+        )
+
+
+_FLOAT = (TensorProto.FLOAT,)
+_INT64 = (TensorProto.INT64,)
+_LOGITS_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+_SAMPLING_INPUTS = (
+    Port("temperature", _FLOAT, "scalar >= 0; 0 is an exact argmax (ties: lowest index)"),
+    Port("top_k", _INT64, "scalar >= 0; 0 or >= V: off"),
+    Port("top_p", _FLOAT, "scalar in (0, 1]; 1: off"),
+)
+
+SAMPLE_TOKENS = OpSchema(
+    name="SampleTokens",
+    inputs=(
+        Port("logits", _LOGITS_TYPES, "[..., V] unnormalised log-probabilities"),
+        *_SAMPLING_INPUTS,
+        Port("seed", _INT64, "scalar, the random stream's key"),
+        Port("offset", _INT64, "scalar stream counter, e.g. the step index"),
+        Port("first_row", _INT64, "scalar, flat index of this call's first row (default 0)", True),
+    ),
+    outputs=(
+        Port("tokens", _INT64, "[...] sampled token per row"),
+        Port("logprob", _FLOAT, "[...] log-probability of the token under the filtered, "
+             "temperature-scaled distribution (temperature 0: as at temperature 1)"),
+    ),
+)
+
+MASK_GIT_STEP = OpSchema(
+    name="MaskGitStep",
+    inputs=(
+        Port("logits", _LOGITS_TYPES, "[B, T, P, V] for the P predicted codebooks"),
+        Port("codes", _INT64, "[B, C, T] current codes; values at masked positions are ignored"),
+        Port("mask", (TensorProto.BOOL,), "[B, C, T] true = still to generate"),
+        Port("step", _INT64, "scalar in [0, n_steps)"),
+        Port("n_steps", _INT64, "scalar >= 1"),
+        *_SAMPLING_INPUTS,
+        Port("mask_temperature", _FLOAT, "scalar >= 0, Gumbel noise scale (annealed)"),
+        Port("seed", _INT64, "scalar, the random stream's key"),
+        Port("n_masked_start", _INT64, "[B] masked positions per item before step 0 "
+             "(default: counted from mask, right at step 0)", True),
+    ),
+    outputs=(
+        Port("codes_out", _INT64, "[B, C, T] sampled tokens written at masked positions"),
+        Port("mask_out", (TensorProto.BOOL,), "[B, C, T] positions to generate next step"),
+        Port("model_input", _INT64, "[B, C, T] codes_out with MASK (= V) where mask_out"),
+    ),
+    attributes=(
+        Attribute("batch_coupled", onnx.AttributeProto.INT, 0,
+                  "1: count N0 over the whole batch as upstream VampNet does"),
+    ),
+)
+
+SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP)
+
+
+def opset_import() -> onnx.OperatorSetIdProto:
+    """The opset import a model using these ops needs."""
+    return helper.make_opsetid(DOMAIN, VERSION)

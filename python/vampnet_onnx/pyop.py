@@ -1,0 +1,116 @@
+"""Pure-Python fallback for the ops: the numpy twins run through onnxruntime-extensions' PyOp.
+
+For machines where the compiled op library cannot load. onnxruntime-extensions serves Python ops
+from its own domain with fixed input lists, so a model is rewritten before loading: each
+vampnet_onnx node (also inside Loop/If bodies) becomes a PyOp named after the op and its number
+of inputs. Slower than the compiled ops but the same tokens. float32 logits only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from . import ops, reference
+
+_PREFIX = "VampnetOnnx"
+
+
+def _scalar(value: np.ndarray):
+    return np.asarray(value).reshape(-1)[0].item()
+
+
+def _sample_tokens(logits, temperature, top_k, top_p, seed, offset, first_row=None):
+    return reference.sample_tokens(
+        logits, _scalar(temperature), _scalar(top_k), _scalar(top_p), _scalar(seed),
+        _scalar(offset), 0 if first_row is None else _scalar(first_row),
+    )
+
+
+def _mask_git_step(logits, codes, mask, step, n_steps, temperature, top_k, top_p,
+                   mask_temperature, seed, n_masked_start=None, batch_coupled=0):
+    return reference.mask_git_step(
+        logits, codes, mask.astype(bool), _scalar(step), _scalar(n_steps), _scalar(temperature),
+        _scalar(top_k), _scalar(top_p), _scalar(mask_temperature), _scalar(seed),
+        n_masked_start, bool(batch_coupled),
+    )
+
+
+_BODIES = {ops.SAMPLE_TOKENS.name: _sample_tokens, ops.MASK_GIT_STEP.name: _mask_git_step}
+
+
+def _pyop_name(schema: ops.OpSchema, n_inputs: int) -> str:
+    return f"{_PREFIX}{schema.name}{n_inputs}"
+
+
+@functools.cache
+def _register() -> str:
+    """Registers every (op, input count) variant once per process; returns the PyOp library."""
+    from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+
+    dtype = {
+        onnx.TensorProto.FLOAT: PyCustomOpDef.dt_float,
+        onnx.TensorProto.INT64: PyCustomOpDef.dt_int64,
+        onnx.TensorProto.BOOL: PyCustomOpDef.dt_bool,
+    }
+    for schema in ops.SCHEMAS:
+        required = sum(not port.optional for port in schema.inputs)
+        for n_inputs in range(required, len(schema.inputs) + 1):
+            onnx_op(
+                op_type=_pyop_name(schema, n_inputs),
+                inputs=[dtype[port.types[0]] for port in schema.inputs[:n_inputs]],
+                outputs=[dtype[port.types[0]] for port in schema.outputs],
+                attrs={attribute.name: PyCustomOpDef.dt_int64 for attribute in schema.attributes},
+            )(_BODIES[schema.name])
+    return get_library_path()
+
+
+def _rewrite(graph: onnx.GraphProto, contrib_domain: str) -> None:
+    schemas = {schema.name: schema for schema in ops.SCHEMAS}
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _rewrite(attribute.g, contrib_domain)
+            for subgraph in attribute.graphs:
+                _rewrite(subgraph, contrib_domain)
+        if node.domain != ops.DOMAIN:
+            continue
+        inputs = list(node.input)
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        del node.input[:]
+        node.input.extend(inputs)
+        node.op_type = _pyop_name(schemas[node.op_type], len(inputs))
+        node.domain = contrib_domain
+
+
+def to_python_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose vampnet_onnx nodes call the registered Python ops."""
+    from onnxruntime_extensions import default_opset_domain
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    contrib_domain = default_opset_domain()
+    _rewrite(rewritten.graph, contrib_domain)
+    for function in rewritten.functions:
+        for node in function.node:
+            if node.domain == ops.DOMAIN:
+                raise ValueError("to_python_ops: model functions must not call vampnet_onnx ops, got one")
+    if not any(opset.domain == contrib_domain for opset in rewritten.opset_import):
+        rewritten.opset_import.append(onnx.helper.make_opsetid(contrib_domain, 1))
+    return rewritten
+
+
+def create_python_ops_session(
+    source: str | bytes, providers: list, options: ort.SessionOptions
+) -> ort.InferenceSession:
+    """A session running `source` (path or serialized model) with the Python ops."""
+    library = _register()
+    model = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
+    options.register_custom_ops_library(library)
+    return ort.InferenceSession(
+        to_python_ops(model).SerializeToString(), sess_options=options, providers=providers
+    )

@@ -1,0 +1,98 @@
+"""Sessions with the op library registered (numpy + onnxruntime only; torch is never imported)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+_LIBRARY_STEM = "libvampnet_onnx_ops"
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+
+def get_library_path() -> str:
+    """Path of the compiled op library (libvampnet_onnx_ops.so) installed inside the package.
+
+    Register it with `SessionOptions.register_custom_ops_library(path)`, or from C/C++ with
+    `RegisterCustomOpsLibrary_V2`. Raises FileNotFoundError if the package was installed without it.
+    """
+    package = importlib.resources.files("vampnet_onnx")
+    for entry in package.iterdir():
+        if entry.name.startswith(_LIBRARY_STEM) and entry.name.split(".")[-1] in ("so", "dylib", "dll"):
+            return str(entry)
+    raise FileNotFoundError(
+        f"get_library_path: the op library {_LIBRARY_STEM}.so must be installed in {package}, "
+        "got none (reinstall the package with `pip install .` so that it is built)"
+    )
+
+
+def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    if intra_op_threads is not None:
+        if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1:
+            raise ValueError(
+                f"create_session: intra_op_threads must be an int >= 1 or None, got {intra_op_threads!r}"
+            )
+        options.intra_op_num_threads = intra_op_threads
+    return options
+
+
+def _model_bytes(path_or_bytes: ModelSource) -> str | bytes:
+    if isinstance(path_or_bytes, onnx.ModelProto):
+        return path_or_bytes.SerializeToString()
+    if isinstance(path_or_bytes, bytes):
+        return path_or_bytes
+    if isinstance(path_or_bytes, (str, os.PathLike)):
+        path = Path(path_or_bytes)
+        if not path.is_file():
+            raise FileNotFoundError(f"create_session: path_or_bytes must be an existing file, got {str(path)!r}")
+        return str(path)
+    raise TypeError(
+        "create_session: path_or_bytes must be a path, bytes or onnx.ModelProto, "
+        f"got {type(path_or_bytes).__name__}"
+    )
+
+
+def create_session(
+    path_or_bytes: ModelSource,
+    providers: list | None = None,
+    intra_op_threads: int | None = None,
+    *,
+    python_ops: bool | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime.InferenceSession with the vampnet_onnx ops available.
+
+    path_or_bytes: an .onnx path, serialized model bytes or an onnx.ModelProto.
+    providers: onnxruntime execution providers (default: CPU).
+    intra_op_threads: the session's intra-op thread count (default: onnxruntime's choice).
+    python_ops: False: the compiled library only; True: the pure-Python fallback (numpy twins
+    through onnxruntime-extensions' PyOp); None: the compiled library, or the fallback with a
+    warning when the library cannot be loaded.
+    """
+    source = _model_bytes(path_or_bytes)
+    providers = providers or ["CPUExecutionProvider"]
+    if python_ops:
+        from .pyop import create_python_ops_session
+
+        return create_python_ops_session(source, providers, _session_options(intra_op_threads))
+    options = _session_options(intra_op_threads)
+    try:
+        options.register_custom_ops_library(get_library_path())
+    except (FileNotFoundError, RuntimeError, OSError) as error:
+        if python_ops is False:
+            raise
+        warnings.warn(
+            f"create_session: the compiled op library could not be loaded ({error}); "
+            "running the ops' Python fallback instead (slower)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        from .pyop import create_python_ops_session
+
+        return create_python_ops_session(source, providers, _session_options(intra_op_threads))
+    return ort.InferenceSession(source, sess_options=options, providers=providers)

@@ -1,0 +1,123 @@
+"""Shared fixtures: single-op ONNX models and feeds for the op tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import vampnet_onnx
+from vampnet_onnx import ops
+
+ONNX_OPSET = 18
+
+
+def op_model(
+    schema: ops.OpSchema,
+    n_inputs: int | None = None,
+    input_types: dict[str, int] | None = None,
+    **attributes,
+) -> onnx.ModelProto:
+    """A model whose graph is one node of `schema`; every op input is a graph input of unknown
+    shape (types from the schema unless overridden by input_types)."""
+    ports = schema.inputs[: n_inputs or len(schema.inputs)]
+    input_types = input_types or {}
+    inputs = [
+        helper.make_tensor_value_info(p.name, input_types.get(p.name, p.types[0]), None)
+        for p in ports
+    ]
+    outputs = [helper.make_tensor_value_info(p.name, p.types[0], None) for p in schema.outputs]
+    node = schema.make_node([p.name for p in ports], schema.output_names, **attributes)
+    graph = helper.make_graph([node], schema.name, inputs, outputs)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET), ops.opset_import()]
+    )
+
+
+def scalar(value, dtype) -> np.ndarray:
+    """A rank-0 array, as ONNX Loop counters and scalar inputs are."""
+    return np.array(value, dtype=dtype)
+
+
+def sample_feed(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, first_row=0):
+    feed = {
+        "logits": logits,
+        "temperature": scalar(temperature, np.float32),
+        "top_k": scalar(top_k, np.int64),
+        "top_p": scalar(top_p, np.float32),
+        "seed": scalar(seed, np.int64),
+        "offset": scalar(offset, np.int64),
+    }
+    if first_row is not None:  # None: for models without the optional input
+        feed["first_row"] = scalar(first_row, np.int64)
+    return feed
+
+
+def step_feed(logits, codes, mask, step, n_steps, temperature=1.0, top_k=0, top_p=1.0,
+              mask_temperature=10.5, seed=0, n_masked_start=None):
+    feed = {
+        "logits": logits,
+        "codes": codes,
+        "mask": mask,
+        "step": scalar(step, np.int64),
+        "n_steps": scalar(n_steps, np.int64),
+        "temperature": scalar(temperature, np.float32),
+        "top_k": scalar(top_k, np.int64),
+        "top_p": scalar(top_p, np.float32),
+        "mask_temperature": scalar(mask_temperature, np.float32),
+        "seed": scalar(seed, np.int64),
+    }
+    # Default: the current mask's count, right at step 0 (models without it: pass False).
+    if n_masked_start is None:
+        n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
+    if n_masked_start is not False:
+        feed["n_masked_start"] = n_masked_start
+    return feed
+
+
+class OpRunner:
+    """Runs one op with float32 or float16 logits (one session per logits type)."""
+
+    def __init__(self, schema: ops.OpSchema, make_feed, threads: int = 2, **attributes):
+        self.sessions = {
+            dtype: vampnet_onnx.create_session(
+                op_model(schema, input_types={"logits": onnx_type}, **attributes),
+                intra_op_threads=threads, python_ops=False)
+            for dtype, onnx_type in ((np.float32, TensorProto.FLOAT),
+                                     (np.float16, TensorProto.FLOAT16))
+        }
+        self.make_feed = make_feed
+
+    def run(self, logits, *args, **kwargs):
+        logits = np.asarray(logits)
+        session = self.sessions[np.float16 if logits.dtype == np.float16 else np.float32]
+        return session.run(None, self.make_feed(logits, *args, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def sample_op():
+    """SampleTokens with the optional first_row input, 2 intra-op threads."""
+    return OpRunner(ops.SAMPLE_TOKENS, sample_feed)
+
+
+@pytest.fixture(scope="session")
+def step_op():
+    """MaskGitStep with n_masked_start, per-item schedule, 2 intra-op threads."""
+    return OpRunner(ops.MASK_GIT_STEP, step_feed)
+
+
+@pytest.fixture(scope="session")
+def coupled_step_op():
+    """MaskGitStep with upstream's batch-coupled schedule."""
+    return OpRunner(ops.MASK_GIT_STEP, step_feed, batch_coupled=1)
+
+
+def random_step_problem(rng: np.random.Generator, batch=2, codebooks=4, predicted=4, frames=20,
+                        vocab=32, mask_rate=0.7):
+    """Random logits [B, T, P, V], codes and mask [B, C, T] (conditioning codebooks unmasked)."""
+    logits = (rng.standard_normal((batch, frames, predicted, vocab)) * 2).astype(np.float32)
+    codes = rng.integers(0, vocab, (batch, codebooks, frames)).astype(np.int64)
+    mask = rng.random((batch, codebooks, frames)) < mask_rate
+    mask[:, : codebooks - predicted] = False
+    return logits, codes, mask

@@ -54,8 +54,19 @@ def sample_feed(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, f
     return feed
 
 
-def step_feed(logits, codes, mask, step, n_steps, temperature=1.0, top_k=0, top_p=1.0,
-              mask_temperature=10.5, seed=0, n_masked_start=None):
+def step_feed(
+    logits,
+    codes,
+    mask,
+    step,
+    n_steps,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    mask_temperature=10.5,
+    seed=0,
+    n_masked_start=None,
+):
     feed = {
         "logits": logits,
         "codes": codes,
@@ -83,9 +94,13 @@ class OpRunner:
         self.sessions = {
             dtype: vampnet_onnx.create_session(
                 op_model(schema, input_types={"logits": onnx_type}, **attributes),
-                intra_op_threads=threads, python_ops=False)
-            for dtype, onnx_type in ((np.float32, TensorProto.FLOAT),
-                                     (np.float16, TensorProto.FLOAT16))
+                intra_op_threads=threads,
+                python_ops=False,
+            )
+            for dtype, onnx_type in (
+                (np.float32, TensorProto.FLOAT),
+                (np.float16, TensorProto.FLOAT16),
+            )
         }
         self.make_feed = make_feed
 
@@ -113,8 +128,9 @@ def coupled_step_op():
     return OpRunner(ops.MASK_GIT_STEP, step_feed, batch_coupled=1)
 
 
-def random_step_problem(rng: np.random.Generator, batch=2, codebooks=4, predicted=4, frames=20,
-                        vocab=32, mask_rate=0.7):
+def random_step_problem(
+    rng: np.random.Generator, batch=2, codebooks=4, predicted=4, frames=20, vocab=32, mask_rate=0.7
+):
     """Random logits [B, T, P, V], codes and mask [B, C, T] (conditioning codebooks unmasked)."""
     logits = (rng.standard_normal((batch, frames, predicted, vocab)) * 2).astype(np.float32)
     codes = rng.integers(0, vocab, (batch, codebooks, frames)).astype(np.int64)

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import op_model, random_step_problem, step_feed
 
 import vampnet_onnx
+from conftest import op_model, random_step_problem, step_feed
 from vampnet_onnx import _kernels, ops, reference
 
 
@@ -17,24 +17,34 @@ def masked_count(mask):
 
 @pytest.mark.parametrize(
     "batch, codebooks, predicted, frames, vocab, dtype",
-    [(1, 4, 4, 30, 64, np.float32), (3, 14, 10, 9, 32, np.float32), (2, 4, 4, 1, 16, np.float16),
-     (2, 5, 2, 17, 1024, np.float32)],
+    [
+        (1, 4, 4, 30, 64, np.float32),
+        (3, 14, 10, 9, 32, np.float32),
+        (2, 4, 4, 1, 16, np.float16),
+        (2, 5, 2, 17, 1024, np.float32),
+    ],
 )
 @pytest.mark.parametrize(
     "settings",
-    [dict(), dict(temperature=0.0, mask_temperature=0.0), dict(temperature=0.7, top_p=0.8),
-     dict(top_k=5, mask_temperature=3.0, seed=-4)],
+    [
+        dict(),
+        dict(temperature=0.0, mask_temperature=0.0),
+        dict(temperature=0.7, top_p=0.8),
+        dict(top_k=5, mask_temperature=3.0, seed=-4),
+    ],
 )
-def test_op_matches_numpy_twin(step_op, batch, codebooks, predicted, frames, vocab, dtype,
-                               settings):
+def test_op_matches_numpy_twin(
+    step_op, batch, codebooks, predicted, frames, vocab, dtype, settings
+):
     rng = np.random.default_rng(batch * 100 + frames)
     logits, codes, mask = random_step_problem(rng, batch, codebooks, predicted, frames, vocab)
     logits = logits.astype(dtype)
     n_steps = 6
     for step in range(n_steps):
         got = step_op.run(logits, codes, mask, step, n_steps, n_masked_start=None, **settings)
-        want = reference.mask_git_step(logits, codes, mask, step, n_steps,
-                                       n_masked_start=masked_count(mask), **settings)
+        want = reference.mask_git_step(
+            logits, codes, mask, step, n_steps, n_masked_start=masked_count(mask), **settings
+        )
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
         codes, mask = got[0], got[1]
@@ -45,16 +55,24 @@ def test_kernels_module_matches_numpy_twin_on_many_inputs():
     for _ in range(150):
         codebooks = int(rng.integers(1, 6))
         predicted = int(rng.integers(1, codebooks + 1))
-        batch, frames, vocab = int(rng.integers(1, 4)), int(rng.integers(1, 30)), int(rng.integers(2, 64))
-        logits, codes, mask = random_step_problem(rng, batch, codebooks, predicted, frames, vocab,
-                                                  mask_rate=rng.random())
+        batch, frames, vocab = (
+            int(rng.integers(1, 4)),
+            int(rng.integers(1, 30)),
+            int(rng.integers(2, 64)),
+        )
+        logits, codes, mask = random_step_problem(
+            rng, batch, codebooks, predicted, frames, vocab, mask_rate=rng.random()
+        )
         n_steps = int(rng.integers(1, 12))
         step = int(rng.integers(0, n_steps))
         n0 = (masked_count(mask) + rng.integers(0, 5, batch)).clip(0, frames * predicted)
         settings = dict(
-            temperature=float(rng.choice([0.0, 1.0, 0.7])), top_k=int(rng.choice([0, 5])),
-            top_p=float(rng.choice([1.0, 0.8])), mask_temperature=float(rng.choice([0.0, 10.5])),
-            seed=int(rng.integers(0, 2**31)), batch_coupled=bool(rng.random() < 0.5),
+            temperature=float(rng.choice([0.0, 1.0, 0.7])),
+            top_k=int(rng.choice([0, 5])),
+            top_p=float(rng.choice([1.0, 0.8])),
+            mask_temperature=float(rng.choice([0.0, 10.5])),
+            seed=int(rng.integers(0, 2**31)),
+            batch_coupled=bool(rng.random() < 0.5),
             n_masked_start=n0.astype(np.int64),
         )
         got = _kernels.mask_git_step(logits, codes, mask, step, n_steps, threads=2, **settings)
@@ -70,8 +88,9 @@ def spec_schedule(n0, n_steps, batch=1):
     counts, m = [], n0
     for i in range(n_steps):
         r = np.float32((i + 1) / n_steps)
-        gamma = np.float32(max(min(np.float32(math.cos(np.float32(r * np.float32(math.pi)) / 2)),
-                                   1.0), 1e-10))
+        gamma = np.float32(
+            max(min(np.float32(math.cos(np.float32(r * np.float32(math.pi)) / 2)), 1.0), 1e-10)
+        )
         k = int(np.floor(gamma * np.float32(n0 * batch)))
         if i != n_steps - 1:
             k = max(1, min(m - 1, k))
@@ -95,8 +114,9 @@ def run_schedule(op, logits_rng, codes, mask, n_steps, **settings):
     history = []
     for step in range(n_steps):
         logits = logits_rng.standard_normal((batch, frames, 4, 8)).astype(np.float32)
-        codes, mask, model_input = op.run(logits, codes, mask, step, n_steps, n_masked_start=n0,
-                                          **settings)
+        codes, mask, model_input = op.run(
+            logits, codes, mask, step, n_steps, n_masked_start=n0, **settings
+        )
         np.testing.assert_array_equal(model_input, np.where(mask, 8, codes))
         history.append((codes, mask))
     return history
@@ -126,15 +146,17 @@ def test_batch_coupled_attribute_reproduces_upstreams_schedule(coupled_step_op):
 
 def test_unmasked_positions_never_change_and_mask_only_shrinks(step_op):
     rng = np.random.default_rng(2)
-    logits, codes, mask = random_step_problem(rng, batch=3, codebooks=14, predicted=10,
-                                              frames=25, vocab=32, mask_rate=0.6)
+    logits, codes, mask = random_step_problem(
+        rng, batch=3, codebooks=14, predicted=10, frames=25, vocab=32, mask_rate=0.6
+    )
     n0 = masked_count(mask).astype(np.int64)
     prompt = ~mask
     first_codes = codes.copy()
     for step in range(12):
         logits = rng.standard_normal(logits.shape).astype(np.float32)
-        new_codes, new_mask, _ = step_op.run(logits, codes, mask, step, 12, n_masked_start=n0,
-                                             seed=7)
+        new_codes, new_mask, _ = step_op.run(
+            logits, codes, mask, step, 12, n_masked_start=n0, seed=7
+        )
         np.testing.assert_array_equal(new_codes[prompt], first_codes[prompt])
         unmasked_now = ~mask
         np.testing.assert_array_equal(new_codes[unmasked_now], codes[unmasked_now])
@@ -172,8 +194,15 @@ def test_remasking_matches_upstreams_sort_and_strict_cut():
     step, n_steps, seed, mask_temperature = 3, 10, 77, 10.5
     n0 = (masked_count(mask) + 9).astype(np.int64)
     codes_out, mask_out, _ = _kernels.mask_git_step(
-        logits, codes, mask, step, n_steps, mask_temperature=mask_temperature, seed=seed,
-        n_masked_start=n0)
+        logits,
+        codes,
+        mask,
+        step,
+        n_steps,
+        mask_temperature=mask_temperature,
+        seed=seed,
+        n_masked_start=n0,
+    )
     for b in range(2):
         flat_mask = mask[b].T.reshape(-1)  # p = t * P + c
         positions = np.flatnonzero(flat_mask)
@@ -182,8 +211,9 @@ def test_remasking_matches_upstreams_sort_and_strict_cut():
         tokens = np.empty(positions.size, np.int64)
         logprob = np.empty(positions.size, np.float32)
         for j, (p, row_id) in enumerate(zip(positions, row_ids)):
-            t, lp = _kernels.sample_tokens(rows[p][None], seed=seed, offset=step,
-                                           first_row=int(row_id))
+            t, lp = _kernels.sample_tokens(
+                rows[p][None], seed=seed, offset=step, first_row=int(row_id)
+            )
             tokens[j], logprob[j] = t[0], lp[0]
         bits = reference.random_block(seed, row_ids, step)
         noise = reference.gumbel(reference.uniform53(bits[:, 2], bits[:, 3]))
@@ -205,16 +235,22 @@ def test_remasking_matches_upstreams_sort_and_strict_cut():
 def test_deterministic_mode_keeps_the_least_confident_masked():
     rng = np.random.default_rng(6)
     logits, codes, mask = random_step_problem(rng, batch=1, frames=50, vocab=20, mask_rate=1.0)
-    codes_out, mask_out, _ = _kernels.mask_git_step(logits, codes, mask, 0, 8, temperature=0.0,
-                                                    mask_temperature=0.0)
+    codes_out, mask_out, _ = _kernels.mask_git_step(
+        logits, codes, mask, 0, 8, temperature=0.0, mask_temperature=0.0
+    )
     x = logits[0].astype(np.float64)
-    confidence = (x.max(-1) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) - x.max(-1))
+    confidence = x.max(-1) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) - x.max(-1)
     confidence = confidence.reshape(-1)  # p = t * P + c
     k = int(masked_count(mask_out)[0])
     assert k == reference.schedule_count(0, 8, 200)
     least = np.sort(np.argsort(confidence)[:k])
     np.testing.assert_array_equal(np.flatnonzero(mask_out[0].T.reshape(-1)), least)
-    np.testing.assert_array_equal(codes_out[0].T.reshape(-1, ), x.argmax(-1).reshape(-1))
+    np.testing.assert_array_equal(
+        codes_out[0].T.reshape(
+            -1,
+        ),
+        x.argmax(-1).reshape(-1),
+    )
 
 
 def test_step_tokens_are_sample_tokens_streams(sample_op):
@@ -224,16 +260,16 @@ def test_step_tokens_are_sample_tokens_streams(sample_op):
     logits, codes, mask = random_step_problem(rng, batch=2, frames=6, vocab=50, mask_rate=1.0)
     codes_out, _, _ = _kernels.mask_git_step(logits, codes, mask, 2, 5, temperature=0.9, seed=3)
     for b in range(2):
-        tokens, _ = sample_op.run(logits[b].reshape(-1, 50), temperature=0.9, seed=3, offset=2,
-                                  first_row=b << 32)
+        tokens, _ = sample_op.run(
+            logits[b].reshape(-1, 50), temperature=0.9, seed=3, offset=2, first_row=b << 32
+        )
         np.testing.assert_array_equal(codes_out[b].T.reshape(-1), tokens)
 
 
 def test_n_masked_start_defaults_to_the_current_count(step_op):
     rng = np.random.default_rng(8)
     logits, codes, mask = random_step_problem(rng)
-    session = vampnet_onnx.create_session(
-        op_model(ops.MASK_GIT_STEP, n_inputs=10))
+    session = vampnet_onnx.create_session(op_model(ops.MASK_GIT_STEP, n_inputs=10))
     without = session.run(None, step_feed(logits, codes, mask, 0, 4, n_masked_start=False))
     with_count = step_op.run(logits, codes, mask, 0, 4)
     for a, b in zip(without, with_count):
@@ -246,7 +282,8 @@ def test_same_seed_same_output_for_one_and_two_threads():
     model = op_model(ops.MASK_GIT_STEP)
     outputs = [
         vampnet_onnx.create_session(model, intra_op_threads=threads).run(
-            None, step_feed(logits, codes, mask, 1, 5, top_p=0.9, seed=9))
+            None, step_feed(logits, codes, mask, 1, 5, top_p=0.9, seed=9)
+        )
         for threads in (1, 2)
     ]
     for a, b in zip(*outputs):
@@ -273,8 +310,10 @@ STEP_ERRORS = [
     (dict(top_p=2.0), r"MaskGitStep: top_p must be in \(0, 1\], got 2"),
     (dict(top_k=-2), "MaskGitStep: top_k must be >= 0, got -2"),
     (dict(temperature=-1.0), "MaskGitStep: temperature must be >= 0, got -1"),
-    (dict(mask_temperature=float("nan")),
-     "MaskGitStep: mask_temperature must be finite and >= 0, got nan"),
+    (
+        dict(mask_temperature=float("nan")),
+        "MaskGitStep: mask_temperature must be finite and >= 0, got nan",
+    ),
     (dict(mask_temperature=-1.0), "MaskGitStep: mask_temperature must be finite and >= 0, got -1"),
 ]
 
@@ -294,29 +333,45 @@ def test_bad_settings_raise_house_format_errors(step_op, bad, message):
 
 def _bad_inputs():
     rng = np.random.default_rng(0)
-    logits, codes, mask = random_step_problem(rng, batch=2, codebooks=5, predicted=3, frames=4,
-                                              vocab=8)
+    logits, codes, mask = random_step_problem(
+        rng, batch=2, codebooks=5, predicted=3, frames=4, vocab=8
+    )
     cond_masked = mask.copy()
     cond_masked[1, 1, 2] = True
     bad_codes = codes.copy()
     bad_codes[0, 3, 1] = 8
     mask_all_false = np.zeros_like(mask)
     return [
-        ((logits, codes, cond_masked, None),
-         r"mask must be false in the 2 conditioning codebooks, got true at \[1, 1, 2\]"),
-        ((logits, bad_codes, mask_all_false, None),
-         r"codes must be in \[0, 8\) where mask is false, got 8 at \[0, 3, 1\]"),
-        ((logits[:, :3], codes, mask, None),
-         r"logits must have shape \[B, T, P, V\] with B, T of codes \[2, 5, 4\], got \[2, 3, 3, 8\]"),
+        (
+            (logits, codes, cond_masked, None),
+            r"mask must be false in the 2 conditioning codebooks, got true at \[1, 1, 2\]",
+        ),
+        (
+            (logits, bad_codes, mask_all_false, None),
+            r"codes must be in \[0, 8\) where mask is false, got 8 at \[0, 3, 1\]",
+        ),
+        (
+            (logits[:, :3], codes, mask, None),
+            r"logits must have shape \[B, T, P, V\] with B, T of codes \[2, 5, 4\], "
+            r"got \[2, 3, 3, 8\]",
+        ),
         ((logits[0], codes, mask, None), r"logits must have rank 4 \[B, T, P, V\], got shape"),
-        ((logits, codes, mask[:, :, :3], None),
-         r"mask must have the shape of codes \[2, 5, 4\], got \[2, 5, 3\]"),
-        ((np.zeros((2, 4, 6, 8), np.float32), codes, mask, None),
-         r"logits must have P in \[1, C = 5\] predicted codebooks, got P = 6"),
-        ((logits, codes, mask, np.array([3], np.int64)),
-         r"n_masked_start must have shape \[B\] = \[2\], got \[1\]"),
-        ((logits, codes, mask, np.array([3, 99], np.int64)),
-         r"n_masked_start must be in \[0, T \* P = 12\], got 99 for item 1"),
+        (
+            (logits, codes, mask[:, :, :3], None),
+            r"mask must have the shape of codes \[2, 5, 4\], got \[2, 5, 3\]",
+        ),
+        (
+            (np.zeros((2, 4, 6, 8), np.float32), codes, mask, None),
+            r"logits must have P in \[1, C = 5\] predicted codebooks, got P = 6",
+        ),
+        (
+            (logits, codes, mask, np.array([3], np.int64)),
+            r"n_masked_start must have shape \[B\] = \[2\], got \[1\]",
+        ),
+        (
+            (logits, codes, mask, np.array([3, 99], np.int64)),
+            r"n_masked_start must be in \[0, T \* P = 12\], got 99 for item 1",
+        ),
     ]
 
 
@@ -338,19 +393,25 @@ def test_wrong_dtypes_raise_house_format_errors():
         _kernels.mask_git_step(logits, codes, mask.astype(np.int64), 0, 2)
     with pytest.raises(ValueError, match="mask_git_step: codes must be a int64 array, got int32"):
         _kernels.mask_git_step(logits, codes.astype(np.int32), mask, 0, 2)
-    session = vampnet_onnx.create_session(op_model(
-        ops.MASK_GIT_STEP, input_types={"mask": 7}))  # int64 mask
+    session = vampnet_onnx.create_session(
+        op_model(ops.MASK_GIT_STEP, input_types={"mask": 7})
+    )  # int64 mask
     with pytest.raises(Exception, match="MaskGitStep: mask must be a bool tensor, got int64"):
-        session.run(None, step_feed(logits, codes, mask.astype(np.int64), 0, 2,
-                                    n_masked_start=np.array([3], np.int64)))
+        session.run(
+            None,
+            step_feed(
+                logits, codes, mask.astype(np.int64), 0, 2, n_masked_start=np.array([3], np.int64)
+            ),
+        )
 
 
 def test_nan_logits_at_a_masked_position_raise(step_op):
     logits, codes, mask = random_step_problem(np.random.default_rng(0), batch=1, frames=3)
     mask[:] = True
     logits[0, 1, 2, 5] = np.nan
-    with pytest.raises(Exception, match="MaskGitStep: logits must be finite or -inf, got nan at "
-                                        "row 6, index 5"):
+    with pytest.raises(
+        Exception, match="MaskGitStep: logits must be finite or -inf, got nan at row 6, index 5"
+    ):
         step_op.run(logits, codes, mask, 0, 2)
 
 

@@ -50,25 +50,44 @@ def test_random_block_streams_differ_by_row_and_offset():
     assert len({tuple(x) for x in np.concatenate([a, b]).tolist()}) == 8
 
 
-EXP_POINTS = np.concatenate([
-    np.linspace(-745, 710, 20001),
-    [0.0, -0.0, 1e-300, -1e-300, 0.5 * np.log(2), -0.5 * np.log(2), -700.0, -700.0000001,
-     709.0, np.inf, -np.inf, np.nan],
-])
-LOG_POINTS = np.concatenate([
-    np.exp(np.linspace(-700, 700, 20001)), np.linspace(0.5, 2.0, 5001),
-    [0.0, 1.0, 5e-324, np.inf, -1.0, np.nan, np.sqrt(0.5), np.nextafter(np.sqrt(0.5), 0)],
-])
+EXP_POINTS = np.concatenate(
+    [
+        np.linspace(-745, 710, 20001),
+        [
+            0.0,
+            -0.0,
+            1e-300,
+            -1e-300,
+            0.5 * np.log(2),
+            -0.5 * np.log(2),
+            -700.0,
+            -700.0000001,
+            709.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+        ],
+    ]
+)
+LOG_POINTS = np.concatenate(
+    [
+        np.exp(np.linspace(-700, 700, 20001)),
+        np.linspace(0.5, 2.0, 5001),
+        [0.0, 1.0, 5e-324, np.inf, -1.0, np.nan, np.sqrt(0.5), np.nextafter(np.sqrt(0.5), 0)],
+    ]
+)
 COS_POINTS = np.linspace(0, np.pi / 2, 10001)
 
 
-@pytest.mark.parametrize("name, points", [("exp", EXP_POINTS), ("log", LOG_POINTS),
-                                          ("cos", COS_POINTS)])
+@pytest.mark.parametrize(
+    "name, points", [("exp", EXP_POINTS), ("log", LOG_POINTS), ("cos", COS_POINTS)]
+)
 def test_det_math_numpy_matches_cpp_bitwise(name, points):
     cpp = getattr(_kernels, f"det_{name}")(points)
     twin = getattr(reference, f"det_{name}")(points)
-    np.testing.assert_array_equal(cpp.view(np.int64)[~np.isnan(cpp)],
-                                  twin.view(np.int64)[~np.isnan(twin)])
+    np.testing.assert_array_equal(
+        cpp.view(np.int64)[~np.isnan(cpp)], twin.view(np.int64)[~np.isnan(twin)]
+    )
     np.testing.assert_array_equal(np.isnan(cpp), np.isnan(twin))
 
 
@@ -87,8 +106,13 @@ def test_det_log_is_accurate_to_a_few_ulp():
     ref = np.log(x)
     ok = np.abs(ref) > 1e-3  # relative ulp is meaningless at log(1) = 0
     assert _ulps(reference.det_log(x), ref)[ok].max() <= 4
-    assert np.abs(reference.det_log(np.linspace(0.999, 1.001, 1001)) -
-                  np.log(np.linspace(0.999, 1.001, 1001))).max() < 1e-18
+    assert (
+        np.abs(
+            reference.det_log(np.linspace(0.999, 1.001, 1001))
+            - np.log(np.linspace(0.999, 1.001, 1001))
+        ).max()
+        < 1e-18
+    )
 
 
 def test_det_cos_is_accurate_on_the_schedule_range():

@@ -3,10 +3,10 @@ filtered distribution."""
 
 import numpy as np
 import pytest
-from conftest import op_model, sample_feed
 from scipy import stats
 
 import vampnet_onnx
+from conftest import op_model, sample_feed
 from vampnet_onnx import _kernels, ops, reference
 
 
@@ -94,18 +94,28 @@ def test_kernels_module_matches_numpy_twin_on_many_inputs():
 # goodness-of-fit test against the exact filtered distribution. Seeds are fixed, so the outcome
 # is deterministic; a correct sampler fails p > 1e-3 with probability 0.1% per seed (checked:
 # these seeds pass), while a wrong filter order or temperature gives p ~ 0 at this N.
-CHI2_CASES = [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 0.9), (1.0, 5, 1.0), (0.7, 6, 0.8),
-              (1.5, 3, 0.6)]
+CHI2_CASES = [
+    (1.0, 0, 1.0),
+    (0.5, 0, 1.0),
+    (2.0, 0, 0.9),
+    (1.0, 5, 1.0),
+    (0.7, 6, 0.8),
+    (1.5, 3, 0.6),
+]
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", CHI2_CASES)
-def test_sampled_frequencies_follow_the_filtered_distribution(
-    sample_op, temperature, top_k, top_p
-):
+def test_sampled_frequencies_follow_the_filtered_distribution(sample_op, temperature, top_k, top_p):
     row = np.array([1.2, -0.3, 0.8, 2.0, -1.5, 0.1, 1.9, -0.7, 0.4, 1.1, -2.2, 0.6], np.float32)
     n = 200_000
-    tokens, _ = run(sample_op, np.tile(row, (n, 1)), temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=2024)
+    tokens, _ = run(
+        sample_op,
+        np.tile(row, (n, 1)),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=2024,
+    )
     expected = exact_distribution(row, temperature, top_k, top_p)
     counts = np.bincount(tokens, minlength=row.size)
     assert counts[expected == 0].sum() == 0, "a filtered token was sampled"
@@ -125,8 +135,9 @@ def test_logprob_is_the_log_of_the_filtered_scaled_probability(sample_op):
 
 
 def test_temperature_zero_is_argmax_with_lowest_index_on_ties(sample_op):
-    logits = np.array([[0.0, 3.0, 1.0, 3.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -3.0, -0.5]],
-                      np.float32)
+    logits = np.array(
+        [[0.0, 3.0, 1.0, 3.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -3.0, -0.5]], np.float32
+    )
     tokens, logprob = run(sample_op, logits, temperature=0.0, seed=99)
     np.testing.assert_array_equal(tokens, [1, 0, 3])
     # Confidence as at temperature 1, as VampNet's argmax path computes it.
@@ -171,8 +182,10 @@ def test_rows_split_over_calls_with_first_row_give_the_same_tokens(sample_op):
     rng = np.random.default_rng(10)
     logits = rng.standard_normal((100, 64)).astype(np.float32)
     whole, _ = run(sample_op, logits, seed=5, offset=2)
-    parts = [run(sample_op, logits[a:b], seed=5, offset=2, first_row=a)[0]
-             for a, b in [(0, 13), (13, 60), (60, 100)]]
+    parts = [
+        run(sample_op, logits[a:b], seed=5, offset=2, first_row=a)[0]
+        for a, b in [(0, 13), (13, 60), (60, 100)]
+    ]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
@@ -228,20 +241,31 @@ ERROR_CASES = [
 @pytest.mark.parametrize("bad, message", ERROR_CASES)
 def test_bad_settings_raise_house_format_errors(sample_op, bad, message):
     logits = np.zeros((2, 8), np.float32)
-    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        Exception,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         run(sample_op, logits, **bad)
 
 
 @pytest.mark.parametrize(
     "logits, message",
     [
-        (np.array([[0.0, np.nan, 1.0]], np.float32),
-         "logits must be finite or -inf, got nan at row 0, index 1"),
-        (np.array([[0.0, 1.0], [np.inf, 0.0]], np.float32),
-         "logits must be finite or -inf, got inf at row 1, index 0"),
-        (np.array([[0.0, 1.0], [-np.inf, -np.inf]], np.float32),
-         "logits must have a finite value in every row, got row 1 all -inf"),
+        (
+            np.array([[0.0, np.nan, 1.0]], np.float32),
+            "logits must be finite or -inf, got nan at row 0, index 1",
+        ),
+        (
+            np.array([[0.0, 1.0], [np.inf, 0.0]], np.float32),
+            "logits must be finite or -inf, got inf at row 1, index 0",
+        ),
+        (
+            np.array([[0.0, 1.0], [-np.inf, -np.inf]], np.float32),
+            "logits must have a finite value in every row, got row 1 all -inf",
+        ),
         (np.zeros((3, 0), np.float32), "logits must have a non-empty last axis, got V = 0"),
         (np.array(1.0, np.float32), r"logits must have rank >= 1 \[..., V\], got a scalar"),
     ],
@@ -256,28 +280,36 @@ def test_bad_logits_raise_house_format_errors(sample_op, logits, message):
 
 
 def test_wrong_dtypes_and_shapes_raise_house_format_errors():
-    session = vampnet_onnx.create_session(op_model(
-        ops.SAMPLE_TOKENS, input_types={"logits": 6, "temperature": 11}))  # int32, float64
+    session = vampnet_onnx.create_session(
+        op_model(ops.SAMPLE_TOKENS, input_types={"logits": 6, "temperature": 11})
+    )  # int32, float64
     feed = sample_feed(np.zeros((2, 4), np.int32))
     feed["temperature"] = np.array(1.0)
-    with pytest.raises(Exception, match="SampleTokens: logits must be a float32 or float16 "
-                                        "tensor, got int32"):
+    with pytest.raises(
+        Exception, match="SampleTokens: logits must be a float32 or float16 tensor, got int32"
+    ):
         session.run(None, feed)
-    session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS,
-                                                   input_types={"temperature": 11}))
+    session = vampnet_onnx.create_session(
+        op_model(ops.SAMPLE_TOKENS, input_types={"temperature": 11})
+    )
     feed = sample_feed(np.zeros((2, 4), np.float32))
     feed["temperature"] = np.array(1.0)
-    with pytest.raises(Exception, match="SampleTokens: temperature must be a float32 tensor, "
-                                        "got float64"):
+    with pytest.raises(
+        Exception, match="SampleTokens: temperature must be a float32 tensor, got float64"
+    ):
         session.run(None, feed)
 
 
 def test_non_scalar_setting_raises(sample_op):
     feed = sample_feed(np.zeros((2, 4), np.float32))
     feed["seed"] = np.array([1, 2], np.int64)
-    with pytest.raises(Exception, match=r"SampleTokens: seed must be a scalar \(one element\), "
-                                        r"got shape \[2\]"):
+    with pytest.raises(
+        Exception,
+        match=r"SampleTokens: seed must be a scalar \(one element\), "
+        r"got shape \[2\]",
+    ):
         sample_op.sessions[np.float32].run(None, feed)
-    with pytest.raises(ValueError, match="sample_tokens: logits must be a float32 or float16 "
-                                         "array, got int64"):
+    with pytest.raises(
+        ValueError, match="sample_tokens: logits must be a float32 or float16 array, got int64"
+    ):
         _kernels.sample_tokens(np.zeros((2, 3), np.int64))

@@ -72,7 +72,9 @@ class OpSchema:
         known = {attribute.name for attribute in self.attributes}
         for key in attributes:
             if key not in known:
-                raise ValueError(f"{self.name}: attribute must be one of {sorted(known)}, got {key!r}")
+                raise ValueError(
+                    f"{self.name}: attribute must be one of {sorted(known)}, got {key!r}"
+                )
         return helper.make_node(
             self.name, inputs, outputs, name=name or self.name, domain=DOMAIN, **attributes
         )
@@ -99,8 +101,12 @@ SAMPLE_TOKENS = OpSchema(
     ),
     outputs=(
         Port("tokens", _INT64, "[...] sampled token per row"),
-        Port("logprob", _FLOAT, "[...] log-probability of the token under the filtered, "
-             "temperature-scaled distribution (temperature 0: as at temperature 1)"),
+        Port(
+            "logprob",
+            _FLOAT,
+            "[...] log-probability of the token under the filtered, "
+            "temperature-scaled distribution (temperature 0: as at temperature 1)",
+        ),
     ),
 )
 
@@ -115,8 +121,13 @@ MASK_GIT_STEP = OpSchema(
         *_SAMPLING_INPUTS,
         Port("mask_temperature", _FLOAT, "scalar >= 0, Gumbel noise scale (annealed)"),
         Port("seed", _INT64, "scalar, the random stream's key"),
-        Port("n_masked_start", _INT64, "[B] masked positions per item before step 0 "
-             "(default: counted from mask, right at step 0)", True),
+        Port(
+            "n_masked_start",
+            _INT64,
+            "[B] masked positions per item before step 0 "
+            "(default: counted from mask, right at step 0)",
+            True,
+        ),
     ),
     outputs=(
         Port("codes_out", _INT64, "[B, C, T] sampled tokens written at masked positions"),
@@ -124,8 +135,12 @@ MASK_GIT_STEP = OpSchema(
         Port("model_input", _INT64, "[B, C, T] codes_out with MASK (= V) where mask_out"),
     ),
     attributes=(
-        Attribute("batch_coupled", onnx.AttributeProto.INT, 0,
-                  "1: count N0 over the whole batch as upstream VampNet does"),
+        Attribute(
+            "batch_coupled",
+            onnx.AttributeProto.INT,
+            0,
+            "1: count N0 over the whole batch as upstream VampNet does",
+        ),
     ),
 )
 

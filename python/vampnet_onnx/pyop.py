@@ -9,6 +9,7 @@ of inputs. Slower than the compiled ops but the same tokens. float32 logits only
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import onnx
@@ -18,6 +19,26 @@ from . import ops, reference
 
 _PREFIX = "VampnetOnnx"
 
+# onnxruntime-extensions terminates the process when a Python op raises, so the ops never raise:
+# they park the first error of the current run here (PyOps run on the calling thread under the
+# sequential executor), return placeholders, and the session's run() raises it afterwards.
+_run_state = threading.local()
+
+
+def _guarded(body, placeholders, twin_name: str, op_name: str):
+    def op(*args, **kwargs):
+        if getattr(_run_state, "error", None) is not None:
+            return placeholders(*args)
+        try:
+            return body(*args, **kwargs)
+        except ValueError as error:  # the twin's "<where>: ..." message, named as the op's
+            _run_state.error = ValueError(str(error).replace(f"{twin_name}:", f"{op_name}:", 1))
+        except Exception as error:  # noqa: BLE001 - re-raised by the session's run()
+            _run_state.error = error
+        return placeholders(*args)
+
+    return op
+
 
 def _scalar(value: np.ndarray):
     return np.asarray(value).reshape(-1)[0].item()
@@ -25,21 +46,64 @@ def _scalar(value: np.ndarray):
 
 def _sample_tokens(logits, temperature, top_k, top_p, seed, offset, first_row=None):
     return reference.sample_tokens(
-        logits, _scalar(temperature), _scalar(top_k), _scalar(top_p), _scalar(seed),
-        _scalar(offset), 0 if first_row is None else _scalar(first_row),
+        logits,
+        _scalar(temperature),
+        _scalar(top_k),
+        _scalar(top_p),
+        _scalar(seed),
+        _scalar(offset),
+        0 if first_row is None else _scalar(first_row),
     )
 
 
-def _mask_git_step(logits, codes, mask, step, n_steps, temperature, top_k, top_p,
-                   mask_temperature, seed, n_masked_start=None, batch_coupled=0):
+def _mask_git_step(
+    logits,
+    codes,
+    mask,
+    step,
+    n_steps,
+    temperature,
+    top_k,
+    top_p,
+    mask_temperature,
+    seed,
+    n_masked_start=None,
+    batch_coupled=0,
+):
     return reference.mask_git_step(
-        logits, codes, mask.astype(bool), _scalar(step), _scalar(n_steps), _scalar(temperature),
-        _scalar(top_k), _scalar(top_p), _scalar(mask_temperature), _scalar(seed),
-        n_masked_start, bool(batch_coupled),
+        logits,
+        codes,
+        mask.astype(bool),
+        _scalar(step),
+        _scalar(n_steps),
+        _scalar(temperature),
+        _scalar(top_k),
+        _scalar(top_p),
+        _scalar(mask_temperature),
+        _scalar(seed),
+        n_masked_start,
+        bool(batch_coupled),
     )
 
 
-_BODIES = {ops.SAMPLE_TOKENS.name: _sample_tokens, ops.MASK_GIT_STEP.name: _mask_git_step}
+def _sample_placeholders(logits, *_):
+    shape = np.shape(logits)[:-1]
+    return np.zeros(shape, np.int64), np.zeros(shape, np.float32)
+
+
+def _step_placeholders(logits, codes, *_):
+    shape = np.shape(codes)
+    return np.zeros(shape, np.int64), np.zeros(shape, bool), np.zeros(shape, np.int64)
+
+
+_BODIES = {
+    ops.SAMPLE_TOKENS.name: _guarded(
+        _sample_tokens, _sample_placeholders, "sample_tokens", ops.SAMPLE_TOKENS.name
+    ),
+    ops.MASK_GIT_STEP.name: _guarded(
+        _mask_git_step, _step_placeholders, "mask_git_step", ops.MASK_GIT_STEP.name
+    ),
+}
 
 
 def _pyop_name(schema: ops.OpSchema, n_inputs: int) -> str:
@@ -83,7 +147,13 @@ def _rewrite(graph: onnx.GraphProto, contrib_domain: str) -> None:
             inputs.pop()
         del node.input[:]
         node.input.extend(inputs)
-        node.op_type = _pyop_name(schemas[node.op_type], len(inputs))
+        schema = schemas[node.op_type]
+        # PyOps require every declared attribute on the node: fill in the defaults.
+        present = {attribute.name for attribute in node.attribute}
+        for attribute in schema.attributes:
+            if attribute.name not in present:
+                node.attribute.append(onnx.helper.make_attribute(attribute.name, attribute.default))
+        node.op_type = _pyop_name(schema, len(inputs))
         node.domain = contrib_domain
 
 
@@ -98,7 +168,9 @@ def to_python_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     for function in rewritten.functions:
         for node in function.node:
             if node.domain == ops.DOMAIN:
-                raise ValueError("to_python_ops: model functions must not call vampnet_onnx ops, got one")
+                raise ValueError(
+                    "to_python_ops: model functions must not call vampnet_onnx ops, got one"
+                )
     if not any(opset.domain == contrib_domain for opset in rewritten.opset_import):
         rewritten.opset_import.append(onnx.helper.make_opsetid(contrib_domain, 1))
     return rewritten
@@ -111,6 +183,24 @@ def create_python_ops_session(
     library = _register()
     model = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
     options.register_custom_ops_library(library)
-    return ort.InferenceSession(
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(
         to_python_ops(model).SerializeToString(), sess_options=options, providers=providers
     )
+    plain_run = session.run
+
+    def run(output_names, input_feed, run_options=None):
+        _run_state.error = None
+        try:
+            outputs = plain_run(output_names, input_feed, run_options)
+        except Exception:
+            if _run_state.error is None:
+                raise
+            outputs = None
+        error, _run_state.error = _run_state.error, None
+        if error is not None:
+            raise error
+        return outputs
+
+    session.run = run
+    return session

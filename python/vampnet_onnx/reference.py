@@ -160,10 +160,17 @@ def _check_rows(where: str, rows: np.ndarray, row_ids: np.ndarray) -> None:
     bad = np.isnan(rows) | (rows == np.inf)
     if bad.any():
         r, i = np.argwhere(bad)[0]
-        _fail(where, "logits", "be finite or -inf", f"{_fmt(rows[r, i])} at row {row_ids[r]}, index {i}")
+        _fail(
+            where,
+            "logits",
+            "be finite or -inf",
+            f"{_fmt(rows[r, i])} at row {row_ids[r]}, index {i}",
+        )
     dead = ~(rows > -np.inf).any(axis=1)
     if dead.any():
-        _fail(where, "logits", "have a finite value in every row", f"row {row_ids[dead][0]} all -inf")
+        _fail(
+            where, "logits", "have a finite value in every row", f"row {row_ids[dead][0]} all -inf"
+        )
 
 
 # --- sampling -------------------------------------------------------------------------------
@@ -242,7 +249,9 @@ def sample_tokens(
     row_ids = np.arange(rows.shape[0], dtype=np.uint64)
     _check_rows(where, rows, row_ids)
     bits = random_block(seed, row_ids + np.uint64(first_row), offset)
-    tokens, logprob = _sample_rows(rows, temperature, int(top_k), top_p, uniform53(bits[:, 0], bits[:, 1]))
+    tokens, logprob = _sample_rows(
+        rows, temperature, int(top_k), top_p, uniform53(bits[:, 0], bits[:, 1])
+    )
     return tokens.reshape(out_shape), logprob.reshape(out_shape)
 
 
@@ -324,21 +333,40 @@ def mask_git_step(
     batch, n_codebooks, frames = codes.shape
     _, _, predicted, vocab = logits.shape
     if logits.shape[:2] != (batch, frames):
-        _fail(where, "logits", f"have shape [B, T, P, V] with B, T of codes {list(codes.shape)}",
-              list(logits.shape))
+        _fail(
+            where,
+            "logits",
+            f"have shape [B, T, P, V] with B, T of codes {list(codes.shape)}",
+            list(logits.shape),
+        )
     if not 1 <= predicted <= n_codebooks:
-        _fail(where, "logits", f"have P in [1, C = {n_codebooks}] predicted codebooks", f"P = {predicted}")
+        _fail(
+            where,
+            "logits",
+            f"have P in [1, C = {n_codebooks}] predicted codebooks",
+            f"P = {predicted}",
+        )
     if vocab < 1:
         _fail(where, "logits", "have V >= 1", "V = 0")
     ncc = n_codebooks - predicted
     if mask[:, :ncc].any():
         b, c, t = np.argwhere(mask[:, :ncc])[0]
-        _fail(where, "mask", f"be false in the {ncc} conditioning codebooks", f"true at [{b}, {c}, {t}]")
+        _fail(
+            where,
+            "mask",
+            f"be false in the {ncc} conditioning codebooks",
+            f"true at [{b}, {c}, {t}]",
+        )
     bad_code = ~mask & ((codes < 0) | (codes >= vocab))
     if bad_code.any():
         # The C++ kernel scans in (b, t, c) order; report the same position.
         b, t, c = np.argwhere(bad_code.transpose(0, 2, 1))[0]
-        _fail(where, "codes", f"be in [0, {vocab}) where mask is false", f"{codes[b, c, t]} at [{b}, {c}, {t}]")
+        _fail(
+            where,
+            "codes",
+            f"be in [0, {vocab}) where mask is false",
+            f"{codes[b, c, t]} at [{b}, {c}, {t}]",
+        )
 
     positions = frames * predicted
     # Flat position p = t * P + c over the predicted codebooks, as upstream's codebook_flatten.
@@ -355,7 +383,9 @@ def mask_git_step(
         bad = (n0 < 0) | (n0 > positions)
         if bad.any():
             b = int(np.argmax(bad))
-            _fail(where, "n_masked_start", f"be in [0, T * P = {positions}]", f"{n0[b]} for item {b}")
+            _fail(
+                where, "n_masked_start", f"be in [0, T * P = {positions}]", f"{n0[b]} for item {b}"
+            )
         n0 = n0.copy()
     if batch_coupled:
         n0[:] = n0.sum()
@@ -365,7 +395,9 @@ def mask_git_step(
     row_ids = (item.astype(np.uint64) << np.uint64(32)) | position.astype(np.uint64)
     _check_rows(where, rows, item * positions + position)
     bits = random_block(seed, row_ids, step)
-    tokens, logprob = _sample_rows(rows, temperature, int(top_k), top_p, uniform53(bits[:, 0], bits[:, 1]))
+    tokens, logprob = _sample_rows(
+        rows, temperature, int(top_k), top_p, uniform53(bits[:, 0], bits[:, 1])
+    )
     noise = gumbel(uniform53(bits[:, 2], bits[:, 3]))
     confidence = logprob + noise_scale(mask_temperature, step, n_steps) * noise
 

@@ -23,7 +23,11 @@ def get_library_path() -> str:
     """
     package = importlib.resources.files("vampnet_onnx")
     for entry in package.iterdir():
-        if entry.name.startswith(_LIBRARY_STEM) and entry.name.split(".")[-1] in ("so", "dylib", "dll"):
+        if entry.name.startswith(_LIBRARY_STEM) and entry.name.split(".")[-1] in (
+            "so",
+            "dylib",
+            "dll",
+        ):
             return str(entry)
     raise FileNotFoundError(
         f"get_library_path: the op library {_LIBRARY_STEM}.so must be installed in {package}, "
@@ -34,9 +38,14 @@ def get_library_path() -> str:
 def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if intra_op_threads is not None:
-        if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1:
+        if (
+            isinstance(intra_op_threads, bool)
+            or not isinstance(intra_op_threads, int)
+            or intra_op_threads < 1
+        ):
             raise ValueError(
-                f"create_session: intra_op_threads must be an int >= 1 or None, got {intra_op_threads!r}"
+                "create_session: intra_op_threads must be an int >= 1 or None, "
+                f"got {intra_op_threads!r}"
             )
         options.intra_op_num_threads = intra_op_threads
     return options
@@ -50,7 +59,9 @@ def _model_bytes(path_or_bytes: ModelSource) -> str | bytes:
     if isinstance(path_or_bytes, (str, os.PathLike)):
         path = Path(path_or_bytes)
         if not path.is_file():
-            raise FileNotFoundError(f"create_session: path_or_bytes must be an existing file, got {str(path)!r}")
+            raise FileNotFoundError(
+                f"create_session: path_or_bytes must be an existing file, got {str(path)!r}"
+            )
         return str(path)
     raise TypeError(
         "create_session: path_or_bytes must be a path, bytes or onnx.ModelProto, "

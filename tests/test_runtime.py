@@ -1,0 +1,102 @@
+"""Sessions: finding and registering the op library, model sources, the Python fallback."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import vampnet_onnx
+from conftest import op_model, sample_feed
+from vampnet_onnx import ops, reference, runtime
+
+
+def test_library_is_installed_inside_the_package():
+    path = Path(vampnet_onnx.get_library_path())
+    assert path.is_file()
+    assert path.parent == Path(vampnet_onnx.__file__).parent
+
+
+def test_library_registers_into_a_plain_session():
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(vampnet_onnx.get_library_path())
+    session = ort.InferenceSession(op_model(ops.SAMPLE_TOKENS).SerializeToString(), options)
+    tokens, _ = session.run(None, sample_feed(np.eye(3, dtype=np.float32), temperature=0.0))
+    np.testing.assert_array_equal(tokens, [0, 1, 2])
+
+
+@pytest.mark.parametrize("kind", ["path", "str", "bytes", "proto"])
+def test_create_session_accepts_every_model_source(tmp_path, kind):
+    model = op_model(ops.SAMPLE_TOKENS)
+    file = tmp_path / "op.onnx"
+    file.write_bytes(model.SerializeToString())
+    source = {"path": file, "str": str(file), "bytes": model.SerializeToString(), "proto": model}[
+        kind
+    ]
+    session = vampnet_onnx.create_session(source, intra_op_threads=1)
+    assert [i.name for i in session.get_inputs()] == ops.SAMPLE_TOKENS.input_names
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_create_session_rejects_bad_thread_counts(threads):
+    with pytest.raises(ValueError, match="create_session: intra_op_threads must be an int >= 1"):
+        vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), intra_op_threads=threads)
+
+
+def test_create_session_names_a_missing_file(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match="create_session: path_or_bytes must be an existing file, got '.*missing.onnx'",
+    ):
+        vampnet_onnx.create_session(tmp_path / "missing.onnx")
+
+
+def test_create_session_rejects_other_sources():
+    with pytest.raises(
+        TypeError,
+        match="create_session: path_or_bytes must be a path, bytes or onnx.ModelProto, got int",
+    ):
+        vampnet_onnx.create_session(42)
+
+
+def _library_missing(monkeypatch, tmp_path):
+    def missing():
+        raise FileNotFoundError(f"no library in {tmp_path}")
+
+    monkeypatch.setattr(runtime, "get_library_path", missing)
+
+
+def test_falls_back_to_python_ops_with_a_warning_when_the_library_cannot_load(
+    monkeypatch, tmp_path
+):
+    _library_missing(monkeypatch, tmp_path)
+    logits = np.random.default_rng(0).standard_normal((6, 9)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="running the ops' Python fallback"):
+        session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS))
+    tokens, logprob = session.run(None, sample_feed(logits, seed=4, offset=1))
+    want = reference.sample_tokens(logits, seed=4, offset=1)
+    np.testing.assert_array_equal(tokens, want[0])
+    np.testing.assert_array_equal(logprob, want[1])
+
+
+def test_python_ops_false_refuses_the_fallback(monkeypatch, tmp_path):
+    _library_missing(monkeypatch, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no library"):
+        vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), python_ops=False)
+
+
+def test_python_ops_raise_the_same_errors():
+    session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), python_ops=True)
+    with pytest.raises(Exception, match=r"SampleTokens: top_p must be in \(0, 1\], got 1.5"):
+        session.run(None, sample_feed(np.zeros((2, 3), np.float32), top_p=1.5))
+
+
+def test_make_node_checks_input_counts_and_attributes():
+    with pytest.raises(ValueError, match="SampleTokens: inputs must have 6 to 7 names, got 2"):
+        ops.SAMPLE_TOKENS.make_node(["a", "b"], ["t", "l"])
+    with pytest.raises(ValueError, match="MaskGitStep: attribute must be one of"):
+        ops.MASK_GIT_STEP.make_node([str(i) for i in range(10)], ["a", "b", "c"], coupled=1)
+    node = ops.MASK_GIT_STEP.make_node(
+        [str(i) for i in range(10)], ["a", "b", "c"], batch_coupled=1
+    )
+    assert node.domain == ops.DOMAIN == "vampnet_onnx"

@@ -313,3 +313,10 @@ def test_non_scalar_setting_raises(sample_op):
         ValueError, match="sample_tokens: logits must be a float32 or float16 array, got int64"
     ):
         _kernels.sample_tokens(np.zeros((2, 3), np.int64))
+
+
+def test_top_p_orders_negative_and_positive_zero_as_a_tie(sample_op):
+    # -0.0 and +0.0 are equal logits: the lower index comes first in the nucleus order.
+    logits = np.array([[-0.0, 0.0, -5.0]], np.float32)
+    tokens, _ = sample_op.run(np.repeat(logits, 1000, axis=0), top_p=0.4, seed=1)
+    assert set(np.unique(tokens)) == {0}

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -39,6 +41,19 @@ inline void check_sampling_params(const std::string& where, const SamplingParams
     fail(where, "top_p", "be in (0, 1]", to_text(params.top_p));
 }
 
+// weight[i] = keep[i] ? exp((x[i] - top) / temperature) : 0 (temperature 1: no division, the
+// same bits), with exp(d) = 0 for d < det::kExpUnderflow. keep == nullptr keeps every token.
+// Compiled for several instruction sets (sampling.cc); every variant gives the same bits.
+void softmax_weights(const float* x, const char* keep, size_t n, float top, double temperature,
+                     double* weight);
+
+// Sum of weight[i] over x[i] > level, in an unspecified order (an estimate: callers leave a
+// margin for rounding).
+double mass_above(const float* x, const double* weight, size_t n, float level);
+
+// Whether any value is NaN or +inf (the values a row of logits must not hold).
+bool has_nan_or_pos_inf(const float* x, size_t n);
+
 struct RowResult {
   int64_t token;
   float logprob;
@@ -57,46 +72,41 @@ class RowSampler {
   // x: V logits. u: uniform [0, 1) draw (ignored at temperature 0). row: for error messages.
   RowResult sample(const float* x, const SamplingParams& params, double u, const std::string& where,
                    size_t row) {
-    const size_t vocab = keep_.size();
-    size_t arg_max = 0;
+    const size_t vocab = weight_.size();
+    if (has_nan_or_pos_inf(x, vocab)) report_bad_value(x, where, row);
     float x_max = -std::numeric_limits<float>::infinity();
-    for (size_t i = 0; i < vocab; ++i) {
-      const float v = x[i];
-      if (std::isnan(v) || v == std::numeric_limits<float>::infinity())
-        fail(where, "logits", "be finite or -inf",
-             to_text(v) + " at row " + std::to_string(row) + ", index " + std::to_string(i));
-      if (v > x_max) {
-        x_max = v;
-        arg_max = i;
-      }
-    }
+    for (size_t i = 0; i < vocab; ++i) x_max = std::max(x_max, x[i]);
     if (x_max == -std::numeric_limits<float>::infinity())
       fail(where, "logits", "have a finite value in every row",
            "row " + std::to_string(row) + " all -inf");
 
-    for (size_t i = 0; i < vocab; ++i)
-      keep_[i] = x[i] > -std::numeric_limits<float>::infinity();
-    if (params.top_k > 0 && static_cast<size_t>(params.top_k) < vocab) apply_top_k(x, params.top_k);
-
+    // Filters mark kept tokens in keep_; without filters every token is kept (-inf ones get
+    // weight 0 from the exp's underflow).
+    const bool top_k_on = params.top_k > 0 && static_cast<size_t>(params.top_k) < vocab;
+    const bool top_p_on = params.top_p < 1.0f;
+    const char* keep = nullptr;
+    if (top_k_on || top_p_on) {
+      for (size_t i = 0; i < vocab; ++i) keep_[i] = x[i] > -std::numeric_limits<float>::infinity();
+      if (top_k_on) apply_top_k(x, params.top_k);
+      if (top_p_on) {
+        softmax_weights(x, keep_.data(), vocab, x_max, 1.0, weight_.data());
+        apply_top_p(x, x_max, params.top_p);
+      }
+      keep = keep_.data();
+    }
     const bool unit_scale = params.temperature == 0.0f || params.temperature == 1.0f;
-    bool have_unit_weights = false;
-    if (params.top_p < 1.0f) {
-      fill_weights(x, x_max, 1.0);
-      apply_top_p(x, params.top_p);
-      have_unit_weights = true;
-    }
-    if (have_unit_weights && unit_scale) {
-      for (size_t i = 0; i < vocab; ++i)
-        if (!keep_[i]) weight_[i] = 0.0;
-    } else {
-      fill_weights(x, x_max, unit_scale ? 1.0 : static_cast<double>(params.temperature));
-    }
+    softmax_weights(x, keep, vocab, x_max, unit_scale ? 1.0 : static_cast<double>(params.temperature),
+                    weight_.data());
 
     double total = 0.0;
     for (size_t i = 0; i < vocab; ++i) total += weight_[i];
 
-    size_t token = arg_max;
-    if (params.temperature > 0.0f) token = inverse_cdf(u * total);
+    size_t token = 0;
+    if (params.temperature > 0.0f) {
+      token = inverse_cdf(u * total);
+    } else {
+      while (x[token] != x_max) ++token;  // the argmax, lowest index on ties
+    }
     return {static_cast<int64_t>(token), confidence_logprob(weight_[token] / total)};
   }
 
@@ -112,36 +122,84 @@ class RowSampler {
 
   // Nucleus on the unscaled softmax (weight_ holds it, unnormalised): in order of decreasing
   // logit (ties: lower index first), a token is kept while the probability mass before it is
-  // <= top_p, so the first token crossing the threshold stays. Sorts only as much as needed.
-  void apply_top_p(const float* x, float top_p) {
+  // <= top_p, so the first token crossing the threshold stays. Tokens are ordered by one 64-bit
+  // key (value, then index) and only as far as the walk needs: select the next block with
+  // nth_element, sort just that block.
+  void apply_top_p(const float* x, float x_max, float top_p) {
+    const size_t vocab = keep_.size();
     double total = 0.0;
-    for (size_t i = 0; i < keep_.size(); ++i) total += weight_[i];
+    for (size_t i = 0; i < vocab; ++i) total += weight_[i];
+    // Every token at or below a logit threshold whose upper tail already holds more than top_p
+    // of the mass comes after the cut: only the tokens above it need ordering. The 1e-6 margin
+    // dwarfs the rounding difference between this sum and the walk's.
+    const float floor_value = mass_threshold(x, x_max, total, static_cast<double>(top_p) + 1e-6);
     size_t n_kept = 0;
-    for (size_t i = 0; i < keep_.size(); ++i)
-      if (keep_[i]) order_[n_kept++] = static_cast<uint32_t>(i);
-    const auto before = [x](uint32_t a, uint32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+    for (size_t i = 0; i < vocab; ++i) {  // branch-free compaction
+      const bool candidate = keep_[i] && x[i] > floor_value;
+      keep_[i] = candidate;
+      order_[n_kept] = order_key(x[i], static_cast<uint32_t>(i));
+      n_kept += candidate;
+    }
+    const auto first = order_.begin(), kept_end = order_.begin() + n_kept;
     const double threshold = static_cast<double>(top_p);
     double mass = 0.0;
     size_t walked = 0;
-    size_t sorted = std::min<size_t>(n_kept, 32);
-    while (true) {
-      std::partial_sort(order_.begin(), order_.begin() + sorted, order_.begin() + n_kept, before);
-      for (; walked < sorted; ++walked) {
+    size_t block = 256;  // usually every candidate: one sort
+    while (walked < n_kept) {
+      const auto block_end = first + std::min(n_kept, walked + block);
+      if (block_end < kept_end)
+        std::nth_element(first + walked, block_end - 1, kept_end, std::greater<uint64_t>());
+      std::sort(first + walked, block_end, std::greater<uint64_t>());
+      for (; first + walked < block_end; ++walked) {
         if (walked > 0 && mass > threshold) {
-          for (size_t j = walked; j < n_kept; ++j) keep_[order_[j]] = false;
+          for (auto it = first + walked; it < kept_end; ++it) keep_[key_index(*it)] = false;
           return;
         }
-        mass += weight_[order_[walked]] / total;
+        mass += weight_[key_index(order_[walked])] / total;
       }
-      if (sorted == n_kept) return;
-      sorted = std::min(n_kept, sorted * 4);
+      block *= 4;
     }
   }
 
-  void fill_weights(const float* x, float x_max, double temperature) {
-    const double top = static_cast<double>(x_max);
-    for (size_t i = 0; i < keep_.size(); ++i)
-      weight_[i] = keep_[i] ? det::exp((static_cast<double>(x[i]) - top) / temperature) : 0.0;
+  // A logit level above which the tokens hold more than `mass` of the normalised weight, as high
+  // as a few cheap passes find (doubling the gap below x_max, then bisecting), or -inf if none.
+  float mass_threshold(const float* x, float x_max, double total, double mass) const {
+    const size_t vocab = keep_.size();
+    const auto enough = [&](float gap) {
+      return mass_above(x, weight_.data(), vocab, x_max - gap) / total > mass;
+    };
+    float gap = 1.0f;
+    while (!enough(gap)) {
+      gap *= 2.0f;
+      if (gap > 1e30f) return -std::numeric_limits<float>::infinity();
+    }
+    float low = gap / 2.0f;  // not enough (or the first try)
+    for (int i = 0; i < 4 && gap > 1.0f; ++i) {
+      const float mid = 0.5f * (low + gap);
+      if (enough(mid))
+        gap = mid;
+      else
+        low = mid;
+    }
+    return x_max - gap;
+  }
+
+  // Larger key = earlier in the nucleus order: higher logit, then lower index.
+  static uint64_t order_key(float value, uint32_t index) {
+    value += 0.0f;  // -0 becomes +0: they tie, as in a float comparison
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u;
+    bits ^= flip;  // negative: all bits flipped; positive: sign bit set. Monotonic in value.
+    return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(~index);
+  }
+  static uint32_t key_index(uint64_t key) { return ~static_cast<uint32_t>(key); }
+
+  [[noreturn]] static void report_bad_value(const float* x, const std::string& where, size_t row) {
+    size_t i = 0;
+    while (!std::isnan(x[i]) && x[i] != std::numeric_limits<float>::infinity()) ++i;
+    fail(where, "logits", "be finite or -inf",
+         to_text(x[i]) + " at row " + std::to_string(row) + ", index " + std::to_string(i));
   }
 
   // First index whose running sum exceeds target; if rounding leaves none, the last kept token.
@@ -158,7 +216,7 @@ class RowSampler {
 
   std::vector<char> keep_;
   std::vector<double> weight_;
-  std::vector<uint32_t> order_;
+  std::vector<uint64_t> order_;
   std::vector<float> kth_;
 };
 

@@ -1,0 +1,570 @@
+"""Safe loading of VampNet (`coarse.pth`, `c2f.pth`) and LAC (`codec.pth`) checkpoints.
+
+Both are `torch.save` zip archives holding ``{"state_dict": {name: tensor}, "metadata":
+{"kwargs": {...}}}``. A pickle can name any importable callable, so nothing here unpickles a
+file before checking every global it references against an allowlist: torch's weights-only
+set (tensor and storage rebuilders, ``OrderedDict``) plus the two numpy globals that a numpy
+scalar in ``kwargs`` needs. Anything else is refused by name and never executed.
+
+The architecture always comes from ``metadata["kwargs"]``: the class defaults of the original
+code differ from the released configurations, and the original loader silently ignores missing
+or unexpected tensors, so this module checks the tensor list both ways and every shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LORA_RANK = 8
+# loralib scales the low-rank update by lora_alpha / r; VampNet keeps the default alpha 1.
+LORA_SCALE = 1.0 / LORA_RANK
+RELATIVE_ATTENTION_BUCKETS = 32
+RELATIVE_ATTENTION_MAX_DISTANCE = 128
+
+# Pickle global name -> object. Numpy writes scalars through `multiarray.scalar(dtype, bytes)`;
+# files written with numpy 1.x spell the module `numpy.core`, numpy 2 spells it `numpy._core`.
+_NUMPY_SCALAR = np._core.multiarray.scalar
+_EXTRA_SAFE_GLOBALS = {
+    "numpy._core.multiarray.scalar": _NUMPY_SCALAR,
+    "numpy.core.multiarray.scalar": _NUMPY_SCALAR,
+    "numpy.dtype": np.dtype,
+}
+# Rebuilding a numpy dtype instantiates its class; these never appear as globals in the file.
+_NUMPY_DTYPE_CLASSES = [
+    type(np.dtype(name))
+    for name in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    )
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unsafe, unreadable, or does not match the expected model."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One loaded checkpoint file.
+
+    Attributes:
+        path: the file read.
+        sha256: hex digest of the file's bytes.
+        kwargs: ``metadata["kwargs"]`` with numpy scalars turned into Python numbers.
+        state_dict: tensor name -> CPU tensor, exactly as saved.
+    """
+
+    path: Path
+    sha256: str
+    kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _safe_torch_load(path: str | Path, where: str) -> tuple[Path, Any]:
+    """Unpickle a `torch.save` zip archive after refusing any global outside the allowlist."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{where}: path must be an existing file, got '{path}'")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            head = f.read(8)
+        raise CheckpointError(
+            f"{where}: '{path}' must be a torch.save zip archive, got a truncated or non-zip "
+            f"file ({path.stat().st_size} bytes, starting {head!r})"
+        )
+    try:
+        # Scans the pickle opcodes without executing them.
+        requested = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise CheckpointError(
+            f"{where}: '{path}' must be a readable torch.save archive, got {_first_line(err)}"
+        ) from err
+    refused = sorted(set(requested) - set(_EXTRA_SAFE_GLOBALS))
+    if refused:
+        raise CheckpointError(
+            f"{where}: '{path}' must reference only tensors, plain Python values and numpy "
+            f"scalars, got pickle global(s) {', '.join(refused)} (refused: unpickling them "
+            "could run code)"
+        )
+    allow = [(obj, name) for name, obj in _EXTRA_SAFE_GLOBALS.items()] + _NUMPY_DTYPE_CLASSES
+    try:
+        with torch.serialization.safe_globals(allow):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"{where}: '{path}' must be a readable torch.save archive, got {_first_line(err)}"
+        ) from err
+    return path, obj
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars (allowed in kwargs) -> Python numbers, recursively through containers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a VampNet or LAC checkpoint without executing any pickled code.
+
+    Args:
+        path: a `torch.save` file with keys ``state_dict`` and ``metadata`` (``metadata`` must
+            hold ``kwargs``; other metadata entries are ignored).
+
+    Returns:
+        The checkpoint; tensors stay in their saved dtype on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a torch.save archive, references a
+            pickle global outside the allowlist, or lacks the expected structure.
+    """
+    path, obj = _safe_torch_load(path, "load_checkpoint")
+    where = f"load_checkpoint: '{path}'"
+    if not isinstance(obj, Mapping) or "state_dict" not in obj or "metadata" not in obj:
+        keys = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{where} must hold a dict with keys 'state_dict' and 'metadata', got {keys}"
+        )
+    state_dict, metadata = obj["state_dict"], obj["metadata"]
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("kwargs"), Mapping):
+        raise CheckpointError(f"{where}: metadata must be a dict holding a 'kwargs' dict")
+    return Checkpoint(
+        path=path,
+        sha256=file_sha256(path),
+        kwargs=_plain(dict(metadata["kwargs"])),
+        state_dict=_tensor_dict(state_dict, f"{where}: state_dict"),
+    )
+
+
+def _tensor_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where} must be a dict of name -> tensor, got {type(obj).__name__}")
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{where} must map names to tensors, got {name!r} -> {type(value).__name__}"
+            )
+    return dict(obj)
+
+
+def load_lora_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a separate LoRA file (``loralib.lora_state_dict``: a plain name -> tensor dict).
+
+    Its tensors replace the same-named ``lora_A``/``lora_B`` tensors of the base checkpoint
+    (see `apply_lora_state_dict`), as the original loader does before merging.
+    """
+    path, obj = _safe_torch_load(path, "load_lora_state_dict")
+    return _tensor_dict(obj, f"load_lora_state_dict: '{path}'")
+
+
+def apply_lora_state_dict(base: Checkpoint, lora: Mapping[str, torch.Tensor]) -> Checkpoint:
+    """Return `base` with its LoRA tensors replaced by those of `lora`.
+
+    Raises:
+        CheckpointError: a name in `lora` is not a LoRA tensor of `base`, or a shape differs.
+    """
+    state_dict = dict(base.state_dict)
+    for name, tensor in lora.items():
+        if not name.endswith((".lora_A", ".lora_B")) or name not in state_dict:
+            raise CheckpointError(
+                f"apply_lora_state_dict: tensor names must be LoRA tensors of '{base.path}', "
+                f"got {name}"
+            )
+        if tuple(tensor.shape) != tuple(state_dict[name].shape):
+            raise CheckpointError(
+                f"apply_lora_state_dict: {name} must have shape "
+                f"{tuple(state_dict[name].shape)}, got {tuple(tensor.shape)}"
+            )
+        state_dict[name] = tensor
+    return Checkpoint(base.path, base.sha256, base.kwargs, state_dict)
+
+
+def _require(kwargs: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    if name not in kwargs:
+        raise CheckpointError(f"{where}: kwargs must contain '{name}', got keys {sorted(kwargs)}")
+    value = kwargs[name]
+    # bool is an int subclass; a flag where a size belongs is a broken file.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CheckpointError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: int, where: str) -> int:
+    if value <= 0:
+        raise CheckpointError(f"{where}: {name} must be > 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class VampNetConfig:
+    """Transformer architecture, read from a VampNet checkpoint's ``metadata["kwargs"]``.
+
+    Attributes:
+        n_codebooks: C, codebooks the model embeds (4 coarse, 14 c2f).
+        n_conditioning_codebooks: leading codebooks given, never predicted (0 coarse, 4 c2f).
+        n_layers, n_heads: transformer depth and attention heads.
+        d_model: model width (``embedding_dim`` in the original kwargs).
+        vocab_size: V, codec codebook size; the mask token id is V.
+        latent_dim: codec codebook vector width (8).
+    """
+
+    n_codebooks: int
+    n_conditioning_codebooks: int
+    n_layers: int
+    n_heads: int
+    d_model: int
+    vocab_size: int
+    latent_dim: int
+
+    @property
+    def n_predict_codebooks(self) -> int:
+        """P = C - n_conditioning_codebooks, the codebooks that get logits."""
+        return self.n_codebooks - self.n_conditioning_codebooks
+
+    @property
+    def mask_token(self) -> int:
+        return self.vocab_size
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kind(self) -> str:
+        """``"coarse"`` when nothing is conditioned on, else ``"c2f"``."""
+        return "coarse" if self.n_conditioning_codebooks == 0 else "c2f"
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], where: str = "VampNetConfig") -> VampNetConfig:
+        """Validate VampNet constructor kwargs; reject options this exporter does not implement.
+
+        Raises:
+            CheckpointError: a required kwarg is missing or has an unsupported value.
+        """
+        sizes = {
+            name: _positive(name, _require(kwargs, name, int, where), where)
+            for name in (
+                "n_codebooks",
+                "n_layers",
+                "n_heads",
+                "embedding_dim",
+                "vocab_size",
+                "latent_dim",
+            )
+        }
+        n_cond = _require(kwargs, "n_conditioning_codebooks", int, where)
+        if not 0 <= n_cond < sizes["n_codebooks"]:
+            raise CheckpointError(
+                f"{where}: n_conditioning_codebooks must be in [0, n_codebooks="
+                f"{sizes['n_codebooks']}), got {n_cond}"
+            )
+        # FlashMHA has other parameter names and no relative position bias.
+        if _require(kwargs, "flash_attn", bool, where):
+            raise CheckpointError(f"{where}: flash_attn must be False, got True")
+        # These enable FiLM conditioning or control encoders: extra inputs and tensors.
+        for name in ("r_cond_dim", "cond_dim"):
+            if kwargs.get(name, 0) not in (0, None):
+                raise CheckpointError(f"{where}: {name} must be 0, got {kwargs[name]!r}")
+        if kwargs.get("ctrl_dims") not in (None, {}):
+            raise CheckpointError(f"{where}: ctrl_dims must be None, got {kwargs['ctrl_dims']!r}")
+        if kwargs.get("noise_mode", "mask") != "mask":
+            raise CheckpointError(
+                f"{where}: noise_mode must be 'mask', got {kwargs['noise_mode']!r}"
+            )
+        if sizes["embedding_dim"] % sizes["n_heads"]:
+            raise CheckpointError(
+                f"{where}: embedding_dim must be divisible by n_heads={sizes['n_heads']}, "
+                f"got {sizes['embedding_dim']}"
+            )
+        return cls(
+            n_codebooks=sizes["n_codebooks"],
+            n_conditioning_codebooks=n_cond,
+            n_layers=sizes["n_layers"],
+            n_heads=sizes["n_heads"],
+            d_model=sizes["embedding_dim"],
+            vocab_size=sizes["vocab_size"],
+            latent_dim=sizes["latent_dim"],
+        )
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """LAC codec architecture, read from ``codec.pth``'s ``metadata["kwargs"]``.
+
+    Attributes:
+        encoder_dim: width of the first encoder conv; doubles with every encoder block.
+        encoder_rates: encoder strides.
+        decoder_dim: width of the first decoder conv; halves (floor) with every decoder block.
+        decoder_rates: decoder upsampling factors.
+        n_codebooks: residual quantiser depth.
+        codebook_size: entries per codebook (the transformer's vocab_size).
+        codebook_dim: codebook vector width (the transformer's latent_dim).
+        sample_rate: audio sample rate in Hz.
+    """
+
+    encoder_dim: int
+    encoder_rates: tuple[int, ...]
+    decoder_dim: int
+    decoder_rates: tuple[int, ...]
+    n_codebooks: int
+    codebook_size: int
+    codebook_dim: int
+    sample_rate: int
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per token frame: the product of the decoder rates."""
+        return math.prod(self.decoder_rates)
+
+    @property
+    def latent_width(self) -> int:
+        """Width of encoder output, quantiser and decoder input: encoder_dim * 2**len(rates)."""
+        return self.encoder_dim * 2 ** len(self.encoder_rates)
+
+    def decoder_width(self, k: int) -> int:
+        """Channels after decoder block k (k = 0 is the first conv): floor(decoder_dim / 2**k)."""
+        return self.decoder_dim // 2**k
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], where: str = "CodecConfig") -> CodecConfig:
+        """Validate LAC constructor kwargs.
+
+        Raises:
+            CheckpointError: a required kwarg is missing or invalid, or the encoder and decoder
+                rates give different hop lengths.
+        """
+        sizes = {
+            name: _positive(name, _require(kwargs, name, int, where), where)
+            for name in (
+                "encoder_dim",
+                "decoder_dim",
+                "n_codebooks",
+                "codebook_size",
+                "codebook_dim",
+                "sample_rate",
+            )
+        }
+        rates = {}
+        for name in ("encoder_rates", "decoder_rates"):
+            value = kwargs.get(name)
+            if (
+                not isinstance(value, list | tuple)
+                or not value
+                or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in value)
+            ):
+                raise CheckpointError(
+                    f"{where}: {name} must be a non-empty list of positive ints, got {value!r}"
+                )
+            rates[name] = tuple(value)
+        if math.prod(rates["encoder_rates"]) != math.prod(rates["decoder_rates"]):
+            raise CheckpointError(
+                f"{where}: product of encoder_rates must equal product of decoder_rates "
+                f"{math.prod(rates['decoder_rates'])}, got {math.prod(rates['encoder_rates'])}"
+            )
+        return cls(**sizes, **rates)
+
+
+def vampnet_tensor_shapes(config: VampNetConfig, with_lora: bool = True) -> dict[str, tuple]:
+    """Name -> shape of every tensor a VampNet checkpoint of this configuration holds.
+
+    `with_lora` False gives the list of files saved before LoRA layers existed.
+    """
+    d, c, r = config.d_model, config.n_codebooks, LORA_RANK
+    shapes: dict[str, tuple] = {
+        "embedding.special.MASK": (c, config.latent_dim),
+        "embedding.out_proj.weight": (d, c * config.latent_dim, 1),
+        "embedding.out_proj.bias": (d,),
+    }
+
+    def linear(name: str, n_out: int, n_in: int, lora: bool) -> None:
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if lora and with_lora:
+            shapes[f"{name}.lora_A"] = (r, n_in)
+            shapes[f"{name}.lora_B"] = (n_out, r)
+
+    for layer in range(config.n_layers):
+        p = f"transformer.layers.{layer}"
+        shapes[f"{p}.norm_1.weight"] = (d,)
+        linear(f"{p}.self_attn.w_qs", d, d, lora=True)
+        linear(f"{p}.self_attn.w_ks", d, d, lora=False)
+        linear(f"{p}.self_attn.w_vs", d, d, lora=True)
+        linear(f"{p}.self_attn.fc", d, d, lora=True)
+        if layer == 0:
+            shapes[f"{p}.self_attn.relative_attention_bias.weight"] = (
+                RELATIVE_ATTENTION_BUCKETS,
+                config.n_heads,
+            )
+        shapes[f"{p}.norm_3.weight"] = (d,)
+        linear(f"{p}.feed_forward.w_1", 4 * d, d, lora=True)
+        linear(f"{p}.feed_forward.w_2", d, 2 * d, lora=True)
+    shapes["transformer.norm.weight"] = (d,)
+    n_classes = config.vocab_size * config.n_predict_codebooks
+    shapes["classifier.layers.0.weight_v"] = (n_classes, d, 1)
+    shapes["classifier.layers.0.weight_g"] = (n_classes, 1, 1)
+    shapes["classifier.layers.0.bias"] = (n_classes,)
+    return shapes
+
+
+def codec_tensor_shapes(config: CodecConfig) -> dict[str, tuple]:
+    """Name -> shape of every tensor a LAC checkpoint of this configuration holds."""
+    shapes: dict[str, tuple] = {}
+
+    def conv(name: str, n_out: int, n_in: int, kernel: int) -> None:
+        shapes[f"{name}.weight_g"] = (n_out, 1, 1)
+        shapes[f"{name}.weight_v"] = (n_out, n_in, kernel)
+        shapes[f"{name}.bias"] = (n_out,)
+
+    def conv_transpose(name: str, n_in: int, n_out: int, kernel: int) -> None:
+        # Weight norm's axis 0 of a transposed conv is the input channel axis.
+        shapes[f"{name}.weight_g"] = (n_in, 1, 1)
+        shapes[f"{name}.weight_v"] = (n_in, n_out, kernel)
+        shapes[f"{name}.bias"] = (n_out,)
+
+    def snake(name: str, channels: int) -> None:
+        shapes[f"{name}.alpha"] = (1, channels, 1)
+
+    conv("encoder.block.0", config.encoder_dim, 1, 7)
+    for k, stride in enumerate(config.encoder_rates, start=1):
+        width = config.encoder_dim * 2 ** (k - 1)
+        for j in range(3):
+            unit = f"encoder.block.{k}.block.{j}.block"
+            snake(f"{unit}.0", width)
+            conv(f"{unit}.1", width, width, 7)
+            snake(f"{unit}.2", width)
+            conv(f"{unit}.3", width, width, 1)
+        snake(f"encoder.block.{k}.block.3", width)
+        conv(f"encoder.block.{k}.block.4", 2 * width, width, 2 * stride)
+    n_enc, latent = len(config.encoder_rates), config.latent_width
+    snake(f"encoder.block.{n_enc + 1}", latent)
+    conv(f"encoder.block.{n_enc + 2}", latent, latent, 3)
+
+    for i in range(config.n_codebooks):
+        q = f"quantizer.quantizers.{i}"
+        conv(f"{q}.in_proj", config.codebook_dim, latent, 1)
+        conv(f"{q}.out_proj", latent, config.codebook_dim, 1)
+        shapes[f"{q}.codebook.weight"] = (config.codebook_size, config.codebook_dim)
+
+    conv("decoder.model.0", config.decoder_dim, latent, 7)
+    for k, rate in enumerate(config.decoder_rates, start=1):
+        c_in, c_out = config.decoder_width(k - 1), config.decoder_width(k)
+        block = f"decoder.model.{k}.block"
+        snake(f"{block}.0", c_in)
+        conv_transpose(f"{block}.1", c_in, c_out, 2 * rate)
+        for m, kernel in enumerate((3, 7, 11)):
+            for j in range(3):
+                unit = f"{block}.2.mrf_blocks.{m}.block.{j}.layer"
+                snake(f"{unit}.0", c_out)
+                conv(f"{unit}.1", c_out, c_out, kernel)
+                snake(f"{unit}.2", c_out)
+                conv(f"{unit}.3", c_out, c_out, kernel)
+    n_dec = len(config.decoder_rates)
+    snake(f"decoder.model.{n_dec + 1}", config.decoder_width(n_dec))
+    conv(f"decoder.model.{n_dec + 2}", 1, config.decoder_width(n_dec), 7)
+    return shapes
+
+
+def check_tensors(checkpoint: Checkpoint, expected: Mapping[str, tuple]) -> None:
+    """Require exactly the `expected` tensor names, each with its expected shape.
+
+    Raises:
+        CheckpointError: naming the first missing, unexpected or misshapen tensor (and how many
+            more there are of each kind).
+    """
+    where = f"'{checkpoint.path}'"
+    names = checkpoint.state_dict.keys()
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise CheckpointError(
+            f"{where}: state_dict must contain {missing[0]} {tuple(expected[missing[0]])}, got "
+            f"no such tensor ({len(missing)} missing in all)"
+        )
+    unexpected = [n for n in names if n not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: state_dict must not contain {unexpected[0]}, got it (not part of this "
+            f"architecture; {len(unexpected)} unexpected in all)"
+        )
+    for name, shape in expected.items():
+        got = tuple(checkpoint.state_dict[name].shape)
+        if got != tuple(shape):
+            raise CheckpointError(f"{where}: {name} must have shape {tuple(shape)}, got {got}")
+        if not checkpoint.state_dict[name].is_floating_point():
+            raise CheckpointError(
+                f"{where}: {name} must be a floating-point tensor, "
+                f"got {checkpoint.state_dict[name].dtype}"
+            )
+
+
+def load_vampnet(
+    path: str | Path, lora_path: str | Path | None = None
+) -> tuple[Checkpoint, VampNetConfig]:
+    """Load and fully check a VampNet checkpoint (optionally with a separate LoRA file).
+
+    Files written before LoRA existed (no ``lora_A``/``lora_B`` at all) are accepted: the
+    original model then keeps ``lora_B`` at its zero initialisation, so the update is zero.
+
+    Raises:
+        CheckpointError: unsafe/unreadable file, unsupported kwargs, or tensor list mismatch.
+    """
+    checkpoint = load_checkpoint(path)
+    config = VampNetConfig.from_kwargs(checkpoint.kwargs, f"load_vampnet: '{checkpoint.path}'")
+    with_lora = any(n.endswith((".lora_A", ".lora_B")) for n in checkpoint.state_dict)
+    check_tensors(checkpoint, vampnet_tensor_shapes(config, with_lora=with_lora))
+    if lora_path is not None:
+        if not with_lora:
+            raise CheckpointError(
+                f"load_vampnet: '{checkpoint.path}' must have LoRA tensors to take lora_path, "
+                "got none"
+            )
+        checkpoint = apply_lora_state_dict(checkpoint, load_lora_state_dict(lora_path))
+    return checkpoint, config
+
+
+def load_codec(path: str | Path) -> tuple[Checkpoint, CodecConfig]:
+    """Load and fully check a LAC codec checkpoint.
+
+    Raises:
+        CheckpointError: unsafe/unreadable file, invalid kwargs, or tensor list mismatch.
+    """
+    checkpoint = load_checkpoint(path)
+    config = CodecConfig.from_kwargs(checkpoint.kwargs, f"load_codec: '{checkpoint.path}'")
+    check_tensors(checkpoint, codec_tensor_shapes(config))
+    return checkpoint, config

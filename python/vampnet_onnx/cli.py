@@ -1,0 +1,77 @@
+"""Command line: ``vampnet-onnx <command> ...``.
+
+Each command is one subparser with a handler; export commands import torch lazily so the
+runtime commands work from an install without the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "vampnet-onnx"
+
+
+def _export_transformer(args: argparse.Namespace) -> int:
+    from .export.transformer import export_transformer
+
+    result = export_transformer(
+        args.checkpoint,
+        args.codec,
+        args.out,
+        lora_path=args.lora,
+        opset_version=args.opset,
+        verbose=args.verbose,
+    )
+    config = result.config
+    print(result.report.summary())
+    print(
+        f"wrote {result.path} ({config['kind']}: {config['n_codebooks']} codebooks, "
+        f"{config['n_predict_codebooks']} predicted, {config['n_layers']} layers, "
+        f"d_model {config['d_model']})"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per command."""
+    parser = argparse.ArgumentParser(prog=PROG, description="VampNet on ONNX Runtime.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    export = commands.add_parser(
+        "export-transformer",
+        help="export a VampNet coarse or c2f checkpoint to an ONNX transformer",
+        description=(
+            "Export coarse.pth or c2f.pth (with the codec.pth whose codebooks it embeds) to an "
+            "ONNX graph: codes int64 [B, C, T] -> logits float32 [B, T, P, 1024]. Prints how "
+            "many checkpoint tensors were mapped."
+        ),
+    )
+    export.add_argument("checkpoint", type=Path, metavar="CKPT", help="coarse.pth or c2f.pth")
+    export.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
+    export.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    export.add_argument("--lora", type=Path, help="separate LoRA state dict (lora.pth)")
+    export.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
+    export.add_argument(
+        "--verbose", action="store_true", help="exporter messages and full tracebacks"
+    )
+    export.set_defaults(handler=_export_transformer)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; errors print one line to stderr and return 1 (``--verbose``: raise)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, OSError) as err:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Export-friendly torch modules (export-time only: this package imports torch)."""

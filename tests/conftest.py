@@ -35,23 +35,15 @@ def op_model(
     )
 
 
-def scalar(value, dtype) -> np.ndarray:
-    """A rank-0 array, as ONNX Loop counters and scalar inputs are."""
-    return np.array(value, dtype=dtype)
-
-
 def sample_feed(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, first_row=0):
-    feed = {
+    """SampleTokens inputs; first_row None: for models without the optional input."""
+    extra = {} if first_row is None else {"first_row": first_row}
+    return {
         "logits": logits,
-        "temperature": scalar(temperature, np.float32),
-        "top_k": scalar(top_k, np.int64),
-        "top_p": scalar(top_p, np.float32),
-        "seed": scalar(seed, np.int64),
-        "offset": scalar(offset, np.int64),
+        **ops.SAMPLE_TOKENS.feed(
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, offset=offset, **extra
+        ),
     }
-    if first_row is not None:  # None: for models without the optional input
-        feed["first_row"] = scalar(first_row, np.int64)
-    return feed
 
 
 def step_feed(
@@ -67,24 +59,26 @@ def step_feed(
     seed=0,
     n_masked_start=None,
 ):
-    feed = {
+    """MaskGitStep inputs; n_masked_start None: the current mask's count (right at step 0),
+    False: left out, for models without the optional input."""
+    if n_masked_start is None:
+        n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
+    extra = {} if n_masked_start is False else {"n_masked_start": n_masked_start}
+    return {
         "logits": logits,
         "codes": codes,
         "mask": mask,
-        "step": scalar(step, np.int64),
-        "n_steps": scalar(n_steps, np.int64),
-        "temperature": scalar(temperature, np.float32),
-        "top_k": scalar(top_k, np.int64),
-        "top_p": scalar(top_p, np.float32),
-        "mask_temperature": scalar(mask_temperature, np.float32),
-        "seed": scalar(seed, np.int64),
+        **ops.MASK_GIT_STEP.feed(
+            step=step,
+            n_steps=n_steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            mask_temperature=mask_temperature,
+            seed=seed,
+        ),
+        **extra,
     }
-    # Default: the current mask's count, right at step 0 (models without it: pass False).
-    if n_masked_start is None:
-        n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
-    if n_masked_start is not False:
-        feed["n_masked_start"] = n_masked_start
-    return feed
 
 
 class OpRunner:

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import vampnet_onnx
-from conftest import ONNX_OPSET, random_step_problem, scalar
+from conftest import ONNX_OPSET, random_step_problem
 from vampnet_onnx import _kernels, ops
 
 BCT = ["B", "C", "T"]
@@ -74,14 +74,7 @@ def loop_model() -> onnx.ModelProto:
             body=body,
         ),
     ]
-    scalar_types = dict(
-        temperature=TensorProto.FLOAT,
-        top_k=TensorProto.INT64,
-        top_p=TensorProto.FLOAT,
-        mask_temperature=TensorProto.FLOAT,
-        seed=TensorProto.INT64,
-        n_steps=TensorProto.INT64,
-    )
+    scalar_types = {name: ops.MASK_GIT_STEP.port(name).types[0] for name in [*SETTINGS, "n_steps"]}
     graph = helper.make_graph(
         nodes,
         "loop",
@@ -122,19 +115,11 @@ def python_loop(logits, codes, mask, n_steps, settings):
 
 
 def loop_feed(logits, codes, mask, n_steps, settings):
-    types = dict(
-        temperature=np.float32,
-        top_k=np.int64,
-        top_p=np.float32,
-        mask_temperature=np.float32,
-        seed=np.int64,
-    )
     return {
         "logits": logits,
         "codes": codes,
         "mask": mask,
-        "n_steps": scalar(n_steps, np.int64),
-        **{k: scalar(settings[k], types[k]) for k in SETTINGS},
+        **ops.MASK_GIT_STEP.feed(n_steps=n_steps, **{k: settings[k] for k in SETTINGS}),
     }
 
 

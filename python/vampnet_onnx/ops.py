@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -54,6 +55,21 @@ class OpSchema:
     @property
     def output_names(self) -> list[str]:
         return [port.name for port in self.outputs]
+
+    def port(self, name: str) -> Port:
+        for port in self.inputs + self.outputs:
+            if port.name == name:
+                return port
+        raise KeyError(
+            f"{self.name}: port must be one of {self.input_names + self.output_names}, got {name!r}"
+        )
+
+    def feed(self, **values) -> dict[str, np.ndarray]:
+        """Inputs as arrays of the schema's (first) type: scalars become rank-0 arrays."""
+        return {
+            name: np.asarray(value, dtype=helper.tensor_dtype_to_np_dtype(self.port(name).types[0]))
+            for name, value in values.items()
+        }
 
     def make_node(
         self, inputs: list[str], outputs: list[str], name: str | None = None, **attributes

@@ -35,6 +35,41 @@ def _export_transformer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .export.generation import export_generation
+    from .export.transformer import export_transformer
+
+    models = [(kind, path) for kind, path in (("coarse", args.coarse), ("c2f", args.c2f)) if path]
+    if not models:
+        raise ValueError("at least one of --coarse and --c2f must be given, got neither")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=2 * len(models), desc="export", unit="graph") as bar:
+        for kind, checkpoint in models:
+            bar.set_postfix_str(f"{kind}.onnx")
+            result = export_transformer(
+                checkpoint,
+                args.codec,
+                args.out / f"{kind}.onnx",
+                opset_version=args.opset,
+                verbose=args.verbose,
+            )
+            bar.write(result.report.summary())
+            bar.update()
+            bar.set_postfix_str(f"{kind}.generate.onnx")
+            generation = export_generation(
+                result.path,
+                args.out / f"{kind}.generate.onnx",
+                trace=args.trace,
+                batch_coupled=args.batch_coupled,
+            )
+            bar.update()
+            size = generation.path.stat().st_size / 2**20
+            bar.write(f"wrote {result.path} and {generation.path} ({size:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog=PROG, description="VampNet on ONNX Runtime.")
@@ -58,6 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="exporter messages and full tracebacks"
     )
     export.set_defaults(handler=_export_transformer)
+
+    bundle = commands.add_parser(
+        "export",
+        help="export the models a vamp needs: transformers and generation-loop graphs",
+        description=(
+            "Export VampNet checkpoints to DIR: for each model given, KIND.onnx (the transformer, "
+            "codes -> logits) and KIND.generate.onnx (the whole generation loop in one graph: "
+            "codes, mask, n_steps, temperature, top_k, top_p, mask_temperature, seed -> "
+            "codes_out; see docs/generation.md)."
+        ),
+    )
+    bundle.add_argument("--coarse", type=Path, help="coarse.pth")
+    bundle.add_argument("--c2f", type=Path, help="c2f.pth")
+    bundle.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
+    bundle.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    bundle.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
+    bundle.add_argument(
+        "--trace",
+        action="store_true",
+        help="generation graphs also output the codes and mask after every step",
+    )
+    bundle.add_argument(
+        "--batch-coupled",
+        action="store_true",
+        help="count the schedule over the whole batch, as upstream VampNet does (default: per "
+        "batch item)",
+    )
+    bundle.add_argument(
+        "--verbose", action="store_true", help="exporter messages and full tracebacks"
+    )
+    bundle.set_defaults(handler=_export)
     return parser
 
 

@@ -162,6 +162,57 @@ MASK_GIT_STEP = OpSchema(
 
 SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP)
 
+# --- graph contracts (not ops): the exported graphs' inputs and outputs --------------------
+
+# Metadata keys: the transformer's config JSON (written by export.transformer) and the
+# generation graph's settings (export.generation).
+CONFIG_KEY = "vampnet_onnx.config"
+GENERATION_KEY = "vampnet_onnx.generation"
+
+TRANSFORMER = OpSchema(
+    name="Transformer",
+    inputs=(Port("codes", _INT64, "[B, C, T] codes with MASK where to generate"),),
+    outputs=(Port("logits", _FLOAT, "[B, T, P, V] for the P predicted codebooks"),),
+)
+
+# VampNet's generate defaults (SPEC.md §3.1, §4.7: the app runs 36 coarse steps).
+GENERATION_DEFAULTS = {
+    "n_steps": 36,
+    "temperature": DEFAULT_TEMPERATURE,
+    "top_k": DEFAULT_TOP_K,
+    "top_p": DEFAULT_TOP_P,
+    "mask_temperature": DEFAULT_MASK_TEMPERATURE,
+    "seed": 0,
+}
+
+GENERATION = OpSchema(
+    name="Generation",
+    inputs=(
+        Port("codes", _INT64, "[B, C, T] prompt codes; values at masked positions are ignored"),
+        Port(
+            "mask",
+            (TensorProto.BOOL,),
+            "[B, C, T] true = generate; false in conditioning codebooks",
+        ),
+        Port("n_steps", _INT64, "scalar >= 1, iterations of the loop (VampNet: 36 coarse)"),
+        *_SAMPLING_INPUTS,
+        Port("mask_temperature", _FLOAT, "scalar >= 0 (VampNet: 10.5)"),
+        Port("seed", _INT64, "scalar, the random stream's key"),
+    ),
+    outputs=(
+        Port("codes_out", _INT64, "[B, C, T] every position filled"),
+        Port(
+            "codes_per_step", _INT64, "[S, B, C, T] codes after each step (trace export only)", True
+        ),
+        Port(
+            "mask_per_step",
+            (TensorProto.BOOL,),
+            "[S, B, C, T] mask after each step (trace export only)",
+            True,
+        ),
+    ),
+)
+
 
 def opset_import() -> onnx.OperatorSetIdProto:
     """The opset import a model using these ops needs."""

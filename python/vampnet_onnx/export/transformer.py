@@ -20,8 +20,8 @@ import torch
 
 from ..checkpoint import Checkpoint, CodecConfig, VampNetConfig, file_sha256
 from ..model.transformer import MappingReport, VampNetTransformer, load_transformer
+from ..ops import CONFIG_KEY
 
-CONFIG_KEY = "vampnet_onnx.config"
 DEFAULT_OPSET = 20
 # Gelu(approximate="tanh") became a standard op at opset 20; below that the exporter writes
 # the tanh formula out, which ORT still runs. Opsets under 18 lack the ops torch emits.

@@ -1,0 +1,221 @@
+"""The whole VampNet generation loop as one ONNX graph (SPEC.md §3.2).
+
+From an exported transformer (``codes [B, C, T] -> logits [B, T, P, V]``) build a graph whose
+`Loop` body runs the transformer on the current model input, then `MaskGitStep`, carrying
+``codes``, ``mask`` and ``model_input`` from step to step. The transformer's weights stay
+initializers of the main graph that the body reads from the outer scope, so they are stored once.
+The contract (inputs, outputs, defaults) is `vampnet_onnx.ops.GENERATION`; docs/generation.md.
+
+Built with onnx-ir; torch is not needed here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import (
+    LiftSubgraphInitializersToMainGraphPass,
+    NameFixPass,
+    TopologicalSortPass,
+)
+
+from .. import ops
+
+_BCT = ("batch", "codebooks", "time")
+
+
+def _tensor_value(name: str, port_name: str, schema: ops.OpSchema, shape) -> ir.Value:
+    dtype = ir.DataType(schema.port(port_name).types[0])
+    return ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shape))
+
+
+def _constant(name: str, array: np.ndarray) -> ir.Node:
+    return ir.node(
+        "Constant", [], {"value": ir.tensor(array, name=name)}, outputs=[ir.Value(name=name)]
+    )
+
+
+@dataclass(frozen=True)
+class GenerationExport:
+    """Result of `export_generation`: the written file and the settings in its metadata."""
+
+    path: Path
+    settings: dict
+
+
+def build_generation_model(
+    transformer: ir.Model, trace: bool = False, batch_coupled: bool = False
+) -> ir.Model:
+    """The generation graph around `transformer` (which is consumed: its graph is moved).
+
+    trace: also output the codes and mask after every step ([S, B, C, T] each).
+    batch_coupled: count the schedule's N0 over the whole batch as upstream VampNet does
+    (MaskGitStep attribute), instead of per item.
+    """
+    graph = transformer.graph
+    if [v.name for v in graph.inputs] != ops.TRANSFORMER.input_names or [
+        v.name for v in graph.outputs
+    ] != ops.TRANSFORMER.output_names:
+        raise ValueError(
+            "build_generation_model: transformer must have input 'codes' and output 'logits', "
+            f"got {[v.name for v in graph.inputs]} -> {[v.name for v in graph.outputs]}"
+        )
+    config = json.loads(transformer.metadata_props.get(ops.CONFIG_KEY, "{}"))
+    mask_token = int(config.get("mask_token", ops.MASK_TOKEN))
+    schema = ops.GENERATION
+
+    # Main-graph inputs, in the contract's order.
+    inputs = {
+        port.name: _tensor_value(
+            port.name, port.name, schema, _BCT if port.name in ("codes", "mask") else ()
+        )
+        for port in schema.inputs
+    }
+
+    # The loop body: transformer on model_input, then MaskGitStep.
+    [model_input_in] = graph.inputs
+    [logits] = graph.outputs
+    model_input_in.name = "model_input_in"
+    step = ir.Value(name="step", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    cond_in = ir.Value(name="cond_in", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+    codes_in = _tensor_value("codes_in", "codes", schema, _BCT)
+    mask_in = _tensor_value("mask_in", "mask", schema, _BCT)
+    body_nodes = list(graph)
+    graph.remove(body_nodes)
+    graph.inputs.clear()
+    graph.outputs.clear()
+    initializers = list(graph.initializers.values())
+    graph.initializers.clear()
+
+    n_masked_start = ir.Value(name="n_masked_start")
+    step_node = ops.MASK_GIT_STEP
+    mask_git_step = ir.node(
+        step_node.name,
+        [
+            logits,
+            codes_in,
+            mask_in,
+            step,
+            inputs["n_steps"],
+            inputs["temperature"],
+            inputs["top_k"],
+            inputs["top_p"],
+            inputs["mask_temperature"],
+            inputs["seed"],
+            n_masked_start,
+        ],
+        {"batch_coupled": int(batch_coupled)},
+        domain=ops.DOMAIN,
+        outputs=[
+            _tensor_value(f"{name}_step", name, step_node, _BCT) for name in step_node.output_names
+        ],
+        name="mask_git_step",
+    )
+    codes_out, mask_out, model_input_out = mask_git_step.outputs
+    cond_out = ir.node(
+        "Identity",
+        [cond_in],
+        outputs=[
+            ir.Value(name="cond_out", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+        ],
+    )
+    body_outputs = [cond_out.outputs[0], codes_out, mask_out, model_input_out]
+    extra_nodes = [mask_git_step, cond_out]
+    if trace:
+        for value in (codes_out, mask_out):
+            copy = ir.node(
+                "Identity",
+                [value],
+                outputs=[ir.Value(name=f"{value.name}_trace", type=value.type, shape=value.shape)],
+            )
+            extra_nodes.append(copy)
+            body_outputs.append(copy.outputs[0])
+    body = ir.Graph(
+        [step, cond_in, codes_in, mask_in, model_input_in],
+        body_outputs,
+        nodes=[*body_nodes, *extra_nodes],
+        initializers=initializers,
+        name="generation_step",
+    )
+
+    # Main graph: N0 per item, the first model input, the loop.
+    axes = _constant("reduce_axes", np.array([1, 2], np.int64))
+    mask_int = ir.node("Cast", [inputs["mask"]], {"to": ir.DataType.INT64})
+    n0 = ir.node(
+        "ReduceSum",
+        [mask_int.outputs[0], axes.outputs[0]],
+        {"keepdims": 0},
+        outputs=[n_masked_start],
+    )
+    token = _constant("mask_token", np.array(mask_token, np.int64))
+    first_input = ir.node("Where", [inputs["mask"], token.outputs[0], inputs["codes"]])
+    # At least one iteration, so that n_steps < 1 reaches MaskGitStep's error instead of
+    # silently returning the prompt.
+    one = _constant("one", np.array(1, np.int64))
+    trips = ir.node("Max", [inputs["n_steps"], one.outputs[0]])
+    true = _constant("true", np.array(True))
+    n_loop_outputs = 3 + (2 if trace else 0)
+    loop = ir.node(
+        "Loop",
+        [
+            trips.outputs[0],
+            true.outputs[0],
+            inputs["codes"],
+            inputs["mask"],
+            first_input.outputs[0],
+        ],
+        {"body": ir.AttrGraph("body", body)},
+        num_outputs=n_loop_outputs,
+        name="generation_loop",
+    )
+    final_codes = loop.outputs[0]
+    final_codes.name = "codes_out"
+    final_codes.type = ir.TensorType(ir.DataType.INT64)
+    final_codes.shape = ir.Shape(_BCT)
+    outputs = [final_codes]
+    if trace:
+        for value, port in zip(loop.outputs[3:], ("codes_per_step", "mask_per_step")):
+            value.name = port
+            value.type = ir.TensorType(ir.DataType(schema.port(port).types[0]))
+            value.shape = ir.Shape(("steps", *_BCT))
+            outputs.append(value)
+
+    main = ir.Graph(
+        list(inputs.values()),
+        outputs,
+        nodes=[axes, mask_int, n0, token, first_input, one, trips, true, loop],
+        opset_imports={**graph.opset_imports, ops.DOMAIN: ops.VERSION},
+        name="vampnet_generation",
+    )
+    settings = {"trace": trace, "batch_coupled": batch_coupled, "defaults": ops.GENERATION_DEFAULTS}
+    model = ir.Model(
+        main,
+        ir_version=transformer.ir_version,
+        producer_name="vampnet_onnx",
+        metadata_props={**transformer.metadata_props, ops.GENERATION_KEY: json.dumps(settings)},
+    )
+    for fix in (LiftSubgraphInitializersToMainGraphPass(), TopologicalSortPass(), NameFixPass()):
+        fix(model)
+    return model
+
+
+def export_generation(
+    transformer_path: str | Path,
+    out_path: str | Path,
+    trace: bool = False,
+    batch_coupled: bool = False,
+) -> GenerationExport:
+    """Transformer .onnx file -> generation .onnx file (checked with onnx.checker)."""
+    transformer = ir.load(str(transformer_path))
+    model = build_generation_model(transformer, trace=trace, batch_coupled=batch_coupled)
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=False)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out_path))
+    return GenerationExport(out_path, json.loads(model.metadata_props[ops.GENERATION_KEY]))

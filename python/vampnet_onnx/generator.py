@@ -1,0 +1,224 @@
+"""`Generator`: VampNet's iterative generation from an exported graph (numpy + onnxruntime).
+
+Two modes, chosen by the file given:
+- a generation graph (``*.generate.onnx``, `export.generation`): one `run` does every step
+  inside ONNX Runtime;
+- a plain transformer graph (``codes -> logits``): the same step loop driven from Python, one
+  `run` of the transformer plus one `_kernels.mask_git_step` per step. Same tokens as the
+  single graph for the same inputs and seed; for comparison and debugging.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from . import ops
+from .runtime import create_session
+
+_WHERE = "Generator.generate"
+
+
+class Generator:
+    """Generates VampNet codes from an exported coarse or coarse-to-fine graph.
+
+    path: a generation graph or a transformer graph (see the module doc).
+    providers: onnxruntime execution providers (default CPU).
+    threads: intra-op threads of the session and of the Python-loop kernels (default: ORT's).
+    batch_coupled: Python-loop mode only: count the schedule's N0 over the whole batch as
+    upstream VampNet does (a generation graph has this fixed at export).
+    python_ops: passed to `create_session`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence | None = None,
+        threads: int | None = None,
+        batch_coupled: bool | None = None,
+        python_ops: bool | None = None,
+    ):
+        self.session: ort.InferenceSession = create_session(
+            path,
+            providers=list(providers) if providers else None,
+            intra_op_threads=threads,
+            python_ops=python_ops,
+        )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if ops.CONFIG_KEY not in meta:
+            raise ValueError(
+                f"Generator: path must be a vampnet_onnx export with metadata {ops.CONFIG_KEY}, "
+                f"got {str(path)!r} without it"
+            )
+        self.config: dict = json.loads(meta[ops.CONFIG_KEY])
+        input_names = [i.name for i in self.session.get_inputs()]
+        if input_names == ops.GENERATION.input_names:
+            self.mode = "graph"
+            settings = json.loads(meta.get(ops.GENERATION_KEY, "{}"))
+            exported_coupling = bool(settings.get("batch_coupled", False))
+            if batch_coupled is not None and batch_coupled != exported_coupling:
+                raise ValueError(
+                    f"Generator: batch_coupled must match the graph's export setting "
+                    f"{exported_coupling}, got {batch_coupled}"
+                )
+            self.batch_coupled = exported_coupling
+        elif input_names == ops.TRANSFORMER.input_names:
+            self.mode = "python-loop"
+            self.batch_coupled = bool(batch_coupled)
+        else:
+            raise ValueError(
+                f"Generator: path must hold a generation or transformer graph, got inputs "
+                f"{input_names}"
+            )
+        self.threads = threads or 1
+
+    @property
+    def n_codebooks(self) -> int:
+        return int(self.config["n_codebooks"])
+
+    @property
+    def n_conditioning_codebooks(self) -> int:
+        return int(self.config["n_conditioning_codebooks"])
+
+    @property
+    def mask_token(self) -> int:
+        return int(self.config.get("mask_token", ops.MASK_TOKEN))
+
+    def generate(
+        self,
+        codes: np.ndarray,
+        mask: np.ndarray,
+        steps: int = ops.GENERATION_DEFAULTS["n_steps"],
+        temperature: float = ops.DEFAULT_TEMPERATURE,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        mask_temperature: float = ops.DEFAULT_MASK_TEMPERATURE,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Fill the masked positions of `codes`.
+
+        codes: integer [B, C, T] (C = the model's codebooks), each in [0, 1024) where mask is
+        false; values under the mask are ignored. mask: bool (or 0/1) [B, C, T], true =
+        generate, never true in the conditioning codebooks (c2f's first 4). steps: iterations
+        (VampNet: 36 coarse, 2 coarse-to-fine). temperature: 0 = argmax. top_k / top_p: None =
+        off. mask_temperature: Gumbel noise scale on the re-masking confidences. seed: any
+        int64. progress: a tqdm bar over the steps (Python-loop mode).
+        Returns int64 [B, C, T] with every position filled; unmasked positions unchanged.
+        """
+        codes, mask = self._check_codes_and_mask(codes, mask)
+        settings = self._check_settings(steps, temperature, top_k, top_p, mask_temperature, seed)
+        if self.mode == "graph":
+            feed = {"codes": codes, "mask": mask, **ops.GENERATION.feed(**settings)}
+            return self.session.run(["codes_out"], feed)[0]
+        return self._python_loop(codes, mask, settings, progress)
+
+    def _python_loop(self, codes, mask, settings, progress) -> np.ndarray:
+        from . import _kernels
+
+        n_steps = settings.pop("n_steps")
+        n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
+        model_input = np.where(mask, self.mask_token, codes)
+        steps = range(n_steps)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="generate", unit="step")
+        for step in steps:
+            logits = self.session.run(["logits"], {"codes": model_input})[0]
+            codes, mask, model_input = _kernels.mask_git_step(
+                logits,
+                codes,
+                mask,
+                step,
+                n_steps,
+                n_masked_start=n_masked_start,
+                batch_coupled=self.batch_coupled,
+                threads=self.threads,
+                **settings,
+            )
+        return codes
+
+    def _check_codes_and_mask(self, codes, mask) -> tuple[np.ndarray, np.ndarray]:
+        codes, mask = np.asarray(codes), np.asarray(mask)
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise TypeError(f"{_WHERE}: codes must be an integer array, got {codes.dtype}")
+        if codes.ndim != 3 or codes.shape[1] != self.n_codebooks:
+            raise ValueError(
+                f"{_WHERE}: codes must have shape [B, {self.n_codebooks}, T], "
+                f"got {list(codes.shape)}"
+            )
+        if mask.shape != codes.shape:
+            raise ValueError(
+                f"{_WHERE}: mask must have the shape of codes {list(codes.shape)}, "
+                f"got {list(mask.shape)}"
+            )
+        if mask.dtype != np.bool_:
+            if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
+                raise TypeError(
+                    f"{_WHERE}: mask must be bool or 0/1 integers, got {mask.dtype} values "
+                    f"{np.unique(mask)[:5].tolist()}"
+                )
+            mask = mask.astype(bool)
+        ncc = self.n_conditioning_codebooks
+        if mask[:, :ncc].any():
+            b, c, t = np.argwhere(mask[:, :ncc])[0]
+            raise ValueError(
+                f"{_WHERE}: mask must be false in the {ncc} conditioning codebooks, "
+                f"got true at [{b}, {c}, {t}]"
+            )
+        vocab = self.mask_token
+        bad = ~mask & ((codes < 0) | (codes >= vocab))
+        if bad.any():
+            b, c, t = np.argwhere(bad)[0]
+            raise ValueError(
+                f"{_WHERE}: codes must be in [0, {vocab}) where mask is false, "
+                f"got {codes[b, c, t]} at [{b}, {c}, {t}]"
+            )
+        # Under the mask any value is ignored; keep the arrays the ops accept.
+        return np.where(mask, 0, codes).astype(np.int64), np.ascontiguousarray(mask)
+
+    @staticmethod
+    def _check_settings(steps, temperature, top_k, top_p, mask_temperature, seed) -> dict:
+        def fail(name, constraint, got):
+            raise ValueError(f"{_WHERE}: {name} must {constraint}, got {got!r}")
+
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            fail("steps", "be an int >= 1", steps)
+        if not (
+            isinstance(temperature, (int, float))
+            and math.isfinite(temperature)
+            and temperature >= 0
+        ):
+            fail("temperature", "be a finite number >= 0", temperature)
+        top_k = 0 if top_k is None else top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            fail("top_k", "be None or an int >= 0", top_k)
+        top_p = 1.0 if top_p is None else top_p
+        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            fail("top_p", "be None or in (0, 1]", top_p)
+        if not (
+            isinstance(mask_temperature, (int, float))
+            and math.isfinite(mask_temperature)
+            and mask_temperature >= 0
+        ):
+            fail("mask_temperature", "be a finite number >= 0", mask_temperature)
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, (int, np.integer))
+            or not (-(2**63) <= seed < 2**63)
+        ):
+            fail("seed", "be an int64", seed)
+        return dict(
+            n_steps=int(steps),
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            mask_temperature=float(mask_temperature),
+            seed=int(seed),
+        )

@@ -1,0 +1,45 @@
+"""`vampnet-onnx export`: transformers and generation graphs for the models given."""
+
+import numpy as np
+
+import vampnet_onnx
+from vampnet_onnx import cli, testing
+
+
+def test_export_writes_transformers_and_generation_graphs(tmp_path, capsys):
+    coarse = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", testing.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", testing.TINY_C2F_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    out = tmp_path / "models"
+    rc = cli.main(
+        [
+            "export",
+            "--coarse",
+            str(coarse),
+            "--c2f",
+            str(c2f),
+            "--codec",
+            str(codec),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["c2f.generate.onnx", "c2f.onnx", "coarse.generate.onnx", "coarse.onnx"]
+    assert "tensors mapped" in capsys.readouterr().out
+    generator = vampnet_onnx.Generator(out / "c2f.generate.onnx")
+    codes = np.random.default_rng(0).integers(0, 1024, (1, 14, 5))
+    mask = np.zeros(codes.shape, bool)
+    mask[:, 4:] = True
+    out_codes = generator.generate(codes, mask, steps=2)
+    np.testing.assert_array_equal(out_codes[:, :4], codes[:, :4])
+
+
+def test_export_without_models_is_a_one_line_error(tmp_path, capsys):
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    assert cli.main(["export", "--codec", str(codec), "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "vampnet-onnx export: error: at least one of --coarse and --c2f must be given, got neither"
+    ]

@@ -1,0 +1,261 @@
+"""The whole generation loop in one graph: against the Python loop, against a from-spec
+reference of VampNet's generate, invariants, the fallback, and the Generator API's errors."""
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+import vampnet_onnx
+from numpy_forward import load_raw, vampnet_logits
+from vampnet_onnx import ops, reference, testing
+from vampnet_onnx.export.generation import export_generation
+from vampnet_onnx.export.transformer import export_transformer
+
+KWARGS = {"coarse": testing.TINY_COARSE_KWARGS, "c2f": testing.TINY_C2F_KWARGS}
+
+
+@pytest.fixture(scope="module")
+def codec_path(tmp_path_factory):
+    return testing.write_codec_checkpoint(
+        tmp_path_factory.mktemp("codec") / "codec.pth", testing.TINY_CODEC_KWARGS, seed=5
+    )
+
+
+@pytest.fixture(scope="module", params=["coarse", "c2f"])
+def models(request, tmp_path_factory, codec_path):
+    """Paths of one kind's checkpoint, transformer and generation graphs (plain, traced,
+    batch-coupled)."""
+    kind = request.param
+    root = tmp_path_factory.mktemp(kind)
+    ckpt = testing.write_vampnet_checkpoint(root / f"{kind}.pth", KWARGS[kind], seed=11)
+    transformer = export_transformer(ckpt, codec_path, root / f"{kind}.onnx").path
+    paths = {"kind": kind, "checkpoint": ckpt, "codec": codec_path, "transformer": transformer}
+    for name, options in [
+        ("graph", {}),
+        ("trace", {"trace": True}),
+        ("coupled", {"batch_coupled": True}),
+    ]:
+        paths[name] = export_generation(transformer, root / f"{kind}.{name}.onnx", **options).path
+    return paths
+
+
+def problem(kind, batch, frames, seed, mask_rate=0.7):
+    """Random prompt codes and a mask (conditioning codebooks of c2f unmasked)."""
+    rng = np.random.default_rng(seed)
+    n_codebooks = KWARGS[kind]["n_codebooks"]
+    codes = rng.integers(0, 1024, (batch, n_codebooks, frames))
+    mask = rng.random((batch, n_codebooks, frames)) < mask_rate
+    mask[:, : KWARGS[kind]["n_conditioning_codebooks"]] = False
+    return codes, mask
+
+
+CASES = [
+    (1, 40, 6, dict(seed=0)),
+    (2, 17, 5, dict(seed=3, temperature=0.8, top_p=0.9)),
+    (3, 9, 4, dict(seed=-12, top_k=20, mask_temperature=3.0)),
+    (1, 1, 3, dict(seed=1)),
+]
+
+
+@pytest.mark.parametrize("batch, frames, steps, settings", CASES)
+def test_single_graph_equals_the_python_loop(models, batch, frames, steps, settings):
+    codes, mask = problem(models["kind"], batch, frames, seed=frames)
+    graph = vampnet_onnx.Generator(models["graph"], threads=2)
+    loop = vampnet_onnx.Generator(models["transformer"], threads=2)
+    assert (graph.mode, loop.mode) == ("graph", "python-loop")
+    np.testing.assert_array_equal(
+        graph.generate(codes, mask, steps=steps, **settings),
+        loop.generate(codes, mask, steps=steps, **settings),
+    )
+
+
+def test_batch_coupled_graph_equals_the_coupled_python_loop(models):
+    codes, mask = problem(models["kind"], 2, 20, seed=4)
+    graph = vampnet_onnx.Generator(models["coupled"])
+    loop = vampnet_onnx.Generator(models["transformer"], batch_coupled=True)
+    np.testing.assert_array_equal(
+        graph.generate(codes, mask, steps=5, seed=2), loop.generate(codes, mask, steps=5, seed=2)
+    )
+
+
+def spec_generate(checkpoint, codec, z, mask, n_steps, batch_coupled):
+    """VampNet's generate (SPEC.md §3.2) on its deterministic path (argmax tokens, no Gumbel
+    noise), written from the spec over the independent float64 numpy forward: upstream logits
+    layout [B, V, T * P], time-major flattening, float32 probabilities, schedule and re-mask
+    rule. N0 is per item unless batch_coupled (upstream counts it over the whole batch)."""
+    sd, kwargs = load_raw(checkpoint)
+    codec_sd, _ = load_raw(codec)
+    vocab, ncc = kwargs["vocab_size"], kwargs["n_conditioning_codebooks"]
+    batch, n_codebooks, frames = z.shape
+    n_pred = n_codebooks - ncc
+
+    def flatten(x):  # [B, P, T] -> [B, T * P], index t * P + c
+        return x.transpose(0, 2, 1).reshape(batch, -1)
+
+    def unflatten(x):
+        return x.reshape(batch, frames, n_pred).transpose(0, 2, 1)
+
+    zm = np.where(mask, vocab, z)
+    n0 = (zm == vocab).sum(axis=(1, 2))
+    if batch_coupled:
+        n0 = np.full(batch, n0.sum())
+    for i in range(n_steps):
+        r = np.float32((i + 1) / n_steps)
+        logits = vampnet_logits(sd, kwargs, codec_sd, zm).astype(np.float32).transpose(0, 2, 1)
+        tokens = logits.argmax(axis=-1)
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+        chosen = np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+        zf = flatten(zm[:, ncc:])
+        masked = zf == vocab
+        tokens = np.where(masked, tokens, zf)
+        chosen = np.where(masked, chosen, np.float32(np.inf))
+        gamma = np.float32(math.cos(np.float32(r * np.float32(math.pi)) / np.float32(2)))
+        gamma = min(max(gamma, np.float32(1e-10)), np.float32(1))
+        new_zf = np.empty_like(zf)
+        for b in range(batch):
+            k = int(np.floor(gamma * np.float32(n0[b])))
+            if i != n_steps - 1:
+                k = max(1, min(int(masked[b].sum()) - 1, k))
+            confidence = np.log(chosen[b])  # mask_temperature 0: no noise
+            cut = np.sort(confidence)[k]
+            new_zf[b] = np.where(confidence < cut, vocab, tokens[b])
+        zm = np.concatenate([z[:, :ncc], unflatten(new_zf)], axis=1)
+    return np.concatenate([z[:, :ncc], unflatten(tokens)], axis=1)
+
+
+@pytest.mark.parametrize("batch, coupled", [(1, False), (2, True)])
+def test_deterministic_mode_matches_a_from_spec_reference(models, batch, coupled):
+    codes, mask = problem(models["kind"], batch, 24, seed=7)
+    generator = vampnet_onnx.Generator(models["coupled" if coupled else "graph"])
+    got = generator.generate(codes, mask, steps=6, temperature=0.0, mask_temperature=0.0)
+    want = spec_generate(models["checkpoint"], models["codec"], codes, mask, 6, coupled)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_trace_follows_the_schedule_and_keeps_the_prompt(models):
+    kind = models["kind"]
+    codes, mask = problem(kind, 2, 30, seed=8)
+    session = vampnet_onnx.create_session(models["trace"])
+    steps = 7
+    feed = {
+        "codes": codes.astype(np.int64),
+        "mask": mask,
+        **ops.GENERATION.feed(**{**ops.GENERATION_DEFAULTS, "n_steps": steps, "seed": 3}),
+    }
+    final, codes_per_step, mask_per_step = session.run(None, feed)
+    assert codes_per_step.shape == (steps, *codes.shape)
+    np.testing.assert_array_equal(codes_per_step[-1], final)
+    n0 = mask.sum(axis=(1, 2))
+    for b in range(2):
+        remaining = n0[b]
+        for step in range(steps):
+            remaining = reference.n_to_mask(step, steps, int(n0[b]), int(remaining))
+            assert mask_per_step[step, b].sum() == remaining
+            np.testing.assert_array_equal(codes_per_step[step, b][~mask[b]], codes[b][~mask[b]])
+            assert not (mask_per_step[step, b] & ~mask[b]).any()
+    assert not mask_per_step[-1].any()
+    assert ((final >= 0) & (final < 1024)).all()
+
+
+def test_one_step_generates_everything(models):
+    codes, mask = problem(models["kind"], 2, 12, seed=9)
+    out = vampnet_onnx.Generator(models["graph"]).generate(codes, mask, steps=1, seed=4)
+    np.testing.assert_array_equal(out[~mask], codes[~mask])
+    assert ((out >= 0) & (out < 1024)).all()
+
+
+def test_graph_is_checked_and_stores_the_weights_once(models):
+    model = onnx.load(str(models["graph"]))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ops.GENERATION.input_names
+    assert [o.name for o in model.graph.output] == ["codes_out"]
+    size, weights = models["graph"].stat().st_size, models["transformer"].stat().st_size
+    assert size < weights * 1.01 + 20_000
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props[ops.GENERATION_KEY])["defaults"] == ops.GENERATION_DEFAULTS
+    assert json.loads(props[ops.CONFIG_KEY])["kind"] == models["kind"]
+
+
+def test_python_fallback_gives_the_same_codes(models):
+    codes, mask = problem(models["kind"], 1, 10, seed=10)
+    native = vampnet_onnx.Generator(models["graph"], python_ops=False)
+    fallback = vampnet_onnx.Generator(models["graph"], python_ops=True)
+    np.testing.assert_array_equal(
+        native.generate(codes, mask, steps=3, seed=6),
+        fallback.generate(codes, mask, steps=3, seed=6),
+    )
+
+
+def test_zero_steps_in_the_graph_is_an_error_not_the_prompt(models):
+    codes, mask = problem(models["kind"], 1, 5, seed=1)
+    session = vampnet_onnx.create_session(models["graph"])
+    feed = {
+        "codes": codes.astype(np.int64),
+        "mask": mask,
+        **ops.GENERATION.feed(**{**ops.GENERATION_DEFAULTS, "n_steps": 0}),
+    }
+    with pytest.raises(Exception, match="MaskGitStep: n_steps must be >= 1, got 0"):
+        session.run(None, feed)
+
+
+def test_progress_bar_mode_gives_the_same_codes(models, capsys):
+    codes, mask = problem(models["kind"], 1, 8, seed=2)
+    loop = vampnet_onnx.Generator(models["transformer"])
+    quiet = loop.generate(codes, mask, steps=3, seed=1)
+    shown = loop.generate(codes, mask, steps=3, seed=1, progress=True)
+    np.testing.assert_array_equal(quiet, shown)
+    assert "generate" in capsys.readouterr().err
+
+
+BAD_CALLS = [
+    (lambda c, m: (c[:, :2], m[:, :2]), {}, r"codes must have shape \[B, \d+, T\], got"),
+    (lambda c, m: (c, m[..., :3]), {}, "mask must have the shape of codes"),
+    (lambda c, m: (c.astype(np.float32), m), {}, "codes must be an integer array, got float32"),
+    (
+        lambda c, m: (np.where(m, c, 1024), np.zeros_like(m)),
+        {},
+        r"codes must be in \[0, 1024\) where mask is false, got 1024 at",
+    ),
+    (lambda c, m: (c, m.astype(np.int64) * 2), {}, "mask must be bool or 0/1 integers"),
+    (lambda c, m: (c, m), {"steps": 0}, "steps must be an int >= 1, got 0"),
+    (lambda c, m: (c, m), {"top_p": 1.5}, r"top_p must be None or in \(0, 1\], got 1.5"),
+    (lambda c, m: (c, m), {"top_k": -1}, "top_k must be None or an int >= 0, got -1"),
+    (lambda c, m: (c, m), {"temperature": float("nan")}, "temperature must be a finite number"),
+    (lambda c, m: (c, m), {"mask_temperature": -1.0}, "mask_temperature must be a finite"),
+    (lambda c, m: (c, m), {"seed": 2**64}, "seed must be an int64"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_CALLS)))
+def test_generate_rejects_bad_input_with_clear_errors(models, case):
+    change, settings, message = BAD_CALLS[case]
+    codes, mask = problem(models["kind"], 1, 6, seed=3)
+    codes, mask = change(codes, mask)
+    with pytest.raises((ValueError, TypeError), match=f"Generator.generate: {message}"):
+        vampnet_onnx.Generator(models["graph"]).generate(codes, mask, **settings)
+
+
+def test_masked_conditioning_codebooks_are_rejected(models):
+    if models["kind"] != "c2f":
+        pytest.skip("only the coarse-to-fine model has conditioning codebooks")
+    codes, mask = problem("c2f", 1, 6, seed=3)
+    mask[0, 2, 4] = True
+    with pytest.raises(
+        ValueError,
+        match=r"mask must be false in the 4 conditioning codebooks, "
+        r"got true at \[0, 2, 4\]",
+    ):
+        vampnet_onnx.Generator(models["graph"]).generate(codes, mask)
+
+
+def test_generator_refuses_other_graphs(tmp_path):
+    from conftest import op_model
+
+    path = tmp_path / "op.onnx"
+    onnx.save(op_model(ops.SAMPLE_TOKENS), str(path))
+    with pytest.raises(ValueError, match="Generator: path must be a vampnet_onnx export"):
+        vampnet_onnx.Generator(path)

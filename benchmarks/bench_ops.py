@@ -44,44 +44,6 @@ def _model(schema: ops.OpSchema) -> bytes:
     return model.SerializeToString()
 
 
-def _torch_sample(torch, logits, temperature, top_p, generator):
-    """Upstream's sample_from_logits path (top-p on the unscaled logits, multinomial)."""
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative > top_p
-        remove[..., 1:] = remove[..., :-1].clone()
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    probs = (logits / temperature).softmax(dim=-1)
-    tokens = probs.reshape(-1, V).multinomial(1, generator=generator).reshape(*probs.shape[:-1], 1)
-    return tokens.squeeze(-1), probs.gather(-1, tokens).squeeze(-1)
-
-
-def _torch_step(torch, logits, codes, mask, step, n_steps, settings, generator):
-    """Upstream's generate step (SPEC.md §3.2) on flattened [B, T*P] positions, all in torch."""
-    batch, frames, predicted, _ = logits.shape
-    flat_codes = codes.transpose(1, 2).reshape(batch, -1)
-    flat_mask = mask.transpose(1, 2).reshape(batch, -1)
-    tokens, probs = _torch_sample(
-        torch,
-        logits.reshape(batch, frames * predicted, V),
-        settings["temperature"],
-        settings["top_p"],
-        generator,
-    )
-    tokens = torch.where(flat_mask, tokens, flat_codes)
-    probs = torch.where(flat_mask, probs, torch.tensor(float("inf")))
-    r = torch.tensor((step + 1) / n_steps)
-    n_to_mask = torch.floor((r * torch.pi / 2).cos().clamp(1e-10, 1.0) * flat_mask.sum()).long()
-    n_to_mask = torch.clamp(torch.minimum(flat_mask.sum(-1, keepdim=True) - 1, n_to_mask), min=1)
-    noise = -torch.log(-torch.log(torch.rand(probs.shape, generator=generator).clamp(1e-20)))
-    confidence = torch.log(probs) + 10.5 * (1 - r) * noise
-    cut = torch.take_along_dim(confidence.sort(dim=-1).values, n_to_mask, dim=-1)
-    new_mask = confidence < cut
-    return torch.where(new_mask, V, tokens), new_mask
-
-
 def _contenders(sessions, torch, logits, codes, mask, settings, threads) -> dict:
     """The timed callables of one workload and setting, keyed by (op, contender)."""
     n0 = mask.sum(axis=(1, 2)).astype(np.int64)
@@ -120,11 +82,15 @@ def _contenders(sessions, torch, logits, codes, mask, settings, threads) -> dict
         t_logits, t_codes = torch.from_numpy(logits), torch.from_numpy(codes)
         t_mask, t_flat = torch.from_numpy(mask), torch.from_numpy(flat)
         generator = torch.Generator().manual_seed(1)
-        contenders[("SampleTokens", "torch")] = lambda: _torch_sample(
-            torch, t_flat, settings["temperature"], settings["top_p"], generator
+        from . import torch_vampnet
+
+        t_n0 = torch.from_numpy(n0)
+        step_settings = {**settings, "mask_temperature": 10.5}
+        contenders[("SampleTokens", "torch")] = lambda: torch_vampnet.sample(
+            t_flat, settings["temperature"], settings["top_p"], generator
         )
-        contenders[("MaskGitStep", "torch")] = lambda: _torch_step(
-            torch, t_logits, t_codes, t_mask, 0, 36, settings, generator
+        contenders[("MaskGitStep", "torch")] = lambda: torch_vampnet.mask_git_step(
+            t_logits, t_codes, t_mask, 0, 36, t_n0, step_settings, generator
         )
     return contenders
 

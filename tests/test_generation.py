@@ -259,3 +259,17 @@ def test_generator_refuses_other_graphs(tmp_path):
     onnx.save(op_model(ops.SAMPLE_TOKENS), str(path))
     with pytest.raises(ValueError, match="Generator: path must be a vampnet_onnx export"):
         vampnet_onnx.Generator(path)
+
+
+def test_loop_invariant_work_is_hoisted_out_of_the_body(models):
+    """The relative position bias depends only on T: it is computed once, before the loop, and
+    every node left in the body reads something that changes from step to step."""
+    model = onnx.load(str(models["graph"]))
+    [loop] = [n for n in model.graph.node if n.op_type == "Loop"]
+    body = loop.attribute[0].g
+    varying = {i.name for i in body.input}
+    for node in body.node:
+        assert any(name in varying for name in node.input if name), node.name
+        varying.update(node.output)
+    hoisted = {n.op_type for n in model.graph.node}
+    assert "Gather" in hoisted  # the bias table lookup

@@ -18,11 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import (
-    LiftSubgraphInitializersToMainGraphPass,
-    NameFixPass,
-    TopologicalSortPass,
-)
+from onnx_ir.passes.common import NameFixPass, TopologicalSortPass
 
 from .. import ops
 
@@ -38,6 +34,29 @@ def _constant(name: str, array: np.ndarray) -> ir.Node:
     return ir.node(
         "Constant", [], {"value": ir.tensor(array, name=name)}, outputs=[ir.Value(name=name)]
     )
+
+
+def _split_loop_invariant(
+    nodes: list[ir.Node], varying: set[ir.Value]
+) -> tuple[list[ir.Node], list[ir.Node]]:
+    """(nodes computable before the loop, nodes that must stay in its body), in order.
+
+    A node is loop-invariant when none of its inputs is a loop-varying value (the body's inputs
+    and everything computed from them). Nodes with subgraphs stay, to keep the analysis simple.
+    """
+    varying = set(varying)
+    hoisted, kept = [], []
+    for node in nodes:
+        has_subgraph = any(
+            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for attr in node.attributes.values()
+        )
+        if has_subgraph or any(value in varying for value in node.inputs if value is not None):
+            kept.append(node)
+            varying.update(node.outputs)
+        else:
+            hoisted.append(node)
+    return hoisted, kept
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,15 @@ def build_generation_model(
     graph.outputs.clear()
     initializers = list(graph.initializers.values())
     graph.initializers.clear()
+    # The model input always has the shape of `codes`: reading the shape from the outer input
+    # makes everything that depends only on it (the relative position bias: T x T buckets and
+    # gathers) loop-invariant, so it is computed once, before the loop.
+    for node in body_nodes:
+        if node.op_type == "Shape" and node.inputs[0] is model_input_in:
+            node.replace_input_with(0, inputs["codes"])
+    hoisted, body_nodes = _split_loop_invariant(
+        body_nodes, {step, cond_in, codes_in, mask_in, model_input_in}
+    )
 
     n_masked_start = ir.Value(name="n_masked_start")
     step_node = ops.MASK_GIT_STEP
@@ -139,7 +167,6 @@ def build_generation_model(
         [step, cond_in, codes_in, mask_in, model_input_in],
         body_outputs,
         nodes=[*body_nodes, *extra_nodes],
-        initializers=initializers,
         name="generation_step",
     )
 
@@ -188,7 +215,8 @@ def build_generation_model(
     main = ir.Graph(
         list(inputs.values()),
         outputs,
-        nodes=[axes, mask_int, n0, token, first_input, one, trips, true, loop],
+        nodes=[axes, mask_int, n0, token, first_input, one, trips, true, *hoisted, loop],
+        initializers=initializers,
         opset_imports={**graph.opset_imports, ops.DOMAIN: ops.VERSION},
         name="vampnet_generation",
     )
@@ -199,7 +227,7 @@ def build_generation_model(
         producer_name="vampnet_onnx",
         metadata_props={**transformer.metadata_props, ops.GENERATION_KEY: json.dumps(settings)},
     )
-    for fix in (LiftSubgraphInitializersToMainGraphPass(), TopologicalSortPass(), NameFixPass()):
+    for fix in (TopologicalSortPass(), NameFixPass()):
         fix(model)
     return model
 

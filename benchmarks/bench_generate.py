@@ -1,0 +1,214 @@
+"""Full-size generation: the single graph vs the per-step Python loop vs a torch loop.
+
+Run: ``python -m benchmarks.bench_generate [--steps 3] [--threads 2] [--repeats 5] [--json PATH]
+[--only coarse|c2f|coarse-tiny]``.
+
+Workloads: coarse (B=1, 4 codebooks x 575 frames: 10 s) and coarse-to-fine (14 x 173: 3 s),
+random weights in the real checkpoint formats (written and exported once into ``--workdir``,
+shared with bench_forward), a VampNet-style mask (periodic prompt every 7th frame in the lower
+codebooks, everything else generated), VampNet's sampling defaults. Contenders, same weights and
+thread count:
+
+- ``single graph``: ``KIND.generate.onnx``, one `run` for all steps;
+- ``python loop``: ``KIND.onnx`` run once per step plus ``_kernels.mask_git_step``
+  (`Generator` in Python-loop mode);
+- ``torch loop``: our torch module and a plain torch implementation of upstream's step.
+
+Each contender runs in its own fresh process (so its peak RSS is its own): one warm-up, then the
+median of ``--repeats``. ``--steps`` iterations per run (fewer than VampNet's 36 to keep the run
+short; the per-step time is reported and the 36-step total extrapolated from it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine_facts, parser, print_table, write_json
+
+# name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
+# the extra small-shape row: there the per-step host overhead, not the forward, dominates.
+WORKLOADS = (("coarse", 1, 575, None), ("c2f", 1, 173, None), ("coarse-tiny", 1, 575, 36))
+SETTINGS = {"temperature": 1.0, "top_p": 1.0, "mask_temperature": 10.5}
+
+
+def vampnet_mask(n_codebooks: int, n_conditioning: int, batch: int, frames: int) -> np.ndarray:
+    """Periodic prompt (every 7th frame kept in codebooks < 3) over the predicted codebooks."""
+    mask = np.ones((batch, n_codebooks, frames), bool)
+    mask[:, :3, ::7] = False
+    mask[:, :n_conditioning] = False
+    return mask
+
+
+def _child(contender, kind, paths, batch, frames, steps, threads, repeats):
+    """Runs in a fresh process: load, warm up, time; returns (seconds list, peak RSS MiB)."""
+    import vampnet_onnx
+
+    rng = np.random.default_rng(0)
+    if contender == "torch loop":
+        import torch
+
+        from benchmarks import torch_vampnet
+        from vampnet_onnx.model.transformer import load_transformer
+
+        torch.set_num_threads(threads)
+        model = load_transformer(paths["checkpoint"], paths["codec"]).model
+        config = model.config
+        codes = rng.integers(0, 1024, (batch, config.n_codebooks, frames))
+        mask = vampnet_mask(config.n_codebooks, config.n_conditioning_codebooks, batch, frames)
+        t_codes, t_mask = torch.from_numpy(codes), torch.from_numpy(mask)
+        generator = torch.Generator().manual_seed(0)
+
+        def run():
+            with torch.inference_mode():
+                torch_vampnet.generate(
+                    model,
+                    t_codes,
+                    t_mask,
+                    steps,
+                    config.n_conditioning_codebooks,
+                    SETTINGS,
+                    generator,
+                )
+    else:
+        path = paths["graph"] if contender == "single graph" else paths["transformer"]
+        generator = vampnet_onnx.Generator(path, threads=threads)
+        codes = rng.integers(0, 1024, (batch, generator.n_codebooks, frames))
+        mask = vampnet_mask(
+            generator.n_codebooks, generator.n_conditioning_codebooks, batch, frames
+        )
+
+        def run():
+            generator.generate(codes, mask, steps=steps, seed=0, **SETTINGS)
+
+    run()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return seconds, int(line.split()[1]) / 1024
+    return seconds, float("nan")
+
+
+def prepare(workdir: Path, kind: str) -> dict:
+    """Checkpoint, transformer and generation graph of one model, created on first use."""
+    from benchmarks.bench_forward import prepare as prepare_transformer
+    from vampnet_onnx import testing
+    from vampnet_onnx.export.generation import export_generation
+
+    if kind == "coarse-tiny":
+        from vampnet_onnx.export.transformer import export_transformer
+
+        codec = workdir / "codec-tiny.pth"
+        testing.write_codec_checkpoint(codec, testing.TINY_CODEC_KWARGS, seed=3)
+        checkpoint = testing.write_vampnet_checkpoint(
+            workdir / f"{kind}.pth", testing.TINY_COARSE_KWARGS, seed=1
+        )
+        transformer = export_transformer(checkpoint, codec, workdir / f"{kind}.onnx").path
+    else:
+        kwargs = {"coarse": testing.COARSE_KWARGS, "c2f": testing.C2F_KWARGS}[kind]
+        checkpoint, transformer = prepare_transformer(workdir, kind, kwargs)
+        codec = workdir / "codec.pth"
+    graph = workdir / f"{kind}.generate.onnx"
+    if not graph.exists() or kind == "coarse-tiny":
+        start = time.perf_counter()
+        export_generation(transformer, graph)
+        print(f"wrote {graph} [{time.perf_counter() - start:.0f} s]", flush=True)
+    return {
+        "checkpoint": checkpoint,
+        "codec": workdir / "codec.pth",
+        "transformer": transformer,
+        "graph": graph,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3, help="generation steps per run (default 3)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/vampnet_onnx_bench"),
+        help="where the full-size checkpoints and exports are kept (about 7 GB)",
+    )
+    ap.add_argument("--only", choices=[w[0] for w in WORKLOADS], help="one workload only")
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for kind, batch, frames, fixed_steps in WORKLOADS:
+        if args.only and kind != args.only:
+            continue
+        paths = prepare(args.workdir, kind)
+        steps = fixed_steps or args.steps
+        medians = {}
+        for contender in ("single graph", "python loop", "torch loop"):
+            with context.Pool(1) as pool:
+                seconds, rss = pool.apply(
+                    _child,
+                    (contender, kind, paths, batch, frames, steps, args.threads, args.repeats),
+                )
+            medians[contender] = float(np.median(seconds))
+            rows.append(
+                {
+                    "workload": f"{kind} B={batch} {frames} frames",
+                    "contender": contender,
+                    "steps": steps,
+                    "median_s": medians[contender],
+                    "per_step_s": medians[contender] / steps,
+                    "peak_rss_mib": rss,
+                }
+            )
+        for row in rows[-3:]:
+            row["graph_speedup"] = row["median_s"] / medians["single graph"]
+    facts = machine_facts(args.threads)
+    print(f"machine: {facts}")
+    print(
+        "graph sizes: "
+        + ", ".join(
+            f"{p.name} {p.stat().st_size / 2**20:.0f} MiB"
+            for p in sorted(args.workdir.glob("*.onnx"))
+        )
+    )
+    print_table(
+        f"generation, median of {args.repeats} after 1 warm-up, {args.threads} threads "
+        "(x36: the per-step time times VampNet's 36 steps)",
+        [
+            "workload",
+            "contender",
+            "steps",
+            "median s",
+            "per step s",
+            "x36 s",
+            "graph speedup",
+            "peak RSS MiB",
+        ],
+        [
+            [
+                r["workload"],
+                r["contender"],
+                r["steps"],
+                r["median_s"],
+                r["per_step_s"],
+                36 * r["per_step_s"],
+                f"{r['graph_speedup']:.2f}x",
+                r["peak_rss_mib"],
+            ]
+            for r in rows
+        ],
+    )
+    write_json(
+        args.json, {"machine": facts, "steps": args.steps, "repeats": args.repeats, "rows": rows}
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,7 @@ from vampnet_onnx import cli, testing
 def test_export_writes_transformers_and_generation_graphs(tmp_path, capsys):
     coarse = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", testing.TINY_COARSE_KWARGS)
     c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", testing.TINY_C2F_KWARGS)
-    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.SMALL_CODEC_KWARGS)
     out = tmp_path / "models"
     rc = cli.main(
         [
@@ -26,7 +26,14 @@ def test_export_writes_transformers_and_generation_graphs(tmp_path, capsys):
     )
     assert rc == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["c2f.generate.onnx", "c2f.onnx", "coarse.generate.onnx", "coarse.onnx"]
+    assert names == [
+        "c2f.generate.onnx",
+        "c2f.onnx",
+        "coarse.generate.onnx",
+        "coarse.onnx",
+        "codec.decode.onnx",
+        "codec.encode.onnx",
+    ]
     assert "tensors mapped" in capsys.readouterr().out
     generator = vampnet_onnx.Generator(out / "c2f.generate.onnx")
     codes = np.random.default_rng(0).integers(0, 1024, (1, 14, 5))
@@ -43,3 +50,10 @@ def test_export_without_models_is_a_one_line_error(tmp_path, capsys):
     assert err == [
         "vampnet-onnx export: error: at least one of --coarse and --c2f must be given, got neither"
     ]
+
+
+def test_export_codec_names_a_missing_checkpoint(tmp_path, capsys):
+    missing = tmp_path / "nope.pth"
+    assert cli.main(["export-codec", str(missing), "--out", str(tmp_path / "m")]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("vampnet-onnx export-codec: error:") and "nope.pth" in line

@@ -38,6 +38,7 @@ def _export_transformer(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .export.codec import export_codec
     from .export.generation import export_generation
     from .export.transformer import export_transformer
 
@@ -45,7 +46,11 @@ def _export(args: argparse.Namespace) -> int:
     if not models:
         raise ValueError("at least one of --coarse and --c2f must be given, got neither")
     args.out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=2 * len(models), desc="export", unit="graph") as bar:
+    with tqdm(total=2 * len(models) + 1, desc="export", unit="graph") as bar:
+        bar.set_postfix_str("codec")
+        codec = export_codec(args.codec, args.out, opset_version=args.opset, verbose=args.verbose)
+        bar.update()
+        bar.write(f"wrote {codec.encode_path} and {codec.decode_path}")
         for kind, checkpoint in models:
             bar.set_postfix_str(f"{kind}.onnx")
             result = export_transformer(
@@ -67,6 +72,18 @@ def _export(args: argparse.Namespace) -> int:
             bar.update()
             size = generation.path.stat().st_size / 2**20
             bar.write(f"wrote {result.path} and {generation.path} ({size:.1f} MiB)")
+    return 0
+
+
+def _export_codec(args: argparse.Namespace) -> int:
+    from .export.codec import export_codec
+
+    result = export_codec(args.codec, args.out, opset_version=args.opset, verbose=args.verbose)
+    config = result.config
+    print(
+        f"wrote {result.encode_path} and {result.decode_path} ({config['n_codebooks']} "
+        f"codebooks, hop {config['hop_length']}, {config['sample_rate']} Hz)"
+    )
     return 0
 
 
@@ -98,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export the models a vamp needs: transformers and generation-loop graphs",
         description=(
-            "Export VampNet checkpoints to DIR: for each model given, KIND.onnx (the transformer, "
+            "Export VampNet checkpoints to DIR: codec.encode.onnx and codec.decode.onnx (the LAC "
+            "codec: audio <-> codes), and for each model given KIND.onnx (the transformer, "
             "codes -> logits) and KIND.generate.onnx (the whole generation loop in one graph: "
             "codes, mask, n_steps, temperature, top_k, top_p, mask_temperature, seed -> "
             "codes_out; see docs/generation.md)."
@@ -124,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="exporter messages and full tracebacks"
     )
     bundle.set_defaults(handler=_export)
+
+    codec = commands.add_parser(
+        "export-codec",
+        help="export a LAC codec checkpoint to encode and decode graphs",
+        description=(
+            "Export codec.pth to DIR/codec.encode.onnx (audio float32 [B, 1, N], any N >= 1 -> "
+            "codes int64 [B, n_codebooks, ceil(N / hop)]) and DIR/codec.decode.onnx (codes and "
+            "a length -> audio float32 [B, 1, length])."
+        ),
+    )
+    codec.add_argument("codec", type=Path, metavar="CODEC", help="LAC codec.pth")
+    codec.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    codec.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
+    codec.add_argument(
+        "--verbose", action="store_true", help="exporter messages and full tracebacks"
+    )
+    codec.set_defaults(handler=_export_codec)
     return parser
 
 

@@ -164,10 +164,11 @@ SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP)
 
 # --- graph contracts (not ops): the exported graphs' inputs and outputs --------------------
 
-# Metadata keys: the transformer's config JSON (written by export.transformer) and the
-# generation graph's settings (export.generation).
+# Metadata keys: the transformer's config JSON (written by export.transformer), the
+# generation graph's settings (export.generation) and the codec graphs' config (export.codec).
 CONFIG_KEY = "vampnet_onnx.config"
 GENERATION_KEY = "vampnet_onnx.generation"
+CODEC_CONFIG_KEY = "vampnet_onnx.codec_config"
 
 TRANSFORMER = OpSchema(
     name="Transformer",

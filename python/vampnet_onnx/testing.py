@@ -84,6 +84,9 @@ TINY_CODEC_KWARGS: dict[str, Any] = {
     "decoder_dim": 12,
     "decoder_rates": [3, 2, 2],
 }
+#: Tiny widths with the real rates (hop 768, so T = ceil(N / 768) frames): for end-to-end audio
+#: tests, where TINY_CODEC_KWARGS' odd rates would change the frame and sample counts.
+SMALL_CODEC_KWARGS: dict[str, Any] = {**CODEC_KWARGS, "encoder_dim": 2, "decoder_dim": 96}
 
 
 def _save(path: str | Path, state_dict: dict[str, torch.Tensor], kwargs: dict) -> Path:

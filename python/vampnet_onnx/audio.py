@@ -1,0 +1,432 @@
+"""Audio files, VampNet's input preprocessing and the codec graphs at run time (no torch).
+
+Samples are float32 arrays ``[channels, N]`` (or ``[N]`` for mono) in [-1, 1]. The pipeline
+mirrors VampNet's ``Interface._preprocess`` (SPEC.md §4.1): resample to the codec rate, average
+the channels, normalise the integrated loudness to -24 LUFS, then divide by the peak where it
+exceeds 1. The right-padding to a multiple of the hop happens inside the encode graph.
+`preprocess` also records the input's loudness, length and sample rate, which `restore` applies
+to the generated audio (what VampNet's app does at the end).
+
+Deliberate differences from the original: resampling uses soxr (VHQ) where the original uses
+julius' sinc resampler; the loudness meter filters in float64 where the original's CPU path
+filters in float32 (and its GPU path uses an FIR approximation).
+
+Dependencies: numpy, soundfile, soxr and scipy (`scipy.signal.lfilter` for the K-weighting
+biquads), plus onnxruntime for `Codec`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import soundfile
+import soxr
+from scipy.signal import lfilter
+
+from .ops import CODEC_CONFIG_KEY
+from .runtime import create_session
+
+#: Metadata key of the codec graphs' configuration JSON (written by `export.codec`).
+#: VampNet's loudness target for the codec input (``Interface.loudness``).
+TARGET_LOUDNESS = -24.0
+#: The meter's floor: silence and anything quieter reads -70 LUFS.
+MIN_LOUDNESS = -70.0
+
+# BS.1770 gating: 400 ms blocks every 100 ms, absolute gate -70 LUFS, relative gate -10 LU;
+# loudness = -0.691 + 10 log10(sum of channel mean squares), every channel weighted 1.
+_BLOCK_S = 0.4
+_BLOCK_STEP = 0.25
+_ABSOLUTE_GATE = -70.0
+_RELATIVE_GATE = -10.0
+_LOUDNESS_OFFSET = -0.691
+# Shorter signals are zero-padded to this duration for the measurement only.
+_MIN_MEASURE_S = 0.5
+# K-weighting as VampNet's meter (audiotools, after pyloudnorm) designs it at any rate, with
+# the RBJ cookbook biquads: a +4 dB high shelf (1500 Hz, Q 1/sqrt 2), then a high pass (38 Hz,
+# Q 0.5). At 48 kHz this reads 0.04 dB below the BS.1770 coefficient table at 1 kHz.
+_SHELF_GAIN_DB = 4.0
+_SHELF_HZ = 1500.0
+_SHELF_Q = 1.0 / math.sqrt(2.0)
+_HIGH_PASS_HZ = 38.0
+_HIGH_PASS_Q = 0.5
+
+
+def _samples(x: Any, where: str, name: str = "x") -> np.ndarray:
+    """Finite float array ``[N]`` or ``[channels, N]`` (float32 unless already float64)."""
+    array = np.asarray(x)
+    if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(
+            f"{where}: {name} must be a float array [N] or [channels, N], "
+            f"got {array.dtype} {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where}: {name} must be finite, got NaN or inf")
+    return array if array.dtype == np.float64 else array.astype(np.float32, copy=False)
+
+
+def _rate(sample_rate: Any, where: str, name: str = "sample_rate") -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
+        raise ValueError(f"{where}: {name} must be an int, got {sample_rate!r}")
+    if sample_rate <= 0:
+        raise ValueError(f"{where}: {name} must be > 0, got {sample_rate}")
+    return int(sample_rate)
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file with soundfile (WAV, FLAC, OGG/Vorbis, MP3 and what libsndfile reads).
+
+    Returns:
+        (samples float32 ``[channels, N]`` in [-1, 1] (integer PCM is scaled by soundfile),
+        sample rate in Hz).
+
+    Raises:
+        FileNotFoundError: `path` is not an existing file.
+        ValueError: the file is not audio soundfile can decode (e.g. AAC/M4A: convert first).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_audio: path must be an existing file, got '{path}'")
+    try:
+        samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except soundfile.SoundFileError as err:
+        raise ValueError(
+            f"load_audio: path must be an audio file soundfile can decode (WAV, FLAC, OGG, "
+            f"MP3, ...), got '{path}' ({err})"
+        ) from err
+    return np.ascontiguousarray(samples.T), int(sample_rate)
+
+
+def write_audio(
+    path: str | Path, x: np.ndarray, sample_rate: int, subtype: str | None = None
+) -> None:
+    """Write samples ``[N]`` or ``[channels, N]`` in [-1, 1]; the format follows the extension.
+
+    Args:
+        subtype: soundfile subtype, e.g. ``"PCM_16"`` (the WAV default), ``"PCM_24"``,
+            ``"FLOAT"``; integer subtypes clip samples outside [-1, 1].
+
+    Raises:
+        ValueError: bad samples or rate, or a format/subtype soundfile cannot write.
+    """
+    x = _samples(x, "write_audio")
+    sample_rate = _rate(sample_rate, "write_audio")
+    try:
+        soundfile.write(Path(path), x.T, sample_rate, subtype=subtype)
+    except (soundfile.SoundFileError, TypeError, ValueError) as err:
+        # An unknown extension raises TypeError, a subtype the format lacks ValueError.
+        raise ValueError(
+            f"write_audio: path must name a format soundfile can write (.wav, .flac, .ogg, ...) "
+            f"with a valid subtype, got '{path}' subtype {subtype!r} ({err})"
+        ) from err
+
+
+# --- signal processing -------------------------------------------------------------------
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """Average of the channels: ``[channels, N]`` -> ``[N]`` (``[N]`` is returned as is)."""
+    x = _samples(x, "to_mono")
+    return x if x.ndim == 1 else x.mean(axis=0, dtype=np.float64).astype(x.dtype)
+
+
+def resample(x: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
+    """Resample ``[N]`` or ``[channels, N]`` from `from_sr` to `to_sr` Hz with soxr (VHQ).
+
+    The output has round(N * to_sr / from_sr) samples; equal rates return a copy.
+    """
+    x = _samples(x, "resample")
+    from_sr, to_sr = _rate(from_sr, "resample", "from_sr"), _rate(to_sr, "resample", "to_sr")
+    if from_sr == to_sr:
+        return x.copy()
+    # soxr wants [N, channels].
+    return np.ascontiguousarray(soxr.resample(x.T, from_sr, to_sr, quality="VHQ").T)
+
+
+def _biquad_high_shelf(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    a_gain = 10.0 ** (_SHELF_GAIN_DB / 40.0)
+    w0 = 2.0 * math.pi * _SHELF_HZ / sample_rate
+    cos_w0, alpha = math.cos(w0), math.sin(w0) / (2.0 * _SHELF_Q)
+    k = 2.0 * math.sqrt(a_gain) * alpha
+    b = [
+        a_gain * ((a_gain + 1) + (a_gain - 1) * cos_w0 + k),
+        -2.0 * a_gain * ((a_gain - 1) + (a_gain + 1) * cos_w0),
+        a_gain * ((a_gain + 1) + (a_gain - 1) * cos_w0 - k),
+    ]
+    a = [
+        (a_gain + 1) - (a_gain - 1) * cos_w0 + k,
+        2.0 * ((a_gain - 1) - (a_gain + 1) * cos_w0),
+        (a_gain + 1) - (a_gain - 1) * cos_w0 - k,
+    ]
+    return np.array(b) / a[0], np.array(a) / a[0]
+
+
+def _biquad_high_pass(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    w0 = 2.0 * math.pi * _HIGH_PASS_HZ / sample_rate
+    cos_w0, alpha = math.cos(w0), math.sin(w0) / (2.0 * _HIGH_PASS_Q)
+    b = [(1 + cos_w0) / 2, -(1 + cos_w0), (1 + cos_w0) / 2]
+    a = [1 + alpha, -2.0 * cos_w0, 1 - alpha]
+    return np.array(b) / a[0], np.array(a) / a[0]
+
+
+def _k_weighting(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """BS.1770 K-weighting of ``[..., N]`` (float64): high shelf then high pass, zero state."""
+    y = np.asarray(x, dtype=np.float64)
+    for b, a in (_biquad_high_shelf(sample_rate), _biquad_high_pass(sample_rate)):
+        y = lfilter(b, a, y, axis=-1)
+    return y
+
+
+def loudness(x: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness (ITU-R BS.1770-4, gated) in LUFS, floored at -70.
+
+    Args:
+        x: ``[N]`` or ``[channels, N]``; channel powers are summed with weight 1 each.
+        sample_rate: Hz; the K-weighting filters are designed for this rate.
+
+    Signals shorter than 0.5 s are zero-padded to 0.5 s for the measurement; blocks of 400 ms
+    every 100 ms, the last one completed with zeros; blocks at or below -70 LUFS are dropped
+    (absolute gate), then those at or below the mean of the rest minus 10 LU (relative gate).
+    """
+    x = _samples(x, "loudness")
+    sample_rate = _rate(sample_rate, "loudness")
+    x = x[None] if x.ndim == 1 else x
+    n = x.shape[-1]
+    pad = int((_MIN_MEASURE_S - n / sample_rate) * sample_rate)
+    block, step = int(_BLOCK_S * sample_rate), int(_BLOCK_S * _BLOCK_STEP * sample_rate)
+    n_blocks = math.ceil(max(n + max(pad, 0) - block, 0) / step) + 1
+    weighted = _k_weighting(x, sample_rate)
+    squares = np.zeros((x.shape[0], (n_blocks - 1) * step + block + 1))
+    squares[:, 1 : n + 1] = weighted**2
+    cumulative = np.cumsum(squares, axis=-1)
+    starts = np.arange(n_blocks) * step
+    # Mean square per channel and block [channels, blocks]; the divisor is the nominal block.
+    power = (cumulative[:, starts + block] - cumulative[:, starts]) / (_BLOCK_S * sample_rate)
+    total = power.sum(axis=0)
+    keep = total > _power(_ABSOLUTE_GATE)
+    if not keep.any():
+        return MIN_LOUDNESS
+    relative_gate = _lufs(total[keep].mean()) + _RELATIVE_GATE
+    keep &= total > _power(relative_gate)
+    return max(_lufs(total[keep].mean()), MIN_LOUDNESS)
+
+
+def _lufs(power: float) -> float:
+    return _LOUDNESS_OFFSET + 10.0 * math.log10(power)
+
+
+def _power(lufs: float) -> float:
+    """The summed mean square whose loudness is `lufs` (gates compare powers, not logs)."""
+    return 10.0 ** ((lufs - _LOUDNESS_OFFSET) / 10.0)
+
+
+def normalize_loudness(
+    x: np.ndarray, sample_rate: int, target: float = TARGET_LOUDNESS
+) -> np.ndarray:
+    """Scale to `target` LUFS, then divide each channel by its peak where the peak exceeds 1.
+
+    Args:
+        x: ``[N]`` or ``[channels, N]``.
+        sample_rate: Hz.
+        target: LUFS (VampNet: -24).
+
+    Returns:
+        float32, same shape. Silence stays silence (its loudness reads -70, the gain is finite).
+    """
+    x = _samples(x, "normalize_loudness")
+    if not math.isfinite(target):
+        raise ValueError(f"normalize_loudness: target must be finite, got {target}")
+    gain = 10.0 ** ((target - loudness(x, sample_rate)) / 20.0)
+    y = x.astype(np.float64) * gain
+    peak = np.abs(y).max(axis=-1, keepdims=True, initial=0.0)
+    y = np.where(peak > 1.0, y / np.maximum(peak, 1.0), y)
+    return y.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PreprocessInfo:
+    """What `preprocess` changed, for `restore`.
+
+    Attributes:
+        sample_rate: the input's rate in Hz.
+        n_samples: the input's length in samples at that rate.
+        loudness: the input's integrated loudness (LUFS, mono mix, floored at -70).
+    """
+
+    sample_rate: int
+    n_samples: int
+    loudness: float
+
+
+def preprocess(
+    x: np.ndarray,
+    sample_rate: int,
+    codec_sample_rate: int = 44100,
+    target: float = TARGET_LOUDNESS,
+) -> tuple[np.ndarray, PreprocessInfo]:
+    """VampNet's codec input: resample, mono, -24 LUFS, peak <= 1 (SPEC.md §4.1 steps 1-4).
+
+    Args:
+        x: ``[N]`` or ``[channels, N]``, N >= 1.
+        sample_rate: rate of `x` in Hz.
+        codec_sample_rate: the codec's rate (44100 for VampNet's LAC).
+        target: loudness target in LUFS.
+
+    Returns:
+        (float32 ``[M]`` at `codec_sample_rate`, M = round(N * codec_rate / rate); the info
+        `restore` needs).
+    """
+    x = _samples(x, "preprocess")
+    sample_rate = _rate(sample_rate, "preprocess")
+    if x.shape[-1] < 1:
+        raise ValueError(f"preprocess: x must have at least 1 sample, got shape {x.shape}")
+    info = PreprocessInfo(sample_rate, x.shape[-1], loudness(to_mono(x), sample_rate))
+    y = to_mono(resample(x, sample_rate, codec_sample_rate))
+    return normalize_loudness(y, codec_sample_rate, target), info
+
+
+def restore(y: np.ndarray, info: PreprocessInfo, codec_sample_rate: int = 44100) -> np.ndarray:
+    """Generated mono audio ``[M]`` at the codec rate -> the input's rate, length and loudness.
+
+    Resampled to ``info.sample_rate``, cut or zero-padded to ``info.n_samples``, normalised to
+    ``info.loudness`` with the peak limited to 1. Returns float32 ``[info.n_samples]``.
+    """
+    y = _samples(y, "restore", "y")
+    if y.ndim != 1:
+        raise ValueError(f"restore: y must be mono [M], got shape {y.shape}")
+    y = resample(y, codec_sample_rate, info.sample_rate)[: info.n_samples]
+    y = np.pad(y, (0, info.n_samples - y.shape[0]))
+    return normalize_loudness(y, info.sample_rate, info.loudness)
+
+
+# --- codec graphs ------------------------------------------------------------------------
+
+
+def read_codec_config(path: str | Path) -> dict[str, Any]:
+    """The `CODEC_CONFIG_KEY` metadata dict of a codec graph (weights are not loaded)."""
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if CODEC_CONFIG_KEY not in props:
+        raise ValueError(
+            f"read_codec_config: '{path}' must have metadata {CODEC_CONFIG_KEY}, got none "
+            "(not a codec graph written by vampnet_onnx.export.codec)"
+        )
+    return json.loads(props[CODEC_CONFIG_KEY])
+
+
+def check_codes(codes: Any, n_codebooks: int, codebook_size: int, where: str) -> np.ndarray:
+    """Codes ``[B, n_codebooks, T]`` (T >= 1) with every value in ``[0, codebook_size)``, as
+    int64; the mask token (``codebook_size``) is refused: it has no codec vector."""
+    array = np.asarray(codes)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{where}: codes must be an integer array, got {array.dtype}")
+    if array.ndim != 3 or array.shape[1] != n_codebooks or array.shape[2] < 1:
+        raise ValueError(
+            f"{where}: codes must have shape [B, {n_codebooks}, T] with T >= 1, got {array.shape}"
+        )
+    bad = (array < 0) | (array >= codebook_size)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{where}: codes must be in [0, {codebook_size}), got {array[index]} at [b, c, t] = "
+            f"{list(index)} (the mask token {codebook_size} must be generated or replaced "
+            "before decoding)"
+        )
+    return array.astype(np.int64, copy=False)
+
+
+def decoded_length(n_frames: int, decoder_rates: list[int]) -> int:
+    """Samples the decoder makes from `n_frames` frames: T * hop for even rates (each odd
+    rate r adds one sample: its transposed conv maps L to L * r + 1)."""
+    length = n_frames
+    for rate in decoder_rates:
+        length = length * rate + rate % 2
+    return length
+
+
+class Codec:
+    """The exported codec graphs on onnxruntime, with the inputs validated.
+
+    Args:
+        encode_path: ``codec.encode.onnx`` or None (decode only).
+        decode_path: ``codec.decode.onnx`` or None (encode only).
+        intra_op_threads: threads per session (None: onnxruntime's default).
+        providers: onnxruntime execution providers (None: CPU).
+
+    Attributes:
+        config: the codec metadata (`CODEC_CONFIG_KEY`): sample_rate, hop_length,
+            n_codebooks, codebook_size, ...
+    """
+
+    def __init__(
+        self,
+        encode_path: str | Path | None = None,
+        decode_path: str | Path | None = None,
+        intra_op_threads: int | None = None,
+        providers: list | None = None,
+    ) -> None:
+        paths = {"encode_path": encode_path, "decode_path": decode_path}
+        configs = {k: read_codec_config(p) for k, p in paths.items() if p is not None}
+        if not configs:
+            raise ValueError("Codec: encode_path or decode_path must be given, got neither")
+        hashes = {c["checkpoint_sha256"] for c in configs.values()}
+        if len(hashes) > 1:
+            raise ValueError(
+                "Codec: encode_path and decode_path must come from the same codec.pth, got "
+                f"checkpoint hashes {sorted(hashes)}"
+            )
+        self.config = next(iter(configs.values()))
+        self._sessions = {
+            k: create_session(p, providers, intra_op_threads) for k, p in paths.items() if p
+        }
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """Audio ``[N]``, ``[B, N]`` or ``[B, 1, N]`` (N >= 1, at ``config["sample_rate"]``,
+        preprocessed) -> codes int64 ``[B, n_codebooks, ceil(N / hop)]``."""
+        if "encode_path" not in self._sessions:
+            raise ValueError("Codec.encode: encode_path must be given to encode, got None")
+        audio = np.asarray(audio)
+        if (
+            not np.issubdtype(audio.dtype, np.floating)
+            or audio.ndim not in (1, 2, 3)
+            or (audio.ndim == 3 and audio.shape[1] != 1)
+            or audio.size == 0
+        ):
+            raise ValueError(
+                "Codec.encode: audio must be a float array [N], [B, N] or [B, 1, N] with N >= 1, "
+                f"got {audio.dtype} {audio.shape}"
+            )
+        if not np.isfinite(audio).all():
+            raise ValueError("Codec.encode: audio must be finite, got NaN or inf")
+        feed = {"audio": audio.reshape(-1, 1, audio.shape[-1]).astype(np.float32)}
+        return self._sessions["encode_path"].run(None, feed)[0]
+
+    def decode(self, codes: np.ndarray, length: int | None = None) -> np.ndarray:
+        """Codes ``[B, n_codebooks, T]`` in ``[0, codebook_size)`` -> audio float32
+        ``[B, 1, length]`` at ``config["sample_rate"]``.
+
+        Args:
+            length: samples to keep, in ``[0, T * hop]``; None keeps all T * hop.
+        """
+        if "decode_path" not in self._sessions:
+            raise ValueError("Codec.decode: decode_path must be given to decode, got None")
+        codes = check_codes(
+            codes, self.config["n_codebooks"], self.config["codebook_size"], "Codec.decode"
+        )
+        full = decoded_length(codes.shape[2], self.config["decoder_rates"])
+        if length is None:
+            length = full
+        if isinstance(length, bool) or not isinstance(length, int | np.integer):
+            raise ValueError(f"Codec.decode: length must be an int or None, got {length!r}")
+        if not 0 <= length <= full:
+            raise ValueError(f"Codec.decode: length must be in [0, {full}], got {length}")
+        feed = {"codes": codes, "length": np.array(length, dtype=np.int64)}
+        return self._sessions["decode_path"].run(None, feed)[0]

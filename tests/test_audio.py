@@ -1,0 +1,225 @@
+"""Audio files, the BS.1770 loudness meter against published reference values, VampNet's
+preprocessing and its restoration."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import soundfile
+
+from vampnet_onnx import audio
+
+SR = 48000
+
+
+def sine(freq: float, dbfs: float, seconds: float, sample_rate: int = SR) -> np.ndarray:
+    """Sine whose *peak* is `dbfs` dB below full scale (EBU Tech 3341 convention)."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    return 10 ** (dbfs / 20) * np.sin(2 * np.pi * freq * t)
+
+
+def stereo(x: np.ndarray) -> np.ndarray:
+    return np.stack([x, x])
+
+
+# --- loudness: reference values --------------------------------------------------------------
+# Tolerance 0.1 LU: what EBU Tech 3341 allows a compliant meter. Our K-weighting is the one the
+# original meter uses (RBJ biquads designed per rate), 0.04 dB below the BS.1770 table at 1 kHz.
+
+
+@pytest.mark.parametrize("sample_rate", [48000, 44100])
+def test_full_scale_997_hz_sine_reads_minus_3_01(sample_rate):
+    """ITU-R BS.1770-4: a 0 dBFS sine at 997 Hz on one channel reads -3.01 LKFS."""
+    x = sine(997, 0.0, 10.0, sample_rate)
+    assert audio.loudness(x, sample_rate) == pytest.approx(-3.01, abs=0.1)
+
+
+@pytest.mark.parametrize("dbfs", [-23.0, -33.0])
+def test_ebu_3341_cases_1_and_2_stereo_sine(dbfs):
+    """EBU Tech 3341 cases 1 and 2: stereo 1 kHz sine at -23 / -33 dBFS, 20 s."""
+    assert audio.loudness(stereo(sine(1000, dbfs, 20.0)), SR) == pytest.approx(dbfs, abs=0.1)
+
+
+def test_ebu_3341_case_3_relative_gate():
+    """-36 / -23 / -36 dBFS for 10 / 60 / 10 s reads -23.0: the quiet parts are gated out."""
+    x = np.concatenate([sine(1000, -36, 10), sine(1000, -23, 60), sine(1000, -36, 10)])
+    assert audio.loudness(stereo(x), SR) == pytest.approx(-23.0, abs=0.1)
+
+
+def test_ebu_3341_case_4_absolute_gate():
+    """-72 / -36 / -23 / -36 / -72 dBFS for 10 / 10 / 60 / 10 / 10 s reads -23.0."""
+    parts = [(-72, 10), (-36, 10), (-23, 60), (-36, 10), (-72, 10)]
+    x = np.concatenate([sine(1000, db, s) for db, s in parts])
+    assert audio.loudness(stereo(x), SR) == pytest.approx(-23.0, abs=0.1)
+
+
+def test_short_signal_is_zero_padded_to_half_a_second():
+    """0.1 s of a 0 dBFS sine, padded to 0.5 s: two blocks, only the first (0.1 s of signal
+    in 0.4 s) passes the gate: -3.01 + 10 log10(0.1 / 0.4) = -9.03."""
+    x = sine(997, 0.0, 0.1)
+    assert audio.loudness(x, SR) == pytest.approx(-3.01 + 10 * math.log10(0.25), abs=0.1)
+
+
+def test_silence_reads_the_floor_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert audio.loudness(np.zeros(SR), SR) == audio.MIN_LOUDNESS == -70.0
+        assert audio.loudness(np.zeros((2, 0)), SR) == -70.0
+        assert audio.loudness(sine(1000, -80, 1.0), SR) == -70.0
+        np.testing.assert_array_equal(audio.normalize_loudness(np.zeros(100), SR), 0.0)
+
+
+def test_one_sample_is_measured_and_normalised():
+    x = np.array([0.5], dtype=np.float32)
+    assert -70.0 < audio.loudness(x, SR) < 0.0
+    y = audio.normalize_loudness(x, SR)
+    assert y.shape == (1,) and y.dtype == np.float32 and 0.0 < y[0] <= 1.0
+
+
+# --- normalisation and preprocessing ---------------------------------------------------------
+
+
+def test_normalize_loudness_hits_the_target():
+    x = 0.01 * np.random.default_rng(0).standard_normal((2, 2 * SR))
+    y = audio.normalize_loudness(x, SR, target=-24.0)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert audio.loudness(y, SR) == pytest.approx(-24.0, abs=0.01)
+
+
+def test_normalize_loudness_limits_each_channel_peak_to_one():
+    x = np.stack([sine(100, -40, 1.0), 0.5 * sine(100, -40, 1.0)])
+    x[0, 100] = 0.9  # a click far above the tone makes channel 0's peak exceed 1 after gain
+    y = audio.normalize_loudness(x, SR, target=-5.0)
+    assert np.abs(y[0]).max() == pytest.approx(1.0, abs=1e-6)
+    assert np.abs(y[1]).max() <= 1.0
+
+
+def test_preprocess_stereo_48k_to_mono_44k_at_minus_24():
+    x = np.stack([sine(440, -10, 2.0), sine(660, -20, 2.0)]).astype(np.float32)
+    y, info = audio.preprocess(x, SR)
+    assert y.dtype == np.float32 and y.shape == (round(2 * SR * 44100 / SR),)
+    assert audio.loudness(y, 44100) == pytest.approx(-24.0, abs=0.05)
+    assert np.abs(y).max() <= 1.0
+    assert info == audio.PreprocessInfo(SR, 2 * SR, audio.loudness(audio.to_mono(x), SR))
+
+
+def test_preprocess_at_the_codec_rate_only_scales():
+    x = sine(440, -30, 1.0, 44100).astype(np.float32)
+    y, _ = audio.preprocess(x, 44100)
+    gain = 10 ** ((-24.0 - audio.loudness(x, 44100)) / 20)
+    np.testing.assert_allclose(y, x * gain, rtol=1e-6, atol=1e-7)
+
+
+def test_preprocess_of_one_sample_and_of_silence():
+    y, info = audio.preprocess(np.array([[0.25]], dtype=np.float32), SR)
+    assert y.shape == (1,) and np.abs(y).max() <= 1.0 and info.n_samples == 1
+    y, info = audio.preprocess(np.zeros((2, SR), dtype=np.float32), SR)
+    assert info.loudness == -70.0 and not y.any()
+
+
+def test_restore_gives_back_rate_length_and_loudness():
+    x = np.stack([sine(440, -10, 1.5), sine(330, -12, 1.5)]).astype(np.float32)
+    y, info = audio.preprocess(x, SR)
+    z = audio.restore(y, info)
+    assert z.dtype == np.float32 and z.shape == (x.shape[1],)
+    assert audio.loudness(z, SR) == pytest.approx(info.loudness, abs=0.01)
+    np.testing.assert_allclose(z[1000:-1000], audio.to_mono(x)[1000:-1000], atol=2e-3)
+
+
+def test_resample_keeps_a_sine():
+    y = audio.resample(sine(1000, -6, 1.0), SR, 44100)
+    assert y.shape == (44100,)
+    np.testing.assert_allclose(y[500:-500], sine(1000, -6, 1.0, 44100)[500:-500], atol=1e-3)
+
+
+def test_to_mono_averages_channels():
+    x = np.array([[1.0, 0.0], [0.0, 0.5]], dtype=np.float32)
+    np.testing.assert_array_equal(audio.to_mono(x), [0.5, 0.25])
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: audio.loudness(np.zeros((1, 1, 5)), SR), r"x must be a float array \[N\]"),
+        (lambda: audio.loudness(np.zeros(5, dtype=np.int16), SR), "x must be a float array"),
+        (lambda: audio.loudness(np.full(5, np.inf), SR), "x must be finite"),
+        (lambda: audio.loudness(np.zeros(5), 0), "sample_rate must be > 0, got 0"),
+        (lambda: audio.loudness(np.zeros(5), 44100.0), "sample_rate must be an int"),
+        (lambda: audio.preprocess(np.zeros((2, 0), np.float32), SR), "at least 1 sample"),
+        (lambda: audio.resample(np.zeros(5), SR, -1), "to_sr must be > 0"),
+    ],
+)
+def test_bad_arguments_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_float_wav_round_trip_is_exact(tmp_path):
+    x = (0.5 * np.random.default_rng(1).uniform(-1, 1, (2, 1000))).astype(np.float32)
+    audio.write_audio(tmp_path / "a.wav", x, SR, subtype="FLOAT")
+    y, sample_rate = audio.load_audio(tmp_path / "a.wav")
+    assert sample_rate == SR and y.dtype == np.float32 and y.shape == (2, 1000)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize(
+    ("subtype", "step"), [("PCM_U8", 2.0**-7), ("PCM_16", 2.0**-15), ("PCM_24", 2.0**-23)]
+)
+def test_integer_pcm_is_scaled_to_unit_range(tmp_path, subtype, step):
+    x = np.linspace(-1, 1 - step, 333).astype(np.float32)[None]
+    audio.write_audio(tmp_path / "a.wav", x, 22050, subtype=subtype)
+    assert soundfile.info(tmp_path / "a.wav").subtype == subtype
+    y, sample_rate = audio.load_audio(tmp_path / "a.wav")
+    assert sample_rate == 22050 and y.shape == (1, 333)
+    assert y.min() >= -1.0 and y.max() <= 1.0
+    np.testing.assert_allclose(y, x, atol=step)
+
+
+def test_full_scale_int16_reads_as_minus_one(tmp_path):
+    soundfile.write(tmp_path / "a.wav", np.array([-32768, 0, 32767], dtype=np.int16), 8000)
+    y, _ = audio.load_audio(tmp_path / "a.wav")
+    np.testing.assert_allclose(y[0], [-1.0, 0.0, 32767 / 32768])
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".ogg"])
+def test_flac_and_ogg_load(tmp_path, suffix):
+    x = sine(440, -6, 0.5).astype(np.float32)
+    audio.write_audio(tmp_path / f"a{suffix}", stereo(x), SR)
+    y, sample_rate = audio.load_audio(tmp_path / f"a{suffix}")
+    assert sample_rate == SR and y.shape[0] == 2 and y.dtype == np.float32
+    assert abs(y.shape[1] - x.shape[0]) <= 1024 if suffix == ".ogg" else y.shape[1] == x.shape[0]
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="load_audio: path must be an existing file"):
+        audio.load_audio(tmp_path / "missing.wav")
+    with pytest.raises(FileNotFoundError, match="path must be an existing file"):
+        audio.load_audio(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["notes.wav", "song.m4a"])
+def test_non_audio_file_is_refused_naming_it(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"this is not audio\n" * 20)
+    with pytest.raises(ValueError, match=f"path must be an audio file .*{name}"):
+        audio.load_audio(path)
+
+
+def test_write_audio_refuses_unknown_extensions(tmp_path):
+    with pytest.raises(ValueError, match="write_audio: path must name a format"):
+        audio.write_audio(tmp_path / "a.xyz", np.zeros(10, np.float32), SR)
+
+
+def test_audio_module_does_not_import_torch():
+    """The runtime path must work without torch: nothing in vampnet_onnx.audio imports it."""
+    code = "import sys, vampnet_onnx.audio, vampnet_onnx.masks; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -2,8 +2,10 @@
 
 From an exported transformer (``codes [B, C, T] -> logits [B, T, P, V]``) build a graph whose
 `Loop` body runs the transformer on the current model input, then `MaskGitStep`, carrying
-``codes``, ``mask`` and ``model_input`` from step to step. The transformer's weights stay
-initializers of the main graph that the body reads from the outer scope, so they are stored once.
+``codes``, ``mask`` and ``model_input`` from step to step. Loop-invariant work (the relative
+position bias) is hoisted out of the body. The transformer's weights stay initializers of the main
+graph that the body reads from the outer scope, so they are stored once. (Kept as initializers of
+the body instead, ONNX Runtime 1.32 used 4.0 GB instead of 2.7 GB for the coarse model.)
 The contract (inputs, outputs, defaults) is `vampnet_onnx.ops.GENERATION`; docs/generation.md.
 
 Built with onnx-ir; torch is not needed here.

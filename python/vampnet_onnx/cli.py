@@ -1,13 +1,16 @@
 """Command line: ``vampnet-onnx <command> ...``.
 
 Each command is one subparser with a handler; export commands import torch lazily so the
-runtime commands work from an install without the ``export`` extra.
+runtime commands (``vamp``) work from an install without the ``export`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,6 +90,158 @@ def _export_codec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vamp_settings(args: argparse.Namespace) -> dict:
+    """`Vamp.vamp` keyword arguments from the parsed vamp options."""
+    return dict(
+        seed=args.seed,
+        steps=args.steps,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p or None,
+        mask_temperature=args.mask_temperature,
+        periodic_prompt=args.periodic_prompt,
+        periodic_width=args.periodic_width,
+        upper_codebook_mask=args.upper_codebook_mask,
+        onset_mask_width=args.onset_mask,
+        prefix_s=args.prefix,
+        suffix_s=args.suffix,
+        dropout=args.dropout,
+        keep_rate=not args.codec_rate,
+        progress=not args.quiet,
+    )
+
+
+def _vamp(args: argparse.Namespace) -> int:
+    from .pipeline import Vamp
+
+    vamp = Vamp(args.models, threads=args.threads)
+    out, rate = vamp.vamp_file(args.input, args.output, **_vamp_settings(args))
+    print(f"wrote {out} ({rate} Hz)")
+    return 0
+
+
+DEMO_CHECKPOINTS = ("coarse.pth", "c2f.pth", "codec.pth")
+
+
+def demo_cache() -> Path:
+    """Where `demo` keeps its random checkpoints and exported models:
+    ``$XDG_CACHE_HOME/vampnet-onnx/demo`` (default ``~/.cache/vampnet-onnx/demo``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vampnet-onnx" / "demo"
+
+
+def _demo_models(verbose: bool) -> Path:
+    """The demo's exported models folder, created on first use (needs torch)."""
+    from . import testing
+    from .pipeline import MODEL_FILES
+
+    models = demo_cache() / "models"
+    if all((models / name).is_file() for name in MODEL_FILES):
+        return models
+    models.parent.mkdir(parents=True, exist_ok=True)
+    # Export into a fresh folder and rename it at the end, so an interrupted export is not
+    # mistaken for a finished one next time.
+    staging = Path(tempfile.mkdtemp(dir=models.parent, prefix="export-"))
+    try:
+        coarse, c2f, codec = (staging / name for name in DEMO_CHECKPOINTS)
+        testing.write_vampnet_checkpoint(coarse, testing.TINY_COARSE_KWARGS, seed=1)
+        testing.write_vampnet_checkpoint(c2f, testing.TINY_C2F_KWARGS, seed=2)
+        testing.write_codec_checkpoint(codec, testing.SMALL_CODEC_KWARGS, seed=3)
+        export_argv = ["export", "--out", str(staging / "models")]
+        for flag, path in (("--coarse", coarse), ("--c2f", c2f), ("--codec", codec)):
+            export_argv += [flag, str(path)]
+        if verbose:
+            export_argv.append("--verbose")
+        export_args = build_parser().parse_args(export_argv)
+        export_args.handler(export_args)
+        shutil.rmtree(models, ignore_errors=True)
+        (staging / "models").rename(models)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return models
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import audio, demo
+    from .pipeline import Vamp
+
+    models = _demo_models(args.verbose)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sample_rate = 44100
+    x = demo.synth_music(args.seconds, sample_rate)
+    audio.write_audio(args.out / "in.wav", x, sample_rate)
+    vamp = Vamp(models, threads=args.threads)
+    out, _ = vamp.vamp_file(args.out / "in.wav", args.out / "out.wav", **_vamp_settings(args))
+    y, _ = audio.load_audio(out)
+    png = demo.write_png(args.out / "spectrograms.png", demo.spectrogram_image([x, y[0]]))
+    print(f"models (random weights): {models}")
+    print(f"wrote {args.out / 'in.wav'} (input), {out} (vamped)")
+    print(f"wrote {png} (spectrograms: input on top, output below)")
+    return 0
+
+
+def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
+    """The mask, sampling and run options of `vamp` and `demo` (VampNet's app defaults)."""
+    sampling = parser.add_argument_group(
+        "sampling (coarse stage; c2f uses upstream's fixed 2 steps)"
+    )
+    sampling.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
+    sampling.add_argument("--steps", type=int, default=36, help="coarse steps (default 36)")
+    sampling.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
+    sampling.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    sampling.add_argument("--top-p", type=float, default=0.0, help="in (0, 1]; 0 = off (default)")
+    sampling.add_argument(
+        "--mask-temperature", type=float, default=10.5, help="re-masking noise (default 10.5)"
+    )
+    prompt = parser.add_argument_group("mask (what is kept from the input)")
+    prompt.add_argument(
+        "--periodic-prompt",
+        type=int,
+        default=7,
+        metavar="N",
+        help="keep every N-th frame (randomly phase-shifted); 0 = off (default 7)",
+    )
+    prompt.add_argument(
+        "--periodic-width",
+        type=int,
+        default=1,
+        metavar="N",
+        help="frames kept around each periodic frame, 2*(N//2)+1 (default 1)",
+    )
+    prompt.add_argument(
+        "--upper-codebook-mask",
+        type=int,
+        default=3,
+        metavar="N",
+        help="keep only codebooks < N at the kept frames (default 3)",
+    )
+    prompt.add_argument(
+        "--onset-mask",
+        type=int,
+        default=0,
+        metavar="W",
+        help="also keep W frames on each side of detected onsets; 0 = off (default)",
+    )
+    prompt.add_argument("--prefix", type=float, default=0.0, metavar="S", help="keep the first S s")
+    prompt.add_argument("--suffix", type=float, default=0.0, metavar="S", help="keep the last S s")
+    prompt.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="drop this fraction of frames from the prompt, in [0, 1] (default 0)",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--codec-rate",
+        action="store_true",
+        help="write at the codec's 44.1 kHz instead of the input's sample rate",
+    )
+    run.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--verbose", action="store_true", help="full tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog=PROG, description="VampNet on ONNX Runtime.")
@@ -159,6 +314,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="exporter messages and full tracebacks"
     )
     codec.set_defaults(handler=_export_codec)
+
+    vamp = commands.add_parser(
+        "vamp",
+        help="vamp an audio file: keep a prompt of it, generate the rest",
+        description=(
+            "Vamp IN to OUT with the models of `vampnet-onnx export`: preprocess (44.1 kHz, mono, "
+            "-24 LUFS), encode, keep the masked prompt, generate coarse codes (10-s chunks) and "
+            "fine codes (3-s chunks), decode, restore the input's length, loudness and sample "
+            "rate. Defaults are VampNet's app defaults. Output is mono."
+        ),
+    )
+    vamp.add_argument("input", type=Path, metavar="IN", help="audio file (WAV, FLAC, OGG, MP3)")
+    vamp.add_argument("output", type=Path, metavar="OUT", help="output audio file (.wav, .flac)")
+    vamp.add_argument(
+        "--models",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder written by vampnet-onnx export",
+    )
+    _add_vamp_options(vamp)
+    vamp.set_defaults(handler=_vamp)
+
+    demo = commands.add_parser(
+        "demo",
+        help="vamp a synthesised clip with small random-weight models",
+        description=(
+            "Create small random-weight checkpoints in the real formats and export them (once, "
+            "cached in $XDG_CACHE_HOME/vampnet-onnx/demo; needs the export extra), synthesise "
+            "a few seconds of music, vamp it and write DIR/in.wav, DIR/out.wav and "
+            "DIR/spectrograms.png. The weights are random, so the output is noise-like: the "
+            "demo shows the pipeline runs, not what VampNet sounds like."
+        ),
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("vampnet-onnx-demo"),
+        metavar="DIR",
+        help="output folder (default ./vampnet-onnx-demo)",
+    )
+    demo.add_argument("--seconds", type=float, default=6.0, help="input length (default 6)")
+    _add_vamp_options(demo)
+    demo.set_defaults(handler=_demo)
     return parser
 
 

@@ -1,0 +1,147 @@
+"""Full-size vamp pipeline: seconds per stage, real-time factor and peak RSS.
+
+Run: ``python -m benchmarks.bench_pipeline [--seconds 10] [--steps 36] [--threads 2]
+[--repeats 1] [--json PATH]``.
+
+Random weights in the real checkpoint formats at full size (coarse, c2f and codec.pth, written
+and exported once into ``--workdir``, shared with bench_forward / bench_generate; the codec
+graphs are exported there on first use), the `vampnet_onnx.pipeline.Vamp` stages on a
+synthesised clip (`demo.synth_music`) with VampNet's default mask and sampling settings.
+``--steps`` sets the coarse steps (VampNet: 36; a full run takes minutes); c2f always runs
+upstream's 2 steps. The stages run in a fresh process without torch, so its peak RSS is the
+pipeline's own. No contender to compare with: upstream needs VampNet's torch stack and a GPU
+for comparable times.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import machine_facts, parser, print_table, write_json
+
+STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
+
+
+def _child(workdir: Path, seconds: float, steps: int, threads: int, repeats: int):
+    """In a fresh process: load, run the stages `repeats` times; returns (per-stage lists of
+    seconds, load seconds, peak RSS MiB)."""
+    from vampnet_onnx import audio, demo
+    from vampnet_onnx.pipeline import Vamp
+
+    start = time.perf_counter()
+    vamp = Vamp(workdir, threads=threads)
+    load_s = time.perf_counter() - start
+    sample_rate = 44100
+    samples = demo.synth_music(seconds, sample_rate)
+    mask_settings = dict(
+        periodic_prompt=7,
+        periodic_width=1,
+        upper_codebook_mask=3,
+        onset_mask_width=0,
+        prefix_s=0.0,
+        suffix_s=0.0,
+        dropout=0.0,
+    )
+    times: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for _ in range(repeats):
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            times[stage].append(now - clock)
+            clock = now
+
+        x, info = audio.preprocess(samples, sample_rate)
+        mask = vamp.build_mask(x, 0, **mask_settings)
+        lap("preprocess + mask")
+        codes = vamp.encode(x)
+        lap("encode")
+        codes = vamp.coarse_vamp(codes, mask, 0, steps=steps)
+        lap("coarse")
+        codes = vamp.coarse_to_fine(codes, mask, 0)
+        lap("c2f")
+        y = vamp.decode(codes, x.shape[0])
+        lap("decode")
+        audio.restore(y, info)
+        lap("restore")
+    assert "torch" not in sys.modules
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return times, load_s, int(line.split()[1]) / 1024
+    return times, load_s, float("nan")
+
+
+def prepare(workdir: Path) -> None:
+    """Full-size coarse/c2f generation graphs and codec graphs in `workdir`, made on first use."""
+    from benchmarks.bench_generate import prepare as prepare_generation
+    from vampnet_onnx.export.codec import export_codec
+
+    for kind in ("coarse", "c2f"):
+        prepare_generation(workdir, kind)
+    if not all((workdir / f"codec.{part}.onnx").exists() for part in ("encode", "decode")):
+        start = time.perf_counter()
+        result = export_codec(workdir / "codec.pth", workdir)
+        print(
+            f"wrote {result.encode_path} and {result.decode_path} "
+            f"[{time.perf_counter() - start:.0f} s]",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__.splitlines()[0])
+    ap.set_defaults(repeats=1)
+    ap.add_argument("--seconds", type=float, default=10.0, help="input length (default 10)")
+    ap.add_argument("--steps", type=int, default=36, help="coarse steps (default 36)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/vampnet_onnx_bench"),
+        help="where the full-size checkpoints and exports are kept (about 8 GB)",
+    )
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    prepare(args.workdir)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        times, load_s, rss = pool.apply(
+            _child, (args.workdir, args.seconds, args.steps, args.threads, args.repeats)
+        )
+    medians = {stage: statistics.median(values) for stage, values in times.items()}
+    total = sum(medians.values())
+    rows = [
+        {"stage": stage, "median_s": s, "share": s / total, "rtf": s / args.seconds}
+        for stage, s in medians.items()
+    ]
+    rows.append({"stage": "total", "median_s": total, "share": 1.0, "rtf": total / args.seconds})
+    facts = machine_facts(args.threads)
+    print(f"machine: {facts}")
+    print(f"session load (4 graphs): {load_s:.1f} s; peak RSS {rss:.0f} MiB")
+    print_table(
+        f"vamp pipeline, {args.seconds:g} s of audio, coarse {args.steps} steps, c2f 2 steps, "
+        f"median of {args.repeats}, {args.threads} threads (RTF = seconds per second of audio)",
+        ["stage", "median s", "share", "RTF"],
+        [[r["stage"], r["median_s"], f"{100 * r['share']:.0f} %", r["rtf"]] for r in rows],
+    )
+    write_json(
+        args.json,
+        {
+            "machine": facts,
+            "seconds": args.seconds,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "load_s": load_s,
+            "peak_rss_mib": rss,
+            "rows": rows,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

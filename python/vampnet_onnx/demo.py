@@ -1,0 +1,105 @@
+"""`vampnet-onnx demo`: music-like test audio, spectrograms and a minimal PNG writer (numpy + zlib).
+
+The demo itself (random-weight checkpoints, export, vamp) is in `cli`; this module holds the
+pieces that need neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+#: A I-vi-IV-V progression in C major (MIDI notes of each chord).
+_CHORDS = ((60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62))
+#: Colour map anchors from silence (dark blue) to loud (pale yellow), RGB 0-255.
+_COLOURS = np.array([[0, 0, 20], [90, 20, 120], [220, 70, 50], [255, 240, 160]], dtype=float)
+
+
+def synth_music(seconds: float = 6.0, sample_rate: int = 44100, bpm: float = 120.0) -> np.ndarray:
+    """A chord progression (one chord a bar of four beats, decaying harmonic notes), a bass
+    note, a kick on every beat and a noise hi-hat on the off-beats.
+
+    Returns float32 ``[N]``, N = round(seconds * sample_rate), peak 0.9.
+    """
+    if not seconds > 0:
+        raise ValueError(f"synth_music: seconds must be > 0, got {seconds}")
+    n = round(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    beat = 60.0 / bpm
+    y = np.zeros(n)
+    rng = np.random.default_rng(0)
+    for k in range(int(np.ceil(seconds / beat))):
+        start = k * beat
+        local = t - start
+        on = local >= 0
+        chord = _CHORDS[(k // 4) % len(_CHORDS)]
+        # Every beat re-strikes the chord: plucked notes with three harmonics.
+        for note in chord + (chord[0] - 12,):
+            freq = 440.0 * 2 ** ((note - 69) / 12)
+            env = np.exp(-local * 3.0) * on
+            y += env * sum(np.sin(2 * np.pi * h * freq * local) / h**1.5 for h in (1, 2, 3)) * 0.15
+        # Kick: a sine sweeping 120 -> 45 Hz with a fast decay.
+        kick = np.sin(2 * np.pi * (45 * local + 75 * (1 - np.exp(-local * 30)) / 30))
+        y += kick * np.exp(-local * 12) * on * 0.6
+        hat = (local >= beat / 2) & (local < beat / 2 + 0.05)
+        y += rng.standard_normal(n) * hat * np.exp(-(local - beat / 2) * 60) * 0.15
+    return (0.9 * y / np.abs(y).max()).astype(np.float32)
+
+
+def spectrogram_db(x: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+    """Log-magnitude STFT (Hann) of mono `x` ``[N]``: float ``[n_fft // 2 + 1, frames]`` in dB
+    relative to the maximum, clipped to [-80, 0]."""
+    x = np.pad(np.asarray(x, dtype=np.float64), (n_fft // 2, n_fft // 2))
+    if x.shape[0] < n_fft:
+        x = np.pad(x, (0, n_fft - x.shape[0]))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=-1)).T ** 2
+    db = 10 * np.log10(np.maximum(power, 1e-12))
+    return np.clip(db - db.max(), -80.0, 0.0)
+
+
+def spectrogram_image(signals: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Spectrograms of mono signals stacked top to bottom (low frequencies at the bottom of
+    each), `gap` white rows between them: uint8 RGB ``[H, W, 3]``, W = the longest."""
+    panels = [spectrogram_db(s)[::-1] for s in signals]
+    width = max(p.shape[1] for p in panels)
+    rows = []
+    for i, panel in enumerate(panels):
+        level = (panel + 80.0) / 80.0 * (len(_COLOURS) - 1)
+        low = np.minimum(level.astype(int), len(_COLOURS) - 2)
+        frac = (level - low)[..., None]
+        rgb = _COLOURS[low] * (1 - frac) + _COLOURS[low + 1] * frac
+        rows.append(np.pad(rgb, ((0, 0), (0, width - panel.shape[1]), (0, 0))))
+        if i < len(panels) - 1:
+            rows.append(np.full((gap, width, 3), 255.0))
+    return np.concatenate(rows).round().astype(np.uint8)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write uint8 RGB ``[H, W, 3]`` as an 8-bit truecolour PNG (no filtering, zlib level 6)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(
+            f"write_png: image must be uint8 [H, W, 3] with H, W >= 1, got {image.dtype} "
+            f"{image.shape}"
+        )
+    height, width = image.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    # Each scanline starts with its filter type (0 = none).
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path = Path(path)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
+    return path

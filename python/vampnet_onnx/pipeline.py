@@ -1,0 +1,364 @@
+"""`Vamp`: VampNet's audio-to-audio pipeline on ONNX Runtime (numpy + onnxruntime, no torch).
+
+An exported models folder (``vampnet-onnx export``) holds the four graphs this reads:
+``codec.encode.onnx``, ``coarse.generate.onnx``, ``c2f.generate.onnx``, ``codec.decode.onnx``.
+The stages follow VampNet's ``Interface`` (SPEC.md §4):
+
+1. `audio.preprocess`: resample to 44.1 kHz, mono, -24 LUFS, peak <= 1.
+2. encode: audio -> codes ``[1, 14, T]``, T = ceil(N / hop).
+3. `masks.build_mask` with VampNet's defaults (periodic prompt 7, width 1, upper codebook mask 3).
+4. coarse: codebooks 0-3 in consecutive 10-s chunks (575 frames, no overlap); a chunk with any
+   prompt gets its first and last frame forced to prompt (SPEC §4.3).
+5. coarse-to-fine: 3-s chunks (173 frames), the tail padded with code 0 / mask True; codebooks
+   0-3 condition, the fine positions of the mask are generated with upstream's fixed c2f
+   settings (2 steps, temperature 1, mask temperature 10.5, no top-k/top-p; SPEC §4.4).
+6. decode, then `audio.restore`: the input's length, loudness and (by default) sample rate.
+
+Deviations from upstream, on purpose:
+
+- Bounded memory: the codec runs on segments of `segment_frames` frames (default 3 coarse
+  chunks, about 30 s) with `context_frames` of extra frames on each side that are computed and
+  dropped, rather than on the whole file at once. Inside the codec's receptive field this equals
+  the whole-file result up to float rounding; a code right at a segment edge can flip where
+  two codebook rows are nearly tied. The generation stages already work chunk by chunk; only
+  O(N) audio (4 bytes a sample per copy) and O(T) codes and masks (126 bytes a frame per copy)
+  span the whole file.
+- Seeds: one int seed drives everything. The mask draws from ``numpy.random.default_rng`` and
+  every generation call gets its own seed derived from (seed, stage, chunk) by
+  ``numpy.random.SeedSequence``; upstream draws all of these from one torch stream, so the
+  same seed gives other masks and tokens. Upstream's c2f takes no user seed; here it does, so
+  a run is reproducible.
+- The schedule is whatever the generation graphs were exported with (per batch item unless
+  ``--batch-coupled``); with B = 1, as here, both are the same.
+- The onset mask uses `masks.detect_onsets`, a numpy approximation of librosa's detector.
+- The output is mono (VampNet is a mono model); stereo input is averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import audio, masks
+from .generator import Generator
+
+#: The graphs `Vamp` reads from a models folder, in pipeline order.
+MODEL_FILES = (
+    "codec.encode.onnx",
+    "coarse.generate.onnx",
+    "c2f.generate.onnx",
+    "codec.decode.onnx",
+)
+#: VampNet's chunk lengths in seconds (``chunk_size_s`` of the coarse and c2f models).
+COARSE_CHUNK_S = 10.0
+C2F_CHUNK_S = 3.0
+#: Upstream's c2f call from ``vamp`` ignores the user's sampling settings (SPEC §4.4).
+C2F_STEPS = 2
+#: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
+#: to either side, so 32 leaves a margin.
+CONTEXT_FRAMES = 32
+
+_STAGE_MASK, _STAGE_COARSE, _STAGE_C2F = 0, 1, 2
+
+
+def _chunk_seed(seed: int, stage: int, index: int) -> int:
+    """An int64 seed for one generation call, independent across stages and chunks."""
+    state = np.random.SeedSequence([seed, stage, index]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` spans of at most `size` covering ``[0, n)``."""
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+class Vamp:
+    """VampNet's vamp from an exported models folder.
+
+    Args:
+        models: folder with `MODEL_FILES` (``vampnet-onnx export --coarse --c2f --codec``).
+        threads: intra-op threads per onnxruntime session (None: onnxruntime's default).
+        segment_frames: codec frames per encode/decode segment (memory bound; default three
+            coarse chunks, about 30 s).
+        context_frames: extra frames computed and dropped on each side of a segment.
+        providers: onnxruntime execution providers (None: CPU).
+
+    Raises:
+        FileNotFoundError: a graph is missing (all missing names are listed).
+        ValueError: the graphs do not belong together (codebooks, hop).
+    """
+
+    def __init__(
+        self,
+        models: str | Path,
+        threads: int | None = None,
+        segment_frames: int | None = None,
+        context_frames: int = CONTEXT_FRAMES,
+        providers: list | None = None,
+    ) -> None:
+        models = Path(models)
+        missing = [name for name in MODEL_FILES if not (models / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"Vamp: models must be a folder with {', '.join(MODEL_FILES)} (vampnet-onnx "
+                f"export), got '{models}' without {', '.join(missing)}"
+            )
+        self.codec = audio.Codec(
+            models / "codec.encode.onnx", models / "codec.decode.onnx", threads, providers
+        )
+        self.coarse = Generator(models / "coarse.generate.onnx", providers, threads)
+        self.c2f = Generator(models / "c2f.generate.onnx", providers, threads)
+        config = self.codec.config
+        self.sample_rate = int(config["sample_rate"])
+        self.hop_length = int(config["hop_length"])
+        self._check_models(config)
+        self.coarse_chunk_frames = masks.seconds_to_frames(
+            COARSE_CHUNK_S, self.sample_rate, self.hop_length
+        )
+        self.c2f_chunk_frames = masks.seconds_to_frames(
+            C2F_CHUNK_S, self.sample_rate, self.hop_length
+        )
+        self.segment_frames = segment_frames or 3 * self.coarse_chunk_frames
+        for name, value, low in (
+            ("segment_frames", self.segment_frames, 1),
+            ("context_frames", context_frames, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Vamp: {name} must be an int >= {low}, got {value!r}")
+        self.context_frames = context_frames
+
+    def _check_models(self, config: dict) -> None:
+        if audio.decoded_length(1, config["decoder_rates"]) != self.hop_length:
+            raise ValueError(
+                f"Vamp: the codec's decoder_rates must multiply to its hop {self.hop_length} "
+                f"with even rates, got {config['decoder_rates']}"
+            )
+        n_coarse = self.coarse.n_codebooks
+        expected = {
+            "c2f codebooks": (self.c2f.n_codebooks, config["n_codebooks"]),
+            "c2f conditioning codebooks": (self.c2f.n_conditioning_codebooks, n_coarse),
+            "coarse conditioning codebooks": (self.coarse.n_conditioning_codebooks, 0),
+            "coarse hop_length": (self.coarse.config.get("hop_length"), self.hop_length),
+            "c2f hop_length": (self.c2f.config.get("hop_length"), self.hop_length),
+        }
+        for name, (got, want) in expected.items():
+            if got != want:
+                raise ValueError(f"Vamp: {name} must be {want} to match the codec, got {got}")
+
+    # --- the whole pipeline ----------------------------------------------------------------
+
+    def vamp(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        seed: int = 0,
+        steps: int = 36,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        mask_temperature: float = 10.5,
+        periodic_prompt: int = 7,
+        periodic_width: int = 1,
+        upper_codebook_mask: int = 3,
+        onset_mask_width: int = 0,
+        prefix_s: float = 0.0,
+        suffix_s: float = 0.0,
+        dropout: float = 0.0,
+        keep_rate: bool = True,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, int]:
+        """Vamp on `samples` with VampNet's app defaults (SPEC §4.7).
+
+        Args:
+            samples: float ``[N]`` or ``[channels, N]`` in [-1, 1], N >= 1.
+            sample_rate: Hz.
+            seed: int in [0, 2**63): the mask and every generation call derive from it.
+            steps, temperature, top_k, top_p, mask_temperature: the coarse stage's sampling
+                (`Generator.generate`); c2f always uses upstream's fixed settings.
+            periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width, prefix_s,
+                suffix_s, dropout: the mask (`masks.build_mask`; 0 turns a periodic prompt or
+                onset mask off).
+            keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
+            progress: tqdm bars over the chunks of each stage.
+
+        Returns:
+            (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
+            N' = N when `keep_rate`.
+        """
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
+        mask = self.build_mask(
+            x,
+            seed,
+            periodic_prompt=periodic_prompt,
+            periodic_width=periodic_width,
+            upper_codebook_mask=upper_codebook_mask,
+            onset_mask_width=onset_mask_width,
+            prefix_s=prefix_s,
+            suffix_s=suffix_s,
+            dropout=dropout,
+        )
+        sampling = dict(
+            steps=steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            mask_temperature=mask_temperature,
+        )
+        # Fail on bad settings before the (slow) encode rather than at the first chunk.
+        Generator._check_settings(seed=seed, **sampling)
+        codes = self.encode(x, progress)
+        codes = self.generate(codes, mask, seed, progress=progress, **sampling)
+        y = self.decode(codes, x.shape[0], progress)
+        if not keep_rate:
+            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
+        return audio.restore(y, info, self.sample_rate), info.sample_rate
+
+    def vamp_file(
+        self, in_path: str | Path, out_path: str | Path, **settings: Any
+    ) -> tuple[Path, int]:
+        """`vamp` on an audio file, written to `out_path` (format from the extension).
+
+        settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
+        Raises FileNotFoundError / ValueError for a missing or undecodable input.
+        """
+        samples, sample_rate = audio.load_audio(in_path)
+        y, out_rate = self.vamp(samples, sample_rate, **settings)
+        out_path = Path(out_path)
+        audio.write_audio(out_path, y, out_rate)
+        return out_path, out_rate
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def n_frames(self, n_samples: int) -> int:
+        """Codec frames of `n_samples` samples at the codec rate: ceil(n / hop)."""
+        return math.ceil(n_samples / self.hop_length)
+
+    def build_mask(self, x: np.ndarray, seed: int, **settings: Any) -> np.ndarray:
+        """The generation mask bool ``[1, 14, T]`` (True = generate) for preprocessed mono `x`
+        ``[N]`` at 44.1 kHz. settings: `vamp`'s mask arguments."""
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, int | np.integer)
+            or not (0 <= seed < 2**63)
+        ):
+            raise ValueError(f"Vamp.vamp: seed must be an int in [0, 2**63), got {seed!r}")
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _STAGE_MASK]))
+        shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
+        return masks.build_mask(
+            shape,
+            rng,
+            prefix_s=settings["prefix_s"],
+            suffix_s=settings["suffix_s"],
+            periodic_prompt=settings["periodic_prompt"],
+            periodic_prompt_width=settings["periodic_width"],
+            onset_mask_width=settings["onset_mask_width"],
+            dropout_p=settings["dropout"],
+            upper_codebook_mask=settings["upper_codebook_mask"],
+            audio=x,
+            sample_rate=self.sample_rate,
+            hop_length=self.hop_length,
+        )
+
+    def _segments(self, n_frames: int, desc: str, progress: bool):
+        """(start, stop, lo, hi) frame spans: the segment kept and the one computed."""
+        spans = list(_spans(n_frames, self.segment_frames))
+        for start, stop in tqdm(spans, desc=desc, unit="segment", disable=not progress):
+            lo = max(0, start - self.context_frames)
+            yield start, stop, lo, min(n_frames, stop + self.context_frames)
+
+    def encode(self, x: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Preprocessed mono `x` ``[N]`` at 44.1 kHz -> codes int64 ``[1, 14, ceil(N / hop)]``,
+        one segment at a time."""
+        hop = self.hop_length
+        n_frames = self.n_frames(x.shape[0])
+        codes = np.empty((1, self.codec.config["n_codebooks"], n_frames), dtype=np.int64)
+        for start, stop, lo, hi in self._segments(n_frames, "encode", progress):
+            segment = self.codec.encode(x[lo * hop : hi * hop])
+            codes[:, :, start:stop] = segment[:, :, start - lo : stop - lo]
+        return codes
+
+    def decode(self, codes: np.ndarray, n_samples: int, progress: bool = False) -> np.ndarray:
+        """Codes ``[1, 14, T]`` -> float32 audio ``[n_samples]`` (n_samples <= T * hop) at
+        44.1 kHz, one segment at a time."""
+        hop = self.hop_length
+        n_frames = codes.shape[2]
+        y = np.empty(n_frames * hop, dtype=np.float32)
+        for start, stop, lo, hi in self._segments(n_frames, "decode", progress):
+            segment = self.codec.decode(codes[:, :, lo:hi])
+            y[start * hop : stop * hop] = segment[0, 0, (start - lo) * hop : (stop - lo) * hop]
+        return y[:n_samples]
+
+    def generate(
+        self,
+        codes: np.ndarray,
+        mask: np.ndarray,
+        seed: int,
+        *,
+        progress: bool = False,
+        **sampling: Any,
+    ) -> np.ndarray:
+        """Coarse then coarse-to-fine generation over VampNet's chunks.
+
+        codes: int64 ``[1, 14, T]`` from `encode`. mask: bool ``[1, 14, T]``, True = generate.
+        sampling: `Generator.generate`'s steps, temperature, top_k, top_p, mask_temperature
+        for the coarse stage. Returns int64 ``[1, 14, T]``; every position with mask False
+        keeps its code.
+        """
+        codes = self.coarse_vamp(codes, mask, seed, progress=progress, **sampling)
+        return self.coarse_to_fine(codes, mask, seed, progress=progress)
+
+    def coarse_vamp(
+        self, codes: np.ndarray, mask: np.ndarray, seed: int, *, progress: bool = False, **sampling
+    ) -> np.ndarray:
+        """The coarse stage (upstream's ``coarse_vamp``): codebooks 0-3 of `codes` regenerated
+        where `mask` (both ``[1, 14, T]``) is True, in 10-s chunks; the fine codebooks are
+        returned unchanged. sampling: as in `generate`."""
+        n = self.coarse.n_codebooks
+        out = codes.copy()
+        spans = list(_spans(codes.shape[2], self.coarse_chunk_frames))
+        for index, (start, stop) in enumerate(
+            tqdm(spans, desc="coarse", unit="chunk", disable=not progress)
+        ):
+            chunk_mask = mask[:, :n, start:stop].copy()
+            if not chunk_mask.all():
+                # Upstream's guard against seams when stitching chunks (SPEC §4.3).
+                chunk_mask[:, :, [0, -1]] = False
+            out[:, :n, start:stop] = self.coarse.generate(
+                codes[:, :n, start:stop],
+                chunk_mask,
+                seed=_chunk_seed(seed, _STAGE_COARSE, index),
+                **sampling,
+            )
+        return out
+
+    def coarse_to_fine(
+        self, codes: np.ndarray, mask: np.ndarray, seed: int, *, progress: bool = False
+    ) -> np.ndarray:
+        """The coarse-to-fine stage (upstream's ``coarse_to_fine``): the fine codebooks of
+        `codes` ``[1, 14, T]`` regenerated where `mask` is True, conditioned on codebooks 0-3,
+        in 3-s chunks with upstream's fixed settings (`C2F_STEPS` steps, default sampling)."""
+        n_frames, chunk = codes.shape[2], self.c2f_chunk_frames
+        pad = -n_frames % chunk
+        padded_codes = np.pad(codes, ((0, 0), (0, 0), (0, pad)))
+        padded_mask = np.pad(mask, ((0, 0), (0, 0), (0, pad)), constant_values=True)
+        padded_mask[:, : self.c2f.n_conditioning_codebooks] = False
+        out = padded_codes.copy()
+        spans = list(_spans(n_frames + pad, chunk))
+        for index, (start, stop) in enumerate(
+            tqdm(spans, desc="coarse-to-fine", unit="chunk", disable=not progress)
+        ):
+            out[:, :, start:stop] = self.c2f.generate(
+                padded_codes[:, :, start:stop],
+                padded_mask[:, :, start:stop],
+                steps=C2F_STEPS,
+                seed=_chunk_seed(seed, _STAGE_C2F, index),
+            )
+        return out[:, :, :n_frames]

@@ -1,0 +1,147 @@
+"""`vampnet-onnx vamp` and `vampnet-onnx demo` end to end on tiny random-weight models."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from vampnet_onnx import cli, demo, testing
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli_vamp")
+    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", testing.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", testing.SMALL_CODEC_KWARGS, seed=3)
+    out = root / "models"
+    argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def wav(tmp_path) -> Path:
+    """1.2 s of stereo noise at 48 kHz."""
+    path = tmp_path / "in.wav"
+    samples = np.random.default_rng(0).standard_normal((57600, 2)) * 0.1
+    soundfile.write(path, samples, 48000)
+    return path
+
+
+def error_line(capsys) -> str:
+    """The single line the command printed to stderr."""
+    [line] = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+def test_vamp_writes_mono_audio_of_the_input_length_and_rate(models, wav, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    argv = ["vamp", str(wav), str(out), "--models", str(models), "--steps", "2", "--quiet"]
+    assert cli.main([*argv, "--seed", "5", "--periodic-prompt", "3", "--top-p", "0.9"]) == 0
+    info = soundfile.info(out)
+    assert (info.frames, info.samplerate, info.channels) == (57600, 48000, 1)
+    assert capsys.readouterr().out.strip() == f"wrote {out} (48000 Hz)"
+
+
+def test_vamp_codec_rate_writes_44100(models, wav, tmp_path):
+    out = tmp_path / "out.flac"
+    argv = ["vamp", str(wav), str(out), "--models", str(models), "--steps", "1", "--quiet"]
+    assert cli.main([*argv, "--codec-rate"]) == 0
+    info = soundfile.info(out)
+    assert (info.frames, info.samplerate) == (52920, 44100)
+
+
+def test_vamp_missing_input_is_a_one_line_error(models, tmp_path, capsys):
+    argv = ["vamp", str(tmp_path / "nope.wav"), str(tmp_path / "o.wav"), "--models", str(models)]
+    assert cli.main(argv) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: load_audio: path must be an existing file, got "
+        f"'{tmp_path / 'nope.wav'}'"
+    )
+
+
+def test_vamp_non_audio_file_is_a_one_line_error(models, tmp_path, capsys):
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n")
+    assert cli.main(["vamp", str(text), str(tmp_path / "o.wav"), "--models", str(models)]) == 1
+    line = error_line(capsys)
+    assert line.startswith("vampnet-onnx vamp: error: load_audio: path must be an audio file")
+    assert str(text) in line and not (tmp_path / "o.wav").exists()
+
+
+def test_vamp_incomplete_models_folder_names_the_missing_files(wav, tmp_path, capsys):
+    assert cli.main(["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(tmp_path)]) == 1
+    line = error_line(capsys)
+    assert line.startswith("vampnet-onnx vamp: error: Vamp: models must be a folder with")
+    assert line.endswith(
+        "without codec.encode.onnx, coarse.generate.onnx, c2f.generate.onnx, codec.decode.onnx"
+    )
+
+
+def test_vamp_bad_setting_is_a_one_line_error(models, wav, tmp_path, capsys):
+    argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(models)]
+    assert cli.main([*argv, "--dropout", "2"]) == 1
+    assert error_line(capsys) == "vampnet-onnx vamp: error: dropout: p must be in [0, 1], got 2.0"
+
+
+def test_vamp_verbose_raises(models, wav, tmp_path):
+    argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(models), "--verbose"]
+    with pytest.raises(ValueError, match="dropout: p must be in"):
+        cli.main([*argv, "--dropout", "2"])
+
+
+@pytest.mark.parametrize("command", ["vamp", "demo", "export", "export-codec"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: vampnet-onnx" in capsys.readouterr().out
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode an 8-bit RGB, unfiltered PNG as `demo.write_png` writes it: uint8 [H, W, 3]."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = {}, 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks[kind] = body
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour) == (8, 2)
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, -1)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(height, width, 3)
+
+
+def test_write_png_round_trips(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(read_png(demo.write_png(tmp_path / "x.png", image)), image)
+
+
+def test_demo_exports_once_and_writes_audio_and_spectrograms(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--seconds", "2", "--steps", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["in.wav", "out.wav", "spectrograms.png"]
+    assert soundfile.info(out / "out.wav").frames == 88200
+    image = read_png(out / "spectrograms.png")
+    # Two 513-bin spectrograms and a 4-row gap; 2 s at hop 256 -> 345 frames.
+    assert image.shape == (513 * 2 + 4, 345, 3)
+    printed = capsys.readouterr().out
+    assert str(out / "spectrograms.png") in printed
+    models = tmp_path / "cache" / "vampnet-onnx" / "demo" / "models"
+    assert sorted(p.name for p in (models.parent).iterdir()) == ["models"]
+    stamp = (models / "coarse.generate.onnx").stat().st_mtime_ns
+    assert cli.main(argv) == 0
+    assert (models / "coarse.generate.onnx").stat().st_mtime_ns == stamp

@@ -1,0 +1,239 @@
+"""`vampnet_onnx.pipeline.Vamp`: VampNet's vamp end to end on tiny random-weight models.
+
+The models are exported once for the module: tiny transformers (`testing.TINY_*_KWARGS`) and
+the small codec with the real rates (hop 768, so frame counts are VampNet's).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from vampnet_onnx import audio, cli, masks, testing
+from vampnet_onnx.pipeline import C2F_STEPS, MODEL_FILES, Vamp
+
+SR = 44100
+HOP = 768
+FAST = dict(steps=1)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", testing.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", testing.SMALL_CODEC_KWARGS, seed=3)
+    out = root / "models"
+    argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def vamp(models) -> Vamp:
+    return Vamp(models, threads=2)
+
+
+def noise(seconds: float, sample_rate: int = SR, channels: int | None = None) -> np.ndarray:
+    """Gaussian noise, std 0.1: float32 [N] or [channels, N]."""
+    n = round(seconds * sample_rate)
+    shape = (n,) if channels is None else (channels, n)
+    return (np.random.default_rng(0).standard_normal(shape) * 0.1).astype(np.float32)
+
+
+class Recorder:
+    """Wraps a method and records each call's positional and keyword arguments."""
+
+    def __init__(self, monkeypatch, owner, name: str):
+        self.calls: list[tuple[tuple, dict]] = []
+        original = getattr(owner, name)
+
+        def record(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, record)
+
+
+def test_pipeline_does_not_import_torch():
+    code = (
+        "import sys, vampnet_onnx.pipeline, vampnet_onnx.demo, vampnet_onnx.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_model_files_are_named(models, tmp_path):
+    for name in MODEL_FILES[1:3]:
+        (tmp_path / name).write_bytes((models / name).read_bytes())
+    with pytest.raises(FileNotFoundError) as err:
+        Vamp(tmp_path)
+    assert str(err.value).endswith("without codec.encode.onnx, codec.decode.onnx")
+
+
+@pytest.mark.parametrize("n_samples", [1, 767, 768, 769, 3 * SR + 5])
+def test_output_length_equals_input_length(vamp, n_samples):
+    x = np.random.default_rng(n_samples).uniform(-0.5, 0.5, n_samples).astype(np.float32)
+    y, rate = vamp.vamp(x, SR, **FAST)
+    assert rate == SR and y.shape == (n_samples,) and y.dtype == np.float32
+    assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+
+
+def test_silence_gives_finite_audio_at_the_input_loudness(vamp):
+    y, _ = vamp.vamp(np.zeros(SR, np.float32), SR, **FAST)
+    assert y.shape == (SR,) and np.isfinite(y).all()
+    assert audio.loudness(y, SR) == pytest.approx(audio.MIN_LOUDNESS, abs=0.5)
+
+
+def test_stereo_input_gives_mono_output(vamp):
+    y, _ = vamp.vamp(noise(1.0, channels=2), SR, **FAST)
+    assert y.shape == (SR,)
+
+
+def test_48k_input_comes_back_at_48k_by_default(vamp):
+    x = noise(1.5, 48000)
+    y, rate = vamp.vamp(x, 48000, **FAST)
+    assert rate == 48000 and y.shape == x.shape
+
+
+def test_keep_rate_false_returns_the_codec_rate(vamp):
+    y, rate = vamp.vamp(noise(1.5, 48000), 48000, keep_rate=False, **FAST)
+    assert rate == SR and y.shape == (round(1.5 * SR),)
+
+
+def test_output_loudness_matches_input(vamp):
+    x = noise(2.0) * 0.3
+    y, _ = vamp.vamp(x, SR, **FAST)
+    # restore() normalises to the input's loudness; the peak limit can only lower it.
+    assert audio.loudness(y, SR) == pytest.approx(audio.loudness(x, SR), abs=0.1)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_24"])
+def test_integer_wav_files_vamp(vamp, tmp_path, subtype):
+    path = tmp_path / "in.wav"
+    soundfile.write(path, noise(1.0, 22050), 22050, subtype=subtype)
+    out, rate = vamp.vamp_file(path, tmp_path / "out.wav", **FAST)
+    info = soundfile.info(out)
+    assert rate == 22050 and info.samplerate == 22050 and info.frames == 22050
+    assert info.channels == 1
+
+
+def test_same_seed_same_audio_other_seed_other_audio(vamp):
+    x = noise(1.0)
+    a, _ = vamp.vamp(x, SR, seed=3, **FAST)
+    b, _ = vamp.vamp(x, SR, seed=3, **FAST)
+    c, _ = vamp.vamp(x, SR, seed=4, **FAST)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(periodic_prompt=5, periodic_width=3, upper_codebook_mask=14),
+        dict(prefix_s=2.0, suffix_s=1.0, dropout=0.3, upper_codebook_mask=8),
+        dict(onset_mask_width=2, periodic_prompt=0, upper_codebook_mask=6),
+    ],
+    ids=["defaults", "wide-periodic-all-codebooks", "prefix-suffix-dropout", "onsets"],
+)
+def test_prompt_codes_are_kept_through_generation(vamp, settings):
+    x, _ = audio.preprocess(np.tile(noise(0.25), 50), SR)  # 12.5 s: two coarse chunks
+    full = dict(
+        periodic_prompt=7,
+        periodic_width=1,
+        upper_codebook_mask=3,
+        onset_mask_width=0,
+        prefix_s=0.0,
+        suffix_s=0.0,
+        dropout=0.0,
+    )
+    mask = vamp.build_mask(x, 0, **{**full, **settings})
+    codes = vamp.encode(x)
+    out = vamp.generate(codes, mask, 0, steps=2)
+    assert (~mask).any() and mask.any()
+    np.testing.assert_array_equal(out[~mask], codes[~mask])
+    assert out.shape == codes.shape and ((out >= 0) & (out < 1024)).all()
+
+
+def test_coarse_chunks_are_575_frames_with_prompt_edges(vamp, monkeypatch):
+    recorder = Recorder(monkeypatch, vamp.coarse, "generate")
+    x = np.tile(noise(0.5), 25)  # 12.5 s -> 718 frames: chunks of 575 and 143
+    vamp.vamp(x, SR, **FAST)
+    lengths = [args[1].shape[2] for args, _ in recorder.calls]
+    assert lengths == [575, masks.seconds_to_frames(12.5) - 575]
+    for (_, chunk_mask), kwargs in recorder.calls:
+        assert chunk_mask.shape[1] == 4 and kwargs["steps"] == 1
+        assert not chunk_mask[..., 0].any() and not chunk_mask[..., -1].any()
+
+
+def test_chunk_without_prompt_keeps_its_edges_generated(vamp, monkeypatch):
+    recorder = Recorder(monkeypatch, vamp.coarse, "generate")
+    vamp.vamp(noise(1.0), SR, periodic_prompt=0, **FAST)
+    [((_, chunk_mask), _)] = recorder.calls
+    assert chunk_mask.all()
+
+
+def test_c2f_runs_173_frame_chunks_with_upstream_settings(vamp, monkeypatch):
+    recorder = Recorder(monkeypatch, vamp.c2f, "generate")
+    vamp.vamp(noise(4.0), SR, temperature=0.5, top_p=0.9, mask_temperature=3.0, **FAST)
+    n_frames = masks.seconds_to_frames(4.0)
+    assert len(recorder.calls) == -(-n_frames // 173)
+    for (codes, chunk_mask), kwargs in recorder.calls:
+        assert codes.shape == chunk_mask.shape == (1, 14, 173)
+        assert not chunk_mask[:, :4].any()
+        assert set(kwargs) == {"steps", "seed"} and kwargs["steps"] == C2F_STEPS
+    # The padded tail of the last chunk is generated.
+    (_, last_mask), _ = recorder.calls[-1]
+    assert last_mask[:, 4:, n_frames % 173 :].all()
+
+
+def test_segmented_codec_equals_the_whole_file(models):
+    x, _ = audio.preprocess(np.tile(noise(0.5), 40), SR)  # 20 s, 1149 frames
+    whole = Vamp(models, threads=2, segment_frames=10_000)
+    segmented = Vamp(models, threads=2, segment_frames=200)
+    codes = whole.encode(x)
+    np.testing.assert_array_equal(segmented.encode(x), codes)
+    np.testing.assert_allclose(
+        segmented.decode(codes, x.shape[0]), whole.decode(codes, x.shape[0]), atol=1e-4
+    )
+
+
+def test_two_minute_input_runs_in_bounded_segments(models, monkeypatch):
+    vamp = Vamp(models, threads=2)
+    encode = Recorder(monkeypatch, vamp.codec, "encode")
+    decode = Recorder(monkeypatch, vamp.codec, "decode")
+    coarse = Recorder(monkeypatch, vamp.coarse, "generate")
+    c2f = Recorder(monkeypatch, vamp.c2f, "generate")
+    x = np.tile(noise(1.0), 120)
+    y, _ = vamp.vamp(x, SR, **FAST)
+    assert y.shape == x.shape
+    # Every array handed to a graph covers at most one segment plus its context, whatever the
+    # input's length: that bounds the codec's activations, the largest intermediates.
+    bound = vamp.segment_frames + 2 * vamp.context_frames
+    assert len(encode.calls) == len(decode.calls) == 4  # 6891 frames / 1725
+    assert max(args[0].shape[-1] for args, _ in encode.calls) <= bound * HOP
+    assert max(args[0].shape[-1] for args, _ in decode.calls) <= bound
+    assert max(args[0].shape[-1] for args, _ in coarse.calls) <= vamp.coarse_chunk_frames
+    assert max(args[0].shape[-1] for args, _ in c2f.calls) == vamp.c2f_chunk_frames
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(seed=-1), "Vamp.vamp: seed must be an int in [0, 2**63), got -1"),
+        (dict(steps=0), "Generator.generate: steps must be an int >= 1, got 0"),
+        (dict(dropout=1.5), "dropout: p must be in [0, 1], got 1.5"),
+        (dict(periodic_prompt=-1), "periodic: period must be an int >= 0, got -1"),
+    ],
+)
+def test_bad_settings_fail_before_encoding(vamp, monkeypatch, settings, message):
+    encode = Recorder(monkeypatch, vamp.codec, "encode")
+    with pytest.raises(ValueError) as err:
+        vamp.vamp(noise(0.1), SR, **settings)
+    assert str(err.value) == message and not encode.calls

@@ -2,9 +2,11 @@
 //   "<where>: <argument> must <constraint>, got <value>"
 #pragma once
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace vampnet {
@@ -18,6 +20,10 @@ class InvalidArgument : public std::invalid_argument {
 
 template <typename T>
 std::string to_text(const T& value) {
+  // glibc writes a NaN with its sign bit set as "-nan"; Python (the numpy twin's messages) and
+  // the contract say "nan" for every NaN.
+  if constexpr (std::is_floating_point_v<T>)
+    if (std::isnan(value)) return "nan";
   std::ostringstream out;
   out << value;
   return out.str();

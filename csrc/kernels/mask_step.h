@@ -118,6 +118,17 @@ void mask_git_step(const std::string& where, const MaskStepShape& shape, const L
   const int64_t B = shape.batch, C = shape.codebooks, T = shape.frames, P = shape.predicted,
                 V = shape.vocab, ncc = shape.conditioning();
   const int64_t positions = T * P;
+  const auto check_start = [&](int64_t b, int64_t n) {
+    if (n < 0 || n > positions)
+      fail(where, "n_masked_start", "be in [0, T * P = " + to_text(positions) + "]",
+           to_text(n) + " for item " + to_text(b));
+  };
+  // No cells (B = 0 or T = 0): nothing to sample or write. Return before the per-item scratch:
+  // B can be 2^32 - 1 in a zero-size tensor, and memory must stay bounded by the inputs' sizes.
+  if (B * C * T == 0) {
+    for (int64_t b = 0; n_masked_start && b < B; ++b) check_start(b, n_masked_start[b]);
+    return;
+  }
 
   // Masked positions of each item in the flat order p = t * P + c, and the checks on the codes.
   std::vector<std::vector<uint32_t>> masked(B);
@@ -141,9 +152,7 @@ void mask_git_step(const std::string& where, const MaskStepShape& shape, const L
   std::vector<int64_t> n0(B);
   for (int64_t b = 0; b < B; ++b) {
     n0[b] = n_masked_start ? n_masked_start[b] : static_cast<int64_t>(masked[b].size());
-    if (n0[b] < 0 || n0[b] > positions)
-      fail(where, "n_masked_start", "be in [0, T * P = " + to_text(positions) + "]",
-           to_text(n0[b]) + " for item " + to_text(b));
+    check_start(b, n0[b]);
   }
   if (params.batch_coupled) {
     int64_t total = 0;

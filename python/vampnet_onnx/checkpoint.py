@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,6 +90,22 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# What a damaged or hostile archive can raise while being scanned or loaded: besides the archive
+# and pickle errors, struct.error from an opcode cut short and TypeError/ValueError/LookupError
+# from allowlisted callables (tensor rebuilding) given hostile arguments.
+_UNREADABLE = (
+    zipfile.BadZipFile,
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    OSError,
+    struct.error,
+    TypeError,
+    ValueError,
+    LookupError,
+)
+
+
 def _safe_torch_load(path: str | Path, where: str) -> tuple[Path, Any]:
     """Unpickle a `torch.save` zip archive after refusing any global outside the allowlist."""
     path = Path(path)
@@ -102,9 +119,25 @@ def _safe_torch_load(path: str | Path, where: str) -> tuple[Path, Any]:
             f"file ({path.stat().st_size} bytes, starting {head!r})"
         )
     try:
+        with zipfile.ZipFile(path) as archive:
+            compressed = [
+                i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED
+            ]
+    except _UNREADABLE as err:
+        raise CheckpointError(
+            f"{where}: '{path}' must be a readable torch.save archive, got {_first_line(err)}"
+        ) from err
+    if compressed:
+        # torch.save stores records uncompressed; a compressed one could inflate far beyond
+        # the file's size before any other check.
+        raise CheckpointError(
+            f"{where}: '{path}' must store its records uncompressed as torch.save does, got "
+            f"compressed member(s) {', '.join(compressed[:3])}"
+        )
+    try:
         # Scans the pickle opcodes without executing them.
         requested = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(
             f"{where}: '{path}' must be a readable torch.save archive, got {_first_line(err)}"
         ) from err
@@ -119,7 +152,7 @@ def _safe_torch_load(path: str | Path, where: str) -> tuple[Path, Any]:
     try:
         with torch.serialization.safe_globals(allow):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(
             f"{where}: '{path}' must be a readable torch.save archive, got {_first_line(err)}"
         ) from err

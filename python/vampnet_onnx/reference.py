@@ -157,20 +157,23 @@ def _logits_rows(where: str, logits: np.ndarray) -> np.ndarray:
 
 
 def _check_rows(where: str, rows: np.ndarray, row_ids: np.ndarray) -> None:
+    """The kernel's checks, reported for the lowest bad row as the kernel does (within a row,
+    a NaN or +inf before an all -inf row)."""
     bad = np.isnan(rows) | (rows == np.inf)
-    if bad.any():
-        r, i = np.argwhere(bad)[0]
+    dead = ~(rows > -np.inf).any(axis=1)
+    problem = bad.any(axis=1) | dead
+    if not problem.any():
+        return
+    r = int(np.argmax(problem))
+    if bad[r].any():
+        i = int(np.argmax(bad[r]))
         _fail(
             where,
             "logits",
             "be finite or -inf",
             f"{_fmt(rows[r, i])} at row {row_ids[r]}, index {i}",
         )
-    dead = ~(rows > -np.inf).any(axis=1)
-    if dead.any():
-        _fail(
-            where, "logits", "have a finite value in every row", f"row {row_ids[dead][0]} all -inf"
-        )
+    _fail(where, "logits", "have a finite value in every row", f"row {row_ids[r]} all -inf")
 
 
 # --- sampling -------------------------------------------------------------------------------

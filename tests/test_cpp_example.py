@@ -1,0 +1,127 @@
+"""examples/cpp: the C++ embedding example builds against the onnxruntime wheel's shared library,
+registers the op library by path, runs test_loop.py's Loop model (both ops) and prints the same
+codes as the Python API for the same seed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+import vampnet_onnx
+from conftest import random_step_problem
+from test_loop import loop_feed, loop_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = dict(temperature=0.9, top_k=12, top_p=0.95, mask_temperature=10.5, seed=1234)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    """vampnet_onnx_run, built with CMake in a fresh folder."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found")
+    build = tmp_path_factory.mktemp("build-example")
+    configure = [
+        "cmake",
+        "-S",
+        str(ROOT / "examples" / "cpp"),
+        "-B",
+        str(build),
+        f"-DONNXRUNTIME_LIB_DIR={Path(onnxruntime.__file__).parent / 'capi'}",
+    ]
+    if shutil.which("ninja"):
+        configure.append("-GNinja")
+    if os.environ.get("ONNXRUNTIME_INCLUDE_DIR"):
+        configure.append(f"-DONNXRUNTIME_INCLUDE_DIR={os.environ['ONNXRUNTIME_INCLUDE_DIR']}")
+    for command in (configure, ["cmake", "--build", str(build)]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return build / "vampnet_onnx_run"
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    """The Loop model and its array inputs as files; the scalar settings go on the command line."""
+    root = tmp_path_factory.mktemp("example-inputs")
+    logits, codes, mask = random_step_problem(
+        np.random.default_rng(4), batch=2, codebooks=4, predicted=3, frames=9, vocab=48
+    )
+    onnx.save(loop_model(), root / "loop.onnx")
+    for name, array in dict(logits=logits, codes=codes, mask=mask).items():
+        np.save(root / f"{name}.npy", array)
+    return root, (logits, codes, mask)
+
+
+def run_example(example: Path, root: Path, n_steps: int, settings: dict, *extra: str):
+    command = [
+        str(example),
+        "--library",
+        vampnet_onnx.get_library_path(),
+        "--model",
+        str(root / "loop.onnx"),
+        "--threads",
+        "2",
+        *[f"{name}=@{root / name}.npy" for name in ("logits", "codes", "mask")],
+        f"n_steps={n_steps}",
+        *[f"{name}={value}" for name, value in settings.items()],
+        *extra,
+    ]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def parse_outputs(text: str) -> dict[str, np.ndarray]:
+    """The example's output: per output a line "NAME TYPE [d0, ...]" and a line of values."""
+    lines = text.splitlines()
+    outputs = {}
+    for header, values in zip(lines[::2], lines[1::2]):
+        name, dtype, shape = header.split(" ", 2)
+        dims = [int(d) for d in shape.strip("[]").split(",") if d.strip()]
+        parsed = np.float64 if dtype.startswith("float") else np.int64
+        outputs[name] = np.array(values.split(), dtype=parsed).astype(dtype).reshape(dims)
+    return outputs
+
+
+@pytest.mark.parametrize("n_steps", [1, 5])
+def test_example_prints_the_python_api_codes(example, problem, n_steps):
+    root, (logits, codes, mask) = problem
+    result = run_example(example, root, n_steps, SETTINGS)
+    assert result.returncode == 0, result.stderr
+    got = parse_outputs(result.stdout)
+    session = vampnet_onnx.create_session(loop_model(), intra_op_threads=2)
+    names = [output.name for output in session.get_outputs()]
+    want = dict(zip(names, session.run(None, loop_feed(logits, codes, mask, n_steps, SETTINGS))))
+    assert list(got) == names
+    for name in names:
+        assert got[name].dtype == want[name].dtype, name
+        np.testing.assert_array_equal(got[name], want[name])
+    assert ((got["codes_final"] >= 0) & (got["codes_final"] < 48)).all()
+    assert not got["mask_final"].any()
+
+
+def test_example_prints_only_the_outputs_asked_for(example, problem):
+    root, _ = problem
+    result = run_example(example, root, 3, SETTINGS, "--print", "codes_final")
+    assert result.returncode == 0, result.stderr
+    assert list(parse_outputs(result.stdout)) == ["codes_final"]
+
+
+def test_example_reports_op_errors_in_house_format(example, problem):
+    root, _ = problem
+    result = run_example(example, root, 3, dict(SETTINGS, top_p=3.0))
+    assert result.returncode == 1
+    assert "top_p must be in (0, 1], got 3" in result.stderr
+
+
+def test_example_names_a_missing_input(example, problem):
+    root, _ = problem
+    settings = {k: v for k, v in SETTINGS.items() if k != "seed"}
+    result = run_example(example, root, 3, settings)
+    assert result.returncode == 1
+    assert "vampnet_onnx_run: input 'seed' must be given as seed=VALUE" in result.stderr

@@ -125,3 +125,39 @@ def test_example_names_a_missing_input(example, problem):
     result = run_example(example, root, 3, settings)
     assert result.returncode == 1
     assert "vampnet_onnx_run: input 'seed' must be given as seed=VALUE" in result.stderr
+
+
+def test_example_runs_an_exported_generation_graph_like_the_generator(example, tmp_path):
+    """The same program runs the real thing: a (tiny) coarse.generate.onnx exported from
+    checkpoints, and prints the codes vampnet_onnx.Generator returns for the same seed."""
+    from vampnet_onnx import testing
+    from vampnet_onnx.export.generation import export_generation
+    from vampnet_onnx.export.transformer import export_transformer
+
+    ckpt = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", testing.TINY_COARSE_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    transformer = export_transformer(ckpt, codec, tmp_path / "coarse.onnx").path
+    graph = export_generation(transformer, tmp_path / "coarse.generate.onnx").path
+    rng = np.random.default_rng(8)
+    codes = rng.integers(0, 1024, (1, 4, 20)).astype(np.int64)
+    mask = rng.random((1, 4, 20)) < 0.7
+    np.save(tmp_path / "codes.npy", codes)
+    np.save(tmp_path / "mask.npy", mask)
+    settings = dict(n_steps=6, temperature=1.0, top_k=0, top_p=0.9, mask_temperature=10.5, seed=77)
+    command = [
+        str(example),
+        "--library",
+        vampnet_onnx.get_library_path(),
+        "--model",
+        str(graph),
+        f"codes=@{tmp_path / 'codes.npy'}",
+        f"mask=@{tmp_path / 'mask.npy'}",
+        *[f"{name}={value}" for name, value in settings.items()],
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    got = parse_outputs(result.stdout)["codes_out"]
+    want = vampnet_onnx.Generator(graph).generate(
+        codes, mask, steps=6, top_p=0.9, mask_temperature=10.5, seed=77
+    )
+    np.testing.assert_array_equal(got, want)

@@ -57,3 +57,13 @@ def test_export_codec_names_a_missing_checkpoint(tmp_path, capsys):
     assert cli.main(["export-codec", str(missing), "--out", str(tmp_path / "m")]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("vampnet-onnx export-codec: error:") and "nope.pth" in line
+
+
+def test_export_refuses_a_model_of_the_other_kind(tmp_path, capsys):
+    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", testing.TINY_C2F_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    args = ["export", "--coarse", str(c2f), "--codec", str(codec), "--out", str(tmp_path / "m")]
+    assert cli.main(args) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--coarse must be a coarse checkpoint, got a c2f one" in line
+    assert not (tmp_path / "m" / "coarse.onnx").exists()

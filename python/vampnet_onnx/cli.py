@@ -48,6 +48,13 @@ def _export(args: argparse.Namespace) -> int:
     models = [(kind, path) for kind, path in (("coarse", args.coarse), ("c2f", args.c2f)) if path]
     if not models:
         raise ValueError("at least one of --coarse and --c2f must be given, got neither")
+    from .checkpoint import VampNetConfig, load_checkpoint
+
+    for kind, path in models:
+        # A c2f checkpoint passed as --coarse would otherwise be written as coarse.onnx.
+        found = VampNetConfig.from_kwargs(load_checkpoint(path).kwargs).kind
+        if found != kind:
+            raise ValueError(f"--{kind} must be a {kind} checkpoint, got a {found} one: '{path}'")
     args.out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=2 * len(models) + 1, desc="export", unit="graph") as bar:
         bar.set_postfix_str("codec")

@@ -352,18 +352,20 @@ def mask_git_step(
     if vocab < 1:
         _fail(where, "logits", "have V >= 1", "V = 0")
     ncc = n_codebooks - predicted
-    if mask[:, :ncc].any():
-        b, c, t = np.argwhere(mask[:, :ncc])[0]
-        _fail(
-            where,
-            "mask",
-            f"be false in the {ncc} conditioning codebooks",
-            f"true at [{b}, {c}, {t}]",
-        )
+    # One scan in the kernel's (b, t, c) order: the first bad cell, whichever check it fails.
+    conditioning_masked = np.zeros_like(mask)
+    conditioning_masked[:, :ncc] = mask[:, :ncc]
     bad_code = ~mask & ((codes < 0) | (codes >= vocab))
-    if bad_code.any():
-        # The C++ kernel scans in (b, t, c) order; report the same position.
-        b, t, c = np.argwhere(bad_code.transpose(0, 2, 1))[0]
+    bad_cell = (conditioning_masked | bad_code).transpose(0, 2, 1)
+    if bad_cell.any():
+        b, t, c = np.argwhere(bad_cell)[0]
+        if conditioning_masked[b, c, t]:
+            _fail(
+                where,
+                "mask",
+                f"be false in the {ncc} conditioning codebooks",
+                f"true at [{b}, {c}, {t}]",
+            )
         _fail(
             where,
             "codes",

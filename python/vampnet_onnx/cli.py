@@ -249,6 +249,13 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--verbose", action="store_true", help="full tracebacks")
 
 
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="exporter messages and full tracebacks"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
     parser = argparse.ArgumentParser(prog=PROG, description="VampNet on ONNX Runtime.")
@@ -267,10 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
     export.add_argument("--out", type=Path, required=True, help="output .onnx file")
     export.add_argument("--lora", type=Path, help="separate LoRA state dict (lora.pth)")
-    export.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
-    export.add_argument(
-        "--verbose", action="store_true", help="exporter messages and full tracebacks"
-    )
+    _add_export_options(export)
     export.set_defaults(handler=_export_transformer)
 
     bundle = commands.add_parser(
@@ -288,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--c2f", type=Path, help="c2f.pth")
     bundle.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
     bundle.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    bundle.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
     bundle.add_argument(
         "--trace",
         action="store_true",
@@ -300,9 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="count the schedule over the whole batch, as upstream VampNet does (default: per "
         "batch item)",
     )
-    bundle.add_argument(
-        "--verbose", action="store_true", help="exporter messages and full tracebacks"
-    )
+    _add_export_options(bundle)
     bundle.set_defaults(handler=_export)
 
     codec = commands.add_parser(
@@ -316,10 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     codec.add_argument("codec", type=Path, metavar="CODEC", help="LAC codec.pth")
     codec.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    codec.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
-    codec.add_argument(
-        "--verbose", action="store_true", help="exporter messages and full tracebacks"
-    )
+    _add_export_options(codec)
     codec.set_defaults(handler=_export_codec)
 
     vamp = commands.add_parser(

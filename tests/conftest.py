@@ -131,3 +131,19 @@ def random_step_problem(
     mask = rng.random((batch, codebooks, frames)) < mask_rate
     mask[:, : codebooks - predicted] = False
     return logits, codes, mask
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    """`vampnet-onnx export` of tiny random coarse, c2f and codec checkpoints (codec with the
+    real rates, hop 768), written once per test session."""
+    from vampnet_onnx import cli, testing
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", testing.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", testing.SMALL_CODEC_KWARGS, seed=3)
+    out = root / "models"
+    argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    return out

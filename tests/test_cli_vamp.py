@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from vampnet_onnx import cli, demo, testing
+from vampnet_onnx import cli, demo
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli_vamp")
-    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", testing.TINY_COARSE_KWARGS)
-    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2)
-    codec = testing.write_codec_checkpoint(root / "codec.pth", testing.SMALL_CODEC_KWARGS, seed=3)
-    out = root / "models"
-    argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
-    assert cli.main([*argv, "--out", str(out)]) == 0
-    return out
+def models(tiny_models_dir) -> Path:
+    return tiny_models_dir
 
 
 @pytest.fixture

@@ -15,19 +15,17 @@ under the metadata key `CODEC_CONFIG_KEY` (read it without torch: `audio.read_co
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
 from ..checkpoint import CodecConfig
 from ..model.codec import LACCodec, load_codec_model
 from ..ops import CODEC_CONFIG_KEY
-from .transformer import DEFAULT_OPSET, MIN_OPSET, _quiet_exporter
+from .transformer import DEFAULT_OPSET, MIN_OPSET, _quiet_exporter, save_checked
 
 ENCODE_FILE = "codec.encode.onnx"
 DECODE_FILE = "codec.decode.onnx"
@@ -107,12 +105,7 @@ def _export(
             dynamo=True,
             verbose=verbose,
         )
-    program.model.metadata_props[CODEC_CONFIG_KEY] = json.dumps(config, sort_keys=True)
-    program.model.producer_name = "vampnet_onnx"
-    program.save(path)
-    # full_check also runs strict shape inference over the whole graph.
-    onnx.checker.check_model(str(path), full_check=True)
-    return path
+    return save_checked(program, path, CODEC_CONFIG_KEY, config)
 
 
 def export_codec_module(

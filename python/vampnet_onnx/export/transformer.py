@@ -128,7 +128,12 @@ def export_module(
             dynamo=True,
             verbose=verbose,
         )
-    program.model.metadata_props[CONFIG_KEY] = json.dumps(config, sort_keys=True)
+    return save_checked(program, path, CONFIG_KEY, config)
+
+
+def save_checked(program, path: Path, key: str, config: dict[str, Any]) -> Path:
+    """Writes an exported program with `config` as JSON metadata under `key`, then checks it."""
+    program.model.metadata_props[key] = json.dumps(config, sort_keys=True)
     program.model.producer_name = "vampnet_onnx"
     program.save(path)
     # full_check also runs strict shape inference over the whole graph.

@@ -58,12 +58,20 @@ def step_feed(
     mask_temperature=10.5,
     seed=0,
     n_masked_start=None,
+    batch_offset=0,
 ):
     """MaskGitStep inputs; n_masked_start None: the current mask's count (right at step 0),
-    False: left out, for models without the optional input."""
+    False: left out together with batch_offset, for models without the optional inputs."""
     if n_masked_start is None:
         n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
-    extra = {} if n_masked_start is False else {"n_masked_start": n_masked_start}
+    extra = (
+        {}
+        if n_masked_start is False
+        else {
+            "n_masked_start": n_masked_start,
+            **ops.MASK_GIT_STEP.feed(batch_offset=batch_offset),
+        }
+    )
     return {
         "logits": logits,
         "codes": codes,

@@ -12,7 +12,7 @@ import pytest
 import vampnet_onnx
 from conftest import random_step_problem
 from test_loop import loop_feed, loop_model
-from vampnet_onnx import _kernels
+from vampnet_onnx import _kernels, reference
 
 SETTINGS = dict(temperature=0.9, top_k=20, top_p=0.95, mask_temperature=10.5)
 N_PROBLEMS = 16
@@ -111,7 +111,7 @@ def test_mask_git_step_item_depends_only_on_its_own_inputs_and_index(step_op):
     """Per-item schedule (docs/ops.md): item b's outputs are a function of its own logits, codes,
     mask and n_masked_start, its index b (its random stream is (seed, (b << 32) + p, step)), the
     seed and the settings. So item b is the same in a batch cut after it and in one whose other
-    items differ; moved to another index it draws other numbers."""
+    items differ."""
     rng = np.random.default_rng(3)
     logits, codes, mask = random_step_problem(rng, batch=4, frames=30, vocab=32)
     n0 = mask.sum(axis=(1, 2)).astype(np.int64) + 3
@@ -143,3 +143,31 @@ def test_mask_git_step_item_depends_only_on_its_own_inputs_and_index(step_op):
         for whole, cut, changed in zip(full, prefix, neighbours):
             np.testing.assert_array_equal(cut[b], whole[b])
             np.testing.assert_array_equal(changed[b], whole[b])
+
+
+def test_mask_git_step_batch_cut_anywhere_with_batch_offset_equals_one_call(step_op):
+    """A batch cut into calls that each pass the index of their first item as batch_offset gives
+    the one-call result (ORT op, kernels module and twin); without it, an item run at another
+    index draws other numbers."""
+    rng = np.random.default_rng(4)
+    logits, codes, mask = random_step_problem(rng, batch=5, frames=24, vocab=32)
+    n0 = mask.sum(axis=(1, 2)).astype(np.int64) + 2
+    kwargs = dict(SETTINGS, seed=8)
+    whole = step_op.run(logits, codes, mask, 1, 6, n_masked_start=n0, **kwargs)
+    for cuts in ([0, 2, 5], [0, 1, 2, 3, 4, 5], [0, 4, 5]):
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            part = (logits[lo:hi], codes[lo:hi], mask[lo:hi], 1, 6)
+            calls = (
+                step_op.run(*part, n_masked_start=n0[lo:hi], batch_offset=lo, **kwargs),
+                _kernels.mask_git_step(
+                    *part, n_masked_start=n0[lo:hi], batch_offset=lo, threads=2, **kwargs
+                ),
+                reference.mask_git_step(*part, n_masked_start=n0[lo:hi], batch_offset=lo, **kwargs),
+            )
+            for outputs in calls:
+                for got, want in zip(outputs, whole):
+                    np.testing.assert_array_equal(got, want[lo:hi])
+    moved = step_op.run(
+        *(a[3:4] for a in (logits, codes, mask)), 1, 6, n_masked_start=n0[3:4], **kwargs
+    )
+    assert not np.array_equal(moved[0], whole[0][3:4])

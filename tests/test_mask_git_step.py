@@ -315,6 +315,14 @@ STEP_ERRORS = [
         "MaskGitStep: mask_temperature must be finite and >= 0, got nan",
     ),
     (dict(mask_temperature=-1.0), "MaskGitStep: mask_temperature must be finite and >= 0, got -1"),
+    (
+        dict(batch_offset=-1),
+        r"MaskGitStep: batch_offset must be in \[0, 2\^32 - B = 4294967295\], got -1",
+    ),
+    (
+        dict(batch_offset=2**32),
+        r"MaskGitStep: batch_offset must be in \[0, 2\^32 - B = 4294967295\], got 4294967296",
+    ),
 ]
 
 

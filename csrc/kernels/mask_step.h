@@ -30,6 +30,9 @@ struct MaskStepParams {
   SamplingParams sampling;
   float mask_temperature = 10.5f;
   bool batch_coupled = false;  // upstream's schedule: N0 counted over the whole batch
+  // Index of item 0 in the random streams: item b draws the streams of item batch_offset + b, so
+  // a batch cut into calls (or chunks run one by one) gives what one call would.
+  int64_t batch_offset = 0;
 };
 
 // Schedule value floor(gamma(r) * n0) before the clamps, in VampNet's float32 arithmetic:
@@ -62,7 +65,8 @@ inline float gumbel(double u) {
   return static_cast<float>(-det::log(-det::log(std::max(u, 1e-20))));
 }
 
-// Random stream of position p = t * P + c of batch item b (shared with SampleTokens' row ids).
+// Random stream of position p = t * P + c of stream item b (shared with SampleTokens' row ids);
+// b = batch_offset + the item's index in the batch.
 inline uint64_t mask_step_row(int64_t b, int64_t position) {
   return (static_cast<uint64_t>(b) << 32) | static_cast<uint64_t>(position);
 }
@@ -117,6 +121,9 @@ void mask_git_step(const std::string& where, const MaskStepShape& shape, const L
   check_mask_step_params(where, params);
   const int64_t B = shape.batch, C = shape.codebooks, T = shape.frames, P = shape.predicted,
                 V = shape.vocab, ncc = shape.conditioning();
+  if (params.batch_offset < 0 || params.batch_offset > (int64_t{1} << 32) - B)
+    fail(where, "batch_offset", "be in [0, 2^32 - B = " + to_text((int64_t{1} << 32) - B) + "]",
+         to_text(params.batch_offset));
   const int64_t positions = T * P;
   const auto check_start = [&](int64_t b, int64_t n) {
     if (n < 0 || n > positions)
@@ -176,7 +183,8 @@ void mask_git_step(const std::string& where, const MaskStepShape& shape, const L
       while (j >= first[b + 1]) ++b;
       const uint32_t p = masked[b][j - first[b]];
       const PhiloxBlock bits =
-          random_block(params.sampling.seed, mask_step_row(static_cast<int64_t>(b), p),
+          random_block(params.sampling.seed,
+                       mask_step_row(params.batch_offset + static_cast<int64_t>(b), p),
                        static_cast<uint64_t>(params.step));
       const size_t row = static_cast<size_t>(b) * positions + p;
       const RowResult result = sampler.sample(load_row(logits, row, V, buffer), params.sampling,

@@ -43,6 +43,9 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     params.mask_temperature = scalar_float(kWhere, "mask_temperature", get_input(context, 8));
     params.sampling.seed = static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 9)));
     params.batch_coupled = batch_coupled;
+    const Input batch_offset = get_input(context, 11);
+    if (batch_offset.present)
+      params.batch_offset = scalar_int64(kWhere, "batch_offset", batch_offset);
     check_mask_step_params(kWhere, params);
 
     const Input n_masked_start = get_input(context, 10);

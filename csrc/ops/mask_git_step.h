@@ -5,7 +5,7 @@
 namespace vampnet::ort {
 
 // MaskGitStep(logits [B, T, P, V], codes [B, C, T], mask [B, C, T], step, n_steps, temperature,
-//             top_k, top_p, mask_temperature, seed, n_masked_start? [B])
+//             top_k, top_p, mask_temperature, seed, n_masked_start? [B], batch_offset?)
 //   -> codes_out, mask_out, model_input [B, C, T]. Attribute batch_coupled (int, default 0).
 // Contract: docs/ops.md.
 struct MaskGitStepKernel {
@@ -16,12 +16,12 @@ struct MaskGitStepKernel {
 struct MaskGitStepOp : Ort::CustomOpBase<MaskGitStepOp, MaskGitStepKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return "MaskGitStep"; }
-  size_t GetInputTypeCount() const { return 11; }
+  size_t GetInputTypeCount() const { return 12; }
   ONNXTensorElementDataType GetInputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == 10 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return index >= 10 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t index) const {

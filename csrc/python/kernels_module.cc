@@ -91,7 +91,7 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
                            const py::array& mask_in, int64_t step, int64_t n_steps,
                            float temperature, int64_t top_k, float top_p, float mask_temperature,
                            int64_t seed, std::optional<py::array> n_masked_start_in,
-                           bool batch_coupled, int threads) {
+                           bool batch_coupled, int64_t batch_offset, int threads) {
   const std::string where = "mask_git_step";
   const py::array logits = require(where, "logits", logits_in, {"float32", "float16"});
   const py::array codes = require(where, "codes", codes_in, {"int64"});
@@ -102,6 +102,7 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   params.sampling = {temperature, top_k, top_p, static_cast<uint64_t>(seed)};
   params.mask_temperature = mask_temperature;
   params.batch_coupled = batch_coupled;
+  params.batch_offset = batch_offset;
   check_mask_step_params(where, params);
   std::optional<py::array> n_masked_start;
   std::vector<int64_t> start_shape;
@@ -171,7 +172,7 @@ Returns (tokens int64 [...], logprob float32 [...]); same contract as the Sample
         py::arg("step"), py::arg("n_steps"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
         py::arg("top_p") = 1.0f, py::arg("mask_temperature") = 10.5f, py::arg("seed") = 0,
         py::arg("n_masked_start") = py::none(), py::arg("batch_coupled") = false,
-        py::arg("threads") = 1,
+        py::arg("batch_offset") = 0, py::arg("threads") = 1,
         R"(One VampNet generation step: logits [B, T, P, V], codes int64 [B, C, T], mask bool [B, C, T].
 
 Returns (codes_out int64, mask_out bool, model_input int64), each [B, C, T]; same contract as the

@@ -144,6 +144,13 @@ MASK_GIT_STEP = OpSchema(
             "(default: counted from mask, right at step 0)",
             True,
         ),
+        Port(
+            "batch_offset",
+            _INT64,
+            "scalar in [0, 2^32 - B], stream index of item 0 (default 0): item b draws the "
+            "random streams of item batch_offset + b",
+            True,
+        ),
     ),
     outputs=(
         Port("codes_out", _INT64, "[B, C, T] sampled tokens written at masked positions"),

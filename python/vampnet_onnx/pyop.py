@@ -68,6 +68,7 @@ def _mask_git_step(
     mask_temperature,
     seed,
     n_masked_start=None,
+    batch_offset=None,
     batch_coupled=0,
 ):
     return reference.mask_git_step(
@@ -83,6 +84,7 @@ def _mask_git_step(
         _scalar(seed),
         n_masked_start,
         bool(batch_coupled),
+        0 if batch_offset is None else _scalar(batch_offset),
     )
 
 

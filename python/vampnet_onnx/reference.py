@@ -305,6 +305,7 @@ def mask_git_step(
     seed: int = 0,
     n_masked_start: np.ndarray | None = None,
     batch_coupled: bool = False,
+    batch_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One VampNet generation step (SPEC.md §3.2).
 
@@ -351,6 +352,9 @@ def mask_git_step(
         )
     if vocab < 1:
         _fail(where, "logits", "have V >= 1", "V = 0")
+    batch_offset = int(batch_offset)
+    if not 0 <= batch_offset <= 2**32 - batch:
+        _fail(where, "batch_offset", f"be in [0, 2^32 - B = {2**32 - batch}]", batch_offset)
     ncc = n_codebooks - predicted
     # One scan in the kernel's (b, t, c) order: the first bad cell, whichever check it fails.
     conditioning_masked = np.zeros_like(mask)
@@ -397,7 +401,8 @@ def mask_git_step(
 
     item, position = np.nonzero(flat_mask)
     rows = logits.astype(np.float32).reshape(batch, positions, vocab)[item, position]
-    row_ids = (item.astype(np.uint64) << np.uint64(32)) | position.astype(np.uint64)
+    stream_item = (item + batch_offset).astype(np.uint64)
+    row_ids = (stream_item << np.uint64(32)) | position.astype(np.uint64)
     _check_rows(where, rows, item * positions + position)
     bits = random_block(seed, row_ids, step)
     tokens, logprob = _sample_rows(

@@ -143,7 +143,15 @@ def test_example_runs_an_exported_generation_graph_like_the_generator(example, t
     mask = rng.random((1, 4, 20)) < 0.7
     np.save(tmp_path / "codes.npy", codes)
     np.save(tmp_path / "mask.npy", mask)
-    settings = dict(n_steps=6, temperature=1.0, top_k=0, top_p=0.9, mask_temperature=10.5, seed=77)
+    settings = dict(
+        n_steps=6,
+        temperature=1.0,
+        top_k=0,
+        top_p=0.9,
+        mask_temperature=10.5,
+        seed=77,
+        batch_offset=3,
+    )
     command = [
         str(example),
         "--library",
@@ -158,6 +166,6 @@ def test_example_runs_an_exported_generation_graph_like_the_generator(example, t
     assert result.returncode == 0, result.stderr
     got = parse_outputs(result.stdout)["codes_out"]
     want = vampnet_onnx.Generator(graph).generate(
-        codes, mask, steps=6, top_p=0.9, mask_temperature=10.5, seed=77
+        codes, mask, steps=6, top_p=0.9, mask_temperature=10.5, seed=77, batch_offset=3
     )
     np.testing.assert_array_equal(got, want)

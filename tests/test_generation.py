@@ -57,6 +57,7 @@ CASES = [
     (2, 17, 5, dict(seed=3, temperature=0.8, top_p=0.9)),
     (3, 9, 4, dict(seed=-12, top_k=20, mask_temperature=3.0)),
     (1, 1, 3, dict(seed=1)),
+    (2, 11, 4, dict(seed=5, batch_offset=2**32 - 2)),
 ]
 
 
@@ -70,6 +71,17 @@ def test_single_graph_equals_the_python_loop(models, batch, frames, steps, setti
         graph.generate(codes, mask, steps=steps, **settings),
         loop.generate(codes, mask, steps=steps, **settings),
     )
+
+
+def test_chunks_with_batch_offset_equal_one_batch(models):
+    """A batch generated item by item, each call passing its index as batch_offset, equals the
+    one-call batch (per-item schedule)."""
+    codes, mask = problem(models["kind"], 3, 12, seed=4)
+    graph = vampnet_onnx.Generator(models["graph"], threads=2)
+    whole = graph.generate(codes, mask, steps=4, seed=9)
+    for b in range(3):
+        one = graph.generate(codes[b : b + 1], mask[b : b + 1], steps=4, seed=9, batch_offset=b)
+        np.testing.assert_array_equal(one, whole[b : b + 1])
 
 
 def test_batch_coupled_graph_equals_the_coupled_python_loop(models):
@@ -227,6 +239,11 @@ BAD_CALLS = [
     (lambda c, m: (c, m), {"temperature": float("nan")}, "temperature must be a finite number"),
     (lambda c, m: (c, m), {"mask_temperature": -1.0}, "mask_temperature must be a finite"),
     (lambda c, m: (c, m), {"seed": 2**64}, "seed must be an int64"),
+    (
+        lambda c, m: (c, m),
+        {"batch_offset": 2**32},
+        r"batch_offset must be an int in \[0, 2\*\*32 - B = 4294967295\], got 4294967296",
+    ),
 ]
 
 

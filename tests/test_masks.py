@@ -175,3 +175,62 @@ def test_build_mask_with_onsets_needs_audio():
 def test_bad_arguments_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_stream_random_draws_are_sample_tokens_on_equal_logits():
+    """StreamRandom's integers are SampleTokens draws (so a graph can make them): rows from
+    MASK_STREAM_ITEM << 32, offset = the site's number, the same in blocks or at once."""
+    from vampnet_onnx import _kernels, reference
+
+    draws = masks.StreamRandom(11, "dropout")
+    got = draws.integers(3, 40, 500)
+    tokens, _ = reference.sample_tokens(
+        np.zeros((500, 37), np.float32), 1.0, 0, 1.0, 11, 1, masks.MASK_STREAM_ITEM << 32
+    )
+    np.testing.assert_array_equal(got, tokens + 3)
+    assert ((got >= 3) & (got < 40)).all() and len(np.unique(got)) == 37
+    roll = masks.StreamRandom(11).integers(0, 7)
+    assert roll == int(
+        _kernels.sample_tokens(
+            np.zeros((1, 7), np.float32), 1.0, 0, 1.0, 11, 0, masks.MASK_STREAM_ITEM << 32
+        )[0][0]
+    )
+    # Blocks of rows (long draws) give the one-call numbers.
+    wide = masks.StreamRandom(2, "dropout")
+    original = masks._DRAW_CELLS
+    try:
+        masks._DRAW_CELLS = 64
+        blocked = wide.integers(0, 30, 50)
+    finally:
+        masks._DRAW_CELLS = original
+    np.testing.assert_array_equal(blocked, wide.integers(0, 30, 50))
+
+
+def test_stream_random_masks_are_reproducible_and_site_independent():
+    a = masks.build_mask((1, 14, 300), masks.StreamRandom(5), periodic_prompt=7, dropout_p=0.3)
+    b = masks.build_mask((1, 14, 300), masks.StreamRandom(5), periodic_prompt=7, dropout_p=0.3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(
+        a, masks.build_mask((1, 14, 300), masks.StreamRandom(6), periodic_prompt=7, dropout_p=0.3)
+    )
+    # The dropout draws do not depend on whether the periodic roll happened.
+    no_roll = masks.build_mask(
+        (1, 14, 300),
+        masks.StreamRandom(5),
+        periodic_prompt=0,
+        dropout_p=0.3,
+        upper_codebook_mask=14,
+    )
+    assert no_roll.all()
+    kept = ~masks.build_mask(
+        (1, 14, 300),
+        masks.StreamRandom(5),
+        periodic_prompt=300,
+        periodic_prompt_width=601,
+        dropout_p=0.3,
+        upper_codebook_mask=14,
+    )
+    dropped = np.unique(masks.StreamRandom(5, "dropout").integers(0, 300, 90))
+    assert set(np.flatnonzero(kept[0, 0])) == set(range(300)) - set(dropped.tolist())
+    with pytest.raises(ValueError, match="StreamRandom: linear_random needs uniform floats"):
+        masks.build_mask((1, 4, 10), masks.StreamRandom(0), rand_mask_intensity=0.5)

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from vampnet_onnx import audio, masks
-from vampnet_onnx.pipeline import C2F_STEPS, MODEL_FILES, Vamp
+from vampnet_onnx.pipeline import C2F_STEPS, C2F_STREAM_BASE, MODEL_FILES, Vamp
 
 SR = 44100
 HOP = 768
@@ -160,8 +160,9 @@ def test_coarse_chunks_are_575_frames_with_prompt_edges(vamp, monkeypatch):
     vamp.vamp(x, SR, **FAST)
     lengths = [args[1].shape[2] for args, _ in recorder.calls]
     assert lengths == [575, masks.seconds_to_frames(12.5) - 575]
-    for (_, chunk_mask), kwargs in recorder.calls:
+    for index, ((_, chunk_mask), kwargs) in enumerate(recorder.calls):
         assert chunk_mask.shape[1] == 4 and kwargs["steps"] == 1
+        assert kwargs["batch_offset"] == index
         assert not chunk_mask[..., 0].any() and not chunk_mask[..., -1].any()
 
 
@@ -177,10 +178,10 @@ def test_c2f_runs_173_frame_chunks_with_upstream_settings(vamp, monkeypatch):
     vamp.vamp(noise(4.0), SR, temperature=0.5, top_p=0.9, mask_temperature=3.0, **FAST)
     n_frames = masks.seconds_to_frames(4.0)
     assert len(recorder.calls) == -(-n_frames // 173)
-    for (codes, chunk_mask), kwargs in recorder.calls:
+    for index, ((codes, chunk_mask), kwargs) in enumerate(recorder.calls):
         assert codes.shape == chunk_mask.shape == (1, 14, 173)
         assert not chunk_mask[:, :4].any()
-        assert set(kwargs) == {"steps", "seed"} and kwargs["steps"] == C2F_STEPS
+        assert kwargs == dict(steps=C2F_STEPS, seed=0, batch_offset=C2F_STREAM_BASE + index)
     # The padded tail of the last chunk is generated.
     (_, last_mask), _ = recorder.calls[-1]
     assert last_mask[:, 4:, n_frames % 173 :].all()

@@ -100,6 +100,7 @@ class Generator:
         mask_temperature: float = ops.DEFAULT_MASK_TEMPERATURE,
         seed: int = 0,
         progress: bool = False,
+        batch_offset: int = 0,
     ) -> np.ndarray:
         """Fill the masked positions of `codes`.
 
@@ -108,11 +109,24 @@ class Generator:
         generate, never true in the conditioning codebooks (c2f's first 4). steps: iterations
         (VampNet: 36 coarse, 2 coarse-to-fine). temperature: 0 = argmax. top_k / top_p: None =
         off. mask_temperature: Gumbel noise scale on the re-masking confidences. seed: any
-        int64. progress: a tqdm bar over the steps (Python-loop mode).
+        int64. progress: a tqdm bar over the steps (Python-loop mode). batch_offset: the
+        random-stream index of item 0, in [0, 2**32 - B]: item b draws the numbers of item
+        batch_offset + b, so chunks of a longer piece generated one call each can draw as one
+        batch would (docs/generation.md).
         Returns int64 [B, C, T] with every position filled; unmasked positions unchanged.
         """
         codes, mask = self._check_codes_and_mask(codes, mask)
         settings = self._check_settings(steps, temperature, top_k, top_p, mask_temperature, seed)
+        if (
+            isinstance(batch_offset, bool)
+            or not isinstance(batch_offset, (int, np.integer))
+            or not 0 <= batch_offset <= 2**32 - codes.shape[0]
+        ):
+            raise ValueError(
+                f"{_WHERE}: batch_offset must be an int in [0, 2**32 - B = "
+                f"{2**32 - codes.shape[0]}], got {batch_offset!r}"
+            )
+        settings["batch_offset"] = int(batch_offset)
         if self.mode == "graph":
             feed = {"codes": codes, "mask": mask, **ops.GENERATION.feed(**settings)}
             return self.session.run(["codes_out"], feed)[0]

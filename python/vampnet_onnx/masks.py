@@ -2,7 +2,8 @@
 
 A mask is a bool array ``[B, C, T]`` (batch, codebooks, frames): **True = generate**, False =
 keep the prompt's code (upstream uses int64 with 1 = generate; ``mask.astype(np.int64)``
-converts). Builders take the shape and a `numpy.random.Generator` seeded by the caller, and
+converts). Builders take the shape and a `numpy.random.Generator` seeded by the caller (or, for the
+pipeline, a `StreamRandom`: the ops' counter-based streams, which an ONNX graph reproduces), and
 compose with `mask_and` / `mask_or`; `build_mask` chains them as VampNet's
 ``Interface.build_mask`` does.
 
@@ -23,6 +24,70 @@ from typing import Any
 import numpy as np
 
 Shape = tuple[int, int, int]
+
+#: Random-stream item of the mask's draws: SampleTokens rows ``(MASK_STREAM_ITEM << 32) + j``,
+#: apart from every generation stream the pipeline uses (items below 2**31 - 1).
+MASK_STREAM_ITEM = 2**31 - 1
+#: The stream offset of each random draw of `build_mask`.
+STREAM_SITES = {"roll": 0, "dropout": 1}
+# Rows of equal logits per SampleTokens call: bounds the memory of long dropout draws.
+_DRAW_CELLS = 1 << 22
+
+
+class StreamRandom:
+    """Random integers for masks from the ops' counter-based streams (docs/ops.md).
+
+    ``integers(low, high, size)`` samples SampleTokens on ``size`` rows of ``high - low`` equal
+    logits with key `seed`, offset ``STREAM_SITES[site]`` and first row
+    ``MASK_STREAM_ITEM << 32``, so the single-graph export draws exactly the same numbers with
+    the op. Each draw site of `build_mask` gets its own offset (`at`), so a draw never depends on
+    whether another one happened.
+    """
+
+    def __init__(self, seed: int, site: str = "roll") -> None:
+        if site not in STREAM_SITES:
+            raise ValueError(
+                f"StreamRandom: site must be one of {list(STREAM_SITES)}, got {site!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(f"StreamRandom: seed must be an int64, got {seed!r}")
+        self.seed, self.site = int(seed), site
+
+    def at(self, site: str) -> StreamRandom:
+        """The same seed at another draw site."""
+        return StreamRandom(self.seed, site)
+
+    def integers(self, low: int, high: int, size: int | None = None) -> np.ndarray | int:
+        """Uniform ints in ``[low, high)``: one (size None) or an int64 array of `size`."""
+        if high <= low:
+            raise ValueError(f"StreamRandom.integers: high must be > low = {low}, got {high}")
+        n, width = 1 if size is None else int(size), int(high - low)
+        try:
+            from ._kernels import sample_tokens
+        except ImportError:  # the numpy twin draws the same tokens
+            from .reference import sample_tokens
+        out = np.empty(n, dtype=np.int64)
+        block = max(1, _DRAW_CELLS // width)
+        for start in range(0, n, block):
+            rows = min(block, n - start)
+            tokens, _ = sample_tokens(
+                np.zeros((rows, width), np.float32),
+                1.0,
+                0,
+                1.0,
+                self.seed,
+                STREAM_SITES[self.site],
+                (MASK_STREAM_ITEM << 32) + start,
+            )
+            out[start : start + rows] = tokens
+        out += low
+        return int(out[0]) if size is None else out
+
+    def random(self, shape) -> np.ndarray:
+        raise ValueError(
+            "StreamRandom: linear_random needs uniform floats, which the stream draws do not "
+            "provide; use rand_mask_intensity 1 or a numpy.random.Generator"
+        )
 
 
 def _shape(shape: Any, where: str) -> Shape:
@@ -252,7 +317,7 @@ def onset_mask(
 
 def build_mask(
     shape: Shape,
-    rng: np.random.Generator,
+    rng: np.random.Generator | StreamRandom,
     rand_mask_intensity: float = 1.0,
     prefix_s: float = 0.0,
     suffix_s: float = 0.0,
@@ -278,18 +343,29 @@ def build_mask(
         prefix_s, suffix_s: seconds kept at the start / end, in frames of `hop_length` samples
             at `sample_rate` (rounded up).
         audio: mono codec input ``[N]``; required when onset_mask_width > 0.
+        rng: a numpy Generator (one sequence of draws), or a `StreamRandom` (each draw at its
+            own stream site; rand_mask_intensity must then be 1).
     """
-    mask = linear_random(shape, rand_mask_intensity, rng)
+
+    def site(name: str):
+        return rng.at(name) if isinstance(rng, StreamRandom) else rng
+
+    mask = (
+        full(shape)
+        if isinstance(rng, StreamRandom) and rand_mask_intensity == 1.0
+        else linear_random(shape, rand_mask_intensity, rng)
+    )
     n_prefix = seconds_to_frames(prefix_s, sample_rate, hop_length)
     n_suffix = seconds_to_frames(suffix_s, sample_rate, hop_length)
     mask = mask_and(mask, inpaint(shape, n_prefix, n_suffix))
     mask = mask_and(
-        mask, periodic(shape, periodic_prompt, periodic_prompt_width, random_roll=True, rng=rng)
+        mask,
+        periodic(shape, periodic_prompt, periodic_prompt_width, random_roll=True, rng=site("roll")),
     )
     if _count(onset_mask_width, "build_mask", "onset_mask_width") > 0:
         if audio is None:
             raise ValueError("build_mask: audio must be given when onset_mask_width > 0, got None")
         mask = mask_and(mask, onset_mask(shape, audio, sample_rate, hop_length, onset_mask_width))
-    mask = dropout(mask, dropout_p, rng)
+    mask = dropout(mask, dropout_p, site("dropout"))
     mask = codebook_unmask(mask, n_conditioning_codebooks)
     return codebook_mask(mask, upper_codebook_mask)

@@ -191,6 +191,7 @@ GENERATION_DEFAULTS = {
     "top_p": DEFAULT_TOP_P,
     "mask_temperature": DEFAULT_MASK_TEMPERATURE,
     "seed": 0,
+    "batch_offset": 0,
 }
 
 GENERATION = OpSchema(
@@ -206,6 +207,12 @@ GENERATION = OpSchema(
         *_SAMPLING_INPUTS,
         Port("mask_temperature", _FLOAT, "scalar >= 0 (VampNet: 10.5)"),
         Port("seed", _INT64, "scalar, the random stream's key"),
+        Port(
+            "batch_offset",
+            _INT64,
+            "scalar in [0, 2^32 - B], stream index of item 0 (0 unless the batch continues "
+            "another call's, as a chunk of a longer piece does)",
+        ),
     ),
     outputs=(
         Port("codes_out", _INT64, "[B, C, T] every position filled"),

@@ -23,11 +23,15 @@ Deviations from upstream, on purpose:
   two codebook rows are nearly tied. The generation stages already work chunk by chunk; only
   O(N) audio (4 bytes a sample per copy) and O(T) codes and masks (126 bytes a frame per copy)
   span the whole file.
-- Seeds: one int seed drives everything. The mask draws from ``numpy.random.default_rng`` and
-  every generation call gets its own seed derived from (seed, stage, chunk) by
-  ``numpy.random.SeedSequence``; upstream draws all of these from one torch stream, so the
-  same seed gives other masks and tokens. Upstream's c2f takes no user seed; here it does, so
-  a run is reproducible.
+- Seeds: one int seed keys every random draw, each at its own place in the ops' counter-based
+  streams (docs/ops.md), which is what lets the single graph (`export.vamp`) reproduce this
+  pipeline token for token: coarse chunk i generates with ``batch_offset = i``, c2f chunk i
+  with ``batch_offset = C2F_STREAM_BASE + i``, and the mask's random roll and dropout frames
+  are SampleTokens draws on equal logits (`masks.StreamRandom`). Upstream draws all of these
+  from one torch stream, so the same seed gives other masks and tokens. Upstream's c2f takes
+  no user seed; here it does, so a run is reproducible.
+- float32 settings: prefix/suffix seconds and the dropout probability are rounded to float32
+  (the single graph's input type) before use.
 - The schedule is whatever the generation graphs were exported with (per batch item unless
   ``--batch-coupled``); with B = 1, as here, both are the same.
 - The onset mask uses `masks.detect_onsets`, a numpy approximation of librosa's detector.
@@ -64,13 +68,8 @@ C2F_STEPS = 2
 #: to either side, so 32 leaves a margin.
 CONTEXT_FRAMES = 32
 
-_STAGE_MASK, _STAGE_COARSE, _STAGE_C2F = 0, 1, 2
-
-
-def _chunk_seed(seed: int, stage: int, index: int) -> int:
-    """An int64 seed for one generation call, independent across stages and chunks."""
-    state = np.random.SeedSequence([seed, stage, index]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+#: Random-stream index of the first coarse-to-fine chunk (coarse chunk i is stream item i).
+C2F_STREAM_BASE = 2**30
 
 
 def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -250,11 +249,13 @@ class Vamp:
             or not (0 <= seed < 2**63)
         ):
             raise ValueError(f"Vamp.vamp: seed must be an int in [0, 2**63), got {seed!r}")
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _STAGE_MASK]))
         shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
+        for name in ("prefix_s", "suffix_s", "dropout"):
+            if not isinstance(settings[name], bool) and isinstance(settings[name], int | float):
+                settings[name] = float(np.float32(settings[name]))
         return masks.build_mask(
             shape,
-            rng,
+            masks.StreamRandom(int(seed)),
             prefix_s=settings["prefix_s"],
             suffix_s=settings["suffix_s"],
             periodic_prompt=settings["periodic_prompt"],
@@ -334,7 +335,8 @@ class Vamp:
             out[:, :n, start:stop] = self.coarse.generate(
                 codes[:, :n, start:stop],
                 chunk_mask,
-                seed=_chunk_seed(seed, _STAGE_COARSE, index),
+                seed=seed,
+                batch_offset=index,
                 **sampling,
             )
         return out
@@ -359,6 +361,7 @@ class Vamp:
                 padded_codes[:, :, start:stop],
                 padded_mask[:, :, start:stop],
                 steps=C2F_STEPS,
-                seed=_chunk_seed(seed, _STAGE_C2F, index),
+                seed=seed,
+                batch_offset=C2F_STREAM_BASE + index,
             )
         return out[:, :, :n_frames]

@@ -138,6 +138,7 @@ def build_generation_model(
             inputs["mask_temperature"],
             inputs["seed"],
             n_masked_start,
+            inputs["batch_offset"],
         ],
         {"batch_coupled": int(batch_coupled)},
         domain=ops.DOMAIN,

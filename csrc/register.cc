@@ -3,6 +3,7 @@
 // libonnxruntime, and one build loads into every runtime whose API version is >= the headers'.
 #include <mutex>
 
+#include "ops/check_range.h"
 #include "ops/mask_git_step.h"
 #include "ops/op_utils.h"
 #include "ops/sample_tokens.h"
@@ -19,11 +20,13 @@ constexpr const char* kDomain = "vampnet_onnx";
 struct Registry {
   vampnet::ort::SampleTokensOp sample_tokens;
   vampnet::ort::MaskGitStepOp mask_git_step;
+  vampnet::ort::CheckRangeOp check_range;
   Ort::CustomOpDomain domain{kDomain};
 
   Registry() {
     domain.Add(&sample_tokens);
     domain.Add(&mask_git_step);
+    domain.Add(&check_range);
   }
 };
 

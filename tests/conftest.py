@@ -143,8 +143,8 @@ def random_step_problem(
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory):
-    """`vampnet-onnx export` of tiny random coarse, c2f and codec checkpoints (codec with the
-    real rates, hop 768), written once per test session."""
+    """`vampnet-onnx export --single-graph` of tiny random coarse, c2f and codec checkpoints
+    (codec with the real rates, hop 768), written once per test session."""
     from vampnet_onnx import cli, testing
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -153,5 +153,6 @@ def tiny_models_dir(tmp_path_factory):
     codec = testing.write_codec_checkpoint(root / "codec.pth", testing.SMALL_CODEC_KWARGS, seed=3)
     out = root / "models"
     argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
+    argv.append("--single-graph")
     assert cli.main([*argv, "--out", str(out)]) == 0
     return out

@@ -80,12 +80,15 @@ def test_vamp_incomplete_models_folder_names_the_missing_files(wav, tmp_path, ca
 def test_vamp_bad_setting_is_a_one_line_error(models, wav, tmp_path, capsys):
     argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(models)]
     assert cli.main([*argv, "--dropout", "2"]) == 1
-    assert error_line(capsys) == "vampnet-onnx vamp: error: dropout: p must be in [0, 1], got 2.0"
+    assert (
+        error_line(capsys)
+        == "vampnet-onnx vamp: error: Vamp.vamp: dropout must be in [0, 1], got 2"
+    )
 
 
 def test_vamp_verbose_raises(models, wav, tmp_path):
     argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(models), "--verbose"]
-    with pytest.raises(ValueError, match="dropout: p must be in"):
+    with pytest.raises(ValueError, match="Vamp.vamp: dropout must be in"):
         cli.main([*argv, "--dropout", "2"])
 
 

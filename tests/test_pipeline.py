@@ -220,10 +220,11 @@ def test_two_minute_input_runs_in_bounded_segments(models, monkeypatch):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(seed=-1), "Vamp.vamp: seed must be an int in [0, 2**63), got -1"),
+        (dict(seed=2**63), "Vamp.vamp: seed must be an int64, got 9223372036854775808"),
         (dict(steps=0), "Generator.generate: steps must be an int >= 1, got 0"),
-        (dict(dropout=1.5), "dropout: p must be in [0, 1], got 1.5"),
-        (dict(periodic_prompt=-1), "periodic: period must be an int >= 0, got -1"),
+        (dict(dropout=1.5), "Vamp.vamp: dropout must be in [0, 1], got 1.5"),
+        (dict(periodic_prompt=-1), "Vamp.vamp: periodic_prompt must be in [0, 1000000], got -1"),
+        (dict(periodic_width=2.5), "Vamp.vamp: periodic_width must be an int, got 2.5"),
     ],
 )
 def test_bad_settings_fail_before_encoding(vamp, monkeypatch, settings, message):

@@ -8,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include "../kernels/check_range.h"
 #include "../kernels/det_math.h"
 #include "../kernels/mask_step.h"
 #include "../kernels/rng.h"
@@ -177,6 +178,16 @@ Returns (tokens int64 [...], logprob float32 [...]); same contract as the Sample
 
 Returns (codes_out int64, mask_out bool, model_input int64), each [B, C, T]; same contract as the
 MaskGitStep op (docs/ops.md).)");
+
+  m.def(
+      "check_range",
+      [](double value, const std::string& name, double low, double high, const std::string& where) {
+        check_range(where, name, value, low, high);
+        return true;
+      },
+      py::arg("value"), py::arg("name"), py::arg("min"), py::arg("max"), py::arg("where") = "Vamp",
+      R"(The CheckRange op's rule: True, or ValueError "<where>: <name> must be in [min, max], got
+<value>" (NaN fails; integral values print as integers).)");
 
   m.def("philox4x32_10",
         [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {

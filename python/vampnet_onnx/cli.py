@@ -48,6 +48,8 @@ def _export(args: argparse.Namespace) -> int:
     models = [(kind, path) for kind, path in (("coarse", args.coarse), ("c2f", args.c2f)) if path]
     if not models:
         raise ValueError("at least one of --coarse and --c2f must be given, got neither")
+    if args.single_graph and len(models) != 2:
+        raise ValueError("--single-graph must come with both --coarse and --c2f, got one")
     from .checkpoint import VampNetConfig, load_checkpoint
 
     for kind, path in models:
@@ -56,7 +58,8 @@ def _export(args: argparse.Namespace) -> int:
         if found != kind:
             raise ValueError(f"--{kind} must be a {kind} checkpoint, got a {found} one: '{path}'")
     args.out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=2 * len(models) + 1, desc="export", unit="graph") as bar:
+    total = 2 * len(models) + 1 + int(args.single_graph)
+    with tqdm(total=total, desc="export", unit="graph") as bar:
         bar.set_postfix_str("codec")
         codec = export_codec(args.codec, args.out, opset_version=args.opset, verbose=args.verbose)
         bar.update()
@@ -82,6 +85,15 @@ def _export(args: argparse.Namespace) -> int:
             bar.update()
             size = generation.path.stat().st_size / 2**20
             bar.write(f"wrote {result.path} and {generation.path} ({size:.1f} MiB)")
+        if args.single_graph:
+            from .export.vamp import VAMP_FILE, export_vamp
+
+            bar.set_postfix_str(VAMP_FILE)
+            single = export_vamp(args.out)
+            bar.update()
+            files = [single.path, *([single.data_path] if single.data_path else [])]
+            size = sum(path.stat().st_size for path in files) / 2**20
+            bar.write(f"wrote {' and '.join(map(str, files))} ({size:.1f} MiB)")
     return 0
 
 
@@ -119,9 +131,14 @@ def _vamp_settings(args: argparse.Namespace) -> dict:
 
 
 def _vamp(args: argparse.Namespace) -> int:
-    from .pipeline import Vamp
+    from .pipeline import SingleGraphVamp, Vamp
 
-    vamp = Vamp(args.models, threads=args.threads)
+    if args.models.suffix == ".onnx":
+        if not args.models.is_file():
+            raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
+        vamp = SingleGraphVamp(args.models, threads=args.threads)
+    else:
+        vamp = Vamp(args.models, threads=args.threads)
     out, rate = vamp.vamp_file(args.input, args.output, **_vamp_settings(args))
     print(f"wrote {out} ({rate} Hz)")
     return 0
@@ -192,7 +209,7 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group(
         "sampling (coarse stage; c2f uses upstream's fixed 2 steps)"
     )
-    sampling.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
+    sampling.add_argument("--seed", type=int, default=0, help="random seed, any int64 (default 0)")
     sampling.add_argument("--steps", type=int, default=36, help="coarse steps (default 36)")
     sampling.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
     sampling.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
@@ -298,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="generation graphs also output the codes and mask after every step",
     )
     bundle.add_argument(
+        "--single-graph",
+        action="store_true",
+        help="also write DIR/vamp.onnx: the whole vamp (encoder, mask, coarse and c2f loops, "
+        "decoder) in one graph, audio in and out (needs --coarse and --c2f; see "
+        "docs/generation.md)",
+    )
+    bundle.add_argument(
         "--batch-coupled",
         action="store_true",
         help="count the schedule over the whole batch, as upstream VampNet does (default: per "
@@ -336,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         type=Path,
         required=True,
-        metavar="DIR",
-        help="folder written by vampnet-onnx export",
+        metavar="PATH",
+        help="folder written by vampnet-onnx export, or its vamp.onnx (export --single-graph: "
+        "one run, no onset mask, whole input in memory)",
     )
     _add_vamp_options(vamp)
     vamp.set_defaults(handler=_vamp)

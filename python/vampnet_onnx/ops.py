@@ -167,7 +167,26 @@ MASK_GIT_STEP = OpSchema(
     ),
 )
 
-SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP)
+CHECK_RANGE = OpSchema(
+    name="CheckRange",
+    inputs=(Port("x", (TensorProto.DOUBLE,), "scalar to check (cast to float64 first)"),),
+    outputs=(
+        Port(
+            "ok",
+            (TensorProto.BOOL,),
+            "scalar true; the op fails instead of returning false. Where(ok, v, v) makes v's "
+            "consumers wait for the check",
+        ),
+    ),
+    attributes=(
+        Attribute("name", onnx.AttributeProto.STRING, "x", "the checked input's name"),
+        Attribute("where", onnx.AttributeProto.STRING, "Vamp", "who checks, first in the message"),
+        Attribute("min", onnx.AttributeProto.FLOAT, 0.0, "smallest allowed value"),
+        Attribute("max", onnx.AttributeProto.FLOAT, 0.0, "largest allowed value"),
+    ),
+)
+
+SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP, CHECK_RANGE)
 
 # --- graph contracts (not ops): the exported graphs' inputs and outputs --------------------
 
@@ -225,6 +244,63 @@ GENERATION = OpSchema(
             "[S, B, C, T] mask after each step (trace export only)",
             True,
         ),
+    ),
+)
+
+
+# The single-graph vamp (export.vamp): VampNet's app defaults for the mask (SPEC.md §4.7).
+VAMP_KEY = "vampnet_onnx.vamp"
+VAMP_DEFAULTS = {
+    "seed": 0,
+    "n_steps": 36,
+    "temperature": DEFAULT_TEMPERATURE,
+    "top_k": DEFAULT_TOP_K,
+    "top_p": DEFAULT_TOP_P,
+    "mask_temperature": DEFAULT_MASK_TEMPERATURE,
+    "periodic_prompt": 7,
+    "periodic_width": 1,
+    "upper_codebook_mask": 3,
+    "prefix_s": 0.0,
+    "suffix_s": 0.0,
+    "dropout": 0.0,
+}
+#: Allowed ranges of the single graph's mask settings (checked in the graph by CheckRange and by
+#: `pipeline.Vamp`): a period or width past the bound would only ask for absurd draws or casts.
+VAMP_LIMITS = {
+    "periodic_prompt": (0, 1_000_000),
+    "periodic_width": (0, 1_000_000),
+    "upper_codebook_mask": (0, 1_000_000),
+    "prefix_s": (0.0, 1e7),
+    "suffix_s": (0.0, 1e7),
+    "dropout": (0.0, 1.0),
+}
+VAMP = OpSchema(
+    name="Vamp",
+    inputs=(
+        Port(
+            "audio",
+            _FLOAT,
+            "[N] mono samples at the codec's rate (44.1 kHz), N >= 1, loudness-normalised as "
+            "vampnet_onnx.audio.preprocess does",
+        ),
+        Port("seed", _INT64, "scalar, the key of every random draw"),
+        Port("n_steps", _INT64, "scalar >= 1, coarse generation steps (VampNet: 36)"),
+        *_SAMPLING_INPUTS,
+        Port("mask_temperature", _FLOAT, "scalar >= 0, the coarse stage's (VampNet: 10.5)"),
+        Port("periodic_prompt", _INT64, "scalar >= 0, keep every n-th frame (0: off)"),
+        Port("periodic_width", _INT64, "scalar >= 0, frames kept per period (2 * (w // 2) + 1)"),
+        Port("upper_codebook_mask", _INT64, "scalar >= 0, codebooks >= it are all generated"),
+        Port("prefix_s", _FLOAT, "scalar >= 0, seconds kept at the start"),
+        Port("suffix_s", _FLOAT, "scalar >= 0, seconds kept at the end"),
+        Port("dropout", _FLOAT, "scalar in [0, 1], share of frames dropped from the prompt"),
+    ),
+    outputs=(
+        Port("audio_out", _FLOAT, "[N] the vamped audio, same length and rate as audio"),
+        Port("codes", _INT64, "[1, 14, T] the encoder's codes, T = ceil(N / hop)"),
+        Port(
+            "mask", (TensorProto.BOOL,), "[1, 14, T] the mask built in the graph, true = generated"
+        ),
+        Port("codes_out", _INT64, "[1, 14, T] the generated codes that were decoded"),
     ),
 )
 

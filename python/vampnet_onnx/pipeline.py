@@ -40,6 +40,7 @@ Deviations from upstream, on purpose:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import audio, masks
+from . import audio, masks, ops, reference
 from .generator import Generator
 
 #: The graphs `Vamp` reads from a models folder, in pipeline order.
@@ -72,13 +73,46 @@ CONTEXT_FRAMES = 32
 C2F_STREAM_BASE = 2**30
 
 
+def check_mask_settings(settings: dict, where: str) -> None:
+    """The mask settings within `ops.VAMP_LIMITS` (the single graph's CheckRange bounds), with
+    the message the graph gives; ints where the graph takes int64."""
+    for name, (low, high) in ops.VAMP_LIMITS.items():
+        if name not in settings:
+            continue
+        value = settings[name]
+        integral = isinstance(low, int)
+        kinds = (int, np.integer) if integral else (int, float, np.integer, np.floating)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            kind = "an int" if integral else "a number"
+            raise ValueError(f"{where}: {name} must be {kind}, got {value!r}")
+        reference.check_range(value, name, low, high, where)
+
+
 def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
     """Consecutive ``[start, stop)`` spans of at most `size` covering ``[0, n)``."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
 
-class Vamp:
+class _AudioFiles:
+    """`vamp_file` for the classes with a `vamp(samples, sample_rate, **settings)`."""
+
+    def vamp_file(
+        self, in_path: str | Path, out_path: str | Path, **settings: Any
+    ) -> tuple[Path, int]:
+        """`vamp` on an audio file, written to `out_path` (format from the extension).
+
+        settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
+        Raises FileNotFoundError / ValueError for a missing or undecodable input.
+        """
+        samples, sample_rate = audio.load_audio(in_path)
+        y, out_rate = self.vamp(samples, sample_rate, **settings)
+        out_path = Path(out_path)
+        audio.write_audio(out_path, y, out_rate)
+        return out_path, out_rate
+
+
+class Vamp(_AudioFiles):
     """VampNet's vamp from an exported models folder.
 
     Args:
@@ -179,7 +213,7 @@ class Vamp:
         Args:
             samples: float ``[N]`` or ``[channels, N]`` in [-1, 1], N >= 1.
             sample_rate: Hz.
-            seed: int in [0, 2**63): the mask and every generation call derive from it.
+            seed: any int64: the key of every random draw (mask and generation).
             steps, temperature, top_k, top_p, mask_temperature: the coarse stage's sampling
                 (`Generator.generate`); c2f always uses upstream's fixed settings.
             periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width, prefix_s,
@@ -220,20 +254,6 @@ class Vamp:
             info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
         return audio.restore(y, info, self.sample_rate), info.sample_rate
 
-    def vamp_file(
-        self, in_path: str | Path, out_path: str | Path, **settings: Any
-    ) -> tuple[Path, int]:
-        """`vamp` on an audio file, written to `out_path` (format from the extension).
-
-        settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
-        Raises FileNotFoundError / ValueError for a missing or undecodable input.
-        """
-        samples, sample_rate = audio.load_audio(in_path)
-        y, out_rate = self.vamp(samples, sample_rate, **settings)
-        out_path = Path(out_path)
-        audio.write_audio(out_path, y, out_rate)
-        return out_path, out_rate
-
     # --- stages ----------------------------------------------------------------------------
 
     def n_frames(self, n_samples: int) -> int:
@@ -246,9 +266,10 @@ class Vamp:
         if (
             isinstance(seed, bool)
             or not isinstance(seed, int | np.integer)
-            or not (0 <= seed < 2**63)
+            or not (-(2**63) <= seed < 2**63)
         ):
-            raise ValueError(f"Vamp.vamp: seed must be an int in [0, 2**63), got {seed!r}")
+            raise ValueError(f"Vamp.vamp: seed must be an int64, got {seed!r}")
+        check_mask_settings(settings, "Vamp.vamp")
         shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
         for name in ("prefix_s", "suffix_s", "dropout"):
             if not isinstance(settings[name], bool) and isinstance(settings[name], int | float):
@@ -365,3 +386,89 @@ class Vamp:
                 batch_offset=C2F_STREAM_BASE + index,
             )
         return out[:, :, :n_frames]
+
+
+class SingleGraphVamp(_AudioFiles):
+    """`Vamp` from one ``vamp.onnx`` (``vampnet-onnx export --single-graph``, `export.vamp`).
+
+    Same results as `Vamp` on inputs short enough for one codec segment (about 30 s; longer
+    ones differ only where `Vamp`'s segmented codec rounds differently), token for token:
+    `preprocess` and `restore` run here in numpy, everything between in one onnxruntime `run`.
+    Differences: no onset mask, no progress bars (one run), and the codec works on the whole
+    input at once, so memory grows with its length (meant for clips).
+
+    Args:
+        path: the ``vamp.onnx`` file (with ``vamp.onnx.data`` beside it for full-size models).
+        threads, providers, python_ops: as `Vamp` / `create_session`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        providers: list | None = None,
+        python_ops: bool | None = None,
+    ) -> None:
+        from .runtime import create_session
+
+        self.session = create_session(
+            path, providers=providers, intra_op_threads=threads, python_ops=python_ops
+        )
+        names = [i.name for i in self.session.get_inputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if names != ops.VAMP.input_names or ops.CODEC_CONFIG_KEY not in meta:
+            raise ValueError(
+                f"SingleGraphVamp: path must be a vamp.onnx from vampnet-onnx export "
+                f"--single-graph, got '{path}' with inputs {names}"
+            )
+        config = json.loads(meta[ops.CODEC_CONFIG_KEY])
+        self.sample_rate = int(config["sample_rate"])
+        self.hop_length = int(config["hop_length"])
+        self.settings = json.loads(meta.get(ops.VAMP_KEY, "{}"))
+
+    def vamp(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        seed: int = 0,
+        steps: int = 36,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        mask_temperature: float = 10.5,
+        periodic_prompt: int = 7,
+        periodic_width: int = 1,
+        upper_codebook_mask: int = 3,
+        onset_mask_width: int = 0,
+        prefix_s: float = 0.0,
+        suffix_s: float = 0.0,
+        dropout: float = 0.0,
+        keep_rate: bool = True,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, int]:
+        """`Vamp.vamp` in one run of the graph (`progress` is accepted and ignored)."""
+        where = "SingleGraphVamp.vamp"
+        if onset_mask_width != 0:
+            raise ValueError(
+                f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
+                f"use a models folder), got {onset_mask_width!r}"
+            )
+        mask_settings = dict(
+            periodic_prompt=periodic_prompt,
+            periodic_width=periodic_width,
+            upper_codebook_mask=upper_codebook_mask,
+            prefix_s=prefix_s,
+            suffix_s=suffix_s,
+            dropout=dropout,
+        )
+        check_mask_settings(mask_settings, where)
+        sampling = Generator._check_settings(
+            steps, temperature, top_k, top_p, mask_temperature, seed
+        )
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
+        feed = {"audio": x, **ops.VAMP.feed(**sampling, **mask_settings)}
+        y = self.session.run(["audio_out"], feed)[0]
+        if not keep_rate:
+            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
+        return audio.restore(y, info, self.sample_rate), info.sample_rate

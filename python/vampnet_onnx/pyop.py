@@ -88,6 +88,10 @@ def _mask_git_step(
     )
 
 
+def _check_range(x, name="x", where="Vamp", min=0.0, max=0.0):  # noqa: A002 - attribute names
+    return np.asarray(reference.check_range(_scalar(x), name, min, max, where))
+
+
 def _sample_placeholders(logits, *_):
     shape = np.shape(logits)[:-1]
     return np.zeros(shape, np.int64), np.zeros(shape, np.float32)
@@ -105,6 +109,10 @@ _BODIES = {
     ops.MASK_GIT_STEP.name: _guarded(
         _mask_git_step, _step_placeholders, "mask_git_step", ops.MASK_GIT_STEP.name
     ),
+    # Its messages name the checked input's owner (attribute where), not the op.
+    ops.CHECK_RANGE.name: _guarded(
+        _check_range, lambda *_: np.asarray(True), "check_range", ops.CHECK_RANGE.name
+    ),
 }
 
 
@@ -119,8 +127,14 @@ def _register() -> str:
 
     dtype = {
         onnx.TensorProto.FLOAT: PyCustomOpDef.dt_float,
+        onnx.TensorProto.DOUBLE: PyCustomOpDef.dt_double,
         onnx.TensorProto.INT64: PyCustomOpDef.dt_int64,
         onnx.TensorProto.BOOL: PyCustomOpDef.dt_bool,
+    }
+    attribute_type = {
+        onnx.AttributeProto.INT: PyCustomOpDef.dt_int64,
+        onnx.AttributeProto.FLOAT: PyCustomOpDef.dt_float,
+        onnx.AttributeProto.STRING: PyCustomOpDef.dt_string,
     }
     for schema in ops.SCHEMAS:
         required = sum(not port.optional for port in schema.inputs)
@@ -129,7 +143,7 @@ def _register() -> str:
                 op_type=_pyop_name(schema, n_inputs),
                 inputs=[dtype[port.types[0]] for port in schema.inputs[:n_inputs]],
                 outputs=[dtype[port.types[0]] for port in schema.outputs],
-                attrs={attribute.name: PyCustomOpDef.dt_int64 for attribute in schema.attributes},
+                attrs={a.name: attribute_type[a.type] for a in schema.attributes},
             )(_BODIES[schema.name])
     return get_library_path()
 

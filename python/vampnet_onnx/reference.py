@@ -432,3 +432,20 @@ def mask_git_step(
     mask_out[:, ncc:, :] = unflatten(flat_new_mask)
     model_input = np.where(mask_out, vocab, codes_out).astype(np.int64)
     return codes_out, mask_out, model_input
+
+
+def _range_text(value: float) -> str:
+    """As the ops print a range check's numbers: integral values as integers."""
+    value = float(value)
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return _fmt(value)
+
+
+def check_range(value: float, name: str, low: float, high: float, where: str = "Vamp") -> bool:
+    """The CheckRange op (docs/ops.md): True, or ValueError
+    ``"<where>: <name> must be in [low, high], got <value>"`` (NaN fails)."""
+    value = float(value)
+    if not low <= value <= high:
+        _fail(where, name, f"be in [{_range_text(low)}, {_range_text(high)}]", _range_text(value))
+    return True

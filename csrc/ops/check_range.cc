@@ -1,0 +1,55 @@
+#include "check_range.h"
+
+#include "../kernels/check_range.h"
+
+namespace vampnet::ort {
+
+namespace {
+constexpr const char* kWhere = "CheckRange";
+
+std::string string_attribute(const Ort::ConstKernelInfo& info, const char* name) {
+  try {
+    return info.GetAttribute<std::string>(name);
+  } catch (const Ort::Exception&) {
+    fail(kWhere, std::string("attribute ") + name, "be a string", "none");
+  }
+}
+
+float float_attribute(const Ort::ConstKernelInfo& info, const char* name) {
+  try {
+    return info.GetAttribute<float>(name);
+  } catch (const Ort::Exception&) {
+    fail(kWhere, std::string("attribute ") + name, "be a float", "none");
+  }
+}
+}  // namespace
+
+OrtStatusPtr CheckRangeOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info,
+                                          void** kernel) const {
+  return guard([&] {
+    const Ort::ConstKernelInfo attributes(info);
+    auto created = std::make_unique<CheckRangeKernel>();
+    created->name = string_attribute(attributes, "name");
+    created->where = string_attribute(attributes, "where");
+    created->low = float_attribute(attributes, "min");
+    created->high = float_attribute(attributes, "max");
+    if (!(created->low <= created->high))
+      fail(kWhere, "attribute min", "be <= max = " + range_text(created->high),
+           range_text(created->low));
+    *kernel = created.release();
+  });
+}
+
+OrtStatusPtr CheckRangeKernel::ComputeV2(OrtKernelContext* raw_context) {
+  return guard([&] {
+    Ort::KernelContext context(raw_context);
+    const Input x = get_input(context, 0);
+    check_type(where, name, x, {ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE});
+    if (x.count != 1) fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
+    check_range(where, name, x.as<double>()[0], low, high);
+    auto ok = context.GetOutput(0, std::vector<int64_t>{});
+    *ok.GetTensorMutableData<bool>() = true;
+  });
+}
+
+}  // namespace vampnet::ort

@@ -1,0 +1,563 @@
+"""The whole vamp as one ONNX graph: ``vamp.onnx``, audio samples in, audio samples out.
+
+Built from the four graphs of an export folder (``codec.encode.onnx``, ``coarse.onnx``,
+``c2f.onnx``, ``codec.decode.onnx``): the encoder, the mask (`masks.build_mask` without the
+onset mask), the coarse stage as a `Loop` over 10-s chunks whose body holds the coarse generation
+loop, the coarse-to-fine stage as one batch of 3-s chunks, and the decoder. It computes what
+`pipeline.Vamp` computes on the same (preprocessed) audio, token for token: every random draw is
+keyed by the one seed at a fixed place of the ops' counter-based streams (see `pipeline`).
+
+Differences from `pipeline.Vamp`, which a caller (`pipeline.SingleGraphVamp`) covers:
+- audio is mono at the codec's rate and already loudness-normalised (`audio.preprocess`); the
+  graph neither resamples nor restores loudness (`audio.restore`);
+- the codec runs on the whole input at once, not in segments, so memory grows with the input:
+  meant for clips (up to a minute or two), not for long files;
+- no onset mask (it needs an onset detector the graph does not have).
+
+Contract: `vampnet_onnx.ops.VAMP`; docs/generation.md. Built with onnx-ir; torch is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir import tape as ir_tape
+from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, TopologicalSortPass
+
+from .. import masks, ops
+from ..audio import read_codec_config
+from ..pipeline import C2F_STEPS, C2F_STREAM_BASE
+from .generation import build_generation_model
+
+VAMP_FILE = "vamp.onnx"
+#: The export-folder graphs the single graph is built from.
+SOURCE_FILES = ("codec.encode.onnx", "coarse.onnx", "c2f.onnx", "codec.decode.onnx")
+# Protobuf's 2 GiB limit: bigger models keep their weights in an external data file.
+_PROTO_LIMIT = 2**31 - 2**24
+
+
+@dataclass(frozen=True)
+class VampExport:
+    """Result of `export_vamp`: the graph file, its external weights file (or None) and the
+    settings stored in its metadata."""
+
+    path: Path
+    data_path: Path | None
+    settings: dict
+
+
+def _i64(tape: ir_tape.Tape, value, name: str | None = None) -> ir.Value:
+    return tape.op("Constant", [], {"value": ir.tensor(np.asarray(value, np.int64), name=name)})
+
+
+def _walk_values(graph: ir.Graph):
+    """Every value defined in `graph` or its subgraphs: inputs, initializers, node outputs."""
+    yield from graph.inputs
+    yield from graph.initializers.values()
+    for node in graph:
+        yield from node.outputs
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _walk_values(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    yield from _walk_values(sub)
+
+
+@dataclass
+class _Component:
+    """A graph taken apart to be placed inside another: its nodes, initializers, inputs and
+    outputs, every name prefixed so that components never clash."""
+
+    nodes: list[ir.Node]
+    initializers: list[ir.Value]
+    inputs: dict[str, ir.Value]
+    outputs: dict[str, ir.Value]
+
+    def bind(self, **values: ir.Value) -> None:
+        """Feeds the component: each named input is replaced by the given value."""
+        if set(values) != set(self.inputs):
+            raise ValueError(f"bind: inputs must be {sorted(self.inputs)}, got {sorted(values)}")
+        for name, value in values.items():
+            self.inputs[name].replace_all_uses_with(value)
+
+
+def _take(model: ir.Model, prefix: str) -> _Component:
+    graph = model.graph
+    inputs = {v.name: v for v in graph.inputs}
+    outputs = {v.name: v for v in graph.outputs}
+    for value in list(_walk_values(graph)):
+        if value.name:
+            value.name = f"{prefix}/{value.name}"
+    initializers = list(graph.initializers.values())
+    graph.initializers.clear()
+    nodes = list(graph)
+    graph.remove(nodes)
+    graph.inputs.clear()
+    graph.outputs.clear()
+    for node in nodes:
+        node.name = f"{prefix}/{node.name}" if node.name else None
+    return _Component(nodes, initializers, inputs, outputs)
+
+
+def _chunk_frames(seconds: float, config: dict) -> int:
+    return masks.seconds_to_frames(seconds, int(config["sample_rate"]), int(config["hop_length"]))
+
+
+def _seconds_to_frames(tape: ir_tape.Tape, seconds: ir.Value, config: dict) -> ir.Value:
+    """ceil(double(seconds) * sample_rate / hop) as int64: `masks.seconds_to_frames` in the same
+    float64 operations."""
+    rate = tape.op("Constant", [], {"value": ir.tensor(np.float64(config["sample_rate"]))})
+    hop = tape.op("Constant", [], {"value": ir.tensor(np.float64(config["hop_length"]))})
+    x = tape.op("Cast", [seconds], {"to": ir.DataType.DOUBLE})
+    frames = tape.op("Ceil", [tape.op("Div", [tape.op("Mul", [x, rate]), hop])])
+    return tape.op("Cast", [frames], {"to": ir.DataType.INT64})
+
+
+def _stream_draws(
+    tape: ir_tape.Tape, seed: ir.Value, rows: ir.Value, width: ir.Value, site: str
+) -> ir.Value:
+    """`masks.StreamRandom(seed, site).integers(0, width, rows)`: SampleTokens on equal logits."""
+    shape = tape.op("Concat", [rows, width], {"axis": 0})
+    zeros = tape.op("ConstantOfShape", [shape], {"value": ir.tensor(np.zeros(1, np.float32))})
+    tokens, _ = tape.op_multi_out(
+        ops.SAMPLE_TOKENS.name,
+        [
+            zeros,
+            tape.op("Constant", [], {"value": ir.tensor(np.float32(1.0))}),
+            _i64(tape, 0),
+            tape.op("Constant", [], {"value": ir.tensor(np.float32(1.0))}),
+            seed,
+            _i64(tape, masks.STREAM_SITES[site]),
+            _i64(tape, masks.MASK_STREAM_ITEM << 32),
+        ],
+        num_outputs=2,
+        domain=ops.DOMAIN,
+    )
+    return tokens
+
+
+def _build_mask(
+    tape: ir_tape.Tape, inputs: dict[str, ir.Value], n_frames: ir.Value, config: dict
+) -> ir.Value:
+    """`masks.build_mask` with a `StreamRandom`, no onset mask: bool ``[1, C, T]``."""
+    inputs = dict(inputs)
+    for name, (low, high) in ops.VAMP_LIMITS.items():
+        ok = tape.op(
+            ops.CHECK_RANGE.name,
+            [tape.op("Cast", [inputs[name]], {"to": ir.DataType.DOUBLE})],
+            {"name": name, "where": "Vamp", "min": float(low), "max": float(high)},
+            domain=ops.DOMAIN,
+        )
+        inputs[name] = tape.op("Where", [ok, inputs[name], inputs[name]])
+    zero, one = _i64(tape, 0), _i64(tape, 1)
+    t = tape.op("Range", [zero, n_frames, one])  # [T]
+
+    # inpaint: keep t < n_prefix and t >= T - n_suffix.
+    n_prefix = _seconds_to_frames(tape, inputs["prefix_s"], config)
+    n_suffix = _seconds_to_frames(tape, inputs["suffix_s"], config)
+    keep = tape.op(
+        "Or",
+        [
+            tape.op("Less", [t, n_prefix]),
+            tape.op("GreaterOrEqual", [t, tape.op("Sub", [n_frames, n_suffix])]),
+        ],
+    )
+
+    # periodic: frame t kept when a multiple j of the period (j < T) has |t - j| <= width // 2;
+    # then the whole mask rolls by an offset drawn in [0, period). Period 0: nothing kept.
+    period = inputs["periodic_prompt"]
+    safe_period = tape.op("Max", [period, one])
+    half = tape.op("Div", [inputs["periodic_width"], _i64(tape, 2)])
+    [one_row] = [_i64(tape, [1])]
+    roll = tape.op(
+        "Squeeze",
+        [
+            _stream_draws(
+                tape,
+                inputs["seed"],
+                one_row,
+                tape.op("Reshape", [safe_period, one_row]),
+                "roll",
+            )
+        ],
+    )
+    source = tape.op("Mod", [tape.op("Sub", [t, roll]), n_frames])  # np.roll: out[t] = in[t - s]
+    phase = tape.op("Mod", [source, safe_period])
+    after_start = tape.op("LessOrEqual", [phase, half])
+    next_start = tape.op("Add", [tape.op("Sub", [source, phase]), safe_period])
+    before_next = tape.op(
+        "And",
+        [
+            tape.op("LessOrEqual", [tape.op("Sub", [safe_period, phase]), half]),
+            tape.op("Less", [next_start, n_frames]),
+        ],
+    )
+    periodic_keep = tape.op(
+        "And",
+        [
+            tape.op("Or", [after_start, before_next]),
+            tape.op("Greater", [period, zero]),
+        ],
+    )
+    generate = tape.op("Not", [tape.op("Or", [keep, periodic_keep])])
+
+    # dropout: int(T * p) frames drawn with replacement are generated.
+    p = tape.op("Cast", [inputs["dropout"]], {"to": ir.DataType.DOUBLE})
+    t_double = tape.op("Cast", [n_frames], {"to": ir.DataType.DOUBLE})
+    n_drop = tape.op(
+        "Cast", [tape.op("Floor", [tape.op("Mul", [t_double, p])])], {"to": ir.DataType.INT64}
+    )
+    frames = _stream_draws(
+        tape,
+        inputs["seed"],
+        tape.op("Reshape", [n_drop, one_row]),
+        tape.op("Reshape", [n_frames, one_row]),
+        "dropout",
+    )
+    generate = tape.op(
+        "ScatterND",
+        [
+            generate,
+            tape.op("Unsqueeze", [frames, one_row]),
+            tape.op(
+                "Expand",
+                [
+                    tape.op("Constant", [], {"value": ir.tensor(np.True_)}),
+                    tape.op("Reshape", [n_drop, one_row]),
+                ],
+            ),
+        ],
+    )
+
+    # Codebooks >= upper_codebook_mask are generated everywhere.
+    codebook = _i64(tape, np.arange(int(config["n_codebooks"])).reshape(1, -1, 1))
+    upper = tape.op("GreaterOrEqual", [codebook, inputs["upper_codebook_mask"]])
+    frames_mask = tape.op("Unsqueeze", [generate, _i64(tape, [0, 1])])
+    return tape.op("Or", [frames_mask, upper])
+
+
+def _slice_time(tape, x, start, stop, codebooks: tuple[int, int] | None = None):
+    starts = [tape.op("Reshape", [start, _i64(tape, [1])])]
+    ends = [tape.op("Reshape", [stop, _i64(tape, [1])])]
+    if codebooks is not None:
+        starts.insert(0, _i64(tape, [codebooks[0]]))
+        ends.insert(0, _i64(tape, [codebooks[1]]))
+    axes = [_i64(tape, [2] if codebooks is None else [1, 2])]
+    return tape.op(
+        "Slice",
+        [
+            x,
+            tape.op("Concat", starts, {"axis": 0}),
+            tape.op("Concat", ends, {"axis": 0}),
+            *axes,
+        ],
+    )
+
+
+_SAMPLING = ("n_steps", "temperature", "top_k", "top_p", "mask_temperature")
+
+
+def _f32(tape: ir_tape.Tape, value: float) -> ir.Value:
+    return tape.op("Constant", [], {"value": ir.tensor(np.float32(value))})
+
+
+def _chunk_loop(
+    tape: ir_tape.Tape,
+    generator: _Component,
+    codes: ir.Value,
+    mask: ir.Value,
+    n_frames: ir.Value,
+    chunk_frames: int,
+    settings: dict[str, ir.Value],
+    *,
+    seed: ir.Value,
+    first_stream: int,
+    seam_guard: bool,
+    name: str,
+) -> ir.Value:
+    """A Loop over consecutive chunks of `chunk_frames` frames of ``codes``/``mask``
+    ``[1, C, n_frames]`` (the last may be shorter), each generated by `generator` (a generation
+    graph, placed in the body) with ``batch_offset = first_stream + k``, one chunk per call as
+    `pipeline.Vamp` does; returns the generated codes ``[1, C, n_frames]``.
+
+    seam_guard: upstream's coarse rule, a chunk with any prompt keeps its first and last frame.
+    """
+    chunk = _i64(tape, chunk_frames)
+    n_chunks = tape.op("Div", [tape.op("Add", [n_frames, _i64(tape, chunk_frames - 1)]), chunk])
+    n_codebooks = tape.op("Shape", [codes], {"start": 1, "end": 2})
+    empty = tape.op(
+        "ConstantOfShape",
+        [tape.op("Concat", [_i64(tape, [1]), n_codebooks, _i64(tape, [0])], {"axis": 0})],
+        {"value": ir.tensor(np.zeros(1, np.int64))},
+    )
+
+    body = ir_tape.Tape()
+    k = ir.Value(name=f"{name}_chunk", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    cond_in = ir.Value(
+        name=f"{name}_cond_in", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([])
+    )
+    done_in = ir.Value(
+        name=f"{name}_done_in",
+        type=ir.TensorType(ir.DataType.INT64),
+        shape=ir.Shape([1, "codebooks", "done"]),
+    )
+    start = body.op("Mul", [k, chunk])
+    stop = body.op("Min", [body.op("Add", [start, chunk]), n_frames])
+    chunk_codes = _slice_time(body, codes, start, stop)
+    chunk_mask = _slice_time(body, mask, start, stop)
+    if seam_guard:
+        n_prompt = body.op(
+            "ReduceSum",
+            [body.op("Cast", [body.op("Not", [chunk_mask])], {"to": ir.DataType.INT64})],
+            {"keepdims": 0},
+        )
+        length = body.op("Sub", [stop, start])
+        local = body.op("Range", [_i64(body, 0), length, _i64(body, 1)])
+        edge = body.op(
+            "Or",
+            [
+                body.op("Equal", [local, _i64(body, 0)]),
+                body.op("Equal", [local, body.op("Sub", [length, _i64(body, 1)])]),
+            ],
+        )
+        forced = body.op("And", [edge, body.op("Greater", [n_prompt, _i64(body, 0)])])
+        chunk_mask = body.op("And", [chunk_mask, body.op("Not", [forced])])
+    generator.bind(
+        codes=chunk_codes,
+        mask=chunk_mask,
+        seed=seed,
+        batch_offset=body.op("Add", [k, _i64(body, first_stream)]),
+        **settings,
+    )
+    done_out = ir.Value(name=f"{name}_done_out", type=done_in.type, shape=done_in.shape)
+    concat = ir.node(
+        "Concat", [done_in, generator.outputs["codes_out"]], {"axis": 2}, outputs=[done_out]
+    )
+    cond_out = ir.node(
+        "Identity", [cond_in], outputs=[ir.Value(name=f"{name}_cond_out", type=cond_in.type)]
+    )
+    body_graph = ir.Graph(
+        [k, cond_in, done_in],
+        [cond_out.outputs[0], done_out],
+        nodes=[*body.nodes, *generator.nodes, concat, cond_out],
+        name=f"{name}_chunks",
+    )
+    [out] = tape.op_multi_out(
+        "Loop",
+        [n_chunks, tape.op("Constant", [], {"value": ir.tensor(np.True_)}), empty],
+        {"body": ir.AttrGraph("body", body_graph)},
+        num_outputs=1,
+        name=f"{name}_chunk_loop",
+    )
+    return out
+
+
+def build_vamp_model(
+    encode: ir.Model,
+    coarse: ir.Model,
+    c2f: ir.Model,
+    decode: ir.Model,
+) -> ir.Model:
+    """The single graph from the four loaded source graphs (which are consumed)."""
+    codec_config = json.loads(encode.metadata_props[ops.CODEC_CONFIG_KEY])
+    coarse_config = json.loads(coarse.metadata_props[ops.CONFIG_KEY])
+    c2f_config = json.loads(c2f.metadata_props[ops.CONFIG_KEY])
+    n_coarse = int(coarse_config["n_codebooks"])
+    expected = {
+        "coarse kind": (coarse_config.get("kind"), "coarse"),
+        "c2f kind": (c2f_config.get("kind"), "c2f"),
+        "c2f codebooks": (int(c2f_config["n_codebooks"]), int(codec_config["n_codebooks"])),
+        "c2f conditioning codebooks": (int(c2f_config["n_conditioning_codebooks"]), n_coarse),
+    }
+    opsets = [model.opset_imports.get("", 0) for model in (encode, coarse, c2f, decode)]
+    expected["opset of every graph"] = (opsets, [opsets[0]] * 4)
+    for name, (got, want) in expected.items():
+        if got != want:
+            raise ValueError(f"build_vamp_model: {name} must be {want!r}, got {got!r}")
+    coarse_chunk = _chunk_frames(10.0, codec_config)
+    c2f_chunk = _chunk_frames(3.0, codec_config)
+    n_codebooks = int(codec_config["n_codebooks"])
+
+    schema = ops.VAMP
+    inputs = {
+        port.name: ir.Value(
+            name=port.name,
+            type=ir.TensorType(ir.DataType(port.types[0])),
+            shape=ir.Shape(["samples"] if port.name == "audio" else []),
+        )
+        for port in schema.inputs
+    }
+    components = {
+        "encode": _take(encode, "encode"),
+        "coarse": _take(build_generation_model(coarse), "coarse"),
+        "c2f": _take(build_generation_model(c2f), "c2f"),
+        "decode": _take(decode, "decode"),
+    }
+    tape = ir_tape.Tape()
+
+    # Encode the whole input: [N] -> [1, 1, N] -> codes [1, C, T].
+    encoder = components["encode"]
+    encoder.bind(audio=tape.op("Reshape", [inputs["audio"], _i64(tape, [1, 1, -1])]))
+    main_nodes = list(tape.nodes)
+    main_nodes += encoder.nodes
+    codes = encoder.outputs["codes"]
+
+    tape = ir_tape.Tape()
+    n_frames = tape.op(
+        "Squeeze",
+        [tape.op("Shape", [codes], {"start": 2, "end": 3})],
+    )
+    mask = _build_mask(tape, inputs, n_frames, codec_config)
+
+    # Coarse: 10-s chunks; chunk k generates with batch_offset k.
+    coarse_codes = _slice_time(tape, codes, _i64(tape, 0), n_frames, (0, n_coarse))
+    coarse_mask = _slice_time(tape, mask, _i64(tape, 0), n_frames, (0, n_coarse))
+    main_nodes += tape.nodes
+    tape = ir_tape.Tape()
+    coarse_out = _chunk_loop(
+        tape,
+        components["coarse"],
+        coarse_codes,
+        coarse_mask,
+        n_frames,
+        coarse_chunk,
+        {name: inputs[name] for name in _SAMPLING},
+        seed=inputs["seed"],
+        first_stream=0,
+        seam_guard=True,
+        name="coarse",
+    )
+
+    # Coarse-to-fine: padded to whole 3-s chunks (code 0, generated), conditioning codebooks
+    # kept, upstream's fixed settings; chunk i is stream item C2F_STREAM_BASE + i.
+    fine_codes = _slice_time(tape, codes, _i64(tape, 0), n_frames, (n_coarse, n_codebooks))
+    c2f_codes = tape.op("Concat", [coarse_out, fine_codes], {"axis": 1})
+    pad = tape.op("Mod", [tape.op("Neg", [n_frames]), _i64(tape, c2f_chunk)])
+    padded = tape.op("Add", [n_frames, pad])
+    pads = tape.op(
+        "Concat",
+        [_i64(tape, [0, 0, 0, 0, 0]), tape.op("Reshape", [pad, _i64(tape, [1])])],
+        {"axis": 0},
+    )
+    c2f_codes = tape.op("Pad", [c2f_codes, pads, _i64(tape, 0)])
+    c2f_mask = tape.op("Pad", [mask, pads, tape.op("Constant", [], {"value": ir.tensor(np.True_)})])
+    generated_codebooks = tape.op(
+        "Constant", [], {"value": ir.tensor((np.arange(n_codebooks) >= n_coarse).reshape(1, -1, 1))}
+    )
+    c2f_mask = tape.op("And", [c2f_mask, generated_codebooks])
+    c2f_settings = {
+        "n_steps": _i64(tape, C2F_STEPS),
+        "temperature": _f32(tape, ops.DEFAULT_TEMPERATURE),
+        "top_k": _i64(tape, 0),
+        "top_p": _f32(tape, 1.0),
+        "mask_temperature": _f32(tape, ops.DEFAULT_MASK_TEMPERATURE),
+    }
+    refined = _chunk_loop(
+        tape,
+        components["c2f"],
+        c2f_codes,
+        c2f_mask,
+        padded,
+        c2f_chunk,
+        c2f_settings,
+        seed=inputs["seed"],
+        first_stream=C2F_STREAM_BASE,
+        seam_guard=False,
+        name="c2f",
+    )
+    codes_out = _slice_time(tape, refined, _i64(tape, 0), n_frames)
+    n_samples = tape.op("Squeeze", [tape.op("Shape", [inputs["audio"]])])
+    main_nodes += tape.nodes
+    decoder = components["decode"]
+    decoder.bind(codes=codes_out, length=n_samples)
+    main_nodes += decoder.nodes
+    tape = ir_tape.Tape()
+    audio_out = tape.op("Reshape", [decoder.outputs["audio"], _i64(tape, [-1])])
+    main_nodes += tape.nodes
+
+    outputs = []
+    for port, value in zip(schema.outputs, (audio_out, codes, mask, codes_out)):
+        copy = ir.node("Identity", [value], outputs=[ir.Value(name=port.name)])
+        copy.outputs[0].type = ir.TensorType(ir.DataType(port.types[0]))
+        copy.outputs[0].shape = ir.Shape(
+            ["samples"] if port.name == "audio_out" else [1, n_codebooks, "frames"]
+        )
+        main_nodes.append(copy)
+        outputs.append(copy.outputs[0])
+
+    initializers = [v for c in components.values() for v in c.initializers]
+    graph = ir.Graph(
+        list(inputs.values()),
+        outputs,
+        nodes=main_nodes,
+        initializers=initializers,
+        opset_imports={"": int(encode.opset_imports[""]), ops.DOMAIN: ops.VERSION},
+        name="vampnet_vamp",
+    )
+    settings = {
+        "defaults": ops.VAMP_DEFAULTS,
+        "coarse_chunk_frames": coarse_chunk,
+        "c2f_chunk_frames": c2f_chunk,
+        "c2f_steps": C2F_STEPS,
+        "c2f_stream_base": C2F_STREAM_BASE,
+    }
+    model = ir.Model(
+        graph,
+        ir_version=encode.ir_version,
+        producer_name="vampnet_onnx",
+        metadata_props={
+            ops.CODEC_CONFIG_KEY: json.dumps(codec_config, sort_keys=True),
+            ops.CONFIG_KEY: json.dumps(
+                {"coarse": coarse_config, "c2f": c2f_config}, sort_keys=True
+            ),
+            ops.VAMP_KEY: json.dumps(settings, sort_keys=True),
+        },
+    )
+    for fix in (RemoveUnusedNodesPass(), TopologicalSortPass(), NameFixPass()):
+        fix(model)
+    return model
+
+
+def export_vamp(models_dir: str | Path, out_path: str | Path | None = None) -> VampExport:
+    """An export folder (`SOURCE_FILES`) -> ``vamp.onnx`` (default: in that folder), checked
+    with onnx.checker. Weights over protobuf's 2 GiB limit go to ``<out>.data`` beside it."""
+    models_dir = Path(models_dir)
+    missing = [name for name in SOURCE_FILES if not (models_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"export_vamp: models_dir must hold {', '.join(SOURCE_FILES)} (vampnet-onnx export), "
+            f"got '{models_dir}' without {', '.join(missing)}"
+        )
+    read_codec_config(models_dir / SOURCE_FILES[0])  # a clear error for a foreign encoder
+    loaded = [ir.load(str(models_dir / name)) for name in SOURCE_FILES]
+    model = build_vamp_model(*loaded)
+    out_path = Path(out_path) if out_path is not None else models_dir / VAMP_FILE
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value)
+    data_path = None
+    if size > _PROTO_LIMIT:
+        data_path = out_path.with_name(out_path.name + ".data")
+        data_path.unlink(missing_ok=True)
+        ir.save(model, str(out_path), external_data=data_path.name)
+        onnx.checker.check_model(str(out_path), full_check=False)
+    else:
+        proto = ir.to_proto(model)
+        onnx.checker.check_model(proto, full_check=False)
+        onnx.save(proto, str(out_path))
+    return VampExport(out_path, data_path, json.loads(model.metadata_props[ops.VAMP_KEY]))
+
+
+__all__: Sequence[str] = (
+    "VAMP_FILE",
+    "SOURCE_FILES",
+    "VampExport",
+    "build_vamp_model",
+    "export_vamp",
+)

@@ -72,7 +72,7 @@ class OpSchema:
         }
 
     def make_node(
-        self, inputs: list[str], outputs: list[str], name: str | None = None, **attributes
+        self, inputs: list[str], outputs: list[str], node_name: str | None = None, **attributes
     ) -> onnx.NodeProto:
         """An ONNX node of this op; `inputs` may leave trailing optional inputs out."""
         required = sum(not port.optional for port in self.inputs)
@@ -91,9 +91,12 @@ class OpSchema:
                 raise ValueError(
                     f"{self.name}: attribute must be one of {sorted(known)}, got {key!r}"
                 )
-        return helper.make_node(
-            self.name, inputs, outputs, name=name or self.name, domain=DOMAIN, **attributes
+        node = helper.make_node(
+            self.name, inputs, outputs, name=node_name or self.name, domain=DOMAIN
         )
+        # Added one by one: an attribute may be called "name" (CheckRange).
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
+        return node
 
 
 _FLOAT = (TensorProto.FLOAT,)

@@ -169,3 +169,35 @@ def test_example_runs_an_exported_generation_graph_like_the_generator(example, t
         codes, mask, steps=6, top_p=0.9, mask_temperature=10.5, seed=77, batch_offset=3
     )
     np.testing.assert_array_equal(got, want)
+
+
+def test_example_runs_the_single_graph_vamp(example, tiny_models_dir, tmp_path):
+    """Single-graph deployment: one vamp.onnx plus the op library, run by the C++ app, gives the
+    Python session's audio and codes."""
+    from vampnet_onnx import audio, ops
+
+    x, _ = audio.preprocess(np.random.default_rng(2).standard_normal(30000) * 0.1, 44100)
+    np.save(tmp_path / "audio.npy", x)
+    settings = ops.VAMP_DEFAULTS | dict(n_steps=3, seed=21, dropout=0.2, top_k=30)
+    command = [
+        str(example),
+        "--library",
+        vampnet_onnx.get_library_path(),
+        "--model",
+        str(tiny_models_dir / "vamp.onnx"),
+        "--print",
+        "codes_out",
+        "--print",
+        "audio_out",
+        f"audio=@{tmp_path / 'audio.npy'}",
+        *[f"{name}={value}" for name, value in settings.items()],
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    got = parse_outputs(result.stdout)
+    session = vampnet_onnx.create_session(tiny_models_dir / "vamp.onnx")
+    codes_out, audio_out = session.run(
+        ["codes_out", "audio_out"], {"audio": x, **ops.VAMP.feed(**settings)}
+    )
+    np.testing.assert_array_equal(got["codes_out"], codes_out)
+    np.testing.assert_array_equal(got["audio_out"], audio_out)

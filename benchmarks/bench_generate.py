@@ -97,6 +97,16 @@ def _child(contender, kind, paths, batch, frames, steps, threads, repeats):
     return seconds, float("nan")
 
 
+def _current(graph: Path) -> bool:
+    """Whether a cached generation graph has today's inputs (else it is exported again)."""
+    import onnx
+
+    from vampnet_onnx import ops
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return [i.name for i in model.graph.input] == ops.GENERATION.input_names
+
+
 def prepare(workdir: Path, kind: str) -> dict:
     """Checkpoint, transformer and generation graph of one model, created on first use."""
     from benchmarks.bench_forward import prepare as prepare_transformer
@@ -117,7 +127,7 @@ def prepare(workdir: Path, kind: str) -> dict:
         checkpoint, transformer = prepare_transformer(workdir, kind, kwargs)
         codec = workdir / "codec.pth"
     graph = workdir / f"{kind}.generate.onnx"
-    if not graph.exists() or kind == "coarse-tiny":
+    if not graph.exists() or kind == "coarse-tiny" or not _current(graph):
         start = time.perf_counter()
         export_generation(transformer, graph)
         print(f"wrote {graph} [{time.perf_counter() - start:.0f} s]", flush=True)

@@ -1,7 +1,7 @@
 """Full-size vamp pipeline: seconds per stage, real-time factor and peak RSS.
 
 Run: ``python -m benchmarks.bench_pipeline [--seconds 10] [--steps 36] [--threads 2]
-[--repeats 1] [--json PATH]``.
+[--repeats 1] [--single-graph] [--json PATH]``.
 
 Random weights in the real checkpoint formats at full size (coarse, c2f and codec.pth, written
 and exported once into ``--workdir``, shared with bench_forward / bench_generate; the codec
@@ -9,8 +9,11 @@ graphs are exported there on first use), the `vampnet_onnx.pipeline.Vamp` stages
 synthesised clip (`demo.synth_music`) with VampNet's default mask and sampling settings.
 ``--steps`` sets the coarse steps (VampNet: 36; a full run takes minutes); c2f always runs
 upstream's 2 steps. The stages run in a fresh process without torch, so its peak RSS is the
-pipeline's own. No contender to compare with: upstream needs VampNet's torch stack and a GPU
-for comparable times.
+pipeline's own. With ``--single-graph`` the same clip also runs through ``vamp.onnx``
+(`export.vamp`, exported into the workdir on first use, weights in ``vamp.onnx.data``) in a
+second fresh process: preprocess, one `run`, restore; the two are compared side by side (same
+input, seed and settings, so the same codes). Upstream is not a contender here: it needs
+VampNet's torch stack and a GPU for comparable times.
 """
 
 from __future__ import annotations
@@ -69,11 +72,43 @@ def _child(workdir: Path, seconds: float, steps: int, threads: int, repeats: int
         lap("decode")
         audio.restore(y, info)
         lap("restore")
+    return times, load_s, _peak_rss_without_torch()
+
+
+def _peak_rss_without_torch() -> float:
     assert "torch" not in sys.modules
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return times, load_s, int(line.split()[1]) / 1024
-    return times, load_s, float("nan")
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+SINGLE_STAGES = ("preprocess", "vamp.onnx run", "restore")
+
+
+def _child_single(workdir: Path, seconds: float, steps: int, threads: int, repeats: int):
+    """`_child` for the single graph: (per-stage lists of seconds, load seconds, peak RSS MiB)."""
+    import vampnet_onnx
+    from vampnet_onnx import audio, demo, ops
+
+    start = time.perf_counter()
+    session = vampnet_onnx.create_session(workdir / "vamp.onnx", intra_op_threads=threads)
+    load_s = time.perf_counter() - start
+    sample_rate = 44100
+    samples = demo.synth_music(seconds, sample_rate)
+    settings = ops.VAMP_DEFAULTS | {"n_steps": steps, "seed": 0}
+    times: dict[str, list[float]] = {stage: [] for stage in SINGLE_STAGES}
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        x, info = audio.preprocess(samples, sample_rate)
+        times["preprocess"].append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        y = session.run(["audio_out"], {"audio": x, **ops.VAMP.feed(**settings)})[0]
+        times["vamp.onnx run"].append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        audio.restore(y, info)
+        times["restore"].append(time.perf_counter() - clock)
+    return times, load_s, _peak_rss_without_torch()
 
 
 def prepare(workdir: Path) -> None:
@@ -93,6 +128,38 @@ def prepare(workdir: Path) -> None:
         )
 
 
+def prepare_single(workdir: Path) -> None:
+    """``vamp.onnx`` (+ ``vamp.onnx.data``) in `workdir`, exported again when a source is newer."""
+    from vampnet_onnx.export.vamp import SOURCE_FILES, VAMP_FILE, export_vamp
+
+    graph = workdir / VAMP_FILE
+    newest = max((workdir / name).stat().st_mtime for name in SOURCE_FILES)
+    if not graph.exists() or graph.stat().st_mtime < newest:
+        start = time.perf_counter()
+        result = export_vamp(workdir)
+        print(f"wrote {result.path} and {result.data_path} [{time.perf_counter() - start:.0f} s]")
+
+
+def _rows(times: dict[str, list[float]], seconds: float) -> list[dict]:
+    medians = {stage: statistics.median(values) for stage, values in times.items()}
+    total = sum(medians.values())
+    rows = [
+        {"stage": stage, "median_s": s, "share": s / total, "rtf": s / seconds}
+        for stage, s in medians.items()
+    ]
+    totals = [sum(run) for run in zip(*times.values())]
+    rows.append(
+        {
+            "stage": "total",
+            "median_s": total,
+            "share": 1.0,
+            "rtf": total / seconds,
+            "runs_s": totals,
+        }
+    )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.set_defaults(repeats=1)
@@ -104,30 +171,54 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("/tmp/vampnet_onnx_bench"),
         help="where the full-size checkpoints and exports are kept (about 8 GB)",
     )
+    ap.add_argument(
+        "--single-graph",
+        action="store_true",
+        help="also run vamp.onnx on the same clip and compare (exported on first use)",
+    )
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare(args.workdir)
+    contenders = [("pipeline (4 graphs)", _child)]
+    if args.single_graph:
+        prepare_single(args.workdir)
+        contenders.append(("single graph", _child_single))
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        times, load_s, rss = pool.apply(
-            _child, (args.workdir, args.seconds, args.steps, args.threads, args.repeats)
-        )
-    medians = {stage: statistics.median(values) for stage, values in times.items()}
-    total = sum(medians.values())
-    rows = [
-        {"stage": stage, "median_s": s, "share": s / total, "rtf": s / args.seconds}
-        for stage, s in medians.items()
-    ]
-    rows.append({"stage": "total", "median_s": total, "share": 1.0, "rtf": total / args.seconds})
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
-    print(f"session load (4 graphs): {load_s:.1f} s; peak RSS {rss:.0f} MiB")
-    print_table(
-        f"vamp pipeline, {args.seconds:g} s of audio, coarse {args.steps} steps, c2f 2 steps, "
-        f"median of {args.repeats}, {args.threads} threads (RTF = seconds per second of audio)",
-        ["stage", "median s", "share", "RTF"],
-        [[r["stage"], r["median_s"], f"{100 * r['share']:.0f} %", r["rtf"]] for r in rows],
-    )
+    results = {}
+    for name, child in contenders:
+        with context.Pool(1) as pool:  # a fresh process per contender: its own peak RSS
+            times, load_s, rss = pool.apply(
+                child, (args.workdir, args.seconds, args.steps, args.threads, args.repeats)
+            )
+        rows = _rows(times, args.seconds)
+        results[name] = {"load_s": load_s, "peak_rss_mib": rss, "rows": rows}
+        runs = ", ".join(f"{t:.1f}" for t in rows[-1]["runs_s"])
+        print(f"{name}: session load {load_s:.1f} s; peak RSS {rss:.0f} MiB; totals {runs} s")
+        print_table(
+            f"{name}, {args.seconds:g} s of audio, coarse {args.steps} steps, c2f 2 steps, "
+            f"median of {args.repeats}, {args.threads} threads (RTF = seconds per second of "
+            "audio)",
+            ["stage", "median s", "share", "RTF"],
+            [[r["stage"], r["median_s"], f"{100 * r['share']:.0f} %", r["rtf"]] for r in rows],
+        )
+    if len(results) > 1:
+        base = results["pipeline (4 graphs)"]["rows"][-1]["median_s"]
+        print_table(
+            "side by side (total: sum of the stage medians)",
+            ["contender", "total s", "RTF", "peak RSS MiB", "speed vs pipeline"],
+            [
+                [
+                    name,
+                    r["rows"][-1]["median_s"],
+                    r["rows"][-1]["rtf"],
+                    r["peak_rss_mib"],
+                    f"{base / r['rows'][-1]['median_s']:.2f}x",
+                ]
+                for name, r in results.items()
+            ],
+        )
     write_json(
         args.json,
         {
@@ -135,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": args.seconds,
             "steps": args.steps,
             "repeats": args.repeats,
-            "load_s": load_s,
-            "peak_rss_mib": rss,
-            "rows": rows,
+            "contenders": results,
         },
     )
     return 0

@@ -119,6 +119,16 @@ def read_png(path: Path) -> np.ndarray:
     return raw[:, 1:].reshape(height, width, 3)
 
 
+def test_log_frequency_axis_puts_a_tone_at_its_log_position():
+    """A 440 Hz tone lands on the row of 440 Hz on the 40 Hz - Nyquist log axis."""
+    sr = 44100
+    tone = np.sin(2 * np.pi * 440 * np.arange(sr) / sr)
+    rows = demo.log_frequency(demo.spectrogram_db(tone), sr)
+    assert rows.shape[0] == demo.LOG_ROWS
+    expected = np.log(440 / 40) / np.log(sr / 2 / 40) * (demo.LOG_ROWS - 1)
+    assert abs(int(np.argmax(rows.mean(axis=1))) - expected) <= 2
+
+
 def test_write_png_round_trips(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     np.testing.assert_array_equal(read_png(demo.write_png(tmp_path / "x.png", image)), image)
@@ -132,8 +142,8 @@ def test_demo_exports_once_and_writes_audio_and_spectrograms(tmp_path, monkeypat
     assert sorted(p.name for p in out.iterdir()) == ["in.wav", "out.wav", "spectrograms.png"]
     assert soundfile.info(out / "out.wav").frames == 88200
     image = read_png(out / "spectrograms.png")
-    # Two 513-bin spectrograms and a 4-row gap; 2 s at hop 256 -> 345 frames.
-    assert image.shape == (513 * 2 + 4, 345, 3)
+    # Two log-frequency spectrograms and a 4-row gap; 2 s at hop 256 -> 345 frames.
+    assert image.shape == (demo.LOG_ROWS * 2 + 4, 345, 3)
     printed = capsys.readouterr().out
     assert str(out / "spectrograms.png") in printed
     models = tmp_path / "cache" / "vampnet-onnx" / "demo" / "models"

@@ -4,6 +4,7 @@ random-weight models: the same mask, codes and audio for the same seed and setti
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -113,6 +114,9 @@ def test_python_ops_fallback_gives_the_same_audio(models, single):
 BAD_SETTINGS = [
     ({"dropout": 1.5}, "Vamp: dropout must be in [0, 1], got 1.5"),
     ({"dropout": float("nan")}, "Vamp: dropout must be in [0, 1], got nan"),
+    # Checked before use: a huge value would otherwise ask for a huge draw.
+    ({"dropout": 1e30}, "Vamp: dropout must be in [0, 1], got 1e+30"),
+    ({"prefix_s": 3e38}, "Vamp: prefix_s must be in [0, 10000000], got 3e+38"),
     ({"prefix_s": -0.5}, "Vamp: prefix_s must be in [0, 10000000], got -0.5"),
     ({"suffix_s": float("inf")}, "Vamp: suffix_s must be in [0, 10000000], got inf"),
     ({"periodic_prompt": -1}, "Vamp: periodic_prompt must be in [0, 1000000], got -1"),
@@ -120,7 +124,7 @@ BAD_SETTINGS = [
     ({"periodic_width": -2}, "Vamp: periodic_width must be in [0, 1000000], got -2"),
     ({"upper_codebook_mask": -1}, "Vamp: upper_codebook_mask must be in [0, 1000000], got -1"),
     ({"n_steps": 0}, "MaskGitStep: n_steps must be >= 1, got 0"),
-    ({"top_p": 0.0}, r"MaskGitStep: top_p must be in (0, 1], got 0"),
+    ({"top_p": 0.0}, "MaskGitStep: top_p must be in (0, 1], got 0"),
 ]
 
 
@@ -128,17 +132,18 @@ BAD_SETTINGS = [
 def test_bad_settings_fail_inside_the_graph_with_the_house_format(single, bad, message):
     x, _ = audio.preprocess(noise(SR // 4, 1), SR)
     feed = {"audio": x, **ops.VAMP.feed(**(ops.VAMP_DEFAULTS | bad))}
-    with pytest.raises(Exception, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(Exception, match=re.escape(message)):
         single.run(None, feed)
 
 
-@pytest.mark.parametrize("bad, message", BAD_SETTINGS[:8])
+@pytest.mark.parametrize(
+    "bad, message", [case for case in BAD_SETTINGS if set(case[0]) <= set(ops.VAMP_LIMITS)]
+)
 def test_python_api_gives_the_graphs_messages_before_running(models, bad, message):
     name, value = next(iter(bad.items()))
     one = SingleGraphVamp(models / VAMP_FILE)
     for vamp_api, where in ((one, "SingleGraphVamp.vamp"), (Vamp(models), "Vamp.vamp")):
-        pattern = message.replace("Vamp:", f"{where}:").replace("(", r"\(").replace("[", r"\[")
-        with pytest.raises(ValueError, match=pattern):
+        with pytest.raises(ValueError, match=re.escape(message.replace("Vamp:", f"{where}:"))):
             vamp_api.vamp(noise(100, 0), SR, **{name: value})
 
 

@@ -297,15 +297,19 @@ struct StepResult {
   }
 };
 
-// The ORT op's sequence: settings, then shapes, then the kernel. `batch` items of the problem
-// (a prefix, for the independence check), with float or float16 logits.
-StepResult run_step(const StepProblem& p, int64_t batch, bool half, const ParallelFor& order) {
+// The ORT op's sequence: settings, then shapes, then the kernel. Items [first, batch) of the
+// problem (a part of it, for the independence checks; the part's batch_offset moves by `first`),
+// with float or float16 logits.
+StepResult run_step(const StepProblem& p, int64_t first, int64_t batch, bool half,
+                    const ParallelFor& order) {
   StepResult result;
   try {
-    vampnet::check_mask_step_params(kWhere, p.params);
+    MaskStepParams params = p.params;
+    params.batch_offset += first;
+    vampnet::check_mask_step_params(kWhere, params);
     std::vector<int64_t> logits_shape = p.logits_shape, codes_shape = p.codes_shape;
     std::vector<int64_t> mask_shape = p.mask_shape, start_shape = p.start_shape;
-    const int64_t dropped = p.codes_shape[0] - batch;  // items left out at the end
+    const int64_t dropped = p.codes_shape[0] - batch + first;  // items left out at both ends
     for (auto* shape : {&logits_shape, &codes_shape, &mask_shape, &start_shape})
       (*shape)[0] -= dropped;
     const MaskStepShape shape = vampnet::check_mask_step_shapes(
@@ -314,16 +318,22 @@ StepResult run_step(const StepProblem& p, int64_t batch, bool half, const Parall
     result.codes_out.assign(n, -1);
     result.model_input.assign(n, -1);
     result.mask_out.assign(n, 1);
-    const auto* mask = reinterpret_cast<const bool*>(p.mask.data());
+    // Offsets of item `first` (the check above passed, so the shapes match the data).
+    const size_t item_cells = static_cast<size_t>(shape.codebooks * shape.frames);
+    const size_t item_logits = static_cast<size_t>(shape.frames * shape.predicted * shape.vocab);
+    const size_t f = static_cast<size_t>(first);
+    const auto* mask = reinterpret_cast<const bool*>(p.mask.data()) + f * item_cells;
     auto* mask_out = reinterpret_cast<bool*>(result.mask_out.data());
-    const int64_t* start = p.has_start ? p.start.data() : nullptr;
+    const int64_t* codes = p.codes.data() + f * item_cells;
+    const int64_t* start = p.has_start ? p.start.data() + f : nullptr;
     if (half)
-      vampnet::mask_git_step(kWhere, shape, p.half_logits.data(), p.codes.data(), mask, start,
-                             p.params, result.codes_out.data(), mask_out, result.model_input.data(),
-                             order);
+      vampnet::mask_git_step(kWhere, shape, p.half_logits.data() + f * item_logits, codes, mask,
+                             start, params, result.codes_out.data(), mask_out,
+                             result.model_input.data(), order);
     else
-      vampnet::mask_git_step(kWhere, shape, p.logits.data(), p.codes.data(), mask, start, p.params,
-                             result.codes_out.data(), mask_out, result.model_input.data(), order);
+      vampnet::mask_git_step(kWhere, shape, p.logits.data() + f * item_logits, codes, mask, start,
+                             params, result.codes_out.data(), mask_out,
+                             result.model_input.data(), order);
   } catch (const InvalidArgument& error) {
     result.error = error.what();
   }
@@ -416,8 +426,14 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
   } else {
     p.logits = make_logits(in, n_logits);
   }
+  // Last, so that inputs from before batch_offset existed (the regressions) still mean 0.
+  const int64_t max_offset = (int64_t{1} << 32) - batch;
+  p.params.batch_offset = in.ConsumeBool() ? in.PickValueInArray<int64_t>(
+                                                 {max_offset, max_offset + 1, -1, kInt64Max,
+                                                  kInt64Min, int64_t{1} << 31})
+                                           : in.ConsumeIntegralInRange<int64_t>(0, 7);
 
-  const StepResult got = run_step(p, batch, false, forward_order);
+  const StepResult got = run_step(p, 0, batch, false, forward_order);
 
   // The contract's verdict, check by check.
   const MaskStepParams& params = p.params;
@@ -426,6 +442,7 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
                params.mask_temperature < kInf;
   valid = valid && (bad_shape == 0 || bad_shape > 6) && vocab >= 1 && batch < (int64_t{1} << 32) &&
           positions < (int64_t{1} << 32) && (!p.has_start || p.start_shape[0] == batch);
+  valid = valid && params.batch_offset >= 0 && params.batch_offset <= max_offset;
   for (int64_t i = 0; valid && i < cells; ++i) {
     const int64_t b = i / (codebooks * frames), c = (i / frames) % codebooks, t = i % frames;
     if (p.mask[i])
@@ -439,8 +456,8 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
   FUZZ_CHECK(got.error.empty() == valid);
   if (!valid) check_error_format(got.error);
 
-  FUZZ_CHECK(run_step(p, batch, false, reverse_order) == got);
-  if (half) FUZZ_CHECK(run_step(p, batch, true, forward_order) == got);
+  FUZZ_CHECK(run_step(p, 0, batch, false, reverse_order) == got);
+  if (half) FUZZ_CHECK(run_step(p, 0, batch, true, forward_order) == got);
   if (!valid) return;
 
   const bool last = params.step == params.n_steps - 1;
@@ -476,14 +493,18 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
     if (!last && before >= 2) FUZZ_CHECK(after < before);  // every step but the last reveals
   }
 
-  // Per-item schedule: an item's outputs do not depend on the items after it.
+  // Per-item schedule: a batch cut after its first item (the tail with batch_offset + 1) gives
+  // the one-call outputs: an item depends on its own inputs and stream index only.
   if (!params.batch_coupled && batch >= 2 && cells > 0) {
-    const StepResult prefix = run_step(p, batch - 1, false, forward_order);
-    const size_t n = prefix.codes_out.size();
-    FUZZ_CHECK(prefix.error.empty());
-    FUZZ_CHECK(std::equal(prefix.codes_out.begin(), prefix.codes_out.end(), got.codes_out.begin()));
-    FUZZ_CHECK(std::equal(prefix.mask_out.begin(), prefix.mask_out.end(), got.mask_out.begin()));
-    FUZZ_CHECK(n == static_cast<size_t>((batch - 1) * codebooks * frames));
+    const size_t n = static_cast<size_t>(codebooks * frames);
+    const StepResult head = run_step(p, 0, 1, false, forward_order);
+    const StepResult tail = run_step(p, 1, batch, false, forward_order);
+    FUZZ_CHECK(head.error.empty() && tail.error.empty());
+    FUZZ_CHECK(head.codes_out.size() == n && tail.codes_out.size() == got.codes_out.size() - n);
+    FUZZ_CHECK(std::equal(head.codes_out.begin(), head.codes_out.end(), got.codes_out.begin()));
+    FUZZ_CHECK(std::equal(head.mask_out.begin(), head.mask_out.end(), got.mask_out.begin()));
+    FUZZ_CHECK(std::equal(tail.codes_out.begin(), tail.codes_out.end(), got.codes_out.begin() + n));
+    FUZZ_CHECK(std::equal(tail.mask_out.begin(), tail.mask_out.end(), got.mask_out.begin() + n));
   }
 }
 

@@ -9,7 +9,7 @@ namespace vampnet::ort {
 // CheckRange(x float64 scalar) -> ok bool scalar (always true): fails with
 // "<where>: <name> must be in [min, max], got <x>" unless min <= x <= max. Attributes name,
 // where (strings), min, max (floats). A graph makes its consumers depend on the check with
-// Where(ok, value, value). Contract: docs/ops.md.
+// Where(ok, value, 0). Contract: docs/ops.md.
 struct CheckRangeKernel {
   std::string name, where;
   double low = 0.0, high = 0.0;

@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Export VampNet checkpoints to DIR: codec.encode.onnx and codec.decode.onnx (the LAC "
             "codec: audio <-> codes), and for each model given KIND.onnx (the transformer, "
             "codes -> logits) and KIND.generate.onnx (the whole generation loop in one graph: "
-            "codes, mask, n_steps, temperature, top_k, top_p, mask_temperature, seed -> "
-            "codes_out; see docs/generation.md)."
+            "codes, mask, n_steps, temperature, top_k, top_p, mask_temperature, seed, "
+            "batch_offset -> codes_out; see docs/generation.md). --single-graph adds vamp.onnx, "
+            "the whole vamp in one graph: audio -> audio."
         ),
     )
     bundle.add_argument("--coarse", type=Path, help="coarse.pth")

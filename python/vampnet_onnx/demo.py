@@ -61,10 +61,30 @@ def spectrogram_db(x: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarr
     return np.clip(db - db.max(), -80.0, 0.0)
 
 
-def spectrogram_image(signals: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    """Spectrograms of mono signals stacked top to bottom (low frequencies at the bottom of
-    each), `gap` white rows between them: uint8 RGB ``[H, W, 3]``, W = the longest."""
-    panels = [spectrogram_db(s)[::-1] for s in signals]
+#: Rows of a spectrogram panel, log-spaced from `_F_MIN` Hz to Nyquist (as a musician reads it).
+LOG_ROWS = 256
+_F_MIN = 40.0
+
+
+def log_frequency(db: np.ndarray, sample_rate: int, rows: int = LOG_ROWS) -> np.ndarray:
+    """`spectrogram_db` output ``[bins, frames]`` resampled onto `rows` log-spaced frequencies
+    from 40 Hz to Nyquist (linear interpolation between bins): ``[rows, frames]``, low first."""
+    bins = db.shape[0]
+    nyquist = sample_rate / 2
+    freqs = _F_MIN * (nyquist / _F_MIN) ** (np.arange(rows) / (rows - 1))
+    position = freqs / nyquist * (bins - 1)
+    low = np.minimum(position.astype(int), bins - 2)
+    frac = (position - low)[:, None]
+    return db[low] * (1 - frac) + db[low + 1] * frac
+
+
+def spectrogram_image(
+    signals: list[np.ndarray], sample_rate: int = 44100, gap: int = 4
+) -> np.ndarray:
+    """Spectrograms of mono signals at `sample_rate` stacked top to bottom, each `LOG_ROWS` rows
+    on a log frequency axis (40 Hz at the bottom, Nyquist at the top), `gap` white rows between
+    them: uint8 RGB ``[H, W, 3]``, W = the longest."""
+    panels = [log_frequency(spectrogram_db(s), sample_rate)[::-1] for s in signals]
     width = max(p.shape[1] for p in panels)
     rows = []
     for i, panel in enumerate(panels):

@@ -177,7 +177,7 @@ CHECK_RANGE = OpSchema(
         Port(
             "ok",
             (TensorProto.BOOL,),
-            "scalar true; the op fails instead of returning false. Where(ok, v, v) makes v's "
+            "scalar true; the op fails instead of returning false. Where(ok, v, 0) makes v's "
             "consumers wait for the check",
         ),
     ),

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,19 @@ CONTEXT_FRAMES = 32
 C2F_STREAM_BASE = 2**30
 
 
+def require_files(folder: str | Path, names: Sequence[str], what: str) -> Path:
+    """`folder` as a Path, or FileNotFoundError "<what> must be a folder with <names>
+    (vampnet-onnx export), got '<folder>' without <the missing ones>"."""
+    folder = Path(folder)
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{what} must be a folder with {', '.join(names)} (vampnet-onnx export), got "
+            f"'{folder}' without {', '.join(missing)}"
+        )
+    return folder
+
+
 def check_mask_settings(settings: dict, where: str) -> None:
     """The mask settings within `ops.VAMP_LIMITS` (the single graph's CheckRange bounds), with
     the message the graph gives; ints where the graph takes int64."""
@@ -94,8 +107,96 @@ def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
-class _AudioFiles:
-    """`vamp_file` for the classes with a `vamp(samples, sample_rate, **settings)`."""
+class _AudioToAudio:
+    """`vamp` and `vamp_file` around a subclass's `_vamp_preprocessed` (the codec-rate part):
+    settings checked before any work, `audio.preprocess` before, `audio.restore` after."""
+
+    sample_rate: int
+    #: Whether `vamp` can keep frames around detected onsets (onset_mask_width > 0).
+    has_onset_mask = True
+
+    def vamp(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        seed: int = 0,
+        steps: int = 36,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        mask_temperature: float = 10.5,
+        periodic_prompt: int = 7,
+        periodic_width: int = 1,
+        upper_codebook_mask: int = 3,
+        onset_mask_width: int = 0,
+        prefix_s: float = 0.0,
+        suffix_s: float = 0.0,
+        dropout: float = 0.0,
+        keep_rate: bool = True,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, int]:
+        """Vamp on `samples` with VampNet's app defaults (SPEC §4.7).
+
+        Args:
+            samples: float ``[N]`` or ``[channels, N]`` in [-1, 1], N >= 1.
+            sample_rate: Hz.
+            seed: any int64: the key of every random draw (mask and generation).
+            steps, temperature, top_k, top_p, mask_temperature: the coarse stage's sampling
+                (`Generator.generate`); c2f always uses upstream's fixed settings.
+            periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width, prefix_s,
+                suffix_s, dropout: the mask (`masks.build_mask`; 0 turns a periodic prompt or
+                onset mask off; `SingleGraphVamp` has no onset mask).
+            keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
+            progress: tqdm bars over the chunks of each stage (`Vamp`; the single graph is one
+                run and shows none).
+
+        Returns:
+            (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
+            N' = N when `keep_rate`.
+        """
+        where = f"{type(self).__name__}.vamp"
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, int | np.integer)
+            or not (-(2**63) <= seed < 2**63)
+        ):
+            raise ValueError(f"{where}: seed must be an int64, got {seed!r}")
+        mask_settings = dict(
+            periodic_prompt=periodic_prompt,
+            periodic_width=periodic_width,
+            upper_codebook_mask=upper_codebook_mask,
+            onset_mask_width=onset_mask_width,
+            prefix_s=prefix_s,
+            suffix_s=suffix_s,
+            dropout=dropout,
+        )
+        check_mask_settings(mask_settings, where)
+        if onset_mask_width != 0 and not self.has_onset_mask:
+            raise ValueError(
+                f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
+                f"use a models folder), got {onset_mask_width!r}"
+            )
+        sampling = dict(
+            steps=steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            mask_temperature=mask_temperature,
+        )
+        # Fail on bad settings before the (slow) work rather than in the middle of it.
+        Generator._check_settings(seed=seed, **sampling)
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
+        y = self._vamp_preprocessed(x, int(seed), mask_settings, sampling, progress)
+        if not keep_rate:
+            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
+        return audio.restore(y, info, self.sample_rate), info.sample_rate
+
+    def _vamp_preprocessed(
+        self, x: np.ndarray, seed: int, mask_settings: dict, sampling: dict, progress: bool
+    ) -> np.ndarray:
+        """Preprocessed mono `x` ``[N]`` at the codec rate -> vamped audio ``[N]``."""
+        raise NotImplementedError
 
     def vamp_file(
         self, in_path: str | Path, out_path: str | Path, **settings: Any
@@ -112,7 +213,7 @@ class _AudioFiles:
         return out_path, out_rate
 
 
-class Vamp(_AudioFiles):
+class Vamp(_AudioToAudio):
     """VampNet's vamp from an exported models folder.
 
     Args:
@@ -136,13 +237,7 @@ class Vamp(_AudioFiles):
         context_frames: int = CONTEXT_FRAMES,
         providers: list | None = None,
     ) -> None:
-        models = Path(models)
-        missing = [name for name in MODEL_FILES if not (models / name).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"Vamp: models must be a folder with {', '.join(MODEL_FILES)} (vampnet-onnx "
-                f"export), got '{models}' without {', '.join(missing)}"
-            )
+        models = require_files(models, MODEL_FILES, "Vamp: models")
         self.codec = audio.Codec(
             models / "codec.encode.onnx", models / "codec.decode.onnx", threads, providers
         )
@@ -185,74 +280,13 @@ class Vamp(_AudioFiles):
             if got != want:
                 raise ValueError(f"Vamp: {name} must be {want} to match the codec, got {got}")
 
-    # --- the whole pipeline ----------------------------------------------------------------
-
-    def vamp(
-        self,
-        samples: np.ndarray,
-        sample_rate: int,
-        *,
-        seed: int = 0,
-        steps: int = 36,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        mask_temperature: float = 10.5,
-        periodic_prompt: int = 7,
-        periodic_width: int = 1,
-        upper_codebook_mask: int = 3,
-        onset_mask_width: int = 0,
-        prefix_s: float = 0.0,
-        suffix_s: float = 0.0,
-        dropout: float = 0.0,
-        keep_rate: bool = True,
-        progress: bool = False,
-    ) -> tuple[np.ndarray, int]:
-        """Vamp on `samples` with VampNet's app defaults (SPEC §4.7).
-
-        Args:
-            samples: float ``[N]`` or ``[channels, N]`` in [-1, 1], N >= 1.
-            sample_rate: Hz.
-            seed: any int64: the key of every random draw (mask and generation).
-            steps, temperature, top_k, top_p, mask_temperature: the coarse stage's sampling
-                (`Generator.generate`); c2f always uses upstream's fixed settings.
-            periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width, prefix_s,
-                suffix_s, dropout: the mask (`masks.build_mask`; 0 turns a periodic prompt or
-                onset mask off).
-            keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
-            progress: tqdm bars over the chunks of each stage.
-
-        Returns:
-            (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
-            N' = N when `keep_rate`.
-        """
-        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
-        mask = self.build_mask(
-            x,
-            seed,
-            periodic_prompt=periodic_prompt,
-            periodic_width=periodic_width,
-            upper_codebook_mask=upper_codebook_mask,
-            onset_mask_width=onset_mask_width,
-            prefix_s=prefix_s,
-            suffix_s=suffix_s,
-            dropout=dropout,
-        )
-        sampling = dict(
-            steps=steps,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            mask_temperature=mask_temperature,
-        )
-        # Fail on bad settings before the (slow) encode rather than at the first chunk.
-        Generator._check_settings(seed=seed, **sampling)
+    def _vamp_preprocessed(
+        self, x: np.ndarray, seed: int, mask_settings: dict, sampling: dict, progress: bool
+    ) -> np.ndarray:
+        mask = self.build_mask(x, seed, **mask_settings)
         codes = self.encode(x, progress)
         codes = self.generate(codes, mask, seed, progress=progress, **sampling)
-        y = self.decode(codes, x.shape[0], progress)
-        if not keep_rate:
-            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
-        return audio.restore(y, info, self.sample_rate), info.sample_rate
+        return self.decode(codes, x.shape[0], progress)
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -388,7 +422,7 @@ class Vamp(_AudioFiles):
         return out[:, :, :n_frames]
 
 
-class SingleGraphVamp(_AudioFiles):
+class SingleGraphVamp(_AudioToAudio):
     """`Vamp` from one ``vamp.onnx`` (``vampnet-onnx export --single-graph``, `export.vamp`).
 
     Same results as `Vamp` on inputs short enough for one codec segment (about 30 s; longer
@@ -401,6 +435,8 @@ class SingleGraphVamp(_AudioFiles):
         path: the ``vamp.onnx`` file (with ``vamp.onnx.data`` beside it for full-size models).
         threads, providers, python_ops: as `Vamp` / `create_session`.
     """
+
+    has_onset_mask = False
 
     def __init__(
         self,
@@ -426,49 +462,10 @@ class SingleGraphVamp(_AudioFiles):
         self.hop_length = int(config["hop_length"])
         self.settings = json.loads(meta.get(ops.VAMP_KEY, "{}"))
 
-    def vamp(
-        self,
-        samples: np.ndarray,
-        sample_rate: int,
-        *,
-        seed: int = 0,
-        steps: int = 36,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        mask_temperature: float = 10.5,
-        periodic_prompt: int = 7,
-        periodic_width: int = 1,
-        upper_codebook_mask: int = 3,
-        onset_mask_width: int = 0,
-        prefix_s: float = 0.0,
-        suffix_s: float = 0.0,
-        dropout: float = 0.0,
-        keep_rate: bool = True,
-        progress: bool = False,
-    ) -> tuple[np.ndarray, int]:
-        """`Vamp.vamp` in one run of the graph (`progress` is accepted and ignored)."""
-        where = "SingleGraphVamp.vamp"
-        if onset_mask_width != 0:
-            raise ValueError(
-                f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
-                f"use a models folder), got {onset_mask_width!r}"
-            )
-        mask_settings = dict(
-            periodic_prompt=periodic_prompt,
-            periodic_width=periodic_width,
-            upper_codebook_mask=upper_codebook_mask,
-            prefix_s=prefix_s,
-            suffix_s=suffix_s,
-            dropout=dropout,
-        )
-        check_mask_settings(mask_settings, where)
-        sampling = Generator._check_settings(
-            steps, temperature, top_k, top_p, mask_temperature, seed
-        )
-        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
-        feed = {"audio": x, **ops.VAMP.feed(**sampling, **mask_settings)}
-        y = self.session.run(["audio_out"], feed)[0]
-        if not keep_rate:
-            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
-        return audio.restore(y, info, self.sample_rate), info.sample_rate
+    def _vamp_preprocessed(
+        self, x: np.ndarray, seed: int, mask_settings: dict, sampling: dict, progress: bool
+    ) -> np.ndarray:
+        mask_settings = {k: v for k, v in mask_settings.items() if k != "onset_mask_width"}
+        settings = Generator._check_settings(seed=seed, **sampling)
+        feed = {"audio": x, **ops.VAMP.feed(**settings, **mask_settings)}
+        return self.session.run(["audio_out"], feed)[0]

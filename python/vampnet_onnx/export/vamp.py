@@ -3,7 +3,7 @@
 Built from the four graphs of an export folder (``codec.encode.onnx``, ``coarse.onnx``,
 ``c2f.onnx``, ``codec.decode.onnx``): the encoder, the mask (`masks.build_mask` without the
 onset mask), the coarse stage as a `Loop` over 10-s chunks whose body holds the coarse generation
-loop, the coarse-to-fine stage as one batch of 3-s chunks, and the decoder. It computes what
+loop, the coarse-to-fine stage as a `Loop` over 3-s chunks, and the decoder. It computes what
 `pipeline.Vamp` computes on the same (preprocessed) audio, token for token: every random draw is
 keyed by the one seed at a fixed place of the ops' counter-based streams (see `pipeline`).
 
@@ -32,7 +32,7 @@ from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, Topologica
 
 from .. import masks, ops
 from ..audio import read_codec_config
-from ..pipeline import C2F_STEPS, C2F_STREAM_BASE
+from ..pipeline import C2F_CHUNK_S, C2F_STEPS, C2F_STREAM_BASE, COARSE_CHUNK_S, require_files
 from .generation import build_generation_model
 
 VAMP_FILE = "vamp.onnx"
@@ -155,7 +155,10 @@ def _build_mask(
             {"name": name, "where": "Vamp", "min": float(low), "max": float(high)},
             domain=ops.DOMAIN,
         )
-        inputs[name] = tape.op("Where", [ok, inputs[name], inputs[name]])
+        # Read through Where(ok, value, 0): every consumer waits for the check, and no optimizer
+        # can drop it (ok is not a constant to it).
+        fallback = tape.op("CastLike", [_i64(tape, 0), inputs[name]])
+        inputs[name] = tape.op("Where", [ok, inputs[name], fallback])
     zero, one = _i64(tape, 0), _i64(tape, 1)
     t = tape.op("Range", [zero, n_frames, one])  # [T]
 
@@ -175,7 +178,7 @@ def _build_mask(
     period = inputs["periodic_prompt"]
     safe_period = tape.op("Max", [period, one])
     half = tape.op("Div", [inputs["periodic_width"], _i64(tape, 2)])
-    [one_row] = [_i64(tape, [1])]
+    one_row = _i64(tape, [1])
     roll = tape.op(
         "Squeeze",
         [
@@ -381,8 +384,8 @@ def build_vamp_model(
     for name, (got, want) in expected.items():
         if got != want:
             raise ValueError(f"build_vamp_model: {name} must be {want!r}, got {got!r}")
-    coarse_chunk = _chunk_frames(10.0, codec_config)
-    c2f_chunk = _chunk_frames(3.0, codec_config)
+    coarse_chunk = _chunk_frames(COARSE_CHUNK_S, codec_config)
+    c2f_chunk = _chunk_frames(C2F_CHUNK_S, codec_config)
     n_codebooks = int(codec_config["n_codebooks"])
 
     schema = ops.VAMP
@@ -528,13 +531,7 @@ def build_vamp_model(
 def export_vamp(models_dir: str | Path, out_path: str | Path | None = None) -> VampExport:
     """An export folder (`SOURCE_FILES`) -> ``vamp.onnx`` (default: in that folder), checked
     with onnx.checker. Weights over protobuf's 2 GiB limit go to ``<out>.data`` beside it."""
-    models_dir = Path(models_dir)
-    missing = [name for name in SOURCE_FILES if not (models_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"export_vamp: models_dir must hold {', '.join(SOURCE_FILES)} (vampnet-onnx export), "
-            f"got '{models_dir}' without {', '.join(missing)}"
-        )
+    models_dir = require_files(models_dir, SOURCE_FILES, "export_vamp: models_dir")
     read_codec_config(models_dir / SOURCE_FILES[0])  # a clear error for a foreign encoder
     loaded = [ir.load(str(models_dir / name)) for name in SOURCE_FILES]
     model = build_vamp_model(*loaded)

@@ -151,3 +151,22 @@ def test_demo_exports_once_and_writes_audio_and_spectrograms(tmp_path, monkeypat
     stamp = (models / "coarse.generate.onnx").stat().st_mtime_ns
     assert cli.main(argv) == 0
     assert (models / "coarse.generate.onnx").stat().st_mtime_ns == stamp
+
+
+def test_demo_exports_again_when_the_cache_is_from_other_contracts(tmp_path, monkeypatch):
+    """A demo cache exported for other graph inputs (an older version) is exported again
+    instead of failing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    models = cli.demo_cache() / "models"
+    models.mkdir(parents=True)
+    for name in (
+        "codec.encode.onnx",
+        "coarse.generate.onnx",
+        "c2f.generate.onnx",
+        "codec.decode.onnx",
+    ):
+        (models / name).write_bytes(b"stale")
+    (models / "contracts.json").write_text('{"generation": ["codes"]}')
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--seconds", "1", "--steps", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    assert (models / "coarse.generate.onnx").read_bytes() != b"stale"

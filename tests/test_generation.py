@@ -278,6 +278,20 @@ def test_generator_refuses_other_graphs(tmp_path):
         vampnet_onnx.Generator(path)
 
 
+def test_generator_names_what_an_older_generation_graph_lacks(models, tmp_path):
+    """A generation graph from before an input was added gets an error that says so."""
+    model = onnx.load(str(models["graph"]))
+    kept = [i for i in model.graph.input if i.name != "batch_offset"]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    zero = onnx.helper.make_tensor("batch_offset", onnx.TensorProto.INT64, [], [0])
+    model.graph.initializer.append(zero)  # the graph stays valid; the input is gone
+    path = tmp_path / "old.generate.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match="missing batch_offset: exported by an older vampnet-onnx"):
+        vampnet_onnx.Generator(path)
+
+
 def test_loop_invariant_work_is_hoisted_out_of_the_body(models):
     """The relative position bias depends only on T: it is computed once, before the loop, and
     every node left in the body reads something that changes from step to step."""

@@ -154,13 +154,32 @@ def demo_cache() -> Path:
     return Path(base) / "vampnet-onnx" / "demo"
 
 
+def _demo_stamp() -> str:
+    """What the cached demo models must have been exported for: the graph contracts' inputs
+    (an export from an older version with other inputs is made again)."""
+    import json
+
+    from . import ops
+
+    return json.dumps(
+        {name: schema.input_names for name, schema in (("generation", ops.GENERATION),)},
+        sort_keys=True,
+    )
+
+
 def _demo_models(verbose: bool) -> Path:
-    """The demo's exported models folder, created on first use (needs torch)."""
+    """The demo's exported models folder, created on first use (needs torch) and again when
+    it was exported for other graph contracts."""
     from . import testing
     from .pipeline import MODEL_FILES
 
     models = demo_cache() / "models"
-    if all((models / name).is_file() for name in MODEL_FILES):
+    stamp = models / "contracts.json"
+    if (
+        all((models / name).is_file() for name in MODEL_FILES)
+        and stamp.is_file()
+        and stamp.read_text() == _demo_stamp()
+    ):
         return models
     models.parent.mkdir(parents=True, exist_ok=True)
     # Export into a fresh folder and rename it at the end, so an interrupted export is not
@@ -178,6 +197,7 @@ def _demo_models(verbose: bool) -> Path:
             export_argv.append("--verbose")
         export_args = build_parser().parse_args(export_argv)
         export_args.handler(export_args)
+        (staging / "models" / "contracts.json").write_text(_demo_stamp())
         shutil.rmtree(models, ignore_errors=True)
         (staging / "models").rename(models)
     finally:

@@ -71,9 +71,16 @@ class Generator:
             self.mode = "python-loop"
             self.batch_coupled = bool(batch_coupled)
         else:
+            missing = [n for n in ops.GENERATION.input_names if n not in input_names]
+            hint = (
+                f" (missing {', '.join(missing)}: exported by an older vampnet-onnx? export it "
+                "again)"
+                if set(input_names) < set(ops.GENERATION.input_names)
+                else ""
+            )
             raise ValueError(
                 f"Generator: path must hold a generation or transformer graph, got inputs "
-                f"{input_names}"
+                f"{input_names}{hint}"
             )
         self.threads = threads or 1
 

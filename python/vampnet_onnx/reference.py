@@ -209,7 +209,9 @@ def _sample_rows(
         keep &= keep_sorted
 
     scale = 1.0 if temperature in (0.0, 1.0) else float(temperature)
-    weight = np.where(keep, det_exp((x - x_max) / scale), 0.0)
+    # Removed tokens (-inf, filtered) get no weight; dividing only kept logits keeps
+    # -inf / +inf (temperature +inf) out of the arithmetic.
+    weight = np.where(keep, det_exp(np.where(keep, x - x_max, 0.0) / scale), 0.0)
     running = np.cumsum(weight, axis=1)
     total = running[:, -1]
 
@@ -290,6 +292,20 @@ def noise_scale(mask_temperature: float, step: int, n_steps: int) -> np.float32:
 def gumbel(u: np.ndarray) -> np.ndarray:
     """Standard Gumbel noise -log(-log(U)), U = max(u, 1e-20), as float32."""
     return (-det_log(-det_log(np.maximum(u, 1e-20)))).astype(np.float32)
+
+
+def _checked_n0(where: str, n_masked_start, batch: int, positions: int) -> np.ndarray:
+    """n_masked_start as MaskGitStep checks it: int64 [B], each in [0, T * P]."""
+    n0 = np.asarray(n_masked_start)
+    if n0.dtype != np.int64:
+        _fail(where, "n_masked_start", "be a int64 array", n0.dtype)
+    if n0.shape != (batch,):
+        _fail(where, "n_masked_start", f"have shape [B] = [{batch}]", list(n0.shape))
+    bad = (n0 < 0) | (n0 > positions)
+    if bad.any():
+        b = int(np.argmax(bad))
+        _fail(where, "n_masked_start", f"be in [0, T * P = {positions}]", f"{n0[b]} for item {b}")
+    return n0
 
 
 def mask_git_step(
@@ -378,24 +394,15 @@ def mask_git_step(
         )
 
     positions = frames * predicted
+    if n_masked_start is not None:
+        n_masked_start = _checked_n0(where, n_masked_start, batch, positions)
+    if codes.size == 0:
+        # No cells: nothing to sample or write, and no per-item work (B may be 2^32 - 1).
+        return codes.copy(), np.zeros_like(mask), codes.copy()
     # Flat position p = t * P + c over the predicted codebooks, as upstream's codebook_flatten.
     flat_mask = mask[:, ncc:, :].transpose(0, 2, 1).reshape(batch, positions)
     counts = flat_mask.sum(axis=1).astype(np.int64)
-    if n_masked_start is None:
-        n0 = counts.copy()
-    else:
-        n0 = np.asarray(n_masked_start)
-        if n0.dtype != np.int64:
-            _fail(where, "n_masked_start", "be a int64 array", n0.dtype)
-        if n0.shape != (batch,):
-            _fail(where, "n_masked_start", f"have shape [B] = [{batch}]", list(n0.shape))
-        bad = (n0 < 0) | (n0 > positions)
-        if bad.any():
-            b = int(np.argmax(bad))
-            _fail(
-                where, "n_masked_start", f"be in [0, T * P = {positions}]", f"{n0[b]} for item {b}"
-            )
-        n0 = n0.copy()
+    n0 = counts.copy() if n_masked_start is None else n_masked_start.copy()
     if batch_coupled:
         n0[:] = n0.sum()
 

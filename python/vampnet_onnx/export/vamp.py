@@ -495,6 +495,9 @@ def build_vamp_model(
         main_nodes.append(copy)
         outputs.append(copy.outputs[0])
 
+    # Every weight is a main-graph initializer, read by the loop bodies from the outer scope.
+    # (Kept in the chunk loops' bodies instead, the full-size coarse step ran at about the same
+    # speed but peak RSS rose from 4.0 to 6.5 GB.)
     initializers = [v for c in components.values() for v in c.initializers]
     graph = ir.Graph(
         list(inputs.values()),
@@ -537,7 +540,12 @@ def export_vamp(models_dir: str | Path, out_path: str | Path | None = None) -> V
     model = build_vamp_model(*loaded)
     out_path = Path(out_path) if out_path is not None else models_dir / VAMP_FILE
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value)
+    size = sum(
+        v.const_value.nbytes
+        for graph in model.graphs()
+        for v in graph.initializers.values()
+        if v.const_value is not None
+    )
     data_path = None
     if size > _PROTO_LIMIT:
         data_path = out_path.with_name(out_path.name + ".data")

@@ -53,7 +53,9 @@ def _contenders(sessions, torch, logits, codes, mask, settings, threads) -> dict
         "codes": codes,
         "mask": mask,
         "n_masked_start": n0,
-        **ops.MASK_GIT_STEP.feed(**settings, step=0, n_steps=36, mask_temperature=10.5, seed=1),
+        **ops.MASK_GIT_STEP.feed(
+            **settings, step=0, n_steps=36, mask_temperature=10.5, seed=1, batch_offset=0
+        ),
     }
     sample_feed = ops.SAMPLE_TOKENS.feed(logits=flat, **settings, seed=1, offset=0, first_row=0)
     contenders = {

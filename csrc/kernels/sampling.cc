@@ -34,9 +34,12 @@ void softmax_weights(const float* x, const char* keep, size_t n, float top, doub
   } else {
     for (size_t i = 0; i < n; ++i) weight[i] = weight_of(x[i], top, 1.0, false);
   }
-  if (keep != nullptr) {
-    for (size_t i = 0; i < n; ++i) weight[i] = keep[i] ? weight[i] : 0.0;
-  }
+  if (keep != nullptr) zero_removed(keep, n, weight);
+}
+
+VAMPNET_MULTIVERSION
+void zero_removed(const char* keep, size_t n, double* weight) {
+  for (size_t i = 0; i < n; ++i) weight[i] = keep[i] ? weight[i] : 0.0;
 }
 
 VAMPNET_MULTIVERSION

@@ -50,6 +50,8 @@ void softmax_weights(const float* x, const char* keep, size_t n, float top, doub
 // Sum of weight[i] over x[i] > level, in an unspecified order (an estimate: callers leave a
 // margin for rounding).
 double mass_above(const float* x, const double* weight, size_t n, float level);
+// weight[i] = 0 where keep[i] is false.
+void zero_removed(const char* keep, size_t n, double* weight);
 
 // Whether any value is NaN or +inf (the values a row of logits must not hold).
 bool has_nan_or_pos_inf(const float* x, size_t n);
@@ -95,8 +97,11 @@ class RowSampler {
       keep = keep_.data();
     }
     const bool unit_scale = params.temperature == 0.0f || params.temperature == 1.0f;
-    softmax_weights(x, keep, vocab, x_max, unit_scale ? 1.0 : static_cast<double>(params.temperature),
-                    weight_.data());
+    if (top_p_on && unit_scale)  // weight_ holds these weights already: drop the removed ones
+      zero_removed(keep, vocab, weight_.data());
+    else
+      softmax_weights(x, keep, vocab, x_max,
+                      unit_scale ? 1.0 : static_cast<double>(params.temperature), weight_.data());
 
     double total = 0.0;
     for (size_t i = 0; i < vocab; ++i) total += weight_[i];

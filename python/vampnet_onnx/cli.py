@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--single-graph",
         action="store_true",
         help="also write DIR/vamp.onnx: the whole vamp (encoder, mask, coarse and c2f loops, "
-        "decoder) in one graph, audio in and out (needs --coarse and --c2f; see "
-        "docs/generation.md)",
+        "decoder) in one graph, audio in and out (needs --coarse and --c2f; per-item schedule "
+        "and no trace whatever --trace / --batch-coupled say; see docs/generation.md)",
     )
     bundle.add_argument(
         "--batch-coupled",

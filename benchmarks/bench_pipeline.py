@@ -32,7 +32,7 @@ STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
 def _child(workdir: Path, seconds: float, steps: int, threads: int, repeats: int):
     """In a fresh process: load, run the stages `repeats` times; returns (per-stage lists of
     seconds, load seconds, peak RSS MiB)."""
-    from vampnet_onnx import audio, demo
+    from vampnet_onnx import audio, demo, ops
     from vampnet_onnx.pipeline import Vamp
 
     start = time.perf_counter()
@@ -40,15 +40,9 @@ def _child(workdir: Path, seconds: float, steps: int, threads: int, repeats: int
     load_s = time.perf_counter() - start
     sample_rate = 44100
     samples = demo.synth_music(seconds, sample_rate)
-    mask_settings = dict(
-        periodic_prompt=7,
-        periodic_width=1,
-        upper_codebook_mask=3,
-        onset_mask_width=0,
-        prefix_s=0.0,
-        suffix_s=0.0,
-        dropout=0.0,
-    )
+    # VampNet's default mask (the single graph's defaults), no onset mask.
+    mask_settings = {name: ops.VAMP_DEFAULTS[name] for name in ops.VAMP_LIMITS}
+    mask_settings["onset_mask_width"] = 0
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for _ in range(repeats):
         clock = time.perf_counter()

@@ -161,10 +161,7 @@ def _demo_stamp() -> str:
 
     from . import ops
 
-    return json.dumps(
-        {name: schema.input_names for name, schema in (("generation", ops.GENERATION),)},
-        sort_keys=True,
-    )
+    return json.dumps({"generation": ops.GENERATION.input_names})
 
 
 def _demo_models(verbose: bool) -> Path:

@@ -305,9 +305,8 @@ class Vamp(_AudioToAudio):
             raise ValueError(f"Vamp.vamp: seed must be an int64, got {seed!r}")
         check_mask_settings(settings, "Vamp.vamp")
         shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
-        for name in ("prefix_s", "suffix_s", "dropout"):
-            if not isinstance(settings[name], bool) and isinstance(settings[name], int | float):
-                settings[name] = float(np.float32(settings[name]))
+        for name in ("prefix_s", "suffix_s", "dropout"):  # numbers: checked just above
+            settings[name] = float(np.float32(settings[name]))
         return masks.build_mask(
             shape,
             masks.StreamRandom(int(seed)),

@@ -20,7 +20,6 @@ Contract: `vampnet_onnx.ops.VAMP`; docs/generation.md. Built with onnx-ir; torch
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from onnx_ir import tape as ir_tape
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, TopologicalSortPass
 
 from .. import masks, ops
-from ..audio import read_codec_config
 from ..pipeline import C2F_CHUNK_S, C2F_STEPS, C2F_STREAM_BASE, COARSE_CHUNK_S, require_files
 from .generation import build_generation_model
 
@@ -52,8 +50,18 @@ class VampExport:
     settings: dict
 
 
-def _i64(tape: ir_tape.Tape, value, name: str | None = None) -> ir.Value:
-    return tape.op("Constant", [], {"value": ir.tensor(np.asarray(value, np.int64), name=name)})
+def _i64(tape: ir_tape.Tape, value) -> ir.Value:
+    return tape.op("Constant", [], {"value": ir.tensor(np.asarray(value, np.int64))})
+
+
+def _metadata(model: ir.Model, key: str, name: str) -> dict:
+    """The JSON config a vampnet_onnx export stores under `key`, or a ValueError naming it."""
+    if key not in model.metadata_props:
+        raise ValueError(
+            f"build_vamp_model: {name} must be a graph written by vampnet-onnx export with "
+            f"metadata {key}, got none"
+        )
+    return json.loads(model.metadata_props[key])
 
 
 def _walk_values(graph: ir.Graph):
@@ -369,9 +377,9 @@ def build_vamp_model(
     decode: ir.Model,
 ) -> ir.Model:
     """The single graph from the four loaded source graphs (which are consumed)."""
-    codec_config = json.loads(encode.metadata_props[ops.CODEC_CONFIG_KEY])
-    coarse_config = json.loads(coarse.metadata_props[ops.CONFIG_KEY])
-    c2f_config = json.loads(c2f.metadata_props[ops.CONFIG_KEY])
+    codec_config = _metadata(encode, ops.CODEC_CONFIG_KEY, "encode")
+    coarse_config = _metadata(coarse, ops.CONFIG_KEY, "coarse")
+    c2f_config = _metadata(c2f, ops.CONFIG_KEY, "c2f")
     n_coarse = int(coarse_config["n_codebooks"])
     expected = {
         "coarse kind": (coarse_config.get("kind"), "coarse"),
@@ -535,7 +543,6 @@ def export_vamp(models_dir: str | Path, out_path: str | Path | None = None) -> V
     """An export folder (`SOURCE_FILES`) -> ``vamp.onnx`` (default: in that folder), checked
     with onnx.checker. Weights over protobuf's 2 GiB limit go to ``<out>.data`` beside it."""
     models_dir = require_files(models_dir, SOURCE_FILES, "export_vamp: models_dir")
-    read_codec_config(models_dir / SOURCE_FILES[0])  # a clear error for a foreign encoder
     loaded = [ir.load(str(models_dir / name)) for name in SOURCE_FILES]
     model = build_vamp_model(*loaded)
     out_path = Path(out_path) if out_path is not None else models_dir / VAMP_FILE
@@ -557,12 +564,3 @@ def export_vamp(models_dir: str | Path, out_path: str | Path | None = None) -> V
         onnx.checker.check_model(proto, full_check=False)
         onnx.save(proto, str(out_path))
     return VampExport(out_path, data_path, json.loads(model.metadata_props[ops.VAMP_KEY]))
-
-
-__all__: Sequence[str] = (
-    "VAMP_FILE",
-    "SOURCE_FILES",
-    "VampExport",
-    "build_vamp_model",
-    "export_vamp",
-)

@@ -29,15 +29,15 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import machine_facts, median_seconds, parser, print_table, write_json
-from vampnet_onnx import testing
+from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import VampNetConfig
 from vampnet_onnx.export.transformer import export_transformer
 from vampnet_onnx.model.transformer import load_transformer
 
 MATMUL_N = 2048
 WORKLOADS = (  # (kind, constructor kwargs, batch, frames)
-    ("coarse", testing.COARSE_KWARGS, 1, 575),  # 10 s at 44.1 kHz, hop 768
-    ("c2f", testing.C2F_KWARGS, 1, 173),  # 3 s
+    ("coarse", configs.COARSE_KWARGS, 1, 575),  # 10 s at 44.1 kHz, hop 768
+    ("c2f", configs.C2F_KWARGS, 1, 173),  # 3 s
 )
 
 
@@ -150,7 +150,7 @@ def prepare(workdir: Path, kind: str, kwargs: dict) -> tuple[Path, Path]:
     """(checkpoint, exported model) for one workload, created on first use."""
     codec = workdir / "codec.pth"
     if not codec.exists():
-        testing.write_codec_checkpoint(codec, testing.CODEC_KWARGS, seed=3)
+        testing.write_codec_checkpoint(codec, configs.CODEC_KWARGS, seed=3)
     ckpt, model = workdir / f"{kind}.pth", workdir / f"{kind}.onnx"
     if not ckpt.exists():
         testing.write_vampnet_checkpoint(ckpt, kwargs, seed={"coarse": 1, "c2f": 2}[kind])

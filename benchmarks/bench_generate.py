@@ -101,29 +101,29 @@ def _current(graph: Path) -> bool:
     """Whether a cached generation graph has today's inputs (else it is exported again)."""
     import onnx
 
-    from vampnet_onnx import ops
+    from vampnet_onnx import contracts
 
     model = onnx.load(str(graph), load_external_data=False)
-    return [i.name for i in model.graph.input] == ops.GENERATION.input_names
+    return [i.name for i in model.graph.input] == contracts.GENERATION.input_names
 
 
 def prepare(workdir: Path, kind: str) -> dict:
     """Checkpoint, transformer and generation graph of one model, created on first use."""
     from benchmarks.bench_forward import prepare as prepare_transformer
-    from vampnet_onnx import testing
+    from vampnet_onnx import configs, testing
     from vampnet_onnx.export.generation import export_generation
 
     if kind == "coarse-tiny":
         from vampnet_onnx.export.transformer import export_transformer
 
         codec = workdir / "codec-tiny.pth"
-        testing.write_codec_checkpoint(codec, testing.TINY_CODEC_KWARGS, seed=3)
+        testing.write_codec_checkpoint(codec, configs.TINY_CODEC_KWARGS, seed=3)
         checkpoint = testing.write_vampnet_checkpoint(
-            workdir / f"{kind}.pth", testing.TINY_COARSE_KWARGS, seed=1
+            workdir / f"{kind}.pth", configs.TINY_COARSE_KWARGS, seed=1
         )
         transformer = export_transformer(checkpoint, codec, workdir / f"{kind}.onnx").path
     else:
-        kwargs = {"coarse": testing.COARSE_KWARGS, "c2f": testing.C2F_KWARGS}[kind]
+        kwargs = {"coarse": configs.COARSE_KWARGS, "c2f": configs.C2F_KWARGS}[kind]
         checkpoint, transformer = prepare_transformer(workdir, kind, kwargs)
         codec = workdir / "codec.pth"
     graph = workdir / f"{kind}.generate.onnx"

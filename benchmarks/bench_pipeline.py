@@ -32,7 +32,7 @@ STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
 def _child(workdir: Path, seconds: float, steps: int, threads: int, repeats: int):
     """In a fresh process: load, run the stages `repeats` times; returns (per-stage lists of
     seconds, load seconds, peak RSS MiB)."""
-    from vampnet_onnx import audio, demo, ops
+    from vampnet_onnx import audio, contracts, demo
     from vampnet_onnx.pipeline import Vamp
 
     start = time.perf_counter()
@@ -41,7 +41,7 @@ def _child(workdir: Path, seconds: float, steps: int, threads: int, repeats: int
     sample_rate = 44100
     samples = demo.synth_music(seconds, sample_rate)
     # VampNet's default mask (the single graph's defaults), no onset mask.
-    mask_settings = {name: ops.VAMP_DEFAULTS[name] for name in ops.VAMP_LIMITS}
+    mask_settings = {name: contracts.VAMP_DEFAULTS[name] for name in contracts.VAMP_LIMITS}
     mask_settings["onset_mask_width"] = 0
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for _ in range(repeats):
@@ -83,21 +83,21 @@ SINGLE_STAGES = ("preprocess", "vamp.onnx run", "restore")
 def _child_single(workdir: Path, seconds: float, steps: int, threads: int, repeats: int):
     """`_child` for the single graph: (per-stage lists of seconds, load seconds, peak RSS MiB)."""
     import vampnet_onnx
-    from vampnet_onnx import audio, demo, ops
+    from vampnet_onnx import audio, contracts, demo
 
     start = time.perf_counter()
     session = vampnet_onnx.create_session(workdir / "vamp.onnx", intra_op_threads=threads)
     load_s = time.perf_counter() - start
     sample_rate = 44100
     samples = demo.synth_music(seconds, sample_rate)
-    settings = ops.VAMP_DEFAULTS | {"n_steps": steps, "seed": 0}
+    settings = contracts.VAMP_DEFAULTS | {"n_steps": steps, "seed": 0}
     times: dict[str, list[float]] = {stage: [] for stage in SINGLE_STAGES}
     for _ in range(repeats):
         clock = time.perf_counter()
         x, info = audio.preprocess(samples, sample_rate)
         times["preprocess"].append(time.perf_counter() - clock)
         clock = time.perf_counter()
-        y = session.run(["audio_out"], {"audio": x, **ops.VAMP.feed(**settings)})[0]
+        y = session.run(["audio_out"], {"audio": x, **contracts.VAMP.feed(**settings)})[0]
         times["vamp.onnx run"].append(time.perf_counter() - clock)
         clock = time.perf_counter()
         audio.restore(y, info)
@@ -124,7 +124,8 @@ def prepare(workdir: Path) -> None:
 
 def prepare_single(workdir: Path) -> None:
     """``vamp.onnx`` (+ ``vamp.onnx.data``) in `workdir`, exported again when a source is newer."""
-    from vampnet_onnx.export.vamp import SOURCE_FILES, VAMP_FILE, export_vamp
+    from vampnet_onnx.contracts import SOURCE_FILES, VAMP_FILE
+    from vampnet_onnx.export.vamp import export_vamp
 
     graph = workdir / VAMP_FILE
     newest = max((workdir / name).stat().st_mtime for name in SOURCE_FILES)

@@ -1,5 +1,5 @@
-"""A plain torch implementation of VampNet's generate step (upstream's code path, SPEC.md §3.2):
-the baseline the ops and the generation graph are measured against."""
+"""A plain torch implementation of VampNet's generate step (upstream's code path,
+docs/model.md §3.2): the baseline the ops and the generation graph are measured against."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import vampnet_onnx
-from vampnet_onnx import ops
+from vampnet_onnx import configs, ops
 
 ONNX_OPSET = 18
 
@@ -148,9 +148,9 @@ def tiny_models_dir(tmp_path_factory):
     from vampnet_onnx import cli, testing
 
     root = tmp_path_factory.mktemp("tiny_models")
-    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", testing.TINY_COARSE_KWARGS)
-    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2)
-    codec = testing.write_codec_checkpoint(root / "codec.pth", testing.SMALL_CODEC_KWARGS, seed=3)
+    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS, seed=3)
     out = root / "models"
     argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
     argv.append("--single-graph")

@@ -1,4 +1,4 @@
-"""Independent float64 numpy LAC codec, written from SPEC.md §1.7, §1.8 and §5.
+"""Independent float64 numpy LAC codec, written from docs/model.md §1.7, §1.8 and §5.
 
 It reads the raw checkpoint tensors (``weight_g``/``weight_v``, per-quantizer tensors) and
 follows the original data flow: right-pad to a multiple of the hop, encoder, residual vector
@@ -66,7 +66,7 @@ def encode_latents(sd, kwargs, audio):
 
 
 def quantize(sd, kwargs, latents, unit_rows_for_residual=False):
-    """SPEC §5.4: codes ``[B, n_codebooks, T]`` of latents ``[B, d_lat, T]``.
+    """docs/model.md §5.4: codes ``[B, n_codebooks, T]`` of latents ``[B, d_lat, T]``.
 
     `unit_rows_for_residual` True swaps in the L2-normalised row for the residual update (a
     wrong variant, to show that a test tells the two apart)."""

@@ -1,4 +1,4 @@
-"""Independent float64 numpy forward pass of VampNet, written from SPEC.md §1.6, §1.7, §2.
+"""Independent float64 numpy forward pass of VampNet, written from docs/model.md §1.6, §1.7, §2.
 
 It reads the raw checkpoint tensors (not the folded parameters of `vampnet_onnx.model`) and
 follows the original data flow step by step: LoRA merge, codec-codebook embedding with the
@@ -21,7 +21,7 @@ def load_raw(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def linear_weight(sd: dict[str, np.ndarray], name: str) -> np.ndarray:
-    """``[out, in]`` weight of a (possibly LoRA) linear: W + (1 / 8) * B @ A (SPEC §1.6)."""
+    """``[out, in]`` weight of a (possibly LoRA) linear: W + B @ A / 8 (docs/model.md §1.6)."""
     weight = sd[f"{name}.weight"]
     if f"{name}.lora_A" in sd:
         weight = weight + 0.125 * sd[f"{name}.lora_B"] @ sd[f"{name}.lora_A"]
@@ -29,13 +29,14 @@ def linear_weight(sd: dict[str, np.ndarray], name: str) -> np.ndarray:
 
 
 def weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """SPEC §1.7: g * v / ||v||, norm over every axis but 0."""
+    """docs/model.md §1.7: g * v / ||v||, norm over every axis but 0."""
     norm = np.sqrt((v**2).sum(axis=tuple(range(1, v.ndim)), keepdims=True))
     return g * v / norm
 
 
 def relative_bucket(relative: np.ndarray) -> np.ndarray:
-    """SPEC §2.3 bucket of ``key - query`` (float64 log formula, 32 buckets, distance 128)."""
+    """docs/model.md §2.3 bucket of ``key - query`` (float64 log formula, 32 buckets,
+    distance 128)."""
     bucket = np.where(relative > 0, 16, 0)
     a = np.abs(relative)
     with np.errstate(divide="ignore"):

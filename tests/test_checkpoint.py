@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vampnet_onnx import testing
+from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import (
     CheckpointError,
     CodecConfig,
@@ -30,11 +30,11 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     return {
         "coarse": testing.write_vampnet_checkpoint(
-            root / "coarse.pth", testing.TINY_COARSE_KWARGS, seed=1
+            root / "coarse.pth", configs.TINY_COARSE_KWARGS, seed=1
         ),
-        "c2f": testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2),
+        "c2f": testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2),
         "codec": testing.write_codec_checkpoint(
-            root / "codec.pth", testing.TINY_CODEC_KWARGS, seed=3
+            root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3
         ),
     }
 
@@ -56,9 +56,9 @@ class _RunsCode:
 
 def test_load_checkpoint_reads_kwargs_state_dict_and_hash(files):
     ckpt = load_checkpoint(files["coarse"])
-    assert ckpt.kwargs == testing.TINY_COARSE_KWARGS
+    assert ckpt.kwargs == configs.TINY_COARSE_KWARGS
     assert set(ckpt.state_dict) == set(
-        vampnet_tensor_shapes(VampNetConfig.from_kwargs(testing.TINY_COARSE_KWARGS))
+        vampnet_tensor_shapes(VampNetConfig.from_kwargs(configs.TINY_COARSE_KWARGS))
     )
     assert ckpt.sha256 == hashlib.sha256(files["coarse"].read_bytes()).hexdigest()
 
@@ -116,26 +116,26 @@ def test_metadata_without_kwargs_is_refused(tmp_path):
 
 
 def test_numpy_scalars_in_kwargs_are_accepted_as_python_numbers(tmp_path):
-    kwargs = {**testing.TINY_COARSE_KWARGS, "n_layers": np.int64(2), "dropout": np.float32(0.5)}
-    state_dict = testing.random_vampnet_state_dict(testing.TINY_COARSE_KWARGS)
+    kwargs = {**configs.TINY_COARSE_KWARGS, "n_layers": np.int64(2), "dropout": np.float32(0.5)}
+    state_dict = testing.random_vampnet_state_dict(configs.TINY_COARSE_KWARGS)
     ckpt, config = load_vampnet(_save(tmp_path / "np.pth", state_dict, kwargs))
     assert type(ckpt.kwargs["n_layers"]) is int and config.n_layers == 2
 
 
 def test_extra_metadata_entries_are_ignored(tmp_path):
-    state_dict = testing.random_vampnet_state_dict(testing.TINY_COARSE_KWARGS)
+    state_dict = testing.random_vampnet_state_dict(configs.TINY_COARSE_KWARGS)
     path = tmp_path / "extra.pth"
     torch.save(
-        {"state_dict": state_dict, "metadata": {"kwargs": testing.TINY_COARSE_KWARGS, "x": 1}},
+        {"state_dict": state_dict, "metadata": {"kwargs": configs.TINY_COARSE_KWARGS, "x": 1}},
         path,
     )
     assert load_vampnet(path)[1].n_codebooks == 4
 
 
 def _edited(tmp_path, edit):
-    state_dict = testing.random_vampnet_state_dict(testing.TINY_COARSE_KWARGS)
+    state_dict = testing.random_vampnet_state_dict(configs.TINY_COARSE_KWARGS)
     edit(state_dict)
-    return _save(tmp_path / "edited.pth", state_dict, testing.TINY_COARSE_KWARGS)
+    return _save(tmp_path / "edited.pth", state_dict, configs.TINY_COARSE_KWARGS)
 
 
 def test_missing_tensor_is_named(tmp_path):
@@ -183,11 +183,11 @@ def test_partial_lora_is_refused(tmp_path):
 )
 def test_unsupported_vampnet_kwargs_are_refused(change, message):
     with pytest.raises(CheckpointError, match=message):
-        VampNetConfig.from_kwargs({**testing.TINY_COARSE_KWARGS, **change})
+        VampNetConfig.from_kwargs({**configs.TINY_COARSE_KWARGS, **change})
 
 
 def test_missing_architecture_kwarg_is_refused_instead_of_defaulted():
-    kwargs = dict(testing.TINY_COARSE_KWARGS)
+    kwargs = dict(configs.TINY_COARSE_KWARGS)
     del kwargs["flash_attn"]  # the original class default (True) would be wrong here
     with pytest.raises(CheckpointError, match="kwargs must contain 'flash_attn'"):
         VampNetConfig.from_kwargs(kwargs)
@@ -195,14 +195,14 @@ def test_missing_architecture_kwarg_is_refused_instead_of_defaulted():
 
 def test_codec_rates_with_different_hops_are_refused():
     with pytest.raises(CheckpointError, match="product of encoder_rates must equal"):
-        CodecConfig.from_kwargs({**testing.TINY_CODEC_KWARGS, "encoder_rates": [2, 2]})
+        CodecConfig.from_kwargs({**configs.TINY_CODEC_KWARGS, "encoder_rates": [2, 2]})
 
 
 def test_full_size_tensor_lists_match_the_spec_parameter_counts():
-    # SPEC §1.5: parameters without LoRA, and the LoRA tensors on top.
+    # docs/model.md §1.5: parameters without LoRA, and the LoRA tensors on top.
     for kwargs, base, lora in (
-        (testing.COARSE_KWARGS, 333_026_464, 2_867_200),
-        (testing.C2F_KWARGS, 275_459_312, 2_293_760),
+        (configs.COARSE_KWARGS, 333_026_464, 2_867_200),
+        (configs.C2F_KWARGS, 275_459_312, 2_293_760),
     ):
         config = VampNetConfig.from_kwargs(kwargs)
         plain = sum(math.prod(s) for s in vampnet_tensor_shapes(config, False).values())
@@ -211,7 +211,7 @@ def test_full_size_tensor_lists_match_the_spec_parameter_counts():
 
 
 def test_768x_codec_tensor_list_has_the_spec_widths():
-    shapes = codec_tensor_shapes(CodecConfig.from_kwargs(testing.CODEC_KWARGS))
+    shapes = codec_tensor_shapes(CodecConfig.from_kwargs(configs.CODEC_KWARGS))
     assert shapes["encoder.block.4.block.4.weight_v"] == (1024, 512, 16)
     assert shapes["encoder.block.6.weight_v"] == (1024, 1024, 3)
     assert shapes["quantizer.quantizers.13.in_proj.weight_v"] == (8, 1024, 1)
@@ -242,7 +242,7 @@ def test_every_checkpoint_tensor_is_mapped_or_listed_unused(files, kind, n_vampn
 
 def test_codec_with_other_codebook_width_is_refused(files, tmp_path):
     codec = testing.write_codec_checkpoint(
-        tmp_path / "codec.pth", {**testing.TINY_CODEC_KWARGS, "codebook_dim": 4}
+        tmp_path / "codec.pth", {**configs.TINY_CODEC_KWARGS, "codebook_dim": 4}
     )
     with pytest.raises(CheckpointError, match="codebook_dim must equal VampNet latent_dim 8"):
         load_transformer(files["coarse"], codec)
@@ -250,7 +250,7 @@ def test_codec_with_other_codebook_width_is_refused(files, tmp_path):
 
 def test_codec_with_too_few_codebooks_is_refused(files, tmp_path):
     codec = testing.write_codec_checkpoint(
-        tmp_path / "codec.pth", {**testing.TINY_CODEC_KWARGS, "n_codebooks": 9}
+        tmp_path / "codec.pth", {**configs.TINY_CODEC_KWARGS, "n_codebooks": 9}
     )
     with pytest.raises(CheckpointError, match="n_codebooks must be >= VampNet n_codebooks 14"):
         load_transformer(files["c2f"], codec)
@@ -273,7 +273,7 @@ def test_fold_weight_norm_gives_rows_of_norm_abs_g():
 
 def test_checkpoint_without_lora_tensors_folds_plain_weights(files, tmp_path):
     path = testing.write_vampnet_checkpoint(
-        tmp_path / "old.pth", testing.TINY_COARSE_KWARGS, seed=4, lora=False
+        tmp_path / "old.pth", configs.TINY_COARSE_KWARGS, seed=4, lora=False
     )
     model = load_transformer(path, files["codec"]).model
     saved = load_checkpoint(path).state_dict["transformer.layers.0.self_attn.fc.weight"]

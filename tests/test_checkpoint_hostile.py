@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vampnet_onnx import testing
+from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -255,11 +255,11 @@ def test_tensors_claiming_more_than_the_file_holds_are_refused(name, tmp_path):
 def test_broadcast_tensor_of_absurd_shape_is_refused_by_the_shape_check(tmp_path):
     # Stride 0 makes 10^12 elements out of one stored float: legal for torch, and never
     # materialised; the expected-shape check then names it.
-    state_dict = testing.random_vampnet_state_dict(testing.TINY_COARSE_KWARGS)
+    state_dict = testing.random_vampnet_state_dict(configs.TINY_COARSE_KWARGS)
     huge = torch.zeros(1).expand(10**12)
     state_dict["transformer.norm.weight"] = huge
     path = tmp_path / "broadcast.pth"
-    torch.save({"state_dict": state_dict, "metadata": {"kwargs": testing.TINY_COARSE_KWARGS}}, path)
+    torch.save({"state_dict": state_dict, "metadata": {"kwargs": configs.TINY_COARSE_KWARGS}}, path)
     with pytest.raises(CheckpointError, match=r"transformer\.norm\.weight must have shape"):
         load_vampnet(path)
 
@@ -341,14 +341,14 @@ def test_allowlisted_callables_with_hostile_arguments_are_refused(metadata, tmp_
 @pytest.fixture(scope="module")
 def coarse(tmp_path_factory) -> Path:
     return testing.write_vampnet_checkpoint(
-        tmp_path_factory.mktemp("hostile") / "coarse.pth", testing.TINY_COARSE_KWARGS, seed=1
+        tmp_path_factory.mktemp("hostile") / "coarse.pth", configs.TINY_COARSE_KWARGS, seed=1
     )
 
 
 @pytest.fixture(scope="module")
 def codec(tmp_path_factory) -> Path:
     return testing.write_codec_checkpoint(
-        tmp_path_factory.mktemp("hostile") / "codec.pth", testing.TINY_CODEC_KWARGS, seed=3
+        tmp_path_factory.mktemp("hostile") / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3
     )
 
 

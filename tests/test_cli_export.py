@@ -3,13 +3,13 @@
 import numpy as np
 
 import vampnet_onnx
-from vampnet_onnx import cli, testing
+from vampnet_onnx import cli, configs, testing
 
 
 def test_export_writes_transformers_and_generation_graphs(tmp_path, capsys):
-    coarse = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", testing.TINY_COARSE_KWARGS)
-    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", testing.TINY_C2F_KWARGS)
-    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.SMALL_CODEC_KWARGS)
+    coarse = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", configs.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", configs.TINY_C2F_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.SMALL_CODEC_KWARGS)
     out = tmp_path / "models"
     rc = cli.main(
         [
@@ -44,7 +44,7 @@ def test_export_writes_transformers_and_generation_graphs(tmp_path, capsys):
 
 
 def test_export_without_models_is_a_one_line_error(tmp_path, capsys):
-    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.TINY_CODEC_KWARGS)
     assert cli.main(["export", "--codec", str(codec), "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
@@ -60,8 +60,8 @@ def test_export_codec_names_a_missing_checkpoint(tmp_path, capsys):
 
 
 def test_export_refuses_a_model_of_the_other_kind(tmp_path, capsys):
-    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", testing.TINY_C2F_KWARGS)
-    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", configs.TINY_C2F_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.TINY_CODEC_KWARGS)
     args = ["export", "--coarse", str(c2f), "--codec", str(codec), "--out", str(tmp_path / "m")]
     assert cli.main(args) == 1
     [line] = capsys.readouterr().err.strip().splitlines()

@@ -157,7 +157,7 @@ def test_demo_exports_again_when_the_cache_is_from_other_contracts(tmp_path, mon
     """A demo cache exported for other graph inputs (an older version) is exported again
     instead of failing."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    models = cli.demo_cache() / "models"
+    models = demo.demo_cache() / "models"
     models.mkdir(parents=True)
     for name in (
         "codec.encode.onnx",

@@ -14,15 +14,10 @@ import torch
 
 import numpy_codec
 from numpy_forward import load_raw
-from vampnet_onnx import testing
-from vampnet_onnx.audio import (
-    CODEC_CONFIG_KEY,
-    Codec,
-    check_codes,
-    decoded_length,
-    read_codec_config,
-)
+from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import CheckpointError, load_codec
+from vampnet_onnx.codec import Codec, check_codes, decoded_length, read_codec_config
+from vampnet_onnx.contracts import CODEC_CONFIG_KEY
 from vampnet_onnx.export.codec import export_codec, export_codec_module
 from vampnet_onnx.model.codec import fold_codec, load_codec_model
 
@@ -30,7 +25,7 @@ HOP = 768
 N_CODEBOOKS = 14
 # The released "768x" structure (rates, 14 codebooks of 1024 x 8) at tiny widths: latent width
 # 2 * 2**4 = 32; decoder widths 96 // 2**k = 48, 24, 12, 6, 3, 1.
-SMALL_KWARGS = {**testing.CODEC_KWARGS, "encoder_dim": 2, "decoder_dim": 96}
+SMALL_KWARGS = {**configs.CODEC_KWARGS, "encoder_dim": 2, "decoder_dim": 96}
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +142,7 @@ def test_decode_matches_numpy_codec(loaded, raw):
 
 
 def test_quantizer_nearest_code_is_cosine_with_raw_rows_for_the_residual(loaded, raw):
-    """numpy twin of SPEC §5.4 on random latents, and two wrong rules it must not match."""
+    """numpy twin of docs/model.md §5.4 on random latents, and two wrong rules it must not match."""
     sd, kwargs = raw
     latents = np.random.default_rng(3).standard_normal((1, 32, 300)) * 2.0
     codes = loaded.model.quantizer.encode(torch.from_numpy(latents).float()).numpy()
@@ -192,7 +187,7 @@ def test_widths_come_from_the_checkpoint_kwargs(loaded):
 
 def test_odd_decoder_rates_add_a_sample_per_rate_like_the_original(tmp_path):
     """TINY_CODEC_KWARGS has rates [3, 2, 2]: the rate-3 transposed conv makes 3L + 1."""
-    path = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    path = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.TINY_CODEC_KWARGS)
     model = load_codec_model(path).model
     audio = model.decode(torch.zeros(1, N_CODEBOOKS, 5, dtype=torch.int64))
     assert audio.shape[-1] == decoded_length(5, [3, 2, 2]) == (5 * 3 + 1) * 4
@@ -306,7 +301,7 @@ def test_read_codec_config_rejects_other_graphs(tmp_path):
 def test_export_rejects_missing_and_non_codec_files(tmp_path):
     with pytest.raises(CheckpointError, match="path must be an existing file"):
         export_codec(tmp_path / "missing.pth", tmp_path)
-    vampnet = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", testing.TINY_COARSE_KWARGS)
+    vampnet = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", configs.TINY_COARSE_KWARGS)
     with pytest.raises(CheckpointError, match="kwargs must contain 'encoder_dim'"):
         export_codec(vampnet, tmp_path)
     text = tmp_path / "codec.pth"

@@ -130,12 +130,12 @@ def test_example_names_a_missing_input(example, problem):
 def test_example_runs_an_exported_generation_graph_like_the_generator(example, tmp_path):
     """The same program runs the real thing: a (tiny) coarse.generate.onnx exported from
     checkpoints, and prints the codes vampnet_onnx.Generator returns for the same seed."""
-    from vampnet_onnx import testing
+    from vampnet_onnx import configs, testing
     from vampnet_onnx.export.generation import export_generation
     from vampnet_onnx.export.transformer import export_transformer
 
-    ckpt = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", testing.TINY_COARSE_KWARGS)
-    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", testing.TINY_CODEC_KWARGS)
+    ckpt = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", configs.TINY_COARSE_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.TINY_CODEC_KWARGS)
     transformer = export_transformer(ckpt, codec, tmp_path / "coarse.onnx").path
     graph = export_generation(transformer, tmp_path / "coarse.generate.onnx").path
     rng = np.random.default_rng(8)
@@ -174,11 +174,11 @@ def test_example_runs_an_exported_generation_graph_like_the_generator(example, t
 def test_example_runs_the_single_graph_vamp(example, tiny_models_dir, tmp_path):
     """Single-graph deployment: one vamp.onnx plus the op library, run by the C++ app, gives the
     Python session's audio and codes."""
-    from vampnet_onnx import audio, ops
+    from vampnet_onnx import audio, contracts
 
     x, _ = audio.preprocess(np.random.default_rng(2).standard_normal(30000) * 0.1, 44100)
     np.save(tmp_path / "audio.npy", x)
-    settings = ops.VAMP_DEFAULTS | dict(n_steps=3, seed=21, dropout=0.2, top_k=30)
+    settings = contracts.VAMP_DEFAULTS | dict(n_steps=3, seed=21, dropout=0.2, top_k=30)
     command = [
         str(example),
         "--library",
@@ -197,7 +197,7 @@ def test_example_runs_the_single_graph_vamp(example, tiny_models_dir, tmp_path):
     got = parse_outputs(result.stdout)
     session = vampnet_onnx.create_session(tiny_models_dir / "vamp.onnx")
     codes_out, audio_out = session.run(
-        ["codes_out", "audio_out"], {"audio": x, **ops.VAMP.feed(**settings)}
+        ["codes_out", "audio_out"], {"audio": x, **contracts.VAMP.feed(**settings)}
     )
     np.testing.assert_array_equal(got["codes_out"], codes_out)
     np.testing.assert_array_equal(got["audio_out"], audio_out)

@@ -190,7 +190,7 @@ def test_short_sequences_work(impl, frames):
     logits, codes, mask = random_step_problem(np.random.default_rng(7), frames=frames)
     mask[:, :] = True
     _, mask_out, _ = impl.mask_git_step(logits, codes, mask, 0, 3, seed=1)
-    # 4 * frames masked; k = floor(cos(pi / 6) * 4 * frames) stay masked (SPEC.md §3.2).
+    # 4 * frames masked; k = floor(cos(pi / 6) * 4 * frames) stay masked (docs/model.md §3.2).
     k = int(np.floor(np.float32(np.cos(np.pi / 6)) * 4 * frames))
     np.testing.assert_array_equal(_masked_count(mask_out), [k, k])
 

@@ -10,17 +10,17 @@ import pytest
 
 import vampnet_onnx
 from numpy_forward import load_raw, vampnet_logits
-from vampnet_onnx import ops, reference, testing
+from vampnet_onnx import configs, contracts, ops, reference, testing
 from vampnet_onnx.export.generation import export_generation
 from vampnet_onnx.export.transformer import export_transformer
 
-KWARGS = {"coarse": testing.TINY_COARSE_KWARGS, "c2f": testing.TINY_C2F_KWARGS}
+KWARGS = {"coarse": configs.TINY_COARSE_KWARGS, "c2f": configs.TINY_C2F_KWARGS}
 
 
 @pytest.fixture(scope="module")
 def codec_path(tmp_path_factory):
     return testing.write_codec_checkpoint(
-        tmp_path_factory.mktemp("codec") / "codec.pth", testing.TINY_CODEC_KWARGS, seed=5
+        tmp_path_factory.mktemp("codec") / "codec.pth", configs.TINY_CODEC_KWARGS, seed=5
     )
 
 
@@ -94,7 +94,7 @@ def test_batch_coupled_graph_equals_the_coupled_python_loop(models):
 
 
 def spec_generate(checkpoint, codec, z, mask, n_steps, batch_coupled):
-    """VampNet's generate (SPEC.md §3.2) on its deterministic path (argmax tokens, no Gumbel
+    """VampNet's generate (docs/model.md §3.2) on its deterministic path (argmax tokens, no Gumbel
     noise), written from the spec over the independent float64 numpy forward: upstream logits
     layout [B, V, T * P], time-major flattening, float32 probabilities, schedule and re-mask
     rule. N0 is per item unless batch_coupled (upstream counts it over the whole batch)."""
@@ -156,7 +156,9 @@ def test_trace_follows_the_schedule_and_keeps_the_prompt(models):
     feed = {
         "codes": codes.astype(np.int64),
         "mask": mask,
-        **ops.GENERATION.feed(**{**ops.GENERATION_DEFAULTS, "n_steps": steps, "seed": 3}),
+        **contracts.GENERATION.feed(
+            **{**contracts.GENERATION_DEFAULTS, "n_steps": steps, "seed": 3}
+        ),
     }
     final, codes_per_step, mask_per_step = session.run(None, feed)
     assert codes_per_step.shape == (steps, *codes.shape)
@@ -183,13 +185,13 @@ def test_one_step_generates_everything(models):
 def test_graph_is_checked_and_stores_the_weights_once(models):
     model = onnx.load(str(models["graph"]))
     onnx.checker.check_model(model)
-    assert [i.name for i in model.graph.input] == ops.GENERATION.input_names
+    assert [i.name for i in model.graph.input] == contracts.GENERATION.input_names
     assert [o.name for o in model.graph.output] == ["codes_out"]
     size, weights = models["graph"].stat().st_size, models["transformer"].stat().st_size
     assert size < weights * 1.01 + 20_000
     props = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(props[ops.GENERATION_KEY])["defaults"] == ops.GENERATION_DEFAULTS
-    assert json.loads(props[ops.CONFIG_KEY])["kind"] == models["kind"]
+    assert json.loads(props[contracts.GENERATION_KEY])["defaults"] == contracts.GENERATION_DEFAULTS
+    assert json.loads(props[contracts.CONFIG_KEY])["kind"] == models["kind"]
 
 
 def test_python_fallback_gives_the_same_codes(models):
@@ -208,7 +210,7 @@ def test_zero_steps_in_the_graph_is_an_error_not_the_prompt(models):
     feed = {
         "codes": codes.astype(np.int64),
         "mask": mask,
-        **ops.GENERATION.feed(**{**ops.GENERATION_DEFAULTS, "n_steps": 0}),
+        **contracts.GENERATION.feed(**{**contracts.GENERATION_DEFAULTS, "n_steps": 0}),
     }
     with pytest.raises(Exception, match="MaskGitStep: n_steps must be >= 1, got 0"):
         session.run(None, feed)

@@ -1,5 +1,5 @@
 """MaskGitStep: the ORT op and the kernels module against the numpy twin, VampNet's schedule
-(SPEC.md §3) and its re-masking rule."""
+(docs/model.md §3) and its re-masking rule."""
 
 import math
 
@@ -82,7 +82,7 @@ def test_kernels_module_matches_numpy_twin_on_many_inputs():
 
 
 def spec_schedule(n0, n_steps, batch=1):
-    """Masked count after each step for one item of `batch` identical items (SPEC.md §3.2 and
+    """Masked count after each step for one item of `batch` identical items (docs/model.md §3.2 and
     §3.4-1), written from the spec: k = floor(float32(cos(float32((i+1)/S) * pi/2)) * N0) with N0
     over the whole batch, clamped to [1, m-1] except on the last step."""
     counts, m = [], n0

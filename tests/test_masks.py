@@ -1,4 +1,4 @@
-"""Mask builders: VampNet's semantics (SPEC.md §4.5) with bool masks, True = generate."""
+"""Mask builders: VampNet's semantics (docs/model.md §4.5) with bool masks, True = generate."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def test_linear_random_extremes_and_rate():
 
 
 def test_same_seed_same_mask():
-    a = masks.build_mask(SHAPE, rng(5), rand_mask_intensity=0.8, dropout_p=0.3)
-    b = masks.build_mask(SHAPE, rng(5), rand_mask_intensity=0.8, dropout_p=0.3)
+    a = masks.build_mask(SHAPE, rng(5), rand_mask_intensity=0.8, dropout=0.3)
+    b = masks.build_mask(SHAPE, rng(5), rand_mask_intensity=0.8, dropout=0.3)
     np.testing.assert_array_equal(a, b)
 
 
@@ -207,18 +207,18 @@ def test_stream_random_draws_are_sample_tokens_on_equal_logits():
 
 
 def test_stream_random_masks_are_reproducible_and_site_independent():
-    a = masks.build_mask((1, 14, 300), masks.StreamRandom(5), periodic_prompt=7, dropout_p=0.3)
-    b = masks.build_mask((1, 14, 300), masks.StreamRandom(5), periodic_prompt=7, dropout_p=0.3)
+    a = masks.build_mask((1, 14, 300), masks.StreamRandom(5), periodic_prompt=7, dropout=0.3)
+    b = masks.build_mask((1, 14, 300), masks.StreamRandom(5), periodic_prompt=7, dropout=0.3)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(
-        a, masks.build_mask((1, 14, 300), masks.StreamRandom(6), periodic_prompt=7, dropout_p=0.3)
+        a, masks.build_mask((1, 14, 300), masks.StreamRandom(6), periodic_prompt=7, dropout=0.3)
     )
     # The dropout draws do not depend on whether the periodic roll happened.
     no_roll = masks.build_mask(
         (1, 14, 300),
         masks.StreamRandom(5),
         periodic_prompt=0,
-        dropout_p=0.3,
+        dropout=0.3,
         upper_codebook_mask=14,
     )
     assert no_roll.all()
@@ -226,8 +226,8 @@ def test_stream_random_masks_are_reproducible_and_site_independent():
         (1, 14, 300),
         masks.StreamRandom(5),
         periodic_prompt=300,
-        periodic_prompt_width=601,
-        dropout_p=0.3,
+        periodic_width=601,
+        dropout=0.3,
         upper_codebook_mask=14,
     )
     dropped = np.unique(masks.StreamRandom(5, "dropout").integers(0, 300, 90))

@@ -15,7 +15,8 @@ import pytest
 import soundfile
 
 from vampnet_onnx import audio, masks
-from vampnet_onnx.pipeline import C2F_STEPS, C2F_STREAM_BASE, MODEL_FILES, Vamp
+from vampnet_onnx.contracts import C2F_STEPS, C2F_STREAM_BASE, MODEL_FILES
+from vampnet_onnx.pipeline import Vamp
 
 SR = 44100
 HOP = 768

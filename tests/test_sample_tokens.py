@@ -15,7 +15,7 @@ def run(op, logits, **kwargs):
 
 
 def exact_distribution(x, temperature, top_k, top_p):
-    """VampNet's filtered distribution (SPEC.md §3.3) for one row, float64, written from the
+    """VampNet's filtered distribution (docs/model.md §3.3) for one row, float64, written from the
     spec: top-k keeps logits >= the k-th largest; top-p keeps, in decreasing order, each token
     while the softmax mass before it is <= top_p; then softmax(x / temperature)."""
     x = np.asarray(x, dtype=np.float64)

@@ -14,8 +14,9 @@ import pytest
 import soundfile
 
 import vampnet_onnx
-from vampnet_onnx import audio, cli, ops
-from vampnet_onnx.export.vamp import SOURCE_FILES, VAMP_FILE, export_vamp
+from vampnet_onnx import audio, cli, contracts
+from vampnet_onnx.contracts import SOURCE_FILES, VAMP_FILE
+from vampnet_onnx.export.vamp import export_vamp
 from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
 SR = 44100
@@ -41,7 +42,7 @@ def noise(n_samples: int, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(n_samples) * 0.1).astype(np.float32)
 
 
-MASK_DEFAULTS = {k: v for k, v in ops.VAMP_DEFAULTS.items() if k in ops.VAMP_LIMITS}
+MASK_DEFAULTS = {k: v for k, v in contracts.VAMP_DEFAULTS.items() if k in contracts.VAMP_LIMITS}
 SAMPLING = dict(n_steps=2, temperature=1.0, top_k=0, top_p=1.0, mask_temperature=10.5)
 CASES = [
     # (samples, seed, mask settings, sampling settings)
@@ -74,7 +75,7 @@ def test_single_graph_equals_the_pipeline_stage_by_stage(single, vamp, case):
     x, _ = audio.preprocess(noise(n_samples, case), SR)
     mask_settings = MASK_DEFAULTS | mask_settings
     sampling = SAMPLING | sampling
-    feed = {"audio": x, **ops.VAMP.feed(seed=seed, **sampling, **mask_settings)}
+    feed = {"audio": x, **contracts.VAMP.feed(seed=seed, **sampling, **mask_settings)}
     audio_out, codes, mask, codes_out = single.run(None, feed)
 
     np.testing.assert_array_equal(codes, vamp.encode(x))
@@ -105,7 +106,10 @@ def test_single_graph_vamp_equals_vamp_end_to_end(models, vamp):
 
 def test_python_ops_fallback_gives_the_same_audio(models, single):
     x, _ = audio.preprocess(noise(SR // 2, 5), SR)
-    feed = {"audio": x, **ops.VAMP.feed(**(ops.VAMP_DEFAULTS | {"n_steps": 2, "seed": 4}))}
+    feed = {
+        "audio": x,
+        **contracts.VAMP.feed(**(contracts.VAMP_DEFAULTS | {"n_steps": 2, "seed": 4})),
+    }
     fallback = vampnet_onnx.create_session(models / VAMP_FILE, python_ops=True)
     for got, want in zip(fallback.run(None, feed), single.run(None, feed)):
         np.testing.assert_array_equal(got, want)
@@ -131,13 +135,13 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("bad, message", BAD_SETTINGS)
 def test_bad_settings_fail_inside_the_graph_with_the_house_format(single, bad, message):
     x, _ = audio.preprocess(noise(SR // 4, 1), SR)
-    feed = {"audio": x, **ops.VAMP.feed(**(ops.VAMP_DEFAULTS | bad))}
+    feed = {"audio": x, **contracts.VAMP.feed(**(contracts.VAMP_DEFAULTS | bad))}
     with pytest.raises(Exception, match=re.escape(message)):
         single.run(None, feed)
 
 
 @pytest.mark.parametrize(
-    "bad, message", [case for case in BAD_SETTINGS if set(case[0]) <= set(ops.VAMP_LIMITS)]
+    "bad, message", [case for case in BAD_SETTINGS if set(case[0]) <= set(contracts.VAMP_LIMITS)]
 )
 def test_python_api_gives_the_graphs_messages_before_running(models, bad, message):
     name, value = next(iter(bad.items()))
@@ -160,13 +164,13 @@ def test_weights_are_stored_once_and_metadata_is_complete(models):
     assert sources * 0.99 < size < sources * 1.01
     model = onnx.load(str(models / VAMP_FILE))
     onnx.checker.check_model(model, full_check=False)
-    assert [i.name for i in model.graph.input] == ops.VAMP.input_names
-    assert [o.name for o in model.graph.output] == ops.VAMP.output_names
+    assert [i.name for i in model.graph.input] == contracts.VAMP.input_names
+    assert [o.name for o in model.graph.output] == contracts.VAMP.output_names
     props = {p.key: p.value for p in model.metadata_props}
-    settings = json.loads(props[ops.VAMP_KEY])
+    settings = json.loads(props[contracts.VAMP_KEY])
     assert settings["coarse_chunk_frames"] == 575 and settings["c2f_chunk_frames"] == 173
-    assert settings["defaults"] == ops.VAMP_DEFAULTS
-    assert json.loads(props[ops.CODEC_CONFIG_KEY])["hop_length"] == 768
+    assert settings["defaults"] == contracts.VAMP_DEFAULTS
+    assert json.loads(props[contracts.CODEC_CONFIG_KEY])["hop_length"] == 768
 
 
 def test_export_refuses_incomplete_folders(models, tmp_path):
@@ -217,7 +221,7 @@ def test_single_graph_runs_without_torch(models):
         "from vampnet_onnx import ops\n"
         f"s = vampnet_onnx.create_session({str(models / VAMP_FILE)!r})\n"
         "x = np.zeros(2000, np.float32)\n"
-        "feed = {'audio': x, **ops.VAMP.feed(**(ops.VAMP_DEFAULTS | {'n_steps': 1}))}\n"
+        "feed = {'audio': x, **contracts.VAMP.feed(**(contracts.VAMP_DEFAULTS | {'n_steps': 1}))}\n"
         "assert s.run(['audio_out'], feed)[0].shape == (2000,)\n"
         "assert 'torch' not in sys.modules\n"
     )

@@ -21,7 +21,7 @@ from numpy_forward import (
     vampnet_logits,
     weight_norm,
 )
-from vampnet_onnx import testing
+from vampnet_onnx import configs, testing
 from vampnet_onnx.export.transformer import (
     CONFIG_KEY,
     export_module,
@@ -30,14 +30,14 @@ from vampnet_onnx.export.transformer import (
 )
 from vampnet_onnx.model.transformer import load_transformer, relative_position_bucket_table
 
-KWARGS = {"coarse": testing.TINY_COARSE_KWARGS, "c2f": testing.TINY_C2F_KWARGS}
+KWARGS = {"coarse": configs.TINY_COARSE_KWARGS, "c2f": configs.TINY_C2F_KWARGS}
 MASK = 1024
 
 
 @pytest.fixture(scope="module")
 def codec_path(tmp_path_factory):
     return testing.write_codec_checkpoint(
-        tmp_path_factory.mktemp("codec") / "codec.pth", testing.TINY_CODEC_KWARGS, seed=3
+        tmp_path_factory.mktemp("codec") / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3
     )
 
 
@@ -223,7 +223,7 @@ def test_metadata_holds_config_and_checkpoint_hashes(exported, codec_path):
         kwargs["n_layers"],
         kwargs["n_heads"],
     )
-    assert config["hop_length"] == math.prod(testing.TINY_CODEC_KWARGS["decoder_rates"])
+    assert config["hop_length"] == math.prod(configs.TINY_CODEC_KWARGS["decoder_rates"])
     assert config["sample_rate"] == 44100
     assert config["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert config["codec_sha256"] == hashlib.sha256(codec_path.read_bytes()).hexdigest()

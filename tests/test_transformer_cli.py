@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from vampnet_onnx import testing
+from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import CheckpointError
 from vampnet_onnx.cli import main
 
@@ -14,9 +14,9 @@ from vampnet_onnx.cli import main
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     return {
-        "c2f": testing.write_vampnet_checkpoint(root / "c2f.pth", testing.TINY_C2F_KWARGS, seed=2),
+        "c2f": testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2),
         "codec": testing.write_codec_checkpoint(
-            root / "codec.pth", testing.TINY_CODEC_KWARGS, seed=3
+            root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3
         ),
     }
 

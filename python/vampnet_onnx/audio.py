@@ -1,9 +1,9 @@
-"""Audio files, VampNet's input preprocessing and the codec graphs at run time (no torch).
+"""Audio files and VampNet's input preprocessing (no torch, no onnxruntime).
 
 Samples are float32 arrays ``[channels, N]`` (or ``[N]`` for mono) in [-1, 1]. The pipeline
-mirrors VampNet's ``Interface._preprocess`` (SPEC.md §4.1): resample to the codec rate, average
-the channels, normalise the integrated loudness to -24 LUFS, then divide by the peak where it
-exceeds 1. The right-padding to a multiple of the hop happens inside the encode graph.
+mirrors VampNet's ``Interface._preprocess`` (docs/model.md §4.1): resample to the codec rate,
+average the channels, normalise the integrated loudness to -24 LUFS, then divide by the peak
+where it exceeds 1. The right-padding to a multiple of the hop happens inside the encode graph.
 `preprocess` also records the input's loudness, length and sample rate, which `restore` applies
 to the generated audio (what VampNet's app does at the end).
 
@@ -12,27 +12,21 @@ julius' sinc resampler; the loudness meter filters in float64 where the original
 filters in float32 (and its GPU path uses an FIR approximation).
 
 Dependencies: numpy, soundfile, soxr and scipy (`scipy.signal.lfilter` for the K-weighting
-biquads), plus onnxruntime for `Codec`.
+biquads). The codec graphs' sessions are in `vampnet_onnx.codec`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import soundfile
 import soxr
 from scipy.signal import lfilter
 
-from .ops import CODEC_CONFIG_KEY
-from .runtime import create_session
-
-#: Metadata key of the codec graphs' configuration JSON (written by `export.codec`).
 #: VampNet's loudness target for the codec input (``Interface.loudness``).
 TARGET_LOUDNESS = -24.0
 #: The meter's floor: silence and anything quieter reads -70 LUFS.
@@ -272,7 +266,7 @@ def preprocess(
     codec_sample_rate: int = 44100,
     target: float = TARGET_LOUDNESS,
 ) -> tuple[np.ndarray, PreprocessInfo]:
-    """VampNet's codec input: resample, mono, -24 LUFS, peak <= 1 (SPEC.md §4.1 steps 1-4).
+    """VampNet's codec input: resample, mono, -24 LUFS, peak <= 1 (docs/model.md §4.1 steps 1-4).
 
     Args:
         x: ``[N]`` or ``[channels, N]``, N >= 1.
@@ -305,128 +299,3 @@ def restore(y: np.ndarray, info: PreprocessInfo, codec_sample_rate: int = 44100)
     y = resample(y, codec_sample_rate, info.sample_rate)[: info.n_samples]
     y = np.pad(y, (0, info.n_samples - y.shape[0]))
     return normalize_loudness(y, info.sample_rate, info.loudness)
-
-
-# --- codec graphs ------------------------------------------------------------------------
-
-
-def read_codec_config(path: str | Path) -> dict[str, Any]:
-    """The `CODEC_CONFIG_KEY` metadata dict of a codec graph (weights are not loaded)."""
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if CODEC_CONFIG_KEY not in props:
-        raise ValueError(
-            f"read_codec_config: '{path}' must have metadata {CODEC_CONFIG_KEY}, got none "
-            "(not a codec graph written by vampnet_onnx.export.codec)"
-        )
-    return json.loads(props[CODEC_CONFIG_KEY])
-
-
-def check_codes(codes: Any, n_codebooks: int, codebook_size: int, where: str) -> np.ndarray:
-    """Codes ``[B, n_codebooks, T]`` (T >= 1) with every value in ``[0, codebook_size)``, as
-    int64; the mask token (``codebook_size``) is refused: it has no codec vector."""
-    array = np.asarray(codes)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{where}: codes must be an integer array, got {array.dtype}")
-    if array.ndim != 3 or array.shape[1] != n_codebooks or array.shape[2] < 1:
-        raise ValueError(
-            f"{where}: codes must have shape [B, {n_codebooks}, T] with T >= 1, got {array.shape}"
-        )
-    bad = (array < 0) | (array >= codebook_size)
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{where}: codes must be in [0, {codebook_size}), got {array[index]} at [b, c, t] = "
-            f"{list(index)} (the mask token {codebook_size} must be generated or replaced "
-            "before decoding)"
-        )
-    return array.astype(np.int64, copy=False)
-
-
-def decoded_length(n_frames: int, decoder_rates: list[int]) -> int:
-    """Samples the decoder makes from `n_frames` frames: T * hop for even rates (each odd
-    rate r adds one sample: its transposed conv maps L to L * r + 1)."""
-    length = n_frames
-    for rate in decoder_rates:
-        length = length * rate + rate % 2
-    return length
-
-
-class Codec:
-    """The exported codec graphs on onnxruntime, with the inputs validated.
-
-    Args:
-        encode_path: ``codec.encode.onnx`` or None (decode only).
-        decode_path: ``codec.decode.onnx`` or None (encode only).
-        intra_op_threads: threads per session (None: onnxruntime's default).
-        providers: onnxruntime execution providers (None: CPU).
-
-    Attributes:
-        config: the codec metadata (`CODEC_CONFIG_KEY`): sample_rate, hop_length,
-            n_codebooks, codebook_size, ...
-    """
-
-    def __init__(
-        self,
-        encode_path: str | Path | None = None,
-        decode_path: str | Path | None = None,
-        intra_op_threads: int | None = None,
-        providers: list | None = None,
-    ) -> None:
-        paths = {"encode_path": encode_path, "decode_path": decode_path}
-        configs = {k: read_codec_config(p) for k, p in paths.items() if p is not None}
-        if not configs:
-            raise ValueError("Codec: encode_path or decode_path must be given, got neither")
-        hashes = {c["checkpoint_sha256"] for c in configs.values()}
-        if len(hashes) > 1:
-            raise ValueError(
-                "Codec: encode_path and decode_path must come from the same codec.pth, got "
-                f"checkpoint hashes {sorted(hashes)}"
-            )
-        self.config = next(iter(configs.values()))
-        self._sessions = {
-            k: create_session(p, providers, intra_op_threads) for k, p in paths.items() if p
-        }
-
-    def encode(self, audio: np.ndarray) -> np.ndarray:
-        """Audio ``[N]``, ``[B, N]`` or ``[B, 1, N]`` (N >= 1, at ``config["sample_rate"]``,
-        preprocessed) -> codes int64 ``[B, n_codebooks, ceil(N / hop)]``."""
-        if "encode_path" not in self._sessions:
-            raise ValueError("Codec.encode: encode_path must be given to encode, got None")
-        audio = np.asarray(audio)
-        if (
-            not np.issubdtype(audio.dtype, np.floating)
-            or audio.ndim not in (1, 2, 3)
-            or (audio.ndim == 3 and audio.shape[1] != 1)
-            or audio.size == 0
-        ):
-            raise ValueError(
-                "Codec.encode: audio must be a float array [N], [B, N] or [B, 1, N] with N >= 1, "
-                f"got {audio.dtype} {audio.shape}"
-            )
-        if not np.isfinite(audio).all():
-            raise ValueError("Codec.encode: audio must be finite, got NaN or inf")
-        feed = {"audio": audio.reshape(-1, 1, audio.shape[-1]).astype(np.float32)}
-        return self._sessions["encode_path"].run(None, feed)[0]
-
-    def decode(self, codes: np.ndarray, length: int | None = None) -> np.ndarray:
-        """Codes ``[B, n_codebooks, T]`` in ``[0, codebook_size)`` -> audio float32
-        ``[B, 1, length]`` at ``config["sample_rate"]``.
-
-        Args:
-            length: samples to keep, in ``[0, T * hop]``; None keeps all T * hop.
-        """
-        if "decode_path" not in self._sessions:
-            raise ValueError("Codec.decode: decode_path must be given to decode, got None")
-        codes = check_codes(
-            codes, self.config["n_codebooks"], self.config["codebook_size"], "Codec.decode"
-        )
-        full = decoded_length(codes.shape[2], self.config["decoder_rates"])
-        if length is None:
-            length = full
-        if isinstance(length, bool) or not isinstance(length, int | np.integer):
-            raise ValueError(f"Codec.decode: length must be an int or None, got {length!r}")
-        if not 0 <= length <= full:
-            raise ValueError(f"Codec.decode: length must be in [0, {full}], got {length}")
-        feed = {"codes": codes, "length": np.array(length, dtype=np.int64)}
-        return self._sessions["decode_path"].run(None, feed)[0]

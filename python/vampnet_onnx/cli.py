@@ -7,12 +7,12 @@ runtime commands (``vamp``) work from an install without the ``export`` extra.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
+
+from .settings import MaskSettings, SamplingSettings, public_name
 
 PROG = "vampnet-onnx"
 
@@ -39,61 +39,21 @@ def _export_transformer(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from .export import export_models
 
-    from .export.codec import export_codec
-    from .export.generation import export_generation
-    from .export.transformer import export_transformer
-
-    models = [(kind, path) for kind, path in (("coarse", args.coarse), ("c2f", args.c2f)) if path]
-    if not models:
-        raise ValueError("at least one of --coarse and --c2f must be given, got neither")
-    if args.single_graph and len(models) != 2:
-        raise ValueError("--single-graph must come with both --coarse and --c2f, got one")
-    from .checkpoint import VampNetConfig, load_checkpoint
-
-    for kind, path in models:
-        # A c2f checkpoint passed as --coarse would otherwise be written as coarse.onnx.
-        found = VampNetConfig.from_kwargs(load_checkpoint(path).kwargs).kind
-        if found != kind:
-            raise ValueError(f"--{kind} must be a {kind} checkpoint, got a {found} one: '{path}'")
-    args.out.mkdir(parents=True, exist_ok=True)
-    total = 2 * len(models) + 1 + int(args.single_graph)
-    with tqdm(total=total, desc="export", unit="graph") as bar:
-        bar.set_postfix_str("codec")
-        codec = export_codec(args.codec, args.out, opset_version=args.opset, verbose=args.verbose)
-        bar.update()
-        bar.write(f"wrote {codec.encode_path} and {codec.decode_path}")
-        for kind, checkpoint in models:
-            bar.set_postfix_str(f"{kind}.onnx")
-            result = export_transformer(
-                checkpoint,
-                args.codec,
-                args.out / f"{kind}.onnx",
-                opset_version=args.opset,
-                verbose=args.verbose,
-            )
-            bar.write(result.report.summary())
-            bar.update()
-            bar.set_postfix_str(f"{kind}.generate.onnx")
-            generation = export_generation(
-                result.path,
-                args.out / f"{kind}.generate.onnx",
-                trace=args.trace,
-                batch_coupled=args.batch_coupled,
-            )
-            bar.update()
-            size = generation.path.stat().st_size / 2**20
-            bar.write(f"wrote {result.path} and {generation.path} ({size:.1f} MiB)")
-        if args.single_graph:
-            from .export.vamp import VAMP_FILE, export_vamp
-
-            bar.set_postfix_str(VAMP_FILE)
-            single = export_vamp(args.out)
-            bar.update()
-            files = [single.path, *([single.data_path] if single.data_path else [])]
-            size = sum(path.stat().st_size for path in files) / 2**20
-            bar.write(f"wrote {' and '.join(map(str, files))} ({size:.1f} MiB)")
+    export_models(
+        args.out,
+        codec=args.codec,
+        coarse=args.coarse,
+        c2f=args.c2f,
+        single_graph=args.single_graph,
+        trace=args.trace,
+        batch_coupled=args.batch_coupled,
+        opset=args.opset,
+        verbose=args.verbose,
+        progress=True,
+        cli=True,
+    )
     return 0
 
 
@@ -111,23 +71,12 @@ def _export_codec(args: argparse.Namespace) -> int:
 
 def _vamp_settings(args: argparse.Namespace) -> dict:
     """`Vamp.vamp` keyword arguments from the parsed vamp options."""
-    return dict(
-        seed=args.seed,
-        steps=args.steps,
-        temperature=args.temperature,
-        top_k=args.top_k or None,
-        top_p=args.top_p or None,
-        mask_temperature=args.mask_temperature,
-        periodic_prompt=args.periodic_prompt,
-        periodic_width=args.periodic_width,
-        upper_codebook_mask=args.upper_codebook_mask,
-        onset_mask_width=args.onset_mask,
-        prefix_s=args.prefix,
-        suffix_s=args.suffix,
-        dropout=args.dropout,
-        keep_rate=not args.codec_rate,
-        progress=not args.quiet,
-    )
+    settings = {
+        public_name(f.name): getattr(args, f.name)
+        for cls in (SamplingSettings, MaskSettings)
+        for f in fields(cls)
+    }
+    return dict(seed=args.seed, **settings, keep_rate=not args.codec_rate, progress=not args.quiet)
 
 
 def _vamp(args: argparse.Namespace) -> int:
@@ -144,69 +93,11 @@ def _vamp(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_CHECKPOINTS = ("coarse.pth", "c2f.pth", "codec.pth")
-
-
-def demo_cache() -> Path:
-    """Where `demo` keeps its random checkpoints and exported models:
-    ``$XDG_CACHE_HOME/vampnet-onnx/demo`` (default ``~/.cache/vampnet-onnx/demo``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vampnet-onnx" / "demo"
-
-
-def _demo_stamp() -> str:
-    """What the cached demo models must have been exported for: the graph contracts' inputs
-    (an export from an older version with other inputs is made again)."""
-    import json
-
-    from . import ops
-
-    return json.dumps({"generation": ops.GENERATION.input_names})
-
-
-def _demo_models(verbose: bool) -> Path:
-    """The demo's exported models folder, created on first use (needs torch) and again when
-    it was exported for other graph contracts."""
-    from . import testing
-    from .pipeline import MODEL_FILES
-
-    models = demo_cache() / "models"
-    stamp = models / "contracts.json"
-    if (
-        all((models / name).is_file() for name in MODEL_FILES)
-        and stamp.is_file()
-        and stamp.read_text() == _demo_stamp()
-    ):
-        return models
-    models.parent.mkdir(parents=True, exist_ok=True)
-    # Export into a fresh folder and rename it at the end, so an interrupted export is not
-    # mistaken for a finished one next time.
-    staging = Path(tempfile.mkdtemp(dir=models.parent, prefix="export-"))
-    try:
-        coarse, c2f, codec = (staging / name for name in DEMO_CHECKPOINTS)
-        testing.write_vampnet_checkpoint(coarse, testing.TINY_COARSE_KWARGS, seed=1)
-        testing.write_vampnet_checkpoint(c2f, testing.TINY_C2F_KWARGS, seed=2)
-        testing.write_codec_checkpoint(codec, testing.SMALL_CODEC_KWARGS, seed=3)
-        export_argv = ["export", "--out", str(staging / "models")]
-        for flag, path in (("--coarse", coarse), ("--c2f", c2f), ("--codec", codec)):
-            export_argv += [flag, str(path)]
-        if verbose:
-            export_argv.append("--verbose")
-        export_args = build_parser().parse_args(export_argv)
-        export_args.handler(export_args)
-        (staging / "models" / "contracts.json").write_text(_demo_stamp())
-        shutil.rmtree(models, ignore_errors=True)
-        (staging / "models").rename(models)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return models
-
-
 def _demo(args: argparse.Namespace) -> int:
     from . import audio, demo
     from .pipeline import Vamp
 
-    models = _demo_models(args.verbose)
+    models = demo.demo_models(args.verbose)
     args.out.mkdir(parents=True, exist_ok=True)
     sample_rate = 44100
     x = demo.synth_music(args.seconds, sample_rate)
@@ -221,57 +112,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_settings(group, settings_class) -> None:
+    """One option per field of a `settings` dataclass: its flag, type, default and help."""
+    for f in fields(settings_class):
+        group.add_argument(
+            f.metadata["flag"],
+            dest=f.name,
+            type=f.metadata["limit"].kind,
+            default=f.default,
+            metavar=f.metadata["metavar"],
+            help=f"{f.metadata['help']} (default {f.default})",
+        )
+
+
 def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     """The mask, sampling and run options of `vamp` and `demo` (VampNet's app defaults)."""
     sampling = parser.add_argument_group(
         "sampling (coarse stage; c2f uses upstream's fixed 2 steps)"
     )
     sampling.add_argument("--seed", type=int, default=0, help="random seed, any int64 (default 0)")
-    sampling.add_argument("--steps", type=int, default=36, help="coarse steps (default 36)")
-    sampling.add_argument("--temperature", type=float, default=1.0, help="default 1.0")
-    sampling.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
-    sampling.add_argument("--top-p", type=float, default=0.0, help="in (0, 1]; 0 = off (default)")
-    sampling.add_argument(
-        "--mask-temperature", type=float, default=10.5, help="re-masking noise (default 10.5)"
-    )
-    prompt = parser.add_argument_group("mask (what is kept from the input)")
-    prompt.add_argument(
-        "--periodic-prompt",
-        type=int,
-        default=7,
-        metavar="N",
-        help="keep every N-th frame (randomly phase-shifted); 0 = off (default 7)",
-    )
-    prompt.add_argument(
-        "--periodic-width",
-        type=int,
-        default=1,
-        metavar="N",
-        help="frames kept around each periodic frame, 2*(N//2)+1 (default 1)",
-    )
-    prompt.add_argument(
-        "--upper-codebook-mask",
-        type=int,
-        default=3,
-        metavar="N",
-        help="keep only codebooks < N at the kept frames (default 3)",
-    )
-    prompt.add_argument(
-        "--onset-mask",
-        type=int,
-        default=0,
-        metavar="W",
-        help="also keep W frames on each side of detected onsets; 0 = off (default)",
-    )
-    prompt.add_argument("--prefix", type=float, default=0.0, metavar="S", help="keep the first S s")
-    prompt.add_argument("--suffix", type=float, default=0.0, metavar="S", help="keep the last S s")
-    prompt.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="drop this fraction of frames from the prompt, in [0, 1] (default 0)",
-    )
+    _add_settings(sampling, SamplingSettings)
+    _add_settings(parser.add_argument_group("mask (what is kept from the input)"), MaskSettings)
     run = parser.add_argument_group("run")
     run.add_argument(
         "--codec-rate",

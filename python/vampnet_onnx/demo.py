@@ -1,16 +1,76 @@
-"""`vampnet-onnx demo`: music-like test audio, spectrograms and a minimal PNG writer (numpy + zlib).
+"""`vampnet-onnx demo`: its cached random-weight models, music-like test audio, spectrograms
+and a minimal PNG writer.
 
-The demo itself (random-weight checkpoints, export, vamp) is in `cli`; this module holds the
-pieces that need neither torch nor onnxruntime.
+Only `demo_models` needs torch (the first time, to write and export the checkpoints); the
+rest is numpy + zlib. `cli` parses the command and runs the vamp.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from . import configs
+from .contracts import GENERATION, MODEL_FILES
+
+DEMO_CHECKPOINTS = ("coarse.pth", "c2f.pth", "codec.pth")
+#: The demo's models, all with the real structure: tiny transformers, a small codec.
+_DEMO_KWARGS = (configs.TINY_COARSE_KWARGS, configs.TINY_C2F_KWARGS, configs.SMALL_CODEC_KWARGS)
+
+
+def demo_cache() -> Path:
+    """Where `demo` keeps its random checkpoints and exported models:
+    ``$XDG_CACHE_HOME/vampnet-onnx/demo`` (default ``~/.cache/vampnet-onnx/demo``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vampnet-onnx" / "demo"
+
+
+def _stamp() -> str:
+    """What the cached demo models must have been exported for: the graph contracts' inputs
+    (an export from an older version with other inputs is made again)."""
+    return json.dumps({"generation": GENERATION.input_names})
+
+
+def demo_models(verbose: bool = False) -> Path:
+    """The demo's exported models folder, created on first use (needs torch) and again when
+    it was exported for other graph contracts. verbose: the exporter's own messages."""
+    from . import testing
+    from .export import export_models
+
+    models = demo_cache() / "models"
+    stamp = models / "contracts.json"
+    if (
+        all((models / name).is_file() for name in MODEL_FILES)
+        and stamp.is_file()
+        and stamp.read_text() == _stamp()
+    ):
+        return models
+    models.parent.mkdir(parents=True, exist_ok=True)
+    # Export into a fresh folder and rename it at the end, so an interrupted export is not
+    # mistaken for a finished one next time.
+    staging = Path(tempfile.mkdtemp(dir=models.parent, prefix="export-"))
+    try:
+        coarse, c2f, codec = (staging / name for name in DEMO_CHECKPOINTS)
+        for path, kwargs, seed in zip((coarse, c2f), _DEMO_KWARGS, (1, 2)):
+            testing.write_vampnet_checkpoint(path, kwargs, seed=seed)
+        testing.write_codec_checkpoint(codec, _DEMO_KWARGS[2], seed=3)
+        export_models(
+            staging / "models", codec=codec, coarse=coarse, c2f=c2f, verbose=verbose, progress=True
+        )
+        (staging / "models" / "contracts.json").write_text(_stamp())
+        shutil.rmtree(models, ignore_errors=True)
+        (staging / "models").rename(models)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return models
+
 
 #: A I-vi-IV-V progression in C major (MIDI notes of each chord).
 _CHORDS = ((60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62))

@@ -10,18 +10,19 @@ Two modes, chosen by the file given:
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from . import ops
+from .contracts import CONFIG_KEY, GENERATION, GENERATION_KEY, TRANSFORMER, metadata
+from .ops import MASK_TOKEN
 from .runtime import create_session
+from .settings import SamplingSettings, check_seed
 
 _WHERE = "Generator.generate"
+_DEFAULTS = SamplingSettings()
 
 
 class Generator:
@@ -34,6 +35,9 @@ class Generator:
     upstream VampNet does (a generation graph has this fixed at export).
     python_ops: passed to `create_session`.
     """
+
+    #: Who reports a bad setting (also for `pipeline.Vamp`, which generates through this).
+    WHERE = _WHERE
 
     def __init__(
         self,
@@ -50,16 +54,11 @@ class Generator:
             python_ops=python_ops,
         )
         meta = self.session.get_modelmeta().custom_metadata_map
-        if ops.CONFIG_KEY not in meta:
-            raise ValueError(
-                f"Generator: path must be a vampnet_onnx export with metadata {ops.CONFIG_KEY}, "
-                f"got {str(path)!r} without it"
-            )
-        self.config: dict = json.loads(meta[ops.CONFIG_KEY])
+        self.config: dict = metadata(meta, CONFIG_KEY, "Generator", f"path {str(path)!r}")
         input_names = [i.name for i in self.session.get_inputs()]
-        if input_names == ops.GENERATION.input_names:
+        if input_names == GENERATION.input_names:
             self.mode = "graph"
-            settings = json.loads(meta.get(ops.GENERATION_KEY, "{}"))
+            settings = metadata(meta, GENERATION_KEY, "Generator", f"path {str(path)!r}")
             exported_coupling = bool(settings.get("batch_coupled", False))
             if batch_coupled is not None and batch_coupled != exported_coupling:
                 raise ValueError(
@@ -67,15 +66,15 @@ class Generator:
                     f"{exported_coupling}, got {batch_coupled}"
                 )
             self.batch_coupled = exported_coupling
-        elif input_names == ops.TRANSFORMER.input_names:
+        elif input_names == TRANSFORMER.input_names:
             self.mode = "python-loop"
             self.batch_coupled = bool(batch_coupled)
         else:
-            missing = [n for n in ops.GENERATION.input_names if n not in input_names]
+            missing = [n for n in GENERATION.input_names if n not in input_names]
             hint = (
                 f" (missing {', '.join(missing)}: exported by an older vampnet-onnx? export it "
                 "again)"
-                if set(input_names) < set(ops.GENERATION.input_names)
+                if set(input_names) < set(GENERATION.input_names)
                 else ""
             )
             raise ValueError(
@@ -94,17 +93,17 @@ class Generator:
 
     @property
     def mask_token(self) -> int:
-        return int(self.config.get("mask_token", ops.MASK_TOKEN))
+        return int(self.config.get("mask_token", MASK_TOKEN))
 
     def generate(
         self,
         codes: np.ndarray,
         mask: np.ndarray,
-        steps: int = ops.GENERATION_DEFAULTS["n_steps"],
-        temperature: float = ops.DEFAULT_TEMPERATURE,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        mask_temperature: float = ops.DEFAULT_MASK_TEMPERATURE,
+        steps: int = _DEFAULTS.n_steps,
+        temperature: float = _DEFAULTS.temperature,
+        top_k: int | None = _DEFAULTS.top_k,
+        top_p: float | None = _DEFAULTS.top_p,
+        mask_temperature: float = _DEFAULTS.mask_temperature,
         seed: int = 0,
         progress: bool = False,
         batch_offset: int = 0,
@@ -113,17 +112,26 @@ class Generator:
 
         codes: integer [B, C, T] (C = the model's codebooks), each in [0, 1024) where mask is
         false; values under the mask are ignored. mask: bool (or 0/1) [B, C, T], true =
-        generate, never true in the conditioning codebooks (c2f's first 4). steps: iterations
-        (VampNet: 36 coarse, 2 coarse-to-fine). temperature: 0 = argmax. top_k / top_p: None =
-        off. mask_temperature: Gumbel noise scale on the re-masking confidences. seed: any
-        int64. progress: a tqdm bar over the steps (Python-loop mode). batch_offset: the
-        random-stream index of item 0, in [0, 2**32 - B]: item b draws the numbers of item
-        batch_offset + b, so chunks of a longer piece generated one call each can draw as one
-        batch would (docs/generation.md).
+        generate, never true in the conditioning codebooks (c2f's first 4). steps,
+        temperature, top_k, top_p, mask_temperature: `settings.SamplingSettings` (steps is its
+        n_steps: VampNet runs 36 coarse, 2 coarse-to-fine; temperature 0 = argmax; top_k 0 and
+        top_p 1 or None = off; mask_temperature scales the Gumbel noise on the re-masking
+        confidences). seed: any int64. progress: a tqdm bar over the steps (Python-loop
+        mode). batch_offset: the random-stream index of item 0, in [0, 2**32 - B]: item b
+        draws the numbers of item batch_offset + b, so chunks of a longer piece generated one
+        call each can draw as one batch would (docs/generation.md).
         Returns int64 [B, C, T] with every position filled; unmasked positions unchanged.
         """
         codes, mask = self._check_codes_and_mask(codes, mask)
-        settings = self._check_settings(steps, temperature, top_k, top_p, mask_temperature, seed)
+        settings = SamplingSettings.from_public(
+            _WHERE,
+            steps=steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            mask_temperature=mask_temperature,
+        ).inputs()
+        settings["seed"] = check_seed(seed, _WHERE)
         if (
             isinstance(batch_offset, bool)
             or not isinstance(batch_offset, (int, np.integer))
@@ -135,7 +143,7 @@ class Generator:
             )
         settings["batch_offset"] = int(batch_offset)
         if self.mode == "graph":
-            feed = {"codes": codes, "mask": mask, **ops.GENERATION.feed(**settings)}
+            feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
             return self.session.run(["codes_out"], feed)[0]
         return self._python_loop(codes, mask, settings, progress)
 
@@ -203,43 +211,3 @@ class Generator:
             )
         # Under the mask any value is ignored; keep the arrays the ops accept.
         return np.where(mask, 0, codes).astype(np.int64), np.ascontiguousarray(mask)
-
-    @staticmethod
-    def _check_settings(steps, temperature, top_k, top_p, mask_temperature, seed) -> dict:
-        def fail(name, constraint, got):
-            raise ValueError(f"{_WHERE}: {name} must {constraint}, got {got!r}")
-
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            fail("steps", "be an int >= 1", steps)
-        if not (
-            isinstance(temperature, (int, float))
-            and math.isfinite(temperature)
-            and temperature >= 0
-        ):
-            fail("temperature", "be a finite number >= 0", temperature)
-        top_k = 0 if top_k is None else top_k
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-            fail("top_k", "be None or an int >= 0", top_k)
-        top_p = 1.0 if top_p is None else top_p
-        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            fail("top_p", "be None or in (0, 1]", top_p)
-        if not (
-            isinstance(mask_temperature, (int, float))
-            and math.isfinite(mask_temperature)
-            and mask_temperature >= 0
-        ):
-            fail("mask_temperature", "be a finite number >= 0", mask_temperature)
-        if (
-            isinstance(seed, bool)
-            or not isinstance(seed, (int, np.integer))
-            or not (-(2**63) <= seed < 2**63)
-        ):
-            fail("seed", "be an int64", seed)
-        return dict(
-            n_steps=int(steps),
-            temperature=float(temperature),
-            top_k=int(top_k),
-            top_p=float(top_p),
-            mask_temperature=float(mask_temperature),
-            seed=int(seed),
-        )

@@ -1,4 +1,4 @@
-"""VampNet's prompt masks (SPEC.md §4.5), numpy only.
+"""VampNet's prompt masks (docs/model.md §4.5), numpy only.
 
 A mask is a bool array ``[B, C, T]`` (batch, codebooks, frames): **True = generate**, False =
 keep the prompt's code (upstream uses int64 with 1 = generate; ``mask.astype(np.int64)``
@@ -23,13 +23,11 @@ from typing import Any
 
 import numpy as np
 
-Shape = tuple[int, int, int]
+from .contracts import MASK_STREAM_ITEM, STREAM_SITES
+from .settings import MaskSettings, check_seed
 
-#: Random-stream item of the mask's draws: SampleTokens rows ``(MASK_STREAM_ITEM << 32) + j``,
-#: apart from every generation stream the pipeline uses (items below 2**31 - 1).
-MASK_STREAM_ITEM = 2**31 - 1
-#: The stream offset of each random draw of `build_mask`.
-STREAM_SITES = {"roll": 0, "dropout": 1}
+Shape = tuple[int, int, int]
+_DEFAULTS = MaskSettings()
 # Rows of equal logits per SampleTokens call: bounds the memory of long dropout draws.
 _DRAW_CELLS = 1 << 22
 
@@ -49,9 +47,7 @@ class StreamRandom:
             raise ValueError(
                 f"StreamRandom: site must be one of {list(STREAM_SITES)}, got {site!r}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise ValueError(f"StreamRandom: seed must be an int64, got {seed!r}")
-        self.seed, self.site = int(seed), site
+        self.seed, self.site = check_seed(seed, "StreamRandom"), site
 
     def at(self, site: str) -> StreamRandom:
         """The same seed at another draw site."""
@@ -191,6 +187,10 @@ def dropout(mask: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
+# build_mask's argument `dropout` (the settings' name) hides the function inside it.
+_drop_frames = dropout
+
+
 def codebook_unmask(mask: np.ndarray, n_codebooks: int) -> np.ndarray:
     """Keep codebooks ``< n_codebooks`` entirely (the conditioning codebooks)."""
     mask = _mask(mask, "codebook_unmask").copy()
@@ -319,13 +319,13 @@ def build_mask(
     shape: Shape,
     rng: np.random.Generator | StreamRandom,
     rand_mask_intensity: float = 1.0,
-    prefix_s: float = 0.0,
-    suffix_s: float = 0.0,
-    periodic_prompt: int = 7,
-    periodic_prompt_width: int = 1,
-    onset_mask_width: int = 0,
-    dropout_p: float = 0.0,
-    upper_codebook_mask: int = 3,
+    prefix_s: float = _DEFAULTS.prefix_s,
+    suffix_s: float = _DEFAULTS.suffix_s,
+    periodic_prompt: int = _DEFAULTS.periodic_prompt,
+    periodic_width: int = _DEFAULTS.periodic_width,
+    onset_mask_width: int = _DEFAULTS.onset_mask_width,
+    dropout: float = _DEFAULTS.dropout,
+    upper_codebook_mask: int = _DEFAULTS.upper_codebook_mask,
     n_conditioning_codebooks: int = 0,
     audio: np.ndarray | None = None,
     sample_rate: int = 44100,
@@ -334,12 +334,15 @@ def build_mask(
     """VampNet's mask recipe (``Interface.build_mask``) with its defaults: bool ``[B, C, T]``.
 
     ``linear_random(rand_mask_intensity) AND inpaint(prefix, suffix) AND
-    periodic(periodic_prompt, periodic_prompt_width, rolled) [AND onset_mask(onset_mask_width)]``,
-    then `dropout`, `codebook_unmask` (conditioning codebooks kept) and `codebook_mask`
-    (codebooks >= upper_codebook_mask generated). With the defaults: every 7th frame (randomly
-    phase-shifted) is kept in codebooks 0-2, everything else is generated.
+    periodic(periodic_prompt, periodic_width, rolled) [AND onset_mask(onset_mask_width)]``,
+    then `dropout` (with probability `dropout`), `codebook_unmask` (conditioning codebooks
+    kept) and `codebook_mask` (codebooks >= upper_codebook_mask generated). With the
+    defaults: every 7th frame (randomly phase-shifted) is kept in codebooks 0-2, everything
+    else is generated.
 
     Args:
+        prefix_s, ..., upper_codebook_mask: the `settings.MaskSettings` fields, same names and
+            defaults (upstream calls two of them ``periodic_prompt_width`` and ``_dropout``).
         prefix_s, suffix_s: seconds kept at the start / end, in frames of `hop_length` samples
             at `sample_rate` (rounded up).
         audio: mono codec input ``[N]``; required when onset_mask_width > 0.
@@ -360,12 +363,12 @@ def build_mask(
     mask = mask_and(mask, inpaint(shape, n_prefix, n_suffix))
     mask = mask_and(
         mask,
-        periodic(shape, periodic_prompt, periodic_prompt_width, random_roll=True, rng=site("roll")),
+        periodic(shape, periodic_prompt, periodic_width, random_roll=True, rng=site("roll")),
     )
     if _count(onset_mask_width, "build_mask", "onset_mask_width") > 0:
         if audio is None:
             raise ValueError("build_mask: audio must be given when onset_mask_width > 0, got None")
         mask = mask_and(mask, onset_mask(shape, audio, sample_rate, hop_length, onset_mask_width))
-    mask = dropout(mask, dropout_p, site("dropout"))
+    mask = _drop_frames(mask, dropout, site("dropout"))
     mask = codebook_unmask(mask, n_conditioning_codebooks)
     return codebook_mask(mask, upper_codebook_mask)

@@ -15,12 +15,8 @@ from onnx import TensorProto, helper
 DOMAIN = "vampnet_onnx"
 VERSION = 1
 
-# VampNet's defaults (SPEC.md §3.1, §4.7).
+#: VampNet's MASK token id: the vocabulary size, 1024 (docs/model.md §2.1).
 MASK_TOKEN = 1024
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_MASK_TEMPERATURE = 10.5
-DEFAULT_TOP_K = 0
-DEFAULT_TOP_P = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,30 +95,30 @@ class OpSchema:
         return node
 
 
-_FLOAT = (TensorProto.FLOAT,)
-_INT64 = (TensorProto.INT64,)
+FLOAT = (TensorProto.FLOAT,)
+INT64 = (TensorProto.INT64,)
 _LOGITS_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
-_SAMPLING_INPUTS = (
-    Port("temperature", _FLOAT, "scalar >= 0; 0 is an exact argmax (ties: lowest index)"),
-    Port("top_k", _INT64, "scalar >= 0; 0 or >= V: off"),
-    Port("top_p", _FLOAT, "scalar in (0, 1]; 1: off"),
+SAMPLING_INPUTS = (
+    Port("temperature", FLOAT, "scalar >= 0; 0 is an exact argmax (ties: lowest index)"),
+    Port("top_k", INT64, "scalar >= 0; 0 or >= V: off"),
+    Port("top_p", FLOAT, "scalar in (0, 1]; 1: off"),
 )
 
 SAMPLE_TOKENS = OpSchema(
     name="SampleTokens",
     inputs=(
         Port("logits", _LOGITS_TYPES, "[..., V] unnormalised log-probabilities"),
-        *_SAMPLING_INPUTS,
-        Port("seed", _INT64, "scalar, the random stream's key"),
-        Port("offset", _INT64, "scalar stream counter, e.g. the step index"),
-        Port("first_row", _INT64, "scalar, flat index of this call's first row (default 0)", True),
+        *SAMPLING_INPUTS,
+        Port("seed", INT64, "scalar, the random stream's key"),
+        Port("offset", INT64, "scalar stream counter, e.g. the step index"),
+        Port("first_row", INT64, "scalar, flat index of this call's first row (default 0)", True),
     ),
     outputs=(
-        Port("tokens", _INT64, "[...] sampled token per row"),
+        Port("tokens", INT64, "[...] sampled token per row"),
         Port(
             "logprob",
-            _FLOAT,
+            FLOAT,
             "[...] log-probability of the token under the filtered, "
             "temperature-scaled distribution (temperature 0: as at temperature 1)",
         ),
@@ -133,32 +129,32 @@ MASK_GIT_STEP = OpSchema(
     name="MaskGitStep",
     inputs=(
         Port("logits", _LOGITS_TYPES, "[B, T, P, V] for the P predicted codebooks"),
-        Port("codes", _INT64, "[B, C, T] current codes; values at masked positions are ignored"),
+        Port("codes", INT64, "[B, C, T] current codes; values at masked positions are ignored"),
         Port("mask", (TensorProto.BOOL,), "[B, C, T] true = still to generate"),
-        Port("step", _INT64, "scalar in [0, n_steps)"),
-        Port("n_steps", _INT64, "scalar >= 1"),
-        *_SAMPLING_INPUTS,
-        Port("mask_temperature", _FLOAT, "scalar >= 0, Gumbel noise scale (annealed)"),
-        Port("seed", _INT64, "scalar, the random stream's key"),
+        Port("step", INT64, "scalar in [0, n_steps)"),
+        Port("n_steps", INT64, "scalar >= 1"),
+        *SAMPLING_INPUTS,
+        Port("mask_temperature", FLOAT, "scalar >= 0, Gumbel noise scale (annealed)"),
+        Port("seed", INT64, "scalar, the random stream's key"),
         Port(
             "n_masked_start",
-            _INT64,
+            INT64,
             "[B] masked positions per item before step 0 "
             "(default: counted from mask, right at step 0)",
             True,
         ),
         Port(
             "batch_offset",
-            _INT64,
+            INT64,
             "scalar in [0, 2^32 - B], stream index of item 0 (default 0): item b draws the "
             "random streams of item batch_offset + b",
             True,
         ),
     ),
     outputs=(
-        Port("codes_out", _INT64, "[B, C, T] sampled tokens written at masked positions"),
+        Port("codes_out", INT64, "[B, C, T] sampled tokens written at masked positions"),
         Port("mask_out", (TensorProto.BOOL,), "[B, C, T] positions to generate next step"),
-        Port("model_input", _INT64, "[B, C, T] codes_out with MASK (= V) where mask_out"),
+        Port("model_input", INT64, "[B, C, T] codes_out with MASK (= V) where mask_out"),
     ),
     attributes=(
         Attribute(
@@ -190,122 +186,6 @@ CHECK_RANGE = OpSchema(
 )
 
 SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP, CHECK_RANGE)
-
-# --- graph contracts (not ops): the exported graphs' inputs and outputs --------------------
-
-# Metadata keys: the transformer's config JSON (written by export.transformer), the
-# generation graph's settings (export.generation) and the codec graphs' config (export.codec).
-CONFIG_KEY = "vampnet_onnx.config"
-GENERATION_KEY = "vampnet_onnx.generation"
-CODEC_CONFIG_KEY = "vampnet_onnx.codec_config"
-
-TRANSFORMER = OpSchema(
-    name="Transformer",
-    inputs=(Port("codes", _INT64, "[B, C, T] codes with MASK where to generate"),),
-    outputs=(Port("logits", _FLOAT, "[B, T, P, V] for the P predicted codebooks"),),
-)
-
-# VampNet's generate defaults (SPEC.md §3.1, §4.7: the app runs 36 coarse steps).
-GENERATION_DEFAULTS = {
-    "n_steps": 36,
-    "temperature": DEFAULT_TEMPERATURE,
-    "top_k": DEFAULT_TOP_K,
-    "top_p": DEFAULT_TOP_P,
-    "mask_temperature": DEFAULT_MASK_TEMPERATURE,
-    "seed": 0,
-    "batch_offset": 0,
-}
-
-GENERATION = OpSchema(
-    name="Generation",
-    inputs=(
-        Port("codes", _INT64, "[B, C, T] prompt codes; values at masked positions are ignored"),
-        Port(
-            "mask",
-            (TensorProto.BOOL,),
-            "[B, C, T] true = generate; false in conditioning codebooks",
-        ),
-        Port("n_steps", _INT64, "scalar >= 1, iterations of the loop (VampNet: 36 coarse)"),
-        *_SAMPLING_INPUTS,
-        Port("mask_temperature", _FLOAT, "scalar >= 0 (VampNet: 10.5)"),
-        Port("seed", _INT64, "scalar, the random stream's key"),
-        Port(
-            "batch_offset",
-            _INT64,
-            "scalar in [0, 2^32 - B], stream index of item 0 (0 unless the batch continues "
-            "another call's, as a chunk of a longer piece does)",
-        ),
-    ),
-    outputs=(
-        Port("codes_out", _INT64, "[B, C, T] every position filled"),
-        Port(
-            "codes_per_step", _INT64, "[S, B, C, T] codes after each step (trace export only)", True
-        ),
-        Port(
-            "mask_per_step",
-            (TensorProto.BOOL,),
-            "[S, B, C, T] mask after each step (trace export only)",
-            True,
-        ),
-    ),
-)
-
-
-# The single-graph vamp (export.vamp): VampNet's app defaults for the mask (SPEC.md §4.7).
-VAMP_KEY = "vampnet_onnx.vamp"
-VAMP_DEFAULTS = {
-    "seed": 0,
-    "n_steps": 36,
-    "temperature": DEFAULT_TEMPERATURE,
-    "top_k": DEFAULT_TOP_K,
-    "top_p": DEFAULT_TOP_P,
-    "mask_temperature": DEFAULT_MASK_TEMPERATURE,
-    "periodic_prompt": 7,
-    "periodic_width": 1,
-    "upper_codebook_mask": 3,
-    "prefix_s": 0.0,
-    "suffix_s": 0.0,
-    "dropout": 0.0,
-}
-#: Allowed ranges of the single graph's mask settings (checked in the graph by CheckRange and by
-#: `pipeline.Vamp`): a period or width past the bound would only ask for absurd draws or casts.
-VAMP_LIMITS = {
-    "periodic_prompt": (0, 1_000_000),
-    "periodic_width": (0, 1_000_000),
-    "upper_codebook_mask": (0, 1_000_000),
-    "prefix_s": (0.0, 1e7),
-    "suffix_s": (0.0, 1e7),
-    "dropout": (0.0, 1.0),
-}
-VAMP = OpSchema(
-    name="Vamp",
-    inputs=(
-        Port(
-            "audio",
-            _FLOAT,
-            "[N] mono samples at the codec's rate (44.1 kHz), N >= 1, loudness-normalised as "
-            "vampnet_onnx.audio.preprocess does",
-        ),
-        Port("seed", _INT64, "scalar, the key of every random draw"),
-        Port("n_steps", _INT64, "scalar >= 1, coarse generation steps (VampNet: 36)"),
-        *_SAMPLING_INPUTS,
-        Port("mask_temperature", _FLOAT, "scalar >= 0, the coarse stage's (VampNet: 10.5)"),
-        Port("periodic_prompt", _INT64, "scalar >= 0, keep every n-th frame (0: off)"),
-        Port("periodic_width", _INT64, "scalar >= 0, frames kept per period (2 * (w // 2) + 1)"),
-        Port("upper_codebook_mask", _INT64, "scalar >= 0, codebooks >= it are all generated"),
-        Port("prefix_s", _FLOAT, "scalar >= 0, seconds kept at the start"),
-        Port("suffix_s", _FLOAT, "scalar >= 0, seconds kept at the end"),
-        Port("dropout", _FLOAT, "scalar in [0, 1], share of frames dropped from the prompt"),
-    ),
-    outputs=(
-        Port("audio_out", _FLOAT, "[N] the vamped audio, same length and rate as audio"),
-        Port("codes", _INT64, "[1, 14, T] the encoder's codes, T = ceil(N / hop)"),
-        Port(
-            "mask", (TensorProto.BOOL,), "[1, 14, T] the mask built in the graph, true = generated"
-        ),
-        Port("codes_out", _INT64, "[1, 14, T] the generated codes that were decoded"),
-    ),
-)
 
 
 def opset_import() -> onnx.OperatorSetIdProto:

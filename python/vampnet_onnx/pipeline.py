@@ -2,16 +2,16 @@
 
 An exported models folder (``vampnet-onnx export``) holds the four graphs this reads:
 ``codec.encode.onnx``, ``coarse.generate.onnx``, ``c2f.generate.onnx``, ``codec.decode.onnx``.
-The stages follow VampNet's ``Interface`` (SPEC.md §4):
+The stages follow VampNet's ``Interface`` (docs/model.md §4):
 
 1. `audio.preprocess`: resample to 44.1 kHz, mono, -24 LUFS, peak <= 1.
 2. encode: audio -> codes ``[1, 14, T]``, T = ceil(N / hop).
 3. `masks.build_mask` with VampNet's defaults (periodic prompt 7, width 1, upper codebook mask 3).
 4. coarse: codebooks 0-3 in consecutive 10-s chunks (575 frames, no overlap); a chunk with any
-   prompt gets its first and last frame forced to prompt (SPEC §4.3).
+   prompt gets its first and last frame forced to prompt (docs/model.md §4.3).
 5. coarse-to-fine: 3-s chunks (173 frames), the tail padded with code 0 / mask True; codebooks
    0-3 condition, the fine positions of the mask are generated with upstream's fixed c2f
-   settings (2 steps, temperature 1, mask temperature 10.5, no top-k/top-p; SPEC §4.4).
+   settings (2 steps, temperature 1, mask temperature 10.5, no top-k/top-p; docs/model.md §4.4).
 6. decode, then `audio.restore`: the input's length, loudness and (by default) sample rate.
 
 Deviations from upstream, on purpose:
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,55 +50,32 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import audio, masks, ops, reference
-from .generator import Generator
-
-#: The graphs `Vamp` reads from a models folder, in pipeline order.
-MODEL_FILES = (
-    "codec.encode.onnx",
-    "coarse.generate.onnx",
-    "c2f.generate.onnx",
-    "codec.decode.onnx",
+from . import audio, masks
+from .codec import Codec, decoded_length
+from .contracts import (
+    C2F_CHUNK_S,
+    C2F_STEPS,
+    C2F_STREAM_BASE,
+    COARSE_CHUNK_S,
+    COARSE_STREAM_BASE,
+    CODEC_CONFIG_KEY,
+    DECODE_FILE,
+    ENCODE_FILE,
+    GENERATION_FILES,
+    MODEL_FILES,
+    VAMP,
+    VAMP_KEY,
+    metadata,
+    require_files,
 )
-#: VampNet's chunk lengths in seconds (``chunk_size_s`` of the coarse and c2f models).
-COARSE_CHUNK_S = 10.0
-C2F_CHUNK_S = 3.0
-#: Upstream's c2f call from ``vamp`` ignores the user's sampling settings (SPEC §4.4).
-C2F_STEPS = 2
+from .generator import Generator
+from .settings import HOST_ONLY_MASK_SETTINGS, MaskSettings, SamplingSettings, check_seed
+
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
 #: to either side, so 32 leaves a margin.
 CONTEXT_FRAMES = 32
-
-#: Random-stream index of the first coarse-to-fine chunk (coarse chunk i is stream item i).
-C2F_STREAM_BASE = 2**30
-
-
-def require_files(folder: str | Path, names: Sequence[str], what: str) -> Path:
-    """`folder` as a Path, or FileNotFoundError "<what> must be a folder with <names>
-    (vampnet-onnx export), got '<folder>' without <the missing ones>"."""
-    folder = Path(folder)
-    missing = [name for name in names if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{what} must be a folder with {', '.join(names)} (vampnet-onnx export), got "
-            f"'{folder}' without {', '.join(missing)}"
-        )
-    return folder
-
-
-def check_mask_settings(settings: dict, where: str) -> None:
-    """The mask settings within `ops.VAMP_LIMITS` (the single graph's CheckRange bounds), with
-    the message the graph gives; ints where the graph takes int64."""
-    for name, (low, high) in ops.VAMP_LIMITS.items():
-        if name not in settings:
-            continue
-        value = settings[name]
-        integral = isinstance(low, int)
-        kinds = (int, np.integer) if integral else (int, float, np.integer, np.floating)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            kind = "an int" if integral else "a number"
-            raise ValueError(f"{where}: {name} must be {kind}, got {value!r}")
-        reference.check_range(value, name, low, high, where)
+_SAMPLING = SamplingSettings()
+_MASK = MaskSettings()
 
 
 def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -121,32 +98,33 @@ class _AudioToAudio:
         sample_rate: int,
         *,
         seed: int = 0,
-        steps: int = 36,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        mask_temperature: float = 10.5,
-        periodic_prompt: int = 7,
-        periodic_width: int = 1,
-        upper_codebook_mask: int = 3,
-        onset_mask_width: int = 0,
-        prefix_s: float = 0.0,
-        suffix_s: float = 0.0,
-        dropout: float = 0.0,
+        steps: int = _SAMPLING.n_steps,
+        temperature: float = _SAMPLING.temperature,
+        top_k: int | None = _SAMPLING.top_k,
+        top_p: float | None = _SAMPLING.top_p,
+        mask_temperature: float = _SAMPLING.mask_temperature,
+        periodic_prompt: int = _MASK.periodic_prompt,
+        periodic_width: int = _MASK.periodic_width,
+        upper_codebook_mask: int = _MASK.upper_codebook_mask,
+        onset_mask_width: int = _MASK.onset_mask_width,
+        prefix_s: float = _MASK.prefix_s,
+        suffix_s: float = _MASK.suffix_s,
+        dropout: float = _MASK.dropout,
         keep_rate: bool = True,
         progress: bool = False,
     ) -> tuple[np.ndarray, int]:
-        """Vamp on `samples` with VampNet's app defaults (SPEC §4.7).
+        """Vamp on `samples` with VampNet's app defaults (docs/model.md §4.7).
 
         Args:
             samples: float ``[N]`` or ``[channels, N]`` in [-1, 1], N >= 1.
             sample_rate: Hz.
             seed: any int64: the key of every random draw (mask and generation).
             steps, temperature, top_k, top_p, mask_temperature: the coarse stage's sampling
-                (`Generator.generate`); c2f always uses upstream's fixed settings.
+                (`settings.SamplingSettings`, `Generator.generate`); c2f always uses upstream's
+                fixed settings.
             periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width, prefix_s,
-                suffix_s, dropout: the mask (`masks.build_mask`; 0 turns a periodic prompt or
-                onset mask off; `SingleGraphVamp` has no onset mask).
+                suffix_s, dropout: the mask (`settings.MaskSettings`, `masks.build_mask`; 0
+                turns a periodic prompt or onset mask off; `SingleGraphVamp` has no onset mask).
             keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
             progress: tqdm bars over the chunks of each stage (`Vamp`; the single graph is one
                 run and shows none).
@@ -156,13 +134,8 @@ class _AudioToAudio:
             N' = N when `keep_rate`.
         """
         where = f"{type(self).__name__}.vamp"
-        if (
-            isinstance(seed, bool)
-            or not isinstance(seed, int | np.integer)
-            or not (-(2**63) <= seed < 2**63)
-        ):
-            raise ValueError(f"{where}: seed must be an int64, got {seed!r}")
-        mask_settings = dict(
+        seed = check_seed(seed, where)
+        mask_settings = MaskSettings(
             periodic_prompt=periodic_prompt,
             periodic_width=periodic_width,
             upper_codebook_mask=upper_codebook_mask,
@@ -170,30 +143,34 @@ class _AudioToAudio:
             prefix_s=prefix_s,
             suffix_s=suffix_s,
             dropout=dropout,
-        )
-        check_mask_settings(mask_settings, where)
+        ).validate(where)
         if onset_mask_width != 0 and not self.has_onset_mask:
             raise ValueError(
                 f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
                 f"use a models folder), got {onset_mask_width!r}"
             )
-        sampling = dict(
+        # Fail on bad settings before the (slow) work rather than in the middle of it.
+        sampling = SamplingSettings.from_public(
+            Generator.WHERE,
             steps=steps,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             mask_temperature=mask_temperature,
         )
-        # Fail on bad settings before the (slow) work rather than in the middle of it.
-        Generator._check_settings(seed=seed, **sampling)
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
-        y = self._vamp_preprocessed(x, int(seed), mask_settings, sampling, progress)
+        y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress)
         if not keep_rate:
             info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
         return audio.restore(y, info, self.sample_rate), info.sample_rate
 
     def _vamp_preprocessed(
-        self, x: np.ndarray, seed: int, mask_settings: dict, sampling: dict, progress: bool
+        self,
+        x: np.ndarray,
+        seed: int,
+        mask_settings: MaskSettings,
+        sampling: SamplingSettings,
+        progress: bool,
     ) -> np.ndarray:
         """Preprocessed mono `x` ``[N]`` at the codec rate -> vamped audio ``[N]``."""
         raise NotImplementedError
@@ -238,11 +215,9 @@ class Vamp(_AudioToAudio):
         providers: list | None = None,
     ) -> None:
         models = require_files(models, MODEL_FILES, "Vamp: models")
-        self.codec = audio.Codec(
-            models / "codec.encode.onnx", models / "codec.decode.onnx", threads, providers
-        )
-        self.coarse = Generator(models / "coarse.generate.onnx", providers, threads)
-        self.c2f = Generator(models / "c2f.generate.onnx", providers, threads)
+        self.codec = Codec(models / ENCODE_FILE, models / DECODE_FILE, threads, providers)
+        self.coarse = Generator(models / GENERATION_FILES["coarse"], providers, threads)
+        self.c2f = Generator(models / GENERATION_FILES["c2f"], providers, threads)
         config = self.codec.config
         self.sample_rate = int(config["sample_rate"])
         self.hop_length = int(config["hop_length"])
@@ -263,7 +238,7 @@ class Vamp(_AudioToAudio):
         self.context_frames = context_frames
 
     def _check_models(self, config: dict) -> None:
-        if audio.decoded_length(1, config["decoder_rates"]) != self.hop_length:
+        if decoded_length(1, config["decoder_rates"]) != self.hop_length:
             raise ValueError(
                 f"Vamp: the codec's decoder_rates must multiply to its hop {self.hop_length} "
                 f"with even rates, got {config['decoder_rates']}"
@@ -280,12 +255,10 @@ class Vamp(_AudioToAudio):
             if got != want:
                 raise ValueError(f"Vamp: {name} must be {want} to match the codec, got {got}")
 
-    def _vamp_preprocessed(
-        self, x: np.ndarray, seed: int, mask_settings: dict, sampling: dict, progress: bool
-    ) -> np.ndarray:
-        mask = self.build_mask(x, seed, **mask_settings)
+    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress) -> np.ndarray:
+        mask = self.build_mask(x, seed, **mask_settings.inputs())
         codes = self.encode(x, progress)
-        codes = self.generate(codes, mask, seed, progress=progress, **sampling)
+        codes = self.generate(codes, mask, seed, progress=progress, **sampling.public())
         return self.decode(codes, x.shape[0], progress)
 
     # --- stages ----------------------------------------------------------------------------
@@ -296,27 +269,16 @@ class Vamp(_AudioToAudio):
 
     def build_mask(self, x: np.ndarray, seed: int, **settings: Any) -> np.ndarray:
         """The generation mask bool ``[1, 14, T]`` (True = generate) for preprocessed mono `x`
-        ``[N]`` at 44.1 kHz. settings: `vamp`'s mask arguments."""
-        if (
-            isinstance(seed, bool)
-            or not isinstance(seed, int | np.integer)
-            or not (-(2**63) <= seed < 2**63)
-        ):
-            raise ValueError(f"Vamp.vamp: seed must be an int64, got {seed!r}")
-        check_mask_settings(settings, "Vamp.vamp")
+        ``[N]`` at 44.1 kHz. settings: `vamp`'s mask arguments (`settings.MaskSettings`)."""
+        seed = check_seed(seed, "Vamp.vamp")
+        values = MaskSettings(**settings).validate("Vamp.vamp").inputs()
+        for name in ("prefix_s", "suffix_s", "dropout"):  # the single graph's float32 inputs
+            values[name] = float(np.float32(values[name]))
         shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
-        for name in ("prefix_s", "suffix_s", "dropout"):  # numbers: checked just above
-            settings[name] = float(np.float32(settings[name]))
         return masks.build_mask(
             shape,
-            masks.StreamRandom(int(seed)),
-            prefix_s=settings["prefix_s"],
-            suffix_s=settings["suffix_s"],
-            periodic_prompt=settings["periodic_prompt"],
-            periodic_prompt_width=settings["periodic_width"],
-            onset_mask_width=settings["onset_mask_width"],
-            dropout_p=settings["dropout"],
-            upper_codebook_mask=settings["upper_codebook_mask"],
+            masks.StreamRandom(seed),
+            **values,
             audio=x,
             sample_rate=self.sample_rate,
             hop_length=self.hop_length,
@@ -384,13 +346,13 @@ class Vamp(_AudioToAudio):
         ):
             chunk_mask = mask[:, :n, start:stop].copy()
             if not chunk_mask.all():
-                # Upstream's guard against seams when stitching chunks (SPEC §4.3).
+                # Upstream's guard against seams when stitching chunks (docs/model.md §4.3).
                 chunk_mask[:, :, [0, -1]] = False
             out[:, :n, start:stop] = self.coarse.generate(
                 codes[:, :n, start:stop],
                 chunk_mask,
                 seed=seed,
-                batch_offset=index,
+                batch_offset=COARSE_STREAM_BASE + index,
                 **sampling,
             )
         return out
@@ -451,20 +413,21 @@ class SingleGraphVamp(_AudioToAudio):
         )
         names = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
-        if names != ops.VAMP.input_names or ops.CODEC_CONFIG_KEY not in meta:
+        if names != VAMP.input_names or CODEC_CONFIG_KEY not in meta:
             raise ValueError(
                 f"SingleGraphVamp: path must be a vamp.onnx from vampnet-onnx export "
                 f"--single-graph, got '{path}' with inputs {names}"
             )
-        config = json.loads(meta[ops.CODEC_CONFIG_KEY])
+        config = metadata(meta, CODEC_CONFIG_KEY, "SingleGraphVamp", "path")
         self.sample_rate = int(config["sample_rate"])
         self.hop_length = int(config["hop_length"])
-        self.settings = json.loads(meta.get(ops.VAMP_KEY, "{}"))
+        self.settings = json.loads(meta.get(VAMP_KEY, "{}"))
 
-    def _vamp_preprocessed(
-        self, x: np.ndarray, seed: int, mask_settings: dict, sampling: dict, progress: bool
-    ) -> np.ndarray:
-        mask_settings = {k: v for k, v in mask_settings.items() if k != "onset_mask_width"}
-        settings = Generator._check_settings(seed=seed, **sampling)
-        feed = {"audio": x, **ops.VAMP.feed(**settings, **mask_settings)}
+    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress) -> np.ndarray:
+        inputs = {
+            name: value
+            for name, value in mask_settings.inputs().items()
+            if name not in HOST_ONLY_MASK_SETTINGS
+        }
+        feed = {"audio": x, **VAMP.feed(seed=seed, **sampling.inputs(), **inputs)}
         return self.session.run(["audio_out"], feed)[0]

@@ -323,7 +323,7 @@ def mask_git_step(
     batch_coupled: bool = False,
     batch_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One VampNet generation step (SPEC.md §3.2).
+    """One VampNet generation step (docs/model.md §3.2).
 
     logits [B, T, P, V] float32/float16; codes int64 [B, C, T]; mask bool [B, C, T] (true = to
     generate; never true in the C - P conditioning codebooks). Returns (codes_out, mask_out,
@@ -441,7 +441,7 @@ def mask_git_step(
     return codes_out, mask_out, model_input
 
 
-def _range_text(value: float) -> str:
+def range_text(value: float) -> str:
     """As the ops print a range check's numbers: integral values as integers."""
     value = float(value)
     if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
@@ -454,5 +454,5 @@ def check_range(value: float, name: str, low: float, high: float, where: str = "
     ``"<where>: <name> must be in [low, high], got <value>"`` (NaN fails)."""
     value = float(value)
     if not low <= value <= high:
-        _fail(where, name, f"be in [{_range_text(low)}, {_range_text(high)}]", _range_text(value))
+        _fail(where, name, f"be in [{range_text(low)}, {range_text(high)}]", range_text(value))
     return True

@@ -15,78 +15,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (
-    LORA_RANK,
-    CodecConfig,
-    VampNetConfig,
-    codec_tensor_shapes,
-    vampnet_tensor_shapes,
-)
-
-_VAMPNET_DEFAULTS = {
-    "r_cond_dim": 0,
-    "latent_dim": 8,
-    "vocab_size": 1024,
-    "flash_attn": False,
-    "noise_mode": "mask",
-    "dropout": 0.1,
-    "ctrl_dims": None,
-    "cfg_dropout_prob": 0.2,
-    "cond_dim": 0,
-}
-
-#: Released configurations (SPEC §1.4): coarse and coarse-to-fine at full size.
-COARSE_KWARGS: dict[str, Any] = {
-    **_VAMPNET_DEFAULTS,
-    "n_heads": 20,
-    "n_layers": 20,
-    "n_codebooks": 4,
-    "n_conditioning_codebooks": 0,
-    "embedding_dim": 1280,
-}
-C2F_KWARGS: dict[str, Any] = {
-    **COARSE_KWARGS,
-    "n_layers": 16,
-    "n_codebooks": 14,
-    "n_conditioning_codebooks": 4,
-}
-#: Tiny widths with the real structure (vocab 1024, latent 8, codebook counts, LoRA rank 8).
-TINY_COARSE_KWARGS: dict[str, Any] = {
-    **COARSE_KWARGS,
-    "n_heads": 4,
-    "n_layers": 2,
-    "embedding_dim": 64,
-}
-TINY_C2F_KWARGS: dict[str, Any] = {
-    **C2F_KWARGS,
-    "n_heads": 4,
-    "n_layers": 3,
-    "embedding_dim": 64,
-}
-
-#: The "768x" LAC recipe VampNet was trained with (SPEC §5.1): hop 768, 14 codebooks.
-CODEC_KWARGS: dict[str, Any] = {
-    "encoder_dim": 64,
-    "encoder_rates": [2, 6, 8, 8],
-    "decoder_dim": 1536,
-    "decoder_rates": [6, 4, 4, 2, 2, 2],
-    "n_codebooks": 14,
-    "codebook_size": 1024,
-    "codebook_dim": 8,
-    "quantizer_dropout": False,
-    "sample_rate": 44100,
-}
-#: Tiny codec; decoder_dim 12 with three rates gives widths 12, 6, 3, 1 (floor division).
-TINY_CODEC_KWARGS: dict[str, Any] = {
-    **CODEC_KWARGS,
-    "encoder_dim": 4,
-    "encoder_rates": [2, 3, 2],
-    "decoder_dim": 12,
-    "decoder_rates": [3, 2, 2],
-}
-#: Tiny widths with the real rates (hop 768, so T = ceil(N / 768) frames): for end-to-end audio
-#: tests, where TINY_CODEC_KWARGS' odd rates would change the frame and sample counts.
-SMALL_CODEC_KWARGS: dict[str, Any] = {**CODEC_KWARGS, "encoder_dim": 2, "decoder_dim": 96}
+from .checkpoint import codec_tensor_shapes, vampnet_tensor_shapes
+from .configs import LORA_RANK, CodecConfig, VampNetConfig
 
 
 def _save(path: str | Path, state_dict: dict[str, torch.Tensor], kwargs: dict) -> Path:

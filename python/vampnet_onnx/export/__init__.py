@@ -1,1 +1,158 @@
-"""Graph builders that turn the torch modules of `vampnet_onnx.model` into ONNX files."""
+"""Graph builders that turn checkpoints into ONNX files, and `export_models`, which writes a
+whole models folder (what ``vampnet-onnx export`` does).
+
+Modules: `transformer` and `codec` export the torch modules of `vampnet_onnx.model`;
+`generation` and `vamp` build graphs from those files with onnx-ir (no torch); `common` holds
+the torch export-and-check helper and the one save path. torch is imported only when a
+checkpoint is exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE
+from .common import DEFAULT_OPSET
+
+if TYPE_CHECKING:
+    from .codec import CodecExport
+    from .generation import GenerationExport
+    from .transformer import TransformerExport
+    from .vamp import VampExport
+
+__all__ = ["ModelsExport", "export_models"]
+
+
+@dataclass
+class ModelsExport:
+    """Result of `export_models`: what was written, by stage.
+
+    Attributes:
+        out: the models folder.
+        codec: the codec graphs (``codec.encode.onnx``, ``codec.decode.onnx``).
+        transformers: kind ("coarse", "c2f") -> the transformer graph and its mapping report.
+        generations: kind -> the generation graph.
+        vamp: the single graph (``vamp.onnx``), when asked for.
+    """
+
+    out: Path
+    codec: CodecExport
+    transformers: dict[str, TransformerExport] = field(default_factory=dict)
+    generations: dict[str, GenerationExport] = field(default_factory=dict)
+    vamp: VampExport | None = None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def export_models(
+    out: str | Path,
+    *,
+    codec: str | Path,
+    coarse: str | Path | None = None,
+    c2f: str | Path | None = None,
+    single_graph: bool = False,
+    trace: bool = False,
+    batch_coupled: bool = False,
+    opset: int = DEFAULT_OPSET,
+    verbose: bool = False,
+    progress: bool = False,
+    cli: bool = False,
+) -> ModelsExport:
+    """Export VampNet checkpoints to a models folder that `pipeline.Vamp`, `Generator` and
+    ``vampnet-onnx vamp`` read (file names: `contracts`).
+
+    Writes ``codec.encode.onnx`` and ``codec.decode.onnx``; for each of `coarse` and `c2f`
+    given, ``KIND.onnx`` (the transformer) and ``KIND.generate.onnx`` (the whole generation
+    loop); with `single_graph` also ``vamp.onnx`` (needs both models).
+
+    Args:
+        out: the folder (created if missing; existing files are replaced).
+        codec: the LAC ``codec.pth`` (its codebooks are part of the transformers' embedding).
+        coarse, c2f: ``coarse.pth`` and ``c2f.pth``; at least one.
+        single_graph: also write the single graph ``vamp.onnx`` (docs/generation.md).
+        trace: the generation graphs also output the codes and mask after every step.
+        batch_coupled: the generation graphs count the schedule over the whole batch, as
+            upstream VampNet does (default: per batch item).
+        opset: ONNX opset, >= 18.
+        verbose: show the torch exporter's own messages.
+        progress: a tqdm bar over the graphs, with a line for each file written.
+        cli: name arguments as ``vampnet-onnx export``'s flags in error messages.
+
+    Raises:
+        ValueError: no model given, `single_graph` without both, or a checkpoint of the other
+            kind (a c2f file given as `coarse`).
+        CheckpointError: a checkpoint is unsafe, unreadable or does not match the codec.
+    """
+    from tqdm import tqdm
+
+    from ..checkpoint import load_checkpoint
+    from ..configs import VampNetConfig
+    from .codec import export_codec
+    from .generation import export_generation
+    from .transformer import export_transformer
+
+    name: Callable[[str], str] = _flag if cli else str
+    where = "" if cli else "export_models: "
+    models = [(kind, path) for kind, path in (("coarse", coarse), ("c2f", c2f)) if path]
+    if not models:
+        raise ValueError(
+            f"{where}at least one of {name('coarse')} and {name('c2f')} must be given, got neither"
+        )
+    if single_graph and len(models) != 2:
+        raise ValueError(
+            f"{where}{name('single_graph')} must come with both {name('coarse')} and "
+            f"{name('c2f')}, got one"
+        )
+    for kind, path in models:
+        # A c2f checkpoint passed as coarse would otherwise be written as coarse.onnx.
+        found = VampNetConfig.from_kwargs(load_checkpoint(path).kwargs).kind
+        if found != kind:
+            raise ValueError(
+                f"{where}{name(kind)} must be a {kind} checkpoint, got a {found} one: '{path}'"
+            )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
+    total = 2 * len(models) + 1 + int(single_graph)
+    with tqdm(total=total, desc="export", unit="graph", disable=not progress) as bar:
+
+        def done(message: str) -> None:
+            bar.update()
+            if progress:
+                bar.write(message)
+
+        bar.set_postfix_str("codec")
+        codec_export = export_codec(codec, out, **options)
+        done(f"wrote {codec_export.encode_path} and {codec_export.decode_path}")
+        result = ModelsExport(out, codec_export)
+        for kind, checkpoint in models:
+            bar.set_postfix_str(TRANSFORMER_FILES[kind])
+            transformer = export_transformer(
+                checkpoint, codec, out / TRANSFORMER_FILES[kind], **options
+            )
+            done(transformer.report.summary())
+            bar.set_postfix_str(GENERATION_FILES[kind])
+            generation = export_generation(
+                transformer.path,
+                out / GENERATION_FILES[kind],
+                trace=trace,
+                batch_coupled=batch_coupled,
+            )
+            size = generation.path.stat().st_size / 2**20
+            done(f"wrote {transformer.path} and {generation.path} ({size:.1f} MiB)")
+            result.transformers[kind] = transformer
+            result.generations[kind] = generation
+        if single_graph:
+            from .vamp import export_vamp
+
+            bar.set_postfix_str(VAMP_FILE)
+            result.vamp = export_vamp(out)
+            files = [result.vamp.path, *([result.vamp.data_path] if result.vamp.data_path else [])]
+            size = sum(path.stat().st_size for path in files) / 2**20
+            done(f"wrote {' and '.join(map(str, files))} ({size:.1f} MiB)")
+    return result

@@ -7,10 +7,10 @@
   float32 ``[B, 1, length]``: the first ``length`` of the T * hop decoded samples. The graph
   clamps ``length`` into ``[0, T * hop]`` and every code into ``[0, codebook_size)`` (a mask
   token 1024 would otherwise read the next codebook's first row); callers validate instead of
-  relying on that: `vampnet_onnx.audio.Codec.decode` rejects such codes and lengths.
+  relying on that: `vampnet_onnx.codec.Codec.decode` rejects such codes and lengths.
 
 Batch, samples and time axes are dynamic. Each file carries the codec configuration as JSON
-under the metadata key `CODEC_CONFIG_KEY` (read it without torch: `audio.read_codec_config`).
+under the metadata key `CODEC_CONFIG_KEY` (read it without torch: `codec.read_codec_config`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CodecConfig
+from ..configs import CodecConfig
+from ..contracts import CODEC_CONFIG_KEY, DECODE_FILE, ENCODE_FILE
 from ..model.codec import LACCodec, load_codec_model
-from ..ops import CODEC_CONFIG_KEY
-from .transformer import DEFAULT_OPSET, MIN_OPSET, _quiet_exporter, save_checked
+from .common import DEFAULT_OPSET, check_opset, export_torch_module
 
-ENCODE_FILE = "codec.encode.onnx"
-DECODE_FILE = "codec.decode.onnx"
 # Example sizes for tracing: not 0 or 1, which torch.export would specialise.
 _TRACE_BATCH = 2
 _TRACE_FRAMES = 3
@@ -84,30 +82,6 @@ class _DecodeGraph(nn.Module):
         return audio[..., :end]
 
 
-def _export(
-    module: nn.Module,
-    example: tuple[torch.Tensor, ...],
-    names: tuple[list[str], list[str]],
-    dynamic_shapes: dict[str, Any],
-    path: Path,
-    config: dict[str, Any],
-    opset_version: int,
-    verbose: bool,
-) -> Path:
-    with _quiet_exporter(verbose), torch.no_grad():
-        program = torch.onnx.export(
-            module.eval().requires_grad_(False),
-            example,
-            input_names=names[0],
-            output_names=names[1],
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset_version,
-            dynamo=True,
-            verbose=verbose,
-        )
-    return save_checked(program, path, CODEC_CONFIG_KEY, config)
-
-
 def export_codec_module(
     codec: LACCodec,
     out_dir: str | Path,
@@ -121,39 +95,36 @@ def export_codec_module(
     Raises:
         ValueError: `opset_version` is too old.
     """
-    if opset_version < MIN_OPSET:
-        raise ValueError(
-            f"export_codec_module: opset_version must be >= {MIN_OPSET}, got {opset_version}"
-        )
+    check_opset(opset_version, "export_codec_module")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = (CODEC_CONFIG_KEY, config)
     hop, n_codebooks = codec.config.hop_length, codec.config.n_codebooks
     batch = torch.export.Dim("batch")
     # A length that is not a multiple of the hop, so the padding is traced as computed.
     audio = torch.zeros(_TRACE_BATCH, 1, _TRACE_FRAMES * hop - 1)
-    encode_path = _export(
+    encode = export_torch_module(
         _EncodeGraph(codec),
         (audio,),
         (["audio"], ["codes"]),
         {"audio": {0: batch, 2: torch.export.Dim("samples")}},
         out_dir / ENCODE_FILE,
-        config,
+        metadata,
         opset_version,
         verbose,
     )
     codes = torch.zeros(_TRACE_BATCH, n_codebooks, _TRACE_FRAMES, dtype=torch.int64)
     length = torch.tensor(_TRACE_FRAMES * hop - 1, dtype=torch.int64)
-    decode_path = _export(
+    decode = export_torch_module(
         _DecodeGraph(codec),
         (codes, length),
         (["codes", "length"], ["audio"]),
         {"codes": {0: batch, 2: torch.export.Dim("time")}, "length": None},
         out_dir / DECODE_FILE,
-        config,
+        metadata,
         opset_version,
         verbose,
     )
-    return encode_path, decode_path
+    return encode.path, decode.path
 
 
 def export_codec(

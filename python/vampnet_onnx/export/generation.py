@@ -1,4 +1,4 @@
-"""The whole VampNet generation loop as one ONNX graph (SPEC.md §3.2).
+"""The whole VampNet generation loop as one ONNX graph (docs/model.md §3.2).
 
 From an exported transformer (``codes [B, C, T] -> logits [B, T, P, V]``) build a graph whose
 `Loop` body runs the transformer on the current model input, then `MaskGitStep`, carrying
@@ -6,7 +6,8 @@ From an exported transformer (``codes [B, C, T] -> logits [B, T, P, V]``) build 
 position bias) is hoisted out of the body. The transformer's weights stay initializers of the main
 graph that the body reads from the outer scope, so they are stored once. (Kept as initializers of
 the body instead, ONNX Runtime 1.32 used 4.0 GB instead of 2.7 GB for the coarse model.)
-The contract (inputs, outputs, defaults) is `vampnet_onnx.ops.GENERATION`; docs/generation.md.
+The contract (inputs, outputs, defaults) is `vampnet_onnx.contracts.GENERATION`;
+docs/generation.md.
 
 Built with onnx-ir; torch is not needed here.
 """
@@ -18,11 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass, TopologicalSortPass
 
 from .. import ops
+from ..contracts import (
+    CONFIG_KEY,
+    GENERATION,
+    GENERATION_DEFAULTS,
+    GENERATION_KEY,
+    TRANSFORMER,
+    metadata,
+)
+from .common import PRODUCER, save_model
 
 _BCT = ("batch", "codebooks", "time")
 
@@ -79,16 +88,18 @@ def build_generation_model(
     (MaskGitStep attribute), instead of per item.
     """
     graph = transformer.graph
-    if [v.name for v in graph.inputs] != ops.TRANSFORMER.input_names or [
+    if [v.name for v in graph.inputs] != TRANSFORMER.input_names or [
         v.name for v in graph.outputs
-    ] != ops.TRANSFORMER.output_names:
+    ] != TRANSFORMER.output_names:
         raise ValueError(
             "build_generation_model: transformer must have input 'codes' and output 'logits', "
             f"got {[v.name for v in graph.inputs]} -> {[v.name for v in graph.outputs]}"
         )
-    config = json.loads(transformer.metadata_props.get(ops.CONFIG_KEY, "{}"))
+    config = metadata(
+        transformer.metadata_props, CONFIG_KEY, "build_generation_model", "transformer"
+    )
     mask_token = int(config.get("mask_token", ops.MASK_TOKEN))
-    schema = ops.GENERATION
+    schema = GENERATION
 
     # Main-graph inputs, in the contract's order.
     inputs = {
@@ -223,12 +234,12 @@ def build_generation_model(
         opset_imports={**graph.opset_imports, ops.DOMAIN: ops.VERSION},
         name="vampnet_generation",
     )
-    settings = {"trace": trace, "batch_coupled": batch_coupled, "defaults": ops.GENERATION_DEFAULTS}
+    settings = {"trace": trace, "batch_coupled": batch_coupled, "defaults": GENERATION_DEFAULTS}
     model = ir.Model(
         main,
         ir_version=transformer.ir_version,
-        producer_name="vampnet_onnx",
-        metadata_props={**transformer.metadata_props, ops.GENERATION_KEY: json.dumps(settings)},
+        producer_name=PRODUCER,
+        metadata_props={**transformer.metadata_props, GENERATION_KEY: json.dumps(settings)},
     )
     for fix in (TopologicalSortPass(), NameFixPass()):
         fix(model)
@@ -241,12 +252,9 @@ def export_generation(
     trace: bool = False,
     batch_coupled: bool = False,
 ) -> GenerationExport:
-    """Transformer .onnx file -> generation .onnx file (checked with onnx.checker)."""
+    """Transformer .onnx file -> generation .onnx file (`common.save_model`: checked, weights
+    over 2 GiB in ``<out_path>.data``)."""
     transformer = ir.load(str(transformer_path))
     model = build_generation_model(transformer, trace=trace, batch_coupled=batch_coupled)
-    proto = ir.to_proto(model)
-    onnx.checker.check_model(proto, full_check=False)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(out_path))
-    return GenerationExport(out_path, json.loads(model.metadata_props[ops.GENERATION_KEY]))
+    saved = save_model(model, out_path)
+    return GenerationExport(saved.path, json.loads(model.metadata_props[GENERATION_KEY]))

@@ -7,25 +7,18 @@ as JSON in the metadata property `CONFIG_KEY`, which the runtime reads instead o
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 
-from ..checkpoint import Checkpoint, CodecConfig, VampNetConfig, file_sha256
+from ..checkpoint import Checkpoint, file_sha256
+from ..configs import CodecConfig, VampNetConfig
+from ..contracts import CONFIG_KEY, TRANSFORMER, read_metadata
 from ..model.transformer import MappingReport, VampNetTransformer, load_transformer
-from ..ops import CONFIG_KEY
+from .common import DEFAULT_OPSET, export_torch_module
 
-DEFAULT_OPSET = 20
-# Gelu(approximate="tanh") became a standard op at opset 20; below that the exporter writes
-# the tanh formula out, which ORT still runs. Opsets under 18 lack the ops torch emits.
-MIN_OPSET = 18
 # Example length for tracing: not 0 or 1, which torch.export would specialise.
 _TRACE_T = 7
 
@@ -72,23 +65,6 @@ def transformer_config(
     }
 
 
-@contextlib.contextmanager
-def _quiet_exporter(verbose: bool):
-    """Hide the exporter's informational warnings (missing torchvision ops, deprecations)."""
-    if verbose:
-        yield
-        return
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def export_module(
     model: VampNetTransformer,
     path: str | Path,
@@ -102,43 +78,26 @@ def export_module(
         model: the module; its parameters become the graph's initializers (same names).
         path: output ``.onnx`` file; weights are stored inside it unless over 2 GB.
         config: JSON-able dict stored under `CONFIG_KEY`.
-        opset_version: ONNX opset, >= `MIN_OPSET`.
+        opset_version: ONNX opset, >= `export.common.MIN_OPSET`.
         verbose: show the exporter's own messages.
 
     Raises:
         ValueError: `opset_version` is too old.
     """
-    if opset_version < MIN_OPSET:
-        raise ValueError(
-            f"export_module: opset_version must be >= {MIN_OPSET}, got {opset_version}"
-        )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().requires_grad_(False)
     codes = torch.zeros(1, model.config.n_codebooks, _TRACE_T, dtype=torch.int64)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("time")}
-    with _quiet_exporter(verbose), torch.no_grad():
-        program = torch.onnx.export(
-            model,
-            (codes,),
-            input_names=["codes"],
-            output_names=["logits"],
-            dynamic_shapes={"codes": dims},
-            opset_version=opset_version,
-            dynamo=True,
-            verbose=verbose,
-        )
-    return save_checked(program, path, CONFIG_KEY, config)
-
-
-def save_checked(program, path: Path, key: str, config: dict[str, Any]) -> Path:
-    """Writes an exported program with `config` as JSON metadata under `key`, then checks it."""
-    program.model.metadata_props[key] = json.dumps(config, sort_keys=True)
-    program.model.producer_name = "vampnet_onnx"
-    program.save(path)
-    # full_check also runs strict shape inference over the whole graph.
-    onnx.checker.check_model(str(path), full_check=True)
-    return path
+    saved = export_torch_module(
+        model,
+        (codes,),
+        (TRANSFORMER.input_names, TRANSFORMER.output_names),
+        {"codes": dims},
+        path,
+        (CONFIG_KEY, config),
+        opset_version,
+        verbose,
+        where="export_module",
+    )
+    return saved.path
 
 
 def export_transformer(
@@ -176,8 +135,4 @@ def export_transformer(
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The `CONFIG_KEY` metadata dict of an exported transformer (weights are not loaded)."""
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if CONFIG_KEY not in props:
-        raise ValueError(f"read_config: '{path}' must have metadata {CONFIG_KEY}, got none")
-    return json.loads(props[CONFIG_KEY])
+    return read_metadata(path, CONFIG_KEY, "read_config")

@@ -14,7 +14,8 @@ Differences from `pipeline.Vamp`, which a caller (`pipeline.SingleGraphVamp`) co
   meant for clips (up to a minute or two), not for long files;
 - no onset mask (it needs an onset detector the graph does not have).
 
-Contract: `vampnet_onnx.ops.VAMP`; docs/generation.md. Built with onnx-ir; torch is not needed.
+Contract: `vampnet_onnx.contracts.VAMP`; docs/generation.md. Built with onnx-ir; torch is not
+needed.
 """
 
 from __future__ import annotations
@@ -24,20 +25,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 from onnx_ir import tape as ir_tape
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, TopologicalSortPass
 
 from .. import masks, ops
-from ..pipeline import C2F_CHUNK_S, C2F_STEPS, C2F_STREAM_BASE, COARSE_CHUNK_S, require_files
+from ..contracts import (
+    C2F_CHUNK_S,
+    C2F_SAMPLING,
+    C2F_STREAM_BASE,
+    COARSE_CHUNK_S,
+    COARSE_STREAM_BASE,
+    CODEC_CONFIG_KEY,
+    CONFIG_KEY,
+    MASK_STREAM_ITEM,
+    SOURCE_FILES,
+    STREAM_SITES,
+    VAMP,
+    VAMP_DEFAULTS,
+    VAMP_FILE,
+    VAMP_KEY,
+    VAMP_LIMITS,
+    metadata,
+    require_files,
+)
+from .common import PRODUCER, save_model
 from .generation import build_generation_model
-
-VAMP_FILE = "vamp.onnx"
-#: The export-folder graphs the single graph is built from.
-SOURCE_FILES = ("codec.encode.onnx", "coarse.onnx", "c2f.onnx", "codec.decode.onnx")
-# Protobuf's 2 GiB limit: bigger models keep their weights in an external data file.
-_PROTO_LIMIT = 2**31 - 2**24
 
 
 @dataclass(frozen=True)
@@ -52,16 +65,6 @@ class VampExport:
 
 def _i64(tape: ir_tape.Tape, value) -> ir.Value:
     return tape.op("Constant", [], {"value": ir.tensor(np.asarray(value, np.int64))})
-
-
-def _metadata(model: ir.Model, key: str, name: str) -> dict:
-    """The JSON config a vampnet_onnx export stores under `key`, or a ValueError naming it."""
-    if key not in model.metadata_props:
-        raise ValueError(
-            f"build_vamp_model: {name} must be a graph written by vampnet-onnx export with "
-            f"metadata {key}, got none"
-        )
-    return json.loads(model.metadata_props[key])
 
 
 def _walk_values(graph: ir.Graph):
@@ -142,8 +145,8 @@ def _stream_draws(
             _i64(tape, 0),
             tape.op("Constant", [], {"value": ir.tensor(np.float32(1.0))}),
             seed,
-            _i64(tape, masks.STREAM_SITES[site]),
-            _i64(tape, masks.MASK_STREAM_ITEM << 32),
+            _i64(tape, STREAM_SITES[site]),
+            _i64(tape, MASK_STREAM_ITEM << 32),
         ],
         num_outputs=2,
         domain=ops.DOMAIN,
@@ -156,7 +159,7 @@ def _build_mask(
 ) -> ir.Value:
     """`masks.build_mask` with a `StreamRandom`, no onset mask: bool ``[1, C, T]``."""
     inputs = dict(inputs)
-    for name, (low, high) in ops.VAMP_LIMITS.items():
+    for name, (low, high) in VAMP_LIMITS.items():
         ok = tape.op(
             ops.CHECK_RANGE.name,
             [tape.op("Cast", [inputs[name]], {"to": ir.DataType.DOUBLE})],
@@ -377,9 +380,10 @@ def build_vamp_model(
     decode: ir.Model,
 ) -> ir.Model:
     """The single graph from the four loaded source graphs (which are consumed)."""
-    codec_config = _metadata(encode, ops.CODEC_CONFIG_KEY, "encode")
-    coarse_config = _metadata(coarse, ops.CONFIG_KEY, "coarse")
-    c2f_config = _metadata(c2f, ops.CONFIG_KEY, "c2f")
+    where = "build_vamp_model"
+    codec_config = metadata(encode.metadata_props, CODEC_CONFIG_KEY, where, "encode")
+    coarse_config = metadata(coarse.metadata_props, CONFIG_KEY, where, "coarse")
+    c2f_config = metadata(c2f.metadata_props, CONFIG_KEY, where, "c2f")
     n_coarse = int(coarse_config["n_codebooks"])
     expected = {
         "coarse kind": (coarse_config.get("kind"), "coarse"),
@@ -396,7 +400,7 @@ def build_vamp_model(
     c2f_chunk = _chunk_frames(C2F_CHUNK_S, codec_config)
     n_codebooks = int(codec_config["n_codebooks"])
 
-    schema = ops.VAMP
+    schema = VAMP
     inputs = {
         port.name: ir.Value(
             name=port.name,
@@ -441,7 +445,7 @@ def build_vamp_model(
         coarse_chunk,
         {name: inputs[name] for name in _SAMPLING},
         seed=inputs["seed"],
-        first_stream=0,
+        first_stream=COARSE_STREAM_BASE,
         seam_guard=True,
         name="coarse",
     )
@@ -464,11 +468,8 @@ def build_vamp_model(
     )
     c2f_mask = tape.op("And", [c2f_mask, generated_codebooks])
     c2f_settings = {
-        "n_steps": _i64(tape, C2F_STEPS),
-        "temperature": _f32(tape, ops.DEFAULT_TEMPERATURE),
-        "top_k": _i64(tape, 0),
-        "top_p": _f32(tape, 1.0),
-        "mask_temperature": _f32(tape, ops.DEFAULT_MASK_TEMPERATURE),
+        name: (_i64 if isinstance(value, int) else _f32)(tape, value)
+        for name, value in C2F_SAMPLING.inputs().items()
     }
     refined = _chunk_loop(
         tape,
@@ -516,22 +517,20 @@ def build_vamp_model(
         name="vampnet_vamp",
     )
     settings = {
-        "defaults": ops.VAMP_DEFAULTS,
+        "defaults": VAMP_DEFAULTS,
         "coarse_chunk_frames": coarse_chunk,
         "c2f_chunk_frames": c2f_chunk,
-        "c2f_steps": C2F_STEPS,
+        "c2f_steps": C2F_SAMPLING.n_steps,
         "c2f_stream_base": C2F_STREAM_BASE,
     }
     model = ir.Model(
         graph,
         ir_version=encode.ir_version,
-        producer_name="vampnet_onnx",
+        producer_name=PRODUCER,
         metadata_props={
-            ops.CODEC_CONFIG_KEY: json.dumps(codec_config, sort_keys=True),
-            ops.CONFIG_KEY: json.dumps(
-                {"coarse": coarse_config, "c2f": c2f_config}, sort_keys=True
-            ),
-            ops.VAMP_KEY: json.dumps(settings, sort_keys=True),
+            CODEC_CONFIG_KEY: json.dumps(codec_config, sort_keys=True),
+            CONFIG_KEY: json.dumps({"coarse": coarse_config, "c2f": c2f_config}, sort_keys=True),
+            VAMP_KEY: json.dumps(settings, sort_keys=True),
         },
     )
     for fix in (RemoveUnusedNodesPass(), TopologicalSortPass(), NameFixPass()):
@@ -546,21 +545,5 @@ def export_vamp(models_dir: str | Path, out_path: str | Path | None = None) -> V
     loaded = [ir.load(str(models_dir / name)) for name in SOURCE_FILES]
     model = build_vamp_model(*loaded)
     out_path = Path(out_path) if out_path is not None else models_dir / VAMP_FILE
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(
-        v.const_value.nbytes
-        for graph in model.graphs()
-        for v in graph.initializers.values()
-        if v.const_value is not None
-    )
-    data_path = None
-    if size > _PROTO_LIMIT:
-        data_path = out_path.with_name(out_path.name + ".data")
-        data_path.unlink(missing_ok=True)
-        ir.save(model, str(out_path), external_data=data_path.name)
-        onnx.checker.check_model(str(out_path), full_check=False)
-    else:
-        proto = ir.to_proto(model)
-        onnx.checker.check_model(proto, full_check=False)
-        onnx.save(proto, str(out_path))
-    return VampExport(out_path, data_path, json.loads(model.metadata_props[ops.VAMP_KEY]))
+    saved = save_model(model, out_path)
+    return VampExport(saved.path, saved.data_path, json.loads(model.metadata_props[VAMP_KEY]))

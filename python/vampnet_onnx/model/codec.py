@@ -1,7 +1,7 @@
 """Export-friendly re-implementation of the LAC codec (eval mode) from ``codec.pth``.
 
 The architecture is built from the checkpoint's ``metadata["kwargs"]`` (`CodecConfig`), never
-from class defaults, and every width is derived as SPEC.md §1.8 says: the latent width is
+from class defaults, and every width is derived as docs/model.md §1.8 says: the latent width is
 ``encoder_dim * 2**len(encoder_rates)`` and decoder block k has ``decoder_dim // 2**k`` channels.
 
 Encoder and decoder modules are nested exactly as the checkpoint's tensor names are, so the
@@ -10,7 +10,7 @@ a transposed conv axis 0 is the *input* channel axis, which the fold keeps). The
 quantiser's per-codebook tensors are stacked along a leading codebook axis instead:
 
 * encoding: nearest code by cosine similarity, computed as the squared distance between the
-  L2-normalised projection and the L2-normalised codebook rows (SPEC.md §5.4); the residual is
+  L2-normalised projection and the L2-normalised codebook rows (docs/model.md §5.4); the residual is
   updated with ``out_proj`` of the *raw* codebook row;
 * decoding: ``z = sum_i out_proj_i(codebook_i[code_i])`` written as one gather of the raw rows of
   all codebooks, concatenated per frame, times the stacked ``out_proj`` weights, plus the sum of
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import Checkpoint, CodecConfig, codec_tensor_shapes, load_codec
+from ..checkpoint import Checkpoint, codec_tensor_shapes, load_codec
+from ..configs import CodecConfig
 from .transformer import fold_weight_norm
 
 # Snake's guard against a zero frequency (part of the original activation).

@@ -25,15 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import (
+    Checkpoint,
+    load_codec,
+    load_vampnet,
+)
+from ..configs import (
     LORA_SCALE,
     RELATIVE_ATTENTION_BUCKETS,
     RELATIVE_ATTENTION_MAX_DISTANCE,
-    Checkpoint,
     CheckpointError,
     CodecConfig,
     VampNetConfig,
-    load_codec,
-    load_vampnet,
 )
 
 RMS_NORM_EPS = 1e-6

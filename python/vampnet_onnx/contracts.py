@@ -1,0 +1,191 @@
+"""The contracts of the exported graphs: their inputs and outputs, the metadata they carry, the
+file names of an export folder, VampNet's chunking, and the layout of the random streams.
+
+Both sides import this module and nothing of each other: the exporter (`vampnet_onnx.export`)
+writes graphs that keep these contracts, the runtime (`generator`, `codec`, `pipeline`) reads
+them. The op schemas themselves are in `ops`; the settings' defaults and limits in `settings`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from .ops import FLOAT, INT64, SAMPLING_INPUTS, OpSchema, Port
+from .settings import HOST_ONLY_MASK_SETTINGS, SEED_DEFAULT, MaskSettings, SamplingSettings
+
+# --- metadata -------------------------------------------------------------------------------
+
+#: The transformer's config JSON (export.transformer; copied into the generation graphs).
+CONFIG_KEY = "vampnet_onnx.config"
+#: The generation graph's export settings (export.generation).
+GENERATION_KEY = "vampnet_onnx.generation"
+#: The codec graphs' config (export.codec; copied into vamp.onnx).
+CODEC_CONFIG_KEY = "vampnet_onnx.codec_config"
+#: The single graph's settings (export.vamp).
+VAMP_KEY = "vampnet_onnx.vamp"
+
+
+def metadata(props: Mapping[str, str], key: str, where: str, what: str) -> dict[str, Any]:
+    """The JSON dict a vampnet_onnx export stores under `key` in a graph's metadata `props`
+    (an onnx/onnx-ir model's metadata_props or an onnxruntime session's custom metadata map),
+    or ValueError "<where>: <what> must have metadata <key>, got none"."""
+    if key not in props:
+        raise ValueError(
+            f"{where}: {what} must have metadata {key}, got none (not a graph written by "
+            "vampnet-onnx export)"
+        )
+    return json.loads(props[key])
+
+
+def read_metadata(path: str | Path, key: str, where: str) -> dict[str, Any]:
+    """`metadata` of the graph file `path`, read without loading its weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return metadata(props, key, where, f"'{path}'")
+
+
+# --- file names of an export folder ---------------------------------------------------------
+
+ENCODE_FILE = "codec.encode.onnx"
+DECODE_FILE = "codec.decode.onnx"
+#: The transformers and their generation graphs, by model kind.
+TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
+GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
+VAMP_FILE = "vamp.onnx"
+#: The graphs `pipeline.Vamp` reads from a models folder, in pipeline order.
+MODEL_FILES = (ENCODE_FILE, GENERATION_FILES["coarse"], GENERATION_FILES["c2f"], DECODE_FILE)
+#: The graphs the single graph is built from (`export.vamp`).
+SOURCE_FILES = (ENCODE_FILE, TRANSFORMER_FILES["coarse"], TRANSFORMER_FILES["c2f"], DECODE_FILE)
+
+
+def require_files(folder: str | Path, names: Sequence[str], what: str) -> Path:
+    """`folder` as a Path, or FileNotFoundError "<what> must be a folder with <names>
+    (vampnet-onnx export), got '<folder>' without <the missing ones>"."""
+    folder = Path(folder)
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{what} must be a folder with {', '.join(names)} (vampnet-onnx export), got "
+            f"'{folder}' without {', '.join(missing)}"
+        )
+    return folder
+
+
+# --- VampNet's chunking (docs/model.md §4.3, §4.4) -------------------------------------------
+
+#: Chunk lengths in seconds (``chunk_size_s`` of the coarse and c2f models).
+COARSE_CHUNK_S = 10.0
+C2F_CHUNK_S = 3.0
+#: Upstream's c2f call from ``vamp`` ignores the user's sampling settings: 2 steps, the rest at
+#: the defaults.
+C2F_SAMPLING = SamplingSettings(n_steps=2)
+C2F_STEPS = C2F_SAMPLING.n_steps
+
+# --- random streams (docs/ops.md, docs/generation.md) ---------------------------------------
+# One seed keys every draw of a vamp; each draw has its own place in the ops' counter-based
+# streams, so the single graph can reproduce the multi-graph pipeline exactly.
+
+#: Coarse chunk i draws stream item i (MaskGitStep's batch_offset).
+COARSE_STREAM_BASE = 0
+#: Coarse-to-fine chunk i draws stream item C2F_STREAM_BASE + i.
+C2F_STREAM_BASE = 2**30
+#: The mask's draws: SampleTokens rows ``(MASK_STREAM_ITEM << 32) + j``, apart from every
+#: generation stream (items below 2**31 - 1).
+MASK_STREAM_ITEM = 2**31 - 1
+#: The stream offset of each random draw of the mask.
+STREAM_SITES = {"roll": 0, "dropout": 1}
+
+# --- graph inputs and outputs ---------------------------------------------------------------
+
+TRANSFORMER = OpSchema(
+    name="Transformer",
+    inputs=(Port("codes", INT64, "[B, C, T] codes with MASK where to generate"),),
+    outputs=(Port("logits", FLOAT, "[B, T, P, V] for the P predicted codebooks"),),
+)
+
+#: The generation graph's defaults: VampNet's (docs/model.md §3.1; the app runs 36 coarse steps).
+GENERATION_DEFAULTS = {**SamplingSettings().inputs(), "seed": SEED_DEFAULT, "batch_offset": 0}
+
+GENERATION = OpSchema(
+    name="Generation",
+    inputs=(
+        Port("codes", INT64, "[B, C, T] prompt codes; values at masked positions are ignored"),
+        Port(
+            "mask",
+            (TensorProto.BOOL,),
+            "[B, C, T] true = generate; false in conditioning codebooks",
+        ),
+        Port("n_steps", INT64, "scalar >= 1, iterations of the loop (VampNet: 36 coarse)"),
+        *SAMPLING_INPUTS,
+        Port("mask_temperature", FLOAT, "scalar >= 0 (VampNet: 10.5)"),
+        Port("seed", INT64, "scalar, the random stream's key"),
+        Port(
+            "batch_offset",
+            INT64,
+            "scalar in [0, 2^32 - B], stream index of item 0 (0 unless the batch continues "
+            "another call's, as a chunk of a longer piece does)",
+        ),
+    ),
+    outputs=(
+        Port("codes_out", INT64, "[B, C, T] every position filled"),
+        Port(
+            "codes_per_step", INT64, "[S, B, C, T] codes after each step (trace export only)", True
+        ),
+        Port(
+            "mask_per_step",
+            (TensorProto.BOOL,),
+            "[S, B, C, T] mask after each step (trace export only)",
+            True,
+        ),
+    ),
+)
+
+_VAMP_MASK_SETTINGS = {
+    name: value
+    for name, value in MaskSettings().inputs().items()
+    if name not in HOST_ONLY_MASK_SETTINGS
+}
+#: The single graph's defaults: VampNet's app defaults (docs/model.md §4.7).
+VAMP_DEFAULTS = {"seed": SEED_DEFAULT, **SamplingSettings().inputs(), **_VAMP_MASK_SETTINGS}
+#: Allowed ranges of the single graph's mask settings (checked in the graph by CheckRange, and
+#: by `pipeline.Vamp` through `settings.MaskSettings.validate`).
+VAMP_LIMITS = {
+    name: (limit.low, limit.high)
+    for name, limit in MaskSettings.limits().items()
+    if name in _VAMP_MASK_SETTINGS
+}
+VAMP = OpSchema(
+    name="Vamp",
+    inputs=(
+        Port(
+            "audio",
+            FLOAT,
+            "[N] mono samples at the codec's rate (44.1 kHz), N >= 1, loudness-normalised as "
+            "vampnet_onnx.audio.preprocess does",
+        ),
+        Port("seed", INT64, "scalar, the key of every random draw"),
+        Port("n_steps", INT64, "scalar >= 1, coarse generation steps (VampNet: 36)"),
+        *SAMPLING_INPUTS,
+        Port("mask_temperature", FLOAT, "scalar >= 0, the coarse stage's (VampNet: 10.5)"),
+        Port("periodic_prompt", INT64, "scalar >= 0, keep every n-th frame (0: off)"),
+        Port("periodic_width", INT64, "scalar >= 0, frames kept per period (2 * (w // 2) + 1)"),
+        Port("upper_codebook_mask", INT64, "scalar >= 0, codebooks >= it are all generated"),
+        Port("prefix_s", FLOAT, "scalar >= 0, seconds kept at the start"),
+        Port("suffix_s", FLOAT, "scalar >= 0, seconds kept at the end"),
+        Port("dropout", FLOAT, "scalar in [0, 1], share of frames dropped from the prompt"),
+    ),
+    outputs=(
+        Port("audio_out", FLOAT, "[N] the vamped audio, same length and rate as audio"),
+        Port("codes", INT64, "[1, 14, T] the encoder's codes, T = ceil(N / hop)"),
+        Port(
+            "mask", (TensorProto.BOOL,), "[1, 14, T] the mask built in the graph, true = generated"
+        ),
+        Port("codes_out", INT64, "[1, 14, T] the generated codes that were decoded"),
+    ),
+)

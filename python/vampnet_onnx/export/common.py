@@ -1,0 +1,144 @@
+"""What every exporter shares: the opset rule, the torch export-and-check helper
+(`export_torch_module`) and the one save path (`save_model`, with its external-data rule).
+torch is imported only inside `export_torch_module`, so the graph builders that work on ONNX
+files alone (`generation`, `vamp`) stay torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+DEFAULT_OPSET = 20
+# Gelu(approximate="tanh") became a standard op at opset 20; below that the exporter writes
+# the tanh formula out, which ORT still runs. Opsets under 18 lack the ops torch emits.
+MIN_OPSET = 18
+PRODUCER = "vampnet_onnx"
+# Protobuf's 2 GiB limit, less a margin for the graph itself: bigger models keep their weights
+# in an external data file beside the graph.
+_PROTO_LIMIT = 2**31 - 2**24
+
+
+def check_opset(opset_version: int, where: str) -> int:
+    """`opset_version` if it is an int >= `MIN_OPSET`, else ValueError naming `where`."""
+    if isinstance(opset_version, bool) or not isinstance(opset_version, int):
+        raise ValueError(f"{where}: opset_version must be an int, got {opset_version!r}")
+    if opset_version < MIN_OPSET:
+        raise ValueError(f"{where}: opset_version must be >= {MIN_OPSET}, got {opset_version}")
+    return opset_version
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A written graph: its file and its external weights file (None when stored inside)."""
+
+    path: Path
+    data_path: Path | None
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path, *([self.data_path] if self.data_path else [])]
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.files)
+
+
+def weights_bytes(model: ir.Model) -> int:
+    """Bytes of every initializer of `model`, subgraphs included."""
+    return sum(
+        value.const_value.nbytes
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if value.const_value is not None
+    )
+
+
+def save_model(model: ir.Model, path: str | Path, full_check: bool = False) -> SavedModel:
+    """Write `model` to `path` and check the file with onnx.checker.
+
+    Weights over protobuf's 2 GiB limit go to ``<path>.data`` beside it (a stale one is
+    removed first). full_check: also run strict shape inference over the whole graph (not for
+    graphs with our custom ops, which the checker cannot infer).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.producer_name = PRODUCER
+    data_path = path.with_name(path.name + ".data")
+    data_path.unlink(missing_ok=True)
+    if weights_bytes(model) > _PROTO_LIMIT:
+        ir.save(model, str(path), external_data=data_path.name)
+    else:
+        ir.save(model, str(path))
+        data_path = None
+    onnx.checker.check_model(str(path), full_check=full_check)
+    return SavedModel(path, data_path)
+
+
+@contextlib.contextmanager
+def _quiet_exporter(verbose: bool):
+    """Hide the exporter's informational warnings (missing torchvision ops, deprecations)."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_torch_module(
+    module,
+    example: tuple,
+    names: tuple[list[str], list[str]],
+    dynamic_shapes: dict[str, Any],
+    path: str | Path,
+    metadata: tuple[str, dict[str, Any]],
+    opset_version: int = DEFAULT_OPSET,
+    verbose: bool = False,
+    where: str = "export_torch_module",
+) -> SavedModel:
+    """Export an eval-mode torch module with torch.export to `path`, store a JSON metadata
+    entry, save (`save_model`) and fully check it.
+
+    Args:
+        module: the torch module; its parameters become the graph's initializers.
+        example: example inputs for tracing (sizes other than 0 and 1, which torch.export
+            would specialise).
+        names: (input names, output names).
+        dynamic_shapes: torch.export's dynamic shapes, by input name.
+        metadata: (key, JSON-able dict) written into the graph's metadata.
+        opset_version: ONNX opset, >= `MIN_OPSET`.
+        verbose: show the exporter's own messages.
+        where: who reports a bad `opset_version`.
+    """
+    import torch
+
+    check_opset(opset_version, where)
+    with _quiet_exporter(verbose), torch.no_grad():
+        program = torch.onnx.export(
+            module.eval().requires_grad_(False),
+            example,
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset_version,
+            dynamo=True,
+            verbose=verbose,
+        )
+    key, config = metadata
+    program.model.metadata_props[key] = json.dumps(config, sort_keys=True)
+    return save_model(program.model, path, full_check=True)

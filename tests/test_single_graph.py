@@ -218,7 +218,7 @@ def test_single_graph_runs_without_torch(models):
     """The deployment path: onnxruntime + the op library, torch never imported."""
     code = (
         "import sys, numpy as np, vampnet_onnx\n"
-        "from vampnet_onnx import ops\n"
+        "from vampnet_onnx import contracts\n"
         f"s = vampnet_onnx.create_session({str(models / VAMP_FILE)!r})\n"
         "x = np.zeros(2000, np.float32)\n"
         "feed = {'audio': x, **contracts.VAMP.feed(**(contracts.VAMP_DEFAULTS | {'n_steps': 1}))}\n"

@@ -31,14 +31,17 @@ CODEC_CONFIG_KEY = "vampnet_onnx.codec_config"
 VAMP_KEY = "vampnet_onnx.vamp"
 
 
-def metadata(props: Mapping[str, str], key: str, where: str, what: str) -> dict[str, Any]:
+def metadata(
+    props: Mapping[str, str], key: str, where: str, name: str, source: str
+) -> dict[str, Any]:
     """The JSON dict a vampnet_onnx export stores under `key` in a graph's metadata `props`
     (an onnx/onnx-ir model's metadata_props or an onnxruntime session's custom metadata map),
-    or ValueError "<where>: <what> must have metadata <key>, got none"."""
+    or ValueError "<where>: <name> must be a vampnet_onnx export, which must have metadata
+    <key>, got none in <source>"."""
     if key not in props:
         raise ValueError(
-            f"{where}: {what} must have metadata {key}, got none (not a graph written by "
-            "vampnet-onnx export)"
+            f"{where}: {name} must be a vampnet_onnx export, which must have metadata {key}, "
+            f"got none in {source}"
         )
     return json.loads(props[key])
 
@@ -47,7 +50,7 @@ def read_metadata(path: str | Path, key: str, where: str) -> dict[str, Any]:
     """`metadata` of the graph file `path`, read without loading its weights."""
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
-    return metadata(props, key, where, f"'{path}'")
+    return metadata(props, key, where, "path", f"'{path}'")
 
 
 # --- file names of an export folder ---------------------------------------------------------

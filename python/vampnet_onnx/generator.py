@@ -54,11 +54,11 @@ class Generator:
             python_ops=python_ops,
         )
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.config: dict = metadata(meta, CONFIG_KEY, "Generator", f"path {str(path)!r}")
+        self.config: dict = metadata(meta, CONFIG_KEY, "Generator", "path", repr(str(path)))
         input_names = [i.name for i in self.session.get_inputs()]
         if input_names == GENERATION.input_names:
             self.mode = "graph"
-            settings = metadata(meta, GENERATION_KEY, "Generator", f"path {str(path)!r}")
+            settings = metadata(meta, GENERATION_KEY, "Generator", "path", repr(str(path)))
             exported_coupling = bool(settings.get("batch_coupled", False))
             if batch_coupled is not None and batch_coupled != exported_coupling:
                 raise ValueError(

@@ -418,7 +418,7 @@ class SingleGraphVamp(_AudioToAudio):
                 f"SingleGraphVamp: path must be a vamp.onnx from vampnet-onnx export "
                 f"--single-graph, got '{path}' with inputs {names}"
             )
-        config = metadata(meta, CODEC_CONFIG_KEY, "SingleGraphVamp", "path")
+        config = metadata(meta, CODEC_CONFIG_KEY, "SingleGraphVamp", "path", f"'{path}'")
         self.sample_rate = int(config["sample_rate"])
         self.hop_length = int(config["hop_length"])
         self.settings = json.loads(meta.get(VAMP_KEY, "{}"))

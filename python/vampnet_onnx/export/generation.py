@@ -96,7 +96,7 @@ def build_generation_model(
             f"got {[v.name for v in graph.inputs]} -> {[v.name for v in graph.outputs]}"
         )
     config = metadata(
-        transformer.metadata_props, CONFIG_KEY, "build_generation_model", "transformer"
+        transformer.metadata_props, CONFIG_KEY, "build_generation_model", "transformer", "it"
     )
     mask_token = int(config.get("mask_token", ops.MASK_TOKEN))
     schema = GENERATION

@@ -381,9 +381,9 @@ def build_vamp_model(
 ) -> ir.Model:
     """The single graph from the four loaded source graphs (which are consumed)."""
     where = "build_vamp_model"
-    codec_config = metadata(encode.metadata_props, CODEC_CONFIG_KEY, where, "encode")
-    coarse_config = metadata(coarse.metadata_props, CONFIG_KEY, where, "coarse")
-    c2f_config = metadata(c2f.metadata_props, CONFIG_KEY, where, "c2f")
+    codec_config = metadata(encode.metadata_props, CODEC_CONFIG_KEY, where, "encode", "it")
+    coarse_config = metadata(coarse.metadata_props, CONFIG_KEY, where, "coarse", "it")
+    c2f_config = metadata(c2f.metadata_props, CONFIG_KEY, where, "c2f", "it")
     n_coarse = int(coarse_config["n_codebooks"])
     expected = {
         "coarse kind": (coarse_config.get("kind"), "coarse"),

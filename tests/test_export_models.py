@@ -1,0 +1,63 @@
+"""`vampnet_onnx.export.export_models`: the export as a library call (the CLI's `export` runs
+it too, tests/test_cli_export.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vampnet_onnx
+from vampnet_onnx import configs, contracts, testing
+from vampnet_onnx.export import export_models
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_models")
+    return {
+        "c2f": testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2),
+        "codec": testing.write_codec_checkpoint(
+            root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3
+        ),
+    }
+
+
+def test_export_models_writes_and_reports_the_folder(checkpoints, tmp_path):
+    out = tmp_path / "models"
+    result = export_models(out, codec=checkpoints["codec"], c2f=checkpoints["c2f"])
+    assert result.out == out and result.vamp is None
+    assert result.codec.encode_path == out / contracts.ENCODE_FILE
+    assert result.codec.decode_path == out / contracts.DECODE_FILE
+    assert list(result.transformers) == list(result.generations) == ["c2f"]
+    assert result.transformers["c2f"].path == out / contracts.TRANSFORMER_FILES["c2f"]
+    assert result.generations["c2f"].path == out / contracts.GENERATION_FILES["c2f"]
+    assert "tensors mapped" in result.transformers["c2f"].report.summary()
+    generator = vampnet_onnx.Generator(result.generations["c2f"].path)
+    codes = np.random.default_rng(0).integers(0, 1024, (1, 14, 5))
+    mask = np.zeros(codes.shape, bool)
+    mask[:, 4:, 2:] = True
+    out_codes = generator.generate(codes, mask, steps=2)
+    np.testing.assert_array_equal(out_codes[~mask], codes[~mask])
+
+
+def test_export_models_needs_a_transformer(checkpoints, tmp_path):
+    with pytest.raises(
+        ValueError, match="export_models: at least one of coarse and c2f must be given, got neither"
+    ):
+        export_models(tmp_path, codec=checkpoints["codec"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_models_refuses_a_checkpoint_of_the_other_kind(checkpoints, tmp_path):
+    with pytest.raises(
+        ValueError, match="export_models: coarse must be a coarse checkpoint, got a c2f"
+    ):
+        export_models(tmp_path / "m", codec=checkpoints["codec"], coarse=checkpoints["c2f"])
+    assert not (tmp_path / "m").exists()
+
+
+def test_single_graph_needs_both_models(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="single_graph must come with both coarse and c2f"):
+        export_models(
+            tmp_path, codec=checkpoints["codec"], c2f=checkpoints["c2f"], single_graph=True
+        )

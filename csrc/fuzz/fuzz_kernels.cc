@@ -332,8 +332,8 @@ StepResult run_step(const StepProblem& p, int64_t first, int64_t batch, bool hal
                              result.model_input.data(), order);
     else
       vampnet::mask_git_step(kWhere, shape, p.logits.data() + f * item_logits, codes, mask, start,
-                             params, result.codes_out.data(), mask_out,
-                             result.model_input.data(), order);
+                             params, result.codes_out.data(), mask_out, result.model_input.data(),
+                             order);
   } catch (const InvalidArgument& error) {
     result.error = error.what();
   }
@@ -428,10 +428,10 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
   }
   // Last, so that inputs from before batch_offset existed (the regressions) still mean 0.
   const int64_t max_offset = (int64_t{1} << 32) - batch;
-  p.params.batch_offset = in.ConsumeBool() ? in.PickValueInArray<int64_t>(
-                                                 {max_offset, max_offset + 1, -1, kInt64Max,
-                                                  kInt64Min, int64_t{1} << 31})
-                                           : in.ConsumeIntegralInRange<int64_t>(0, 7);
+  p.params.batch_offset =
+      in.ConsumeBool() ? in.PickValueInArray<int64_t>({max_offset, max_offset + 1, -1, kInt64Max,
+                                                       kInt64Min, int64_t{1} << 31})
+                       : in.ConsumeIntegralInRange<int64_t>(0, 7);
 
   const StepResult got = run_step(p, 0, batch, false, forward_order);
 

@@ -90,7 +90,8 @@ inline MaskStepShape check_mask_step_shapes(const std::string& where,
                                             const std::vector<int64_t>* n_masked_start) {
   if (logits.size() != 4)
     fail(where, "logits", "have rank 4 [B, T, P, V]", "shape " + shape_text(logits));
-  if (codes.size() != 3) fail(where, "codes", "have rank 3 [B, C, T]", "shape " + shape_text(codes));
+  if (codes.size() != 3)
+    fail(where, "codes", "have rank 3 [B, C, T]", "shape " + shape_text(codes));
   if (mask != codes)
     fail(where, "mask", "have the shape of codes " + shape_text(codes), shape_text(mask));
   MaskStepShape shape{codes[0], codes[1], codes[2], logits[2], logits[3]};
@@ -178,14 +179,14 @@ void mask_git_step(const std::string& where, const MaskStepShape& shape, const L
     RowSampler sampler(static_cast<size_t>(V));
     std::vector<float> buffer;
     const size_t end = std::min(n_rows, (task + 1) * kRowsPerTask);
-    size_t b = std::upper_bound(first.begin(), first.end(), task * kRowsPerTask) - first.begin() - 1;
+    size_t b =
+        std::upper_bound(first.begin(), first.end(), task * kRowsPerTask) - first.begin() - 1;
     for (size_t j = task * kRowsPerTask; j < end; ++j) {
       while (j >= first[b + 1]) ++b;
       const uint32_t p = masked[b][j - first[b]];
-      const PhiloxBlock bits =
-          random_block(params.sampling.seed,
-                       mask_step_row(params.batch_offset + static_cast<int64_t>(b), p),
-                       static_cast<uint64_t>(params.step));
+      const PhiloxBlock bits = random_block(
+          params.sampling.seed, mask_step_row(params.batch_offset + static_cast<int64_t>(b), p),
+          static_cast<uint64_t>(params.step));
       const size_t row = static_cast<size_t>(b) * positions + p;
       const RowResult result = sampler.sample(load_row(logits, row, V, buffer), params.sampling,
                                               uniform53(bits[0], bits[1]), where, row);

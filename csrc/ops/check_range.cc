@@ -45,7 +45,8 @@ OrtStatusPtr CheckRangeKernel::ComputeV2(OrtKernelContext* raw_context) {
     Ort::KernelContext context(raw_context);
     const Input x = get_input(context, 0);
     check_type(where, name, x, {ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE});
-    if (x.count != 1) fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
+    if (x.count != 1)
+      fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
     check_range(where, name, x.as<double>()[0], low, high);
     auto ok = context.GetOutput(0, std::vector<int64_t>{});
     *ok.GetTensorMutableData<bool>() = true;

@@ -24,7 +24,9 @@ struct CheckRangeOp : Ort::CustomOpBase<CheckRangeOp, CheckRangeKernel, true> {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
   size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL; }
+  ONNXTensorElementDataType GetOutputType(size_t) const {
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+  }
 };
 
 }  // namespace vampnet::ort

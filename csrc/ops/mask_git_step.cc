@@ -16,8 +16,7 @@ OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInf
     // An absent attribute comes back as an error status: keep the default then.
     if (OrtStatus* status = api.KernelInfoGetAttribute_int64(info, "batch_coupled", &coupled))
       api.ReleaseStatus(status);
-    if (coupled != 0 && coupled != 1)
-      fail(kWhere, "batch_coupled", "be 0 or 1", to_text(coupled));
+    if (coupled != 0 && coupled != 1) fail(kWhere, "batch_coupled", "be 0 or 1", to_text(coupled));
     created->batch_coupled = coupled == 1;
     *kernel = created.release();
   });
@@ -41,7 +40,8 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, 6));
     params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, 7));
     params.mask_temperature = scalar_float(kWhere, "mask_temperature", get_input(context, 8));
-    params.sampling.seed = static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 9)));
+    params.sampling.seed =
+        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 9)));
     params.batch_coupled = batch_coupled;
     const Input batch_offset = get_input(context, 11);
     if (batch_offset.present)
@@ -51,9 +51,9 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     const Input n_masked_start = get_input(context, 10);
     if (n_masked_start.present)
       check_type(kWhere, "n_masked_start", n_masked_start, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
-    const MaskStepShape shape = check_mask_step_shapes(
-        kWhere, logits.shape, codes.shape, mask.shape,
-        n_masked_start.present ? &n_masked_start.shape : nullptr);
+    const MaskStepShape shape =
+        check_mask_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
+                               n_masked_start.present ? &n_masked_start.shape : nullptr);
 
     auto codes_out = context.GetOutput(0, codes.shape);
     auto mask_out = context.GetOutput(1, codes.shape);

@@ -19,14 +19,14 @@ OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
     const Input logits = get_input(context, 0);
     check_type(kWhere, "logits", logits,
                {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
-    if (logits.shape.empty())
-      fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
+    if (logits.shape.empty()) fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
     SamplingParams params;
     params.temperature = scalar_float(kWhere, "temperature", get_input(context, 1));
     params.top_k = scalar_int64(kWhere, "top_k", get_input(context, 2));
     params.top_p = scalar_float(kWhere, "top_p", get_input(context, 3));
     params.seed = static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 4)));
-    const auto offset = static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, 5)));
+    const auto offset =
+        static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, 5)));
     const Input first_row_input = get_input(context, 6);
     int64_t first_row = 0;
     if (first_row_input.present) {

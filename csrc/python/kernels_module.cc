@@ -39,7 +39,9 @@ std::vector<int64_t> shape_of(const py::array& array) {
   return std::vector<int64_t>(array.shape(), array.shape() + array.ndim());
 }
 
-std::string dtype_name(const py::array& array) { return py::str(array.dtype()).cast<std::string>(); }
+std::string dtype_name(const py::array& array) {
+  return py::str(array.dtype()).cast<std::string>();
+}
 
 bool is_half(const py::array& array) { return array.dtype().is(py::dtype("float16")); }
 
@@ -140,8 +142,8 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   return py::make_tuple(codes_out, mask_out, model_input);
 }
 
-py::array_t<double> map_double(const py::array_t<double, py::array::c_style | py::array::forcecast>& x,
-                               double (*fn)(double)) {
+py::array_t<double> map_double(
+    const py::array_t<double, py::array::c_style | py::array::forcecast>& x, double (*fn)(double)) {
   py::array_t<double> out(shape_of(x));
   const double* in = x.data();
   double* dst = out.mutable_data();
@@ -169,12 +171,13 @@ PYBIND11_MODULE(_kernels, m) {
 Returns (tokens int64 [...], logprob float32 [...]); same contract as the SampleTokens op
 (docs/ops.md). threads: worker threads; results do not depend on it.)");
 
-  m.def("mask_git_step", &mask_git_step_py, py::arg("logits"), py::arg("codes"), py::arg("mask"),
-        py::arg("step"), py::arg("n_steps"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-        py::arg("top_p") = 1.0f, py::arg("mask_temperature") = 10.5f, py::arg("seed") = 0,
-        py::arg("n_masked_start") = py::none(), py::arg("batch_coupled") = false,
-        py::arg("batch_offset") = 0, py::arg("threads") = 1,
-        R"(One VampNet generation step: logits [B, T, P, V], codes int64 [B, C, T], mask bool [B, C, T].
+  m.def(
+      "mask_git_step", &mask_git_step_py, py::arg("logits"), py::arg("codes"), py::arg("mask"),
+      py::arg("step"), py::arg("n_steps"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
+      py::arg("top_p") = 1.0f, py::arg("mask_temperature") = 10.5f, py::arg("seed") = 0,
+      py::arg("n_masked_start") = py::none(), py::arg("batch_coupled") = false,
+      py::arg("batch_offset") = 0, py::arg("threads") = 1,
+      R"(One VampNet generation step: logits [B, T, P, V], codes int64 [B, C, T], mask bool [B, C, T].
 
 Returns (codes_out int64, mask_out bool, model_input int64), each [B, C, T]; same contract as the
 MaskGitStep op (docs/ops.md).)");
@@ -189,11 +192,12 @@ MaskGitStep op (docs/ops.md).)");
       R"(The CheckRange op's rule: True, or ValueError "<where>: <name> must be in [min, max], got
 <value>" (NaN fails; integral values print as integers).)");
 
-  m.def("philox4x32_10",
-        [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
-          return philox4x32_10(counter, key);
-        },
-        py::arg("counter"), py::arg("key"), "One Philox4x32-10 block (for tests).");
+  m.def(
+      "philox4x32_10",
+      [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
+        return philox4x32_10(counter, key);
+      },
+      py::arg("counter"), py::arg("key"), "One Philox4x32-10 block (for tests).");
   m.def("det_exp", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& x) {
     return map_double(x, det::exp);
   });

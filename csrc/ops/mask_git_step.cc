@@ -1,6 +1,6 @@
 #include "mask_git_step.h"
 
-#include "../kernels/mask_step.h"
+#include "../kernels/mask_git_step.h"
 
 namespace vampnet::ort {
 
@@ -33,7 +33,7 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     check_type(kWhere, "codes", codes, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     check_type(kWhere, "mask", mask, {ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL});
 
-    MaskStepParams params;
+    MaskGitStepParams params;
     params.step = scalar_int64(kWhere, "step", get_input(context, 3));
     params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, 4));
     params.sampling.temperature = scalar_float(kWhere, "temperature", get_input(context, 5));
@@ -46,14 +46,14 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     const Input batch_offset = get_input(context, 11);
     if (batch_offset.present)
       params.batch_offset = scalar_int64(kWhere, "batch_offset", batch_offset);
-    check_mask_step_params(kWhere, params);
+    check_mask_git_step_params(kWhere, params);
 
     const Input n_masked_start = get_input(context, 10);
     if (n_masked_start.present)
       check_type(kWhere, "n_masked_start", n_masked_start, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
-    const MaskStepShape shape =
-        check_mask_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
-                               n_masked_start.present ? &n_masked_start.shape : nullptr);
+    const MaskGitStepShape shape =
+        check_mask_git_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
+                                   n_masked_start.present ? &n_masked_start.shape : nullptr);
 
     auto codes_out = context.GetOutput(0, codes.shape);
     auto mask_out = context.GetOutput(1, codes.shape);

@@ -10,7 +10,7 @@
 
 #include "../kernels/check_range.h"
 #include "../kernels/det_math.h"
-#include "../kernels/mask_step.h"
+#include "../kernels/mask_git_step.h"
 #include "../kernels/rng.h"
 #include "../kernels/sampling.h"
 
@@ -99,23 +99,23 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   const py::array logits = require(where, "logits", logits_in, {"float32", "float16"});
   const py::array codes = require(where, "codes", codes_in, {"int64"});
   const py::array mask = require(where, "mask", mask_in, {"bool"});
-  MaskStepParams params;
+  MaskGitStepParams params;
   params.step = step;
   params.n_steps = n_steps;
   params.sampling = {temperature, top_k, top_p, static_cast<uint64_t>(seed)};
   params.mask_temperature = mask_temperature;
   params.batch_coupled = batch_coupled;
   params.batch_offset = batch_offset;
-  check_mask_step_params(where, params);
+  check_mask_git_step_params(where, params);
   std::optional<py::array> n_masked_start;
   std::vector<int64_t> start_shape;
   if (n_masked_start_in) {
     n_masked_start = require(where, "n_masked_start", *n_masked_start_in, {"int64"});
     start_shape = shape_of(*n_masked_start);
   }
-  const MaskStepShape shape =
-      check_mask_step_shapes(where, shape_of(logits), shape_of(codes), shape_of(mask),
-                             n_masked_start ? &start_shape : nullptr);
+  const MaskGitStepShape shape =
+      check_mask_git_step_shapes(where, shape_of(logits), shape_of(codes), shape_of(mask),
+                                 n_masked_start ? &start_shape : nullptr);
   const std::vector<int64_t> out_shape = shape_of(codes);
   py::array_t<int64_t> codes_out(out_shape);
   py::array_t<bool> mask_out(out_shape);

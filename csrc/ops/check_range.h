@@ -10,6 +10,10 @@ namespace vampnet::ort {
 // "<where>: <name> must be in [min, max], got <x>" unless min <= x <= max. Attributes name,
 // where (strings), min, max (floats). A graph makes its consumers depend on the check with
 // Where(ok, value, 0). Contract: docs/ops.md.
+// The enums list the ports in the order of ops.CHECK_RANGE (python/vampnet_onnx/ops.py).
+enum class CheckRangeInput : size_t { kX, kCount };
+enum class CheckRangeOutput : size_t { kOk, kCount };
+
 struct CheckRangeKernel {
   std::string name, where;
   double low = 0.0, high = 0.0;
@@ -19,11 +23,11 @@ struct CheckRangeKernel {
 struct CheckRangeOp : Ort::CustomOpBase<CheckRangeOp, CheckRangeKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return "CheckRange"; }
-  size_t GetInputTypeCount() const { return 1; }
+  size_t GetInputTypeCount() const { return port_count<CheckRangeInput>(); }
   ONNXTensorElementDataType GetInputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
-  size_t GetOutputTypeCount() const { return 1; }
+  size_t GetOutputTypeCount() const { return port_count<CheckRangeOutput>(); }
   ONNXTensorElementDataType GetOutputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
   }

@@ -6,7 +6,9 @@ namespace vampnet::ort {
 
 namespace {
 constexpr const char* kWhere = "MaskGitStep";
-}
+using In = MaskGitStepInput;
+using Out = MaskGitStepOutput;
+}  // namespace
 
 OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
                                            void** kernel) const {
@@ -25,39 +27,41 @@ OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInf
 OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const Input logits = get_input(context, 0);
-    const Input codes = get_input(context, 1);
-    const Input mask = get_input(context, 2);
+    const InputView logits = get_input(context, In::kLogits);
+    const InputView codes = get_input(context, In::kCodes);
+    const InputView mask = get_input(context, In::kMask);
     check_type(kWhere, "logits", logits,
                {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
     check_type(kWhere, "codes", codes, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     check_type(kWhere, "mask", mask, {ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL});
 
     MaskGitStepParams params;
-    params.step = scalar_int64(kWhere, "step", get_input(context, 3));
-    params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, 4));
-    params.sampling.temperature = scalar_float(kWhere, "temperature", get_input(context, 5));
-    params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, 6));
-    params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, 7));
-    params.mask_temperature = scalar_float(kWhere, "mask_temperature", get_input(context, 8));
+    params.step = scalar_int64(kWhere, "step", get_input(context, In::kStep));
+    params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, In::kNSteps));
+    params.sampling.temperature =
+        scalar_float(kWhere, "temperature", get_input(context, In::kTemperature));
+    params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, In::kTopK));
+    params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, In::kTopP));
+    params.mask_temperature =
+        scalar_float(kWhere, "mask_temperature", get_input(context, In::kMaskTemperature));
     params.sampling.seed =
-        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 9)));
+        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, In::kSeed)));
     params.batch_coupled = batch_coupled;
-    const Input batch_offset = get_input(context, 11);
+    const InputView batch_offset = get_input(context, In::kBatchOffset);
     if (batch_offset.present)
       params.batch_offset = scalar_int64(kWhere, "batch_offset", batch_offset);
     check_mask_git_step_params(kWhere, params);
 
-    const Input n_masked_start = get_input(context, 10);
+    const InputView n_masked_start = get_input(context, In::kNMaskedStart);
     if (n_masked_start.present)
       check_type(kWhere, "n_masked_start", n_masked_start, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     const MaskGitStepShape shape =
         check_mask_git_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
                                    n_masked_start.present ? &n_masked_start.shape : nullptr);
 
-    auto codes_out = context.GetOutput(0, codes.shape);
-    auto mask_out = context.GetOutput(1, codes.shape);
-    auto model_input = context.GetOutput(2, codes.shape);
+    auto codes_out = get_output(context, Out::kCodesOut, codes.shape);
+    auto mask_out = get_output(context, Out::kMaskOut, codes.shape);
+    auto model_input = get_output(context, Out::kModelInput, codes.shape);
     const int64_t* start = n_masked_start.present ? n_masked_start.as<int64_t>() : nullptr;
     const ParallelFor pool = thread_pool(context);
     if (logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {

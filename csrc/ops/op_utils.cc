@@ -37,8 +37,9 @@ const char* type_name(ONNXTensorElementDataType type) {
   }
 }
 
-Input get_input(const Ort::KernelContext& context, size_t index) {
-  Input input;
+namespace detail {
+InputView input_at(const Ort::KernelContext& context, size_t index) {
+  InputView input;
   if (index >= context.GetInputCount()) return input;
   Ort::ConstValue value = context.GetInput(index);
   if (static_cast<const OrtValue*>(value) == nullptr) return input;
@@ -51,8 +52,9 @@ Input get_input(const Ort::KernelContext& context, size_t index) {
   input.data = value.GetTensorRawData();
   return input;
 }
+}  // namespace detail
 
-void check_type(const std::string& where, const std::string& name, const Input& input,
+void check_type(const std::string& where, const std::string& name, const InputView& input,
                 const std::vector<ONNXTensorElementDataType>& allowed) {
   for (auto type : allowed)
     if (input.type == type) return;
@@ -63,7 +65,7 @@ void check_type(const std::string& where, const std::string& name, const Input& 
 }
 
 namespace {
-void check_scalar(const std::string& where, const std::string& name, const Input& input,
+void check_scalar(const std::string& where, const std::string& name, const InputView& input,
                   ONNXTensorElementDataType type) {
   check_type(where, name, input, {type});
   if (input.count != 1)
@@ -71,12 +73,12 @@ void check_scalar(const std::string& where, const std::string& name, const Input
 }
 }  // namespace
 
-float scalar_float(const std::string& where, const std::string& name, const Input& input) {
+float scalar_float(const std::string& where, const std::string& name, const InputView& input) {
   check_scalar(where, name, input, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   return input.as<float>()[0];
 }
 
-int64_t scalar_int64(const std::string& where, const std::string& name, const Input& input) {
+int64_t scalar_int64(const std::string& where, const std::string& name, const InputView& input) {
   check_scalar(where, name, input, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
   return input.as<int64_t>()[0];
 }

@@ -21,6 +21,7 @@
 
 #include "../kernels/errors.h"
 #include "../kernels/float16.h"
+#include "../kernels/logits.h"
 #include "../kernels/mask_git_step.h"
 #include "../kernels/parallel.h"
 #include "../kernels/sampling.h"
@@ -28,6 +29,7 @@
 namespace {
 
 using vampnet::InvalidArgument;
+using vampnet::LogitsType;
 using vampnet::MaskGitStepParams;
 using vampnet::MaskGitStepShape;
 using vampnet::ParallelFor;
@@ -328,14 +330,13 @@ MaskGitStepResult run_mask_git_step(const MaskGitStepProblem& p, int64_t first, 
     auto* mask_out = reinterpret_cast<bool*>(result.mask_out.data());
     const int64_t* codes = p.codes.data() + f * item_cells;
     const int64_t* start = p.has_start ? p.start.data() + f : nullptr;
-    if (half)
-      vampnet::mask_git_step(kWhere, shape, p.half_logits.data() + f * item_logits, codes, mask,
-                             start, params, result.codes_out.data(), mask_out,
-                             result.model_input.data(), order);
-    else
-      vampnet::mask_git_step(kWhere, shape, p.logits.data() + f * item_logits, codes, mask, start,
+    const LogitsType type = half ? LogitsType::kFloat16 : LogitsType::kFloat32;
+    const void* logits = half ? static_cast<const void*>(p.half_logits.data()) : p.logits.data();
+    vampnet::dispatch_logits(type, logits, [&](const auto* typed_logits) {
+      vampnet::mask_git_step(kWhere, shape, typed_logits + f * item_logits, codes, mask, start,
                              params, result.codes_out.data(), mask_out, result.model_input.data(),
                              order);
+    });
   } catch (const InvalidArgument& error) {
     result.error = error.what();
   }

@@ -30,8 +30,7 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     const InputView logits = get_input(context, In::kLogits);
     const InputView codes = get_input(context, In::kCodes);
     const InputView mask = get_input(context, In::kMask);
-    check_type(kWhere, "logits", logits,
-               {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
+    const LogitsType logits_type = check_logits_type(kWhere, logits);
     check_type(kWhere, "codes", codes, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     check_type(kWhere, "mask", mask, {ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL});
 
@@ -64,17 +63,12 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     auto model_input = get_output(context, Out::kModelInput, codes.shape);
     const int64_t* start = n_masked_start.present ? n_masked_start.as<int64_t>() : nullptr;
     const ParallelFor pool = thread_pool(context);
-    if (logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      mask_git_step(kWhere, shape, logits.as<float>(), codes.as<int64_t>(), mask.as<bool>(), start,
+    dispatch_logits(logits_type, logits.data, [&](const auto* typed_logits) {
+      mask_git_step(kWhere, shape, typed_logits, codes.as<int64_t>(), mask.as<bool>(), start,
                     params, codes_out.GetTensorMutableData<int64_t>(),
                     mask_out.GetTensorMutableData<bool>(),
                     model_input.GetTensorMutableData<int64_t>(), pool);
-    } else {
-      mask_git_step(kWhere, shape, logits.as<uint16_t>(), codes.as<int64_t>(), mask.as<bool>(),
-                    start, params, codes_out.GetTensorMutableData<int64_t>(),
-                    mask_out.GetTensorMutableData<bool>(),
-                    model_input.GetTensorMutableData<int64_t>(), pool);
-    }
+    });
   });
 }
 

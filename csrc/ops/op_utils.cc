@@ -64,6 +64,13 @@ void check_type(const std::string& where, const std::string& name, const InputVi
   fail(where, name, "be a " + wanted + " tensor", type_name(input.type));
 }
 
+LogitsType check_logits_type(const std::string& where, const InputView& logits) {
+  check_type(where, "logits", logits,
+             {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
+  return logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? LogitsType::kFloat16
+                                                              : LogitsType::kFloat32;
+}
+
 namespace {
 void check_scalar(const std::string& where, const std::string& name, const InputView& input,
                   ONNXTensorElementDataType type) {

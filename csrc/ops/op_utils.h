@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../kernels/errors.h"
+#include "../kernels/logits.h"
 #include "../kernels/parallel.h"
 
 namespace vampnet::ort {
@@ -64,6 +65,9 @@ const char* type_name(ONNXTensorElementDataType type);
 // "<where>: <name> must be a <type> tensor, got <actual>" unless the type is one of `allowed`.
 void check_type(const std::string& where, const std::string& name, const InputView& input,
                 const std::vector<ONNXTensorElementDataType>& allowed);
+
+// The type of float32 or float16 logits; any other type fails as check_type does.
+LogitsType check_logits_type(const std::string& where, const InputView& logits);
 
 // A scalar input: a tensor of exactly one element (rank 0 or [1], as Loop counters are rank 0).
 float scalar_float(const std::string& where, const std::string& name, const InputView& input);

@@ -19,8 +19,7 @@ OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
     const InputView logits = get_input(context, In::kLogits);
-    check_type(kWhere, "logits", logits,
-               {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
+    const LogitsType logits_type = check_logits_type(kWhere, logits);
     if (logits.shape.empty()) fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
     SamplingParams params;
     params.temperature = scalar_float(kWhere, "temperature", get_input(context, In::kTemperature));
@@ -45,15 +44,11 @@ OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
     size_t rows = 1;
     for (auto d : row_shape) rows *= static_cast<size_t>(d);
     const ParallelFor pool = thread_pool(context);
-    if (logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      sample_tokens(kWhere, logits.as<float>(), rows, vocab, params, offset,
+    dispatch_logits(logits_type, logits.data, [&](const auto* typed_logits) {
+      sample_tokens(kWhere, typed_logits, rows, vocab, params, offset,
                     static_cast<uint64_t>(first_row), tokens.GetTensorMutableData<int64_t>(),
                     logprob.GetTensorMutableData<float>(), pool);
-    } else {
-      sample_tokens(kWhere, logits.as<uint16_t>(), rows, vocab, params, offset,
-                    static_cast<uint64_t>(first_row), tokens.GetTensorMutableData<int64_t>(),
-                    logprob.GetTensorMutableData<float>(), pool);
-    }
+    });
   });
 }
 

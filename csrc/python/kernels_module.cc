@@ -10,6 +10,7 @@
 
 #include "../kernels/check_range.h"
 #include "../kernels/det_math.h"
+#include "../kernels/logits.h"
 #include "../kernels/mask_git_step.h"
 #include "../kernels/rng.h"
 #include "../kernels/sampling.h"
@@ -43,7 +44,9 @@ std::string dtype_name(const py::array& array) {
   return py::str(array.dtype()).cast<std::string>();
 }
 
-bool is_half(const py::array& array) { return array.dtype().is(py::dtype("float16")); }
+LogitsType logits_type(const py::array& logits) {
+  return logits.dtype().is(py::dtype("float16")) ? LogitsType::kFloat16 : LogitsType::kFloat32;
+}
 
 // A C-contiguous view of `array` if its dtype is one of `allowed`, else the house-format error.
 py::array require(const std::string& where, const std::string& name, const py::array& array,
@@ -75,18 +78,11 @@ py::tuple sample_tokens_py(const py::array& logits_in, float temperature, int64_
   const ParallelFor pool = thread_pool(threads);
   int64_t* tokens_data = tokens.mutable_data();
   float* logprob_data = logprob.mutable_data();
-  const bool half = is_half(logits);
-  {
+  dispatch_logits(logits_type(logits), logits.data(), [&](const auto* typed_logits) {
     py::gil_scoped_release release;
-    if (half)
-      sample_tokens(where, static_cast<const uint16_t*>(logits.data()), rows, vocab, params,
-                    static_cast<uint64_t>(offset), static_cast<uint64_t>(first_row), tokens_data,
-                    logprob_data, pool);
-    else
-      sample_tokens(where, static_cast<const float*>(logits.data()), rows, vocab, params,
-                    static_cast<uint64_t>(offset), static_cast<uint64_t>(first_row), tokens_data,
-                    logprob_data, pool);
-  }
+    sample_tokens(where, typed_logits, rows, vocab, params, static_cast<uint64_t>(offset),
+                  static_cast<uint64_t>(first_row), tokens_data, logprob_data, pool);
+  });
   return py::make_tuple(tokens, logprob);
 }
 
@@ -128,17 +124,11 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   int64_t* model_input_data = model_input.mutable_data();
   const auto* codes_data = static_cast<const int64_t*>(codes.data());
   const auto* mask_data = static_cast<const bool*>(mask.data());
-  const bool half = is_half(logits);
-  {
+  dispatch_logits(logits_type(logits), logits.data(), [&](const auto* typed_logits) {
     py::gil_scoped_release release;
-    if (half)
-      mask_git_step(where, shape, static_cast<const uint16_t*>(logits.data()), codes_data,
-                    mask_data, start, params, codes_out_data, mask_out_data, model_input_data,
-                    pool);
-    else
-      mask_git_step(where, shape, static_cast<const float*>(logits.data()), codes_data, mask_data,
-                    start, params, codes_out_data, mask_out_data, model_input_data, pool);
-  }
+    mask_git_step(where, shape, typed_logits, codes_data, mask_data, start, params, codes_out_data,
+                  mask_out_data, model_input_data, pool);
+  });
   return py::make_tuple(codes_out, mask_out, model_input);
 }
 

@@ -1,6 +1,7 @@
-"""The C++ ops name their inputs and outputs by enums (csrc/ops/<op>.h) that must list the ports
-of the op's schema (vampnet_onnx.ops) in the same order and by the same names: ONNX Runtime hands
-a custom op its inputs by position only, so a port out of place would read the wrong tensor."""
+"""The C++ ops name their inputs and outputs by the enums Input and Output (csrc/ops/<op>.h),
+which must list the ports of the op's schema (vampnet_onnx.ops) in the same order and by the same
+names: ONNX Runtime hands a custom op its inputs by position only, so a port out of place would
+read the wrong tensor."""
 
 from __future__ import annotations
 
@@ -30,5 +31,5 @@ def enum_ports(header: str, enum: str) -> list[str]:
 @pytest.mark.parametrize("schema", ops.SCHEMAS, ids=lambda schema: schema.name)
 def test_port_enums_list_the_schema_ports_in_order(schema):
     header = (OPS_SOURCE / f"{snake_case(schema.name)}.h").read_text()
-    assert enum_ports(header, f"{schema.name}Input") == schema.input_names
-    assert enum_ports(header, f"{schema.name}Output") == schema.output_names
+    assert enum_ports(header, "Input") == schema.input_names
+    assert enum_ports(header, "Output") == schema.output_names

@@ -11,10 +11,10 @@ namespace vampnet::ort {
 // where (strings), min, max (floats). A graph makes its consumers depend on the check with
 // Where(ok, value, 0). Contract: docs/ops.md.
 // The enums list the ports in the order of ops.CHECK_RANGE (python/vampnet_onnx/ops.py).
-enum class CheckRangeInput : size_t { kX, kCount };
-enum class CheckRangeOutput : size_t { kOk, kCount };
-
 struct CheckRangeKernel {
+  enum class Input : size_t { kX, kCount };
+  enum class Output : size_t { kOk, kCount };
+
   std::string name, where;
   double low = 0.0, high = 0.0;
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
@@ -23,11 +23,11 @@ struct CheckRangeKernel {
 struct CheckRangeOp : Ort::CustomOpBase<CheckRangeOp, CheckRangeKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return "CheckRange"; }
-  size_t GetInputTypeCount() const { return port_count<CheckRangeInput>(); }
+  size_t GetInputTypeCount() const { return port_count<CheckRangeKernel::Input>(); }
   ONNXTensorElementDataType GetInputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
-  size_t GetOutputTypeCount() const { return port_count<CheckRangeOutput>(); }
+  size_t GetOutputTypeCount() const { return port_count<CheckRangeKernel::Output>(); }
   ONNXTensorElementDataType GetOutputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
   }

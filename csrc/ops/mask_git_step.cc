@@ -6,9 +6,7 @@ namespace vampnet::ort {
 
 namespace {
 constexpr const char* kWhere = "MaskGitStep";
-using In = MaskGitStepInput;
-using Out = MaskGitStepOutput;
-}  // namespace
+}
 
 OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
                                            void** kernel) const {
@@ -27,40 +25,40 @@ OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInf
 OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const InputView logits = get_input(context, In::kLogits);
-    const InputView codes = get_input(context, In::kCodes);
-    const InputView mask = get_input(context, In::kMask);
+    const InputView logits = get_input(context, Input::kLogits);
+    const InputView codes = get_input(context, Input::kCodes);
+    const InputView mask = get_input(context, Input::kMask);
     const LogitsType logits_type = check_logits_type(kWhere, logits);
     check_type(kWhere, "codes", codes, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     check_type(kWhere, "mask", mask, {ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL});
 
     MaskGitStepParams params;
-    params.step = scalar_int64(kWhere, "step", get_input(context, In::kStep));
-    params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, In::kNSteps));
+    params.step = scalar_int64(kWhere, "step", get_input(context, Input::kStep));
+    params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, Input::kNSteps));
     params.sampling.temperature =
-        scalar_float(kWhere, "temperature", get_input(context, In::kTemperature));
-    params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, In::kTopK));
-    params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, In::kTopP));
+        scalar_float(kWhere, "temperature", get_input(context, Input::kTemperature));
+    params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, Input::kTopK));
+    params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, Input::kTopP));
     params.mask_temperature =
-        scalar_float(kWhere, "mask_temperature", get_input(context, In::kMaskTemperature));
+        scalar_float(kWhere, "mask_temperature", get_input(context, Input::kMaskTemperature));
     params.sampling.seed =
-        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, In::kSeed)));
+        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, Input::kSeed)));
     params.batch_coupled = batch_coupled;
-    const InputView batch_offset = get_input(context, In::kBatchOffset);
+    const InputView batch_offset = get_input(context, Input::kBatchOffset);
     if (batch_offset.present)
       params.batch_offset = scalar_int64(kWhere, "batch_offset", batch_offset);
     check_mask_git_step_params(kWhere, params);
 
-    const InputView n_masked_start = get_input(context, In::kNMaskedStart);
+    const InputView n_masked_start = get_input(context, Input::kNMaskedStart);
     if (n_masked_start.present)
       check_type(kWhere, "n_masked_start", n_masked_start, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     const MaskGitStepShape shape =
         check_mask_git_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
                                    n_masked_start.present ? &n_masked_start.shape : nullptr);
 
-    auto codes_out = get_output(context, Out::kCodesOut, codes.shape);
-    auto mask_out = get_output(context, Out::kMaskOut, codes.shape);
-    auto model_input = get_output(context, Out::kModelInput, codes.shape);
+    auto codes_out = get_output(context, Output::kCodesOut, codes.shape);
+    auto mask_out = get_output(context, Output::kMaskOut, codes.shape);
+    auto model_input = get_output(context, Output::kModelInput, codes.shape);
     const int64_t* start = n_masked_start.present ? n_masked_start.as<int64_t>() : nullptr;
     const ParallelFor pool = thread_pool(context);
     dispatch_logits(logits_type, logits.data, [&](const auto* typed_logits) {

@@ -17,8 +17,9 @@
 
 namespace vampnet::ort {
 
-// An op names its inputs and outputs by two enum classes listing them in the order of its schema
-// in python/vampnet_onnx/ops.py and ending in kCount, so that no index is a bare number.
+// Each op's kernel names its inputs and outputs by the enum classes Input and Output, which list
+// them in the order of the op's schema in python/vampnet_onnx/ops.py and end in kCount: no index
+// is a bare number.
 template <typename Port>
 constexpr size_t port_index(Port port) {
   static_assert(std::is_enum_v<Port>, "ports are named by an op's enum class, not by numbers");

@@ -6,9 +6,7 @@ namespace vampnet::ort {
 
 namespace {
 constexpr const char* kWhere = "SampleTokens";
-using In = SampleTokensInput;
-using Out = SampleTokensOutput;
-}  // namespace
+}
 
 OrtStatusPtr SampleTokensOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo*,
                                             void** kernel) const {
@@ -18,18 +16,19 @@ OrtStatusPtr SampleTokensOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo*,
 OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const InputView logits = get_input(context, In::kLogits);
+    const InputView logits = get_input(context, Input::kLogits);
     const LogitsType logits_type = check_logits_type(kWhere, logits);
     if (logits.shape.empty()) fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
     SamplingParams params;
-    params.temperature = scalar_float(kWhere, "temperature", get_input(context, In::kTemperature));
-    params.top_k = scalar_int64(kWhere, "top_k", get_input(context, In::kTopK));
-    params.top_p = scalar_float(kWhere, "top_p", get_input(context, In::kTopP));
+    params.temperature =
+        scalar_float(kWhere, "temperature", get_input(context, Input::kTemperature));
+    params.top_k = scalar_int64(kWhere, "top_k", get_input(context, Input::kTopK));
+    params.top_p = scalar_float(kWhere, "top_p", get_input(context, Input::kTopP));
     params.seed =
-        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, In::kSeed)));
+        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, Input::kSeed)));
     const auto offset =
-        static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, In::kOffset)));
-    const InputView first_row_input = get_input(context, In::kFirstRow);
+        static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, Input::kOffset)));
+    const InputView first_row_input = get_input(context, Input::kFirstRow);
     int64_t first_row = 0;
     if (first_row_input.present) {
       first_row = scalar_int64(kWhere, "first_row", first_row_input);
@@ -39,8 +38,8 @@ OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
 
     const std::vector<int64_t> row_shape(logits.shape.begin(), logits.shape.end() - 1);
     const auto vocab = static_cast<size_t>(logits.shape.back());
-    auto tokens = get_output(context, Out::kTokens, row_shape);
-    auto logprob = get_output(context, Out::kLogprob, row_shape);
+    auto tokens = get_output(context, Output::kTokens, row_shape);
+    auto logprob = get_output(context, Output::kLogprob, row_shape);
     size_t rows = 1;
     for (auto d : row_shape) rows *= static_cast<size_t>(d);
     const ParallelFor pool = thread_pool(context);

@@ -21,15 +21,17 @@
 
 #include "../kernels/errors.h"
 #include "../kernels/float16.h"
-#include "../kernels/mask_step.h"
+#include "../kernels/logits.h"
+#include "../kernels/mask_git_step.h"
 #include "../kernels/parallel.h"
 #include "../kernels/sampling.h"
 
 namespace {
 
 using vampnet::InvalidArgument;
-using vampnet::MaskStepParams;
-using vampnet::MaskStepShape;
+using vampnet::LogitsType;
+using vampnet::MaskGitStepParams;
+using vampnet::MaskGitStepShape;
 using vampnet::ParallelFor;
 using vampnet::SamplingParams;
 using vampnet::Task;
@@ -195,11 +197,11 @@ void check_token(const float* x, size_t vocab, const SamplingParams& params, int
   }
 }
 
-struct SampleResult {
+struct SampleTokensResult {
   std::vector<int64_t> tokens;
   std::vector<float> logprob;
   std::string error;
-  bool operator==(const SampleResult& o) const {
+  bool operator==(const SampleTokensResult& o) const {
     // Bitwise: NaN or -0 must come back as the same bits.
     return tokens == o.tokens && error == o.error && logprob.size() == o.logprob.size() &&
            (logprob.empty() ||
@@ -208,10 +210,10 @@ struct SampleResult {
 };
 
 template <typename Logit>
-SampleResult run_sample(const std::vector<Logit>& logits, size_t rows, size_t vocab,
-                        const SamplingParams& params, uint64_t offset, uint64_t first_row,
-                        const ParallelFor& order) {
-  SampleResult result{std::vector<int64_t>(rows, -1), std::vector<float>(rows, 0.0f), {}};
+SampleTokensResult run_sample_tokens(const std::vector<Logit>& logits, size_t rows, size_t vocab,
+                                     const SamplingParams& params, uint64_t offset,
+                                     uint64_t first_row, const ParallelFor& order) {
+  SampleTokensResult result{std::vector<int64_t>(rows, -1), std::vector<float>(rows, 0.0f), {}};
   try {
     vampnet::sample_tokens(kWhere, logits.data(), rows, vocab, params, offset, first_row,
                            result.tokens.data(), result.logprob.data(), order);
@@ -244,8 +246,8 @@ void fuzz_sample_tokens(FuzzedDataProvider& in, bool half) {
     logits = make_logits(in, rows * vocab);
   }
 
-  const SampleResult got =
-      run_sample(logits, rows, vocab, params, offset, first_row, forward_order);
+  const SampleTokensResult got =
+      run_sample_tokens(logits, rows, vocab, params, offset, first_row, forward_order);
   bool valid = sampling_params_valid(params) && (rows == 0 || vocab > 0);
   for (size_t r = 0; valid && r < rows; ++r) valid = row_valid(&logits[r * vocab], vocab);
   FUZZ_CHECK(got.error.empty() == valid);
@@ -254,22 +256,24 @@ void fuzz_sample_tokens(FuzzedDataProvider& in, bool half) {
     check_token(&logits[r * vocab], vocab, params, got.tokens[r], got.logprob[r]);
 
   // Same bits whatever order the row tasks run in, and for float16 input as for its floats.
-  FUZZ_CHECK(run_sample(logits, rows, vocab, params, offset, first_row, reverse_order) == got);
+  FUZZ_CHECK(run_sample_tokens(logits, rows, vocab, params, offset, first_row, reverse_order) ==
+             got);
   if (half)
-    FUZZ_CHECK(run_sample(half_logits, rows, vocab, params, offset, first_row, forward_order) ==
-               got);
+    FUZZ_CHECK(run_sample_tokens(half_logits, rows, vocab, params, offset, first_row,
+                                 forward_order) == got);
 
   // Rows split over two calls with first_row give the tokens of one call.
   if (valid && rows >= 2) {
     const size_t split = in.ConsumeIntegralInRange<size_t>(1, rows - 1);
     const std::vector<float> head(logits.begin(), logits.begin() + split * vocab);
     const std::vector<float> tail(logits.begin() + split * vocab, logits.end());
-    const SampleResult a = run_sample(head, split, vocab, params, offset, first_row, forward_order);
-    const SampleResult b =
-        run_sample(tail, rows - split, vocab, params, offset, first_row + split, forward_order);
+    const SampleTokensResult a =
+        run_sample_tokens(head, split, vocab, params, offset, first_row, forward_order);
+    const SampleTokensResult b = run_sample_tokens(tail, rows - split, vocab, params, offset,
+                                                   first_row + split, forward_order);
     FUZZ_CHECK(a.error.empty() && b.error.empty());
     for (size_t r = 0; r < rows; ++r) {
-      const SampleResult& part = r < split ? a : b;
+      const SampleTokensResult& part = r < split ? a : b;
       const size_t i = r < split ? r : r - split;
       FUZZ_CHECK(part.tokens[i] == got.tokens[r]);
       FUZZ_CHECK(std::memcmp(&part.logprob[i], &got.logprob[r], sizeof(float)) == 0);
@@ -277,21 +281,21 @@ void fuzz_sample_tokens(FuzzedDataProvider& in, bool half) {
   }
 }
 
-struct StepProblem {
+struct MaskGitStepProblem {
   std::vector<int64_t> logits_shape, codes_shape, mask_shape, start_shape;
   bool has_start = false;
   std::vector<float> logits;
   std::vector<uint16_t> half_logits;
   std::vector<int64_t> codes, start;
   std::vector<char> mask;  // bool storage; vector<bool> has no data()
-  MaskStepParams params;
+  MaskGitStepParams params;
 };
 
-struct StepResult {
+struct MaskGitStepResult {
   std::vector<int64_t> codes_out, model_input;
   std::vector<char> mask_out;
   std::string error;
-  bool operator==(const StepResult& o) const {
+  bool operator==(const MaskGitStepResult& o) const {
     return codes_out == o.codes_out && model_input == o.model_input && mask_out == o.mask_out &&
            error == o.error;
   }
@@ -300,19 +304,19 @@ struct StepResult {
 // The ORT op's sequence: settings, then shapes, then the kernel. Items [first, batch) of the
 // problem (a part of it, for the independence checks; the part's batch_offset moves by `first`),
 // with float or float16 logits.
-StepResult run_step(const StepProblem& p, int64_t first, int64_t batch, bool half,
-                    const ParallelFor& order) {
-  StepResult result;
+MaskGitStepResult run_mask_git_step(const MaskGitStepProblem& p, int64_t first, int64_t batch,
+                                    bool half, const ParallelFor& order) {
+  MaskGitStepResult result;
   try {
-    MaskStepParams params = p.params;
+    MaskGitStepParams params = p.params;
     params.batch_offset += first;
-    vampnet::check_mask_step_params(kWhere, params);
+    vampnet::check_mask_git_step_params(kWhere, params);
     std::vector<int64_t> logits_shape = p.logits_shape, codes_shape = p.codes_shape;
     std::vector<int64_t> mask_shape = p.mask_shape, start_shape = p.start_shape;
     const int64_t dropped = p.codes_shape[0] - batch + first;  // items left out at both ends
     for (auto* shape : {&logits_shape, &codes_shape, &mask_shape, &start_shape})
       (*shape)[0] -= dropped;
-    const MaskStepShape shape = vampnet::check_mask_step_shapes(
+    const MaskGitStepShape shape = vampnet::check_mask_git_step_shapes(
         kWhere, logits_shape, codes_shape, mask_shape, p.has_start ? &start_shape : nullptr);
     const size_t n = static_cast<size_t>(shape.batch * shape.codebooks * shape.frames);
     result.codes_out.assign(n, -1);
@@ -326,14 +330,13 @@ StepResult run_step(const StepProblem& p, int64_t first, int64_t batch, bool hal
     auto* mask_out = reinterpret_cast<bool*>(result.mask_out.data());
     const int64_t* codes = p.codes.data() + f * item_cells;
     const int64_t* start = p.has_start ? p.start.data() + f : nullptr;
-    if (half)
-      vampnet::mask_git_step(kWhere, shape, p.half_logits.data() + f * item_logits, codes, mask,
-                             start, params, result.codes_out.data(), mask_out,
-                             result.model_input.data(), order);
-    else
-      vampnet::mask_git_step(kWhere, shape, p.logits.data() + f * item_logits, codes, mask, start,
-                             params, result.codes_out.data(), mask_out,
-                             result.model_input.data(), order);
+    const LogitsType type = half ? LogitsType::kFloat16 : LogitsType::kFloat32;
+    const void* logits = half ? static_cast<const void*>(p.half_logits.data()) : p.logits.data();
+    vampnet::dispatch_logits(type, logits, [&](const auto* typed_logits) {
+      vampnet::mask_git_step(kWhere, shape, typed_logits + f * item_logits, codes, mask, start,
+                             params, result.codes_out.data(), mask_out, result.model_input.data(),
+                             order);
+    });
   } catch (const InvalidArgument& error) {
     result.error = error.what();
   }
@@ -341,7 +344,7 @@ StepResult run_step(const StepProblem& p, int64_t first, int64_t batch, bool hal
 }
 
 void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
-  StepProblem p;
+  MaskGitStepProblem p;
   const int64_t codebooks = in.ConsumeIntegralInRange<int64_t>(1, 5);
   int64_t predicted = in.ConsumeIntegralInRange<int64_t>(1, codebooks);
   int64_t frames = in.ConsumeIntegralInRange<int64_t>(0, 10);
@@ -428,15 +431,15 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
   }
   // Last, so that inputs from before batch_offset existed (the regressions) still mean 0.
   const int64_t max_offset = (int64_t{1} << 32) - batch;
-  p.params.batch_offset = in.ConsumeBool() ? in.PickValueInArray<int64_t>(
-                                                 {max_offset, max_offset + 1, -1, kInt64Max,
-                                                  kInt64Min, int64_t{1} << 31})
-                                           : in.ConsumeIntegralInRange<int64_t>(0, 7);
+  p.params.batch_offset =
+      in.ConsumeBool() ? in.PickValueInArray<int64_t>({max_offset, max_offset + 1, -1, kInt64Max,
+                                                       kInt64Min, int64_t{1} << 31})
+                       : in.ConsumeIntegralInRange<int64_t>(0, 7);
 
-  const StepResult got = run_step(p, 0, batch, false, forward_order);
+  const MaskGitStepResult got = run_mask_git_step(p, 0, batch, false, forward_order);
 
   // The contract's verdict, check by check.
-  const MaskStepParams& params = p.params;
+  const MaskGitStepParams& params = p.params;
   bool valid = sampling_params_valid(params.sampling) && params.n_steps >= 1 && params.step >= 0 &&
                params.step < params.n_steps && params.mask_temperature >= 0.0f &&
                params.mask_temperature < kInf;
@@ -456,8 +459,8 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
   FUZZ_CHECK(got.error.empty() == valid);
   if (!valid) check_error_format(got.error);
 
-  FUZZ_CHECK(run_step(p, 0, batch, false, reverse_order) == got);
-  if (half) FUZZ_CHECK(run_step(p, 0, batch, true, forward_order) == got);
+  FUZZ_CHECK(run_mask_git_step(p, 0, batch, false, reverse_order) == got);
+  if (half) FUZZ_CHECK(run_mask_git_step(p, 0, batch, true, forward_order) == got);
   if (!valid) return;
 
   const bool last = params.step == params.n_steps - 1;
@@ -497,8 +500,8 @@ void fuzz_mask_git_step(FuzzedDataProvider& in, bool half) {
   // the one-call outputs: an item depends on its own inputs and stream index only.
   if (!params.batch_coupled && batch >= 2 && cells > 0) {
     const size_t n = static_cast<size_t>(codebooks * frames);
-    const StepResult head = run_step(p, 0, 1, false, forward_order);
-    const StepResult tail = run_step(p, 1, batch, false, forward_order);
+    const MaskGitStepResult head = run_mask_git_step(p, 0, 1, false, forward_order);
+    const MaskGitStepResult tail = run_mask_git_step(p, 1, batch, false, forward_order);
     FUZZ_CHECK(head.error.empty() && tail.error.empty());
     FUZZ_CHECK(head.codes_out.size() == n && tail.codes_out.size() == got.codes_out.size() - n);
     FUZZ_CHECK(std::equal(head.codes_out.begin(), head.codes_out.end(), got.codes_out.begin()));

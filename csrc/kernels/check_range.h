@@ -16,8 +16,8 @@ inline std::string range_text(double value) {
 }
 
 // "<where>: <name> must be in [low, high], got <value>" unless low <= value <= high (NaN fails).
-inline void check_range(const std::string& where, const std::string& name, double value,
-                        double low, double high) {
+inline void check_range(const std::string& where, const std::string& name, double value, double low,
+                        double high) {
   if (!(low <= value && value <= high))
     fail(where, name, "be in [" + range_text(low) + ", " + range_text(high) + "]",
          range_text(value));

@@ -43,11 +43,12 @@ OrtStatusPtr CheckRangeOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* in
 OrtStatusPtr CheckRangeKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const Input x = get_input(context, 0);
+    const InputView x = get_input(context, Input::kX);
     check_type(where, name, x, {ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE});
-    if (x.count != 1) fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
+    if (x.count != 1)
+      fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
     check_range(where, name, x.as<double>()[0], low, high);
-    auto ok = context.GetOutput(0, std::vector<int64_t>{});
+    auto ok = get_output(context, Output::kOk, {});
     *ok.GetTensorMutableData<bool>() = true;
   });
 }

@@ -10,7 +10,11 @@ namespace vampnet::ort {
 // "<where>: <name> must be in [min, max], got <x>" unless min <= x <= max. Attributes name,
 // where (strings), min, max (floats). A graph makes its consumers depend on the check with
 // Where(ok, value, 0). Contract: docs/ops.md.
+// The enums list the ports in the order of ops.CHECK_RANGE (python/vampnet_onnx/ops.py).
 struct CheckRangeKernel {
+  enum class Input : size_t { kX, kCount };
+  enum class Output : size_t { kOk, kCount };
+
   std::string name, where;
   double low = 0.0, high = 0.0;
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
@@ -19,12 +23,14 @@ struct CheckRangeKernel {
 struct CheckRangeOp : Ort::CustomOpBase<CheckRangeOp, CheckRangeKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return "CheckRange"; }
-  size_t GetInputTypeCount() const { return 1; }
+  size_t GetInputTypeCount() const { return port_count<CheckRangeKernel::Input>(); }
   ONNXTensorElementDataType GetInputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL; }
+  size_t GetOutputTypeCount() const { return port_count<CheckRangeKernel::Output>(); }
+  ONNXTensorElementDataType GetOutputType(size_t) const {
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+  }
 };
 
 }  // namespace vampnet::ort

@@ -1,6 +1,6 @@
 #include "mask_git_step.h"
 
-#include "../kernels/mask_step.h"
+#include "../kernels/mask_git_step.h"
 
 namespace vampnet::ort {
 
@@ -16,8 +16,7 @@ OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInf
     // An absent attribute comes back as an error status: keep the default then.
     if (OrtStatus* status = api.KernelInfoGetAttribute_int64(info, "batch_coupled", &coupled))
       api.ReleaseStatus(status);
-    if (coupled != 0 && coupled != 1)
-      fail(kWhere, "batch_coupled", "be 0 or 1", to_text(coupled));
+    if (coupled != 0 && coupled != 1) fail(kWhere, "batch_coupled", "be 0 or 1", to_text(coupled));
     created->batch_coupled = coupled == 1;
     *kernel = created.release();
   });
@@ -26,51 +25,48 @@ OrtStatusPtr MaskGitStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInf
 OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const Input logits = get_input(context, 0);
-    const Input codes = get_input(context, 1);
-    const Input mask = get_input(context, 2);
-    check_type(kWhere, "logits", logits,
-               {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
+    const InputView logits = get_input(context, Input::kLogits);
+    const InputView codes = get_input(context, Input::kCodes);
+    const InputView mask = get_input(context, Input::kMask);
+    const LogitsType logits_type = check_logits_type(kWhere, logits);
     check_type(kWhere, "codes", codes, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
     check_type(kWhere, "mask", mask, {ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL});
 
-    MaskStepParams params;
-    params.step = scalar_int64(kWhere, "step", get_input(context, 3));
-    params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, 4));
-    params.sampling.temperature = scalar_float(kWhere, "temperature", get_input(context, 5));
-    params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, 6));
-    params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, 7));
-    params.mask_temperature = scalar_float(kWhere, "mask_temperature", get_input(context, 8));
-    params.sampling.seed = static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 9)));
+    MaskGitStepParams params;
+    params.step = scalar_int64(kWhere, "step", get_input(context, Input::kStep));
+    params.n_steps = scalar_int64(kWhere, "n_steps", get_input(context, Input::kNSteps));
+    params.sampling.temperature =
+        scalar_float(kWhere, "temperature", get_input(context, Input::kTemperature));
+    params.sampling.top_k = scalar_int64(kWhere, "top_k", get_input(context, Input::kTopK));
+    params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, Input::kTopP));
+    params.mask_temperature =
+        scalar_float(kWhere, "mask_temperature", get_input(context, Input::kMaskTemperature));
+    params.sampling.seed =
+        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, Input::kSeed)));
     params.batch_coupled = batch_coupled;
-    const Input batch_offset = get_input(context, 11);
+    const InputView batch_offset = get_input(context, Input::kBatchOffset);
     if (batch_offset.present)
       params.batch_offset = scalar_int64(kWhere, "batch_offset", batch_offset);
-    check_mask_step_params(kWhere, params);
+    check_mask_git_step_params(kWhere, params);
 
-    const Input n_masked_start = get_input(context, 10);
+    const InputView n_masked_start = get_input(context, Input::kNMaskedStart);
     if (n_masked_start.present)
       check_type(kWhere, "n_masked_start", n_masked_start, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
-    const MaskStepShape shape = check_mask_step_shapes(
-        kWhere, logits.shape, codes.shape, mask.shape,
-        n_masked_start.present ? &n_masked_start.shape : nullptr);
+    const MaskGitStepShape shape =
+        check_mask_git_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
+                                   n_masked_start.present ? &n_masked_start.shape : nullptr);
 
-    auto codes_out = context.GetOutput(0, codes.shape);
-    auto mask_out = context.GetOutput(1, codes.shape);
-    auto model_input = context.GetOutput(2, codes.shape);
+    auto codes_out = get_output(context, Output::kCodesOut, codes.shape);
+    auto mask_out = get_output(context, Output::kMaskOut, codes.shape);
+    auto model_input = get_output(context, Output::kModelInput, codes.shape);
     const int64_t* start = n_masked_start.present ? n_masked_start.as<int64_t>() : nullptr;
     const ParallelFor pool = thread_pool(context);
-    if (logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      mask_git_step(kWhere, shape, logits.as<float>(), codes.as<int64_t>(), mask.as<bool>(), start,
+    dispatch_logits(logits_type, logits.data, [&](const auto* typed_logits) {
+      mask_git_step(kWhere, shape, typed_logits, codes.as<int64_t>(), mask.as<bool>(), start,
                     params, codes_out.GetTensorMutableData<int64_t>(),
                     mask_out.GetTensorMutableData<bool>(),
                     model_input.GetTensorMutableData<int64_t>(), pool);
-    } else {
-      mask_git_step(kWhere, shape, logits.as<uint16_t>(), codes.as<int64_t>(), mask.as<bool>(),
-                    start, params, codes_out.GetTensorMutableData<int64_t>(),
-                    mask_out.GetTensorMutableData<bool>(),
-                    model_input.GetTensorMutableData<int64_t>(), pool);
-    }
+    });
   });
 }
 

@@ -8,7 +8,25 @@ namespace vampnet::ort {
 //             top_k, top_p, mask_temperature, seed, n_masked_start? [B], batch_offset?)
 //   -> codes_out, mask_out, model_input [B, C, T]. Attribute batch_coupled (int, default 0).
 // Contract: docs/ops.md.
+// The enums list the ports in the order of ops.MASK_GIT_STEP (python/vampnet_onnx/ops.py).
 struct MaskGitStepKernel {
+  enum class Input : size_t {
+    kLogits,
+    kCodes,
+    kMask,
+    kStep,
+    kNSteps,
+    kTemperature,
+    kTopK,
+    kTopP,
+    kMaskTemperature,
+    kSeed,
+    kNMaskedStart,
+    kBatchOffset,
+    kCount
+  };
+  enum class Output : size_t { kCodesOut, kMaskOut, kModelInput, kCount };
+
   bool batch_coupled = false;
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 };
@@ -16,16 +34,19 @@ struct MaskGitStepKernel {
 struct MaskGitStepOp : Ort::CustomOpBase<MaskGitStepOp, MaskGitStepKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return "MaskGitStep"; }
-  size_t GetInputTypeCount() const { return 12; }
+  size_t GetInputTypeCount() const { return port_count<MaskGitStepKernel::Input>(); }
   ONNXTensorElementDataType GetInputType(size_t) const {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index >= 10 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return index >= port_index(MaskGitStepKernel::Input::kNMaskedStart) ? INPUT_OUTPUT_OPTIONAL
+                                                                        : INPUT_OUTPUT_REQUIRED;
   }
-  size_t GetOutputTypeCount() const { return 3; }
+  size_t GetOutputTypeCount() const { return port_count<MaskGitStepKernel::Output>(); }
   ONNXTensorElementDataType GetOutputType(size_t index) const {
-    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    return index == port_index(MaskGitStepKernel::Output::kMaskOut)
+               ? ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL
+               : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   }
 };
 

@@ -16,18 +16,19 @@ OrtStatusPtr SampleTokensOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo*,
 OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const Input logits = get_input(context, 0);
-    check_type(kWhere, "logits", logits,
-               {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16});
-    if (logits.shape.empty())
-      fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
+    const InputView logits = get_input(context, Input::kLogits);
+    const LogitsType logits_type = check_logits_type(kWhere, logits);
+    if (logits.shape.empty()) fail(kWhere, "logits", "have rank >= 1 [..., V]", "a scalar");
     SamplingParams params;
-    params.temperature = scalar_float(kWhere, "temperature", get_input(context, 1));
-    params.top_k = scalar_int64(kWhere, "top_k", get_input(context, 2));
-    params.top_p = scalar_float(kWhere, "top_p", get_input(context, 3));
-    params.seed = static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, 4)));
-    const auto offset = static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, 5)));
-    const Input first_row_input = get_input(context, 6);
+    params.temperature =
+        scalar_float(kWhere, "temperature", get_input(context, Input::kTemperature));
+    params.top_k = scalar_int64(kWhere, "top_k", get_input(context, Input::kTopK));
+    params.top_p = scalar_float(kWhere, "top_p", get_input(context, Input::kTopP));
+    params.seed =
+        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, Input::kSeed)));
+    const auto offset =
+        static_cast<uint64_t>(scalar_int64(kWhere, "offset", get_input(context, Input::kOffset)));
+    const InputView first_row_input = get_input(context, Input::kFirstRow);
     int64_t first_row = 0;
     if (first_row_input.present) {
       first_row = scalar_int64(kWhere, "first_row", first_row_input);
@@ -37,20 +38,16 @@ OrtStatusPtr SampleTokensKernel::ComputeV2(OrtKernelContext* raw_context) {
 
     const std::vector<int64_t> row_shape(logits.shape.begin(), logits.shape.end() - 1);
     const auto vocab = static_cast<size_t>(logits.shape.back());
-    auto tokens = context.GetOutput(0, row_shape);
-    auto logprob = context.GetOutput(1, row_shape);
+    auto tokens = get_output(context, Output::kTokens, row_shape);
+    auto logprob = get_output(context, Output::kLogprob, row_shape);
     size_t rows = 1;
     for (auto d : row_shape) rows *= static_cast<size_t>(d);
     const ParallelFor pool = thread_pool(context);
-    if (logits.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      sample_tokens(kWhere, logits.as<float>(), rows, vocab, params, offset,
+    dispatch_logits(logits_type, logits.data, [&](const auto* typed_logits) {
+      sample_tokens(kWhere, typed_logits, rows, vocab, params, offset,
                     static_cast<uint64_t>(first_row), tokens.GetTensorMutableData<int64_t>(),
                     logprob.GetTensorMutableData<float>(), pool);
-    } else {
-      sample_tokens(kWhere, logits.as<uint16_t>(), rows, vocab, params, offset,
-                    static_cast<uint64_t>(first_row), tokens.GetTensorMutableData<int64_t>(),
-                    logprob.GetTensorMutableData<float>(), pool);
-    }
+    });
   });
 }
 

@@ -10,7 +10,8 @@
 
 #include "../kernels/check_range.h"
 #include "../kernels/det_math.h"
-#include "../kernels/mask_step.h"
+#include "../kernels/logits.h"
+#include "../kernels/mask_git_step.h"
 #include "../kernels/rng.h"
 #include "../kernels/sampling.h"
 
@@ -39,9 +40,13 @@ std::vector<int64_t> shape_of(const py::array& array) {
   return std::vector<int64_t>(array.shape(), array.shape() + array.ndim());
 }
 
-std::string dtype_name(const py::array& array) { return py::str(array.dtype()).cast<std::string>(); }
+std::string dtype_name(const py::array& array) {
+  return py::str(array.dtype()).cast<std::string>();
+}
 
-bool is_half(const py::array& array) { return array.dtype().is(py::dtype("float16")); }
+LogitsType logits_type(const py::array& logits) {
+  return logits.dtype().is(py::dtype("float16")) ? LogitsType::kFloat16 : LogitsType::kFloat32;
+}
 
 // A C-contiguous view of `array` if its dtype is one of `allowed`, else the house-format error.
 py::array require(const std::string& where, const std::string& name, const py::array& array,
@@ -73,18 +78,11 @@ py::tuple sample_tokens_py(const py::array& logits_in, float temperature, int64_
   const ParallelFor pool = thread_pool(threads);
   int64_t* tokens_data = tokens.mutable_data();
   float* logprob_data = logprob.mutable_data();
-  const bool half = is_half(logits);
-  {
+  dispatch_logits(logits_type(logits), logits.data(), [&](const auto* typed_logits) {
     py::gil_scoped_release release;
-    if (half)
-      sample_tokens(where, static_cast<const uint16_t*>(logits.data()), rows, vocab, params,
-                    static_cast<uint64_t>(offset), static_cast<uint64_t>(first_row), tokens_data,
-                    logprob_data, pool);
-    else
-      sample_tokens(where, static_cast<const float*>(logits.data()), rows, vocab, params,
-                    static_cast<uint64_t>(offset), static_cast<uint64_t>(first_row), tokens_data,
-                    logprob_data, pool);
-  }
+    sample_tokens(where, typed_logits, rows, vocab, params, static_cast<uint64_t>(offset),
+                  static_cast<uint64_t>(first_row), tokens_data, logprob_data, pool);
+  });
   return py::make_tuple(tokens, logprob);
 }
 
@@ -97,23 +95,23 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   const py::array logits = require(where, "logits", logits_in, {"float32", "float16"});
   const py::array codes = require(where, "codes", codes_in, {"int64"});
   const py::array mask = require(where, "mask", mask_in, {"bool"});
-  MaskStepParams params;
+  MaskGitStepParams params;
   params.step = step;
   params.n_steps = n_steps;
   params.sampling = {temperature, top_k, top_p, static_cast<uint64_t>(seed)};
   params.mask_temperature = mask_temperature;
   params.batch_coupled = batch_coupled;
   params.batch_offset = batch_offset;
-  check_mask_step_params(where, params);
+  check_mask_git_step_params(where, params);
   std::optional<py::array> n_masked_start;
   std::vector<int64_t> start_shape;
   if (n_masked_start_in) {
     n_masked_start = require(where, "n_masked_start", *n_masked_start_in, {"int64"});
     start_shape = shape_of(*n_masked_start);
   }
-  const MaskStepShape shape =
-      check_mask_step_shapes(where, shape_of(logits), shape_of(codes), shape_of(mask),
-                             n_masked_start ? &start_shape : nullptr);
+  const MaskGitStepShape shape =
+      check_mask_git_step_shapes(where, shape_of(logits), shape_of(codes), shape_of(mask),
+                                 n_masked_start ? &start_shape : nullptr);
   const std::vector<int64_t> out_shape = shape_of(codes);
   py::array_t<int64_t> codes_out(out_shape);
   py::array_t<bool> mask_out(out_shape);
@@ -126,22 +124,16 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   int64_t* model_input_data = model_input.mutable_data();
   const auto* codes_data = static_cast<const int64_t*>(codes.data());
   const auto* mask_data = static_cast<const bool*>(mask.data());
-  const bool half = is_half(logits);
-  {
+  dispatch_logits(logits_type(logits), logits.data(), [&](const auto* typed_logits) {
     py::gil_scoped_release release;
-    if (half)
-      mask_git_step(where, shape, static_cast<const uint16_t*>(logits.data()), codes_data,
-                    mask_data, start, params, codes_out_data, mask_out_data, model_input_data,
-                    pool);
-    else
-      mask_git_step(where, shape, static_cast<const float*>(logits.data()), codes_data, mask_data,
-                    start, params, codes_out_data, mask_out_data, model_input_data, pool);
-  }
+    mask_git_step(where, shape, typed_logits, codes_data, mask_data, start, params, codes_out_data,
+                  mask_out_data, model_input_data, pool);
+  });
   return py::make_tuple(codes_out, mask_out, model_input);
 }
 
-py::array_t<double> map_double(const py::array_t<double, py::array::c_style | py::array::forcecast>& x,
-                               double (*fn)(double)) {
+py::array_t<double> map_double(
+    const py::array_t<double, py::array::c_style | py::array::forcecast>& x, double (*fn)(double)) {
   py::array_t<double> out(shape_of(x));
   const double* in = x.data();
   double* dst = out.mutable_data();
@@ -169,12 +161,13 @@ PYBIND11_MODULE(_kernels, m) {
 Returns (tokens int64 [...], logprob float32 [...]); same contract as the SampleTokens op
 (docs/ops.md). threads: worker threads; results do not depend on it.)");
 
-  m.def("mask_git_step", &mask_git_step_py, py::arg("logits"), py::arg("codes"), py::arg("mask"),
-        py::arg("step"), py::arg("n_steps"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-        py::arg("top_p") = 1.0f, py::arg("mask_temperature") = 10.5f, py::arg("seed") = 0,
-        py::arg("n_masked_start") = py::none(), py::arg("batch_coupled") = false,
-        py::arg("batch_offset") = 0, py::arg("threads") = 1,
-        R"(One VampNet generation step: logits [B, T, P, V], codes int64 [B, C, T], mask bool [B, C, T].
+  m.def(
+      "mask_git_step", &mask_git_step_py, py::arg("logits"), py::arg("codes"), py::arg("mask"),
+      py::arg("step"), py::arg("n_steps"), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
+      py::arg("top_p") = 1.0f, py::arg("mask_temperature") = 10.5f, py::arg("seed") = 0,
+      py::arg("n_masked_start") = py::none(), py::arg("batch_coupled") = false,
+      py::arg("batch_offset") = 0, py::arg("threads") = 1,
+      R"(One VampNet generation step: logits [B, T, P, V], codes int64 [B, C, T], mask bool [B, C, T].
 
 Returns (codes_out int64, mask_out bool, model_input int64), each [B, C, T]; same contract as the
 MaskGitStep op (docs/ops.md).)");
@@ -189,11 +182,12 @@ MaskGitStep op (docs/ops.md).)");
       R"(The CheckRange op's rule: True, or ValueError "<where>: <name> must be in [min, max], got
 <value>" (NaN fails; integral values print as integers).)");
 
-  m.def("philox4x32_10",
-        [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
-          return philox4x32_10(counter, key);
-        },
-        py::arg("counter"), py::arg("key"), "One Philox4x32-10 block (for tests).");
+  m.def(
+      "philox4x32_10",
+      [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
+        return philox4x32_10(counter, key);
+      },
+      py::arg("counter"), py::arg("key"), "One Philox4x32-10 block (for tests).");
   m.def("det_exp", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& x) {
     return map_double(x, det::exp);
   });

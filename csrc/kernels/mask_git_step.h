@@ -20,12 +20,12 @@
 namespace vampnet {
 
 // Shapes: logits [B, T, P, V], codes / mask / outputs [B, C, T], C = n_conditioning + P.
-struct MaskStepShape {
+struct MaskGitStepShape {
   int64_t batch = 0, codebooks = 0, frames = 0, predicted = 0, vocab = 0;
   int64_t conditioning() const { return codebooks - predicted; }
 };
 
-struct MaskStepParams {
+struct MaskGitStepParams {
   int64_t step = 0, n_steps = 1;
   SamplingParams sampling;
   float mask_temperature = 10.5f;
@@ -67,11 +67,11 @@ inline float gumbel(double u) {
 
 // Random stream of position p = t * P + c of stream item b (shared with SampleTokens' row ids);
 // b = batch_offset + the item's index in the batch.
-inline uint64_t mask_step_row(int64_t b, int64_t position) {
+inline uint64_t mask_git_step_row(int64_t b, int64_t position) {
   return (static_cast<uint64_t>(b) << 32) | static_cast<uint64_t>(position);
 }
 
-inline void check_mask_step_params(const std::string& where, const MaskStepParams& params) {
+inline void check_mask_git_step_params(const std::string& where, const MaskGitStepParams& params) {
   check_sampling_params(where, params.sampling);
   if (params.n_steps < 1) fail(where, "n_steps", "be >= 1", to_text(params.n_steps));
   if (params.step < 0 || params.step >= params.n_steps)
@@ -83,17 +83,18 @@ inline void check_mask_step_params(const std::string& where, const MaskStepParam
 
 // Checks the shapes of logits [B, T, P, V], codes and mask [B, C, T] and n_masked_start [B]
 // (empty vector: absent) and returns the problem's dimensions.
-inline MaskStepShape check_mask_step_shapes(const std::string& where,
-                                            const std::vector<int64_t>& logits,
-                                            const std::vector<int64_t>& codes,
-                                            const std::vector<int64_t>& mask,
-                                            const std::vector<int64_t>* n_masked_start) {
+inline MaskGitStepShape check_mask_git_step_shapes(const std::string& where,
+                                                   const std::vector<int64_t>& logits,
+                                                   const std::vector<int64_t>& codes,
+                                                   const std::vector<int64_t>& mask,
+                                                   const std::vector<int64_t>* n_masked_start) {
   if (logits.size() != 4)
     fail(where, "logits", "have rank 4 [B, T, P, V]", "shape " + shape_text(logits));
-  if (codes.size() != 3) fail(where, "codes", "have rank 3 [B, C, T]", "shape " + shape_text(codes));
+  if (codes.size() != 3)
+    fail(where, "codes", "have rank 3 [B, C, T]", "shape " + shape_text(codes));
   if (mask != codes)
     fail(where, "mask", "have the shape of codes " + shape_text(codes), shape_text(mask));
-  MaskStepShape shape{codes[0], codes[1], codes[2], logits[2], logits[3]};
+  MaskGitStepShape shape{codes[0], codes[1], codes[2], logits[2], logits[3]};
   if (logits[0] != shape.batch || logits[1] != shape.frames)
     fail(where, "logits", "have shape [B, T, P, V] with B, T of codes " + shape_text(codes),
          shape_text(logits));
@@ -114,11 +115,11 @@ inline MaskStepShape check_mask_step_shapes(const std::string& where,
 // V, the vocabulary size (1024 for VampNet). n_masked_start [B]: masked positions per item before
 // step 0 (N0 of the schedule); nullptr means "count the current mask", which is right at step 0.
 template <typename Logit>
-void mask_git_step(const std::string& where, const MaskStepShape& shape, const Logit* logits,
+void mask_git_step(const std::string& where, const MaskGitStepShape& shape, const Logit* logits,
                    const int64_t* codes, const bool* mask, const int64_t* n_masked_start,
-                   const MaskStepParams& params, int64_t* codes_out, bool* mask_out,
+                   const MaskGitStepParams& params, int64_t* codes_out, bool* mask_out,
                    int64_t* model_input, const ParallelFor& parallel_for) {
-  check_mask_step_params(where, params);
+  check_mask_git_step_params(where, params);
   const int64_t B = shape.batch, C = shape.codebooks, T = shape.frames, P = shape.predicted,
                 V = shape.vocab, ncc = shape.conditioning();
   if (params.batch_offset < 0 || params.batch_offset > (int64_t{1} << 32) - B)
@@ -178,14 +179,14 @@ void mask_git_step(const std::string& where, const MaskStepShape& shape, const L
     RowSampler sampler(static_cast<size_t>(V));
     std::vector<float> buffer;
     const size_t end = std::min(n_rows, (task + 1) * kRowsPerTask);
-    size_t b = std::upper_bound(first.begin(), first.end(), task * kRowsPerTask) - first.begin() - 1;
+    size_t b =
+        std::upper_bound(first.begin(), first.end(), task * kRowsPerTask) - first.begin() - 1;
     for (size_t j = task * kRowsPerTask; j < end; ++j) {
       while (j >= first[b + 1]) ++b;
       const uint32_t p = masked[b][j - first[b]];
-      const PhiloxBlock bits =
-          random_block(params.sampling.seed,
-                       mask_step_row(params.batch_offset + static_cast<int64_t>(b), p),
-                       static_cast<uint64_t>(params.step));
+      const PhiloxBlock bits = random_block(
+          params.sampling.seed, mask_git_step_row(params.batch_offset + static_cast<int64_t>(b), p),
+          static_cast<uint64_t>(params.step));
       const size_t row = static_cast<size_t>(b) * positions + p;
       const RowResult result = sampler.sample(load_row(logits, row, V, buffer), params.sampling,
                                               uniform53(bits[0], bits[1]), where, row);

@@ -1,4 +1,4 @@
-// One step of VampNet's iterative generation (SPEC.md §3.2), fused: sample every masked position,
+// One step of VampNet's iterative generation (docs/model.md §3.2), fused: sample every masked position,
 // write the tokens, choose by VampNet's cosine schedule and Gumbel-noised confidence which
 // positions to mask again, and build the next forward pass's input with the MASK token.
 // Pure C++, no ORT types; mirrored by vampnet_onnx.reference.mask_git_step.

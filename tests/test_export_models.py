@@ -13,13 +13,11 @@ from vampnet_onnx.export import export_models
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    """Tiny c2f and codec checkpoints in the real formats."""
     root = tmp_path_factory.mktemp("export_models")
-    return {
-        "c2f": testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2),
-        "codec": testing.write_codec_checkpoint(
-            root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3
-        ),
-    }
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=3)
+    return {"c2f": c2f, "codec": codec}
 
 
 def test_export_models_writes_and_reports_the_folder(checkpoints, tmp_path):

@@ -1,6 +1,6 @@
 """`vampnet_onnx.pipeline.Vamp`: VampNet's vamp end to end on tiny random-weight models.
 
-The models are exported once for the module: tiny transformers (`testing.TINY_*_KWARGS`) and
+The models are exported once for the module: tiny transformers (`configs.TINY_*_KWARGS`) and
 the small codec with the real rates (hop 768, so frame counts are VampNet's).
 """
 

@@ -68,12 +68,13 @@ class Limit:
         if not typed:
             _fail(where, name, self.constraint(), value)
         number = int(value) if integral else float(value)
-        low_ok = number > self.low if self.low_open else number >= self.low
-        high_ok = math.isfinite(number) if self.high is None else number <= self.high
         if self.high is not None and not self.low_open:
             # The single graph's CheckRange op gives the same message.
             check_range(number, name, self.low, self.high, where)
-        elif not (low_ok and high_ok):
+            return number
+        low_ok = number > self.low if self.low_open else number >= self.low
+        high_ok = math.isfinite(number) if self.high is None else number <= self.high
+        if not (low_ok and high_ok):
             _fail(where, name, self.constraint(), value)
         return number
 

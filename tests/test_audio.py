@@ -223,3 +223,32 @@ def test_audio_module_does_not_import_torch():
     code = "import sys, vampnet_onnx.audio, vampnet_onnx.masks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_output_path_checks_name_the_real_reason(tmp_path):
+    source = tmp_path / "in.wav"
+    audio.write_audio(source, np.zeros(100, np.float32), SR)
+    cases = [
+        (tmp_path / "missing" / "o.wav", "must be in an existing folder"),
+        (tmp_path / "o.xyz", "must name a format soundfile can write"),
+        (tmp_path, "must name a format"),
+        (source, "must not be the input file"),
+    ]
+    for path, reason in cases:
+        with pytest.raises(ValueError, match=f"here: out must .*{reason[5:]}"):
+            audio.check_output_path(path, "here", "out", source)
+    link = tmp_path / "link.wav"
+    link.symlink_to(source)
+    with pytest.raises(ValueError, match="must not be the input file"):
+        audio.check_output_path(link, "here", "out", source)
+    assert audio.check_output_path(tmp_path / "o.flac", "here", "out", source).name == "o.flac"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "o.wav"
+    audio.write_audio(path, np.full(100, 0.5, np.float32), SR)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="with a valid subtype"):
+        audio.write_audio(path, np.zeros(10, np.float32), SR, subtype="VORBIS")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav"]

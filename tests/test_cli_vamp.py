@@ -170,3 +170,37 @@ def test_demo_exports_again_when_the_cache_is_from_other_contracts(tmp_path, mon
     argv = ["demo", "--out", str(tmp_path / "demo"), "--seconds", "1", "--steps", "1", "--quiet"]
     assert cli.main(argv) == 0
     assert (models / "coarse.generate.onnx").read_bytes() != b"stale"
+
+
+def test_vamp_refuses_to_overwrite_its_input(models, wav, capsys):
+    before = wav.read_bytes()
+    assert cli.main(["vamp", str(wav), str(wav), "--models", str(models), "--quiet"]) == 1
+    assert "OUT must not be the input file (it would be overwritten)" in error_line(capsys)
+    assert wav.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dropout", "2"], "Vamp.vamp: dropout must be in [0, 1], got 2"),
+        (["--top-k", "99999999999999999999"], "top_k must fit an int64"),
+        (["--steps", "9223372036854775808"], "steps must be at most 10000"),
+        (["--top-p", "1e-50"], "top_p must be None or in (0, 1] as a float32, got 1e-50"),
+    ],
+)
+def test_bad_settings_fail_before_the_models_are_read(wav, tmp_path, capsys, extra, message):
+    """The models folder does not exist: the settings error shows it was never opened."""
+    out = tmp_path / "o.wav"
+    argv = ["vamp", str(wav), str(out), "--models", str(tmp_path / "no-models"), *extra]
+    assert cli.main(argv) == 1
+    assert message in error_line(capsys)
+    assert not out.exists()
+
+
+def test_an_unwritable_output_fails_before_the_models_are_read(wav, tmp_path, capsys):
+    out = tmp_path / "missing" / "o.wav"
+    argv = ["vamp", str(wav), str(out), "--models", str(tmp_path / "no-models")]
+    assert cli.main(argv) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: OUT must be in an existing folder, got '{out}'"
+    )

@@ -313,3 +313,8 @@ def test_export_rejects_missing_and_non_codec_files(tmp_path):
 def test_export_rejects_old_opsets(loaded, tmp_path):
     with pytest.raises(ValueError, match="opset_version must be >= 18, got 17"):
         export_codec_module(loaded.model, tmp_path, {}, opset_version=17)
+
+
+def test_a_decode_graph_given_as_the_encode_graph_is_named(exported):
+    with pytest.raises(ValueError, match="Codec: encode_path must be a codec.encode.onnx"):
+        Codec(exported.decode_path, exported.decode_path)

@@ -59,3 +59,47 @@ def test_single_graph_needs_both_models(checkpoints, tmp_path):
         export_models(
             tmp_path, codec=checkpoints["codec"], c2f=checkpoints["c2f"], single_graph=True
         )
+
+
+def test_a_failed_export_leaves_the_folder_as_it_was(checkpoints, tmp_path, monkeypatch):
+    from vampnet_onnx.export import generation
+
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / contracts.ENCODE_FILE).write_bytes(b"old")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(generation, "export_generation", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_models(out, codec=checkpoints["codec"], c2f=checkpoints["c2f"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    assert sorted(p.name for p in out.iterdir()) == [contracts.ENCODE_FILE]
+    assert (out / contracts.ENCODE_FILE).read_bytes() == b"old"
+
+
+def test_weights_over_the_limit_go_to_a_data_file_and_load(tmp_path, monkeypatch):
+    """The external-data rule at a tiny limit: the graph and <name>.data appear together and
+    onnxruntime runs the result; a smaller model later removes the stale data file."""
+    import onnx
+    import onnx_ir as ir
+
+    from vampnet_onnx.export import common
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
+    weight = onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [weight]
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
+    path = tmp_path / "m.onnx"
+    monkeypatch.setattr(common, "_PROTO_LIMIT", 8)
+    saved = common.save_model(ir.from_proto(model), path)
+    assert saved.data_path == tmp_path / "m.onnx.data" and saved.data_path.is_file()
+    out = vampnet_onnx.create_session(path).run(None, {"x": np.ones(4, np.float32)})[0]
+    np.testing.assert_array_equal(out, [1, 2, 3, 4])
+    monkeypatch.setattr(common, "_PROTO_LIMIT", 2**20)
+    assert common.save_model(ir.from_proto(model), path).data_path is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

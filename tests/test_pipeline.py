@@ -233,3 +233,29 @@ def test_bad_settings_fail_before_encoding(vamp, monkeypatch, settings, message)
     with pytest.raises(ValueError) as err:
         vamp.vamp(noise(0.1), SR, **settings)
     assert str(err.value) == message and not encode.calls
+
+
+def test_graphs_exported_from_another_codec_are_refused_naming_the_files(models, tmp_path):
+    """A coarse graph whose metadata names another codec.pth than the codec graphs: garbage
+    codes if accepted, so Vamp refuses it and says which files disagree."""
+    import json
+
+    import onnx
+
+    from vampnet_onnx.contracts import CONFIG_KEY
+
+    for name in MODEL_FILES:
+        (tmp_path / name).symlink_to(models / name)
+    coarse = onnx.load(str(models / "coarse.generate.onnx"))
+    for prop in coarse.metadata_props:
+        if prop.key == CONFIG_KEY:
+            config = json.loads(prop.value)
+            prop.value = json.dumps({**config, "codec_sha256": "0" * 64})
+    (tmp_path / "coarse.generate.onnx").unlink()
+    onnx.save(coarse, str(tmp_path / "coarse.generate.onnx"))
+    with pytest.raises(
+        ValueError,
+        match="Vamp: coarse.generate.onnx and codec.encode.onnx must come from one export, got "
+        "codec_sha256 '0000",
+    ):
+        Vamp(tmp_path)

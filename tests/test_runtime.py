@@ -100,3 +100,17 @@ def test_make_node_checks_input_counts_and_attributes():
         [str(i) for i in range(10)], ["a", "b", "c"], batch_coupled=1
     )
     assert node.domain == ops.DOMAIN == "vampnet_onnx"
+
+
+@pytest.mark.parametrize("content", [b"not a model", None])
+def test_a_truncated_or_foreign_file_is_one_line_naming_it(tmp_path, content):
+    path = tmp_path / "broken.onnx"
+    whole = op_model(ops.SAMPLE_TOKENS).SerializeToString()
+    path.write_bytes(content if content is not None else whole[: len(whole) // 2])
+    with pytest.raises(ValueError) as error:
+        vampnet_onnx.create_session(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got '{path}'"
+    )

@@ -119,3 +119,34 @@ def test_settings_contracts_configs_and_graph_builders_import_without_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(top_p=1e-50), r"top_p must be None or in \(0, 1\] as a float32, got 1e-50 \(0 as"),
+        (
+            dict(mask_temperature=1e39),
+            r"mask_temperature must be a finite number >= 0 as a float32",
+        ),
+        (dict(temperature=10**400), "temperature must be a finite number >= 0, got 1000"),
+        (dict(top_k=99999999999999999999), "top_k must fit an int64 .*, got 99999999999999999999"),
+        (dict(steps=2**63), "steps must be at most 10000, got 9223372036854775808"),
+    ],
+)
+def test_values_are_checked_as_the_graph_sees_them(settings, message):
+    """float32 and int64 graph inputs: a value only the cast breaks fails here, with the
+    value the user gave, not later inside onnxruntime as "got 0" or an OverflowError."""
+    with pytest.raises(ValueError, match=f"here: {message}"):
+        SamplingSettings.from_public("here", **settings)
+
+
+@pytest.mark.parametrize(
+    "value", [np.int8(3), np.uint16(3), np.int64(3), np.float16(3.0), np.float32(3.0), 3, 3.0]
+)
+def test_numpy_scalars_of_any_width_are_accepted(value):
+    integral = not isinstance(value, float | np.floating)
+    settings = MaskSettings(periodic_prompt=value if integral else 7, prefix_s=value)
+    checked = settings.validate("here")
+    assert checked.prefix_s == 3.0 and type(checked.prefix_s) is float
+    assert type(checked.periodic_prompt) is int

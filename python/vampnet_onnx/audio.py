@@ -18,6 +18,8 @@ biquads). The codec graphs' sessions are in `vampnet_onnx.codec`.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,17 +88,67 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         FileNotFoundError: `path` is not an existing file.
         ValueError: the file is not audio soundfile can decode (e.g. AAC/M4A: convert first).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_audio: path must be an existing file, got '{path}'")
+    path = check_input_path(path, "load_audio", "path")
     try:
         samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
     except soundfile.SoundFileError as err:
-        raise ValueError(
-            f"load_audio: path must be an audio file soundfile can decode (WAV, FLAC, OGG, "
-            f"MP3, ...), got '{path}' ({err})"
-        ) from err
+        raise _undecodable(path, "load_audio", "path", err) from err
     return np.ascontiguousarray(samples.T), int(sample_rate)
+
+
+def _undecodable(path: Path, where: str, name: str, err: Exception) -> ValueError:
+    prefix = f"{where}: " if where else ""
+    return ValueError(
+        f"{prefix}{name} must be an audio file soundfile can decode (WAV, FLAC, OGG, MP3, ...), "
+        f"got '{path}' ({err})"
+    )
+
+
+def check_input_path(path: str | Path, where: str, name: str = "path") -> Path:
+    """`path` as a Path if it is an audio file soundfile can open (its header is read, not
+    its samples), else FileNotFoundError / ValueError ``"<where>: <name> must ..."``."""
+    path = Path(path)
+    if not path.is_file():
+        prefix = f"{where}: " if where else ""
+        raise FileNotFoundError(f"{prefix}{name} must be an existing file, got '{path}'")
+    try:
+        soundfile.info(path)
+    except (soundfile.SoundFileError, RuntimeError) as err:
+        raise _undecodable(path, where, name, err) from err
+    return path
+
+
+def check_output_path(
+    path: str | Path,
+    where: str,
+    name: str = "out_path",
+    input_path: str | Path | None = None,
+) -> Path:
+    """`path` as a Path if an audio file can be written there, checked before any work: an
+    extension soundfile writes, an existing folder we may write to, and not the input file
+    (`input_path`, compared as files, so links to it count too). Else ValueError
+    ``"<where>: <name> must ..., got '<path>' ..."`` with the real reason."""
+    path = Path(path)
+    prefix = f"{where}: " if where else ""
+    kind = path.suffix[1:].upper()
+    if kind not in soundfile.available_formats():
+        raise ValueError(
+            f"{prefix}{name} must name a format soundfile can write by its extension (.wav, "
+            f".flac, .ogg, ...), got '{path}'"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"{prefix}{name} must be in an existing folder, got '{path}'")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{prefix}{name} must be in a folder you may write to, got '{path}'")
+    if path.is_dir():
+        raise ValueError(f"{prefix}{name} must be a file name, got the folder '{path}'")
+    same = input_path is not None and path.exists() and Path(input_path).exists()
+    if same and os.path.samefile(path, input_path):
+        raise ValueError(
+            f"{prefix}{name} must not be the input file (it would be overwritten), got '{path}'"
+        )
+    return path
 
 
 def write_audio(
@@ -104,23 +156,33 @@ def write_audio(
 ) -> None:
     """Write samples ``[N]`` or ``[channels, N]`` in [-1, 1]; the format follows the extension.
 
+    The file appears whole or not at all: it is written to a temporary file in the same folder
+    and renamed over `path` at the end.
+
     Args:
         subtype: soundfile subtype, e.g. ``"PCM_16"`` (the WAV default), ``"PCM_24"``,
             ``"FLOAT"``; integer subtypes clip samples outside [-1, 1].
 
     Raises:
-        ValueError: bad samples or rate, or a format/subtype soundfile cannot write.
+        ValueError: bad samples or rate, an unwritable path, or a subtype the format lacks.
     """
     x = _samples(x, "write_audio")
     sample_rate = _rate(sample_rate, "write_audio")
+    path = check_output_path(path, "write_audio", "path")
+    kind = path.suffix[1:].upper()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        soundfile.write(Path(path), x.T, sample_rate, subtype=subtype)
+        soundfile.write(temporary, x.T, sample_rate, subtype=subtype, format=kind)
+        os.replace(temporary, path)
     except (soundfile.SoundFileError, TypeError, ValueError) as err:
-        # An unknown extension raises TypeError, a subtype the format lacks ValueError.
+        # A subtype the format lacks raises ValueError.
         raise ValueError(
             f"write_audio: path must name a format soundfile can write (.wav, .flac, .ogg, ...) "
             f"with a valid subtype, got '{path}' subtype {subtype!r} ({err})"
         ) from err
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 # --- signal processing -------------------------------------------------------------------

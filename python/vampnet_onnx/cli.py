@@ -41,7 +41,7 @@ def _export_transformer(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_models
 
-    export_models(
+    result = export_models(
         args.out,
         codec=args.codec,
         coarse=args.coarse,
@@ -54,6 +54,8 @@ def _export(args: argparse.Namespace) -> int:
         progress=True,
         cli=True,
     )
+    size = sum(path.stat().st_size for path in result.files) / 2**20
+    print(f"wrote {', '.join(p.name for p in result.files)} to {result.out} ({size:.1f} MiB)")
     return 0
 
 
@@ -79,16 +81,28 @@ def _vamp_settings(args: argparse.Namespace) -> dict:
     return dict(seed=args.seed, **settings, keep_rate=not args.codec_rate, progress=not args.quiet)
 
 
+def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
+    """`_vamp_settings`, checked by `vamp_class.check_settings` as its `vamp` would."""
+    settings = _vamp_settings(args)
+    run_options = ("keep_rate", "progress")
+    vamp_class.check_settings(**{k: v for k, v in settings.items() if k not in run_options})
+    return settings
+
+
 def _vamp(args: argparse.Namespace) -> int:
+    from . import audio
     from .pipeline import SingleGraphVamp, Vamp
 
-    if args.models.suffix == ".onnx":
-        if not args.models.is_file():
-            raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
-        vamp = SingleGraphVamp(args.models, threads=args.threads)
-    else:
-        vamp = Vamp(args.models, threads=args.threads)
-    out, rate = vamp.vamp_file(args.input, args.output, **_vamp_settings(args))
+    single = args.models.suffix == ".onnx"
+    cls = SingleGraphVamp if single else Vamp
+    # Everything the user gave is checked before the (slow) model load.
+    settings = _checked_settings(args, cls)
+    audio.check_input_path(args.input, "load_audio", "path")
+    audio.check_output_path(args.output, "", "OUT", args.input)
+    if single and not args.models.is_file():
+        raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
+    vamp = cls(args.models, threads=args.threads)
+    out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")
     return 0
 
@@ -97,13 +111,14 @@ def _demo(args: argparse.Namespace) -> int:
     from . import audio, demo
     from .pipeline import Vamp
 
+    settings = _checked_settings(args, Vamp)
     models = demo.demo_models(args.verbose)
     args.out.mkdir(parents=True, exist_ok=True)
     sample_rate = 44100
     x = demo.synth_music(args.seconds, sample_rate)
     audio.write_audio(args.out / "in.wav", x, sample_rate)
     vamp = Vamp(models, threads=args.threads)
-    out, _ = vamp.vamp_file(args.out / "in.wav", args.out / "out.wav", **_vamp_settings(args))
+    out, _ = vamp.vamp_file(args.out / "in.wav", args.out / "out.wav", **settings)
     y, _ = audio.load_audio(out)
     png = demo.write_png(args.out / "spectrograms.png", demo.spectrogram_image([x, y[0]]))
     print(f"models (random weights): {models}")

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from .contracts import CODEC_CONFIG_KEY, read_metadata
+from .contracts import (
+    CODEC_CONFIG_KEY,
+    CODEC_DECODE,
+    CODEC_ENCODE,
+    DECODE_FILE,
+    ENCODE_FILE,
+    read_metadata,
+)
 from .runtime import create_session
 
 
@@ -86,6 +93,18 @@ class Codec:
         self._sessions = {
             k: create_session(p, providers, intra_op_threads) for k, p in paths.items() if p
         }
+        contract = {
+            "encode_path": (CODEC_ENCODE, ENCODE_FILE),
+            "decode_path": (CODEC_DECODE, DECODE_FILE),
+        }
+        for key, session in self._sessions.items():
+            schema, file = contract[key]
+            names = [i.name for i in session.get_inputs()]
+            if names != schema.input_names:
+                raise ValueError(
+                    f"Codec: {key} must be a {file} (inputs {schema.input_names}), got "
+                    f"'{paths[key]}' with inputs {names}"
+                )
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Audio ``[N]``, ``[B, N]`` or ``[B, 1, N]`` (N >= 1, at ``config["sample_rate"]``,

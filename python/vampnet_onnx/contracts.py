@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from .ops import FLOAT, INT64, SAMPLING_INPUTS, OpSchema, Port
@@ -47,8 +48,18 @@ def metadata(
 
 
 def read_metadata(path: str | Path, key: str, where: str) -> dict[str, Any]:
-    """`metadata` of the graph file `path`, read without loading its weights."""
-    model = onnx.load(str(path), load_external_data=False)
+    """`metadata` of the graph file `path`, read without loading its weights; a missing,
+    truncated or foreign file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: path must be an existing .onnx file, got '{path}'")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as err:
+        raise ValueError(
+            f"{where}: path must be an ONNX graph file, got '{path}', which is not one or is "
+            f"truncated ({err})"
+        ) from err
     props = {p.key: p.value for p in model.metadata_props}
     return metadata(props, key, where, "path", f"'{path}'")
 
@@ -78,6 +89,52 @@ def require_files(folder: str | Path, names: Sequence[str], what: str) -> Path:
             f"'{folder}' without {', '.join(missing)}"
         )
     return folder
+
+
+def check_models_match(
+    codec: Mapping[str, Any],
+    coarse: Mapping[str, Any],
+    c2f: Mapping[str, Any],
+    files: Mapping[str, str],
+    where: str,
+) -> None:
+    """That a codec config (`CODEC_CONFIG_KEY`) and the coarse and c2f transformer configs
+    (`CONFIG_KEY`) come from one export: the model kinds, the codebook layout, the token
+    vocabulary, the audio framing and the codec checkpoint the transformers embed. Else a
+    ValueError naming the two `files` (keys "codec", "coarse", "c2f") that disagree.
+
+    Raises ValueError "<where>: <file> and <file> must come from one export, got <field> <a>
+    in <file> and <b> in <file>".
+    """
+    checks = [
+        ("coarse", "kind", "coarse", "kind", "coarse"),
+        ("c2f", "kind", "c2f", "kind", "c2f"),
+        ("c2f", "n_codebooks", "codec", "n_codebooks", None),
+        ("c2f", "n_conditioning_codebooks", "coarse", "n_codebooks", None),
+    ]
+    for model in ("coarse", "c2f"):
+        checks += [
+            (model, "vocab_size", "codec", "codebook_size", None),
+            (model, "latent_dim", "codec", "codebook_dim", None),
+            (model, "sample_rate", "codec", "sample_rate", None),
+            (model, "hop_length", "codec", "hop_length", None),
+            (model, "codec_sha256", "codec", "checkpoint_sha256", None),
+        ]
+    configs = {"codec": codec, "coarse": coarse, "c2f": c2f}
+    for name, field, other, other_field, fixed in checks:
+        got = configs[name].get(field)
+        want = fixed if fixed is not None else configs[other].get(other_field)
+        if got == want:
+            continue
+        if fixed is not None:
+            raise ValueError(
+                f"{where}: {files[name]} must hold a {field} {fixed!r} model, got {got!r}"
+            )
+        raise ValueError(
+            f"{where}: {files[name]} and {files[other]} must come from one export, got "
+            f"{field} {got!r} in {files[name]} and {other_field} {want!r} in {files[other]} "
+            "(export them again together: vampnet-onnx export)"
+        )
 
 
 # --- VampNet's chunking (docs/model.md §4.3, §4.4) -------------------------------------------
@@ -110,6 +167,20 @@ TRANSFORMER = OpSchema(
     name="Transformer",
     inputs=(Port("codes", INT64, "[B, C, T] codes with MASK where to generate"),),
     outputs=(Port("logits", FLOAT, "[B, T, P, V] for the P predicted codebooks"),),
+)
+
+CODEC_ENCODE = OpSchema(
+    name="CodecEncode",
+    inputs=(Port("audio", FLOAT, "[B, 1, N] samples at the codec's rate, any N >= 1"),),
+    outputs=(Port("codes", INT64, "[B, n_codebooks, ceil(N / hop)]"),),
+)
+CODEC_DECODE = OpSchema(
+    name="CodecDecode",
+    inputs=(
+        Port("codes", INT64, "[B, n_codebooks, T], each in [0, codebook_size)"),
+        Port("length", INT64, "scalar, samples to keep, in [0, T * hop]"),
+    ),
+    outputs=(Port("audio", FLOAT, "[B, 1, length]"),),
 )
 
 #: The generation graph's defaults: VampNet's (docs/model.md §3.1; the app runs 36 coarse steps).

@@ -78,8 +78,8 @@ class Generator:
                 else ""
             )
             raise ValueError(
-                f"Generator: path must hold a generation or transformer graph, got inputs "
-                f"{input_names}{hint}"
+                f"Generator: path must hold a generation or transformer graph, got "
+                f"{str(path)!r} with inputs {input_names}{hint}"
             )
         self.threads = threads or 1
 

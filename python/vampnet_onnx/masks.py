@@ -113,7 +113,8 @@ def _count(value: Any, where: str, name: str) -> int:
 
 
 def _probability(value: Any, where: str, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+    numbers = int | float | np.integer | np.floating
+    if isinstance(value, bool) or not isinstance(value, numbers) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{where}: {name} must be in [0, 1], got {value!r}")
     return float(value)
 

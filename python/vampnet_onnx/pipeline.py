@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from .contracts import (
     MODEL_FILES,
     VAMP,
     VAMP_KEY,
+    check_models_match,
     metadata,
     require_files,
 )
@@ -133,9 +134,13 @@ class _AudioToAudio:
             (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
             N' = N when `keep_rate`.
         """
-        where = f"{type(self).__name__}.vamp"
-        seed = check_seed(seed, where)
-        mask_settings = MaskSettings(
+        seed, mask_settings, sampling = self.check_settings(
+            seed=seed,
+            steps=steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            mask_temperature=mask_temperature,
             periodic_prompt=periodic_prompt,
             periodic_width=periodic_width,
             upper_codebook_mask=upper_codebook_mask,
@@ -143,26 +148,35 @@ class _AudioToAudio:
             prefix_s=prefix_s,
             suffix_s=suffix_s,
             dropout=dropout,
-        ).validate(where)
-        if onset_mask_width != 0 and not self.has_onset_mask:
-            raise ValueError(
-                f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
-                f"use a models folder), got {onset_mask_width!r}"
-            )
-        # Fail on bad settings before the (slow) work rather than in the middle of it.
-        sampling = SamplingSettings.from_public(
-            Generator.WHERE,
-            steps=steps,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            mask_temperature=mask_temperature,
         )
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
         y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress)
         if not keep_rate:
             info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
         return audio.restore(y, info, self.sample_rate), info.sample_rate
+
+    @classmethod
+    def check_settings(
+        cls, seed: int = 0, **settings: Any
+    ) -> tuple[int, MaskSettings, SamplingSettings]:
+        """`vamp`'s seed and settings (its keyword names) checked as `vamp` checks them, so a
+        caller can fail before loading models or audio: (seed, mask, sampling) with the
+        defaults filled in. Raises ValueError naming the argument, TypeError for an unknown
+        name."""
+        where = f"{cls.__name__}.vamp"
+        seed = check_seed(seed, where)
+        mask_names = {f.name for f in fields(MaskSettings)}
+        mask = MaskSettings(**{k: v for k, v in settings.items() if k in mask_names})
+        mask = mask.validate(where)
+        if mask.onset_mask_width != 0 and not cls.has_onset_mask:
+            raise ValueError(
+                f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
+                f"use a models folder), got {settings['onset_mask_width']!r}"
+            )
+        sampling = SamplingSettings.from_public(
+            Generator.WHERE, **{k: v for k, v in settings.items() if k not in mask_names}
+        )
+        return seed, mask, sampling
 
     def _vamp_preprocessed(
         self,
@@ -181,11 +195,15 @@ class _AudioToAudio:
         """`vamp` on an audio file, written to `out_path` (format from the extension).
 
         settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
-        Raises FileNotFoundError / ValueError for a missing or undecodable input.
+        Raises FileNotFoundError / ValueError for a missing or undecodable input, and ValueError
+        before any work for an output that cannot be written (`audio.check_output_path`: no
+        such folder, no permission, no audio extension, or the input file itself). The output
+        appears whole or not at all.
         """
+        where = f"{type(self).__name__}.vamp_file"
+        out_path = audio.check_output_path(out_path, where, "out_path", in_path)
         samples, sample_rate = audio.load_audio(in_path)
         y, out_rate = self.vamp(samples, sample_rate, **settings)
-        out_path = Path(out_path)
         audio.write_audio(out_path, y, out_rate)
         return out_path, out_rate
 
@@ -243,17 +261,8 @@ class Vamp(_AudioToAudio):
                 f"Vamp: the codec's decoder_rates must multiply to its hop {self.hop_length} "
                 f"with even rates, got {config['decoder_rates']}"
             )
-        n_coarse = self.coarse.n_codebooks
-        expected = {
-            "c2f codebooks": (self.c2f.n_codebooks, config["n_codebooks"]),
-            "c2f conditioning codebooks": (self.c2f.n_conditioning_codebooks, n_coarse),
-            "coarse conditioning codebooks": (self.coarse.n_conditioning_codebooks, 0),
-            "coarse hop_length": (self.coarse.config.get("hop_length"), self.hop_length),
-            "c2f hop_length": (self.c2f.config.get("hop_length"), self.hop_length),
-        }
-        for name, (got, want) in expected.items():
-            if got != want:
-                raise ValueError(f"Vamp: {name} must be {want} to match the codec, got {got}")
+        files = {"codec": ENCODE_FILE, **GENERATION_FILES}
+        check_models_match(config, self.coarse.config, self.c2f.config, files, "Vamp")
 
     def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress) -> np.ndarray:
         mask = self.build_mask(x, seed, **mask_settings.inputs())

@@ -106,4 +106,22 @@ def create_session(
         from .pyop import create_python_ops_session
 
         return create_python_ops_session(source, providers, _session_options(intra_op_threads))
-    return ort.InferenceSession(source, sess_options=options, providers=providers)
+    return _load(source, options, providers)
+
+
+def _load(
+    source: str | bytes, options: ort.SessionOptions, providers: list
+) -> ort.InferenceSession:
+    """An InferenceSession; onnxruntime's load errors (a truncated or foreign file, a missing
+    external-data file) become one ValueError line naming the file."""
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as err:  # onnxruntime's pybind errors share no base class but Exception
+        if not type(err).__module__.startswith("onnxruntime"):
+            raise
+        what = f"'{source}'" if isinstance(source, str) else "the model bytes"
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got "
+            f"{what} ({detail})"
+        ) from err

@@ -29,14 +29,26 @@ def _fail(where: str, name: str, constraint: str, value: Any) -> None:
     raise ValueError(f"{where}: {name} must {constraint}, got {value!r}")
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _as_float32(number: float) -> float:
+    """`number` as the graph sees a float32 input (out of float32's range: +-inf)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(number))
+
+
 @dataclass(frozen=True)
 class Limit:
-    """Allowed values of one setting.
+    """Allowed values of one setting, checked as given and as the graph sees them (float
+    settings are float32 inputs, int settings int64).
 
     kind: int or float (float settings take any real number type, ints included).
     low, high: inclusive bounds; high None: no upper bound (then the value must be finite).
     low_open: low itself is not allowed.
     off: the value that None stands for (None: None is not allowed).
+    graph_range: the single graph checks this input with CheckRange: errors use its wording
+        (the type, then "be in [low, high]").
     """
 
     kind: type
@@ -44,38 +56,66 @@ class Limit:
     high: float | None = None
     low_open: bool = False
     off: Any = None
+    graph_range: bool = False
 
     def constraint(self) -> str:
-        """The "must ..." text of an error (`check` also names the type for bounded values)."""
+        """The "must ..." text of an error for a value of the wrong type or below `low`."""
         prefix = "be None or " if self.off is not None else "be "
-        if self.high is None:
-            what = "an int" if self.kind is int else "a finite number"
-            return f"{prefix}{what} >= {range_text(self.low)}"
-        bracket = "(" if self.low_open else "["
-        return f"{prefix}in {bracket}{range_text(self.low)}, {range_text(self.high)}]"
+        if self.low_open:
+            return f"{prefix}in ({range_text(self.low)}, {range_text(self.high)}]"
+        what = "an int" if self.kind is int else "a finite number"
+        return f"{prefix}{what} >= {range_text(self.low)}"
+
+    def _within(self, number: float) -> bool:
+        low_ok = number > self.low if self.low_open else number >= self.low
+        high_ok = math.isfinite(number) if self.high is None else number <= self.high
+        return low_ok and high_ok
 
     def check(self, name: str, value: Any, where: str) -> int | float:
         """`value` as a Python int/float within the limit, else ValueError
-        ``"<where>: <name> must <constraint>, got <value>"``. numpy scalars are accepted."""
+        ``"<where>: <name> must <constraint>, got <value>"``. numpy scalars of any width are
+        accepted; a value that only the graph's type breaks (an int past int64, a float that
+        float32 rounds out of range) names both."""
         if value is None and self.off is not None:
             return self.off
         integral = self.kind is int
         kinds = (int, np.integer) if integral else (int, float, np.integer, np.floating)
-        typed = not isinstance(value, bool) and isinstance(value, kinds)
-        if self.high is not None and not self.low_open and not typed:
-            # Bounded ranges name the type first, then the range (as CheckRange does).
-            _fail(where, name, "be an int" if integral else "be a number", value)
-        if not typed:
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            if self.graph_range:
+                _fail(where, name, "be an int" if integral else "be a number", value)
             _fail(where, name, self.constraint(), value)
-        number = int(value) if integral else float(value)
-        if self.high is not None and not self.low_open:
+        try:
+            number = int(value) if integral else float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if self.graph_range:
+            if number in (math.inf, -math.inf) and not isinstance(value, float | np.floating):
+                # An int past what the graph's int64 / float32 holds: name it as given.
+                _fail(
+                    where, name, f"be in [{range_text(self.low)}, {range_text(self.high)}]", value
+                )
             # The single graph's CheckRange op gives the same message.
             check_range(number, name, self.low, self.high, where)
-            return number
-        low_ok = number > self.low if self.low_open else number >= self.low
-        high_ok = math.isfinite(number) if self.high is None else number <= self.high
-        if not (low_ok and high_ok):
-            _fail(where, name, self.constraint(), value)
+        elif self.low_open or not number >= self.low:
+            if not self._within(number):
+                _fail(where, name, self.constraint(), value)
+        elif not self._within(number):
+            bound = (
+                self.constraint() if self.high is None else f"be at most {range_text(self.high)}"
+            )
+            _fail(where, name, bound, value)
+        if integral and not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+            _fail(where, name, f"fit an int64 (at most {_INT64_MAX} in size)", value)
+        if not integral and not self._within(_as_float32(number)):
+            constraint = (
+                self.constraint()
+                if self.high is None or self.low_open
+                else (f"be in [{range_text(self.low)}, {range_text(self.high)}]")
+            )
+            raise ValueError(
+                f"{where}: {name} must {constraint} as a float32, got {value!r} "
+                f"({range_text(_as_float32(number))} as a float32)"
+            )
         return number
 
 
@@ -132,11 +172,18 @@ class _Settings:
         return {f.name: f.metadata["limit"] for f in fields(cls)}
 
 
+#: More steps than this only ask for hours of work per chunk (VampNet runs 36; a full-size
+#: coarse step takes about 2 s on 2 cores).
+_MAX_STEPS = 10_000
+
+
 @dataclass(frozen=True)
 class SamplingSettings(_Settings):
     """How tokens are drawn: the generation graph's sampling inputs (VampNet's defaults)."""
 
-    n_steps: int = setting(36, Limit(int, 1), "generation steps", flag="--steps", metavar="N")
+    n_steps: int = setting(
+        36, Limit(int, 1, _MAX_STEPS), "generation steps", flag="--steps", metavar="N"
+    )
     temperature: float = setting(
         1.0, Limit(float, 0.0), "sampling temperature; 0 = argmax", flag="--temperature"
     )
@@ -169,49 +216,49 @@ class MaskSettings(_Settings):
 
     periodic_prompt: int = setting(
         7,
-        Limit(int, 0, _MAX_FRAMES),
+        Limit(int, 0, _MAX_FRAMES, graph_range=True),
         "keep every N-th frame (randomly phase-shifted); 0 = off",
         flag="--periodic-prompt",
         metavar="N",
     )
     periodic_width: int = setting(
         1,
-        Limit(int, 0, _MAX_FRAMES),
+        Limit(int, 0, _MAX_FRAMES, graph_range=True),
         "frames kept around each periodic frame, 2*(N//2)+1",
         flag="--periodic-width",
         metavar="N",
     )
     upper_codebook_mask: int = setting(
         3,
-        Limit(int, 0, _MAX_FRAMES),
+        Limit(int, 0, _MAX_FRAMES, graph_range=True),
         "keep only codebooks < N at the kept frames",
         flag="--upper-codebook-mask",
         metavar="N",
     )
     onset_mask_width: int = setting(
         0,
-        Limit(int, 0, _MAX_FRAMES),
+        Limit(int, 0, _MAX_FRAMES, graph_range=True),
         "also keep W frames on each side of detected onsets; 0 = off",
         flag="--onset-mask",
         metavar="W",
     )
     prefix_s: float = setting(
         0.0,
-        Limit(float, 0.0, _MAX_SECONDS),
+        Limit(float, 0.0, _MAX_SECONDS, graph_range=True),
         "keep the first S seconds",
         flag="--prefix",
         metavar="S",
     )
     suffix_s: float = setting(
         0.0,
-        Limit(float, 0.0, _MAX_SECONDS),
+        Limit(float, 0.0, _MAX_SECONDS, graph_range=True),
         "keep the last S seconds",
         flag="--suffix",
         metavar="S",
     )
     dropout: float = setting(
         0.0,
-        Limit(float, 0.0, 1.0),
+        Limit(float, 0.0, 1.0, graph_range=True),
         "drop this fraction of frames from the prompt, in [0, 1]",
         flag="--dropout",
         metavar="P",

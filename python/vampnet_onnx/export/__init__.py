@@ -9,8 +9,11 @@ checkpoint is exported.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,16 @@ class ModelsExport:
     transformers: dict[str, TransformerExport] = field(default_factory=dict)
     generations: dict[str, GenerationExport] = field(default_factory=dict)
     vamp: VampExport | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file written, in pipeline order."""
+        files = [self.codec.encode_path, self.codec.decode_path]
+        for kind in self.transformers:
+            files += [self.transformers[kind].path, self.generations[kind].path]
+        if self.vamp is not None:
+            files += [self.vamp.path, *([self.vamp.data_path] if self.vamp.data_path else [])]
+        return files
 
 
 def _flag(name: str) -> str:
@@ -88,13 +101,8 @@ def export_models(
             kind (a c2f file given as `coarse`).
         CheckpointError: a checkpoint is unsafe, unreadable or does not match the codec.
     """
-    from tqdm import tqdm
-
     from ..checkpoint import load_checkpoint
     from ..configs import VampNetConfig
-    from .codec import export_codec
-    from .generation import export_generation
-    from .transformer import export_transformer
 
     name: Callable[[str], str] = _flag if cli else str
     where = "" if cli else "export_models: "
@@ -117,6 +125,55 @@ def export_models(
             )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Everything is written to a folder beside `out` and moved in at the end, so a failure
+    # half way leaves `out` as it was rather than a mix of new and old graphs.
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        result = _export_into(
+            staging, codec, models, single_graph, trace, batch_coupled, opset, verbose, progress
+        )
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _moved(result, out)
+
+
+def _moved(result: ModelsExport, out: Path) -> ModelsExport:
+    """`result` with every path in `out` (same names) instead of the staging folder."""
+
+    def move(value):
+        return out / value.name if isinstance(value, Path) else value
+
+    def paths(export):
+        return replace(export, **{f.name: move(getattr(export, f.name)) for f in fields(export)})
+
+    return ModelsExport(
+        out,
+        paths(result.codec),
+        {kind: paths(export) for kind, export in result.transformers.items()},
+        {kind: paths(export) for kind, export in result.generations.items()},
+        paths(result.vamp) if result.vamp else None,
+    )
+
+
+def _export_into(
+    out: Path,
+    codec: str | Path,
+    models: list[tuple[str, str | Path]],
+    single_graph: bool,
+    trace: bool,
+    batch_coupled: bool,
+    opset: int,
+    verbose: bool,
+    progress: bool,
+) -> ModelsExport:
+    from tqdm import tqdm
+
+    from .codec import export_codec
+    from .generation import export_generation
+    from .transformer import export_transformer
+
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
     total = 2 * len(models) + 1 + int(single_graph)
     with tqdm(total=total, desc="export", unit="graph", disable=not progress) as bar:
@@ -128,7 +185,7 @@ def export_models(
 
         bar.set_postfix_str("codec")
         codec_export = export_codec(codec, out, **options)
-        done(f"wrote {codec_export.encode_path} and {codec_export.decode_path}")
+        done(f"exported {codec_export.encode_path.name} and {codec_export.decode_path.name}")
         result = ModelsExport(out, codec_export)
         for kind, checkpoint in models:
             bar.set_postfix_str(TRANSFORMER_FILES[kind])
@@ -144,7 +201,7 @@ def export_models(
                 batch_coupled=batch_coupled,
             )
             size = generation.path.stat().st_size / 2**20
-            done(f"wrote {transformer.path} and {generation.path} ({size:.1f} MiB)")
+            done(f"exported {transformer.path.name} and {generation.path.name} ({size:.1f} MiB)")
             result.transformers[kind] = transformer
             result.generations[kind] = generation
         if single_graph:
@@ -154,5 +211,5 @@ def export_models(
             result.vamp = export_vamp(out)
             files = [result.vamp.path, *([result.vamp.data_path] if result.vamp.data_path else [])]
             size = sum(path.stat().st_size for path in files) / 2**20
-            done(f"wrote {' and '.join(map(str, files))} ({size:.1f} MiB)")
+            done(f"exported {' and '.join(f.name for f in files)} ({size:.1f} MiB)")
     return result

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..configs import CodecConfig
-from ..contracts import CODEC_CONFIG_KEY, DECODE_FILE, ENCODE_FILE
+from ..contracts import CODEC_CONFIG_KEY, CODEC_DECODE, CODEC_ENCODE, DECODE_FILE, ENCODE_FILE
 from ..model.codec import LACCodec, load_codec_model
 from .common import DEFAULT_OPSET, check_opset, export_torch_module
 
@@ -105,7 +105,7 @@ def export_codec_module(
     encode = export_torch_module(
         _EncodeGraph(codec),
         (audio,),
-        (["audio"], ["codes"]),
+        (CODEC_ENCODE.input_names, CODEC_ENCODE.output_names),
         {"audio": {0: batch, 2: torch.export.Dim("samples")}},
         out_dir / ENCODE_FILE,
         metadata,
@@ -117,7 +117,7 @@ def export_codec_module(
     decode = export_torch_module(
         _DecodeGraph(codec),
         (codes, length),
-        (["codes", "length"], ["audio"]),
+        (CODEC_DECODE.input_names, CODEC_DECODE.output_names),
         {"codes": {0: batch, 2: torch.export.Dim("time")}, "length": None},
         out_dir / DECODE_FILE,
         metadata,

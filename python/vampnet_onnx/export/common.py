@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,21 +68,31 @@ def weights_bytes(model: ir.Model) -> int:
 def save_model(model: ir.Model, path: str | Path, full_check: bool = False) -> SavedModel:
     """Write `model` to `path` and check the file with onnx.checker.
 
-    Weights over protobuf's 2 GiB limit go to ``<path>.data`` beside it (a stale one is
-    removed first). full_check: also run strict shape inference over the whole graph (not for
-    graphs with our custom ops, which the checker cannot infer).
+    Weights over protobuf's 2 GiB limit go to ``<path>.data`` beside it. The files appear only
+    once written and checked (they are made in a temporary folder beside `path` and renamed
+    into place), so a failed export leaves no broken model behind and an existing one intact.
+    full_check: also run strict shape inference over the whole graph (not for graphs with our
+    custom ops, which the checker cannot infer).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.producer_name = PRODUCER
-    data_path = path.with_name(path.name + ".data")
-    data_path.unlink(missing_ok=True)
-    if weights_bytes(model) > _PROTO_LIMIT:
-        ir.save(model, str(path), external_data=data_path.name)
-    else:
-        ir.save(model, str(path))
-        data_path = None
-    onnx.checker.check_model(str(path), full_check=full_check)
+    data_name = path.name + ".data"
+    external = weights_bytes(model) > _PROTO_LIMIT
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        written = staging / path.name
+        ir.save(model, str(written), external_data=data_name if external else None)
+        onnx.checker.check_model(str(written), full_check=full_check)
+        data_path = path.with_name(data_name)
+        if external:
+            os.replace(staging / data_name, data_path)
+        else:
+            data_path.unlink(missing_ok=True)  # a stale one from a bigger model
+            data_path = None
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return SavedModel(path, data_path)
 
 

@@ -38,6 +38,8 @@ from ..contracts import (
     COARSE_STREAM_BASE,
     CODEC_CONFIG_KEY,
     CONFIG_KEY,
+    DECODE_FILE,
+    ENCODE_FILE,
     MASK_STREAM_ITEM,
     SOURCE_FILES,
     STREAM_SITES,
@@ -46,6 +48,7 @@ from ..contracts import (
     VAMP_FILE,
     VAMP_KEY,
     VAMP_LIMITS,
+    check_models_match,
     metadata,
     require_files,
 )
@@ -384,18 +387,19 @@ def build_vamp_model(
     codec_config = metadata(encode.metadata_props, CODEC_CONFIG_KEY, where, "encode", "it")
     coarse_config = metadata(coarse.metadata_props, CONFIG_KEY, where, "coarse", "it")
     c2f_config = metadata(c2f.metadata_props, CONFIG_KEY, where, "c2f", "it")
-    n_coarse = int(coarse_config["n_codebooks"])
-    expected = {
-        "coarse kind": (coarse_config.get("kind"), "coarse"),
-        "c2f kind": (c2f_config.get("kind"), "c2f"),
-        "c2f codebooks": (int(c2f_config["n_codebooks"]), int(codec_config["n_codebooks"])),
-        "c2f conditioning codebooks": (int(c2f_config["n_conditioning_codebooks"]), n_coarse),
-    }
+    decode_config = metadata(decode.metadata_props, CODEC_CONFIG_KEY, where, "decode", "it")
+    if decode_config.get("checkpoint_sha256") != codec_config.get("checkpoint_sha256"):
+        raise ValueError(
+            f"{where}: {ENCODE_FILE} and {DECODE_FILE} must come from one codec.pth, got "
+            f"checkpoint_sha256 {codec_config.get('checkpoint_sha256')!r} and "
+            f"{decode_config.get('checkpoint_sha256')!r}"
+        )
+    files = dict(zip(("codec", "coarse", "c2f"), SOURCE_FILES[:3]))
+    check_models_match(codec_config, coarse_config, c2f_config, files, where)
     opsets = [model.opset_imports.get("", 0) for model in (encode, coarse, c2f, decode)]
-    expected["opset of every graph"] = (opsets, [opsets[0]] * 4)
-    for name, (got, want) in expected.items():
-        if got != want:
-            raise ValueError(f"build_vamp_model: {name} must be {want!r}, got {got!r}")
+    if opsets != [opsets[0]] * 4:
+        raise ValueError(f"{where}: the opset of every graph must be {opsets[0]}, got {opsets}")
+    n_coarse = int(coarse_config["n_codebooks"])
     coarse_chunk = _chunk_frames(COARSE_CHUNK_S, codec_config)
     c2f_chunk = _chunk_frames(C2F_CHUNK_S, codec_config)
     n_codebooks = int(codec_config["n_codebooks"])

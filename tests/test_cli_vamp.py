@@ -204,3 +204,16 @@ def test_an_unwritable_output_fails_before_the_models_are_read(wav, tmp_path, ca
     assert error_line(capsys) == (
         f"vampnet-onnx vamp: error: OUT must be in an existing folder, got '{out}'"
     )
+
+
+def test_ctrl_c_is_one_line_and_status_130(models, wav, tmp_path, capsys, monkeypatch):
+    from vampnet_onnx.pipeline import Vamp
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Vamp, "vamp_file", interrupted)
+    out = tmp_path / "o.wav"
+    assert cli.main(["vamp", str(wav), str(out), "--models", str(models), "--quiet"]) == 130
+    assert error_line(capsys) == "vampnet-onnx vamp: interrupted"
+    assert not out.exists()

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -114,3 +115,57 @@ def test_a_truncated_or_foreign_file_is_one_line_naming_it(tmp_path, content):
     assert message.startswith(
         f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got '{path}'"
     )
+
+
+def _slow_loop_model() -> onnx.ModelProto:
+    """A Loop of `n` identity MatMuls on a [256, 256] matrix: runs as long as n asks."""
+    h = onnx.helper
+    square = [256, 256]
+    body = h.make_graph(
+        [h.make_node("MatMul", ["x_in", "w"], ["y"]), h.make_node("Identity", ["c_in"], ["c"])],
+        "body",
+        [
+            h.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            h.make_tensor_value_info("c_in", onnx.TensorProto.BOOL, []),
+            h.make_tensor_value_info("x_in", onnx.TensorProto.FLOAT, square),
+        ],
+        [
+            h.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+            h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, square),
+        ],
+    )
+    graph = h.make_graph(
+        [h.make_node("Loop", ["n", "", "x"], ["out"], body=body)],
+        "slow",
+        [
+            h.make_tensor_value_info("n", onnx.TensorProto.INT64, []),
+            h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, square),
+        ],
+        [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, square)],
+        [onnx.numpy_helper.from_array(np.eye(256, dtype=np.float32), "w")],
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 20)])
+
+
+def test_ctrl_c_stops_a_running_graph_inside_its_loop():
+    """Ctrl-C (KeyboardInterrupt in the main thread) during `runtime.run` sets the run's
+    terminate flag: onnxruntime stops inside the Loop with its terminate error (the cause) and
+    the interrupt reaches the caller. Uninterrupted, the loop would run for minutes."""
+    import _thread
+    import threading
+
+    session = vampnet_onnx.create_session(_slow_loop_model(), intra_op_threads=1)
+    feed = {"n": np.array(10**7, np.int64), "x": np.ones((256, 256), np.float32)}
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        runtime.run(session, None, feed)
+    assert "terminate flag" in str(interrupt.value.__cause__)
+
+
+def test_run_returns_the_outputs_and_raises_the_runs_errors():
+    session = vampnet_onnx.create_session(_slow_loop_model(), intra_op_threads=1)
+    x = np.arange(256 * 256, dtype=np.float32).reshape(256, 256)
+    [out] = runtime.run(session, None, {"n": np.array(3, np.int64), "x": x})
+    np.testing.assert_array_equal(out, x)
+    with pytest.raises(Exception, match="invalid dimensions for input: x"):
+        runtime.run(session, None, {"n": np.array(3, np.int64), "x": x[:2]})

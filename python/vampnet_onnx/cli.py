@@ -286,10 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; errors print one line to stderr and return 1 (``--verbose``: raise)."""
+    """Run one command; errors print one line to stderr and return 1, Ctrl-C stops the running
+    graph and returns 130 (``--verbose``: raise)."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        if getattr(args, "verbose", False):
+            raise
+        # Outputs are written whole or not at all: nothing half-made is left behind.
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as err:
         if getattr(args, "verbose", False):
             raise

@@ -20,7 +20,7 @@ from .contracts import (
     ENCODE_FILE,
     read_metadata,
 )
-from .runtime import create_session
+from .runtime import create_session, run
 
 
 def read_codec_config(path: str | Path) -> dict[str, Any]:
@@ -125,7 +125,7 @@ class Codec:
         if not np.isfinite(audio).all():
             raise ValueError("Codec.encode: audio must be finite, got NaN or inf")
         feed = {"audio": audio.reshape(-1, 1, audio.shape[-1]).astype(np.float32)}
-        return self._sessions["encode_path"].run(None, feed)[0]
+        return run(self._sessions["encode_path"], None, feed)[0]
 
     def decode(self, codes: np.ndarray, length: int | None = None) -> np.ndarray:
         """Codes ``[B, n_codebooks, T]`` in ``[0, codebook_size)`` -> audio float32
@@ -147,4 +147,4 @@ class Codec:
         if not 0 <= length <= full:
             raise ValueError(f"Codec.decode: length must be in [0, {full}], got {length}")
         feed = {"codes": codes, "length": np.array(length, dtype=np.int64)}
-        return self._sessions["decode_path"].run(None, feed)[0]
+        return run(self._sessions["decode_path"], None, feed)[0]

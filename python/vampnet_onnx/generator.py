@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from .contracts import CONFIG_KEY, GENERATION, GENERATION_KEY, TRANSFORMER, metadata
 from .ops import MASK_TOKEN
-from .runtime import create_session
+from .runtime import create_session, run
 from .settings import SamplingSettings, check_seed
 
 _WHERE = "Generator.generate"
@@ -144,7 +144,7 @@ class Generator:
         settings["batch_offset"] = int(batch_offset)
         if self.mode == "graph":
             feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
-            return self.session.run(["codes_out"], feed)[0]
+            return run(self.session, ["codes_out"], feed)[0]
         return self._python_loop(codes, mask, settings, progress)
 
     def _python_loop(self, codes, mask, settings, progress) -> np.ndarray:
@@ -159,7 +159,7 @@ class Generator:
 
             steps = tqdm(steps, desc="generate", unit="step")
         for step in steps:
-            logits = self.session.run(["logits"], {"codes": model_input})[0]
+            logits = run(self.session, ["logits"], {"codes": model_input})[0]
             codes, mask, model_input = _kernels.mask_git_step(
                 logits,
                 codes,

@@ -70,6 +70,7 @@ from .contracts import (
     require_files,
 )
 from .generator import Generator
+from .runtime import create_session, run
 from .settings import HOST_ONLY_MASK_SETTINGS, MaskSettings, SamplingSettings, check_seed
 
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
@@ -415,8 +416,6 @@ class SingleGraphVamp(_AudioToAudio):
         providers: list | None = None,
         python_ops: bool | None = None,
     ) -> None:
-        from .runtime import create_session
-
         self.session = create_session(
             path, providers=providers, intra_op_threads=threads, python_ops=python_ops
         )
@@ -439,4 +438,4 @@ class SingleGraphVamp(_AudioToAudio):
             if name not in HOST_ONLY_MASK_SETTINGS
         }
         feed = {"audio": x, **VAMP.feed(seed=seed, **sampling.inputs(), **inputs)}
-        return self.session.run(["audio_out"], feed)[0]
+        return run(self.session, ["audio_out"], feed)[0]

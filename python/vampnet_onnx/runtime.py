@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -125,3 +126,42 @@ def _load(
             f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got "
             f"{what} ({detail})"
         ) from err
+
+
+def run(session: ort.InferenceSession, output_names: list[str] | None, feed: dict) -> list:
+    """`session.run(output_names, feed)` that Ctrl-C stops.
+
+    Python handles signals only between bytecodes, so a long onnxruntime run (a full-size
+    coarse chunk takes over a minute on 2 cores) would ignore Ctrl-C until it returns. Here
+    the run happens on a worker thread while this thread waits; a KeyboardInterrupt sets the
+    run's `RunOptions.terminate`, waits for onnxruntime to stop at its next node, and is
+    raised again (its cause: onnxruntime's "terminate" error).
+    """
+    options = ort.RunOptions()
+    # Errors reach the caller as exceptions; onnxruntime's own log line for a stopped run
+    # would only repeat it on stderr.
+    options.log_severity_level = 4
+    outcome: dict = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["outputs"] = session.run(output_names, feed, options)
+        except BaseException as err:  # handed to the waiting thread
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    # An Event, not Thread.join: a join that a KeyboardInterrupt breaks into can report the
+    # thread finished while it still runs.
+    threading.Thread(target=work, name="vampnet_onnx-run", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        options.terminate = True
+        done.wait()
+        raise KeyboardInterrupt("onnxruntime run stopped") from outcome.get("error")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["outputs"]

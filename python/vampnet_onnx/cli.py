@@ -7,6 +7,7 @@ runtime commands (``vamp``) work from an install without the ``export`` extra.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -18,7 +19,10 @@ PROG = "vampnet-onnx"
 
 
 def _export_transformer(args: argparse.Namespace) -> int:
+    from .export.common import check_opset
     from .export.transformer import export_transformer
+
+    check_opset(args.opset, "", "--opset")
 
     result = export_transformer(
         args.checkpoint,
@@ -61,6 +65,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_codec(args: argparse.Namespace) -> int:
     from .export.codec import export_codec
+    from .export.common import check_opset
+
+    check_opset(args.opset, "", "--opset")
 
     result = export_codec(args.codec, args.out, opset_version=args.opset, verbose=args.verbose)
     config = result.config
@@ -79,6 +86,20 @@ def _vamp_settings(args: argparse.Namespace) -> dict:
         for f in fields(cls)
     }
     return dict(seed=args.seed, **settings, keep_rate=not args.codec_rate, progress=not args.quiet)
+
+
+def _check_out_folder(path: Path, flag: str) -> None:
+    """`path` is a folder or can be made one: its nearest existing ancestor is a folder we may
+    write to (checked before any work; the folder itself is made later)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} must be a folder, got '{path}' ('{existing}' is a file)")
+    if existing == path:
+        return
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} must be a folder you may create, got '{path}'")
 
 
 def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
@@ -112,6 +133,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .pipeline import Vamp
 
     settings = _checked_settings(args, Vamp)
+    if not 0 < args.seconds <= _DEMO_MAX_SECONDS:
+        raise ValueError(f"--seconds must be in (0, {_DEMO_MAX_SECONDS:g}], got {args.seconds}")
+    _check_out_folder(args.out, "--out")
     models = demo.demo_models(args.verbose)
     args.out.mkdir(parents=True, exist_ok=True)
     sample_rate = 44100
@@ -166,9 +190,20 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block is for --help, not for every typo."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
+#: The demo's longest input: its synthesised music is held in memory several times over.
+_DEMO_MAX_SECONDS = 600.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per command."""
-    parser = argparse.ArgumentParser(prog=PROG, description="VampNet on ONNX Runtime.")
+    parser = _Parser(prog=PROG, description="VampNet on ONNX Runtime.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     export = commands.add_parser(

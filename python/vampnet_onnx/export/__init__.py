@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE
-from .common import DEFAULT_OPSET
+from .common import DEFAULT_OPSET, check_opset
 
 if TYPE_CHECKING:
     from .codec import CodecExport
@@ -106,6 +106,7 @@ def export_models(
 
     name: Callable[[str], str] = _flag if cli else str
     where = "" if cli else "export_models: "
+    check_opset(opset, where[:-2], name("opset"))
     models = [(kind, path) for kind, path in (("coarse", coarse), ("c2f", c2f)) if path]
     if not models:
         raise ValueError(

@@ -30,12 +30,20 @@ PRODUCER = "vampnet_onnx"
 _PROTO_LIMIT = 2**31 - 2**24
 
 
-def check_opset(opset_version: int, where: str) -> int:
-    """`opset_version` if it is an int >= `MIN_OPSET`, else ValueError naming `where`."""
+def check_opset(opset_version: int, where: str, name: str = "opset_version") -> int:
+    """`opset_version` if it is an int in [`MIN_OPSET`, what the installed onnx knows], else
+    ValueError "<where>: <name> must ..." (no "<where>: " when `where` is empty)."""
+    prefix = f"{where}: " if where else ""
+    newest = onnx.defs.onnx_opset_version()
     if isinstance(opset_version, bool) or not isinstance(opset_version, int):
-        raise ValueError(f"{where}: opset_version must be an int, got {opset_version!r}")
+        raise ValueError(f"{prefix}{name} must be an int, got {opset_version!r}")
     if opset_version < MIN_OPSET:
-        raise ValueError(f"{where}: opset_version must be >= {MIN_OPSET}, got {opset_version}")
+        raise ValueError(f"{prefix}{name} must be >= {MIN_OPSET}, got {opset_version}")
+    if opset_version > newest:
+        raise ValueError(
+            f"{prefix}{name} must be at most {newest} (the installed onnx's newest), "
+            f"got {opset_version}"
+        )
     return opset_version
 
 

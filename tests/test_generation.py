@@ -84,6 +84,36 @@ def test_chunks_with_batch_offset_equal_one_batch(models):
         np.testing.assert_array_equal(one, whole[b : b + 1])
 
 
+@pytest.mark.parametrize("batch, frames, steps, settings", CASES)
+def test_step_by_step_graph_runs_equal_one_run(models, batch, frames, steps, settings):
+    """With a step callback the graph runs one step per call (its slice inputs): the same
+    tokens as every step in one call, and one tick per step."""
+    codes, mask = problem(models["kind"], batch, frames, seed=frames)
+    graph = vampnet_onnx.Generator(models["graph"], threads=2)
+    assert graph.sliceable
+    ticks = []
+    sliced = graph.generate(codes, mask, steps=steps, on_steps=ticks.append, **settings)
+    np.testing.assert_array_equal(sliced, graph.generate(codes, mask, steps=steps, **settings))
+    assert ticks == [1] * steps
+
+
+def test_a_slice_continues_from_the_codes_and_mask_it_is_given(models):
+    """Steps 0-2 then 3-6 through the graph's inputs equal steps 0-6 at once, and the mask
+    returned after step 2 is the one the trace shows."""
+    codes, mask = problem(models["kind"], 2, 15, seed=3)
+    session = vampnet_onnx.create_session(models["trace"])
+    settings = {**contracts.GENERATION_DEFAULTS, "n_steps": 7, "seed": 4}
+    feed = {"codes": codes.astype(np.int64), "mask": mask, **contracts.GENERATION.feed(**settings)}
+    whole, per_step = session.run(["codes_out", "mask_per_step"], feed)
+    n0 = mask.sum(axis=(1, 2))
+    first = feed | contracts.GENERATION.feed(first_step=0, last_step=3, n_masked_start=n0)
+    codes_3, mask_3 = session.run(["codes_out", "mask_out"], first)
+    np.testing.assert_array_equal(mask_3, per_step[2])
+    rest = feed | {"codes": codes_3, "mask": mask_3}
+    rest |= contracts.GENERATION.feed(first_step=3, last_step=-1, n_masked_start=n0)
+    np.testing.assert_array_equal(session.run(["codes_out"], rest)[0], whole)
+
+
 def test_batch_coupled_graph_equals_the_coupled_python_loop(models):
     codes, mask = problem(models["kind"], 2, 20, seed=4)
     graph = vampnet_onnx.Generator(models["coupled"])
@@ -160,7 +190,9 @@ def test_trace_follows_the_schedule_and_keeps_the_prompt(models):
             **{**contracts.GENERATION_DEFAULTS, "n_steps": steps, "seed": 3}
         ),
     }
-    final, codes_per_step, mask_per_step = session.run(None, feed)
+    final, codes_per_step, mask_per_step = session.run(
+        ["codes_out", "codes_per_step", "mask_per_step"], feed
+    )
     assert codes_per_step.shape == (steps, *codes.shape)
     np.testing.assert_array_equal(codes_per_step[-1], final)
     n0 = mask.sum(axis=(1, 2))
@@ -186,7 +218,7 @@ def test_graph_is_checked_and_stores_the_weights_once(models):
     model = onnx.load(str(models["graph"]))
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input] == contracts.GENERATION.input_names
-    assert [o.name for o in model.graph.output] == ["codes_out"]
+    assert [o.name for o in model.graph.output] == ["codes_out", "mask_out"]
     size, weights = models["graph"].stat().st_size, models["transformer"].stat().st_size
     assert size < weights * 1.01 + 20_000
     props = {p.key: p.value for p in model.metadata_props}

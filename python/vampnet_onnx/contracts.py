@@ -184,7 +184,12 @@ CODEC_DECODE = OpSchema(
 )
 
 #: The generation graph's defaults: VampNet's (docs/model.md §3.1; the app runs 36 coarse steps).
+#: The slice inputs (first_step, last_step, n_masked_start) have defaults in the graph itself
+#: (`SLICE_DEFAULTS`): callers that run every step at once leave them out.
 GENERATION_DEFAULTS = {**SamplingSettings().inputs(), "seed": SEED_DEFAULT, "batch_offset": 0}
+
+#: Defaults of the generation graph's slice inputs, stored as overridable initializers.
+SLICE_DEFAULTS = {"first_step": 0, "last_step": -1, "n_masked_start": [-1]}
 
 GENERATION = OpSchema(
     name="Generation",
@@ -205,9 +210,26 @@ GENERATION = OpSchema(
             "scalar in [0, 2^32 - B], stream index of item 0 (0 unless the batch continues "
             "another call's, as a chunk of a longer piece does)",
         ),
+        Port(
+            "first_step",
+            INT64,
+            "scalar, the first step this run makes (default 0); with last_step and "
+            "n_masked_start it runs a slice of the steps, continuing from the codes and mask "
+            "a previous slice returned",
+            True,
+        ),
+        Port("last_step", INT64, "scalar, one past the last step (default -1: n_steps)", True),
+        Port(
+            "n_masked_start",
+            INT64,
+            "[B] masked positions per item before step 0, for a slice that does not start at "
+            "step 0 (default [-1]: counted from mask)",
+            True,
+        ),
     ),
     outputs=(
-        Port("codes_out", INT64, "[B, C, T] every position filled"),
+        Port("codes_out", INT64, "[B, C, T] every position filled (after last_step)"),
+        Port("mask_out", (TensorProto.BOOL,), "[B, C, T] still to generate after last_step"),
         Port(
             "codes_per_step", INT64, "[S, B, C, T] codes after each step (trace export only)", True
         ),

@@ -10,8 +10,9 @@ Two modes, chosen by the file given:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -56,7 +57,11 @@ class Generator:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config: dict = metadata(meta, CONFIG_KEY, "Generator", "path", repr(str(path)))
         input_names = [i.name for i in self.session.get_inputs()]
-        if input_names == GENERATION.input_names:
+        defaults = {i.name for i in self.session.get_overridable_initializers()}
+        #: Whether the graph runs a slice of the steps (first_step, last_step inputs): graphs
+        #: exported before those inputs existed run every step in one call.
+        self.sliceable = {"first_step", "last_step", "n_masked_start"} <= defaults
+        if input_names == GENERATION.required_input_names:
             self.mode = "graph"
             settings = metadata(meta, GENERATION_KEY, "Generator", "path", repr(str(path)))
             exported_coupling = bool(settings.get("batch_coupled", False))
@@ -70,11 +75,12 @@ class Generator:
             self.mode = "python-loop"
             self.batch_coupled = bool(batch_coupled)
         else:
-            missing = [n for n in GENERATION.input_names if n not in input_names]
+            required = GENERATION.required_input_names
+            missing = [n for n in required if n not in input_names]
             hint = (
                 f" (missing {', '.join(missing)}: exported by an older vampnet-onnx? export it "
                 "again)"
-                if set(input_names) < set(GENERATION.input_names)
+                if set(input_names) < set(required)
                 else ""
             )
             raise ValueError(
@@ -107,6 +113,7 @@ class Generator:
         seed: int = 0,
         progress: bool = False,
         batch_offset: int = 0,
+        on_steps: Callable[[int], Any] | None = None,
     ) -> np.ndarray:
         """Fill the masked positions of `codes`.
 
@@ -116,10 +123,14 @@ class Generator:
         temperature, top_k, top_p, mask_temperature: `settings.SamplingSettings` (steps is its
         n_steps: VampNet runs 36 coarse, 2 coarse-to-fine; temperature 0 = argmax; top_k 0 and
         top_p 1 or None = off; mask_temperature scales the Gumbel noise on the re-masking
-        confidences). seed: any int64. progress: a tqdm bar over the steps (Python-loop
-        mode). batch_offset: the random-stream index of item 0, in [0, 2**32 - B]: item b
-        draws the numbers of item batch_offset + b, so chunks of a longer piece generated one
-        call each can draw as one batch would (docs/generation.md).
+        confidences). seed: any int64. progress: a tqdm bar over the steps. batch_offset: the
+        random-stream index of item 0, in [0, 2**32 - B]: item b draws the numbers of item
+        batch_offset + b, so chunks of a longer piece generated one call each can draw as one
+        batch would (docs/generation.md). on_steps: called with the number of steps done
+        after each step (e.g. a caller's own progress bar's update).
+        With `progress` or `on_steps` a generation graph runs one step per call (its slice
+        inputs, docs/generation.md), which gives the same tokens as one call; otherwise it
+        runs every step in one call.
         Returns int64 [B, C, T] with every position filled; unmasked positions unchanged.
         """
         codes, mask = self._check_codes_and_mask(codes, mask)
@@ -142,22 +153,33 @@ class Generator:
                 f"{2**32 - codes.shape[0]}], got {batch_offset!r}"
             )
         settings["batch_offset"] = int(batch_offset)
-        if self.mode == "graph":
+        stepwise = progress or on_steps is not None
+        if self.mode == "graph" and not (stepwise and self.sliceable):
             feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
             return run(self.session, ["codes_out"], feed)[0]
-        return self._python_loop(codes, mask, settings, progress)
+        steps = _step_counter(settings["n_steps"], progress, on_steps)
+        if self.mode == "graph":
+            return self._graph_slices(codes, mask, settings, steps)
+        return self._python_loop(codes, mask, settings, steps)
 
-    def _python_loop(self, codes, mask, settings, progress) -> np.ndarray:
+    def _graph_slices(self, codes, mask, settings, steps) -> np.ndarray:
+        """The generation graph one step per run: each run continues from the codes and mask
+        the last one returned, with N0 counted once here, as the single run counts it."""
+        feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
+        n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
+        for step in steps:
+            feed |= GENERATION.feed(
+                first_step=step, last_step=step + 1, n_masked_start=n_masked_start
+            )
+            feed["codes"], feed["mask"] = run(self.session, ["codes_out", "mask_out"], feed)
+        return feed["codes"]
+
+    def _python_loop(self, codes, mask, settings, steps) -> np.ndarray:
         from . import _kernels
 
         n_steps = settings.pop("n_steps")
         n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
         model_input = np.where(mask, self.mask_token, codes)
-        steps = range(n_steps)
-        if progress:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc="generate", unit="step")
         for step in steps:
             logits = run(self.session, ["logits"], {"codes": model_input})[0]
             codes, mask, model_input = _kernels.mask_git_step(
@@ -211,3 +233,24 @@ class Generator:
             )
         # Under the mask any value is ignored; keep the arrays the ops accept.
         return np.where(mask, 0, codes).astype(np.int64), np.ascontiguousarray(mask)
+
+
+def _step_counter(
+    n_steps: int, progress: bool, on_steps: Callable[[int], Any] | None
+) -> Iterator[int]:
+    """0 .. n_steps - 1, ticking a tqdm bar (`progress`) and `on_steps` after each step."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_steps, desc="generate", unit="step")
+    try:
+        for step in range(n_steps):
+            yield step
+            if bar is not None:
+                bar.update()
+            if on_steps is not None:
+                on_steps(1)
+    finally:
+        if bar is not None:
+            bar.close()

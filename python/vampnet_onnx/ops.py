@@ -49,6 +49,10 @@ class OpSchema:
         return [port.name for port in self.inputs]
 
     @property
+    def required_input_names(self) -> list[str]:
+        return [port.name for port in self.inputs if not port.optional]
+
+    @property
     def output_names(self) -> list[str]:
         return [port.name for port in self.outputs]
 

@@ -347,24 +347,28 @@ class Vamp(_AudioToAudio):
     ) -> np.ndarray:
         """The coarse stage (upstream's ``coarse_vamp``): codebooks 0-3 of `codes` regenerated
         where `mask` (both ``[1, 14, T]``) is True, in 10-s chunks; the fine codebooks are
-        returned unchanged. sampling: as in `generate`."""
+        returned unchanged. sampling: as in `generate`. progress: one bar over every step of
+        every chunk (the coarse stage is most of a vamp's time, so it reports per step)."""
         n = self.coarse.n_codebooks
         out = codes.copy()
         spans = list(_spans(codes.shape[2], self.coarse_chunk_frames))
-        for index, (start, stop) in enumerate(
-            tqdm(spans, desc="coarse", unit="chunk", disable=not progress)
-        ):
-            chunk_mask = mask[:, :n, start:stop].copy()
-            if not chunk_mask.all():
-                # Upstream's guard against seams when stitching chunks (docs/model.md §4.3).
-                chunk_mask[:, :, [0, -1]] = False
-            out[:, :n, start:stop] = self.coarse.generate(
-                codes[:, :n, start:stop],
-                chunk_mask,
-                seed=seed,
-                batch_offset=COARSE_STREAM_BASE + index,
-                **sampling,
-            )
+        n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
+        with tqdm(
+            total=len(spans) * n_steps, desc="coarse", unit="step", disable=not progress
+        ) as bar:
+            for index, (start, stop) in enumerate(spans):
+                chunk_mask = mask[:, :n, start:stop].copy()
+                if not chunk_mask.all():
+                    # Upstream's guard against seams when stitching chunks (docs/model.md §4.3).
+                    chunk_mask[:, :, [0, -1]] = False
+                out[:, :n, start:stop] = self.coarse.generate(
+                    codes[:, :n, start:stop],
+                    chunk_mask,
+                    seed=seed,
+                    batch_offset=COARSE_STREAM_BASE + index,
+                    on_steps=bar.update if progress else None,
+                    **sampling,
+                )
         return out
 
     def coarse_to_fine(

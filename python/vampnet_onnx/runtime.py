@@ -38,6 +38,10 @@ def get_library_path() -> str:
 
 def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    # Errors only: a generation graph's slice inputs are overridable initializers, which
+    # onnxruntime warns about on every load although they are meant to be (three scalars that
+    # const folding would not help).
+    options.log_severity_level = 3
     if intra_op_threads is not None:
         if (
             isinstance(intra_op_threads, bool)

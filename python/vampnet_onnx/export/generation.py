@@ -28,6 +28,7 @@ from ..contracts import (
     GENERATION,
     GENERATION_DEFAULTS,
     GENERATION_KEY,
+    SLICE_DEFAULTS,
     TRANSFORMER,
     metadata,
 )
@@ -101,13 +102,17 @@ def build_generation_model(
     mask_token = int(config.get("mask_token", ops.MASK_TOKEN))
     schema = GENERATION
 
-    # Main-graph inputs, in the contract's order.
+    # Main-graph inputs, in the contract's order; the slice inputs are overridable
+    # initializers holding their defaults, so a caller that runs every step leaves them out.
+    shapes = {"codes": _BCT, "mask": _BCT, "n_masked_start": ("n",)}
     inputs = {
-        port.name: _tensor_value(
-            port.name, port.name, schema, _BCT if port.name in ("codes", "mask") else ()
-        )
+        port.name: _tensor_value(port.name, port.name, schema, shapes.get(port.name, ()))
         for port in schema.inputs
     }
+    slice_defaults = []
+    for name, default in SLICE_DEFAULTS.items():
+        inputs[name].const_value = ir.tensor(np.array(default, np.int64), name=name)
+        slice_defaults.append(inputs[name])
 
     # The loop body: transformer on model_input, then MaskGitStep.
     [model_input_in] = graph.inputs
@@ -133,15 +138,16 @@ def build_generation_model(
         body_nodes, {step, cond_in, codes_in, mask_in, model_input_in}
     )
 
-    n_masked_start = ir.Value(name="n_masked_start")
+    n_masked_start = ir.Value(name="n0")
     step_node = ops.MASK_GIT_STEP
+    global_step = ir.node("Add", [step, inputs["first_step"]], name="global_step")
     mask_git_step = ir.node(
         step_node.name,
         [
             logits,
             codes_in,
             mask_in,
-            step,
+            global_step.outputs[0],
             inputs["n_steps"],
             inputs["temperature"],
             inputs["top_k"],
@@ -167,7 +173,7 @@ def build_generation_model(
         ],
     )
     body_outputs = [cond_out.outputs[0], codes_out, mask_out, model_input_out]
-    extra_nodes = [mask_git_step, cond_out]
+    extra_nodes = [global_step, mask_git_step, cond_out]
     if trace:
         for value in (codes_out, mask_out):
             copy = ir.node(
@@ -184,23 +190,31 @@ def build_generation_model(
         name="generation_step",
     )
 
-    # Main graph: N0 per item, the first model input, the loop.
+    # Main graph: N0 per item (given, or counted from the mask), the first model input, the
+    # loop over steps first_step .. last_step - 1.
+    zero = _constant("zero", np.array(0, np.int64))
     axes = _constant("reduce_axes", np.array([1, 2], np.int64))
     mask_int = ir.node("Cast", [inputs["mask"]], {"to": ir.DataType.INT64})
+    counted = ir.node("ReduceSum", [mask_int.outputs[0], axes.outputs[0]], {"keepdims": 0})
+    given = ir.node("GreaterOrEqual", [inputs["n_masked_start"], zero.outputs[0]])
     n0 = ir.node(
-        "ReduceSum",
-        [mask_int.outputs[0], axes.outputs[0]],
-        {"keepdims": 0},
+        "Where",
+        [given.outputs[0], inputs["n_masked_start"], counted.outputs[0]],
         outputs=[n_masked_start],
     )
     token = _constant("mask_token", np.array(mask_token, np.int64))
     first_input = ir.node("Where", [inputs["mask"], token.outputs[0], inputs["codes"]])
-    # At least one iteration, so that n_steps < 1 reaches MaskGitStep's error instead of
-    # silently returning the prompt.
+    to_end = ir.node("Less", [inputs["last_step"], zero.outputs[0]])
+    last = ir.node("Where", [to_end.outputs[0], inputs["n_steps"], inputs["last_step"]])
+    span = ir.node("Sub", [last.outputs[0], inputs["first_step"]])
+    # At least one iteration, so that n_steps < 1 (or an empty slice) reaches MaskGitStep's
+    # error instead of silently returning the prompt.
     one = _constant("one", np.array(1, np.int64))
-    trips = ir.node("Max", [inputs["n_steps"], one.outputs[0]])
+    trips = ir.node("Max", [span.outputs[0], one.outputs[0]])
     true = _constant("true", np.array(True))
     n_loop_outputs = 3 + (2 if trace else 0)
+    main_nodes = [zero, axes, mask_int, counted, given, n0, token, first_input, to_end, last]
+    main_nodes += [span, one, trips, true]
     loop = ir.node(
         "Loop",
         [
@@ -214,11 +228,12 @@ def build_generation_model(
         num_outputs=n_loop_outputs,
         name="generation_loop",
     )
-    final_codes = loop.outputs[0]
-    final_codes.name = "codes_out"
-    final_codes.type = ir.TensorType(ir.DataType.INT64)
-    final_codes.shape = ir.Shape(_BCT)
-    outputs = [final_codes]
+    outputs = []
+    for value, port in zip(loop.outputs[:2], ("codes_out", "mask_out")):
+        value.name = port
+        value.type = ir.TensorType(ir.DataType(schema.port(port).types[0]))
+        value.shape = ir.Shape(_BCT)
+        outputs.append(value)
     if trace:
         for value, port in zip(loop.outputs[3:], ("codes_per_step", "mask_per_step")):
             value.name = port
@@ -229,8 +244,8 @@ def build_generation_model(
     main = ir.Graph(
         list(inputs.values()),
         outputs,
-        nodes=[axes, mask_int, n0, token, first_input, one, trips, true, *hoisted, loop],
-        initializers=initializers,
+        nodes=[*main_nodes, *hoisted, loop],
+        initializers=[*initializers, *slice_defaults],
         opset_imports={**graph.opset_imports, ops.DOMAIN: ops.VERSION},
         name="vampnet_generation",
     )

@@ -104,7 +104,9 @@ class _Component:
 
 def _take(model: ir.Model, prefix: str) -> _Component:
     graph = model.graph
-    inputs = {v.name: v for v in graph.inputs}
+    # Inputs with a default (the generation graph's slice inputs) keep it: they stay
+    # initializers and are not bound.
+    inputs = {v.name: v for v in graph.inputs if v.name not in graph.initializers}
     outputs = {v.name: v for v in graph.outputs}
     for value in list(_walk_values(graph)):
         if value.name:

@@ -10,6 +10,8 @@ codebooks, everything else generated), VampNet's sampling defaults. Contenders, 
 thread count:
 
 - ``single graph``: ``KIND.generate.onnx``, one `run` for all steps;
+- ``graph by step``: the same graph one `run` per step through its slice inputs (what
+  `Generator` does to report progress; same tokens);
 - ``python loop``: ``KIND.onnx`` run once per step plus ``_kernels.mask_git_step``
   (`Generator` in Python-loop mode);
 - ``torch loop``: our torch module and a plain torch implementation of upstream's step.
@@ -34,6 +36,7 @@ from benchmarks.common import machine_facts, parser, print_table, write_json
 # the extra small-shape row: there the per-step host overhead, not the forward, dominates.
 WORKLOADS = (("coarse", 1, 575, None), ("c2f", 1, 173, None), ("coarse-tiny", 1, 575, 36))
 SETTINGS = {"temperature": 1.0, "top_p": 1.0, "mask_temperature": 10.5}
+CONTENDERS = ("single graph", "graph by step", "python loop", "torch loop")
 
 
 def vampnet_mask(n_codebooks: int, n_conditioning: int, batch: int, frames: int) -> np.ndarray:
@@ -75,15 +78,16 @@ def _child(contender, kind, paths, batch, frames, steps, threads, repeats):
                     generator,
                 )
     else:
-        path = paths["graph"] if contender == "single graph" else paths["transformer"]
+        path = paths["transformer"] if contender == "python loop" else paths["graph"]
         generator = vampnet_onnx.Generator(path, threads=threads)
+        on_steps = (lambda n: None) if contender == "graph by step" else None
         codes = rng.integers(0, 1024, (batch, generator.n_codebooks, frames))
         mask = vampnet_mask(
             generator.n_codebooks, generator.n_conditioning_codebooks, batch, frames
         )
 
         def run():
-            generator.generate(codes, mask, steps=steps, seed=0, **SETTINGS)
+            generator.generate(codes, mask, steps=steps, seed=0, on_steps=on_steps, **SETTINGS)
 
     run()
     seconds = []
@@ -149,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         help="where the full-size checkpoints and exports are kept (about 7 GB)",
     )
     ap.add_argument("--only", choices=[w[0] for w in WORKLOADS], help="one workload only")
+    ap.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=CONTENDERS,
+        default=list(CONTENDERS),
+        help="which contenders to run (default: all; the first is the baseline of the ratios)",
+    )
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
@@ -159,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = prepare(args.workdir, kind)
         steps = fixed_steps or args.steps
         medians = {}
-        for contender in ("single graph", "python loop", "torch loop"):
+        for contender in args.contenders:
             with context.Pool(1) as pool:
                 seconds, rss = pool.apply(
                     _child,
@@ -176,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mib": rss,
                 }
             )
-        for row in rows[-3:]:
-            row["graph_speedup"] = row["median_s"] / medians["single graph"]
+        for row in rows[-len(args.contenders) :]:
+            row["graph_speedup"] = row["median_s"] / medians[args.contenders[0]]
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
     print(

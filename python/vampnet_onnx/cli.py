@@ -335,8 +335,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         if getattr(args, "verbose", False):
             raise
-        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except Exception as err:  # not the user's error: still one line, the trace on request
+        if getattr(args, "verbose", False):
+            raise
+        print(
+            f"{PROG} {args.command}: error: {type(err).__name__}: {_one_line(err)} "
+            "(--verbose shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (onnxruntime's and torch's run to many)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -20,24 +20,34 @@ PROG = "vampnet-onnx"
 
 def _export_transformer(args: argparse.Namespace) -> int:
     from .export.common import check_opset
+    from .export.precision import check_precision, quantize_transformer
     from .export.transformer import export_transformer
 
     check_opset(args.opset, "", "--opset")
-
-    result = export_transformer(
-        args.checkpoint,
-        args.codec,
-        args.out,
-        lora_path=args.lora,
-        opset_version=args.opset,
-        verbose=args.verbose,
-    )
-    config = result.config
+    check_precision(args.precision, "", "--precision")
+    int8 = args.precision == "int8"
+    # int8: the fp32 graph is a temporary file beside OUT; OUT only ever holds the result.
+    fp32_path = args.out.with_name(f".{args.out.name}.fp32.onnx") if int8 else args.out
+    try:
+        result = export_transformer(
+            args.checkpoint,
+            args.codec,
+            fp32_path,
+            lora_path=args.lora,
+            opset_version=args.opset,
+            verbose=args.verbose,
+        )
+        if int8:
+            quantize_transformer(fp32_path, args.out)
+    finally:
+        if int8:
+            fp32_path.unlink(missing_ok=True)
+    config = {**result.config, "precision": args.precision}
     print(result.report.summary())
     print(
-        f"wrote {result.path} ({config['kind']}: {config['n_codebooks']} codebooks, "
+        f"wrote {args.out} ({config['kind']}: {config['n_codebooks']} codebooks, "
         f"{config['n_predict_codebooks']} predicted, {config['n_layers']} layers, "
-        f"d_model {config['d_model']})"
+        f"d_model {config['d_model']}, {config['precision']})"
     )
     return 0
 
@@ -54,6 +64,7 @@ def _export(args: argparse.Namespace) -> int:
         trace=args.trace,
         batch_coupled=args.batch_coupled,
         opset=args.opset,
+        precision=args.precision,
         verbose=args.verbose,
         progress=True,
         cli=True,
@@ -183,6 +194,18 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--verbose", action="store_true", help="full tracebacks")
 
 
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    from .export.precision import DEFAULT_PRECISION, PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="transformer weights: fp32, or int8 for CPUs (about a quarter of the size; "
+        "accuracy and speed in docs/precision.md; the codec stays fp32) (default fp32)",
+    )
+
+
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=20, help="ONNX opset, >= 18 (default 20)")
     parser.add_argument(
@@ -219,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
     export.add_argument("--out", type=Path, required=True, help="output .onnx file")
     export.add_argument("--lora", type=Path, help="separate LoRA state dict (lora.pth)")
+    _add_precision_option(export)
     _add_export_options(export)
     export.set_defaults(handler=_export_transformer)
 
@@ -256,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="count the schedule over the whole batch, as upstream VampNet does (default: per "
         "batch item)",
     )
+    _add_precision_option(bundle)
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)
 

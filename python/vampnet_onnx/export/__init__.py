@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE
 from .common import DEFAULT_OPSET, check_opset
+from .precision import check_precision
 
 if TYPE_CHECKING:
     from .codec import CodecExport
@@ -72,6 +73,7 @@ def export_models(
     trace: bool = False,
     batch_coupled: bool = False,
     opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
     verbose: bool = False,
     progress: bool = False,
     cli: bool = False,
@@ -92,6 +94,8 @@ def export_models(
         batch_coupled: the generation graphs count the schedule over the whole batch, as
             upstream VampNet does (default: per batch item).
         opset: ONNX opset, >= 18.
+        precision: "fp32", or "int8" (the transformers, and so the generation graphs and
+            vamp.onnx, with int8 weights for CPUs: `export.precision`; the codec stays fp32).
         verbose: show the torch exporter's own messages.
         progress: a tqdm bar over the graphs, with a line for each file written.
         cli: name arguments as ``vampnet-onnx export``'s flags in error messages.
@@ -107,6 +111,7 @@ def export_models(
     name: Callable[[str], str] = _flag if cli else str
     where = "" if cli else "export_models: "
     check_opset(opset, where[:-2], name("opset"))
+    check_precision(precision, where[:-2], name("precision"))
     models = [(kind, path) for kind, path in (("coarse", coarse), ("c2f", c2f)) if path]
     if not models:
         raise ValueError(
@@ -131,7 +136,16 @@ def export_models(
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
     try:
         result = _export_into(
-            staging, codec, models, single_graph, trace, batch_coupled, opset, verbose, progress
+            staging,
+            codec,
+            models,
+            single_graph,
+            trace,
+            batch_coupled,
+            opset,
+            precision,
+            verbose,
+            progress,
         )
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
@@ -166,6 +180,7 @@ def _export_into(
     trace: bool,
     batch_coupled: bool,
     opset: int,
+    precision: str,
     verbose: bool,
     progress: bool,
 ) -> ModelsExport:
@@ -173,6 +188,7 @@ def _export_into(
 
     from .codec import export_codec
     from .generation import export_generation
+    from .precision import quantize_transformer
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
@@ -193,6 +209,11 @@ def _export_into(
             transformer = export_transformer(
                 checkpoint, codec, out / TRANSFORMER_FILES[kind], **options
             )
+            if precision == "int8":
+                quantize_transformer(transformer.path)
+                transformer = replace(
+                    transformer, config={**transformer.config, "precision": "int8"}
+                )
             done(transformer.report.summary())
             bar.set_postfix_str(GENERATION_FILES[kind])
             generation = export_generation(

@@ -62,6 +62,8 @@ def transformer_config(
         "checkpoint_sha256": vampnet.sha256,
         "codec_sha256": codec.sha256,
         "lora_sha256": lora_sha256,
+        # export.precision.quantize_transformer rewrites it for int8 graphs.
+        "precision": "fp32",
     }
 
 

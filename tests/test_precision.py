@@ -1,0 +1,115 @@
+"""int8 graphs (`export.precision`): accuracy against fp32 on the real-structure tiny models,
+exact sampling from whatever logits the int8 transformer gives, and the export paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import vampnet_onnx
+from vampnet_onnx import cli, configs, contracts, testing
+from vampnet_onnx.export import export_models
+from vampnet_onnx.export.generation import export_generation
+from vampnet_onnx.export.precision import quantize_transformer
+from vampnet_onnx.export.transformer import export_transformer
+
+KWARGS = {"coarse": configs.TINY_COARSE_KWARGS, "c2f": configs.TINY_C2F_KWARGS}
+#: The issue's full-size gate; the tiny models measure about 5e-4 nats (coarse, 100 frames).
+MAX_MEAN_KL = 0.01
+
+
+@pytest.fixture(scope="module", params=["coarse", "c2f"])
+def graphs(request, tmp_path_factory):
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"int8_{kind}")
+    checkpoint = testing.write_vampnet_checkpoint(root / f"{kind}.pth", KWARGS[kind], seed=4)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=5)
+    fp32 = export_transformer(checkpoint, codec, root / f"{kind}.onnx").path
+    int8 = quantize_transformer(fp32, root / f"{kind}.int8.onnx")
+    generation = export_generation(int8, root / f"{kind}.int8.generate.onnx").path
+    return {"kind": kind, "fp32": fp32, "int8": int8, "generation": generation}
+
+
+def vampnet_problem(kind: str, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and VampNet's default mask: every 7th frame kept in codebooks 0-2."""
+    n_codebooks = KWARGS[kind]["n_codebooks"]
+    codes = np.random.default_rng(seed).integers(0, 1024, (1, n_codebooks, frames))
+    mask = np.ones(codes.shape, bool)
+    mask[:, :3, ::7] = False
+    mask[:, : KWARGS[kind]["n_conditioning_codebooks"]] = False
+    return codes, mask
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_int8_logits_stay_close_to_fp32(graphs):
+    codes, mask = vampnet_problem(graphs["kind"], 120, seed=1)
+    model_input = np.where(mask, 1024, codes)
+    logits = [
+        vampnet_onnx.create_session(graphs[p]).run(None, {"codes": model_input})[0]
+        for p in ("fp32", "int8")
+    ]
+    fp32, int8 = (log_softmax(x) for x in logits)
+    kl = (np.exp(fp32) * (fp32 - int8)).sum(-1)  # [B, T, P] nats
+    assert kl.mean() <= MAX_MEAN_KL, kl.mean()
+    assert (fp32.argmax(-1) == int8.argmax(-1)).mean() >= 0.9
+
+
+def test_int8_graph_records_its_precision_and_keeps_the_contract(graphs):
+    for key in ("int8", "generation"):
+        model = onnx.load(str(graphs[key]), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(props[contracts.CONFIG_KEY])["precision"] == "int8"
+    ops = {node.op_type for node in onnx.load(str(graphs["int8"])).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    fp32_props = onnx.load(str(graphs["fp32"]), load_external_data=False).metadata_props
+    config = json.loads({p.key: p.value for p in fp32_props}[contracts.CONFIG_KEY])
+    assert config["precision"] == "fp32"
+
+
+def test_the_ops_sample_exactly_from_the_int8_logits(graphs):
+    """The int8 generation graph (one run) and the Python loop over the int8 transformer (one
+    run of it per step, then the kernels) give the same tokens: the ops see the int8
+    transformer's logits unchanged."""
+    codes, mask = vampnet_problem(graphs["kind"], 30, seed=2)
+    graph = vampnet_onnx.Generator(graphs["generation"])
+    loop = vampnet_onnx.Generator(graphs["int8"])
+    settings = dict(steps=4, seed=7, temperature=0.9, top_p=0.95)
+    np.testing.assert_array_equal(
+        graph.generate(codes, mask, **settings), loop.generate(codes, mask, **settings)
+    )
+
+
+def test_export_models_int8_folder_vamps(tmp_path):
+    root = tmp_path / "checkpoints"
+    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS)
+    result = export_models(tmp_path / "m", codec=codec, coarse=coarse, c2f=c2f, precision="int8")
+    for kind in ("coarse", "c2f"):
+        assert result.transformers[kind].config["precision"] == "int8"
+        generator = vampnet_onnx.Generator(result.generations[kind].path)
+        assert generator.config["precision"] == "int8"
+    from vampnet_onnx.pipeline import Vamp
+
+    samples = np.random.default_rng(0).standard_normal(30000).astype(np.float32) * 0.1
+    y, rate = Vamp(tmp_path / "m", threads=2).vamp(samples, 44100, steps=2)
+    assert y.shape == samples.shape and rate == 44100 and np.isfinite(y).all()
+
+
+def test_cli_export_transformer_int8(tmp_path, capsys):
+    checkpoint = testing.write_vampnet_checkpoint(tmp_path / "c.pth", configs.TINY_COARSE_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "k.pth", configs.TINY_CODEC_KWARGS)
+    out = tmp_path / "coarse.onnx"
+    argv = ["export-transformer", str(checkpoint), "--codec", str(codec), "--out", str(out)]
+    assert cli.main([*argv, "--precision", "int8"]) == 0
+    assert capsys.readouterr().out.strip().endswith("d_model 64, int8)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pth", "coarse.onnx", "k.pth"]
+    assert vampnet_onnx.Generator(out).config["precision"] == "int8"

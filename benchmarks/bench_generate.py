@@ -1,7 +1,7 @@
 """Full-size generation: the single graph vs the per-step Python loop vs a torch loop.
 
 Run: ``python -m benchmarks.bench_generate [--steps 3] [--threads 2] [--repeats 5] [--json PATH]
-[--only coarse|c2f|coarse-tiny]``.
+[--only coarse|c2f|coarse-tiny] [--contenders ...] [--precisions fp32 int8]``.
 
 Workloads: coarse (B=1, 4 codebooks x 575 frames: 10 s) and coarse-to-fine (14 x 173: 3 s),
 random weights in the real checkpoint formats (written and exported once into ``--workdir``,
@@ -15,6 +15,10 @@ thread count:
 - ``python loop``: ``KIND.onnx`` run once per step plus ``_kernels.mask_git_step``
   (`Generator` in Python-loop mode);
 - ``torch loop``: our torch module and a plain torch implementation of upstream's step.
+
+``--precisions fp32 int8`` adds the graph contenders on the int8 graphs (`export.precision`),
+with the mean KL(fp32 || int8) of the transformer's logits on the workload (nats per position)
+and the top-1 agreement, and ratios against the first contender at fp32.
 
 Each contender runs in its own fresh process (so its peak RSS is its own): one warm-up, then the
 median of ``--repeats``. ``--steps`` iterations per run (fewer than VampNet's 36 to keep the run
@@ -101,6 +105,27 @@ def _child(contender, kind, paths, batch, frames, steps, threads, repeats):
     return seconds, float("nan")
 
 
+def _kl_child(fp32: Path, int8: Path, batch: int, frames: int, threads: int) -> tuple:
+    """Runs in a fresh process: (mean KL(fp32 || int8) nats per position, top-1 agreement) of
+    the transformers' logits on the workload's masked codes."""
+    import vampnet_onnx
+
+    logits = []
+    for path in (fp32, int8):
+        session = vampnet_onnx.create_session(path, intra_op_threads=threads)
+        config = vampnet_onnx.Generator(path).config
+        n_codebooks, n_cond = config["n_codebooks"], config["n_conditioning_codebooks"]
+        codes = np.random.default_rng(0).integers(0, 1024, (batch, n_codebooks, frames))
+        mask = vampnet_mask(n_codebooks, n_cond, batch, frames)
+        x = session.run(None, {"codes": np.where(mask, 1024, codes)})[0].astype(np.float64)
+        x -= x.max(-1, keepdims=True)
+        logits.append(x - np.log(np.exp(x).sum(-1, keepdims=True)))
+        del session
+    p, q = logits
+    kl = (np.exp(p) * (p - q)).sum(-1)
+    return float(kl.mean()), float((p.argmax(-1) == q.argmax(-1)).mean())
+
+
 def _current(graph: Path) -> bool:
     """Whether a cached generation graph has today's inputs (else it is exported again)."""
     import onnx
@@ -109,6 +134,29 @@ def _current(graph: Path) -> bool:
 
     model = onnx.load(str(graph), load_external_data=False)
     return [i.name for i in model.graph.input] == contracts.GENERATION.input_names
+
+
+def prepare_int8(workdir: Path, kind: str, paths: dict) -> dict:
+    """The int8 transformer and generation graph of `paths` (fp32), made on first use."""
+    from vampnet_onnx.export.generation import export_generation
+    from vampnet_onnx.export.precision import quantize_transformer
+
+    transformer = workdir / f"{kind}.int8.onnx"
+    graph = workdir / f"{kind}.int8.generate.onnx"
+    if (
+        not transformer.exists()
+        or transformer.stat().st_mtime < paths["transformer"].stat().st_mtime
+    ):
+        start = time.perf_counter()
+        quantize_transformer(paths["transformer"], transformer)
+        print(f"wrote {transformer} [{time.perf_counter() - start:.0f} s]", flush=True)
+    if (
+        not graph.exists()
+        or graph.stat().st_mtime < transformer.stat().st_mtime
+        or not _current(graph)
+    ):
+        export_generation(transformer, graph)
+    return {**paths, "transformer": transformer, "graph": graph}
 
 
 def prepare(workdir: Path, kind: str) -> dict:
@@ -160,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         default=list(CONTENDERS),
         help="which contenders to run (default: all; the first is the baseline of the ratios)",
     )
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "int8"),
+        default=["fp32"],
+        help="graph precisions (default fp32; int8 runs the graph contenders on int8 graphs)",
+    )
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
@@ -167,28 +222,62 @@ def main(argv: list[str] | None = None) -> int:
     for kind, batch, frames, fixed_steps in WORKLOADS:
         if args.only and kind != args.only:
             continue
-        paths = prepare(args.workdir, kind)
+        paths = {"fp32": prepare(args.workdir, kind)}
+        if "int8" in args.precisions:
+            paths["int8"] = prepare_int8(args.workdir, kind, paths["fp32"])
         steps = fixed_steps or args.steps
         medians = {}
-        for contender in args.contenders:
-            with context.Pool(1) as pool:
-                seconds, rss = pool.apply(
-                    _child,
-                    (contender, kind, paths, batch, frames, steps, args.threads, args.repeats),
+        first = len(rows)
+        for precision in args.precisions:
+            accuracy = {}
+            if precision != "fp32":
+                with context.Pool(1) as pool:
+                    kl, top1 = pool.apply(
+                        _kl_child,
+                        (
+                            paths["fp32"]["transformer"],
+                            paths[precision]["transformer"],
+                            batch,
+                            frames,
+                            args.threads,
+                        ),
+                    )
+                accuracy = {"kl_vs_fp32": kl, "top1_vs_fp32": top1}
+            for contender in args.contenders:
+                if precision != "fp32" and contender == "torch loop":
+                    continue
+                key = f"{contender} ({precision})" if precision != "fp32" else contender
+                with context.Pool(1) as pool:
+                    seconds, rss = pool.apply(
+                        _child,
+                        (
+                            contender,
+                            kind,
+                            paths[precision],
+                            batch,
+                            frames,
+                            steps,
+                            args.threads,
+                            args.repeats,
+                        ),
+                    )
+                medians[key] = float(np.median(seconds))
+                rows.append(
+                    {
+                        "workload": f"{kind} B={batch} {frames} frames",
+                        "contender": key,
+                        "steps": steps,
+                        "median_s": medians[key],
+                        "per_step_s": medians[key] / steps,
+                        "peak_rss_mib": rss,
+                        **accuracy,
+                    }
                 )
-            medians[contender] = float(np.median(seconds))
-            rows.append(
-                {
-                    "workload": f"{kind} B={batch} {frames} frames",
-                    "contender": contender,
-                    "steps": steps,
-                    "median_s": medians[contender],
-                    "per_step_s": medians[contender] / steps,
-                    "peak_rss_mib": rss,
-                }
-            )
-        for row in rows[-len(args.contenders) :]:
+        for row in rows[first:]:
+            # As before: this contender's time over the first contender's (fp32); and its
+            # speed relative to it, which reads better for the precision rows.
             row["graph_speedup"] = row["median_s"] / medians[args.contenders[0]]
+            row["speed_vs_first"] = medians[args.contenders[0]] / row["median_s"]
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
     print(
@@ -209,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             "per step s",
             "x36 s",
             "graph speedup",
+            "speed vs first",
+            "KL vs fp32",
+            "top-1 vs fp32",
             "peak RSS MiB",
         ],
         [
@@ -220,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["per_step_s"],
                 36 * r["per_step_s"],
                 f"{r['graph_speedup']:.2f}x",
+                f"{r['speed_vs_first']:.2f}x",
+                r.get("kl_vs_fp32", "-"),
+                r.get("top1_vs_fp32", "-"),
                 r["peak_rss_mib"],
             ]
             for r in rows

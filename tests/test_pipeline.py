@@ -259,3 +259,24 @@ def test_graphs_exported_from_another_codec_are_refused_naming_the_files(models,
         "codec_sha256 '0000",
     ):
         Vamp(tmp_path)
+
+
+def test_vamp_file_checks_the_output_before_any_work(vamp, tmp_path, monkeypatch):
+    """The Python API refuses an output it cannot write, or the input itself, before reading
+    the input: nothing is encoded, the input is untouched."""
+    source = tmp_path / "in.wav"
+    audio.write_audio(source, noise(0.5), SR)
+    before = source.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the input was read")
+
+    monkeypatch.setattr(audio, "load_audio", fail)
+    for out, reason in [
+        (source, "out_path must not be the input file"),
+        (tmp_path / "nowhere" / "o.wav", "out_path must be in an existing folder"),
+        (tmp_path / "o.mp4", "out_path must name a format soundfile can write"),
+    ]:
+        with pytest.raises(ValueError, match=f"Vamp.vamp_file: {reason}"):
+            vamp.vamp_file(source, out)
+    assert source.read_bytes() == before

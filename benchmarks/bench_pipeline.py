@@ -1,7 +1,7 @@
 """Full-size vamp pipeline: seconds per stage, real-time factor and peak RSS.
 
 Run: ``python -m benchmarks.bench_pipeline [--seconds 10] [--steps 36] [--threads 2]
-[--repeats 1] [--single-graph] [--json PATH]``.
+[--repeats 1] [--single-graph] [--precisions fp32 int8] [--json PATH]``.
 
 Random weights in the real checkpoint formats at full size (coarse, c2f and codec.pth, written
 and exported once into ``--workdir``, shared with bench_forward / bench_generate; the codec
@@ -12,7 +12,9 @@ upstream's 2 steps. The stages run in a fresh process without torch, so its peak
 pipeline's own. With ``--single-graph`` the same clip also runs through ``vamp.onnx``
 (`export.vamp`, exported into the workdir on first use, weights in ``vamp.onnx.data``) in a
 second fresh process: preprocess, one `run`, restore; the two are compared side by side (same
-input, seed and settings, so the same codes). Upstream is not a contender here: it needs
+input, seed and settings, so the same codes). ``--precisions fp32 int8`` adds the pipeline on
+int8 generation graphs (`export.precision`; the codec graphs are the fp32 ones) from a models
+folder ``WORKDIR/int8`` of links. Upstream is not a contender here: it needs
 VampNet's torch stack and a GPU for comparable times.
 """
 
@@ -122,6 +124,24 @@ def prepare(workdir: Path) -> None:
         )
 
 
+def prepare_int8(workdir: Path) -> Path:
+    """``workdir/int8``: the int8 generation graphs and the fp32 codec graphs, as links."""
+    from benchmarks.bench_generate import prepare as prepare_generation
+    from benchmarks.bench_generate import prepare_int8 as prepare_int8_generation
+    from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE, GENERATION_FILES
+
+    folder = workdir / "int8"
+    folder.mkdir(exist_ok=True)
+    targets = {name: workdir / name for name in (ENCODE_FILE, DECODE_FILE)}
+    for kind in ("coarse", "c2f"):
+        paths = prepare_int8_generation(workdir, kind, prepare_generation(workdir, kind))
+        targets[GENERATION_FILES[kind]] = paths["graph"]
+    for name, target in targets.items():
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(target)
+    return folder
+
+
 def prepare_single(workdir: Path) -> None:
     """``vamp.onnx`` (+ ``vamp.onnx.data``) in `workdir`, exported again when a source is newer."""
     from vampnet_onnx.contracts import SOURCE_FILES, VAMP_FILE
@@ -167,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         help="where the full-size checkpoints and exports are kept (about 8 GB)",
     )
     ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "int8"),
+        default=["fp32"],
+        help="run the pipeline on the graphs of each precision (default fp32)",
+    )
+    ap.add_argument(
         "--single-graph",
         action="store_true",
         help="also run vamp.onnx on the same clip and compare (exported on first use)",
@@ -174,18 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare(args.workdir)
-    contenders = [("pipeline (4 graphs)", _child)]
+    contenders = []
+    for precision in args.precisions:
+        if precision == "fp32":
+            contenders.append(("pipeline (4 graphs)", _child, args.workdir))
+        else:
+            folder = prepare_int8(args.workdir)
+            contenders.append((f"pipeline (4 graphs, {precision})", _child, folder))
     if args.single_graph:
         prepare_single(args.workdir)
-        contenders.append(("single graph", _child_single))
+        contenders.append(("single graph", _child_single, args.workdir))
     context = multiprocessing.get_context("spawn")
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
     results = {}
-    for name, child in contenders:
+    for name, child, models in contenders:
         with context.Pool(1) as pool:  # a fresh process per contender: its own peak RSS
             times, load_s, rss = pool.apply(
-                child, (args.workdir, args.seconds, args.steps, args.threads, args.repeats)
+                child, (models, args.seconds, args.steps, args.threads, args.repeats)
             )
         rows = _rows(times, args.seconds)
         results[name] = {"load_s": load_s, "peak_rss_mib": rss, "rows": rows}
@@ -199,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             [[r["stage"], r["median_s"], f"{100 * r['share']:.0f} %", r["rtf"]] for r in rows],
         )
     if len(results) > 1:
-        base = results["pipeline (4 graphs)"]["rows"][-1]["median_s"]
+        base = next(iter(results.values()))["rows"][-1]["median_s"]
         print_table(
             "side by side (total: sum of the stage medians)",
-            ["contender", "total s", "RTF", "peak RSS MiB", "speed vs pipeline"],
+            ["contender", "total s", "RTF", "peak RSS MiB", "speed vs first"],
             [
                 [
                     name,

@@ -95,11 +95,11 @@ def test_weights_over_the_limit_go_to_a_data_file_and_load(tmp_path, monkeypatch
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
     path = tmp_path / "m.onnx"
-    monkeypatch.setattr(common, "_PROTO_LIMIT", 8)
+    monkeypatch.setattr(common, "EXTERNAL_DATA_BYTES", 8)
     saved = common.save_model(ir.from_proto(model), path)
     assert saved.data_path == tmp_path / "m.onnx.data" and saved.data_path.is_file()
     out = vampnet_onnx.create_session(path).run(None, {"x": np.ones(4, np.float32)})[0]
     np.testing.assert_array_equal(out, [1, 2, 3, 4])
-    monkeypatch.setattr(common, "_PROTO_LIMIT", 2**20)
+    monkeypatch.setattr(common, "EXTERNAL_DATA_BYTES", 2**20)
     assert common.save_model(ir.from_proto(model), path).data_path is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

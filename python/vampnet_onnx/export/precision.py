@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from ..contracts import CONFIG_KEY
+from .common import save_model
 
 #: The precisions `vampnet-onnx export --precision` writes.
 PRECISIONS = ("fp32", "int8")
@@ -76,13 +77,11 @@ def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -
         props[CONFIG_KEY] = json.dumps(
             {**json.loads(props[CONFIG_KEY]), "precision": "int8"}, sort_keys=True
         )
-        model = onnx.load(str(written))
-        del model.metadata_props[:]
-        for key, value in props.items():
-            model.metadata_props.add(key=key, value=value)
-        onnx.save(model, str(written))
-        onnx.checker.check_model(str(written))
-        os.replace(written, out_path)
+        model = ir.load(str(written))
+        model.metadata_props.clear()
+        model.metadata_props.update(props)
+        # The one save path: checked, external data by the one rule, renamed into place.
+        save_model(model, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_path

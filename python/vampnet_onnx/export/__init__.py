@@ -50,13 +50,25 @@ class ModelsExport:
 
     @property
     def files(self) -> list[Path]:
-        """Every file written, in pipeline order."""
-        files = [self.codec.encode_path, self.codec.decode_path]
+        """Every file written, in pipeline order: each graph, then its external weights file
+        where it has one (`export.common.EXTERNAL_DATA_BYTES`)."""
+        graphs = [self.codec.encode_path, self.codec.decode_path]
         for kind in self.transformers:
-            files += [self.transformers[kind].path, self.generations[kind].path]
+            graphs += [self.transformers[kind].path, self.generations[kind].path]
         if self.vamp is not None:
-            files += [self.vamp.path, *([self.vamp.data_path] if self.vamp.data_path else [])]
-        return files
+            graphs.append(self.vamp.path)
+        return [file for graph in graphs for file in _with_data(graph)]
+
+
+def _with_data(graph: Path) -> list[Path]:
+    """`graph` and, if it exists, its external data file ``<graph>.data``."""
+    data = graph.with_name(graph.name + ".data")
+    return [graph, data] if data.is_file() else [graph]
+
+
+def _mib(graphs: list[Path]) -> str:
+    size = sum(file.stat().st_size for graph in graphs for file in _with_data(graph))
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _flag(name: str) -> str:
@@ -202,7 +214,8 @@ def _export_into(
 
         bar.set_postfix_str("codec")
         codec_export = export_codec(codec, out, **options)
-        done(f"exported {codec_export.encode_path.name} and {codec_export.decode_path.name}")
+        codec_graphs = [codec_export.encode_path, codec_export.decode_path]
+        done(f"exported {' and '.join(g.name for g in codec_graphs)} ({_mib(codec_graphs)})")
         result = ModelsExport(out, codec_export)
         for kind, checkpoint in models:
             bar.set_postfix_str(TRANSFORMER_FILES[kind])
@@ -222,8 +235,8 @@ def _export_into(
                 trace=trace,
                 batch_coupled=batch_coupled,
             )
-            size = generation.path.stat().st_size / 2**20
-            done(f"exported {transformer.path.name} and {generation.path.name} ({size:.1f} MiB)")
+            sizes = f"{_mib([transformer.path])} and {_mib([generation.path])}"
+            done(f"exported {transformer.path.name} and {generation.path.name} ({sizes})")
             result.transformers[kind] = transformer
             result.generations[kind] = generation
         if single_graph:
@@ -231,7 +244,5 @@ def _export_into(
 
             bar.set_postfix_str(VAMP_FILE)
             result.vamp = export_vamp(out)
-            files = [result.vamp.path, *([result.vamp.data_path] if result.vamp.data_path else [])]
-            size = sum(path.stat().st_size for path in files) / 2**20
-            done(f"exported {' and '.join(f.name for f in files)} ({size:.1f} MiB)")
+            done(f"exported {result.vamp.path.name} ({_mib([result.vamp.path])})")
     return result

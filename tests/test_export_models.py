@@ -103,3 +103,28 @@ def test_weights_over_the_limit_go_to_a_data_file_and_load(tmp_path, monkeypatch
     monkeypatch.setattr(common, "EXTERNAL_DATA_BYTES", 2**20)
     assert common.save_model(ir.from_proto(model), path).data_path is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_folder_with_external_weights_vamps(tmp_path, monkeypatch):
+    """Full-size graphs keep their weights in <file>.data: at a tiny threshold the tiny models
+    do too, the export lists and moves those files, and the pipeline and the single graph run
+    from the folder."""
+    from vampnet_onnx.export import common
+    from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
+
+    monkeypatch.setattr(common, "EXTERNAL_DATA_BYTES", 1024)
+    root = tmp_path / "checkpoints"
+    coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
+    codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS)
+    out = tmp_path / "models"
+    result = export_models(out, codec=codec, coarse=coarse, c2f=c2f, single_graph=True)
+    data = sorted(p.name for p in out.iterdir() if p.suffix == ".data")
+    assert len(data) == 7 and sorted(p.name for p in result.files if p.suffix == ".data") == data
+    assert sorted(result.files) == sorted(out.iterdir())
+    samples = np.random.default_rng(1).standard_normal(20000).astype(np.float32) * 0.1
+    want, _ = Vamp(out, threads=2).vamp(samples, 44100, steps=2, seed=3)
+    got, _ = SingleGraphVamp(out / contracts.VAMP_FILE, threads=2).vamp(
+        samples, 44100, steps=2, seed=3
+    )
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -16,9 +16,10 @@ thread count:
   (`Generator` in Python-loop mode);
 - ``torch loop``: our torch module and a plain torch implementation of upstream's step.
 
-``--precisions fp32 int8`` adds the graph contenders on the int8 graphs (`export.precision`),
-with the mean KL(fp32 || int8) of the transformer's logits on the workload (nats per position)
-and the top-1 agreement, and ratios against the first contender at fp32.
+``--precisions fp32 int8 fp16`` adds the graph contenders on the int8 / fp16 graphs
+(`export.precision`), with the mean KL(fp32 || converted) of the transformer's logits on the
+workload (nats per position) and the top-1 agreement, and ratios against the first contender
+at fp32.
 
 Each contender runs in its own fresh process (so its peak RSS is its own): one warm-up, then the
 median of ``--repeats``. ``--steps`` iterations per run (fewer than VampNet's 36 to keep the run
@@ -136,19 +137,19 @@ def _current(graph: Path) -> bool:
     return [i.name for i in model.graph.input] == contracts.GENERATION.input_names
 
 
-def prepare_int8(workdir: Path, kind: str, paths: dict) -> dict:
-    """The int8 transformer and generation graph of `paths` (fp32), made on first use."""
+def prepare_converted(workdir: Path, kind: str, paths: dict, precision: str = "int8") -> dict:
+    """The `precision` transformer and generation graph of `paths` (fp32), made on first use."""
     from vampnet_onnx.export.generation import export_generation
-    from vampnet_onnx.export.precision import quantize_transformer
+    from vampnet_onnx.export.precision import convert_transformer
 
-    transformer = workdir / f"{kind}.int8.onnx"
-    graph = workdir / f"{kind}.int8.generate.onnx"
+    transformer = workdir / f"{kind}.{precision}.onnx"
+    graph = workdir / f"{kind}.{precision}.generate.onnx"
     if (
         not transformer.exists()
         or transformer.stat().st_mtime < paths["transformer"].stat().st_mtime
     ):
         start = time.perf_counter()
-        quantize_transformer(paths["transformer"], transformer)
+        convert_transformer(paths["transformer"], precision, transformer)
         print(f"wrote {transformer} [{time.perf_counter() - start:.0f} s]", flush=True)
     if (
         not graph.exists()
@@ -211,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "int8"),
+        choices=("fp32", "int8", "fp16"),
         default=["fp32"],
-        help="graph precisions (default fp32; int8 runs the graph contenders on int8 graphs)",
+        help="graph precisions (default fp32; int8 / fp16 run the graph contenders on those "
+        "graphs: fp16 on the CPU only shows its accuracy, its speed is a GPU's question)",
     )
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -223,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and kind != args.only:
             continue
         paths = {"fp32": prepare(args.workdir, kind)}
-        if "int8" in args.precisions:
-            paths["int8"] = prepare_int8(args.workdir, kind, paths["fp32"])
+        for precision in args.precisions:
+            if precision != "fp32":
+                paths[precision] = prepare_converted(args.workdir, kind, paths["fp32"], precision)
         steps = fixed_steps or args.steps
         medians = {}
         first = len(rows)

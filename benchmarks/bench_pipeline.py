@@ -127,14 +127,14 @@ def prepare(workdir: Path) -> None:
 def prepare_int8(workdir: Path) -> Path:
     """``workdir/int8``: the int8 generation graphs and the fp32 codec graphs, as links."""
     from benchmarks.bench_generate import prepare as prepare_generation
-    from benchmarks.bench_generate import prepare_int8 as prepare_int8_generation
+    from benchmarks.bench_generate import prepare_converted
     from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE, GENERATION_FILES
 
     folder = workdir / "int8"
     folder.mkdir(exist_ok=True)
     targets = {name: workdir / name for name in (ENCODE_FILE, DECODE_FILE)}
     for kind in ("coarse", "c2f"):
-        paths = prepare_int8_generation(workdir, kind, prepare_generation(workdir, kind))
+        paths = prepare_converted(workdir, kind, prepare_generation(workdir, kind), "int8")
         targets[GENERATION_FILES[kind]] = paths["graph"]
     for name, target in targets.items():
         (folder / name).unlink(missing_ok=True)

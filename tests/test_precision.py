@@ -1,5 +1,6 @@
-"""int8 graphs (`export.precision`): accuracy against fp32 on the real-structure tiny models,
-exact sampling from whatever logits the int8 transformer gives, and the export paths."""
+"""int8 and fp16 graphs (`export.precision`): accuracy against fp32 on the real-structure tiny
+models, exact sampling from whatever logits the converted transformer gives, and the export
+paths."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import vampnet_onnx
 from vampnet_onnx import cli, configs, contracts, testing
 from vampnet_onnx.export import export_models
 from vampnet_onnx.export.generation import export_generation
-from vampnet_onnx.export.precision import quantize_transformer
+from vampnet_onnx.export.precision import convert_transformer
 from vampnet_onnx.export.transformer import export_transformer
 
 KWARGS = {"coarse": configs.TINY_COARSE_KWARGS, "c2f": configs.TINY_C2F_KWARGS}
-#: The issue's full-size gate; the tiny models measure about 5e-4 nats (coarse, 100 frames).
-MAX_MEAN_KL = 0.01
+#: Mean KL(fp32 || converted) gates, nats per position: the precision issue's full-size gates.
+#: The tiny coarse model measures about 5e-4 (int8) and 4e-7 (fp16) at 100 frames.
+MAX_MEAN_KL = {"int8": 0.01, "fp16": 0.001}
+CONVERTED = ("int8", "fp16")
 
 
 @pytest.fixture(scope="module", params=["coarse", "c2f"])
@@ -28,9 +31,14 @@ def graphs(request, tmp_path_factory):
     checkpoint = testing.write_vampnet_checkpoint(root / f"{kind}.pth", KWARGS[kind], seed=4)
     codec = testing.write_codec_checkpoint(root / "codec.pth", configs.TINY_CODEC_KWARGS, seed=5)
     fp32 = export_transformer(checkpoint, codec, root / f"{kind}.onnx").path
-    int8 = quantize_transformer(fp32, root / f"{kind}.int8.onnx")
-    generation = export_generation(int8, root / f"{kind}.int8.generate.onnx").path
-    return {"kind": kind, "fp32": fp32, "int8": int8, "generation": generation}
+    graphs = {"kind": kind, "fp32": fp32}
+    for precision in CONVERTED:
+        converted = convert_transformer(fp32, precision, root / f"{kind}.{precision}.onnx")
+        graphs[precision] = converted
+        graphs[f"{precision}-generation"] = export_generation(
+            converted, root / f"{kind}.{precision}.generate.onnx"
+        ).path
+    return graphs
 
 
 def vampnet_problem(kind: str, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,54 +57,77 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def test_int8_logits_stay_close_to_fp32(graphs):
+@pytest.mark.parametrize("precision", CONVERTED)
+def test_converted_logits_stay_close_to_fp32(graphs, precision):
     codes, mask = vampnet_problem(graphs["kind"], 120, seed=1)
     model_input = np.where(mask, 1024, codes)
     logits = [
         vampnet_onnx.create_session(graphs[p]).run(None, {"codes": model_input})[0]
-        for p in ("fp32", "int8")
+        for p in ("fp32", precision)
     ]
-    fp32, int8 = (log_softmax(x) for x in logits)
-    kl = (np.exp(fp32) * (fp32 - int8)).sum(-1)  # [B, T, P] nats
-    assert kl.mean() <= MAX_MEAN_KL, kl.mean()
-    assert (fp32.argmax(-1) == int8.argmax(-1)).mean() >= 0.9
+    assert logits[1].dtype == np.float32  # what the ops are handed
+    fp32, converted = (log_softmax(x) for x in logits)
+    kl = (np.exp(fp32) * (fp32 - converted)).sum(-1)  # [B, T, P] nats
+    assert kl.mean() <= MAX_MEAN_KL[precision], kl.mean()
+    assert (fp32.argmax(-1) == converted.argmax(-1)).mean() >= 0.9
 
 
-def test_int8_graph_records_its_precision_and_keeps_the_contract(graphs):
-    for key in ("int8", "generation"):
+@pytest.mark.parametrize("precision", CONVERTED)
+def test_converted_graphs_record_their_precision(graphs, precision):
+    for key in (precision, f"{precision}-generation"):
         model = onnx.load(str(graphs[key]), load_external_data=False)
         props = {p.key: p.value for p in model.metadata_props}
-        assert json.loads(props[contracts.CONFIG_KEY])["precision"] == "int8"
-    ops = {node.op_type for node in onnx.load(str(graphs["int8"])).graph.node}
-    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+        assert json.loads(props[contracts.CONFIG_KEY])["precision"] == precision
+    model = onnx.load(str(graphs[precision]))
+    ops = {node.op_type for node in model.graph.node}
+    if precision == "int8":
+        assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    else:
+        types = {init.data_type for init in model.graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in types
+        # The norms and the softmax compute in float32: their input is cast to float32.
+        producer = {out: node for node in model.graph.node for out in node.output}
+        for op_type in ("Softmax", "Pow"):  # Pow -> ReduceMean -> Sqrt: the norm, in float32
+            nodes = [n for n in model.graph.node if n.op_type == op_type]
+            assert nodes, op_type
+            for node in nodes:
+                cast = producer[node.input[0]]
+                to = {a.name: a.i for a in cast.attribute}.get("to")
+                assert (cast.op_type, to) == ("Cast", onnx.TensorProto.FLOAT), node.name
+
+
+def test_fp32_graphs_record_fp32(graphs):
     fp32_props = onnx.load(str(graphs["fp32"]), load_external_data=False).metadata_props
     config = json.loads({p.key: p.value for p in fp32_props}[contracts.CONFIG_KEY])
     assert config["precision"] == "fp32"
 
 
-def test_the_ops_sample_exactly_from_the_int8_logits(graphs):
-    """The int8 generation graph (one run) and the Python loop over the int8 transformer (one
-    run of it per step, then the kernels) give the same tokens: the ops see the int8
-    transformer's logits unchanged."""
+@pytest.mark.parametrize("precision", CONVERTED)
+def test_the_ops_sample_exactly_from_the_converted_logits(graphs, precision):
+    """The converted generation graph (one run) and the Python loop over the converted
+    transformer (one run of it per step, then the kernels) give the same tokens: the ops see
+    that transformer's logits unchanged."""
     codes, mask = vampnet_problem(graphs["kind"], 30, seed=2)
-    graph = vampnet_onnx.Generator(graphs["generation"])
-    loop = vampnet_onnx.Generator(graphs["int8"])
+    graph = vampnet_onnx.Generator(graphs[f"{precision}-generation"])
+    loop = vampnet_onnx.Generator(graphs[precision])
     settings = dict(steps=4, seed=7, temperature=0.9, top_p=0.95)
     np.testing.assert_array_equal(
         graph.generate(codes, mask, **settings), loop.generate(codes, mask, **settings)
     )
 
 
-def test_export_models_int8_folder_vamps(tmp_path):
+@pytest.mark.parametrize("precision", CONVERTED)
+def test_export_models_converted_folder_vamps(tmp_path, precision):
     root = tmp_path / "checkpoints"
     coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
     c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
     codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS)
-    result = export_models(tmp_path / "m", codec=codec, coarse=coarse, c2f=c2f, precision="int8")
+    out = tmp_path / "m"
+    result = export_models(out, codec=codec, coarse=coarse, c2f=c2f, precision=precision)
     for kind in ("coarse", "c2f"):
-        assert result.transformers[kind].config["precision"] == "int8"
+        assert result.transformers[kind].config["precision"] == precision
         generator = vampnet_onnx.Generator(result.generations[kind].path)
-        assert generator.config["precision"] == "int8"
+        assert generator.config["precision"] == precision
     from vampnet_onnx.pipeline import Vamp
 
     samples = np.random.default_rng(0).standard_normal(30000).astype(np.float32) * 0.1
@@ -115,7 +146,7 @@ def test_cli_export_transformer_int8(tmp_path, capsys):
     assert vampnet_onnx.Generator(out).config["precision"] == "int8"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", *CONVERTED])
 def test_generated_tokens_follow_the_graphs_own_softmax(graphs, tmp_path, precision):
     """Summed log-likelihood z-test: one step of the generation graph reveals every masked
     position with a token drawn from the softmax of its transformer's logits (temperature 1,
@@ -124,11 +155,11 @@ def test_generated_tokens_follow_the_graphs_own_softmax(graphs, tmp_path, precis
     same test on tokens drawn at temperature 0.5 (another distribution) must fail, so it has
     the power to see a wrong sampler."""
     kind = graphs["kind"]
-    transformer = graphs["fp32"] if precision == "fp32" else graphs["int8"]
+    transformer = graphs[precision]
     graph = (
-        graphs["generation"]
-        if precision == "int8"
-        else export_generation(transformer, tmp_path / "fp32.generate.onnx").path
+        export_generation(transformer, tmp_path / "fp32.generate.onnx").path
+        if precision == "fp32"
+        else graphs[f"{precision}-generation"]
     )
     codes, mask = vampnet_problem(kind, 150, seed=6)
     model_input = np.where(mask, 1024, codes)

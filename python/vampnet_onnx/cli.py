@@ -20,14 +20,14 @@ PROG = "vampnet-onnx"
 
 def _export_transformer(args: argparse.Namespace) -> int:
     from .export.common import check_opset
-    from .export.precision import check_precision, quantize_transformer
+    from .export.precision import check_precision, convert_transformer
     from .export.transformer import export_transformer
 
     check_opset(args.opset, "", "--opset")
     check_precision(args.precision, "", "--precision")
-    int8 = args.precision == "int8"
-    # int8: the fp32 graph is a temporary file beside OUT; OUT only ever holds the result.
-    fp32_path = args.out.with_name(f".{args.out.name}.fp32.onnx") if int8 else args.out
+    converted = args.precision != "fp32"
+    # int8 / fp16: the fp32 graph is a temporary file beside OUT; OUT only holds the result.
+    fp32_path = args.out.with_name(f".{args.out.name}.fp32.onnx") if converted else args.out
     try:
         result = export_transformer(
             args.checkpoint,
@@ -37,11 +37,12 @@ def _export_transformer(args: argparse.Namespace) -> int:
             opset_version=args.opset,
             verbose=args.verbose,
         )
-        if int8:
-            quantize_transformer(fp32_path, args.out)
+        if converted:
+            convert_transformer(fp32_path, args.precision, args.out)
     finally:
-        if int8:
+        if converted:
             fp32_path.unlink(missing_ok=True)
+            fp32_path.with_name(fp32_path.name + ".data").unlink(missing_ok=True)
     config = {**result.config, "precision": args.precision}
     print(result.report.summary())
     print(
@@ -201,8 +202,9 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
-        help="transformer weights: fp32, or int8 for CPUs (about a quarter of the size; "
-        "accuracy and speed in docs/precision.md; the codec stays fp32) (default fp32)",
+        help="transformers: fp32; int8 weights for CPUs (about a quarter of the size); fp16 "
+        "for GPUs (runs on CPUs slowly). Accuracy and speed: docs/precision.md; the codec "
+        "stays fp32 (default fp32)",
     )
 
 

@@ -106,8 +106,9 @@ def export_models(
         batch_coupled: the generation graphs count the schedule over the whole batch, as
             upstream VampNet does (default: per batch item).
         opset: ONNX opset, >= 18.
-        precision: "fp32", or "int8" (the transformers, and so the generation graphs and
-            vamp.onnx, with int8 weights for CPUs: `export.precision`; the codec stays fp32).
+        precision: "fp32"; "int8" (int8 weights, for CPUs) or "fp16" (for GPUs): the
+            transformers, and so the generation graphs and vamp.onnx (`export.precision`);
+            the codec stays fp32.
         verbose: show the torch exporter's own messages.
         progress: a tqdm bar over the graphs, with a line for each file written.
         cli: name arguments as ``vampnet-onnx export``'s flags in error messages.
@@ -200,7 +201,7 @@ def _export_into(
 
     from .codec import export_codec
     from .generation import export_generation
-    from .precision import quantize_transformer
+    from .precision import convert_transformer
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
@@ -222,11 +223,10 @@ def _export_into(
             transformer = export_transformer(
                 checkpoint, codec, out / TRANSFORMER_FILES[kind], **options
             )
-            if precision == "int8":
-                quantize_transformer(transformer.path)
-                transformer = replace(
-                    transformer, config={**transformer.config, "precision": "int8"}
-                )
+            if precision != "fp32":
+                convert_transformer(transformer.path, precision)
+                config = {**transformer.config, "precision": precision}
+                transformer = replace(transformer, config=config)
             done(transformer.report.summary())
             bar.set_postfix_str(GENERATION_FILES[kind])
             generation = export_generation(

@@ -1,4 +1,4 @@
-"""Precision passes over exported transformers: int8 weights for CPUs.
+"""Precision passes over exported transformers: int8 weights for CPUs, fp16 for GPUs.
 
 ``int8``: onnxruntime's dynamic quantization (`onnxruntime.quantization.quantize_dynamic`, a
 maintained quantizer; none is written here) of every MatMul whose weight is a constant — the
@@ -9,7 +9,13 @@ attention's own products (queries x keys, weights x values) have no constant ope
 float32, as do the embedding table (a Gather), the norms, the relative position bias and the
 softmax. Why these choices, and what they cost in accuracy: docs/precision.md.
 
-The generation graph is built from the quantized transformer as from the float one, so the
+``fp16``: onnxconverter-common's float16 conversion (a maintained converter): weights and
+activations in float16, except where accuracy needs float32 — the RMS norms' reductions
+(`ReduceMean`, `Pow`, `Sqrt`) and the attention softmax — with the graph's input and output
+types kept (`keep_io_types`), so the logits handed to the ops are float32. It runs on ONNX
+Runtime's CPU provider too (slowly), which is where its numerics are tested.
+
+The generation graph is built from the converted transformer as from the float one, so the
 sampling and re-masking ops see float32 logits and draw exactly as before.
 """
 
@@ -19,6 +25,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -28,7 +35,9 @@ from ..contracts import CONFIG_KEY
 from .common import save_model
 
 #: The precisions `vampnet-onnx export --precision` writes.
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "fp16")
+#: Ops kept in float32 by the fp16 conversion: the norms' reductions and the softmax.
+FP16_FLOAT32_OPS = ("ReduceMean", "Pow", "Sqrt", "Softmax")
 DEFAULT_PRECISION = "fp32"
 
 
@@ -38,6 +47,48 @@ def check_precision(precision: str, where: str, name: str = "precision") -> str:
         prefix = f"{where}: " if where else ""
         raise ValueError(f"{prefix}{name} must be one of {list(PRECISIONS)}, got {precision!r}")
     return precision
+
+
+def convert_transformer(
+    path: str | Path, precision: str, out_path: str | Path | None = None
+) -> Path:
+    """An exported fp32 transformer graph -> its `precision` version ("int8" or "fp16"),
+    written to `out_path` (default: replace `path`) through the one save path, with the
+    config's "precision" set."""
+    check_precision(precision, "convert_transformer")
+    if precision == "int8":
+        return quantize_transformer(path, out_path)
+    if precision == "fp16":
+        return to_float16(path, out_path)
+    raise ValueError(f"convert_transformer: precision must not be fp32 here, got {precision!r}")
+
+
+def to_float16(path: str | Path, out_path: str | Path | None = None) -> Path:
+    """An exported transformer graph (fp32) -> its fp16 version (module doc), written to
+    `out_path` (default: replace `path`); the config's "precision" becomes "fp16"."""
+    from onnxconverter_common import float16
+
+    path = Path(path)
+    out_path = Path(out_path) if out_path is not None else path
+    with warnings.catch_warnings():
+        # It warns for every weight below float16's smallest normal number, which it clamps to
+        # +-1e-7; the accuracy this costs is measured (docs/precision.md).
+        warnings.simplefilter("ignore", UserWarning)
+        model = float16.convert_float_to_float16(
+            onnx.load(str(path)),
+            keep_io_types=True,
+            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FLOAT32_OPS],
+        )
+    converted = ir.from_proto(model)
+    converted.metadata_props[CONFIG_KEY] = _with_precision(
+        converted.metadata_props[CONFIG_KEY], "fp16"
+    )
+    save_model(converted, out_path)
+    return out_path
+
+
+def _with_precision(config_json: str, precision: str) -> str:
+    return json.dumps({**json.loads(config_json), "precision": precision}, sort_keys=True)
 
 
 def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -> Path:
@@ -74,9 +125,7 @@ def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -
         # metadata is the source's.
         source = onnx.load(str(path), load_external_data=False).metadata_props
         props = {prop.key: prop.value for prop in source}
-        props[CONFIG_KEY] = json.dumps(
-            {**json.loads(props[CONFIG_KEY]), "precision": "int8"}, sort_keys=True
-        )
+        props[CONFIG_KEY] = _with_precision(props[CONFIG_KEY], "int8")
         model = ir.load(str(written))
         model.metadata_props.clear()
         model.metadata_props.update(props)

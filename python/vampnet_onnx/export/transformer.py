@@ -62,7 +62,7 @@ def transformer_config(
         "checkpoint_sha256": vampnet.sha256,
         "codec_sha256": codec.sha256,
         "lora_sha256": lora_sha256,
-        # export.precision.quantize_transformer rewrites it for int8 graphs.
+        # export.precision.convert_transformer rewrites it for int8 / fp16 graphs.
         "precision": "fp32",
     }
 

@@ -217,3 +217,14 @@ def test_ctrl_c_is_one_line_and_status_130(models, wav, tmp_path, capsys, monkey
     assert cli.main(["vamp", str(wav), str(out), "--models", str(models), "--quiet"]) == 130
     assert error_line(capsys) == "vampnet-onnx vamp: interrupted"
     assert not out.exists()
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+    reason="CUDA is available here",
+)
+def test_device_cuda_without_cuda_is_one_line_before_loading(wav, tmp_path, capsys):
+    argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(tmp_path / "none")]
+    assert cli.main([*argv, "--device", "cuda"]) == 1
+    line = error_line(capsys)
+    assert line.startswith("vampnet-onnx vamp: error: --device 'cuda' needs onnxruntime's")

@@ -169,3 +169,37 @@ def test_run_returns_the_outputs_and_raises_the_runs_errors():
     np.testing.assert_array_equal(out, x)
     with pytest.raises(Exception, match="invalid dimensions for input: x"):
         runtime.run(session, None, {"n": np.array(3, np.int64), "x": x[:2]})
+
+
+def test_device_cpu_is_the_cpu_provider():
+    session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), device="cpu")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here"
+)
+def test_cuda_where_onnxruntime_has_none_is_an_error_naming_the_fix():
+    """No silent CPU fallback: the error says which provider is missing, what this
+    onnxruntime has, and how to install the GPU package."""
+    with pytest.raises(ValueError) as error:
+        vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), device="cuda")
+    message = str(error.value)
+    assert message.startswith("create_session: device 'cuda' needs onnxruntime's CUDAExecution")
+    assert "CPUExecutionProvider" in message and "pip install onnxruntime-gpu" in message
+
+
+def test_device_must_be_known_and_not_given_with_providers():
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'cuda'\], got 'tpu'"):
+        vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), device="tpu")
+    with pytest.raises(ValueError, match="device and providers must not both be given"):
+        vampnet_onnx.create_session(
+            op_model(ops.SAMPLE_TOKENS), providers=["CPUExecutionProvider"], device="cpu"
+        )
+
+
+def test_both_onnxruntime_packages_are_named_with_the_fix(monkeypatch):
+    monkeypatch.setattr(runtime, "_ort_packages", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="both onnxruntime and onnxruntime-gpu are installed"):
+        runtime.device_providers("cuda")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from .runtime import DEVICES
 from .settings import MaskSettings, SamplingSettings, public_name
 
 PROG = "vampnet-onnx"
@@ -123,7 +124,7 @@ def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
 
 
 def _vamp(args: argparse.Namespace) -> int:
-    from . import audio
+    from . import audio, runtime
     from .pipeline import SingleGraphVamp, Vamp
 
     single = args.models.suffix == ".onnx"
@@ -132,19 +133,21 @@ def _vamp(args: argparse.Namespace) -> int:
     settings = _checked_settings(args, cls)
     audio.check_input_path(args.input, "load_audio", "path")
     audio.check_output_path(args.output, "", "OUT", args.input)
+    runtime.device_providers(args.device, "", "--device")
     if single and not args.models.is_file():
         raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
-    vamp = cls(args.models, threads=args.threads)
+    vamp = cls(args.models, threads=args.threads, device=args.device)
     out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import audio, demo
+    from . import audio, demo, runtime
     from .pipeline import Vamp
 
     settings = _checked_settings(args, Vamp)
+    runtime.device_providers(args.device, "", "--device")
     if not 0 < args.seconds <= _DEMO_MAX_SECONDS:
         raise ValueError(f"--seconds must be in (0, {_DEMO_MAX_SECONDS:g}], got {args.seconds}")
     _check_out_folder(args.out, "--out")
@@ -153,7 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
     sample_rate = 44100
     x = demo.synth_music(args.seconds, sample_rate)
     audio.write_audio(args.out / "in.wav", x, sample_rate)
-    vamp = Vamp(models, threads=args.threads)
+    vamp = Vamp(models, threads=args.threads, device=args.device)
     out, _ = vamp.vamp_file(args.out / "in.wav", args.out / "out.wav", **settings)
     y, _ = audio.load_audio(out)
     png = demo.write_png(args.out / "spectrograms.png", demo.spectrogram_image([x, y[0]]))
@@ -191,6 +194,13 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
         help="write at the codec's 44.1 kHz instead of the input's sample rate",
     )
     run.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    run.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the graphs run: cpu, or cuda (needs the onnxruntime-gpu package; an error, "
+        "not a CPU fallback, where it cannot run) (default cpu)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--verbose", action="store_true", help="full tracebacks")
 

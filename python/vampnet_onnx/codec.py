@@ -66,6 +66,7 @@ class Codec:
         decode_path: ``codec.decode.onnx`` or None (encode only).
         intra_op_threads: threads per session (None: onnxruntime's default).
         providers: onnxruntime execution providers (None: CPU).
+        device: "cpu" or "cuda" instead of `providers` (`runtime.device_providers`).
 
     Attributes:
         config: the codec metadata (`CODEC_CONFIG_KEY`): sample_rate, hop_length,
@@ -78,6 +79,7 @@ class Codec:
         decode_path: str | Path | None = None,
         intra_op_threads: int | None = None,
         providers: list | None = None,
+        device: str | None = None,
     ) -> None:
         paths = {"encode_path": encode_path, "decode_path": decode_path}
         configs = {k: read_codec_config(p) for k, p in paths.items() if p is not None}
@@ -91,7 +93,9 @@ class Codec:
             )
         self.config = next(iter(configs.values()))
         self._sessions = {
-            k: create_session(p, providers, intra_op_threads) for k, p in paths.items() if p
+            k: create_session(p, providers, intra_op_threads, device=device)
+            for k, p in paths.items()
+            if p
         }
         contract = {
             "encode_path": (CODEC_ENCODE, ENCODE_FILE),

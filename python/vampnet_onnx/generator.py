@@ -34,7 +34,8 @@ class Generator:
     threads: intra-op threads of the session and of the Python-loop kernels (default: ORT's).
     batch_coupled: Python-loop mode only: count the schedule's N0 over the whole batch as
     upstream VampNet does (a generation graph has this fixed at export).
-    python_ops: passed to `create_session`.
+    python_ops, device: passed to `create_session` (device: "cpu" or "cuda"; asking for CUDA
+    where onnxruntime cannot use it is an error, not a CPU fallback).
     """
 
     #: Who reports a bad setting (also for `pipeline.Vamp`, which generates through this).
@@ -47,12 +48,14 @@ class Generator:
         threads: int | None = None,
         batch_coupled: bool | None = None,
         python_ops: bool | None = None,
+        device: str | None = None,
     ):
         self.session: ort.InferenceSession = create_session(
             path,
             providers=list(providers) if providers else None,
             intra_op_threads=threads,
             python_ops=python_ops,
+            device=device,
         )
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config: dict = metadata(meta, CONFIG_KEY, "Generator", "path", repr(str(path)))

@@ -219,6 +219,8 @@ class Vamp(_AudioToAudio):
             coarse chunks, about 30 s).
         context_frames: extra frames computed and dropped on each side of a segment.
         providers: onnxruntime execution providers (None: CPU).
+        device: "cpu" or "cuda" instead of `providers` (`runtime.device_providers`: CUDA
+            where onnxruntime cannot use it is an error, not a CPU fallback).
 
     Raises:
         FileNotFoundError: a graph is missing (all missing names are listed).
@@ -232,11 +234,16 @@ class Vamp(_AudioToAudio):
         segment_frames: int | None = None,
         context_frames: int = CONTEXT_FRAMES,
         providers: list | None = None,
+        device: str | None = None,
     ) -> None:
         models = require_files(models, MODEL_FILES, "Vamp: models")
-        self.codec = Codec(models / ENCODE_FILE, models / DECODE_FILE, threads, providers)
-        self.coarse = Generator(models / GENERATION_FILES["coarse"], providers, threads)
-        self.c2f = Generator(models / GENERATION_FILES["c2f"], providers, threads)
+        self.codec = Codec(
+            models / ENCODE_FILE, models / DECODE_FILE, threads, providers, device=device
+        )
+        self.coarse = Generator(
+            models / GENERATION_FILES["coarse"], providers, threads, device=device
+        )
+        self.c2f = Generator(models / GENERATION_FILES["c2f"], providers, threads, device=device)
         config = self.codec.config
         self.sample_rate = int(config["sample_rate"])
         self.hop_length = int(config["hop_length"])
@@ -408,7 +415,7 @@ class SingleGraphVamp(_AudioToAudio):
 
     Args:
         path: the ``vamp.onnx`` file (with ``vamp.onnx.data`` beside it for full-size models).
-        threads, providers, python_ops: as `Vamp` / `create_session`.
+        threads, providers, python_ops, device: as `Vamp` / `create_session`.
     """
 
     has_onset_mask = False
@@ -419,9 +426,14 @@ class SingleGraphVamp(_AudioToAudio):
         threads: int | None = None,
         providers: list | None = None,
         python_ops: bool | None = None,
+        device: str | None = None,
     ) -> None:
         self.session = create_session(
-            path, providers=providers, intra_op_threads=threads, python_ops=python_ops
+            path,
+            providers=providers,
+            intra_op_threads=threads,
+            python_ops=python_ops,
+            device=device,
         )
         names = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map

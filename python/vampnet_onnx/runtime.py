@@ -74,24 +74,82 @@ def _model_bytes(path_or_bytes: ModelSource) -> str | bytes:
     )
 
 
+#: The devices a session can be asked for by name.
+DEVICES = ("cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def _ort_packages() -> list[str]:
+    """The installed distributions that provide the `onnxruntime` module."""
+    from importlib import metadata
+
+    names = ("onnxruntime", "onnxruntime-gpu")
+    installed = []
+    for name in names:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+    return installed
+
+
+def device_providers(device: str, where: str = "create_session", name: str = "device") -> list:
+    """The execution providers for `device` ("cpu" or "cuda"), checked against this
+    onnxruntime: asking for CUDA where it is unavailable is an error that says why and names
+    the fix, never a silent fall back to the CPU. Our ops run on the CPU provider beside CUDA."""
+    prefix = f"{where}: " if where else ""
+    if device not in DEVICES:
+        raise ValueError(f"{prefix}{name} must be one of {list(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return [_CPU]
+    packages = _ort_packages()
+    available = ort.get_available_providers()
+    if _CUDA not in available:
+        if len(packages) > 1:
+            why = (
+                f"both {' and '.join(packages)} are installed and overwrite each other's "
+                "onnxruntime module: pip uninstall -y onnxruntime onnxruntime-gpu, then pip "
+                "install onnxruntime-gpu"
+            )
+        else:
+            why = (
+                f"onnxruntime {ort.__version__} ({', '.join(packages) or 'unknown package'}) has "
+                f"only {available}: pip uninstall -y onnxruntime, then pip install "
+                "onnxruntime-gpu (its CUDA version must match the driver's)"
+            )
+        raise ValueError(f"{prefix}{name} 'cuda' needs onnxruntime's {_CUDA}; {why}")
+    return [_CUDA, _CPU]
+
+
 def create_session(
     path_or_bytes: ModelSource,
     providers: list | None = None,
     intra_op_threads: int | None = None,
     *,
     python_ops: bool | None = None,
+    device: str | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime.InferenceSession with the vampnet_onnx ops available.
 
     path_or_bytes: an .onnx path, serialized model bytes or an onnx.ModelProto.
     providers: onnxruntime execution providers (default: CPU).
     intra_op_threads: the session's intra-op thread count (default: onnxruntime's choice).
+    device: "cpu" or "cuda" (`device_providers`), instead of `providers`.
     python_ops: False: the compiled library only; True: the pure-Python fallback (numpy twins
     through onnxruntime-extensions' PyOp); None: the compiled library, or the fallback with a
     warning when the library cannot be loaded.
     """
     source = _model_bytes(path_or_bytes)
-    providers = providers or ["CPUExecutionProvider"]
+    if device is not None:
+        if providers:
+            raise ValueError(
+                f"create_session: device and providers must not both be given, got {device!r} "
+                f"and {providers}"
+            )
+        providers = device_providers(device)
+    providers = providers or [_CPU]
     if python_ops:
         from .pyop import create_python_ops_session
 
@@ -120,7 +178,7 @@ def _load(
     """An InferenceSession; onnxruntime's load errors (a truncated or foreign file, a missing
     external-data file) become one ValueError line naming the file."""
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as err:  # onnxruntime's pybind errors share no base class but Exception
         if not type(err).__module__.startswith("onnxruntime"):
             raise
@@ -130,6 +188,14 @@ def _load(
             f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got "
             f"{what} ({detail})"
         ) from err
+    if _CUDA in providers and _CUDA not in session.get_providers():
+        # onnxruntime falls back to the CPU with only a log line when CUDA fails to start.
+        raise ValueError(
+            f"create_session: providers asked for {_CUDA}, which failed to start (no GPU, or "
+            f"the NVIDIA driver / CUDA / cuDNN libraries missing or of another version); in use "
+            f"instead: {session.get_providers()}"
+        )
+    return session
 
 
 def run(session: ort.InferenceSession, output_names: list[str] | None, feed: dict) -> list:

@@ -234,3 +234,13 @@ def test_stream_random_masks_are_reproducible_and_site_independent():
     assert set(np.flatnonzero(kept[0, 0])) == set(range(300)) - set(dropped.tolist())
     with pytest.raises(ValueError, match="StreamRandom: linear_random needs uniform floats"):
         masks.build_mask((1, 4, 10), masks.StreamRandom(0), rand_mask_intensity=0.5)
+
+
+def test_build_mask_takes_upstreams_argument_names_too():
+    ours = masks.build_mask(SHAPE, rng(5), periodic_width=3, dropout=0.3)
+    upstream = masks.build_mask(SHAPE, rng(5), periodic_prompt_width=3, _dropout=0.3)
+    earlier = masks.build_mask(SHAPE, rng(5), periodic_width=3, dropout_p=0.3)
+    np.testing.assert_array_equal(ours, upstream)
+    np.testing.assert_array_equal(ours, earlier)
+    with pytest.raises(TypeError, match="build_mask: unexpected keyword argument 'dropuot'"):
+        masks.build_mask(SHAPE, rng(5), dropuot=0.3)

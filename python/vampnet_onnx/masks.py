@@ -331,6 +331,7 @@ def build_mask(
     audio: np.ndarray | None = None,
     sample_rate: int = 44100,
     hop_length: int = 768,
+    **upstream_names: Any,
 ) -> np.ndarray:
     """VampNet's mask recipe (``Interface.build_mask``) with its defaults: bool ``[B, C, T]``.
 
@@ -343,13 +344,28 @@ def build_mask(
 
     Args:
         prefix_s, ..., upper_codebook_mask: the `settings.MaskSettings` fields, same names and
-            defaults (upstream calls two of them ``periodic_prompt_width`` and ``_dropout``).
+            defaults.
+        upstream_names: upstream's names for two of them, accepted too:
+            ``periodic_prompt_width`` (= periodic_width) and ``_dropout`` (= dropout; also
+            ``dropout_p``, this function's earlier name).
         prefix_s, suffix_s: seconds kept at the start / end, in frames of `hop_length` samples
             at `sample_rate` (rounded up).
         audio: mono codec input ``[N]``; required when onset_mask_width > 0.
         rng: a numpy Generator (one sequence of draws), or a `StreamRandom` (each draw at its
             own stream site; rand_mask_intensity must then be 1).
     """
+
+    aliases = {
+        "periodic_prompt_width": "periodic_width",
+        "_dropout": "dropout",
+        "dropout_p": "dropout",
+    }
+    given = {"periodic_width": periodic_width, "dropout": dropout}
+    for alias, value in upstream_names.items():
+        if alias not in aliases:
+            raise TypeError(f"build_mask: unexpected keyword argument {alias!r}")
+        given[aliases[alias]] = value
+    periodic_width, dropout = given["periodic_width"], given["dropout"]
 
     def site(name: str):
         return rng.at(name) if isinstance(rng, StreamRandom) else rng

@@ -71,8 +71,8 @@ def _export(args: argparse.Namespace) -> int:
         progress=True,
         cli=True,
     )
-    size = sum(path.stat().st_size for path in result.files) / 2**20
-    print(f"wrote {', '.join(p.name for p in result.files)} to {result.out} ({size:.1f} MiB)")
+    names = ", ".join(p.name for p in result.files)
+    print(f"wrote {names} to {result.out} ({result.n_bytes / 2**20:.1f} MiB)")
     return 0
 
 

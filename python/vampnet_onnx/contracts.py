@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from .ops import FLOAT, INT64, SAMPLING_INPUTS, OpSchema, Port
-from .settings import HOST_ONLY_MASK_SETTINGS, SEED_DEFAULT, MaskSettings, SamplingSettings
+from .settings import SEED_DEFAULT, MaskSettings, SamplingSettings
 
 # --- metadata -------------------------------------------------------------------------------
 
@@ -242,11 +242,7 @@ GENERATION = OpSchema(
     ),
 )
 
-_VAMP_MASK_SETTINGS = {
-    name: value
-    for name, value in MaskSettings().inputs().items()
-    if name not in HOST_ONLY_MASK_SETTINGS
-}
+_VAMP_MASK_SETTINGS = MaskSettings().graph_inputs()
 #: The single graph's defaults: VampNet's app defaults (docs/model.md §4.7).
 VAMP_DEFAULTS = {"seed": SEED_DEFAULT, **SamplingSettings().inputs(), **_VAMP_MASK_SETTINGS}
 #: Allowed ranges of the single graph's mask settings (checked in the graph by CheckRange, and

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .contracts import CONFIG_KEY, GENERATION, GENERATION_KEY, TRANSFORMER, metadata
+from .contracts import (
+    CONFIG_KEY,
+    GENERATION,
+    GENERATION_KEY,
+    SLICE_DEFAULTS,
+    TRANSFORMER,
+    metadata,
+)
 from .ops import MASK_TOKEN
 from .runtime import create_session, run
 from .settings import SamplingSettings, check_seed
@@ -63,7 +70,7 @@ class Generator:
         defaults = {i.name for i in self.session.get_overridable_initializers()}
         #: Whether the graph runs a slice of the steps (first_step, last_step inputs): graphs
         #: exported before those inputs existed run every step in one call.
-        self.sliceable = {"first_step", "last_step", "n_masked_start"} <= defaults
+        self.sliceable = set(SLICE_DEFAULTS) <= defaults
         if input_names == GENERATION.required_input_names:
             self.mode = "graph"
             settings = metadata(meta, GENERATION_KEY, "Generator", "path", repr(str(path)))

@@ -316,6 +316,14 @@ def onset_mask(
     return mask
 
 
+#: `build_mask`'s other names for two arguments: upstream's, and this module's earlier one.
+_BUILD_MASK_ALIASES = {
+    "periodic_prompt_width": "periodic_width",
+    "_dropout": "dropout",
+    "dropout_p": "dropout",
+}
+
+
 def build_mask(
     shape: Shape,
     rng: np.random.Generator | StreamRandom,
@@ -355,16 +363,11 @@ def build_mask(
             own stream site; rand_mask_intensity must then be 1).
     """
 
-    aliases = {
-        "periodic_prompt_width": "periodic_width",
-        "_dropout": "dropout",
-        "dropout_p": "dropout",
-    }
     given = {"periodic_width": periodic_width, "dropout": dropout}
     for alias, value in upstream_names.items():
-        if alias not in aliases:
+        if alias not in _BUILD_MASK_ALIASES:
             raise TypeError(f"build_mask: unexpected keyword argument {alias!r}")
-        given[aliases[alias]] = value
+        given[_BUILD_MASK_ALIASES[alias]] = value
     periodic_width, dropout = given["periodic_width"], given["dropout"]
 
     def site(name: str):

@@ -71,7 +71,7 @@ from .contracts import (
 )
 from .generator import Generator
 from .runtime import create_session, run
-from .settings import HOST_ONLY_MASK_SETTINGS, MaskSettings, SamplingSettings, check_seed
+from .settings import MaskSettings, SamplingSettings, check_seed
 
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
 #: to either side, so 32 leaves a margin.
@@ -288,9 +288,8 @@ class Vamp(_AudioToAudio):
         """The generation mask bool ``[1, 14, T]`` (True = generate) for preprocessed mono `x`
         ``[N]`` at 44.1 kHz. settings: `vamp`'s mask arguments (`settings.MaskSettings`)."""
         seed = check_seed(seed, "Vamp.vamp")
-        values = MaskSettings(**settings).validate("Vamp.vamp").inputs()
-        for name in ("prefix_s", "suffix_s", "dropout"):  # the single graph's float32 inputs
-            values[name] = float(np.float32(values[name]))
+        # Rounded as the single graph's float32 inputs are, so both build the same mask.
+        values = MaskSettings(**settings).validate("Vamp.vamp").as_float32().inputs()
         shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
         return masks.build_mask(
             shape,
@@ -448,10 +447,6 @@ class SingleGraphVamp(_AudioToAudio):
         self.settings = json.loads(meta.get(VAMP_KEY, "{}"))
 
     def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress) -> np.ndarray:
-        inputs = {
-            name: value
-            for name, value in mask_settings.inputs().items()
-            if name not in HOST_ONLY_MASK_SETTINGS
-        }
-        feed = {"audio": x, **VAMP.feed(seed=seed, **sampling.inputs(), **inputs)}
+        inputs = {"seed": seed, **sampling.inputs(), **mask_settings.graph_inputs()}
+        feed = {"audio": x, **VAMP.feed(**inputs)}
         return run(self.session, ["audio_out"], feed)[0]

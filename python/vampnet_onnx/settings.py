@@ -22,14 +22,11 @@ from .reference import check_range, range_text
 
 #: The seed of every random draw: any int64.
 SEED_DEFAULT = 0
-_INT64 = (-(2**63), 2**63)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _fail(where: str, name: str, constraint: str, value: Any) -> None:
     raise ValueError(f"{where}: {name} must {constraint}, got {value!r}")
-
-
-_INT64_MAX = 2**63 - 1
 
 
 def _as_float32(number: float) -> float:
@@ -96,15 +93,12 @@ class Limit:
                 )
             # The single graph's CheckRange op gives the same message.
             check_range(number, name, self.low, self.high, where)
-        elif self.low_open or not number >= self.low:
-            if not self._within(number):
-                _fail(where, name, self.constraint(), value)
         elif not self._within(number):
-            bound = (
-                self.constraint() if self.high is None else f"be at most {range_text(self.high)}"
-            )
+            # Past a closed upper bound says so; anything else breaks the constraint.
+            too_high = self.high is not None and not self.low_open and number > self.high
+            bound = f"be at most {range_text(self.high)}" if too_high else self.constraint()
             _fail(where, name, bound, value)
-        if integral and not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+        if integral and not _INT64_MIN <= number <= _INT64_MAX:
             _fail(where, name, f"fit an int64 (at most {_INT64_MAX} in size)", value)
         if not integral and not self._within(_as_float32(number)):
             constraint = (
@@ -209,6 +203,10 @@ _MAX_FRAMES = 1_000_000
 _MAX_SECONDS = 1e7
 
 
+#: Fields of `MaskSettings` that the single graph does not take.
+HOST_ONLY_MASK_SETTINGS = ("onset_mask_width",)
+
+
 @dataclass(frozen=True)
 class MaskSettings(_Settings):
     """What is kept from the input (VampNet's ``build_mask`` recipe and app defaults): every
@@ -264,9 +262,18 @@ class MaskSettings(_Settings):
         metavar="P",
     )
 
+    def graph_inputs(self) -> dict[str, Any]:
+        """`inputs` without the fields the single graph does not take."""
+        return {k: v for k, v in self.inputs().items() if k not in HOST_ONLY_MASK_SETTINGS}
 
-#: Fields of `MaskSettings` that the single graph does not take.
-HOST_ONLY_MASK_SETTINGS = ("onset_mask_width",)
+    def as_float32(self) -> MaskSettings:
+        """The float fields rounded to float32, as the single graph's inputs hold them."""
+        rounded = {
+            name: float(np.float32(getattr(self, name)))
+            for name, limit in self.limits().items()
+            if limit.kind is float
+        }
+        return replace(self, **rounded)
 
 
 def check_seed(seed: Any, where: str) -> int:
@@ -274,7 +281,7 @@ def check_seed(seed: Any, where: str) -> int:
     if (
         isinstance(seed, bool)
         or not isinstance(seed, int | np.integer)
-        or not _INT64[0] <= seed < _INT64[1]
+        or not _INT64_MIN <= seed <= _INT64_MAX
     ):
         _fail(where, "seed", "be an int64", seed)
     return int(seed)

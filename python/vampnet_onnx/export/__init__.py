@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE
 from .common import DEFAULT_OPSET, check_opset
-from .precision import check_precision
+from .precision import DEFAULT_PRECISION, check_precision
 
 if TYPE_CHECKING:
     from .codec import CodecExport
@@ -59,6 +59,11 @@ class ModelsExport:
             graphs.append(self.vamp.path)
         return [file for graph in graphs for file in _with_data(graph)]
 
+    @property
+    def n_bytes(self) -> int:
+        """The size of every file written."""
+        return sum(file.stat().st_size for file in self.files)
+
 
 def _with_data(graph: Path) -> list[Path]:
     """`graph` and, if it exists, its external data file ``<graph>.data``."""
@@ -85,7 +90,7 @@ def export_models(
     trace: bool = False,
     batch_coupled: bool = False,
     opset: int = DEFAULT_OPSET,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     verbose: bool = False,
     progress: bool = False,
     cli: bool = False,

@@ -104,8 +104,8 @@ def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -
     staging = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}."))
     try:
         written = staging / out_path.name
-        # The quantizer logs a suggestion to pre-process the model on the root logger; the
-        # graph is already what it would make of it (shapes known, nothing to fold).
+        # The quantizer logs a suggestion to pre-process the model on the root logger. It is
+        # not taken: the figures in docs/precision.md are without that pre-processing.
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)

@@ -266,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
             "codec: audio <-> codes), and for each model given KIND.onnx (the transformer, "
             "codes -> logits) and KIND.generate.onnx (the whole generation loop in one graph: "
             "codes, mask, n_steps, temperature, top_k, top_p, mask_temperature, seed, "
-            "batch_offset -> codes_out; see docs/generation.md). --single-graph adds vamp.onnx, "
-            "the whole vamp in one graph: audio -> audio."
+            "batch_offset [, first_step, last_step, n_masked_start for a slice of the steps] "
+            "-> codes_out, mask_out; see docs/generation.md). --single-graph adds vamp.onnx, "
+            "the whole vamp in one graph: audio -> audio. Weights over 64 MiB go to "
+            "FILE.data beside each graph."
         ),
     )
     bundle.add_argument("--coarse", type=Path, help="coarse.pth")

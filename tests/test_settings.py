@@ -18,7 +18,7 @@ from vampnet_onnx.settings import MaskSettings, SamplingSettings, check_seed, pu
 # VampNet's defaults, from docs/model.md §3.1 and §4.7 (not from the code under test).
 VAMPNET_SAMPLING = dict(n_steps=36, temperature=1.0, top_k=0, top_p=1.0, mask_temperature=10.5)
 VAMPNET_MASK = dict(periodic_prompt=7, periodic_width=1, upper_codebook_mask=3, onset_mask_width=0)
-VAMPNET_MASK |= dict(prefix_s=0.0, suffix_s=0.0, dropout=0.0)
+VAMPNET_MASK |= dict(beat_mask_ms=0.0, prefix_s=0.0, suffix_s=0.0, dropout=0.0)
 
 
 def test_defaults_are_vampnets():

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from . import hub
 from .runtime import DEVICES
 from .settings import MaskSettings, SamplingSettings, public_name
 
@@ -57,6 +58,29 @@ def _export_transformer(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_models
 
+    if args.list_loras:
+        for name in hub.list_loras(repo=args.repo, revision=args.revision):
+            print(name)
+        return 0
+    if args.out is None:
+        raise ValueError("--out must be given (the models folder), got none")
+    metadata = None
+    if args.pretrained:
+        given = [flag for flag in ("codec", "coarse", "c2f") if getattr(args, flag)]
+        if given:
+            raise ValueError(
+                f"--pretrained must not come with --{given[0]}: it downloads all the checkpoints"
+            )
+        print(hub.LICENSE_NOTICE, file=sys.stderr)
+        pretrained = hub.download(repo=args.repo, revision=args.revision, lora=args.lora)
+        args.codec, args.coarse, args.c2f = pretrained.codec, pretrained.coarse, pretrained.c2f
+        metadata = hub.provenance(pretrained)
+    else:
+        for flag in ("repo", "revision", "lora"):
+            if getattr(args, flag) != _HUB_DEFAULTS[flag]:
+                raise ValueError(f"--{flag} must come with --pretrained or --list-loras")
+        if args.codec is None:
+            raise ValueError("--codec must be given (or --pretrained), got neither")
     result = export_models(
         args.out,
         codec=args.codec,
@@ -67,6 +91,7 @@ def _export(args: argparse.Namespace) -> int:
         batch_coupled=args.batch_coupled,
         opset=args.opset,
         precision=args.precision,
+        metadata=metadata,
         verbose=args.verbose,
         progress=True,
         cli=True,
@@ -92,13 +117,45 @@ def _export_codec(args: argparse.Namespace) -> int:
 
 
 def _vamp_settings(args: argparse.Namespace) -> dict:
-    """`Vamp.vamp` keyword arguments from the parsed vamp options."""
-    settings = {
-        public_name(f.name): getattr(args, f.name)
-        for cls in (SamplingSettings, MaskSettings)
-        for f in fields(cls)
-    }
+    """`Vamp.vamp` keyword arguments from the parsed vamp options: each setting as given, else
+    the preset's (--preset), else its default; --mask loaded, --inpaint as a pair."""
+    from .presets import preset
+
+    chosen = preset(args.preset) if args.preset else {}
+    settings = {}
+    for cls in (SamplingSettings, MaskSettings):
+        for f in fields(cls):
+            given = getattr(args, f.name)
+            settings[public_name(f.name)] = (
+                given if given is not None else chosen.get(f.name, f.default)
+            )
+    if args.mask is not None:
+        given = [
+            f.metadata["flag"] for f in fields(MaskSettings) if getattr(args, f.name) is not None
+        ]
+        if args.preset or given:
+            raise ValueError(
+                f"--mask must not come with {given[0] if given else '--preset'}: the mask file "
+                "replaces the mask recipe"
+            )
+        settings["mask"] = _load_mask(args.mask)
+    if args.inpaint is not None:
+        settings["inpaint"] = tuple(args.inpaint)
     return dict(seed=args.seed, **settings, keep_rate=not args.codec_rate, progress=not args.quiet)
+
+
+def _load_mask(path: Path):
+    """--mask: a .npy array (numpy's own format; no pickled objects)."""
+    import numpy as np
+
+    if path.suffix != ".npy":
+        raise ValueError(f"--mask must be a .npy file (numpy.save), got '{path}'")
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--mask must be an existing .npy file, got '{path}'") from None
+    except ValueError as err:
+        raise ValueError(f"--mask must be a numpy .npy array file, got '{path}' ({err})") from None
 
 
 def _check_out_folder(path: Path, flag: str) -> None:
@@ -116,7 +173,8 @@ def _check_out_folder(path: Path, flag: str) -> None:
 
 
 def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
-    """`_vamp_settings`, checked by `vamp_class.check_settings` as its `vamp` would."""
+    """`_vamp_settings`, checked by `vamp_class.check_settings` as its `vamp` would; errors
+    name the flags (``--steps``), not the keyword arguments."""
     settings = _vamp_settings(args)
     run_options = ("keep_rate", "progress")
     vamp_class.check_settings(**{k: v for k, v in settings.items() if k not in run_options})
@@ -167,26 +225,71 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_settings(group, settings_class) -> None:
-    """One option per field of a `settings` dataclass: its flag, type, default and help."""
+    """One option per field of a `settings` dataclass: its flag, type and help. The parsed
+    default is None, so that a preset can tell a given option from a default one."""
     for f in fields(settings_class):
         group.add_argument(
             f.metadata["flag"],
             dest=f.name,
             type=f.metadata["limit"].kind,
-            default=f.default,
+            default=None,
             metavar=f.metadata["metavar"],
             help=f"{f.metadata['help']} (default {f.default})",
         )
 
 
+class _ListPresets(argparse.Action):
+    """--list-presets: print the presets and exit, like --help (no other argument needed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .presets import PRESETS, describe
+
+        width = max(map(len, PRESETS))
+        for name in PRESETS:
+            print(f"{name:<{width}}  {describe(name)}")
+        parser.exit()
+
+
 def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     """The mask, sampling and run options of `vamp` and `demo` (VampNet's app defaults)."""
+    from .presets import PRESETS
+
     sampling = parser.add_argument_group(
         "sampling (coarse stage; c2f uses upstream's fixed 2 steps)"
     )
     sampling.add_argument("--seed", type=int, default=0, help="random seed, any int64 (default 0)")
     _add_settings(sampling, SamplingSettings)
-    _add_settings(parser.add_argument_group("mask (what is kept from the input)"), MaskSettings)
+    recipe = parser.add_argument_group(
+        "mask (what is kept from the input; 1 frame = 768 samples at 44.1 kHz, about 17 ms)"
+    )
+    recipe.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        metavar="NAME",
+        help="one of VampNet's app presets (--list-presets); options given explicitly win",
+    )
+    recipe.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
+    _add_settings(recipe, MaskSettings)
+    recipe.add_argument(
+        "--mask",
+        type=Path,
+        metavar="FILE",
+        help="the mask itself instead of the recipe: a .npy of bools or 0/1 ints, 1 = "
+        "generate, shape [T] or [14, T] with T = ceil(samples at 44.1 kHz / 768) (models "
+        "folder only)",
+    )
+    recipe.add_argument(
+        "--inpaint",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="generate only from START to END seconds and keep the rest, every codebook, as "
+        "it is; the recipe (or --mask) still applies inside: add --periodic-prompt 0 to "
+        "regenerate it all (models folder only)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument(
         "--codec-rate",
@@ -232,6 +335,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
 
 
+#: The hub options' defaults (`hub.download`), to tell a given option from a default one.
+_HUB_DEFAULTS = {"repo": hub.DEFAULT_REPO, "revision": None, "lora": hub.BASE_NAME}
+
 #: The demo's longest input: its synthesised music is held in memory several times over.
 _DEMO_MAX_SECONDS = 600.0
 
@@ -274,8 +380,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bundle.add_argument("--coarse", type=Path, help="coarse.pth")
     bundle.add_argument("--c2f", type=Path, help="c2f.pth")
-    bundle.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
-    bundle.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    bundle.add_argument("--codec", type=Path, help="LAC codec.pth (required without --pretrained)")
+    bundle.add_argument("--out", type=Path, metavar="DIR", help="output folder (required)")
+    hub_options = bundle.add_argument_group(
+        "pretrained weights (VampNet's released checkpoints from the Hugging Face Hub; needs "
+        "the network once, then the hub cache; licensed CC BY-NC-SA 4.0, as are graphs "
+        "exported from them)"
+    )
+    hub_options.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="download codec.pth, coarse.pth, c2f.pth and wavebeat.pth and export them "
+        "(instead of --codec, --coarse, --c2f)",
+    )
+    hub_options.add_argument(
+        "--repo", default=_HUB_DEFAULTS["repo"], help="Hub repository (default %(default)s)"
+    )
+    hub_options.add_argument(
+        "--revision", help="branch, tag or commit of the repository (default: its main branch)"
+    )
+    hub_options.add_argument(
+        "--lora",
+        default=_HUB_DEFAULTS["lora"],
+        metavar="NAME",
+        help="a fine-tune (--list-loras) instead of the base coarse and c2f models "
+        "(default: %(default)s, the base models)",
+    )
+    hub_options.add_argument(
+        "--list-loras", action="store_true", help="list the fine-tunes of --repo and exit"
+    )
     bundle.add_argument(
         "--trace",
         action="store_true",

@@ -30,6 +30,10 @@ GENERATION_KEY = "vampnet_onnx.generation"
 CODEC_CONFIG_KEY = "vampnet_onnx.codec_config"
 #: The single graph's settings (export.vamp).
 VAMP_KEY = "vampnet_onnx.vamp"
+#: The weights' license, on every graph exported from weights that carry one (hub.py).
+LICENSE_KEY = "vampnet_onnx.license"
+#: Where the weights came from, e.g. ``hf://REPO@COMMIT`` (hub.py).
+SOURCE_KEY = "vampnet_onnx.source"
 
 
 def metadata(
@@ -72,6 +76,8 @@ DECODE_FILE = "codec.decode.onnx"
 TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
 GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
 VAMP_FILE = "vamp.onnx"
+#: The beat tracker `pipeline.Vamp` opens for a beat mask (optional in a models folder).
+WAVEBEAT_FILE = "wavebeat.onnx"
 #: The graphs `pipeline.Vamp` reads from a models folder, in pipeline order.
 MODEL_FILES = (ENCODE_FILE, GENERATION_FILES["coarse"], GENERATION_FILES["c2f"], DECODE_FILE)
 #: The graphs the single graph is built from (`export.vamp`).

@@ -65,13 +65,14 @@ from .contracts import (
     MODEL_FILES,
     VAMP,
     VAMP_KEY,
+    WAVEBEAT_FILE,
     check_models_match,
     metadata,
     require_files,
 )
 from .generator import Generator
 from .runtime import create_session, run
-from .settings import MaskSettings, SamplingSettings, check_seed
+from .settings import HOST_ONLY_MASK_SETTINGS, MaskSettings, SamplingSettings, check_seed
 
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
 #: to either side, so 32 leaves a margin.
@@ -86,13 +87,54 @@ def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
+def _check_given_mask(mask: Any, where: str, supported: bool) -> None:
+    """A `vamp` mask argument: a 1-D or 2-D array of bools or 0/1 integers."""
+    if not supported:
+        raise ValueError(f"{where}: mask must be None (the single graph builds its own), got one")
+    array = np.asarray(mask)
+    if array.ndim not in (1, 2, 3) or array.size == 0 or (array.ndim == 3 and len(array) != 1):
+        raise ValueError(
+            f"{where}: mask must be a non-empty [T], [n_codebooks, T] or [1, n_codebooks, T] "
+            f"array, got shape {list(array.shape)}"
+        )
+    if array.dtype != bool:
+        if not np.issubdtype(array.dtype, np.integer) or not np.isin(array, (0, 1)).all():
+            raise ValueError(
+                f"{where}: mask must hold bools or the integers 0 and 1 (1 = generate), got "
+                f"dtype {array.dtype} with values {np.unique(array)[:5].tolist()}"
+            )
+
+
+def _check_inpaint(inpaint: Any, where: str, supported: bool) -> None:
+    """A `vamp` inpaint argument: (start, end) seconds, 0 <= start < end, both finite."""
+    if not supported:
+        raise ValueError(
+            f"{where}: inpaint must be None (the single graph builds its own mask; use "
+            "prefix_s and suffix_s, or a models folder), got one"
+        )
+    try:
+        start, end = (float(t) for t in inpaint)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: inpaint must be (start, end) in seconds, got {inpaint!r}"
+        ) from None
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise ValueError(
+            f"{where}: inpaint must be (start, end) seconds with 0 <= start < end, got "
+            f"({start:g}, {end:g})"
+        )
+
+
 class _AudioToAudio:
     """`vamp` and `vamp_file` around a subclass's `_vamp_preprocessed` (the codec-rate part):
     settings checked before any work, `audio.preprocess` before, `audio.restore` after."""
 
     sample_rate: int
-    #: Whether `vamp` can keep frames around detected onsets (onset_mask_width > 0).
-    has_onset_mask = True
+    #: Whether `vamp` can build the masks the host computes: onsets (onset_mask_width > 0),
+    #: beats (beat_mask_ms > 0) and a given mask.
+    has_host_masks = True
+    #: Codebooks of the mask (the codec's, set by the subclass from its models).
+    n_codebooks: int
 
     def vamp(
         self,
@@ -109,9 +151,12 @@ class _AudioToAudio:
         periodic_width: int = _MASK.periodic_width,
         upper_codebook_mask: int = _MASK.upper_codebook_mask,
         onset_mask_width: int = _MASK.onset_mask_width,
+        beat_mask_ms: float = _MASK.beat_mask_ms,
         prefix_s: float = _MASK.prefix_s,
         suffix_s: float = _MASK.suffix_s,
         dropout: float = _MASK.dropout,
+        mask: np.ndarray | None = None,
+        inpaint: tuple[float, float] | None = None,
         keep_rate: bool = True,
         progress: bool = False,
     ) -> tuple[np.ndarray, int]:
@@ -124,9 +169,20 @@ class _AudioToAudio:
             steps, temperature, top_k, top_p, mask_temperature: the coarse stage's sampling
                 (`settings.SamplingSettings`, `Generator.generate`); c2f always uses upstream's
                 fixed settings.
-            periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width, prefix_s,
-                suffix_s, dropout: the mask (`settings.MaskSettings`, `masks.build_mask`; 0
-                turns a periodic prompt or onset mask off; `SingleGraphVamp` has no onset mask).
+            periodic_prompt, periodic_width, upper_codebook_mask, onset_mask_width,
+                beat_mask_ms, prefix_s, suffix_s, dropout: the mask recipe
+                (`settings.MaskSettings`, `masks.build_mask`; 0 turns a periodic prompt, onset
+                or beat mask off; `SingleGraphVamp` has no onset or beat mask). Named presets:
+                `presets.preset`.
+            mask: instead of the recipe, the mask itself: bool or 0/1 ints, 1 = generate,
+                ``[T]`` (every codebook), ``[n_codebooks, T]`` or upstream's
+                ``[1, n_codebooks, T]``, T = ceil(N' / hop) for the
+                N' samples of the input at the codec's rate (`Vamp` only; the recipe settings
+                must then be left at their defaults).
+            inpaint: (start, end) seconds: generate only frames ceil(start * rate / hop) up
+                to ceil(end * rate / hop), keep every codebook of the others as it is; inside,
+                the recipe (or `mask`) applies: periodic_prompt=0 regenerates it all (`Vamp`
+                only; upstream's prefix_s/suffix_s keep only codebooks < upper_codebook_mask).
             keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
             progress: tqdm bars over the chunks of each stage (`Vamp`; the single graph is one
                 run and shows none).
@@ -136,6 +192,8 @@ class _AudioToAudio:
             N' = N when `keep_rate`.
         """
         seed, mask_settings, sampling = self.check_settings(
+            mask=mask,
+            inpaint=inpaint,
             seed=seed,
             steps=steps,
             temperature=temperature,
@@ -146,38 +204,98 @@ class _AudioToAudio:
             periodic_width=periodic_width,
             upper_codebook_mask=upper_codebook_mask,
             onset_mask_width=onset_mask_width,
+            beat_mask_ms=beat_mask_ms,
             prefix_s=prefix_s,
             suffix_s=suffix_s,
             dropout=dropout,
         )
+        if mask_settings.beat_mask_ms > 0:
+            self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
-        y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress)
+        if mask is not None:
+            mask = self._given_mask(mask, x.shape[0])
+        if inpaint is not None:
+            if mask is None:
+                mask = self.build_mask(x, seed, **mask_settings.inputs())
+            mask = self._inpainted(mask, inpaint)
+        y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, mask)
         if not keep_rate:
             info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
         return audio.restore(y, info, self.sample_rate), info.sample_rate
 
     @classmethod
     def check_settings(
-        cls, seed: int = 0, **settings: Any
+        cls,
+        seed: int = 0,
+        mask: np.ndarray | None = None,
+        inpaint: tuple[float, float] | None = None,
+        **settings: Any,
     ) -> tuple[int, MaskSettings, SamplingSettings]:
         """`vamp`'s seed and settings (its keyword names) checked as `vamp` checks them, so a
         caller can fail before loading models or audio: (seed, mask, sampling) with the
-        defaults filled in. Raises ValueError naming the argument, TypeError for an unknown
-        name."""
+        defaults filled in. `mask` and `inpaint` are checked here as far as they can be
+        without the audio (type, values, which settings they exclude). Raises ValueError
+        naming the argument, TypeError for an unknown name."""
         where = f"{cls.__name__}.vamp"
         seed = check_seed(seed, where)
         mask_names = {f.name for f in fields(MaskSettings)}
-        mask = MaskSettings(**{k: v for k, v in settings.items() if k in mask_names})
-        mask = mask.validate(where)
-        if mask.onset_mask_width != 0 and not cls.has_onset_mask:
-            raise ValueError(
-                f"{where}: onset_mask_width must be 0 (the single graph has no onset detector; "
-                f"use a models folder), got {settings['onset_mask_width']!r}"
-            )
+        mask_settings = MaskSettings(**{k: v for k, v in settings.items() if k in mask_names})
+        mask_settings = mask_settings.validate(where)
+        for name in HOST_ONLY_MASK_SETTINGS:
+            if getattr(mask_settings, name) != 0 and not cls.has_host_masks:
+                raise ValueError(
+                    f"{where}: {name} must be 0 (the single graph has no onset detector or beat "
+                    f"tracker; use a models folder), got {settings[name]!r}"
+                )
+        if mask is not None:
+            _check_given_mask(mask, where, cls.has_host_masks)
+            changed = [k for k in mask_names if getattr(mask_settings, k) != getattr(_MASK, k)]
+            if changed:
+                raise ValueError(
+                    f"{where}: {changed[0]} must be left at its default when a mask is given "
+                    f"(the mask replaces the recipe), got {settings[changed[0]]!r}"
+                )
+        if inpaint is not None:
+            _check_inpaint(inpaint, where, cls.has_host_masks)
         sampling = SamplingSettings.from_public(
             Generator.WHERE, **{k: v for k, v in settings.items() if k not in mask_names}
         )
-        return seed, mask, sampling
+        return seed, mask_settings, sampling
+
+    def _inpainted(self, mask: np.ndarray, inpaint: tuple[float, float]) -> np.ndarray:
+        """`mask` ``[1, C, T]`` with every frame outside `inpaint` kept (False) in every
+        codebook: frames ceil(start * rate / hop) up to ceil(end * rate / hop) stay as they are."""
+        start, end = (float(t) for t in inpaint)
+        n_frames = mask.shape[-1]
+        first = masks.seconds_to_frames(start, self.sample_rate, self.hop_length)
+        if first >= n_frames:
+            duration = n_frames * self.hop_length / self.sample_rate
+            raise ValueError(
+                f"{type(self).__name__}.vamp: inpaint must start within the input (0 to "
+                f"{duration:.3f} s in whole {self.hop_length}-sample frames), got "
+                f"({start:g}, {end:g})"
+            )
+        stop = min(n_frames, masks.seconds_to_frames(end, self.sample_rate, self.hop_length))
+        kept = mask.copy()
+        kept[..., :first] = False
+        kept[..., stop:] = False
+        return kept
+
+    def _given_mask(self, mask: np.ndarray, n_samples: int) -> np.ndarray:
+        """A `vamp` mask argument as bool ``[1, n_codebooks, T]``, its length checked."""
+        n_frames = math.ceil(n_samples / self.hop_length)
+        mask = np.asarray(mask).astype(bool)
+        if mask.ndim == 3:  # upstream's [B, C, T] with B = 1
+            mask = mask[0]
+        if mask.ndim == 1:
+            mask = np.broadcast_to(mask, (self.n_codebooks, mask.shape[0]))
+        if mask.shape != (self.n_codebooks, n_frames):
+            raise ValueError(
+                f"{type(self).__name__}.vamp: mask must have shape [{n_frames}] or "
+                f"[{self.n_codebooks}, {n_frames}] for this input ({n_samples} samples at "
+                f"{self.sample_rate} Hz, hop {self.hop_length}), got {list(mask.shape)}"
+            )
+        return np.ascontiguousarray(mask[None])
 
     def _vamp_preprocessed(
         self,
@@ -186,8 +304,10 @@ class _AudioToAudio:
         mask_settings: MaskSettings,
         sampling: SamplingSettings,
         progress: bool,
+        mask: np.ndarray | None,
     ) -> np.ndarray:
-        """Preprocessed mono `x` ``[N]`` at the codec rate -> vamped audio ``[N]``."""
+        """Preprocessed mono `x` ``[N]`` at the codec rate -> vamped audio ``[N]``; `mask`:
+        bool ``[1, C, T]`` instead of the recipe of `mask_settings`."""
         raise NotImplementedError
 
     def vamp_file(
@@ -262,6 +382,11 @@ class Vamp(_AudioToAudio):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Vamp: {name} must be an int >= {low}, got {value!r}")
         self.context_frames = context_frames
+        self.n_codebooks = self.c2f.n_codebooks
+        self.models = models
+        # WaveBeat is opened on the first vamp that asks for a beat mask: most runs never do.
+        self._session_options = {"threads": threads, "providers": providers, "device": device}
+        self._beat_tracker = None
 
     def _check_models(self, config: dict) -> None:
         if decoded_length(1, config["decoder_rates"]) != self.hop_length:
@@ -272,8 +397,9 @@ class Vamp(_AudioToAudio):
         files = {"codec": ENCODE_FILE, **GENERATION_FILES}
         check_models_match(config, self.coarse.config, self.c2f.config, files, "Vamp")
 
-    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress) -> np.ndarray:
-        mask = self.build_mask(x, seed, **mask_settings.inputs())
+    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress, mask) -> np.ndarray:
+        if mask is None:
+            mask = self.build_mask(x, seed, **mask_settings.inputs())
         codes = self.encode(x, progress)
         codes = self.generate(codes, mask, seed, progress=progress, **sampling.public())
         return self.decode(codes, x.shape[0], progress)
@@ -286,12 +412,17 @@ class Vamp(_AudioToAudio):
 
     def build_mask(self, x: np.ndarray, seed: int, **settings: Any) -> np.ndarray:
         """The generation mask bool ``[1, 14, T]`` (True = generate) for preprocessed mono `x`
-        ``[N]`` at 44.1 kHz. settings: `vamp`'s mask arguments (`settings.MaskSettings`)."""
+        ``[N]`` at 44.1 kHz. settings: `vamp`'s mask arguments (`settings.MaskSettings`).
+
+        `masks.build_mask`'s recipe, then, with beat_mask_ms > 0, as VampNet's app does: AND
+        the beat mask (`beats.beat_mask`: ``beat_mask_ms`` after each beat kept) and generate
+        codebooks >= upper_codebook_mask again."""
         seed = check_seed(seed, "Vamp.vamp")
         # Rounded as the single graph's float32 inputs are, so both build the same mask.
         values = MaskSettings(**settings).validate("Vamp.vamp").as_float32().inputs()
-        shape = (1, self.c2f.n_codebooks, self.n_frames(x.shape[0]))
-        return masks.build_mask(
+        beat_mask_ms = values.pop("beat_mask_ms")
+        shape = (1, self.n_codebooks, self.n_frames(x.shape[0]))
+        mask = masks.build_mask(
             shape,
             masks.StreamRandom(seed),
             **values,
@@ -299,6 +430,43 @@ class Vamp(_AudioToAudio):
             sample_rate=self.sample_rate,
             hop_length=self.hop_length,
         )
+        if beat_mask_ms > 0:
+            mask = masks.mask_and(mask, self.beat_mask(x, beat_mask_ms)[None])
+            mask = masks.codebook_mask(mask, values["upper_codebook_mask"])
+        return mask
+
+    def beat_mask(self, x: np.ndarray, after_beat_ms: float) -> np.ndarray:
+        """bool ``[n_codebooks, T]``: False (keep) from each beat of `x` (preprocessed mono
+        ``[N]`` at the codec rate; WaveBeat's beats and downbeats) to `after_beat_ms` after
+        it, True elsewhere (upstream's ``make_beat_mask`` with its app's arguments)."""
+        from . import beats
+
+        beat_s, downbeat_s = self.beat_tracker().extract_beats(x, self.sample_rate)
+        mask = beats.beat_mask(
+            beat_s,
+            downbeat_s,
+            self.n_frames(x.shape[0]),
+            n_codebooks=self.n_codebooks,
+            after_beat_s=after_beat_ms / 1000.0,
+            sample_rate=self.sample_rate,
+            hop_length=self.hop_length,
+        )
+        return mask.astype(bool)
+
+    def beat_tracker(self):
+        """The `beats.BeatTracker` of the models folder's wavebeat.onnx, opened once."""
+        if self._beat_tracker is None:
+            from .beats import BeatTracker
+
+            path = self.models / WAVEBEAT_FILE
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"Vamp.vamp: beat_mask_ms needs {WAVEBEAT_FILE} in the models folder "
+                    f"(vampnet-onnx export --wavebeat wavebeat.pth, or --pretrained), got none "
+                    f"in '{self.models}'"
+                )
+            self._beat_tracker = BeatTracker(path, **self._session_options)
+        return self._beat_tracker
 
     def _segments(self, n_frames: int, desc: str, progress: bool):
         """(start, stop, lo, hi) frame spans: the segment kept and the one computed."""
@@ -417,7 +585,7 @@ class SingleGraphVamp(_AudioToAudio):
         threads, providers, python_ops, device: as `Vamp` / `create_session`.
     """
 
-    has_onset_mask = False
+    has_host_masks = False
 
     def __init__(
         self,
@@ -444,9 +612,10 @@ class SingleGraphVamp(_AudioToAudio):
         config = metadata(meta, CODEC_CONFIG_KEY, "SingleGraphVamp", "path", f"'{path}'")
         self.sample_rate = int(config["sample_rate"])
         self.hop_length = int(config["hop_length"])
+        self.n_codebooks = int(config["n_codebooks"])
         self.settings = json.loads(meta.get(VAMP_KEY, "{}"))
 
-    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress) -> np.ndarray:
+    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress, mask) -> np.ndarray:
         inputs = {"seed": seed, **sampling.inputs(), **mask_settings.graph_inputs()}
         feed = {"audio": x, **VAMP.feed(**inputs)}
         return run(self.session, ["audio_out"], feed)[0]

@@ -204,13 +204,13 @@ _MAX_SECONDS = 1e7
 
 
 #: Fields of `MaskSettings` that the single graph does not take.
-HOST_ONLY_MASK_SETTINGS = ("onset_mask_width",)
+HOST_ONLY_MASK_SETTINGS = ("onset_mask_width", "beat_mask_ms")
 
 
 @dataclass(frozen=True)
 class MaskSettings(_Settings):
     """What is kept from the input (VampNet's ``build_mask`` recipe and app defaults): every
-    field but onset_mask_width is an input of the single graph."""
+    field but onset_mask_width and beat_mask_ms is an input of the single graph."""
 
     periodic_prompt: int = setting(
         7,
@@ -239,6 +239,14 @@ class MaskSettings(_Settings):
         "also keep W frames on each side of detected onsets; 0 = off",
         flag="--onset-mask",
         metavar="W",
+    )
+    beat_mask_ms: float = setting(
+        0.0,
+        Limit(float, 0.0, _MAX_SECONDS),
+        "also keep MS milliseconds after each beat (WaveBeat: needs wavebeat.onnx in the "
+        "models folder); 0 = off",
+        flag="--beat-mask",
+        metavar="MS",
     )
     prefix_s: float = setting(
         0.0,

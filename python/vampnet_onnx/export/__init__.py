@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE
-from .common import DEFAULT_OPSET, check_opset
+from .common import DEFAULT_OPSET, check_opset, stamp_metadata
 from .precision import DEFAULT_PRECISION, check_precision
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ def export_models(
     batch_coupled: bool = False,
     opset: int = DEFAULT_OPSET,
     precision: str = DEFAULT_PRECISION,
+    metadata: dict[str, str] | None = None,
     verbose: bool = False,
     progress: bool = False,
     cli: bool = False,
@@ -114,6 +115,8 @@ def export_models(
         precision: "fp32"; "int8" (int8 weights, for CPUs) or "fp16" (for GPUs): the
             transformers, and so the generation graphs and vamp.onnx (`export.precision`);
             the codec stays fp32.
+        metadata: extra metadata entries written into every graph (e.g. the weights' license
+            and source, `hub.provenance`).
         verbose: show the torch exporter's own messages.
         progress: a tqdm bar over the graphs, with a line for each file written.
         cli: name arguments as ``vampnet-onnx export``'s flags in error messages.
@@ -165,6 +168,9 @@ def export_models(
             verbose,
             progress,
         )
+        if metadata:
+            for graph in sorted(staging.glob("*.onnx")):
+                stamp_metadata(graph, metadata)
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
     finally:

@@ -106,6 +106,24 @@ def save_model(model: ir.Model, path: str | Path, full_check: bool = False) -> S
     return SavedModel(path, data_path)
 
 
+def stamp_metadata(path: str | Path, props: dict[str, str]) -> None:
+    """Add (or replace) the metadata entries `props` of the graph file `path`, in place and
+    atomically; its external weights file, if any, is left as it is."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    staging = path.with_name(f".{path.name}.stamp")
+    try:
+        onnx.save(model, str(staging))
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _quiet_exporter(verbose: bool):
     """Hide the exporter's informational warnings (missing torchvision ops, deprecations)."""

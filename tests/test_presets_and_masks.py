@@ -1,0 +1,266 @@
+"""VampNet's presets (`presets`), a given mask (``mask=`` / ``--mask``) and time-range
+inpainting (``inpaint=`` / ``--inpaint``) on tiny random-weight models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile
+
+from vampnet_onnx import cli, presets
+from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
+
+SR = 44100
+HOP = 768
+
+# app.py@72e2675 change_preset: (periodic_prompt, n_mask_codebooks, onset_mask_width, dropout,
+# beat_mask_ms); "unconditional" returns no beat value upstream (docs/model.md §4.7): 0 here.
+UPSTREAM_PRESETS = {
+    "timbre transfer": (2, 1, 0, 0.0, 0),
+    "small variation": (5, 4, 0, 0.0, 0),
+    "small variation (follow beat)": (7, 4, 0, 0.0, 50),
+    "medium variation": (7, 4, 0, 0.0, 0),
+    "medium variation (follow beat)": (13, 4, 0, 0.0, 50),
+    "large variation": (13, 4, 0, 0.2, 0),
+    "large variation (follow beat)": (0, 4, 0, 0.0, 80),
+    "unconditional": (0, 1, 0, 0.0, 0),
+}
+
+
+@pytest.fixture(scope="module")
+def vamp(tiny_models_dir) -> Vamp:
+    return Vamp(tiny_models_dir, threads=2)
+
+
+@pytest.fixture
+def captured_mask(vamp, monkeypatch) -> list:
+    """The masks `Vamp.generate` is called with (generation itself still runs)."""
+    masks_seen = []
+    original = vamp.generate
+
+    def generate(codes, mask, seed, **kwargs):
+        masks_seen.append(mask.copy())
+        return original(codes, mask, seed, **kwargs)
+
+    monkeypatch.setattr(vamp, "generate", generate)
+    return masks_seen
+
+
+def noise(seconds: float) -> np.ndarray:
+    return (np.random.default_rng(0).standard_normal(round(seconds * SR)) * 0.1).astype(np.float32)
+
+
+def parsed(*argv: str):
+    return cli.build_parser().parse_args(["vamp", "in.wav", "out.wav", "--models", "m", *argv])
+
+
+# --- presets ------------------------------------------------------------------------------
+
+
+def test_presets_are_upstreams_in_its_menu_order():
+    names = ["periodic_prompt", "upper_codebook_mask", "onset_mask_width", "dropout"]
+    got = {
+        name: tuple(settings[k] for k in [*names, "beat_mask_ms"])
+        for name, settings in presets.PRESETS.items()
+    }
+    assert list(got) == list(UPSTREAM_PRESETS)
+    assert got == UPSTREAM_PRESETS
+
+
+def test_an_unknown_preset_lists_the_names():
+    with pytest.raises(ValueError, match=r"^presets: name must be one of 'timbre transfer', "):
+        presets.preset("huge variation")
+
+
+def test_a_preset_sets_its_fields_and_leaves_the_others_at_their_defaults():
+    settings = cli._vamp_settings(parsed("--preset", "large variation"))
+    assert settings["periodic_prompt"] == 13 and settings["dropout"] == 0.2
+    assert settings["upper_codebook_mask"] == 4
+    assert settings["periodic_width"] == 1 and settings["steps"] == 36
+
+
+def test_explicit_options_win_over_the_preset():
+    settings = cli._vamp_settings(parsed("--preset", "large variation", "--dropout", "0.05"))
+    assert settings["dropout"] == 0.05 and settings["periodic_prompt"] == 13
+
+
+def test_without_a_preset_the_defaults_are_vampnets_app_defaults():
+    settings = cli._vamp_settings(parsed())
+    assert (settings["periodic_prompt"], settings["upper_codebook_mask"]) == (7, 3)
+
+
+def test_list_presets_prints_every_preset_and_needs_no_other_argument(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.build_parser().parse_args(["vamp", "--list-presets"])
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("  ")[0].strip() for line in lines] == list(UPSTREAM_PRESETS)
+    assert "--periodic-prompt 13 --upper-codebook-mask 4" in lines[4]
+
+
+def test_a_preset_runs_end_to_end(vamp, captured_mask):
+    y, rate = vamp.vamp(noise(1.0), SR, steps=1, **presets.preset("timbre transfer"))
+    assert y.shape == (SR,) and rate == SR
+    [mask] = captured_mask
+    # timbre transfer keeps codebook 0 only (upper_codebook_mask 1)
+    assert mask[0, 1:].all() and not mask[0, 0].all()
+
+
+# --- a given mask -------------------------------------------------------------------------
+
+
+def test_a_given_mask_is_the_generation_mask(vamp, captured_mask):
+    n_frames = math.ceil(SR / HOP)
+    given = np.random.default_rng(1).integers(0, 2, (14, n_frames))
+    vamp.vamp(noise(1.0), SR, steps=1, mask=given)
+    np.testing.assert_array_equal(captured_mask[0], given[None].astype(bool))
+
+
+def test_a_1d_mask_applies_to_every_codebook(vamp, captured_mask):
+    n_frames = math.ceil(SR / HOP)
+    given = np.arange(n_frames) % 3 == 0
+    vamp.vamp(noise(1.0), SR, steps=1, mask=given)
+    np.testing.assert_array_equal(captured_mask[0], np.broadcast_to(given, (1, 14, n_frames)))
+
+
+def test_upstreams_batch_of_one_mask_is_accepted(vamp, captured_mask):
+    given = np.random.default_rng(2).integers(0, 2, (1, 14, math.ceil(SR / HOP)))
+    vamp.vamp(noise(1.0), SR, steps=1, mask=given)
+    np.testing.assert_array_equal(captured_mask[0], given.astype(bool))
+
+
+def test_a_mask_of_the_wrong_length_names_the_expected_shape(vamp):
+    with pytest.raises(ValueError) as err:
+        vamp.vamp(noise(1.0), SR, steps=1, mask=np.ones(50, bool))
+    assert str(err.value) == (
+        "Vamp.vamp: mask must have shape [58] or [14, 58] for this input (44100 samples at "
+        "44100 Hz, hop 768), got [14, 50]"
+    )
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.full(58, 2), "mask must hold bools or the integers 0 and 1 (1 = generate), got dtype"),
+        (np.ones((2, 14, 58), bool), "mask must be a non-empty [T], [n_codebooks, T] or [1, "),
+        (np.full(58, 0.5), "mask must hold bools or the integers 0 and 1"),
+    ],
+)
+def test_a_malformed_mask_is_rejected_before_any_work(mask, message):
+    with pytest.raises(ValueError) as err:
+        Vamp.check_settings(mask=mask)
+    assert str(err.value).startswith(f"Vamp.vamp: {message}")
+
+
+def test_a_given_mask_excludes_the_recipe_settings():
+    with pytest.raises(ValueError) as err:
+        Vamp.check_settings(mask=np.ones(5, bool), periodic_prompt=3)
+    assert str(err.value) == (
+        "Vamp.vamp: periodic_prompt must be left at its default when a mask is given (the mask "
+        "replaces the recipe), got 3"
+    )
+
+
+@pytest.mark.parametrize("name, value", [("mask", np.ones(5, bool)), ("inpaint", (0.0, 1.0))])
+def test_the_single_graph_takes_no_mask_or_inpaint(name, value):
+    with pytest.raises(ValueError, match=f"^SingleGraphVamp.vamp: {name} must be None"):
+        SingleGraphVamp.check_settings(**{name: value})
+
+
+def test_cli_mask_file_end_to_end(tiny_models_dir, tmp_path):
+    wav = tmp_path / "in.wav"
+    soundfile.write(wav, noise(1.0), SR)
+    mask_file = tmp_path / "mask.npy"
+    np.save(mask_file, np.zeros((14, 58), np.int64))
+    out = tmp_path / "out.wav"
+    argv = ["vamp", str(wav), str(out), "--models", str(tiny_models_dir), "--steps", "1"]
+    assert cli.main([*argv, "--mask", str(mask_file), "--quiet"]) == 0
+    assert soundfile.info(out).frames == SR
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--preset", "small variation"], "--mask must not come with --preset"),
+        (["--dropout", "0.1"], "--mask must not come with --dropout"),
+    ],
+)
+def test_cli_mask_with_recipe_options_is_an_error(tmp_path, capsys, extra, message):
+    mask_file = tmp_path / "mask.npy"
+    np.save(mask_file, np.zeros(58, bool))
+    argv = ["vamp", "in.wav", str(tmp_path / "o.wav"), "--models", "m", "--mask", str(mask_file)]
+    assert cli.main([*argv, *extra]) == 1
+    assert capsys.readouterr().err.startswith(f"vampnet-onnx vamp: error: {message}")
+
+
+def test_cli_mask_must_be_npy_without_pickles(tmp_path, capsys):
+    pickled = tmp_path / "mask.npy"
+    np.save(pickled, np.array([object()]), allow_pickle=True)
+    argv = ["vamp", "in.wav", str(tmp_path / "o.wav"), "--models", "m", "--mask", str(pickled)]
+    assert cli.main(argv) == 1
+    assert "--mask must be a numpy .npy array file" in capsys.readouterr().err
+
+
+# --- inpainting ---------------------------------------------------------------------------
+
+
+def test_inpaint_generates_only_the_range(vamp, captured_mask):
+    x = noise(3.0)
+    vamp.vamp(x, SR, steps=1, inpaint=(1.0, 2.0), periodic_prompt=0)
+    [mask] = captured_mask
+    n_frames = math.ceil(x.shape[0] / HOP)
+    # Frame f starts at f * 768 / 44100 s: generated from the first frame at or after 1 s to
+    # the last one before ceil(2 s) (docs/model.md §4.2's s2t).
+    expected = np.zeros(n_frames, bool)
+    expected[math.ceil(1.0 * SR / HOP) : math.ceil(2.0 * SR / HOP)] = True
+    np.testing.assert_array_equal(mask[0], np.broadcast_to(expected, (14, n_frames)))
+
+
+def test_inpaint_past_the_end_keeps_no_suffix(vamp, captured_mask):
+    vamp.vamp(noise(1.0), SR, steps=1, inpaint=(0.5, 9.0), periodic_prompt=0)
+    assert captured_mask[0][0, :, -1].all()
+
+
+def test_inpaint_keeps_every_codebook_outside_the_range_whatever_the_recipe(vamp, captured_mask):
+    x = noise(2.0)
+    vamp.vamp(x, SR, steps=1, inpaint=(1.0, 2.0), upper_codebook_mask=0)
+    [mask] = captured_mask
+    assert not mask[0, :, : math.ceil(1.0 * SR / HOP)].any()
+    assert mask[0, :, math.ceil(1.0 * SR / HOP) :].all()
+
+
+def test_inpaint_applies_to_a_given_mask(vamp, captured_mask):
+    n_frames = math.ceil(SR / HOP)
+    vamp.vamp(noise(1.0), SR, steps=1, mask=np.ones(n_frames, bool), inpaint=(0.0, 0.5))
+    expected = np.zeros(n_frames, bool)
+    expected[: math.ceil(0.5 * SR / HOP)] = True
+    np.testing.assert_array_equal(captured_mask[0][0], np.broadcast_to(expected, (14, n_frames)))
+
+
+def test_inpaint_starting_after_the_input_is_an_error(vamp):
+    with pytest.raises(ValueError) as err:
+        vamp.vamp(noise(1.0), SR, steps=1, inpaint=(2.0, 3.0))
+    assert str(err.value) == (
+        "Vamp.vamp: inpaint must start within the input (0 to 1.010 s in whole 768-sample "
+        "frames), got (2, 3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"inpaint": (2.0, 1.0)}, "inpaint must be (start, end) seconds with 0 <= start < end"),
+        ({"inpaint": (-1.0, 1.0)}, "inpaint must be (start, end) seconds with 0 <= start < end"),
+        ({"inpaint": "ab"}, "inpaint must be (start, end) in seconds, got 'ab'"),
+    ],
+)
+def test_bad_inpaint_arguments(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        Vamp.check_settings(**kwargs)
+    assert str(err.value).startswith(f"Vamp.vamp: {message}")
+
+
+def test_cli_inpaint_parses_two_seconds():
+    assert cli._vamp_settings(parsed("--inpaint", "1.5", "4"))["inpaint"] == (1.5, 4.0)

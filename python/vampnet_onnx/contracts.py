@@ -2,8 +2,9 @@
 file names of an export folder, VampNet's chunking, and the layout of the random streams.
 
 Both sides import this module and nothing of each other: the exporter (`vampnet_onnx.export`)
-writes graphs that keep these contracts, the runtime (`generator`, `codec`, `pipeline`) reads
-them. The op schemas themselves are in `ops`; the settings' defaults and limits in `settings`.
+writes graphs that keep these contracts, the runtime (`generator`, `codec`, `beats`,
+`pipeline`) reads them. The op schemas themselves are in `ops`; the settings' defaults and
+limits in `settings`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ GENERATION_KEY = "vampnet_onnx.generation"
 CODEC_CONFIG_KEY = "vampnet_onnx.codec_config"
 #: The single graph's settings (export.vamp).
 VAMP_KEY = "vampnet_onnx.vamp"
+#: The WaveBeat graph's config: rates and architecture (export.wavebeat).
+WAVEBEAT_CONFIG_KEY = "vampnet_onnx.wavebeat_config"
 
 
 def metadata(
@@ -72,6 +75,8 @@ DECODE_FILE = "codec.decode.onnx"
 TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
 GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
 VAMP_FILE = "vamp.onnx"
+#: The beat tracker for VampNet's beat masks (optional in a models folder).
+WAVEBEAT_FILE = "wavebeat.onnx"
 #: The graphs `pipeline.Vamp` reads from a models folder, in pipeline order.
 MODEL_FILES = (ENCODE_FILE, GENERATION_FILES["coarse"], GENERATION_FILES["c2f"], DECODE_FILE)
 #: The graphs the single graph is built from (`export.vamp`).
@@ -181,6 +186,26 @@ CODEC_DECODE = OpSchema(
         Port("length", INT64, "scalar, samples to keep, in [0, T * hop]"),
     ),
     outputs=(Port("audio", FLOAT, "[B, 1, length]"),),
+)
+
+WAVEBEAT = OpSchema(
+    name="WaveBeat",
+    inputs=(
+        Port(
+            "audio",
+            FLOAT,
+            "[B, 1, N] samples at the config's audio_sample_rate (22.05 kHz), N >= 1, divided "
+            "by their peak as WaveBeat's own preprocessing does",
+        ),
+    ),
+    outputs=(
+        Port(
+            "activations",
+            FLOAT,
+            "[B, 2, ceil(N / downsampling)] beat and downbeat probabilities (sigmoid), one "
+            "frame per 1 / target_sample_rate seconds",
+        ),
+    ),
 )
 
 #: The generation graph's defaults: VampNet's (docs/model.md §3.1; the app runs 36 coarse steps).

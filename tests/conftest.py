@@ -143,16 +143,19 @@ def random_step_problem(
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory):
-    """`vampnet-onnx export --single-graph` of tiny random coarse, c2f and codec checkpoints
-    (codec with the real rates, hop 768), written once per test session."""
+    """`vampnet-onnx export --single-graph` of tiny random coarse, c2f, codec (with the real
+    rates, hop 768) and WaveBeat checkpoints, written once per test session."""
     from vampnet_onnx import cli, testing
 
     root = tmp_path_factory.mktemp("tiny_models")
     coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
     c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
     codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS, seed=3)
+    wavebeat = testing.write_wavebeat_checkpoint(
+        root / "wavebeat.pth", configs.TINY_WAVEBEAT_HPARAMS, seed=4
+    )
     out = root / "models"
     argv = ["export", "--coarse", str(coarse), "--c2f", str(c2f), "--codec", str(codec)]
-    argv.append("--single-graph")
+    argv += ["--wavebeat", str(wavebeat), "--single-graph"]
     assert cli.main([*argv, "--out", str(out)]) == 0
     return out

@@ -8,6 +8,7 @@ import pytest
 
 import vampnet_onnx
 from vampnet_onnx import configs, contracts, testing
+from vampnet_onnx.checkpoint import CheckpointError
 from vampnet_onnx.export import export_models
 
 
@@ -21,9 +22,18 @@ def checkpoints(tmp_path_factory):
 
 
 def test_export_models_writes_and_reports_the_folder(checkpoints, tmp_path):
+    wavebeat = testing.write_wavebeat_checkpoint(
+        tmp_path / "wavebeat.pth", configs.TINY_WAVEBEAT_HPARAMS, seed=4
+    )
     out = tmp_path / "models"
-    result = export_models(out, codec=checkpoints["codec"], c2f=checkpoints["c2f"])
+    result = export_models(
+        out, codec=checkpoints["codec"], c2f=checkpoints["c2f"], wavebeat=wavebeat
+    )
     assert result.out == out and result.vamp is None
+    assert result.wavebeat.path == out / contracts.WAVEBEAT_FILE
+    assert result.wavebeat.path in result.files
+    meta = contracts.read_metadata(result.wavebeat.path, contracts.WAVEBEAT_CONFIG_KEY, "test")
+    assert meta["audio_sample_rate"] == 22050
     assert result.codec.encode_path == out / contracts.ENCODE_FILE
     assert result.codec.decode_path == out / contracts.DECODE_FILE
     assert list(result.transformers) == list(result.generations) == ["c2f"]
@@ -36,6 +46,17 @@ def test_export_models_writes_and_reports_the_folder(checkpoints, tmp_path):
     mask[:, 4:, 2:] = True
     out_codes = generator.generate(codes, mask, steps=2)
     np.testing.assert_array_equal(out_codes[~mask], codes[~mask])
+
+
+def test_export_models_refuses_a_wrong_wavebeat_file_before_exporting(checkpoints, tmp_path):
+    with pytest.raises(CheckpointError, match="must be a WaveBeat Lightning checkpoint"):
+        export_models(
+            tmp_path / "m",
+            codec=checkpoints["codec"],
+            c2f=checkpoints["c2f"],
+            wavebeat=checkpoints["c2f"],
+        )
+    assert not (tmp_path / "m").exists()
 
 
 def test_export_models_needs_a_transformer(checkpoints, tmp_path):

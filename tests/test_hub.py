@@ -3,7 +3,6 @@ the real huggingface_hub code path, offline."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -11,10 +10,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
 from fake_hub import FakeHub, FakeRepo
 from vampnet_onnx import cli, configs, contracts, hub, testing
+from vampnet_onnx.configs import TINY_WAVEBEAT_HPARAMS
 
 
 def _checkpoint_bytes(write, kwargs, seed: int, tmp_path: Path) -> bytes:
@@ -28,15 +27,14 @@ def repo_files(tmp_path_factory) -> dict[str, bytes]:
     and an incomplete one ("half", no c2f.pth)."""
     tmp = tmp_path_factory.mktemp("hub-files")
     vampnet = testing.write_vampnet_checkpoint
-    buffer = io.BytesIO()
-    torch.save({"state_dict": {}}, buffer)  # wavebeat.pth: only downloaded here
+    wavebeat = testing.write_wavebeat_checkpoint(tmp / "wavebeat.pth", TINY_WAVEBEAT_HPARAMS)
     return {
         "codec.pth": _checkpoint_bytes(
             testing.write_codec_checkpoint, configs.SMALL_CODEC_KWARGS, 3, tmp
         ),
         "coarse.pth": _checkpoint_bytes(vampnet, configs.TINY_COARSE_KWARGS, 1, tmp),
         "c2f.pth": _checkpoint_bytes(vampnet, configs.TINY_C2F_KWARGS, 2, tmp),
-        "wavebeat.pth": buffer.getvalue(),
+        "wavebeat.pth": wavebeat.read_bytes(),
         "loras/jazz/coarse.pth": _checkpoint_bytes(vampnet, configs.TINY_COARSE_KWARGS, 11, tmp),
         "loras/jazz/c2f.pth": _checkpoint_bytes(vampnet, configs.TINY_C2F_KWARGS, 12, tmp),
         "loras/half/coarse.pth": b"not a checkpoint",
@@ -146,7 +144,7 @@ def test_export_pretrained_exports_and_stamps_the_license(fake_hub, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.count(hub.LICENSE) == 1
     graphs = sorted(out.glob("*.onnx"))
-    assert {g.name for g in graphs} >= set(contracts.MODEL_FILES)
+    assert {g.name for g in graphs} >= {*contracts.MODEL_FILES, contracts.WAVEBEAT_FILE}
     for graph in graphs:
         props = {p.key: p.value for p in onnx.load(graph, load_external_data=False).metadata_props}
         assert props[contracts.LICENSE_KEY] == hub.LICENSE_NOTICE

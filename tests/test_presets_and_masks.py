@@ -1,15 +1,17 @@
-"""VampNet's presets (`presets`), a given mask (``mask=`` / ``--mask``) and time-range
-inpainting (``inpaint=`` / ``--inpaint``) on tiny random-weight models."""
+"""VampNet's presets (`presets`), the beat mask (``beat_mask_ms``), a given mask (``mask=`` /
+``--mask``) and time-range inpainting (``inpaint=`` / ``--inpaint``) on tiny random-weight
+models."""
 
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
 import soundfile
 
-from vampnet_onnx import cli, presets
+from vampnet_onnx import beats, cli, contracts, presets
 from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
 SR = 44100
@@ -264,3 +266,47 @@ def test_bad_inpaint_arguments(kwargs, message):
 
 def test_cli_inpaint_parses_two_seconds():
     assert cli._vamp_settings(parsed("--inpaint", "1.5", "4"))["inpaint"] == (1.5, 4.0)
+
+
+# --- the beat mask ------------------------------------------------------------------------
+
+
+def test_the_beat_mask_keeps_the_frames_after_each_beat(vamp, monkeypatch):
+    # Beats at 0.1 s (a downbeat too) and 0.5 s: upstream's make_beat_mask keeps frames
+    # [ceil(t * 44100 / 768), + ceil(0.05 * 44100 / 768) = 3) (docs/model.md §4.5, §7), then
+    # the app ANDs it with the recipe and generates codebooks >= upper_codebook_mask again.
+    monkeypatch.setattr(
+        beats.BeatTracker,
+        "extract_beats",
+        lambda self, x, rate: (np.array([0.1, 0.5]), np.array([0.1])),
+    )
+    x = noise(1.0)
+    mask = vamp.build_mask(x, 0, periodic_prompt=0, upper_codebook_mask=2, beat_mask_ms=50.0)
+    expected = np.ones((14, math.ceil(SR / HOP)), bool)
+    for frame in (6, 29):  # ceil(0.1 * 44100 / 768), ceil(0.5 * 44100 / 768)
+        expected[:2, frame : frame + 3] = False
+    np.testing.assert_array_equal(mask[0], expected)
+
+
+def test_a_follow_beat_preset_runs_end_to_end_with_wavebeat(vamp, captured_mask):
+    y, _ = vamp.vamp(noise(2.0), SR, steps=1, **presets.preset("medium variation (follow beat)"))
+    assert y.shape == (2 * SR,) and np.isfinite(y).all()
+    assert captured_mask[0][0, 4:].all()  # codebooks >= 4 always generated
+
+
+def test_a_beat_mask_without_wavebeat_fails_before_any_audio_work(tiny_models_dir, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in contracts.MODEL_FILES:
+        shutil.copy(tiny_models_dir / name, folder / name)
+    with pytest.raises(FileNotFoundError) as err:
+        Vamp(folder).vamp(np.zeros(10, np.float32), SR, beat_mask_ms=50.0)
+    assert str(err.value) == (
+        "Vamp.vamp: beat_mask_ms needs wavebeat.onnx in the models folder (vampnet-onnx export "
+        f"--wavebeat wavebeat.pth, or --pretrained), got none in '{folder}'"
+    )
+
+
+def test_the_single_graph_takes_no_beat_mask():
+    with pytest.raises(ValueError, match="^SingleGraphVamp.vamp: beat_mask_ms must be 0"):
+        SingleGraphVamp.check_settings(beat_mask_ms=50.0)

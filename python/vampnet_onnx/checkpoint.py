@@ -1,10 +1,14 @@
-"""Safe loading of VampNet (`coarse.pth`, `c2f.pth`) and LAC (`codec.pth`) checkpoints.
+"""Safe loading of VampNet (`coarse.pth`, `c2f.pth`), LAC (`codec.pth`) and WaveBeat
+(`wavebeat.pth`) checkpoints.
 
-Both are `torch.save` zip archives holding ``{"state_dict": {name: tensor}, "metadata":
-{"kwargs": {...}}}``. A pickle can name any importable callable, so nothing here unpickles a
-file before checking every global it references against an allowlist: torch's weights-only
-set (tensor and storage rebuilders, ``OrderedDict``) plus the two numpy globals that a numpy
-scalar in ``kwargs`` needs. Anything else is refused by name and never executed.
+The first two are `torch.save` zip archives holding ``{"state_dict": {name: tensor},
+"metadata": {"kwargs": {...}}}``; WaveBeat's is a PyTorch Lightning checkpoint,
+``{"state_dict": ..., "hyper_parameters": {...}, ...}`` (`load_wavebeat`). A pickle can name
+any importable callable, so nothing here unpickles a file before checking every global it
+references against an allowlist: torch's weights-only set (tensor and storage rebuilders,
+``OrderedDict``) plus the two numpy globals that a numpy scalar in ``kwargs`` needs (and, for
+WaveBeat only, Lightning's ``AttributeDict`` and ``ModelCheckpoint`` classes, loaded as inert
+stand-ins: Lightning is never imported). Anything else is refused by name and never executed.
 
 The architecture always comes from ``metadata["kwargs"]``: the class defaults of the original
 code differ from the released configurations, and the original loader silently ignores missing
@@ -31,6 +35,7 @@ from .configs import (
     CheckpointError,
     CodecConfig,
     VampNetConfig,
+    WaveBeatConfig,
 )
 
 # Pickle global name -> object. Numpy writes scalars through `multiarray.scalar(dtype, bytes)`;
@@ -40,6 +45,22 @@ _EXTRA_SAFE_GLOBALS = {
     "numpy._core.multiarray.scalar": _NUMPY_SCALAR,
     "numpy.core.multiarray.scalar": _NUMPY_SCALAR,
     "numpy.dtype": np.dtype,
+}
+
+
+class _LightningCallbackKey:
+    """Stands in for a Lightning callback class: Lightning < 1.5 keys the checkpoint's
+    ``callbacks`` states by the callback's class, which this loader reads as an inert marker."""
+
+
+# Lightning names that a WaveBeat checkpoint may reference, each mapped to an inert stand-in.
+# Lightning's AttributeDict (the type of ``hyper_parameters`` in some versions) is a dict
+# subclass pickled as "new empty instance, then set items": a plain dict rebuilds it.
+_LIGHTNING_SAFE_GLOBALS = {
+    "pytorch_lightning.utilities.parsing.AttributeDict": dict,
+    "lightning_fabric.utilities.data.AttributeDict": dict,
+    "lightning.fabric.utilities.data.AttributeDict": dict,
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint": _LightningCallbackKey,
 }
 # Rebuilding a numpy dtype instantiates its class; these never appear as globals in the file.
 _NUMPY_DTYPE_CLASSES = [
@@ -103,8 +124,12 @@ _UNREADABLE = (
 )
 
 
-def _safe_torch_load(path: str | Path, where: str) -> tuple[Path, Any]:
-    """Unpickle a `torch.save` zip archive after refusing any global outside the allowlist."""
+def _safe_torch_load(
+    path: str | Path, where: str, extra_globals: Mapping[str, Any] | None = None
+) -> tuple[Path, Any]:
+    """Unpickle a `torch.save` zip archive after refusing any global outside the allowlist
+    (`_EXTRA_SAFE_GLOBALS`, plus `extra_globals`: name -> the object loaded for it)."""
+    safe_globals = {**_EXTRA_SAFE_GLOBALS, **(extra_globals or {})}
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{where}: path must be an existing file, got '{path}'")
@@ -138,14 +163,14 @@ def _safe_torch_load(path: str | Path, where: str) -> tuple[Path, Any]:
         raise CheckpointError(
             f"{where}: '{path}' must be a readable torch.save archive, got {_first_line(err)}"
         ) from err
-    refused = sorted(set(requested) - set(_EXTRA_SAFE_GLOBALS))
+    refused = sorted(set(requested) - set(safe_globals))
     if refused:
         raise CheckpointError(
             f"{where}: '{path}' must reference only tensors, plain Python values and numpy "
             f"scalars, got pickle global(s) {', '.join(refused)} (refused: unpickling them "
             "could run code)"
         )
-    allow = [(obj, name) for name, obj in _EXTRA_SAFE_GLOBALS.items()] + _NUMPY_DTYPE_CLASSES
+    allow = [(obj, name) for name, obj in safe_globals.items()] + _NUMPY_DTYPE_CLASSES
     try:
         with torch.serialization.safe_globals(allow):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -371,7 +396,10 @@ def check_tensors(checkpoint: Checkpoint, expected: Mapping[str, tuple]) -> None
         got = tuple(checkpoint.state_dict[name].shape)
         if got != tuple(shape):
             raise CheckpointError(f"{where}: {name} must have shape {tuple(shape)}, got {got}")
-        if not checkpoint.state_dict[name].is_floating_point():
+        # BatchNorm's step counter is an integer by design (and unused in eval mode).
+        if not checkpoint.state_dict[name].is_floating_point() and not name.endswith(
+            ".num_batches_tracked"
+        ):
             raise CheckpointError(
                 f"{where}: {name} must be a floating-point tensor, "
                 f"got {checkpoint.state_dict[name].dtype}"
@@ -412,4 +440,71 @@ def load_codec(path: str | Path) -> tuple[Checkpoint, CodecConfig]:
     checkpoint = load_checkpoint(path)
     config = CodecConfig.from_kwargs(checkpoint.kwargs, f"load_codec: '{checkpoint.path}'")
     check_tensors(checkpoint, codec_tensor_shapes(config))
+    return checkpoint, config
+
+
+def wavebeat_tensor_shapes(config: WaveBeatConfig) -> dict[str, tuple]:
+    """Name -> shape of every tensor a WaveBeat (dsTCN) checkpoint of this configuration holds:
+    the Lightning module's own names (the model is the module, so there is no prefix)."""
+    shapes: dict[str, tuple] = {}
+
+    def batch_norm(name: str, channels: int) -> None:
+        for tensor in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{name}.{tensor}"] = (channels,)
+        shapes[f"{name}.num_batches_tracked"] = ()
+
+    for block in range(config.nblocks):
+        n_in, n_out = config.channels(block)
+        p = f"blocks.{block}"
+        shapes[f"{p}.conv1.weight"] = (n_out, n_in, config.kernel_size)
+        shapes[f"{p}.conv1.bias"] = (n_out,)
+        if config.act_type == "PReLU":
+            shapes[f"{p}.act1.weight"] = (n_out,)
+        shapes[f"{p}.res_conv.weight"] = (n_out, n_in, 1)
+        shapes[f"{p}.res_conv.bias"] = (n_out,)
+        if config.batch_norm:
+            batch_norm(f"{p}.norm1", n_out)
+            batch_norm(f"{p}.res_norm", n_out)
+    shapes["output.weight"] = (2, config.channels(config.nblocks - 1)[1], 1)
+    shapes["output.bias"] = (2,)
+    return shapes
+
+
+def load_wavebeat(path: str | Path) -> tuple[Checkpoint, WaveBeatConfig]:
+    """Load and fully check a WaveBeat Lightning checkpoint without executing pickled code.
+
+    Args:
+        path: a `torch.save` file (``.ckpt``/``.pth``) with ``state_dict`` (the dsTCN model's
+            tensors) and ``hyper_parameters`` (its constructor arguments and the training
+            options, among them ``audio_sample_rate`` and ``target_sample_rate``). Other
+            entries (optimizer and scheduler states, callbacks, loops) are ignored.
+
+    Returns:
+        The checkpoint (``kwargs`` holds the hyper-parameters) and the architecture.
+
+    Raises:
+        CheckpointError: unsafe/unreadable file, not a Lightning checkpoint (a VampNet or LAC
+            file, say), unsupported hyper-parameters, or tensor list mismatch.
+    """
+    path, obj = _safe_torch_load(path, "load_wavebeat", _LIGHTNING_SAFE_GLOBALS)
+    where = f"load_wavebeat: '{path}'"
+    required = ("state_dict", "hyper_parameters")
+    if not isinstance(obj, Mapping) or not all(key in obj for key in required):
+        keys = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{where} must be a WaveBeat Lightning checkpoint with keys 'state_dict' and "
+            f"'hyper_parameters', got {keys}"
+        )
+    if not isinstance(obj["hyper_parameters"], Mapping):
+        kind = type(obj["hyper_parameters"]).__name__
+        raise CheckpointError(f"{where}: hyper_parameters must be a dict, got {kind}")
+    hparams = _plain(dict(obj["hyper_parameters"]))
+    checkpoint = Checkpoint(
+        path=path,
+        sha256=file_sha256(path),
+        kwargs=hparams,
+        state_dict=_tensor_dict(obj["state_dict"], f"{where}: state_dict"),
+    )
+    config = WaveBeatConfig.from_hparams(hparams, where)
+    check_tensors(checkpoint, wavebeat_tensor_shapes(config))
     return checkpoint, config

@@ -66,7 +66,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError("--out must be given (the models folder), got none")
     metadata = None
     if args.pretrained:
-        given = [flag for flag in ("codec", "coarse", "c2f") if getattr(args, flag)]
+        given = [flag for flag in ("codec", "coarse", "c2f", "wavebeat") if getattr(args, flag)]
         if given:
             raise ValueError(
                 f"--pretrained must not come with --{given[0]}: it downloads all the checkpoints"
@@ -74,6 +74,7 @@ def _export(args: argparse.Namespace) -> int:
         print(hub.LICENSE_NOTICE, file=sys.stderr)
         pretrained = hub.download(repo=args.repo, revision=args.revision, lora=args.lora)
         args.codec, args.coarse, args.c2f = pretrained.codec, pretrained.coarse, pretrained.c2f
+        args.wavebeat = pretrained.wavebeat
         metadata = hub.provenance(pretrained)
     else:
         for flag in ("repo", "revision", "lora"):
@@ -86,6 +87,7 @@ def _export(args: argparse.Namespace) -> int:
         codec=args.codec,
         coarse=args.coarse,
         c2f=args.c2f,
+        wavebeat=args.wavebeat,
         single_graph=args.single_graph,
         trace=args.trace,
         batch_coupled=args.batch_coupled,
@@ -381,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--coarse", type=Path, help="coarse.pth")
     bundle.add_argument("--c2f", type=Path, help="c2f.pth")
     bundle.add_argument("--codec", type=Path, help="LAC codec.pth (required without --pretrained)")
+    bundle.add_argument(
+        "--wavebeat",
+        type=Path,
+        help="WaveBeat's wavebeat.pth: also write DIR/wavebeat.onnx, the beat tracker that "
+        "vamp --beat-mask and the follow-beat presets need",
+    )
     bundle.add_argument("--out", type=Path, metavar="DIR", help="output folder (required)")
     hub_options = bundle.add_argument_group(
         "pretrained weights (VampNet's released checkpoints from the Hugging Face Hub; needs "

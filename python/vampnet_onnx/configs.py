@@ -1,5 +1,6 @@
 """Model configurations, data only (no torch): the architecture read from a checkpoint's
-``metadata["kwargs"]`` (`VampNetConfig`, `CodecConfig`) and the constructor kwargs of the
+``metadata["kwargs"]`` (`VampNetConfig`, `CodecConfig`) or a WaveBeat Lightning checkpoint's
+``hyper_parameters`` (`WaveBeatConfig`), and the constructor kwargs of the
 released models and of the tiny test models with the same structure.
 
 `checkpoint` (which needs torch) validates files against these; the runtime and the demo read
@@ -24,9 +25,13 @@ class CheckpointError(ValueError):
     """A checkpoint file is unsafe, unreadable, or does not match the expected model."""
 
 
-def _require(kwargs: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+def _require(
+    kwargs: Mapping[str, Any], name: str, kind: type, where: str, container: str = "kwargs"
+) -> Any:
     if name not in kwargs:
-        raise CheckpointError(f"{where}: kwargs must contain '{name}', got keys {sorted(kwargs)}")
+        raise CheckpointError(
+            f"{where}: {container} must contain '{name}', got keys {sorted(kwargs)}"
+        )
     value = kwargs[name]
     # bool is an int subclass; a flag where a size belongs is a broken file.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -209,6 +214,105 @@ class CodecConfig:
         return cls(**sizes, **rates)
 
 
+_HPARAMS = "hyper_parameters"
+#: WaveBeat activations upstream knows (``wavebeat.dstcn.get_activation``); others build nothing.
+WAVEBEAT_ACTIVATIONS = ("PReLU", "ReLU", "SELU", "ELU")
+
+
+@dataclass(frozen=True)
+class WaveBeatConfig:
+    """WaveBeat's dsTCN architecture and rates, read from a Lightning checkpoint's
+    ``hyper_parameters`` (docs/model.md §7).
+
+    Attributes:
+        nblocks: blocks, each a strided conv with a strided 1x1 residual conv.
+        kernel_size, stride: of every block's conv.
+        dilation_growth, stack_size: block n dilates by dilation_growth ** (n % stack_size).
+        channel_width, channel_growth: block 0 has channel_width outputs, each next block
+            channel_growth more.
+        batch_norm: ``norm_type == "BatchNorm"`` (a BatchNorm after both convs), else none.
+        act_type: one of `WAVEBEAT_ACTIVATIONS`.
+        audio_sample_rate: Hz of the network's input audio (22050 released).
+        target_sample_rate: Hz of its activation frames (audio_sample_rate / target_factor).
+    """
+
+    nblocks: int
+    kernel_size: int
+    stride: int
+    dilation_growth: int
+    stack_size: int
+    channel_width: int
+    channel_growth: int
+    batch_norm: bool
+    act_type: str
+    audio_sample_rate: int
+    target_sample_rate: float
+
+    def dilation(self, block: int) -> int:
+        return self.dilation_growth ** (block % self.stack_size)
+
+    def channels(self, block: int) -> tuple[int, int]:
+        """(input, output) channels of `block` (the first takes mono audio)."""
+        width = self.channel_width + block * self.channel_growth
+        return (1 if block == 0 else width - self.channel_growth), width
+
+    @classmethod
+    def from_hparams(
+        cls, hparams: Mapping[str, Any], where: str = "WaveBeatConfig"
+    ) -> WaveBeatConfig:
+        """Validate a dsTCN model's saved hyper-parameters.
+
+        Raises:
+            CheckpointError: a required entry is missing or has a value the original model
+                cannot run with (not mono in, beat and downbeat out; an unknown activation; a
+                block whose conv and residual lengths differ).
+        """
+        for name, want in (("ninputs", 1), ("noutputs", 2)):
+            if _require(hparams, name, int, where, _HPARAMS) != want:
+                raise CheckpointError(f"{where}: {name} must be {want}, got {hparams[name]}")
+        sizes = {
+            name: _positive(name, _require(hparams, name, int, where, _HPARAMS), where)
+            for name in (
+                "nblocks",
+                "kernel_size",
+                "stride",
+                "dilation_growth",
+                "stack_size",
+                "channel_width",
+                "audio_sample_rate",
+            )
+        }
+        growth = _require(hparams, "channel_growth", int, where, _HPARAMS)
+        if growth < 0:
+            raise CheckpointError(f"{where}: channel_growth must be >= 0, got {growth}")
+        act_type = hparams.get("act_type")
+        if act_type not in WAVEBEAT_ACTIVATIONS:
+            raise CheckpointError(
+                f"{where}: act_type must be one of {list(WAVEBEAT_ACTIVATIONS)}, got {act_type!r}"
+            )
+        target = hparams.get("target_sample_rate")
+        if isinstance(target, bool) or not isinstance(target, int | float) or not target > 0:
+            raise CheckpointError(
+                f"{where}: target_sample_rate must be a number > 0, got {target!r}"
+            )
+        config = cls(
+            **sizes,
+            channel_growth=growth,
+            batch_norm=hparams.get("norm_type") == "BatchNorm",
+            act_type=act_type,
+            target_sample_rate=float(target),
+        )
+        for block in range(config.nblocks):
+            # The conv pads (k - 1) * d // 2 on each side; an odd (k - 1) * d makes its output
+            # one frame shorter than the residual's and the original's sum fails.
+            if (config.kernel_size - 1) * config.dilation(block) % 2:
+                raise CheckpointError(
+                    f"{where}: (kernel_size - 1) * dilation must be even in every block, got "
+                    f"({config.kernel_size} - 1) * {config.dilation(block)} in block {block}"
+                )
+        return config
+
+
 # --- constructor kwargs ----------------------------------------------------------------------
 
 _VAMPNET_DEFAULTS = {
@@ -275,3 +379,32 @@ TINY_CODEC_KWARGS: dict[str, Any] = {
 #: Tiny widths with the real rates (hop 768, so T = ceil(N / 768) frames): for end-to-end audio
 #: tests, where TINY_CODEC_KWARGS' odd rates would change the frame and sample counts.
 SMALL_CODEC_KWARGS: dict[str, Any] = {**CODEC_KWARGS, "encoder_dim": 2, "decoder_dim": 96}
+
+#: WaveBeat as released (its README's training command; the checkpoint's hyper_parameters hold
+#: these among the training options): 22.05 kHz in, 22050 / 256 Hz activations.
+WAVEBEAT_HPARAMS: dict[str, Any] = {
+    "ninputs": 1,
+    "noutputs": 2,
+    "nblocks": 8,
+    "kernel_size": 15,
+    "stride": 2,
+    "dilation_growth": 8,
+    "channel_growth": 32,
+    "channel_width": 32,
+    "stack_size": 4,
+    "grouped": False,
+    "causal": False,
+    "skip_connections": False,
+    "norm_type": "BatchNorm",
+    "act_type": "PReLU",
+    "audio_sample_rate": 22050,
+    "target_factor": 256,
+    "target_sample_rate": 22050 / 256,
+}
+#: Tiny widths and kernels with the released strides and rates (activations at 22050 / 256 Hz).
+TINY_WAVEBEAT_HPARAMS: dict[str, Any] = {
+    **WAVEBEAT_HPARAMS,
+    "kernel_size": 5,
+    "channel_width": 4,
+    "channel_growth": 2,
+}

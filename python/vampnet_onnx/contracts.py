@@ -2,8 +2,9 @@
 file names of an export folder, VampNet's chunking, and the layout of the random streams.
 
 Both sides import this module and nothing of each other: the exporter (`vampnet_onnx.export`)
-writes graphs that keep these contracts, the runtime (`generator`, `codec`, `pipeline`) reads
-them. The op schemas themselves are in `ops`; the settings' defaults and limits in `settings`.
+writes graphs that keep these contracts, the runtime (`generator`, `codec`, `beats`,
+`pipeline`) reads them. The op schemas themselves are in `ops`; the settings' defaults and
+limits in `settings`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ VAMP_KEY = "vampnet_onnx.vamp"
 LICENSE_KEY = "vampnet_onnx.license"
 #: Where the weights came from, e.g. ``hf://REPO@COMMIT`` (hub.py).
 SOURCE_KEY = "vampnet_onnx.source"
+#: The WaveBeat graph's config: rates and architecture (export.wavebeat).
+WAVEBEAT_CONFIG_KEY = "vampnet_onnx.wavebeat_config"
 
 
 def metadata(
@@ -187,6 +190,26 @@ CODEC_DECODE = OpSchema(
         Port("length", INT64, "scalar, samples to keep, in [0, T * hop]"),
     ),
     outputs=(Port("audio", FLOAT, "[B, 1, length]"),),
+)
+
+WAVEBEAT = OpSchema(
+    name="WaveBeat",
+    inputs=(
+        Port(
+            "audio",
+            FLOAT,
+            "[B, 1, N] samples at the config's audio_sample_rate (22.05 kHz), N >= 1, divided "
+            "by their peak as WaveBeat's own preprocessing does",
+        ),
+    ),
+    outputs=(
+        Port(
+            "activations",
+            FLOAT,
+            "[B, 2, ceil(N / downsampling)] beat and downbeat probabilities (sigmoid), one "
+            "frame per 1 / target_sample_rate seconds",
+        ),
+    ),
 )
 
 #: The generation graph's defaults: VampNet's (docs/model.md §3.1; the app runs 36 coarse steps).

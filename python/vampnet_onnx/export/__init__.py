@@ -1,7 +1,7 @@
 """Graph builders that turn checkpoints into ONNX files, and `export_models`, which writes a
 whole models folder (what ``vampnet-onnx export`` does).
 
-Modules: `transformer` and `codec` export the torch modules of `vampnet_onnx.model`;
+Modules: `transformer`, `codec` and `wavebeat` export the torch modules of `vampnet_onnx.model`;
 `generation` and `vamp` build graphs from those files with onnx-ir (no torch); `common` holds
 the torch export-and-check helper and the one save path. torch is imported only when a
 checkpoint is exported.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE
+from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE, WAVEBEAT_FILE
 from .common import DEFAULT_OPSET, check_opset, stamp_metadata
 from .precision import DEFAULT_PRECISION, check_precision
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .generation import GenerationExport
     from .transformer import TransformerExport
     from .vamp import VampExport
+    from .wavebeat import WaveBeatExport
 
 __all__ = ["ModelsExport", "export_models"]
 
@@ -40,6 +41,7 @@ class ModelsExport:
         transformers: kind ("coarse", "c2f") -> the transformer graph and its mapping report.
         generations: kind -> the generation graph.
         vamp: the single graph (``vamp.onnx``), when asked for.
+        wavebeat: the beat tracker (``wavebeat.onnx``), when a WaveBeat checkpoint was given.
     """
 
     out: Path
@@ -47,6 +49,7 @@ class ModelsExport:
     transformers: dict[str, TransformerExport] = field(default_factory=dict)
     generations: dict[str, GenerationExport] = field(default_factory=dict)
     vamp: VampExport | None = None
+    wavebeat: WaveBeatExport | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -57,6 +60,8 @@ class ModelsExport:
             graphs += [self.transformers[kind].path, self.generations[kind].path]
         if self.vamp is not None:
             graphs.append(self.vamp.path)
+        if self.wavebeat is not None:
+            graphs.append(self.wavebeat.path)
         return [file for graph in graphs for file in _with_data(graph)]
 
     @property
@@ -86,6 +91,7 @@ def export_models(
     codec: str | Path,
     coarse: str | Path | None = None,
     c2f: str | Path | None = None,
+    wavebeat: str | Path | None = None,
     single_graph: bool = False,
     trace: bool = False,
     batch_coupled: bool = False,
@@ -101,12 +107,14 @@ def export_models(
 
     Writes ``codec.encode.onnx`` and ``codec.decode.onnx``; for each of `coarse` and `c2f`
     given, ``KIND.onnx`` (the transformer) and ``KIND.generate.onnx`` (the whole generation
-    loop); with `single_graph` also ``vamp.onnx`` (needs both models).
+    loop); with `single_graph` also ``vamp.onnx`` (needs both models); with `wavebeat` also
+    ``wavebeat.onnx`` (the beat tracker that `beats.BeatTracker` runs).
 
     Args:
         out: the folder (created if missing; existing files are replaced).
         codec: the LAC ``codec.pth`` (its codebooks are part of the transformers' embedding).
         coarse, c2f: ``coarse.pth`` and ``c2f.pth``; at least one.
+        wavebeat: WaveBeat's Lightning checkpoint (``wavebeat.pth``), or None to skip it.
         single_graph: also write the single graph ``vamp.onnx`` (docs/generation.md).
         trace: the generation graphs also output the codes and mask after every step.
         batch_coupled: the generation graphs count the schedule over the whole batch, as
@@ -124,9 +132,10 @@ def export_models(
     Raises:
         ValueError: no model given, `single_graph` without both, or a checkpoint of the other
             kind (a c2f file given as `coarse`).
-        CheckpointError: a checkpoint is unsafe, unreadable or does not match the codec.
+        CheckpointError: a checkpoint is unsafe, unreadable or does not match the codec, or
+            `wavebeat` is not a WaveBeat checkpoint.
     """
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, load_wavebeat
     from ..configs import VampNetConfig
 
     name: Callable[[str], str] = _flag if cli else str
@@ -150,6 +159,8 @@ def export_models(
             raise ValueError(
                 f"{where}{name(kind)} must be a {kind} checkpoint, got a {found} one: '{path}'"
             )
+    if wavebeat is not None:
+        load_wavebeat(wavebeat)  # a wrong file fails now, not after the long exports
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written to a folder beside `out` and moved in at the end, so a failure
@@ -160,6 +171,7 @@ def export_models(
             staging,
             codec,
             models,
+            wavebeat,
             single_graph,
             trace,
             batch_coupled,
@@ -193,6 +205,7 @@ def _moved(result: ModelsExport, out: Path) -> ModelsExport:
         {kind: paths(export) for kind, export in result.transformers.items()},
         {kind: paths(export) for kind, export in result.generations.items()},
         paths(result.vamp) if result.vamp else None,
+        paths(result.wavebeat) if result.wavebeat else None,
     )
 
 
@@ -200,6 +213,7 @@ def _export_into(
     out: Path,
     codec: str | Path,
     models: list[tuple[str, str | Path]],
+    wavebeat: str | Path | None,
     single_graph: bool,
     trace: bool,
     batch_coupled: bool,
@@ -216,7 +230,7 @@ def _export_into(
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
-    total = 2 * len(models) + 1 + int(single_graph)
+    total = 2 * len(models) + 1 + int(single_graph) + int(wavebeat is not None)
     with tqdm(total=total, desc="export", unit="graph", disable=not progress) as bar:
 
         def done(message: str) -> None:
@@ -256,4 +270,10 @@ def _export_into(
             bar.set_postfix_str(VAMP_FILE)
             result.vamp = export_vamp(out)
             done(f"exported {result.vamp.path.name} ({_mib([result.vamp.path])})")
+        if wavebeat is not None:
+            from .wavebeat import export_wavebeat
+
+            bar.set_postfix_str(WAVEBEAT_FILE)
+            result.wavebeat = export_wavebeat(wavebeat, out / WAVEBEAT_FILE, **options)
+            done(f"exported {WAVEBEAT_FILE} ({_mib([result.wavebeat.path])})")
     return result

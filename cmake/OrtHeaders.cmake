@@ -10,6 +10,8 @@ set(ONNXRUNTIME_INCLUDE_DIR "$ENV{ONNXRUNTIME_INCLUDE_DIR}" CACHE PATH
     "Folder holding onnxruntime_cxx_api.h (ORT API version >= 21)")
 if(DEFINED ENV{XDG_CACHE_HOME} AND NOT "$ENV{XDG_CACHE_HOME}" STREQUAL "")
   set(_vampnet_cache_root "$ENV{XDG_CACHE_HOME}")
+elseif(WIN32 AND DEFINED ENV{LOCALAPPDATA})
+  set(_vampnet_cache_root "$ENV{LOCALAPPDATA}")
 else()
   set(_vampnet_cache_root "$ENV{HOME}/.cache")
 endif()
@@ -25,9 +27,14 @@ foreach(_candidate "${ONNXRUNTIME_INCLUDE_DIR}" /usr/include/onnxruntime
     break()
   endif()
 endforeach()
-if(VAMPNET_ORT_INCLUDE_DIR STREQUAL "" AND VAMPNET_FETCH_ORT_HEADERS)
+# The download needs bash, apt-get and dpkg-deb: Debian and Ubuntu. Elsewhere (macOS, Windows,
+# other Linux distributions) the headers come from 1. or 2. (docs/building.md).
+find_program(VAMPNET_APT_GET apt-get)
+find_program(VAMPNET_BASH bash)
+if(VAMPNET_ORT_INCLUDE_DIR STREQUAL "" AND VAMPNET_FETCH_ORT_HEADERS AND VAMPNET_APT_GET
+   AND VAMPNET_BASH)
   execute_process(
-    COMMAND bash "${CMAKE_CURRENT_LIST_DIR}/fetch_ort_headers.sh" "${VAMPNET_ORT_HEADER_CACHE}"
+    COMMAND "${VAMPNET_BASH}" "${CMAKE_CURRENT_LIST_DIR}/fetch_ort_headers.sh" "${VAMPNET_ORT_HEADER_CACHE}"
     OUTPUT_VARIABLE _fetched OUTPUT_STRIP_TRAILING_WHITESPACE
     RESULT_VARIABLE _fetch_result)
   if(_fetch_result EQUAL 0 AND EXISTS "${_fetched}/onnxruntime_cxx_api.h")
@@ -44,6 +51,7 @@ if(VAMPNET_ORT_INCLUDE_DIR STREQUAL "")
     "     (e.g. Debian 13's libonnxruntime-dev, or the include/ folder of an official ONNX Runtime release archive);\n"
     "  3. on Debian/Ubuntu with apt, let the build download Debian trixie's libonnxruntime-dev into\n"
     "     ${VAMPNET_ORT_HEADER_CACHE} (VAMPNET_FETCH_ORT_HEADERS=ON, the default; it failed or was disabled here:\n"
-    "     run cmake/fetch_ort_headers.sh CACHE_DIR by hand to see why).")
+    "     run cmake/fetch_ort_headers.sh CACHE_DIR by hand to see why).\n"
+    "See docs/building.md (offline builds, macOS, Windows).")
 endif()
 message(STATUS "vampnet_onnx: ONNX Runtime headers from ${VAMPNET_ORT_INCLUDE_DIR}")

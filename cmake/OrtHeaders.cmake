@@ -1,7 +1,9 @@
 # ONNX Runtime's C/C++ headers (the onnxruntime wheel ships none), shared by the op library's build
 # and by examples/cpp. Sets VAMPNET_ORT_INCLUDE_DIR to the folder holding onnxruntime_cxx_api.h,
 # looked up in this order:
-# 1. ONNXRUNTIME_INCLUDE_DIR (CMake cache variable or environment variable),
+# 1. ONNXRUNTIME_INCLUDE_DIR (CMake cache variable or environment variable; relative to the project
+#    root if relative), e.g. the include/ folder of an official release archive
+#    (cmake/fetch_ort_release_headers.sh),
 # 2. a system install (/usr/include/onnxruntime, /usr/local/include/onnxruntime),
 # 3. Debian trixie's libonnxruntime-dev, downloaded (not installed) into a cache folder.
 include_guard(GLOBAL)
@@ -19,8 +21,16 @@ set(VAMPNET_ORT_HEADER_CACHE "${_vampnet_cache_root}/vampnet-onnx/ort-headers" C
     "Where the downloaded ONNX Runtime headers are kept")
 option(VAMPNET_FETCH_ORT_HEADERS "Download the ONNX Runtime headers when none are found" ON)
 
+# A relative ONNXRUNTIME_INCLUDE_DIR is taken from the project root (the folder of pyproject.toml),
+# whatever folder CMake runs in: cibuildwheel's environment gives one (pyproject.toml).
+set(_vampnet_given_include_dir "${ONNXRUNTIME_INCLUDE_DIR}")
+if(NOT _vampnet_given_include_dir STREQUAL "" AND NOT IS_ABSOLUTE "${_vampnet_given_include_dir}")
+  get_filename_component(_vampnet_given_include_dir "${_vampnet_given_include_dir}" ABSOLUTE
+                         BASE_DIR "${CMAKE_CURRENT_LIST_DIR}/..")
+endif()
+
 set(VAMPNET_ORT_INCLUDE_DIR "")
-foreach(_candidate "${ONNXRUNTIME_INCLUDE_DIR}" /usr/include/onnxruntime
+foreach(_candidate "${_vampnet_given_include_dir}" /usr/include/onnxruntime
         /usr/local/include/onnxruntime "${VAMPNET_ORT_HEADER_CACHE}/root/usr/include/onnxruntime")
   if(NOT "${_candidate}" STREQUAL "" AND EXISTS "${_candidate}/onnxruntime_cxx_api.h")
     set(VAMPNET_ORT_INCLUDE_DIR "${_candidate}")

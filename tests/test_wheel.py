@@ -69,6 +69,9 @@ def venv(wheel, tmp_path_factory) -> Path:
         "pip",
         "install",
         "--quiet",
+        # Bytecode for torch's thousands of modules would take half the install: Python writes
+        # it for what the demo imports anyway.
+        "--no-compile",
         "--only-binary",
         ":all:",
         f"{wheel}[export,audio]",

@@ -8,6 +8,15 @@
 #include "ops/op_utils.h"
 #include "ops/sample_tokens.h"
 
+// ORT_EXPORT is empty on Linux: with hidden visibility the entry point needs its own attribute
+// (the linker's export list, exports.map or exports.darwin.txt, then keeps it alone). On Windows,
+// as in ORT itself, a .def file (exports.def) exports it.
+#if defined(_WIN32)
+#define VAMPNET_EXPORT
+#else
+#define VAMPNET_EXPORT __attribute__((visibility("default")))
+#endif
+
 #define VAMPNET_STR_(x) #x
 #define VAMPNET_STR(x) VAMPNET_STR_(x)
 
@@ -32,7 +41,7 @@ struct Registry {
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+extern "C" VAMPNET_EXPORT OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
   if (api == nullptr) {

@@ -18,6 +18,18 @@ def test_library_is_installed_inside_the_package():
     assert path.parent == Path(vampnet_onnx.__file__).parent
 
 
+@pytest.mark.parametrize(
+    "platform, name",
+    [
+        ("linux", "libvampnet_onnx_ops.so"),
+        ("darwin", "libvampnet_onnx_ops.dylib"),
+        ("win32", "vampnet_onnx_ops.dll"),
+    ],
+)
+def test_library_name_is_the_one_cmake_gives_on_each_platform(platform, name):
+    assert runtime.library_name(platform) == name
+
+
 def test_library_registers_into_a_plain_session():
     options = ort.SessionOptions()
     options.register_custom_ops_library(vampnet_onnx.get_library_path())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -11,29 +12,36 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-_LIBRARY_STEM = "libvampnet_onnx_ops"
+
+def library_name(platform: str = sys.platform) -> str:
+    """File name of the op library as CMake names a shared library on `platform` (a
+    `sys.platform` value): vampnet_onnx_ops.dll on Windows, libvampnet_onnx_ops.dylib on macOS,
+    libvampnet_onnx_ops.so elsewhere."""
+    if platform == "win32":
+        return "vampnet_onnx_ops.dll"
+    if platform == "darwin":
+        return "libvampnet_onnx_ops.dylib"
+    return "libvampnet_onnx_ops.so"
+
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
 
 def get_library_path() -> str:
-    """Path of the compiled op library (libvampnet_onnx_ops.so) installed inside the package.
+    """Path of the compiled op library installed inside the package (`library_name()`:
+    libvampnet_onnx_ops.so, libvampnet_onnx_ops.dylib or vampnet_onnx_ops.dll).
 
     Register it with `SessionOptions.register_custom_ops_library(path)`, or from C/C++ with
     `RegisterCustomOpsLibrary_V2`. Raises FileNotFoundError if the package was installed without it.
     """
     package = importlib.resources.files("vampnet_onnx")
-    for entry in package.iterdir():
-        if entry.name.startswith(_LIBRARY_STEM) and entry.name.split(".")[-1] in (
-            "so",
-            "dylib",
-            "dll",
-        ):
-            return str(entry)
-    raise FileNotFoundError(
-        f"get_library_path: the op library {_LIBRARY_STEM}.so must be installed in {package}, "
-        "got none (reinstall the package with `pip install .` so that it is built)"
-    )
+    library = package / library_name()
+    if not library.is_file():
+        raise FileNotFoundError(
+            f"get_library_path: the op library {library_name()} must be installed in {package}, "
+            "got none (reinstall the package with `pip install .` so that it is built)"
+        )
+    return str(library)
 
 
 def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:

@@ -62,6 +62,22 @@ def test_pipeline_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("command", ["vamp", "export", "demo"])
+def test_the_cli_parses_without_the_export_extra(command):
+    # An install with only the runtime (and audio) extras: torch, onnx-ir, onnxscript and
+    # huggingface_hub cannot be imported; every command's --help must still work.
+    blocked = ("torch", "onnx_ir", "onnxscript", "huggingface_hub", "onnxconverter_common")
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "from vampnet_onnx import cli\n"
+        f"cli.main([{command!r}, '--help'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: vampnet-onnx {command}")
+
+
 def test_missing_model_files_are_named(models, tmp_path):
     for name in MODEL_FILES[1:3]:
         (tmp_path / name).write_bytes((models / name).read_bytes())

@@ -311,7 +311,7 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_precision_option(parser: argparse.ArgumentParser) -> None:
-    from .export.precision import DEFAULT_PRECISION, PRECISIONS
+    from .contracts import DEFAULT_PRECISION, PRECISIONS
 
     parser.add_argument(
         "--precision",

@@ -79,6 +79,10 @@ DECODE_FILE = "codec.decode.onnx"
 TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
 GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
 VAMP_FILE = "vamp.onnx"
+#: The precisions `vampnet-onnx export --precision` writes (export.precision); here, not
+#: there, so that the CLI's parser needs neither torch nor onnx-ir.
+PRECISIONS = ("fp32", "int8", "fp16")
+DEFAULT_PRECISION = "fp32"
 #: The beat tracker `pipeline.Vamp` opens for a beat mask (optional in a models folder).
 WAVEBEAT_FILE = "wavebeat.onnx"
 #: The graphs `pipeline.Vamp` reads from a models folder, in pipeline order.

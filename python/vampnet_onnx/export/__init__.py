@@ -17,9 +17,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import GENERATION_FILES, TRANSFORMER_FILES, VAMP_FILE, WAVEBEAT_FILE
+from ..contracts import (
+    DEFAULT_PRECISION,
+    GENERATION_FILES,
+    TRANSFORMER_FILES,
+    VAMP_FILE,
+    WAVEBEAT_FILE,
+)
 from .common import DEFAULT_OPSET, check_opset, stamp_metadata
-from .precision import DEFAULT_PRECISION, check_precision
+from .precision import check_precision
 
 if TYPE_CHECKING:
     from .codec import CodecExport

@@ -31,14 +31,11 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from ..contracts import CONFIG_KEY
+from ..contracts import CONFIG_KEY, PRECISIONS
 from .common import save_model
 
-#: The precisions `vampnet-onnx export --precision` writes.
-PRECISIONS = ("fp32", "int8", "fp16")
 #: Ops kept in float32 by the fp16 conversion: the norms' reductions and the softmax.
 FP16_FLOAT32_OPS = ("ReduceMean", "Pow", "Sqrt", "Softmax")
-DEFAULT_PRECISION = "fp32"
 
 
 def check_precision(precision: str, where: str, name: str = "precision") -> str:

@@ -252,3 +252,67 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         audio.write_audio(path, np.zeros(10, np.float32), SR, subtype="VORBIS")
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav"]
+
+
+# --- piece by piece: the same numbers in bounded memory ---------------------------------------
+
+
+def _whole_signal_loudness(x: np.ndarray, sample_rate: int) -> float:
+    """The gated loudness computed on the whole signal at once (the formula `LoudnessMeter`
+    spreads over pieces): K-weighting, mean squares of 400-ms blocks every 100 ms, gates."""
+    from scipy.signal import lfilter
+
+    x = x[None] if x.ndim == 1 else x
+    n = x.shape[-1]
+    pad = int((0.5 - n / sample_rate) * sample_rate)
+    block, step = int(0.4 * sample_rate), int(0.1 * sample_rate)
+    n_blocks = math.ceil(max(n + max(pad, 0) - block, 0) / step) + 1
+    y = x.astype(np.float64)
+    for b, a in (audio._biquad_high_shelf(sample_rate), audio._biquad_high_pass(sample_rate)):
+        y = lfilter(b, a, y, axis=-1)
+    squares = np.zeros((x.shape[0], (n_blocks - 1) * step + block + 1))
+    squares[:, 1 : n + 1] = y**2
+    cumulative = np.cumsum(squares, axis=-1)
+    starts = np.arange(n_blocks) * step
+    total = ((cumulative[:, starts + block] - cumulative[:, starts]) / (0.4 * sample_rate)).sum(0)
+    keep = total > 10 ** ((-70 + 0.691) / 10)
+    if not keep.any():
+        return -70.0
+    gate = -0.691 + 10 * math.log10(total[keep].mean()) - 10
+    keep &= total > 10 ** ((gate + 0.691) / 10)
+    return max(-0.691 + 10 * math.log10(total[keep].mean()), -70.0)
+
+
+@pytest.mark.parametrize("sample_rate", [44100, 48000, 11025])
+@pytest.mark.parametrize("n", [1, 7000, 200_003])
+def test_loudness_in_pieces_equals_the_whole_signal_formula(sample_rate, n):
+    x = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32) * 0.3
+    assert audio.loudness(x, sample_rate) == _whole_signal_loudness(x, sample_rate)
+
+
+@pytest.mark.parametrize("rate, channels", [(48000, 2), (44100, 1), (22050, 2)])
+def test_preprocess_file_equals_preprocess_of_the_loaded_file(tmp_path, rate, channels):
+    path = tmp_path / "in.wav"
+    samples = np.random.default_rng(1).standard_normal((200_001, channels)) * 0.2
+    soundfile.write(path, samples, rate, subtype="FLOAT")
+    streamed, info = audio.preprocess_file(path)
+    whole, whole_info = audio.preprocess(*audio.load_audio(path))
+    assert info == whole_info
+    np.testing.assert_array_equal(streamed, whole)
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_restore_file_writes_what_restore_returns(tmp_path, rate):
+    y = (np.random.default_rng(2).standard_normal(150_000) * 0.1).astype(np.float32)
+    info = audio.PreprocessInfo(sample_rate=rate, n_samples=170_000, loudness=-17.5)
+    path = audio.restore_file(y, info, tmp_path / "out.wav", subtype="FLOAT")
+    written, written_rate = soundfile.read(path, dtype="float32")
+    assert written_rate == rate
+    np.testing.assert_array_equal(written, audio.restore(y, info))
+
+
+def test_normalize_loudness_in_place(tmp_path):
+    x = (np.random.default_rng(3).standard_normal(100_000) * 3).astype(np.float32)
+    expected = audio.normalize_loudness(x, 44100)
+    assert audio.normalize_loudness(x, 44100, out=x) is x
+    np.testing.assert_array_equal(x, expected)

@@ -17,9 +17,11 @@ biquads). The codec graphs' sessions are in `vampnet_onnx.codec`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,19 +170,33 @@ def write_audio(
     """
     x = _samples(x, "write_audio")
     sample_rate = _rate(sample_rate, "write_audio")
+    with _written(path, sample_rate, 1 if x.ndim == 1 else x.shape[0], subtype) as file:
+        file.write(x.T)
+
+
+@contextlib.contextmanager
+def _written(
+    path: str | Path, sample_rate: int, n_channels: int, subtype: str | None
+) -> Iterator[soundfile.SoundFile]:
+    """An open SoundFile that becomes `path` when the block ends without an error (written to
+    a temporary file in the same folder, renamed into place); on an error nothing is left."""
     path = check_output_path(path, "write_audio", "path")
-    kind = path.suffix[1:].upper()
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        soundfile.write(temporary, x.T, sample_rate, subtype=subtype, format=kind)
+        try:
+            file = soundfile.SoundFile(
+                temporary, "w", sample_rate, n_channels, subtype, format=path.suffix[1:].upper()
+            )
+        except (soundfile.SoundFileError, TypeError, ValueError) as err:
+            # A subtype the format lacks raises ValueError.
+            raise ValueError(
+                f"write_audio: path must name a format soundfile can write (.wav, .flac, .ogg, "
+                f"...) with a valid subtype, got '{path}' subtype {subtype!r} ({err})"
+            ) from err
+        with file:
+            yield file
         os.replace(temporary, path)
-    except (soundfile.SoundFileError, TypeError, ValueError) as err:
-        # A subtype the format lacks raises ValueError.
-        raise ValueError(
-            f"write_audio: path must name a format soundfile can write (.wav, .flac, .ogg, ...) "
-            f"with a valid subtype, got '{path}' subtype {subtype!r} ({err})"
-        ) from err
     finally:
         Path(temporary).unlink(missing_ok=True)
 
@@ -197,7 +213,8 @@ def to_mono(x: np.ndarray) -> np.ndarray:
 def resample(x: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
     """Resample ``[N]`` or ``[channels, N]`` from `from_sr` to `to_sr` Hz with soxr (VHQ).
 
-    The output has round(N * to_sr / from_sr) samples; equal rates return a copy.
+    The output has about N * to_sr / from_sr samples (soxr's count, within one of it); equal
+    rates return a copy.
     """
     x = _samples(x, "resample")
     from_sr, to_sr = _rate(from_sr, "resample", "from_sr"), _rate(to_sr, "resample", "to_sr")
@@ -205,6 +222,25 @@ def resample(x: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
         return x.copy()
     # soxr wants [N, channels].
     return np.ascontiguousarray(soxr.resample(x.T, from_sr, to_sr, quality="VHQ").T)
+
+
+def _resampled_pieces(
+    pieces: Iterable[np.ndarray], from_sr: int, to_sr: int, n_channels: int
+) -> Iterator[np.ndarray]:
+    """Consecutive pieces ``[channels, n]`` of a signal -> the pieces of that signal at `to_sr`:
+    soxr's streaming resampler gives the samples of `resample` on the whole signal, bit for bit
+    (same filter, same quality), in memory that does not grow with the signal."""
+    if from_sr == to_sr:
+        yield from pieces
+        return
+    stream = soxr.ResampleStream(from_sr, to_sr, n_channels, dtype="float32", quality="VHQ")
+    previous = None
+    for piece in pieces:
+        if previous is not None:
+            yield stream.resample_chunk(np.ascontiguousarray(previous.T)).T
+        previous = piece
+    last = np.zeros((0, n_channels), np.float32) if previous is None else previous.T
+    yield stream.resample_chunk(np.ascontiguousarray(last), last=True).T
 
 
 def _biquad_high_shelf(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,12 +269,70 @@ def _biquad_high_pass(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(b) / a[0], np.array(a) / a[0]
 
 
-def _k_weighting(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    """BS.1770 K-weighting of ``[..., N]`` (float64): high shelf then high pass, zero state."""
-    y = np.asarray(x, dtype=np.float64)
-    for b, a in (_biquad_high_shelf(sample_rate), _biquad_high_pass(sample_rate)):
-        y = lfilter(b, a, y, axis=-1)
-    return y
+class LoudnessMeter:
+    """Integrated loudness (ITU-R BS.1770-4, gated) of a signal fed in consecutive pieces, in
+    memory that does not grow with its length: `loudness` of the whole signal, bit for bit.
+
+    Args:
+        sample_rate: Hz; the K-weighting filters are designed for this rate.
+        n_channels: channels of every piece; their powers are summed with weight 1 each.
+        n_samples: the whole signal's length (the 400-ms blocks are laid out from it).
+    """
+
+    def __init__(self, sample_rate: int, n_channels: int, n_samples: int) -> None:
+        self.sample_rate = sample_rate
+        pad = int((_MIN_MEASURE_S - n_samples / sample_rate) * sample_rate)
+        self._block = int(_BLOCK_S * sample_rate)
+        step = int(_BLOCK_S * _BLOCK_STEP * sample_rate)
+        n_blocks = math.ceil(max(n_samples + max(pad, 0) - self._block, 0) / step) + 1
+        self._starts = np.arange(n_blocks) * step
+        # Running sums of squares are kept only where a block starts or ends: cumulative[j] is
+        # the sum of the first j squared K-weighted samples, summed in order, as np.cumsum does.
+        self._marks = np.union1d(self._starts, self._starts + self._block)
+        self._cumulative = np.zeros((n_channels, self._marks.size))
+        self._running = np.zeros(n_channels)
+        self._filters = [_biquad_high_shelf(sample_rate), _biquad_high_pass(sample_rate)]
+        self._states = [np.zeros((n_channels, 2)) for _ in self._filters]
+        self._seen = 0
+
+    def add(self, x: np.ndarray) -> None:
+        """Feed the next samples ``[n_channels, n]``."""
+        y = np.asarray(x, dtype=np.float64)
+        for i, (b, a) in enumerate(self._filters):
+            y, self._states[i] = lfilter(b, a, y, axis=-1, zi=self._states[i])
+        squares = np.concatenate([self._running[:, None], y**2], axis=-1)
+        sums = np.cumsum(squares, axis=-1)  # sums[:, t] = cumulative[seen + t]
+        here = (self._marks >= self._seen) & (self._marks <= self._seen + y.shape[-1])
+        self._cumulative[:, here] = sums[:, self._marks[here] - self._seen]
+        self._running = sums[:, -1]
+        self._seen += y.shape[-1]
+
+    def value(self) -> float:
+        """The loudness in LUFS of everything fed, floored at -70; the signal counts as zeros
+        past its end (padded to 0.5 s, the last block completed)."""
+        past = self._marks > self._seen
+        self._cumulative[:, past] = self._running[:, None]
+        ends = np.searchsorted(self._marks, self._starts + self._block)
+        begins = np.searchsorted(self._marks, self._starts)
+        power = (self._cumulative[:, ends] - self._cumulative[:, begins]) / (
+            _BLOCK_S * self.sample_rate
+        )
+        total = power.sum(axis=0)
+        keep = total > _power(_ABSOLUTE_GATE)
+        if not keep.any():
+            return MIN_LOUDNESS
+        relative_gate = _lufs(total[keep].mean()) + _RELATIVE_GATE
+        keep &= total > _power(relative_gate)
+        return max(_lufs(total[keep].mean()), MIN_LOUDNESS)
+
+
+#: Samples per piece when a whole signal is processed piece by piece (about 1.5 s at 44.1 kHz):
+#: the temporaries stay a few MB whatever the length.
+_PIECE = 1 << 16
+
+
+def _pieces(n: int) -> Iterator[slice]:
+    return (slice(start, min(n, start + _PIECE)) for start in range(0, n, _PIECE))
 
 
 def loudness(x: np.ndarray, sample_rate: int) -> float:
@@ -251,28 +345,15 @@ def loudness(x: np.ndarray, sample_rate: int) -> float:
     Signals shorter than 0.5 s are zero-padded to 0.5 s for the measurement; blocks of 400 ms
     every 100 ms, the last one completed with zeros; blocks at or below -70 LUFS are dropped
     (absolute gate), then those at or below the mean of the rest minus 10 LU (relative gate).
+    Measured piece by piece (`LoudnessMeter`): the memory does not grow with N.
     """
     x = _samples(x, "loudness")
     sample_rate = _rate(sample_rate, "loudness")
     x = x[None] if x.ndim == 1 else x
-    n = x.shape[-1]
-    pad = int((_MIN_MEASURE_S - n / sample_rate) * sample_rate)
-    block, step = int(_BLOCK_S * sample_rate), int(_BLOCK_S * _BLOCK_STEP * sample_rate)
-    n_blocks = math.ceil(max(n + max(pad, 0) - block, 0) / step) + 1
-    weighted = _k_weighting(x, sample_rate)
-    squares = np.zeros((x.shape[0], (n_blocks - 1) * step + block + 1))
-    squares[:, 1 : n + 1] = weighted**2
-    cumulative = np.cumsum(squares, axis=-1)
-    starts = np.arange(n_blocks) * step
-    # Mean square per channel and block [channels, blocks]; the divisor is the nominal block.
-    power = (cumulative[:, starts + block] - cumulative[:, starts]) / (_BLOCK_S * sample_rate)
-    total = power.sum(axis=0)
-    keep = total > _power(_ABSOLUTE_GATE)
-    if not keep.any():
-        return MIN_LOUDNESS
-    relative_gate = _lufs(total[keep].mean()) + _RELATIVE_GATE
-    keep &= total > _power(relative_gate)
-    return max(_lufs(total[keep].mean()), MIN_LOUDNESS)
+    meter = LoudnessMeter(sample_rate, x.shape[0], x.shape[-1])
+    for piece in _pieces(x.shape[-1]):
+        meter.add(x[:, piece])
+    return meter.value()
 
 
 def _lufs(power: float) -> float:
@@ -285,7 +366,11 @@ def _power(lufs: float) -> float:
 
 
 def normalize_loudness(
-    x: np.ndarray, sample_rate: int, target: float = TARGET_LOUDNESS
+    x: np.ndarray,
+    sample_rate: int,
+    target: float = TARGET_LOUDNESS,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scale to `target` LUFS, then divide each channel by its peak where the peak exceeds 1.
 
@@ -293,18 +378,37 @@ def normalize_loudness(
         x: ``[N]`` or ``[channels, N]``.
         sample_rate: Hz.
         target: LUFS (VampNet: -24).
+        out: a float32 array of x's shape to write into (may be `x` itself); None: a new one.
 
     Returns:
-        float32, same shape. Silence stays silence (its loudness reads -70, the gain is finite).
+        float32, same shape (`out` when given). Silence stays silence (its loudness reads -70,
+        the gain is finite).
     """
     x = _samples(x, "normalize_loudness")
     if not math.isfinite(target):
         raise ValueError(f"normalize_loudness: target must be finite, got {target}")
-    gain = 10.0 ** ((target - loudness(x, sample_rate)) / 20.0)
+    gain = _gain(loudness(x, sample_rate), target)
+    out = np.empty(x.shape, np.float32) if out is None else out
+    x2, out2 = (x[None], out[None]) if x.ndim == 1 else (x, out)
+    largest = np.zeros(x2.shape[0], np.float32)
+    for piece in _pieces(x2.shape[-1]):
+        np.maximum(largest, np.abs(x2[:, piece]).max(axis=-1), out=largest)
+    peaks = largest.astype(np.float64) * gain
+    for piece in _pieces(x2.shape[-1]):
+        for channel in range(x2.shape[0]):
+            out2[channel, piece] = _scaled(x2[channel, piece], gain, peaks[channel])
+    return out
+
+
+def _gain(measured: float, target: float) -> float:
+    return 10.0 ** ((target - measured) / 20.0)
+
+
+def _scaled(x: np.ndarray, gain: float, peak: float) -> np.ndarray:
+    """float32(x * gain), divided by the scaled signal's `peak` where it exceeds 1 (computed in
+    float64; max|x| * gain is the peak of x * gain exactly: rounding is monotonic)."""
     y = x.astype(np.float64) * gain
-    peak = np.abs(y).max(axis=-1, keepdims=True, initial=0.0)
-    y = np.where(peak > 1.0, y / np.maximum(peak, 1.0), y)
-    return y.astype(np.float32)
+    return (y / peak if peak > 1.0 else y).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -337,16 +441,69 @@ def preprocess(
         target: loudness target in LUFS.
 
     Returns:
-        (float32 ``[M]`` at `codec_sample_rate`, M = round(N * codec_rate / rate); the info
-        `restore` needs).
+        (float32 ``[M]`` at `codec_sample_rate`, M = soxr's resampled length, about
+        N * codec_rate / rate; the info `restore` needs).
     """
     x = _samples(x, "preprocess")
     sample_rate = _rate(sample_rate, "preprocess")
     if x.shape[-1] < 1:
         raise ValueError(f"preprocess: x must have at least 1 sample, got shape {x.shape}")
-    info = PreprocessInfo(sample_rate, x.shape[-1], loudness(to_mono(x), sample_rate))
-    y = to_mono(resample(x, sample_rate, codec_sample_rate))
-    return normalize_loudness(y, codec_sample_rate, target), info
+    x = x[None] if x.ndim == 1 else x
+    pieces = (x[:, piece] for piece in _pieces(x.shape[-1]))
+    return _preprocessed(pieces, x.shape, sample_rate, codec_sample_rate, target)
+
+
+def preprocess_file(
+    path: str | Path, codec_sample_rate: int = 44100, target: float = TARGET_LOUDNESS
+) -> tuple[np.ndarray, PreprocessInfo]:
+    """`preprocess` of the audio file `path` (as `load_audio` reads it), read piece by piece:
+    the same result, and only the float32 output is whole-file sized in memory.
+
+    Raises:
+        FileNotFoundError / ValueError: as `load_audio`.
+    """
+    path = check_input_path(path, "load_audio", "path")
+    try:
+        file = soundfile.SoundFile(path)
+    except soundfile.SoundFileError as err:
+        raise _undecodable(path, "load_audio", "path", err) from err
+    with file:
+        if file.frames < 1:
+            raise ValueError(f"preprocess: path must hold at least 1 sample, got '{path}'")
+        pieces = (
+            file.read(_PIECE, dtype="float32", always_2d=True).T
+            for _ in range(math.ceil(file.frames / _PIECE))
+        )
+        shape = (file.channels, file.frames)
+        return _preprocessed(pieces, shape, file.samplerate, codec_sample_rate, target)
+
+
+def _preprocessed(
+    pieces: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    sample_rate: int,
+    codec_sample_rate: int,
+    target: float,
+) -> tuple[np.ndarray, PreprocessInfo]:
+    """`preprocess` of the signal of `shape` ``(channels, N)`` given as consecutive pieces."""
+    n_channels, n_samples = shape
+    meter = LoudnessMeter(sample_rate, 1, n_samples)
+
+    def measured(pieces):
+        for piece in pieces:
+            meter.add(to_mono(piece)[None])
+            yield piece
+
+    # soxr's count is within one of the ratio; the slack is cut below (a view, no copy).
+    y = np.empty(math.ceil(n_samples * codec_sample_rate / sample_rate) + 2, np.float32)
+    filled = 0
+    for piece in _resampled_pieces(measured(pieces), sample_rate, codec_sample_rate, n_channels):
+        mono = to_mono(piece)
+        y[filled : filled + mono.shape[-1]] = mono
+        filled += mono.shape[-1]
+    y = y[:filled]
+    info = PreprocessInfo(sample_rate, n_samples, meter.value())
+    return normalize_loudness(y, codec_sample_rate, target, out=y), info
 
 
 def restore(y: np.ndarray, info: PreprocessInfo, codec_sample_rate: int = 44100) -> np.ndarray:
@@ -355,9 +512,59 @@ def restore(y: np.ndarray, info: PreprocessInfo, codec_sample_rate: int = 44100)
     Resampled to ``info.sample_rate``, cut or zero-padded to ``info.n_samples``, normalised to
     ``info.loudness`` with the peak limited to 1. Returns float32 ``[info.n_samples]``.
     """
+    gain, peak = _restore_gain(y, info, codec_sample_rate)
+    out = np.empty(info.n_samples, np.float32)
+    filled = 0
+    for piece in _restored_pieces(y, info, codec_sample_rate):
+        out[filled : filled + piece.shape[0]] = _scaled(piece, gain, peak)
+        filled += piece.shape[0]
+    return out
+
+
+def restore_file(
+    y: np.ndarray,
+    info: PreprocessInfo,
+    path: str | Path,
+    codec_sample_rate: int = 44100,
+    subtype: str | None = None,
+) -> Path:
+    """`restore` written to the audio file `path` (`write_audio`'s rules: format from the
+    extension, whole or not at all) piece by piece, without a whole-file copy in memory."""
+    gain, peak = _restore_gain(y, info, codec_sample_rate)
+    with _written(path, info.sample_rate, 1, subtype) as file:
+        for piece in _restored_pieces(y, info, codec_sample_rate):
+            file.write(_scaled(piece, gain, peak))
+    return Path(path)
+
+
+def _restore_gain(y: np.ndarray, info: PreprocessInfo, codec_sample_rate: int):
+    """(gain, peak after the gain) that `normalize_loudness` would use on the restored signal,
+    measured over its pieces (a first pass; the second scales and keeps them)."""
     y = _samples(y, "restore", "y")
     if y.ndim != 1:
         raise ValueError(f"restore: y must be mono [M], got shape {y.shape}")
-    y = resample(y, codec_sample_rate, info.sample_rate)[: info.n_samples]
-    y = np.pad(y, (0, info.n_samples - y.shape[0]))
-    return normalize_loudness(y, info.sample_rate, info.loudness)
+    if not math.isfinite(info.loudness):
+        raise ValueError(f"normalize_loudness: target must be finite, got {info.loudness}")
+    meter = LoudnessMeter(info.sample_rate, 1, info.n_samples)
+    largest = np.float32(0.0)
+    for piece in _restored_pieces(y, info, codec_sample_rate):
+        meter.add(piece[None])
+        largest = max(largest, np.abs(piece).max(initial=np.float32(0.0)))
+    gain = _gain(meter.value(), info.loudness)
+    return gain, float(largest) * gain
+
+
+def _restored_pieces(
+    y: np.ndarray, info: PreprocessInfo, codec_sample_rate: int
+) -> Iterator[np.ndarray]:
+    """`y` resampled to the input's rate, cut or zero-padded to its length, piece by piece."""
+    pieces = (y[None, piece] for piece in _pieces(y.shape[0]))
+    left = info.n_samples
+    for piece in _resampled_pieces(pieces, codec_sample_rate, info.sample_rate, 1):
+        piece = piece[0, :left]
+        left -= piece.shape[0]
+        if piece.shape[0]:
+            yield piece
+    while left > 0:
+        yield np.zeros(min(left, _PIECE), np.float32)
+        left -= _PIECE

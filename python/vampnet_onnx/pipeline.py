@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -191,7 +191,7 @@ class _AudioToAudio:
             (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
             N' = N when `keep_rate`.
         """
-        seed, mask_settings, sampling = self.check_settings(
+        run = self._prepare(
             mask=mask,
             inpaint=inpaint,
             seed=seed,
@@ -208,20 +208,39 @@ class _AudioToAudio:
             prefix_s=prefix_s,
             suffix_s=suffix_s,
             dropout=dropout,
+            keep_rate=keep_rate,
+            progress=progress,
         )
+        y, info = run(*audio.preprocess(samples, sample_rate, self.sample_rate))
+        return audio.restore(y, info, self.sample_rate), info.sample_rate
+
+    def _prepare(
+        self,
+        *,
+        mask: np.ndarray | None = None,
+        inpaint: tuple[float, float] | None = None,
+        keep_rate: bool = True,
+        progress: bool = False,
+        **settings: Any,
+    ) -> Callable[[np.ndarray, audio.PreprocessInfo], tuple[np.ndarray, audio.PreprocessInfo]]:
+        """`vamp`'s keyword arguments checked (before any audio work) -> the run on the
+        preprocessed audio: (x ``[N]`` at the codec rate, its info) -> (vamped ``[N]``, the
+        info `restore` is to use). The run may overwrite x."""
+        seed, mask_settings, sampling = self.check_settings(mask=mask, inpaint=inpaint, **settings)
         if mask_settings.beat_mask_ms > 0:
             self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
-        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
-        if mask is not None:
-            mask = self._given_mask(mask, x.shape[0])
-        if inpaint is not None:
-            if mask is None:
-                mask = self.build_mask(x, seed, **mask_settings.inputs())
-            mask = self._inpainted(mask, inpaint)
-        y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, mask)
-        if not keep_rate:
-            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
-        return audio.restore(y, info, self.sample_rate), info.sample_rate
+
+        def run(x: np.ndarray, info: audio.PreprocessInfo):
+            given = None if mask is None else self._given_mask(mask, x.shape[0])
+            if inpaint is not None:
+                if given is None:
+                    given = self.build_mask(x, seed, **mask_settings.inputs())
+                given = self._inpainted(given, inpaint)
+            if not keep_rate:
+                info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
+            return self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, given), info
+
+        return run
 
     @classmethod
     def check_settings(
@@ -323,10 +342,13 @@ class _AudioToAudio:
         """
         where = f"{type(self).__name__}.vamp_file"
         out_path = audio.check_output_path(out_path, where, "out_path", in_path)
-        samples, sample_rate = audio.load_audio(in_path)
-        y, out_rate = self.vamp(samples, sample_rate, **settings)
-        audio.write_audio(out_path, y, out_rate)
-        return out_path, out_rate
+        run = self._prepare(**settings)
+        # File to file, piece by piece at both ends (`audio.preprocess_file`, `restore_file`):
+        # the one whole-input array is the codec-rate mono signal, which the run overwrites
+        # with its output, so memory stays bounded whatever the input's length.
+        y, info = run(*audio.preprocess_file(in_path, self.sample_rate))
+        audio.restore_file(y, info, out_path, self.sample_rate)
+        return out_path, info.sample_rate
 
 
 class Vamp(_AudioToAudio):
@@ -402,7 +424,7 @@ class Vamp(_AudioToAudio):
             mask = self.build_mask(x, seed, **mask_settings.inputs())
         codes = self.encode(x, progress)
         codes = self.generate(codes, mask, seed, progress=progress, **sampling.public())
-        return self.decode(codes, x.shape[0], progress)
+        return self.decode(codes, x.shape[0], progress, out=x)  # x is not needed any more
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -486,16 +508,26 @@ class Vamp(_AudioToAudio):
             codes[:, :, start:stop] = segment[:, :, start - lo : stop - lo]
         return codes
 
-    def decode(self, codes: np.ndarray, n_samples: int, progress: bool = False) -> np.ndarray:
+    def decode(
+        self,
+        codes: np.ndarray,
+        n_samples: int,
+        progress: bool = False,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Codes ``[1, 14, T]`` -> float32 audio ``[n_samples]`` (n_samples <= T * hop) at
-        44.1 kHz, one segment at a time."""
+        44.1 kHz, one segment at a time; written into `out` (float32 ``[n_samples]``) when
+        given, e.g. the encoded input that is no longer needed."""
         hop = self.hop_length
         n_frames = codes.shape[2]
-        y = np.empty(n_frames * hop, dtype=np.float32)
+        y = np.empty(n_samples, dtype=np.float32) if out is None else out
         for start, stop, lo, hi in self._segments(n_frames, "decode", progress):
             segment = self.codec.decode(codes[:, :, lo:hi])
-            y[start * hop : stop * hop] = segment[0, 0, (start - lo) * hop : (stop - lo) * hop]
-        return y[:n_samples]
+            stop_sample = min(stop * hop, n_samples)
+            y[start * hop : stop_sample] = segment[0, 0, (start - lo) * hop :][
+                : stop_sample - start * hop
+            ]
+        return y
 
     def generate(
         self,

@@ -228,3 +228,11 @@ def test_device_cuda_without_cuda_is_one_line_before_loading(wav, tmp_path, caps
     assert cli.main([*argv, "--device", "cuda"]) == 1
     line = error_line(capsys)
     assert line.startswith("vampnet-onnx vamp: error: --device 'cuda' needs onnxruntime's")
+
+
+def test_synth_music_stays_finite_on_long_clips():
+    # Beats that start late once overflowed exp() before their start (inf * 0 = NaN), so a
+    # demo over about a minute fed NaN to the pipeline.
+    with np.errstate(over="raise", invalid="raise"):
+        x = demo.synth_music(70.0, 8000)
+    assert np.isfinite(x).all() and np.abs(x).max() == pytest.approx(0.9)

@@ -95,17 +95,20 @@ def synth_music(seconds: float = 6.0, sample_rate: int = 44100, bpm: float = 120
         start = k * beat
         local = t - start
         on = local >= 0
+        # Before its start a beat is silent: its decays are taken at 0 there (exp of the
+        # negative times overflows on long clips, and inf * 0 is NaN).
+        after = np.maximum(local, 0.0)
         chord = _CHORDS[(k // 4) % len(_CHORDS)]
         # Every beat re-strikes the chord: plucked notes with three harmonics.
         for note in chord + (chord[0] - 12,):
             freq = 440.0 * 2 ** ((note - 69) / 12)
-            env = np.exp(-local * 3.0) * on
+            env = np.exp(-after * 3.0) * on
             y += env * sum(np.sin(2 * np.pi * h * freq * local) / h**1.5 for h in (1, 2, 3)) * 0.15
         # Kick: a sine sweeping 120 -> 45 Hz with a fast decay.
-        kick = np.sin(2 * np.pi * (45 * local + 75 * (1 - np.exp(-local * 30)) / 30))
-        y += kick * np.exp(-local * 12) * on * 0.6
+        kick = np.sin(2 * np.pi * (45 * after + 75 * (1 - np.exp(-after * 30)) / 30))
+        y += kick * np.exp(-after * 12) * on * 0.6
         hat = (local >= beat / 2) & (local < beat / 2 + 0.05)
-        y += rng.standard_normal(n) * hat * np.exp(-(local - beat / 2) * 60) * 0.15
+        y += rng.standard_normal(n) * hat * np.exp(-np.maximum(local - beat / 2, 0.0) * 60) * 0.15
     return (0.9 * y / np.abs(y).max()).astype(np.float32)
 
 

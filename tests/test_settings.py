@@ -28,14 +28,14 @@ def test_defaults_are_vampnets():
 
 def test_graph_defaults_come_from_the_settings():
     assert contracts.GENERATION_DEFAULTS == {**VAMPNET_SAMPLING, "seed": 0, "batch_offset": 0}
-    mask_inputs = {k: v for k, v in VAMPNET_MASK.items() if k != "onset_mask_width"}
+    mask_inputs = {k: v for k, v in VAMPNET_MASK.items() if k not in ("onset_mask_width", "beat_mask_ms")}
     assert contracts.VAMP_DEFAULTS == {"seed": 0, **VAMPNET_SAMPLING, **mask_inputs}
     assert set(contracts.VAMP_LIMITS) == set(mask_inputs)
 
 
 def test_fields_are_named_like_the_graph_inputs():
     assert set(SamplingSettings().inputs()) <= set(contracts.GENERATION.input_names)
-    graph_mask = set(MaskSettings().inputs()) - {"onset_mask_width"}
+    graph_mask = set(MaskSettings().inputs()) - {"onset_mask_width", "beat_mask_ms"}
     assert graph_mask | set(SamplingSettings().inputs()) <= set(contracts.VAMP.input_names)
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,16 @@ from .contracts import (
 )
 from .generator import Generator
 from .runtime import create_session, run
-from .settings import HOST_ONLY_MASK_SETTINGS, MaskSettings, SamplingSettings, check_seed
+from .settings import (
+    HOST_ONLY_MASK_SETTINGS,
+    SEED_DEFAULT,
+    MaskSettings,
+    SamplingSettings,
+    check_seed,
+)
 
+#: Chunks per generation run (`Vamp`'s batch_size, `Vamp.vamp_batch`'s default).
+DEFAULT_BATCH_SIZE = 8
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
 #: to either side, so 32 leaves a margin.
 CONTEXT_FRAMES = 32
@@ -85,6 +93,25 @@ def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
     """Consecutive ``[start, stop)`` spans of at most `size` covering ``[0, n)``."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
+
+
+def _check_batch_size(batch_size: Any, where: str) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _per_clip(value: Any, n_clips: int, where: str, name: str) -> list:
+    """`value` for each of `n_clips` clips: an int for all, or a sequence of one per clip."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return [value] * n_clips
+    values = list(value) if isinstance(value, Sequence | np.ndarray) else None
+    if values is None or len(values) != n_clips:
+        raise ValueError(
+            f"{where}: {name} must be an int or a sequence of one per clip ({n_clips}), got "
+            f"{value!r}"
+        )
+    return values
 
 
 def _check_given_mask(mask: Any, where: str, supported: bool) -> None:
@@ -211,6 +238,22 @@ class _AudioToAudio:
         )
         if mask_settings.beat_mask_ms > 0:
             self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
+        x, info, mask = self._prepared(samples, sample_rate, seed, mask_settings, mask, inpaint)
+        y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, mask)
+        return self._restored(y, x, info, keep_rate)
+
+    def _prepared(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        seed: int,
+        mask_settings: MaskSettings,
+        mask: np.ndarray | None,
+        inpaint: tuple[float, float] | None,
+    ) -> tuple[np.ndarray, audio.PreprocessInfo, np.ndarray | None]:
+        """`vamp`'s input work: (preprocessed mono x ``[N]`` at the codec rate, what
+        `audio.restore` needs, the given or inpainting mask ``[1, C, T]`` or None for the
+        recipe's)."""
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
         if mask is not None:
             mask = self._given_mask(mask, x.shape[0])
@@ -218,7 +261,13 @@ class _AudioToAudio:
             if mask is None:
                 mask = self.build_mask(x, seed, **mask_settings.inputs())
             mask = self._inpainted(mask, inpaint)
-        y = self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, mask)
+        return x, info, mask
+
+    def _restored(
+        self, y: np.ndarray, x: np.ndarray, info: audio.PreprocessInfo, keep_rate: bool
+    ) -> tuple[np.ndarray, int]:
+        """`vamp`'s output: vamped `y` ``[N]`` at the codec rate with the input's loudness and
+        length, at its rate (`keep_rate`) or the codec's, and that rate."""
         if not keep_rate:
             info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
         return audio.restore(y, info, self.sample_rate), info.sample_rate
@@ -341,6 +390,9 @@ class Vamp(_AudioToAudio):
         providers: onnxruntime execution providers (None: CPU).
         device: "cpu" or "cuda" instead of `providers` (`runtime.device_providers`: CUDA
             where onnxruntime cannot use it is an error, not a CPU fallback).
+        batch_size: chunks of equal length per generation run (the coarse chunks of a long
+            file, the c2f chunks); each chunk keeps its own random stream, so the codes are
+            those of one run per chunk. `vamp_batch` takes its own.
 
     Raises:
         FileNotFoundError: a graph is missing (all missing names are listed).
@@ -355,6 +407,7 @@ class Vamp(_AudioToAudio):
         context_frames: int = CONTEXT_FRAMES,
         providers: list | None = None,
         device: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         models = require_files(models, MODEL_FILES, "Vamp: models")
         self.codec = Codec(
@@ -382,6 +435,7 @@ class Vamp(_AudioToAudio):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Vamp: {name} must be an int >= {low}, got {value!r}")
         self.context_frames = context_frames
+        self.batch_size = _check_batch_size(batch_size, "Vamp")
         self.n_codebooks = self.c2f.n_codebooks
         self.models = models
         # WaveBeat is opened on the first vamp that asks for a beat mask: most runs never do.
@@ -398,11 +452,96 @@ class Vamp(_AudioToAudio):
         check_models_match(config, self.coarse.config, self.c2f.config, files, "Vamp")
 
     def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress, mask) -> np.ndarray:
-        if mask is None:
-            mask = self.build_mask(x, seed, **mask_settings.inputs())
-        codes = self.encode(x, progress)
-        codes = self.generate(codes, mask, seed, progress=progress, **sampling.public())
-        return self.decode(codes, x.shape[0], progress)
+        [y] = self._vamp_preprocessed_batch(
+            [x], [seed], mask_settings, sampling, progress, [mask], self.batch_size
+        )
+        return y
+
+    def _vamp_preprocessed_batch(
+        self,
+        xs: list[np.ndarray],
+        seeds: list[int],
+        mask_settings: MaskSettings,
+        sampling: SamplingSettings,
+        progress: bool,
+        given_masks: list[np.ndarray | None],
+        batch_size: int,
+    ) -> list[np.ndarray]:
+        """`_vamp_preprocessed` of several clips: masks (each with its seed), codes and audio
+        clip by clip, the generation in batches of chunks of every clip."""
+        clips = list(zip(xs, seeds, given_masks))
+        mask_list = [
+            self.build_mask(x, seed, **mask_settings.inputs()) if mask is None else mask
+            for x, seed, mask in clips
+        ]
+        codes = [self.encode(x, progress) for x in xs]
+        codes = self._generate_batch(
+            codes, mask_list, seeds, batch_size, progress=progress, **sampling.public()
+        )
+        return [self.decode(c, x.shape[0], progress) for c, x in zip(codes, xs)]
+
+    def vamp_batch(
+        self,
+        clips: Sequence[np.ndarray],
+        sample_rate: int | Sequence[int],
+        *,
+        seeds: int | Sequence[int] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        **settings: Any,
+    ) -> list[tuple[np.ndarray, int]]:
+        """`vamp` on several clips at once: one ``(samples, sample_rate)`` per clip, equal to
+        ``vamp(clip, rate, seed=seed, **settings)`` for each, with the generation batched.
+
+        Args:
+            clips: float ``[N]`` or ``[channels, N]`` arrays, any lengths.
+            sample_rate: Hz, of every clip, or one per clip.
+            seeds: one per clip; an int: the same for every clip; None: `vamp`'s default seed
+                (SEED_DEFAULT, 0) for every clip, so each result is plain ``vamp(clip, rate)``.
+                (Distinct clips need no distinct seeds: their masks and tokens come from their
+                own audio; pass ``range(len(clips))`` for distinct draws anyway.)
+            batch_size: chunks per generation run: the coarse chunks of every clip (10 s, 575
+                frames, and each clip's shorter last one) grouped by length, then the 3-s c2f
+                chunks, up to `batch_size` each run, every chunk with its clip's seed and its
+                own stream index (per-item keys, docs/generation.md). A graph exported with
+                ``--batch-coupled`` runs one chunk a run (its schedule couples a run's items).
+            settings: the other keyword arguments of `vamp` (not `seed`), the same for every
+                clip; a given `mask` must fit every clip.
+
+        Memory holds every clip's audio, codes and masks at once: pass a few clips at a time
+        (the CLI passes `batch_size` files a call).
+        """
+        where = "Vamp.vamp_batch"
+        clips = list(clips)
+        rates = _per_clip(sample_rate, len(clips), where, "sample_rate")
+        seed_list = _per_clip(SEED_DEFAULT if seeds is None else seeds, len(clips), where, "seeds")
+        batch_size = _check_batch_size(batch_size, where)
+        if "seed" in settings:
+            raise TypeError(f"{where}: seed must not be given (pass seeds, one per clip)")
+        keep_rate = settings.pop("keep_rate", True)
+        progress = settings.pop("progress", False)
+        mask, inpaint = settings.pop("mask", None), settings.pop("inpaint", None)
+        checked = [
+            self.check_settings(seed=seed, mask=mask, inpaint=inpaint, **settings)
+            for seed in seed_list
+        ]
+        seed_list = [seed for seed, _, _ in checked]
+        _, mask_settings, sampling = checked[0] if checked else (0, _MASK, _SAMPLING)
+        if mask_settings.beat_mask_ms > 0:
+            self.beat_tracker()
+        prepared = [
+            self._prepared(clip, rate, seed, mask_settings, mask, inpaint)
+            for clip, rate, seed in zip(clips, rates, seed_list)
+        ]
+        ys = self._vamp_preprocessed_batch(
+            [x for x, _, _ in prepared],
+            seed_list,
+            mask_settings,
+            sampling,
+            progress,
+            [given for _, _, given in prepared],
+            batch_size,
+        )
+        return [self._restored(y, x, info, keep_rate) for y, (x, info, _) in zip(ys, prepared)]
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -513,8 +652,59 @@ class Vamp(_AudioToAudio):
         for the coarse stage. Returns int64 ``[1, 14, T]``; every position with mask False
         keeps its code.
         """
-        codes = self.coarse_vamp(codes, mask, seed, progress=progress, **sampling)
-        return self.coarse_to_fine(codes, mask, seed, progress=progress)
+        [out] = self._generate_batch(
+            [codes], [mask], [seed], self.batch_size, progress=progress, **sampling
+        )
+        return out
+
+    def _generate_batch(self, codes, masks, seeds, batch_size, *, progress, **sampling):
+        """`generate` of several clips (lists of codes, masks and seeds), chunks batched."""
+        codes = self._coarse_batch(codes, masks, seeds, batch_size, progress, **sampling)
+        return self._c2f_batch(codes, masks, seeds, batch_size, progress)
+
+    def _run_chunks(
+        self, generator: Generator, chunks: list, batch_size: int, bar, per_step: bool, **sampling
+    ) -> list[np.ndarray]:
+        """Generate `chunks`, each ``(codes [1, C, t], mask [1, C, t], seed, stream index)``, in
+        runs of up to `batch_size` chunks of one length (one a run for a batch-coupled graph,
+        whose schedule couples a run's items), each item with its own seed and stream index;
+        returns each chunk's codes ``[1, C, t]``, in order. `bar` counts steps of a chunk
+        (`per_step`) or chunks."""
+        if generator.batch_coupled:
+            batch_size = 1
+        by_length: dict[int, list[int]] = {}
+        for i, (codes, _, _, _) in enumerate(chunks):
+            by_length.setdefault(codes.shape[2], []).append(i)
+        out: list[np.ndarray] = [np.empty(0)] * len(chunks)
+        for indexes in by_length.values():
+            for lo in range(0, len(indexes), batch_size):
+                run = indexes[lo : lo + batch_size]
+                seeds = [chunks[i][2] for i in run]
+                streams = [chunks[i][3] for i in run]
+                # One seed and consecutive streams are the scalar keys (what graphs from before
+                # per-item keys take, and every one-chunk run).
+                consecutive = streams == list(range(streams[0], streams[0] + len(run)))
+                scalar = consecutive and len(set(seeds)) == 1
+                keys = dict(
+                    seed=seeds[0] if scalar else seeds,
+                    batch_offset=streams[0] if scalar else streams,
+                )
+                size = len(run)
+                on_steps = None
+                if per_step and not bar.disable:
+                    on_steps = lambda n, size=size: bar.update(n * size)  # noqa: E731
+                generated = generator.generate(
+                    np.concatenate([chunks[i][0] for i in run]),
+                    np.concatenate([chunks[i][1] for i in run]),
+                    on_steps=on_steps,
+                    **keys,
+                    **sampling,
+                )
+                if not per_step:
+                    bar.update(size)
+                for j, i in enumerate(run):
+                    out[i] = generated[j : j + 1]
+        return out
 
     def coarse_vamp(
         self, codes: np.ndarray, mask: np.ndarray, seed: int, *, progress: bool = False, **sampling
@@ -523,26 +713,33 @@ class Vamp(_AudioToAudio):
         where `mask` (both ``[1, 14, T]``) is True, in 10-s chunks; the fine codebooks are
         returned unchanged. sampling: as in `generate`. progress: one bar over every step of
         every chunk (the coarse stage is most of a vamp's time, so it reports per step)."""
+        [out] = self._coarse_batch([codes], [mask], [seed], self.batch_size, progress, **sampling)
+        return out
+
+    def _coarse_batch(self, codes, masks, seeds, batch_size, progress, **sampling) -> list:
+        """`coarse_vamp` of several clips, the chunks of all of them batched."""
         n = self.coarse.n_codebooks
-        out = codes.copy()
-        spans = list(_spans(codes.shape[2], self.coarse_chunk_frames))
-        n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
-        with tqdm(
-            total=len(spans) * n_steps, desc="coarse", unit="step", disable=not progress
-        ) as bar:
+        chunks, places = [], []
+        for clip, (clip_codes, mask, seed) in enumerate(zip(codes, masks, seeds)):
+            spans = _spans(clip_codes.shape[2], self.coarse_chunk_frames)
             for index, (start, stop) in enumerate(spans):
                 chunk_mask = mask[:, :n, start:stop].copy()
                 if not chunk_mask.all():
                     # Upstream's guard against seams when stitching chunks (docs/model.md §4.3).
                     chunk_mask[:, :, [0, -1]] = False
-                out[:, :n, start:stop] = self.coarse.generate(
-                    codes[:, :n, start:stop],
-                    chunk_mask,
-                    seed=seed,
-                    batch_offset=COARSE_STREAM_BASE + index,
-                    on_steps=bar.update if progress else None,
-                    **sampling,
-                )
+                stream = COARSE_STREAM_BASE + index
+                chunks.append((clip_codes[:, :n, start:stop], chunk_mask, seed, stream))
+                places.append((clip, start, stop))
+        n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
+        with tqdm(
+            total=len(chunks) * n_steps, desc="coarse", unit="step", disable=not progress
+        ) as bar:
+            generated = self._run_chunks(
+                self.coarse, chunks, batch_size, bar, per_step=True, **sampling
+            )
+        out = [c.copy() for c in codes]
+        for (clip, start, stop), chunk_codes in zip(places, generated):
+            out[clip][:, :n, start:stop] = chunk_codes
         return out
 
     def coarse_to_fine(
@@ -551,24 +748,40 @@ class Vamp(_AudioToAudio):
         """The coarse-to-fine stage (upstream's ``coarse_to_fine``): the fine codebooks of
         `codes` ``[1, 14, T]`` regenerated where `mask` is True, conditioned on codebooks 0-3,
         in 3-s chunks with upstream's fixed settings (`C2F_STEPS` steps, default sampling)."""
-        n_frames, chunk = codes.shape[2], self.c2f_chunk_frames
-        pad = -n_frames % chunk
-        padded_codes = np.pad(codes, ((0, 0), (0, 0), (0, pad)))
-        padded_mask = np.pad(mask, ((0, 0), (0, 0), (0, pad)), constant_values=True)
-        padded_mask[:, : self.c2f.n_conditioning_codebooks] = False
-        out = padded_codes.copy()
-        spans = list(_spans(n_frames + pad, chunk))
-        for index, (start, stop) in enumerate(
-            tqdm(spans, desc="coarse-to-fine", unit="chunk", disable=not progress)
-        ):
-            out[:, :, start:stop] = self.c2f.generate(
-                padded_codes[:, :, start:stop],
-                padded_mask[:, :, start:stop],
-                steps=C2F_STEPS,
-                seed=seed,
-                batch_offset=C2F_STREAM_BASE + index,
+        [out] = self._c2f_batch([codes], [mask], [seed], self.batch_size, progress)
+        return out
+
+    def _c2f_batch(self, codes, masks, seeds, batch_size, progress) -> list:
+        """`coarse_to_fine` of several clips, the chunks of all of them batched."""
+        chunk = self.c2f_chunk_frames
+        chunks, places, padded = [], [], []
+        for clip, (clip_codes, mask, seed) in enumerate(zip(codes, masks, seeds)):
+            n_frames = clip_codes.shape[2]
+            pad = -n_frames % chunk
+            padded_codes = np.pad(clip_codes, ((0, 0), (0, 0), (0, pad)))
+            padded_mask = np.pad(mask, ((0, 0), (0, 0), (0, pad)), constant_values=True)
+            padded_mask[:, : self.c2f.n_conditioning_codebooks] = False
+            padded.append(padded_codes)
+            for index, (start, stop) in enumerate(_spans(n_frames + pad, chunk)):
+                chunks.append(
+                    (
+                        padded_codes[:, :, start:stop],
+                        padded_mask[:, :, start:stop],
+                        seed,
+                        C2F_STREAM_BASE + index,
+                    )
+                )
+                places.append((clip, start, stop))
+        with tqdm(
+            total=len(chunks), desc="coarse-to-fine", unit="chunk", disable=not progress
+        ) as bar:
+            generated = self._run_chunks(
+                self.c2f, chunks, batch_size, bar, per_step=False, steps=C2F_STEPS
             )
-        return out[:, :, :n_frames]
+        out = [p.copy() for p in padded]
+        for (clip, start, stop), chunk_codes in zip(places, generated):
+            out[clip][:, :, start:stop] = chunk_codes
+        return [o[:, :, : c.shape[2]] for o, c in zip(out, codes)]
 
 
 class SingleGraphVamp(_AudioToAudio):

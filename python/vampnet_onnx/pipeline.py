@@ -32,8 +32,11 @@ Deviations from upstream, on purpose:
   no user seed; here it does, so a run is reproducible.
 - float32 settings: prefix/suffix seconds and the dropout probability are rounded to float32
   (the single graph's input type) before use.
-- The schedule is whatever the generation graphs were exported with (per batch item unless
-  ``--batch-coupled``); with B = 1, as here, both are the same.
+- Batches: chunks of equal length run together, up to `batch_size` a run (the coarse chunks
+  of a long file; every chunk of every clip in `Vamp.vamp_batch`), each item with its own
+  seed and stream index, so the codes are those of one run per chunk. That holds with the
+  per-item schedule (the default export); a graph exported with ``--batch-coupled`` gets one
+  chunk a run, where its schedule is upstream's.
 - The onset mask uses `masks.detect_onsets`, a numpy approximation of librosa's detector.
 - The output is mono (VampNet is a mono model); stereo input is averaged.
 """
@@ -73,6 +76,7 @@ from .contracts import (
 from .generator import Generator
 from .runtime import create_session, run
 from .settings import (
+    BATCH_SIZE_DEFAULT,
     HOST_ONLY_MASK_SETTINGS,
     SEED_DEFAULT,
     MaskSettings,
@@ -80,8 +84,6 @@ from .settings import (
     check_seed,
 )
 
-#: Chunks per generation run (`Vamp`'s batch_size, `Vamp.vamp_batch`'s default).
-DEFAULT_BATCH_SIZE = 8
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
 #: to either side, so 32 leaves a margin.
 CONTEXT_FRAMES = 32
@@ -407,7 +409,7 @@ class Vamp(_AudioToAudio):
         context_frames: int = CONTEXT_FRAMES,
         providers: list | None = None,
         device: str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = BATCH_SIZE_DEFAULT,
     ) -> None:
         models = require_files(models, MODEL_FILES, "Vamp: models")
         self.codec = Codec(
@@ -486,7 +488,7 @@ class Vamp(_AudioToAudio):
         sample_rate: int | Sequence[int],
         *,
         seeds: int | Sequence[int] | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = BATCH_SIZE_DEFAULT,
         **settings: Any,
     ) -> list[tuple[np.ndarray, int]]:
         """`vamp` on several clips at once: one ``(samples, sample_rate)`` per clip, equal to
@@ -791,7 +793,8 @@ class SingleGraphVamp(_AudioToAudio):
     ones differ only where `Vamp`'s segmented codec rounds differently), token for token:
     `preprocess` and `restore` run here in numpy, everything between in one onnxruntime `run`.
     Differences: no onset mask, no progress bars (one run), and the codec works on the whole
-    input at once, so memory grows with its length (meant for clips).
+    input at once, so memory grows with its length (meant for clips). No `vamp_batch`: the
+    graph takes one clip (``audio [N]``) a run; batch clips with `Vamp`.
 
     Args:
         path: the ``vamp.onnx`` file (with ``vamp.onnx.data`` beside it for full-size models).

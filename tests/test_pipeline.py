@@ -194,13 +194,16 @@ def test_c2f_runs_173_frame_chunks_with_upstream_settings(vamp, monkeypatch):
     recorder = Recorder(monkeypatch, vamp.c2f, "generate")
     vamp.vamp(noise(4.0), SR, temperature=0.5, top_p=0.9, mask_temperature=3.0, **FAST)
     n_frames = masks.seconds_to_frames(4.0)
-    # Both chunks in one run, chunk i as item i with stream C2F_STREAM_BASE + i.
-    [((codes, chunk_mask), kwargs)] = recorder.calls
-    assert codes.shape == chunk_mask.shape == (-(-n_frames // 173), 14, 173)
-    assert not chunk_mask[:, :4].any()
-    assert kwargs == dict(steps=C2F_STEPS, seed=0, batch_offset=C2F_STREAM_BASE, on_steps=None)
+    assert len(recorder.calls) == -(-n_frames // 173)
+    for index, ((codes, chunk_mask), kwargs) in enumerate(recorder.calls):
+        assert codes.shape == chunk_mask.shape == (1, 14, 173)
+        assert not chunk_mask[:, :4].any()
+        assert kwargs == dict(
+            steps=C2F_STEPS, seed=0, batch_offset=C2F_STREAM_BASE + index, on_steps=None
+        )
     # The padded tail of the last chunk is generated.
-    assert chunk_mask[-1, 4:, n_frames % 173 :].all()
+    (_, last_mask), _ = recorder.calls[-1]
+    assert last_mask[:, 4:, n_frames % 173 :].all()
 
 
 def test_chunks_batched_equal_chunk_by_chunk(models, monkeypatch):

@@ -205,15 +205,10 @@ def _vamp(args: argparse.Namespace) -> int:
     runtime.device_providers(args.device, "", "--device")
     if single and not args.models.is_file():
         raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
-    vamp = cls(args.models, threads=args.threads, device=args.device, **_batching(args, single))
+    vamp = cls(args.models, threads=args.threads, device=args.device)
     out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")
     return 0
-
-
-def _batching(args: argparse.Namespace, single: bool) -> dict:
-    """The constructor's batch_size where chunks are batched (a models folder's `Vamp`)."""
-    return {} if single else {"batch_size": args.batch_size}
 
 
 def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
@@ -244,9 +239,7 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
     for out, path in outputs.items():
         audio.check_output_path(out, "", "--out-dir", path)
     vamp_class = SingleGraphVamp if single else Vamp
-    vamp = vamp_class(
-        args.models, threads=args.threads, device=args.device, **_batching(args, single)
-    )
+    vamp = vamp_class(args.models, threads=args.threads, device=args.device)
     jobs = list(outputs.items())
     if single:
         for out, path in jobs:
@@ -552,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=BATCH_SIZE_DEFAULT,
         metavar="N",
-        help="chunks per generation run, of one file or of several (--out-dir); the results "
-        f"do not depend on it (models folder only; default {BATCH_SIZE_DEFAULT})",
+        help="with --out-dir: chunks per generation run, over several files (models folder "
+        f"only; default {BATCH_SIZE_DEFAULT})",
     )
     vamp.add_argument(
         "--models",

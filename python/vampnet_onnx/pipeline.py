@@ -32,11 +32,12 @@ Deviations from upstream, on purpose:
   no user seed; here it does, so a run is reproducible.
 - float32 settings: prefix/suffix seconds and the dropout probability are rounded to float32
   (the single graph's input type) before use.
-- Batches: chunks of equal length run together, up to `batch_size` a run (the coarse chunks
-  of a long file; every chunk of every clip in `Vamp.vamp_batch`), each item with its own
-  seed and stream index, so the codes are those of one run per chunk. That holds with the
-  per-item schedule (the default export); a graph exported with ``--batch-coupled`` gets one
-  chunk a run, where its schedule is upstream's.
+- Batches (`Vamp.vamp_batch`, or `Vamp(batch_size=N)` for one file's chunks): chunks of equal
+  length run together, up to `batch_size` a run, each item with its own seed and stream index,
+  so each draws the random numbers of its one-chunk run (per-item schedule, the default export;
+  a graph exported with ``--batch-coupled`` gets one chunk a run). The tokens equal the
+  one-chunk runs' as far as onnxruntime's logits do: at B = 1 and B > 1 they can differ in the
+  last bits (4e-6 seen on the tiny c2f model), which flips a token sampled at a near-tie.
 - The onset mask uses `masks.detect_onsets`, a numpy approximation of librosa's detector.
 - The output is mono (VampNet is a mono model); stereo input is averaged.
 """
@@ -393,8 +394,10 @@ class Vamp(_AudioToAudio):
         device: "cpu" or "cuda" instead of `providers` (`runtime.device_providers`: CUDA
             where onnxruntime cannot use it is an error, not a CPU fallback).
         batch_size: chunks of equal length per generation run (the coarse chunks of a long
-            file, the c2f chunks); each chunk keeps its own random stream, so the codes are
-            those of one run per chunk. `vamp_batch` takes its own.
+            file, the c2f chunks), each with its own random stream; `vamp_batch` takes its
+            own. Default 1, one chunk a run, as the single graph runs them: onnxruntime's
+            transformer logits at B = 1 and B > 1 can differ in the last bits (seen: 4e-6 on
+            the tiny c2f model), which can flip a token sampled at a near-tie.
 
     Raises:
         FileNotFoundError: a graph is missing (all missing names are listed).
@@ -409,7 +412,7 @@ class Vamp(_AudioToAudio):
         context_frames: int = CONTEXT_FRAMES,
         providers: list | None = None,
         device: str | None = None,
-        batch_size: int = BATCH_SIZE_DEFAULT,
+        batch_size: int = 1,
     ) -> None:
         models = require_files(models, MODEL_FILES, "Vamp: models")
         self.codec = Codec(

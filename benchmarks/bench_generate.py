@@ -1,7 +1,11 @@
 """Full-size generation: the single graph vs the per-step Python loop vs a torch loop.
 
 Run: ``python -m benchmarks.bench_generate [--steps 3] [--threads 2] [--repeats 5] [--json PATH]
-[--only coarse|c2f|coarse-tiny] [--contenders ...] [--precisions fp32 int8]``.
+[--only coarse|c2f|coarse-tiny] [--contenders ...] [--precisions fp32 int8] [--batches 1 4 8]``.
+
+``--batches 1 4 8`` measures instead the single graph at each batch size, the items holding
+their own seeds (per-item keys, as `Vamp.vamp_batch` runs chunks of several clips): items
+(chunks) per second and the ratio to the first batch size.
 
 Workloads: coarse (B=1, 4 codebooks x 575 frames: 10 s) and coarse-to-fine (14 x 173: 3 s),
 random weights in the real checkpoint formats (written and exported once into ``--workdir``,
@@ -91,8 +95,11 @@ def _child(contender, kind, paths, batch, frames, steps, threads, repeats):
             generator.n_codebooks, generator.n_conditioning_codebooks, batch, frames
         )
 
+        # A batch holds pieces with their own seeds (per-item keys), as `Vamp.vamp_batch` runs.
+        seed = list(range(batch)) if batch > 1 else 0
+
         def run():
-            generator.generate(codes, mask, steps=steps, seed=0, on_steps=on_steps, **SETTINGS)
+            generator.generate(codes, mask, steps=steps, seed=seed, on_steps=on_steps, **SETTINGS)
 
     run()
     seconds = []
@@ -192,6 +199,56 @@ def prepare(workdir: Path, kind: str) -> dict:
     }
 
 
+def batch_rows(args, context) -> int:
+    """--batches: items (10-s coarse or 3-s c2f chunks) per second of the single graph at each
+    batch size, side by side in one run, each B in its own fresh process."""
+    rows = []
+    for kind, _, frames, fixed_steps in WORKLOADS:
+        if args.only and kind != args.only:
+            continue
+        paths = prepare(args.workdir, kind)
+        steps = fixed_steps or args.steps
+        first = len(rows)
+        for batch in args.batches:
+            with context.Pool(1) as pool:
+                seconds, rss = pool.apply(
+                    _child,
+                    ("single graph", kind, paths, batch, frames, steps, args.threads, args.repeats),
+                )
+            median = float(np.median(seconds))
+            rows.append(
+                {
+                    "workload": f"{kind} {frames} frames",
+                    "batch": batch,
+                    "steps": steps,
+                    "median_s": median,
+                    "items_per_s": batch / median,
+                    "peak_rss_mib": rss,
+                }
+            )
+        for row in rows[first:]:
+            row["vs_first_batch"] = row["items_per_s"] / rows[first]["items_per_s"]
+    print(f"machine: {machine_facts(args.threads)}")
+    print_table(
+        f"batched generation, median of {args.repeats} after 1 warm-up, {args.threads} threads",
+        ["workload", "B", "steps", "median s", "items/s", "vs first B", "peak RSS MiB"],
+        [
+            [
+                r["workload"],
+                r["batch"],
+                r["steps"],
+                r["median_s"],
+                r["items_per_s"],
+                r["vs_first_batch"],
+                r["peak_rss_mib"],
+            ]
+            for r in rows
+        ],
+    )
+    write_json(args.json, {"machine": machine_facts(args.threads), "rows": rows})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="generation steps per run (default 3)")
@@ -217,9 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         help="graph precisions (default fp32; int8 / fp16 run the graph contenders on those "
         "graphs: fp16 on the CPU only shows its accuracy, its speed is a GPU's question)",
     )
+    ap.add_argument(
+        "--batches",
+        nargs="+",
+        type=int,
+        metavar="B",
+        help="instead of the contenders: the single graph at each batch size B (items with "
+        "their own seeds), items per second and the ratio to the first B",
+    )
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
+    if args.batches:
+        return batch_rows(args, context)
     rows = []
     for kind, batch, frames, fixed_steps in WORKLOADS:
         if args.only and kind != args.only:

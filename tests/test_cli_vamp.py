@@ -236,3 +236,73 @@ def test_synth_music_stays_finite_on_long_clips():
     with np.errstate(over="raise", invalid="raise"):
         x = demo.synth_music(70.0, 8000)
     assert np.isfinite(x).all() and np.abs(x).max() == pytest.approx(0.9)
+
+
+def write_noise(path: Path, seconds: float, sample_rate: int, seed: int) -> Path:
+    samples = np.random.default_rng(seed).standard_normal(round(seconds * sample_rate)) * 0.1
+    soundfile.write(path, samples, sample_rate)
+    return path
+
+
+def test_vamp_out_dir_writes_what_vamp_in_out_writes(models, tmp_path, capsys):
+    """Several inputs (other lengths, rates and formats) to --out-dir, batched: each output is
+    the file `vamp IN OUT` writes with the same options, byte for byte."""
+    (tmp_path / "in").mkdir()
+    inputs = [
+        write_noise(tmp_path / "in" / "a.wav", 1.2, 48000, 1),
+        write_noise(tmp_path / "in" / "b.flac", 0.3, 44100, 2),
+        write_noise(tmp_path / "in" / "c.wav", 4.0, 22050, 3),
+    ]
+    options = ["--models", str(models), "--steps", "1", "--seed", "6", "--quiet"]
+    out_dir = tmp_path / "new" / "out"
+    argv = ["vamp", *map(str, inputs), "--out-dir", str(out_dir), "--batch-size", "2"]
+    assert cli.main([*argv, *options]) == 0
+    written = [out_dir / "a.wav", out_dir / "b.flac", out_dir / "c.wav"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [f"wrote {p} ({r} Hz)" for p, r in zip(written, (48000, 44100, 22050))]
+    for path, out in zip(inputs, written):
+        one = tmp_path / f"one{out.suffix}"
+        assert cli.main(["vamp", str(path), str(one), *options]) == 0
+        assert one.read_bytes() == out.read_bytes()
+
+
+def test_vamp_out_dir_refuses_inputs_with_one_name(models, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    first = write_noise(tmp_path / "a.wav", 0.1, 44100, 1)
+    second = write_noise(tmp_path / "x" / "a.wav", 0.1, 44100, 2)
+    argv = ["vamp", str(first), str(second), "--out-dir", str(tmp_path / "out")]
+    assert cli.main([*argv, "--models", str(models)]) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: IN must have distinct names in --out-dir, got '{first}' and "
+        f"'{second}', both written to '{tmp_path / 'out' / 'a.wav'}'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_vamp_out_dir_refuses_to_overwrite_an_input(models, tmp_path, capsys):
+    path = write_noise(tmp_path / "a.wav", 0.1, 44100, 1)
+    before = path.read_bytes()
+    argv = ["vamp", str(path), "--out-dir", str(tmp_path), "--models", str(models)]
+    assert cli.main(argv) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: --out-dir must not be the input file (it would be "
+        f"overwritten), got '{path}'"
+    )
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["a.wav"], "IN OUT must be two paths (or IN... with --out-dir DIR), got 1"),
+        (
+            ["a.wav", "b.wav", "c.wav"],
+            "IN OUT must be two paths (or IN... with --out-dir DIR), got 3",
+        ),
+        (["a.wav", "b.wav", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ],
+)
+def test_vamp_path_count_and_batch_size_are_checked_first(tmp_path, capsys, argv, message):
+    full = ["vamp", *argv, "--models", str(tmp_path / "no-models")]
+    assert cli.main(full) == 1
+    assert error_line(capsys) == f"vampnet-onnx vamp: error: {message}"

@@ -84,6 +84,32 @@ def test_chunks_with_batch_offset_equal_one_batch(models):
         np.testing.assert_array_equal(one, whole[b : b + 1])
 
 
+#: Per-item keys for a batch of 3: the extremes of the stream index and a repeated seed.
+ITEM_KEYS = dict(seed=[7, -3, 7], batch_offset=[5, 0, 2**32 - 1])
+
+
+@pytest.mark.parametrize("mode", ["graph", "steps", "transformer", "fallback"])
+def test_per_item_keys_give_each_item_the_codes_of_its_own_run(models, mode):
+    """seed and batch_offset per item: item b of one batch equals a one-item run with seed[b]
+    and batch_offset[b], in one graph run, one run per step, the Python loop and the
+    Python fallback."""
+    codes, mask = problem(models["kind"], 3, 13, seed=8)
+    single = vampnet_onnx.Generator(models["graph"], threads=2)
+    path = models["transformer" if mode == "transformer" else "graph"]
+    batched = vampnet_onnx.Generator(path, threads=2, python_ops=mode == "fallback")
+    on_steps = (lambda n: None) if mode == "steps" else None
+    got = batched.generate(codes, mask, steps=4, on_steps=on_steps, **ITEM_KEYS)
+    for b in range(3):
+        one = single.generate(
+            codes[b : b + 1],
+            mask[b : b + 1],
+            steps=4,
+            seed=ITEM_KEYS["seed"][b],
+            batch_offset=ITEM_KEYS["batch_offset"][b],
+        )
+        np.testing.assert_array_equal(got[b : b + 1], one)
+
+
 @pytest.mark.parametrize("batch, frames, steps, settings", CASES)
 def test_step_by_step_graph_runs_equal_one_run(models, batch, frames, steps, settings):
     """With a step callback the graph runs one step per call (its slice inputs): the same
@@ -277,6 +303,17 @@ BAD_CALLS = [
         lambda c, m: (c, m),
         {"batch_offset": 2**32},
         r"batch_offset must be an int in \[0, 2\*\*32 - B = 4294967295\], got 4294967296",
+    ),
+    (
+        lambda c, m: (c, m),
+        {"seed": [1, 2]},
+        r"seed must be an int or a sequence of B = 1 ints, got \[1, 2\]",
+    ),
+    (lambda c, m: (c, m), {"seed": [2**63]}, "seed must be an int64, got 9223372036854775808"),
+    (
+        lambda c, m: (c, m),
+        {"batch_offset": [-1]},
+        r"batch_offset must hold ints in \[0, 2\*\*32 - 1\], got -1",
     ),
 ]
 

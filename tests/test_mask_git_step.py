@@ -303,6 +303,100 @@ def test_batch_items_are_independent_of_their_neighbours(step_op):
         np.testing.assert_array_equal(a[1], b[1])
 
 
+#: Per-item keys: a seed and a stream index per item, repeats and the extremes included.
+ITEM_SEEDS = np.array([5, -7, 5], np.int64)
+ITEM_STREAMS = np.array([3, 2**32 - 1, 0], np.int64)
+
+
+def test_per_item_keys_give_each_item_the_tokens_of_its_own_run(step_op):
+    """seed [B] and batch_offset [B]: item b of one batched call equals a one-item call with
+    seed[b] and batch_offset[b] (twin), through every step, for the op, the kernels module and
+    the twin."""
+    rng = np.random.default_rng(31)
+    logits, codes, mask = random_step_problem(rng, batch=3, frames=14)
+    keys = dict(seed=ITEM_SEEDS, batch_offset=ITEM_STREAMS)
+    n0 = masked_count(mask).astype(np.int64)
+    batched = {"op": (codes, mask), "kernels": (codes, mask), "twin": (codes, mask)}
+    singles = [(codes[b : b + 1], mask[b : b + 1]) for b in range(3)]
+    runs = {
+        "op": lambda c, m, step: step_op.run(logits, c, m, step, 4, n_masked_start=n0, **keys),
+        "kernels": lambda c, m, step: _kernels.mask_git_step(
+            logits, c, m, step, 4, n_masked_start=n0, threads=2, **keys
+        ),
+        "twin": lambda c, m, step: reference.mask_git_step(
+            logits, c, m, step, 4, n_masked_start=n0, **keys
+        ),
+    }
+    for step in range(4):
+        batched = {name: runs[name](*batched[name], step)[:2] for name in runs}
+        for b in range(3):
+            singles[b] = reference.mask_git_step(
+                logits[b : b + 1],
+                *singles[b],
+                step,
+                4,
+                seed=int(ITEM_SEEDS[b]),
+                batch_offset=int(ITEM_STREAMS[b]),
+                n_masked_start=n0[b : b + 1],
+            )[:2]
+        for name, (got_codes, got_mask) in batched.items():
+            for b in range(3):
+                np.testing.assert_array_equal(got_codes[b : b + 1], singles[b][0], err_msg=name)
+                np.testing.assert_array_equal(got_mask[b : b + 1], singles[b][1], err_msg=name)
+
+
+def test_per_item_keys_equal_to_the_scalars_give_the_scalar_result(step_op):
+    """seed [s, s, s] and batch_offset [o, o + 1, o + 2] are the scalars s and o spelled out."""
+    logits, codes, mask = random_step_problem(np.random.default_rng(32), batch=3, frames=10)
+    scalar = step_op.run(logits, codes, mask, 0, 3, seed=-9, batch_offset=40)
+    spelled = step_op.run(logits, codes, mask, 0, 3, seed=[-9, -9, -9], batch_offset=[40, 41, 42])
+    for a, b in zip(scalar, spelled):
+        np.testing.assert_array_equal(a, b)
+
+
+ITEM_KEY_ERRORS = [
+    (
+        dict(seed=[1, 2]),
+        r"MaskGitStep: seed must have one element or shape \[B\] = \[3\], got shape \[2\]",
+    ),
+    (
+        dict(batch_offset=[[0, 1, 2]]),
+        r"MaskGitStep: batch_offset must have one element or shape \[B\] = \[3\], got shape "
+        r"\[1, 3\]",
+    ),
+    (
+        dict(batch_offset=[0, -1, 2]),
+        r"MaskGitStep: batch_offset must be in \[0, 2\^32 - 1\], got -1 for item 1",
+    ),
+    (
+        dict(batch_offset=[0, 2**32, 2]),
+        r"MaskGitStep: batch_offset must be in \[0, 2\^32 - 1\], got 4294967296 for item 1",
+    ),
+]
+
+
+@pytest.mark.parametrize("bad, message", ITEM_KEY_ERRORS)
+def test_bad_per_item_keys_raise_house_format_errors(step_op, bad, message):
+    logits, codes, mask = random_step_problem(np.random.default_rng(0), batch=3, frames=3)
+    with pytest.raises(Exception, match=message):
+        step_op.run(logits, codes, mask, 0, 4, **bad)
+    keys = {name: np.asarray(value, np.int64) for name, value in bad.items()}
+    twin_message = message.replace("MaskGitStep", "mask_git_step")
+    with pytest.raises(ValueError, match=twin_message):
+        _kernels.mask_git_step(logits, codes, mask, 0, 4, **keys)
+    with pytest.raises(ValueError, match=twin_message):
+        reference.mask_git_step(logits, codes, mask, 0, 4, **keys)
+
+
+def test_keys_of_another_integer_type_are_refused_by_the_kernels_module_and_twin():
+    logits, codes, mask = random_step_problem(np.random.default_rng(0), batch=2, frames=3)
+    seed = np.array([1, 2], np.int32)
+    message = "mask_git_step: seed must be a int64 array, got int32"
+    for step in (_kernels.mask_git_step, reference.mask_git_step):
+        with pytest.raises(ValueError, match=message):
+            step(logits, codes, mask, 0, 4, seed=seed)
+
+
 STEP_ERRORS = [
     (dict(step=5, n_steps=5), r"MaskGitStep: step must be in \[0, n_steps = 5\), got 5"),
     (dict(step=0, n_steps=0), "MaskGitStep: n_steps must be >= 1, got 0"),

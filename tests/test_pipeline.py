@@ -198,10 +198,89 @@ def test_c2f_runs_173_frame_chunks_with_upstream_settings(vamp, monkeypatch):
     for index, ((codes, chunk_mask), kwargs) in enumerate(recorder.calls):
         assert codes.shape == chunk_mask.shape == (1, 14, 173)
         assert not chunk_mask[:, :4].any()
-        assert kwargs == dict(steps=C2F_STEPS, seed=0, batch_offset=C2F_STREAM_BASE + index)
+        assert kwargs == dict(
+            steps=C2F_STEPS, seed=0, batch_offset=C2F_STREAM_BASE + index, on_steps=None
+        )
     # The padded tail of the last chunk is generated.
     (_, last_mask), _ = recorder.calls[-1]
     assert last_mask[:, 4:, n_frames % 173 :].all()
+
+
+def test_chunks_batched_equal_chunk_by_chunk(models, monkeypatch):
+    """The coarse chunks of one long file in one run (their own stream indexes) and the c2f
+    chunks likewise give the audio of one run per chunk, sample for sample."""
+    x = np.tile(noise(0.5), 42)  # 21 s: coarse chunks of 575, 575 and 59 frames
+    by_chunk = Vamp(models, threads=2, batch_size=1).vamp(x, SR, seed=4, steps=2)
+    batched = Vamp(models, threads=2, batch_size=8)
+    coarse = Recorder(monkeypatch, batched.coarse, "generate")
+    np.testing.assert_array_equal(batched.vamp(x, SR, seed=4, steps=2)[0], by_chunk[0])
+    assert [args[0].shape[0] for args, _ in coarse.calls] == [2, 1]
+
+
+#: Clips of different lengths and rates: two of 11 s (coarse chunks of 575 and 57 frames, each
+#: length batched across the two), one shorter than a c2f chunk, one at 48 kHz.
+BATCH_CLIPS = [
+    (np.tile(noise(0.5), 22), SR, 3),
+    (noise(0.1), SR, 5),
+    (np.roll(np.tile(noise(0.5), 22), 999), SR, 3),
+    (noise(2.0, 48000, channels=2), 48000, -8),
+]
+
+
+def test_vamp_batch_equals_vamp_clip_by_clip(vamp, monkeypatch):
+    clips, rates, seeds = (list(column) for column in zip(*BATCH_CLIPS))
+    want = [vamp.vamp(x, rate, seed=seed, steps=2) for x, rate, seed in BATCH_CLIPS]
+    coarse = Recorder(monkeypatch, vamp.coarse, "generate")
+    c2f = Recorder(monkeypatch, vamp.c2f, "generate")
+    got = vamp.vamp_batch(clips, rates, seeds=seeds, batch_size=8, steps=2)
+    for (y, rate), (want_y, want_rate) in zip(got, want):
+        assert rate == want_rate
+        np.testing.assert_array_equal(y, want_y)
+    # Runs: one per chunk length (575, 57, and the two short clips' own), items from
+    # several clips with their own seeds and stream indexes.
+    assert sorted(args[0].shape[0] for args, _ in coarse.calls) == [1, 1, 2, 2]
+    [seeds_575] = [kw["seed"] for args, kw in coarse.calls if args[0].shape[2] == 575]
+    assert list(seeds_575) == [3, 3]
+    assert max(args[0].shape[0] for args, _ in c2f.calls) == 8
+
+
+def test_vamp_batch_with_small_batches_and_no_seeds_equals_vamp(vamp):
+    """batch_size 1 runs one chunk a run; seeds=None is vamp's default seed for every clip."""
+    clips = [noise(0.3), np.tile(noise(0.5), 3)]
+    got = vamp.vamp_batch(clips, SR, batch_size=1, steps=1, periodic_prompt=3)
+    for x, (y, _) in zip(clips, got):
+        np.testing.assert_array_equal(y, vamp.vamp(x, SR, steps=1, periodic_prompt=3)[0])
+
+
+def test_vamp_batch_runs_one_chunk_a_run_for_a_batch_coupled_graph(vamp, monkeypatch):
+    """A batch-coupled schedule couples a run's items, so those graphs get one chunk a run."""
+    monkeypatch.setattr(vamp.c2f, "batch_coupled", True)
+    c2f = Recorder(monkeypatch, vamp.c2f, "generate")
+    vamp.vamp_batch([noise(0.3), noise(4.0)], SR, steps=1)
+    assert len(c2f.calls) == 3 and all(args[0].shape[0] == 1 for args, _ in c2f.calls)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (dict(seeds=[1]), r"Vamp.vamp_batch: seeds must be an int or a sequence of one per clip"),
+        (dict(sample_rate=[SR]), r"sample_rate must be an int or a sequence of one per clip \(2\)"),
+        (dict(batch_size=0), "Vamp.vamp_batch: batch_size must be an int >= 1, got 0"),
+        (dict(seeds=[0, 2**63]), "Vamp.vamp: seed must be an int64, got 9223372036854775808"),
+        (dict(dropout=2.0), r"Vamp.vamp: dropout must be in \[0, 1\], got 2"),
+    ],
+)
+def test_vamp_batch_bad_arguments_fail_before_encoding(vamp, monkeypatch, call, message):
+    encode = Recorder(monkeypatch, vamp.codec, "encode")
+    call = {"sample_rate": SR, **call}
+    with pytest.raises(ValueError, match=message):
+        vamp.vamp_batch([noise(0.1), noise(0.2)], **call)
+    assert encode.calls == []
+
+
+def test_vamp_batch_refuses_a_single_seed_keyword(vamp):
+    with pytest.raises(TypeError, match="Vamp.vamp_batch: seed must not be given"):
+        vamp.vamp_batch([noise(0.1)], SR, seed=3)
 
 
 def test_segmented_codec_equals_the_whole_file(models):

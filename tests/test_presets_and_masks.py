@@ -38,15 +38,15 @@ def vamp(tiny_models_dir) -> Vamp:
 
 @pytest.fixture
 def captured_mask(vamp, monkeypatch) -> list:
-    """The masks `Vamp.generate` is called with (generation itself still runs)."""
+    """The masks the generation stages get, one per clip (generation itself still runs)."""
     masks_seen = []
-    original = vamp.generate
+    original = vamp._generate_batch
 
-    def generate(codes, mask, seed, **kwargs):
-        masks_seen.append(mask.copy())
-        return original(codes, mask, seed, **kwargs)
+    def generate(codes, masks, *args, **kwargs):
+        masks_seen.extend(mask.copy() for mask in masks)
+        return original(codes, masks, *args, **kwargs)
 
-    monkeypatch.setattr(vamp, "generate", generate)
+    monkeypatch.setattr(vamp, "_generate_batch", generate)
     return masks_seen
 
 

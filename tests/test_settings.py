@@ -28,7 +28,9 @@ def test_defaults_are_vampnets():
 
 def test_graph_defaults_come_from_the_settings():
     assert contracts.GENERATION_DEFAULTS == {**VAMPNET_SAMPLING, "seed": 0, "batch_offset": 0}
-    mask_inputs = {k: v for k, v in VAMPNET_MASK.items() if k not in ("onset_mask_width", "beat_mask_ms")}
+    mask_inputs = {
+        k: v for k, v in VAMPNET_MASK.items() if k not in ("onset_mask_width", "beat_mask_ms")
+    }
     assert contracts.VAMP_DEFAULTS == {"seed": 0, **VAMPNET_SAMPLING, **mask_inputs}
     assert set(contracts.VAMP_LIMITS) == set(mask_inputs)
 

@@ -33,7 +33,35 @@ struct MaskGitStepParams {
   // Index of item 0 in the random streams: item b draws the streams of item batch_offset + b, so
   // a batch cut into calls (or chunks run one by one) gives what one call would.
   int64_t batch_offset = 0;
+  // Per-item keys, each empty or of length B (`read_item_keys`): item b draws with key seeds[b]
+  // (instead of sampling.seed) from stream item batch_offsets[b] (instead of batch_offset + b),
+  // so items of different pieces, each with its own seed and stream, share one batch.
+  std::vector<int64_t> seeds, batch_offsets;
+
+  uint64_t item_seed(int64_t b) const {
+    return seeds.empty() ? sampling.seed : static_cast<uint64_t>(seeds[b]);
+  }
+  int64_t item_stream(int64_t b) const {
+    return batch_offsets.empty() ? batch_offset + b : batch_offsets[b];
+  }
 };
+
+// A key input of MaskGitStep (seed, batch_offset) of `shape` holding `count` values at `data`:
+// one element (rank 0 or [1]) is the batch's scalar, returned in `scalar`; shape [B] gives each
+// item its own value, returned in `per_item`. Anything else is an error.
+inline void read_item_keys(const std::string& where, const std::string& name,
+                           const std::vector<int64_t>& shape, int64_t count, const int64_t* data,
+                           int64_t batch, int64_t* scalar, std::vector<int64_t>* per_item) {
+  if (count == 1) {
+    *scalar = data[0];
+    per_item->clear();
+  } else if (shape == std::vector<int64_t>{batch}) {
+    per_item->assign(data, data + batch);
+  } else {
+    fail(where, name, "have one element or shape [B] = [" + to_text(batch) + "]",
+         "shape " + shape_text(shape));
+  }
+}
 
 // Schedule value floor(gamma(r) * n0) before the clamps, in VampNet's float32 arithmetic:
 // r = float32((step + 1) / n_steps), gamma = clamp(cos(r * pi / 2), 1e-10, 1).
@@ -66,7 +94,7 @@ inline float gumbel(double u) {
 }
 
 // Random stream of position p = t * P + c of stream item b (shared with SampleTokens' row ids);
-// b = batch_offset + the item's index in the batch.
+// b = batch_offset + the item's index in the batch, or the item's own batch_offset.
 inline uint64_t mask_git_step_row(int64_t b, int64_t position) {
   return (static_cast<uint64_t>(b) << 32) | static_cast<uint64_t>(position);
 }
@@ -122,9 +150,22 @@ void mask_git_step(const std::string& where, const MaskGitStepShape& shape, cons
   check_mask_git_step_params(where, params);
   const int64_t B = shape.batch, C = shape.codebooks, T = shape.frames, P = shape.predicted,
                 V = shape.vocab, ncc = shape.conditioning();
-  if (params.batch_offset < 0 || params.batch_offset > (int64_t{1} << 32) - B)
-    fail(where, "batch_offset", "be in [0, 2^32 - B = " + to_text((int64_t{1} << 32) - B) + "]",
-         to_text(params.batch_offset));
+  if (!params.seeds.empty() && static_cast<int64_t>(params.seeds.size()) != B)
+    fail(where, "seed", "have one element or shape [B] = [" + to_text(B) + "]",
+         "shape [" + to_text(params.seeds.size()) + "]");
+  if (params.batch_offsets.empty()) {
+    if (params.batch_offset < 0 || params.batch_offset > (int64_t{1} << 32) - B)
+      fail(where, "batch_offset", "be in [0, 2^32 - B = " + to_text((int64_t{1} << 32) - B) + "]",
+           to_text(params.batch_offset));
+  } else {
+    if (static_cast<int64_t>(params.batch_offsets.size()) != B)
+      fail(where, "batch_offset", "have one element or shape [B] = [" + to_text(B) + "]",
+           "shape [" + to_text(params.batch_offsets.size()) + "]");
+    for (int64_t b = 0; b < B; ++b)
+      if (params.batch_offsets[b] < 0 || params.batch_offsets[b] > (int64_t{1} << 32) - 1)
+        fail(where, "batch_offset", "be in [0, 2^32 - 1]",
+             to_text(params.batch_offsets[b]) + " for item " + to_text(b));
+  }
   const int64_t positions = T * P;
   const auto check_start = [&](int64_t b, int64_t n) {
     if (n < 0 || n > positions)
@@ -184,9 +225,10 @@ void mask_git_step(const std::string& where, const MaskGitStepShape& shape, cons
     for (size_t j = task * kRowsPerTask; j < end; ++j) {
       while (j >= first[b + 1]) ++b;
       const uint32_t p = masked[b][j - first[b]];
-      const PhiloxBlock bits = random_block(
-          params.sampling.seed, mask_git_step_row(params.batch_offset + static_cast<int64_t>(b), p),
-          static_cast<uint64_t>(params.step));
+      const auto item = static_cast<int64_t>(b);
+      const PhiloxBlock bits =
+          random_block(params.item_seed(item), mask_git_step_row(params.item_stream(item), p),
+                       static_cast<uint64_t>(params.step));
       const size_t row = static_cast<size_t>(b) * positions + p;
       const RowResult result = sampler.sample(load_row(logits, row, V, buffer), params.sampling,
                                               uniform53(bits[0], bits[1]), where, row);

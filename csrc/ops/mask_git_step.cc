@@ -41,12 +41,7 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     params.sampling.top_p = scalar_float(kWhere, "top_p", get_input(context, Input::kTopP));
     params.mask_temperature =
         scalar_float(kWhere, "mask_temperature", get_input(context, Input::kMaskTemperature));
-    params.sampling.seed =
-        static_cast<uint64_t>(scalar_int64(kWhere, "seed", get_input(context, Input::kSeed)));
     params.batch_coupled = batch_coupled;
-    const InputView batch_offset = get_input(context, Input::kBatchOffset);
-    if (batch_offset.present)
-      params.batch_offset = scalar_int64(kWhere, "batch_offset", batch_offset);
     check_mask_git_step_params(kWhere, params);
 
     const InputView n_masked_start = get_input(context, Input::kNMaskedStart);
@@ -55,6 +50,20 @@ OrtStatusPtr MaskGitStepKernel::ComputeV2(OrtKernelContext* raw_context) {
     const MaskGitStepShape shape =
         check_mask_git_step_shapes(kWhere, logits.shape, codes.shape, mask.shape,
                                    n_masked_start.present ? &n_masked_start.shape : nullptr);
+    // seed and batch_offset: one value for the batch, or one per item (shape [B]).
+    const InputView seed = get_input(context, Input::kSeed);
+    check_type(kWhere, "seed", seed, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
+    int64_t batch_seed = 0;
+    read_item_keys(kWhere, "seed", seed.shape, seed.count, seed.as<int64_t>(), shape.batch,
+                   &batch_seed, &params.seeds);
+    params.sampling.seed = static_cast<uint64_t>(batch_seed);
+    const InputView batch_offset = get_input(context, Input::kBatchOffset);
+    if (batch_offset.present) {
+      check_type(kWhere, "batch_offset", batch_offset, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64});
+      read_item_keys(kWhere, "batch_offset", batch_offset.shape, batch_offset.count,
+                     batch_offset.as<int64_t>(), shape.batch, &params.batch_offset,
+                     &params.batch_offsets);
+    }
 
     auto codes_out = get_output(context, Output::kCodesOut, codes.shape);
     auto mask_out = get_output(context, Output::kMaskOut, codes.shape);

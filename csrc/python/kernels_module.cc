@@ -86,11 +86,26 @@ py::tuple sample_tokens_py(const py::array& logits_in, float temperature, int64_
   return py::make_tuple(tokens, logprob);
 }
 
+// A key argument of mask_git_step (seed, batch_offset): a Python int, or int64 values (a numpy
+// scalar or array) with one element or one per item (`read_item_keys`).
+void item_keys_py(const std::string& where, const std::string& name, const py::object& value,
+                  int64_t batch, int64_t* scalar, std::vector<int64_t>* per_item) {
+  if (py::isinstance<py::int_>(value) && !py::isinstance<py::bool_>(value)) {
+    *scalar = value.cast<int64_t>();
+    per_item->clear();
+    return;
+  }
+  // numpy scalars and sequences become arrays; their dtype is checked as an array's.
+  const py::array keys = require(where, name, py::array::ensure(value), {"int64"});
+  read_item_keys(where, name, shape_of(keys), static_cast<int64_t>(keys.size()),
+                 static_cast<const int64_t*>(keys.data()), batch, scalar, per_item);
+}
+
 py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in,
                            const py::array& mask_in, int64_t step, int64_t n_steps,
                            float temperature, int64_t top_k, float top_p, float mask_temperature,
-                           int64_t seed, std::optional<py::array> n_masked_start_in,
-                           bool batch_coupled, int64_t batch_offset, int threads) {
+                           const py::object& seed, std::optional<py::array> n_masked_start_in,
+                           bool batch_coupled, const py::object& batch_offset, int threads) {
   const std::string where = "mask_git_step";
   const py::array logits = require(where, "logits", logits_in, {"float32", "float16"});
   const py::array codes = require(where, "codes", codes_in, {"int64"});
@@ -98,10 +113,9 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   MaskGitStepParams params;
   params.step = step;
   params.n_steps = n_steps;
-  params.sampling = {temperature, top_k, top_p, static_cast<uint64_t>(seed)};
+  params.sampling = {temperature, top_k, top_p, 0};
   params.mask_temperature = mask_temperature;
   params.batch_coupled = batch_coupled;
-  params.batch_offset = batch_offset;
   check_mask_git_step_params(where, params);
   std::optional<py::array> n_masked_start;
   std::vector<int64_t> start_shape;
@@ -112,6 +126,11 @@ py::tuple mask_git_step_py(const py::array& logits_in, const py::array& codes_in
   const MaskGitStepShape shape =
       check_mask_git_step_shapes(where, shape_of(logits), shape_of(codes), shape_of(mask),
                                  n_masked_start ? &start_shape : nullptr);
+  int64_t batch_seed = 0;
+  item_keys_py(where, "seed", seed, shape.batch, &batch_seed, &params.seeds);
+  params.sampling.seed = static_cast<uint64_t>(batch_seed);
+  item_keys_py(where, "batch_offset", batch_offset, shape.batch, &params.batch_offset,
+               &params.batch_offsets);
   const std::vector<int64_t> out_shape = shape_of(codes);
   py::array_t<int64_t> codes_out(out_shape);
   py::array_t<bool> mask_out(out_shape);
@@ -169,6 +188,8 @@ Returns (tokens int64 [...], logprob float32 [...]); same contract as the Sample
       py::arg("batch_offset") = 0, py::arg("threads") = 1,
       R"(One VampNet generation step: logits [B, T, P, V], codes int64 [B, C, T], mask bool [B, C, T].
 
+seed, batch_offset: an int for the batch (item b draws stream item batch_offset + b), or int64
+arrays [B] (item b draws with key seed[b] from stream item batch_offset[b]).
 Returns (codes_out int64, mask_out bool, model_input int64), each [B, C, T]; same contract as the
 MaskGitStep op (docs/ops.md).)");
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import hub
 from .runtime import DEVICES
-from .settings import MaskSettings, SamplingSettings, public_name
+from .settings import BATCH_SIZE_DEFAULT, MaskSettings, SamplingSettings, public_name
 
 PROG = "vampnet-onnx"
 
@@ -191,6 +191,15 @@ def _vamp(args: argparse.Namespace) -> int:
     cls = SingleGraphVamp if single else Vamp
     # Everything the user gave is checked before the (slow) model load.
     settings = _checked_settings(args, cls)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out_dir is not None:
+        return _vamp_many(args, single, settings)
+    if len(args.paths) != 2:
+        raise ValueError(
+            f"IN OUT must be two paths (or IN... with --out-dir DIR), got {len(args.paths)}"
+        )
+    args.input, args.output = args.paths
     audio.check_input_path(args.input, "load_audio", "path")
     audio.check_output_path(args.output, "", "OUT", args.input)
     runtime.device_providers(args.device, "", "--device")
@@ -199,6 +208,58 @@ def _vamp(args: argparse.Namespace) -> int:
     vamp = cls(args.models, threads=args.threads, device=args.device)
     out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")
+    return 0
+
+
+def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
+    """`vamp IN... --out-dir DIR`: each input to DIR/<its stem><its extension, or .wav where
+    soundfile cannot write that>, --batch-size files a `vamp_batch` (one by one for vamp.onnx).
+    Outputs that collide or overwrite an input are refused before any work."""
+    import soundfile
+
+    from . import audio, runtime
+    from .pipeline import SingleGraphVamp, Vamp
+
+    outputs: dict[Path, Path] = {}
+    for path in args.paths:
+        audio.check_input_path(path, "load_audio", "path")
+        suffix = path.suffix if path.suffix[1:].upper() in soundfile.available_formats() else ".wav"
+        out = args.out_dir / (path.stem + suffix)
+        if out in outputs:
+            raise ValueError(
+                f"IN must have distinct names in --out-dir, got '{outputs[out]}' and '{path}', "
+                f"both written to '{out}'"
+            )
+        outputs[out] = path
+    _check_out_folder(args.out_dir, "--out-dir")
+    runtime.device_providers(args.device, "", "--device")
+    if single and not args.models.is_file():
+        raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for out, path in outputs.items():
+        audio.check_output_path(out, "", "--out-dir", path)
+    vamp_class = SingleGraphVamp if single else Vamp
+    vamp = vamp_class(args.models, threads=args.threads, device=args.device)
+    jobs = list(outputs.items())
+    if single:
+        for out, path in jobs:
+            written, rate = vamp.vamp_file(path, out, **settings)
+            print(f"wrote {written} ({rate} Hz)")
+        return 0
+    seed = settings.pop("seed")
+    for first in range(0, len(jobs), args.batch_size):
+        group = jobs[first : first + args.batch_size]
+        loaded = [audio.load_audio(path) for _, path in group]
+        results = vamp.vamp_batch(
+            [samples for samples, _ in loaded],
+            [rate for _, rate in loaded],
+            seeds=seed,
+            batch_size=args.batch_size,
+            **settings,
+        )
+        for (out, _), (y, rate) in zip(group, results):
+            audio.write_audio(out, y, rate)
+            print(f"wrote {out} ({rate} Hz)")
     return 0
 
 
@@ -457,14 +518,36 @@ def build_parser() -> argparse.ArgumentParser:
         "vamp",
         help="vamp an audio file: keep a prompt of it, generate the rest",
         description=(
-            "Vamp IN to OUT with the models of `vampnet-onnx export`: preprocess (44.1 kHz, mono, "
-            "-24 LUFS), encode, keep the masked prompt, generate coarse codes (10-s chunks) and "
-            "fine codes (3-s chunks), decode, restore the input's length, loudness and sample "
-            "rate. Defaults are VampNet's app defaults. Output is mono."
+            "Vamp IN to OUT (or IN... to --out-dir DIR) with the models of `vampnet-onnx "
+            "export`: preprocess (44.1 kHz, mono, -24 LUFS), encode, keep the masked prompt, "
+            "generate coarse codes (10-s chunks) and fine codes (3-s chunks), decode, restore "
+            "the input's length, loudness and sample rate. Defaults are VampNet's app defaults. "
+            "Output is mono."
         ),
     )
-    vamp.add_argument("input", type=Path, metavar="IN", help="audio file (WAV, FLAC, OGG, MP3)")
-    vamp.add_argument("output", type=Path, metavar="OUT", help="output audio file (.wav, .flac)")
+    vamp.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="IN",
+        help="IN OUT: an audio file (WAV, FLAC, OGG, MP3) and the output file (.wav, .flac); "
+        "with --out-dir: IN..., one or more audio files",
+    )
+    vamp.add_argument(
+        "--out-dir",
+        type=Path,
+        metavar="DIR",
+        help="vamp every IN to DIR/<its name> (its extension, or .wav where that cannot be "
+        "written), each as `vamp IN OUT` would, --batch-size files at a time",
+    )
+    vamp.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE_DEFAULT,
+        metavar="N",
+        help="with --out-dir: chunks per generation run, over several files (models folder "
+        f"only; default {BATCH_SIZE_DEFAULT})",
+    )
     vamp.add_argument(
         "--models",
         type=Path,

@@ -236,12 +236,17 @@ GENERATION = OpSchema(
         Port("n_steps", INT64, "scalar >= 1, iterations of the loop (VampNet: 36 coarse)"),
         *SAMPLING_INPUTS,
         Port("mask_temperature", FLOAT, "scalar >= 0 (VampNet: 10.5)"),
-        Port("seed", INT64, "scalar, the random stream's key"),
+        Port(
+            "seed",
+            INT64,
+            "scalar, the random stream's key; or [B], one key per item (declared rank 0)",
+        ),
         Port(
             "batch_offset",
             INT64,
             "scalar in [0, 2^32 - B], stream index of item 0 (0 unless the batch continues "
-            "another call's, as a chunk of a longer piece does)",
+            "another call's, as a chunk of a longer piece does); or [B], each item's own "
+            "stream index in [0, 2^32 - 1] (declared rank 0)",
         ),
         Port(
             "first_step",

@@ -120,9 +120,9 @@ class Generator:
         top_k: int | None = _DEFAULTS.top_k,
         top_p: float | None = _DEFAULTS.top_p,
         mask_temperature: float = _DEFAULTS.mask_temperature,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         progress: bool = False,
-        batch_offset: int = 0,
+        batch_offset: int | Sequence[int] = 0,
         on_steps: Callable[[int], Any] | None = None,
     ) -> np.ndarray:
         """Fill the masked positions of `codes`.
@@ -136,8 +136,12 @@ class Generator:
         confidences). seed: any int64. progress: a tqdm bar over the steps. batch_offset: the
         random-stream index of item 0, in [0, 2**32 - B]: item b draws the numbers of item
         batch_offset + b, so chunks of a longer piece generated one call each can draw as one
-        batch would (docs/generation.md). on_steps: called with the number of steps done
-        after each step (e.g. a caller's own progress bar's update).
+        batch would (docs/generation.md). seed and batch_offset may instead be sequences of B
+        values, item b drawing with seed[b] the numbers of item batch_offset[b] (each in
+        [0, 2**32 - 1]): pieces with their own seeds and stream indexes in one batch, each
+        item as its own one-item call would be (with the per-item schedule). on_steps: called
+        with the number of steps done after each step (e.g. a caller's own progress bar's
+        update).
         With `progress` or `on_steps` a generation graph runs one step per call (its slice
         inputs, docs/generation.md), which gives the same tokens as one call; otherwise it
         runs every step in one call.
@@ -152,17 +156,7 @@ class Generator:
             top_p=top_p,
             mask_temperature=mask_temperature,
         ).inputs()
-        settings["seed"] = check_seed(seed, _WHERE)
-        if (
-            isinstance(batch_offset, bool)
-            or not isinstance(batch_offset, (int, np.integer))
-            or not 0 <= batch_offset <= 2**32 - codes.shape[0]
-        ):
-            raise ValueError(
-                f"{_WHERE}: batch_offset must be an int in [0, 2**32 - B = "
-                f"{2**32 - codes.shape[0]}], got {batch_offset!r}"
-            )
-        settings["batch_offset"] = int(batch_offset)
+        settings |= self._check_keys(seed, batch_offset, codes.shape[0])
         stepwise = progress or on_steps is not None
         if self.mode == "graph" and not (stepwise and self.sliceable):
             feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
@@ -204,6 +198,40 @@ class Generator:
                 **settings,
             )
         return codes
+
+    @staticmethod
+    def _check_keys(seed, batch_offset, batch: int) -> dict[str, Any]:
+        """seed and batch_offset as ints, or as int64 [B] arrays where given per item."""
+        per_item = {}
+        for name, value in (("seed", seed), ("batch_offset", batch_offset)):
+            if isinstance(value, int | np.integer):
+                continue
+            values = list(value) if isinstance(value, Sequence | np.ndarray) else []
+            if len(values) != batch or not all(
+                isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values
+            ):
+                raise ValueError(
+                    f"{_WHERE}: {name} must be an int or a sequence of B = {batch} ints, got "
+                    f"{value!r}"
+                )
+            per_item[name] = values
+        seeds = [check_seed(v, _WHERE) for v in per_item.get("seed", [seed])]
+        keys = {"seed": np.array(seeds, np.int64) if "seed" in per_item else seeds[0]}
+        if "batch_offset" in per_item:
+            bad = [int(v) for v in per_item["batch_offset"] if not 0 <= v <= 2**32 - 1]
+            if bad:
+                raise ValueError(
+                    f"{_WHERE}: batch_offset must hold ints in [0, 2**32 - 1], got {bad[0]}"
+                )
+            keys["batch_offset"] = np.array(per_item["batch_offset"], np.int64)
+        elif isinstance(batch_offset, bool) or not 0 <= batch_offset <= 2**32 - batch:
+            raise ValueError(
+                f"{_WHERE}: batch_offset must be an int in [0, 2**32 - B = {2**32 - batch}], "
+                f"got {batch_offset!r}"
+            )
+        else:
+            keys["batch_offset"] = int(batch_offset)
+        return keys
 
     def _check_codes_and_mask(self, codes, mask) -> tuple[np.ndarray, np.ndarray]:
         codes, mask = np.asarray(codes), np.asarray(mask)

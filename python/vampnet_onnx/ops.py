@@ -139,7 +139,11 @@ MASK_GIT_STEP = OpSchema(
         Port("n_steps", INT64, "scalar >= 1"),
         *SAMPLING_INPUTS,
         Port("mask_temperature", FLOAT, "scalar >= 0, Gumbel noise scale (annealed)"),
-        Port("seed", INT64, "scalar, the random stream's key"),
+        Port(
+            "seed",
+            INT64,
+            "scalar, the random stream's key; or [B], item b's key",
+        ),
         Port(
             "n_masked_start",
             INT64,
@@ -151,7 +155,8 @@ MASK_GIT_STEP = OpSchema(
             "batch_offset",
             INT64,
             "scalar in [0, 2^32 - B], stream index of item 0 (default 0): item b draws the "
-            "random streams of item batch_offset + b",
+            "random streams of item batch_offset + b; or [B], each in [0, 2^32 - 1]: item b "
+            "draws those of item batch_offset[b]",
             True,
         ),
     ),

@@ -32,8 +32,12 @@ Deviations from upstream, on purpose:
   no user seed; here it does, so a run is reproducible.
 - float32 settings: prefix/suffix seconds and the dropout probability are rounded to float32
   (the single graph's input type) before use.
-- The schedule is whatever the generation graphs were exported with (per batch item unless
-  ``--batch-coupled``); with B = 1, as here, both are the same.
+- Batches (`Vamp.vamp_batch`, or `Vamp(batch_size=N)` for one file's chunks): chunks of equal
+  length run together, up to `batch_size` a run, each item with its own seed and stream index,
+  so each draws the random numbers of its one-chunk run (per-item schedule, the default export;
+  a graph exported with ``--batch-coupled`` gets one chunk a run). The tokens equal the
+  one-chunk runs' as far as onnxruntime's logits do: at B = 1 and B > 1 they can differ in the
+  last bits (4e-6 seen on the tiny c2f model), which flips a token sampled at a near-tie.
 - The onset mask uses `masks.detect_onsets`, a numpy approximation of librosa's detector.
 - The output is mono (VampNet is a mono model); stereo input is averaged.
 """
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -72,7 +76,14 @@ from .contracts import (
 )
 from .generator import Generator
 from .runtime import create_session, run
-from .settings import HOST_ONLY_MASK_SETTINGS, MaskSettings, SamplingSettings, check_seed
+from .settings import (
+    BATCH_SIZE_DEFAULT,
+    HOST_ONLY_MASK_SETTINGS,
+    SEED_DEFAULT,
+    MaskSettings,
+    SamplingSettings,
+    check_seed,
+)
 
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
 #: to either side, so 32 leaves a margin.
@@ -85,6 +96,25 @@ def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
     """Consecutive ``[start, stop)`` spans of at most `size` covering ``[0, n)``."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
+
+
+def _check_batch_size(batch_size: Any, where: str) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _per_clip(value: Any, n_clips: int, where: str, name: str) -> list:
+    """`value` for each of `n_clips` clips: an int for all, or a sequence of one per clip."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return [value] * n_clips
+    values = list(value) if isinstance(value, Sequence | np.ndarray) else None
+    if values is None or len(values) != n_clips:
+        raise ValueError(
+            f"{where}: {name} must be an int or a sequence of one per clip ({n_clips}), got "
+            f"{value!r}"
+        )
+    return values
 
 
 def _check_given_mask(mask: Any, where: str, supported: bool) -> None:
@@ -231,16 +261,37 @@ class _AudioToAudio:
             self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
 
         def run(x: np.ndarray, info: audio.PreprocessInfo):
-            given = None if mask is None else self._given_mask(mask, x.shape[0])
-            if inpaint is not None:
-                if given is None:
-                    given = self.build_mask(x, seed, **mask_settings.inputs())
-                given = self._inpainted(given, inpaint)
-            if not keep_rate:
-                info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
+            given = self._given_or_inpainted(x, seed, mask_settings, mask, inpaint)
+            info = self._output_info(info, x.shape[0], keep_rate)
             return self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, given), info
 
         return run
+
+    def _given_or_inpainted(
+        self,
+        x: np.ndarray,
+        seed: int,
+        mask_settings: MaskSettings,
+        mask: np.ndarray | None,
+        inpaint: tuple[float, float] | None,
+    ) -> np.ndarray | None:
+        """The mask ``[1, C, T]`` for preprocessed `x` when `vamp` was given one or an inpaint
+        range; None: the recipe's, built later."""
+        given = None if mask is None else self._given_mask(mask, x.shape[0])
+        if inpaint is not None:
+            if given is None:
+                given = self.build_mask(x, seed, **mask_settings.inputs())
+            given = self._inpainted(given, inpaint)
+        return given
+
+    def _output_info(
+        self, info: audio.PreprocessInfo, n_samples: int, keep_rate: bool
+    ) -> audio.PreprocessInfo:
+        """What `audio.restore` is to give back: the input's rate and length (`keep_rate`), or
+        the codec's rate and the `n_samples` of the preprocessed input."""
+        if keep_rate:
+            return info
+        return replace(info, sample_rate=self.sample_rate, n_samples=n_samples)
 
     @classmethod
     def check_settings(
@@ -363,6 +414,11 @@ class Vamp(_AudioToAudio):
         providers: onnxruntime execution providers (None: CPU).
         device: "cpu" or "cuda" instead of `providers` (`runtime.device_providers`: CUDA
             where onnxruntime cannot use it is an error, not a CPU fallback).
+        batch_size: chunks of equal length per generation run (the coarse chunks of a long
+            file, the c2f chunks), each with its own random stream; `vamp_batch` takes its
+            own. Default 1, one chunk a run, as the single graph runs them: onnxruntime's
+            transformer logits at B = 1 and B > 1 can differ in the last bits (seen: 4e-6 on
+            the tiny c2f model), which can flip a token sampled at a near-tie.
 
     Raises:
         FileNotFoundError: a graph is missing (all missing names are listed).
@@ -377,6 +433,7 @@ class Vamp(_AudioToAudio):
         context_frames: int = CONTEXT_FRAMES,
         providers: list | None = None,
         device: str | None = None,
+        batch_size: int = 1,
     ) -> None:
         models = require_files(models, MODEL_FILES, "Vamp: models")
         self.codec = Codec(
@@ -404,6 +461,7 @@ class Vamp(_AudioToAudio):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Vamp: {name} must be an int >= {low}, got {value!r}")
         self.context_frames = context_frames
+        self.batch_size = _check_batch_size(batch_size, "Vamp")
         self.n_codebooks = self.c2f.n_codebooks
         self.models = models
         # WaveBeat is opened on the first vamp that asks for a beat mask: most runs never do.
@@ -420,11 +478,101 @@ class Vamp(_AudioToAudio):
         check_models_match(config, self.coarse.config, self.c2f.config, files, "Vamp")
 
     def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress, mask) -> np.ndarray:
-        if mask is None:
-            mask = self.build_mask(x, seed, **mask_settings.inputs())
-        codes = self.encode(x, progress)
-        codes = self.generate(codes, mask, seed, progress=progress, **sampling.public())
-        return self.decode(codes, x.shape[0], progress, out=x)  # x is not needed any more
+        [y] = self._vamp_preprocessed_batch(
+            [x], [seed], mask_settings, sampling, progress, [mask], self.batch_size
+        )
+        return y
+
+    def _vamp_preprocessed_batch(
+        self,
+        xs: list[np.ndarray],
+        seeds: list[int],
+        mask_settings: MaskSettings,
+        sampling: SamplingSettings,
+        progress: bool,
+        given_masks: list[np.ndarray | None],
+        batch_size: int,
+    ) -> list[np.ndarray]:
+        """`_vamp_preprocessed` of several clips: masks (each with its seed), codes and audio
+        clip by clip, the generation in batches of chunks of every clip."""
+        clips = list(zip(xs, seeds, given_masks))
+        mask_list = [
+            self.build_mask(x, seed, **mask_settings.inputs()) if mask is None else mask
+            for x, seed, mask in clips
+        ]
+        codes = [self.encode(x, progress) for x in xs]
+        codes = self._generate_batch(
+            codes, mask_list, seeds, batch_size, progress=progress, **sampling.public()
+        )
+        # Each clip's input is not needed any more: its output is decoded into it.
+        return [self.decode(c, x.shape[0], progress, out=x) for c, x in zip(codes, xs)]
+
+    def vamp_batch(
+        self,
+        clips: Sequence[np.ndarray],
+        sample_rate: int | Sequence[int],
+        *,
+        seeds: int | Sequence[int] | None = None,
+        batch_size: int = BATCH_SIZE_DEFAULT,
+        **settings: Any,
+    ) -> list[tuple[np.ndarray, int]]:
+        """`vamp` on several clips at once: one ``(samples, sample_rate)`` per clip, equal to
+        ``vamp(clip, rate, seed=seed, **settings)`` for each, with the generation batched.
+
+        Args:
+            clips: float ``[N]`` or ``[channels, N]`` arrays, any lengths.
+            sample_rate: Hz, of every clip, or one per clip.
+            seeds: one per clip; an int: the same for every clip; None: `vamp`'s default seed
+                (SEED_DEFAULT, 0) for every clip, so each result is plain ``vamp(clip, rate)``.
+                (Distinct clips need no distinct seeds: their masks and tokens come from their
+                own audio; pass ``range(len(clips))`` for distinct draws anyway.)
+            batch_size: chunks per generation run: the coarse chunks of every clip (10 s, 575
+                frames, and each clip's shorter last one) grouped by length, then the 3-s c2f
+                chunks, up to `batch_size` each run, every chunk with its clip's seed and its
+                own stream index (per-item keys, docs/generation.md). A graph exported with
+                ``--batch-coupled`` runs one chunk a run (its schedule couples a run's items).
+            settings: the other keyword arguments of `vamp` (not `seed`), the same for every
+                clip; a given `mask` must fit every clip.
+
+        Memory holds every clip's audio, codes and masks at once: pass a few clips at a time
+        (the CLI passes `batch_size` files a call).
+        """
+        where = "Vamp.vamp_batch"
+        clips = list(clips)
+        rates = _per_clip(sample_rate, len(clips), where, "sample_rate")
+        seed_list = _per_clip(SEED_DEFAULT if seeds is None else seeds, len(clips), where, "seeds")
+        batch_size = _check_batch_size(batch_size, where)
+        if "seed" in settings:
+            raise TypeError(f"{where}: seed must not be given (pass seeds, one per clip)")
+        keep_rate = settings.pop("keep_rate", True)
+        progress = settings.pop("progress", False)
+        mask, inpaint = settings.pop("mask", None), settings.pop("inpaint", None)
+        checked = [
+            self.check_settings(seed=seed, mask=mask, inpaint=inpaint, **settings)
+            for seed in seed_list
+        ]
+        seed_list = [seed for seed, _, _ in checked]
+        _, mask_settings, sampling = checked[0] if checked else (0, _MASK, _SAMPLING)
+        if mask_settings.beat_mask_ms > 0:
+            self.beat_tracker()
+        prepared = []
+        for clip, rate, seed in zip(clips, rates, seed_list):
+            x, info = audio.preprocess(clip, rate, self.sample_rate)
+            given = self._given_or_inpainted(x, seed, mask_settings, mask, inpaint)
+            prepared.append((x, self._output_info(info, x.shape[0], keep_rate), given))
+        ys = self._vamp_preprocessed_batch(
+            [x for x, _, _ in prepared],
+            seed_list,
+            mask_settings,
+            sampling,
+            progress,
+            [given for _, _, given in prepared],
+            batch_size,
+        )
+        return [
+            (audio.restore(y, info, self.sample_rate), info.sample_rate)
+            for y, (_, info, _) in zip(ys, prepared)
+        ]
 
     # --- stages ----------------------------------------------------------------------------
 
@@ -545,8 +693,59 @@ class Vamp(_AudioToAudio):
         for the coarse stage. Returns int64 ``[1, 14, T]``; every position with mask False
         keeps its code.
         """
-        codes = self.coarse_vamp(codes, mask, seed, progress=progress, **sampling)
-        return self.coarse_to_fine(codes, mask, seed, progress=progress)
+        [out] = self._generate_batch(
+            [codes], [mask], [seed], self.batch_size, progress=progress, **sampling
+        )
+        return out
+
+    def _generate_batch(self, codes, masks, seeds, batch_size, *, progress, **sampling):
+        """`generate` of several clips (lists of codes, masks and seeds), chunks batched."""
+        codes = self._coarse_batch(codes, masks, seeds, batch_size, progress, **sampling)
+        return self._c2f_batch(codes, masks, seeds, batch_size, progress)
+
+    def _run_chunks(
+        self, generator: Generator, chunks: list, batch_size: int, bar, per_step: bool, **sampling
+    ) -> list[np.ndarray]:
+        """Generate `chunks`, each ``(codes [1, C, t], mask [1, C, t], seed, stream index)``, in
+        runs of up to `batch_size` chunks of one length (one a run for a batch-coupled graph,
+        whose schedule couples a run's items), each item with its own seed and stream index;
+        returns each chunk's codes ``[1, C, t]``, in order. `bar` counts steps of a chunk
+        (`per_step`) or chunks."""
+        if generator.batch_coupled:
+            batch_size = 1
+        by_length: dict[int, list[int]] = {}
+        for i, (codes, _, _, _) in enumerate(chunks):
+            by_length.setdefault(codes.shape[2], []).append(i)
+        out: list[np.ndarray] = [np.empty(0)] * len(chunks)
+        for indexes in by_length.values():
+            for lo in range(0, len(indexes), batch_size):
+                run = indexes[lo : lo + batch_size]
+                seeds = [chunks[i][2] for i in run]
+                streams = [chunks[i][3] for i in run]
+                # One seed and consecutive streams are the scalar keys (what graphs from before
+                # per-item keys take, and every one-chunk run).
+                consecutive = streams == list(range(streams[0], streams[0] + len(run)))
+                scalar = consecutive and len(set(seeds)) == 1
+                keys = dict(
+                    seed=seeds[0] if scalar else seeds,
+                    batch_offset=streams[0] if scalar else streams,
+                )
+                size = len(run)
+                on_steps = None
+                if per_step and not bar.disable:
+                    on_steps = lambda n, size=size: bar.update(n * size)  # noqa: E731
+                generated = generator.generate(
+                    np.concatenate([chunks[i][0] for i in run]),
+                    np.concatenate([chunks[i][1] for i in run]),
+                    on_steps=on_steps,
+                    **keys,
+                    **sampling,
+                )
+                if not per_step:
+                    bar.update(size)
+                for j, i in enumerate(run):
+                    out[i] = generated[j : j + 1]
+        return out
 
     def coarse_vamp(
         self, codes: np.ndarray, mask: np.ndarray, seed: int, *, progress: bool = False, **sampling
@@ -555,26 +754,33 @@ class Vamp(_AudioToAudio):
         where `mask` (both ``[1, 14, T]``) is True, in 10-s chunks; the fine codebooks are
         returned unchanged. sampling: as in `generate`. progress: one bar over every step of
         every chunk (the coarse stage is most of a vamp's time, so it reports per step)."""
+        [out] = self._coarse_batch([codes], [mask], [seed], self.batch_size, progress, **sampling)
+        return out
+
+    def _coarse_batch(self, codes, masks, seeds, batch_size, progress, **sampling) -> list:
+        """`coarse_vamp` of several clips, the chunks of all of them batched."""
         n = self.coarse.n_codebooks
-        out = codes.copy()
-        spans = list(_spans(codes.shape[2], self.coarse_chunk_frames))
-        n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
-        with tqdm(
-            total=len(spans) * n_steps, desc="coarse", unit="step", disable=not progress
-        ) as bar:
+        chunks, places = [], []
+        for clip, (clip_codes, mask, seed) in enumerate(zip(codes, masks, seeds)):
+            spans = _spans(clip_codes.shape[2], self.coarse_chunk_frames)
             for index, (start, stop) in enumerate(spans):
                 chunk_mask = mask[:, :n, start:stop].copy()
                 if not chunk_mask.all():
                     # Upstream's guard against seams when stitching chunks (docs/model.md §4.3).
                     chunk_mask[:, :, [0, -1]] = False
-                out[:, :n, start:stop] = self.coarse.generate(
-                    codes[:, :n, start:stop],
-                    chunk_mask,
-                    seed=seed,
-                    batch_offset=COARSE_STREAM_BASE + index,
-                    on_steps=bar.update if progress else None,
-                    **sampling,
-                )
+                stream = COARSE_STREAM_BASE + index
+                chunks.append((clip_codes[:, :n, start:stop], chunk_mask, seed, stream))
+                places.append((clip, start, stop))
+        n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
+        with tqdm(
+            total=len(chunks) * n_steps, desc="coarse", unit="step", disable=not progress
+        ) as bar:
+            generated = self._run_chunks(
+                self.coarse, chunks, batch_size, bar, per_step=True, **sampling
+            )
+        out = [c.copy() for c in codes]
+        for (clip, start, stop), chunk_codes in zip(places, generated):
+            out[clip][:, :n, start:stop] = chunk_codes
         return out
 
     def coarse_to_fine(
@@ -583,24 +789,40 @@ class Vamp(_AudioToAudio):
         """The coarse-to-fine stage (upstream's ``coarse_to_fine``): the fine codebooks of
         `codes` ``[1, 14, T]`` regenerated where `mask` is True, conditioned on codebooks 0-3,
         in 3-s chunks with upstream's fixed settings (`C2F_STEPS` steps, default sampling)."""
-        n_frames, chunk = codes.shape[2], self.c2f_chunk_frames
-        pad = -n_frames % chunk
-        padded_codes = np.pad(codes, ((0, 0), (0, 0), (0, pad)))
-        padded_mask = np.pad(mask, ((0, 0), (0, 0), (0, pad)), constant_values=True)
-        padded_mask[:, : self.c2f.n_conditioning_codebooks] = False
-        out = padded_codes.copy()
-        spans = list(_spans(n_frames + pad, chunk))
-        for index, (start, stop) in enumerate(
-            tqdm(spans, desc="coarse-to-fine", unit="chunk", disable=not progress)
-        ):
-            out[:, :, start:stop] = self.c2f.generate(
-                padded_codes[:, :, start:stop],
-                padded_mask[:, :, start:stop],
-                steps=C2F_STEPS,
-                seed=seed,
-                batch_offset=C2F_STREAM_BASE + index,
+        [out] = self._c2f_batch([codes], [mask], [seed], self.batch_size, progress)
+        return out
+
+    def _c2f_batch(self, codes, masks, seeds, batch_size, progress) -> list:
+        """`coarse_to_fine` of several clips, the chunks of all of them batched."""
+        chunk = self.c2f_chunk_frames
+        chunks, places, padded = [], [], []
+        for clip, (clip_codes, mask, seed) in enumerate(zip(codes, masks, seeds)):
+            n_frames = clip_codes.shape[2]
+            pad = -n_frames % chunk
+            padded_codes = np.pad(clip_codes, ((0, 0), (0, 0), (0, pad)))
+            padded_mask = np.pad(mask, ((0, 0), (0, 0), (0, pad)), constant_values=True)
+            padded_mask[:, : self.c2f.n_conditioning_codebooks] = False
+            padded.append(padded_codes)
+            for index, (start, stop) in enumerate(_spans(n_frames + pad, chunk)):
+                chunks.append(
+                    (
+                        padded_codes[:, :, start:stop],
+                        padded_mask[:, :, start:stop],
+                        seed,
+                        C2F_STREAM_BASE + index,
+                    )
+                )
+                places.append((clip, start, stop))
+        with tqdm(
+            total=len(chunks), desc="coarse-to-fine", unit="chunk", disable=not progress
+        ) as bar:
+            generated = self._run_chunks(
+                self.c2f, chunks, batch_size, bar, per_step=False, steps=C2F_STEPS
             )
-        return out[:, :, :n_frames]
+        out = [p.copy() for p in padded]
+        for (clip, start, stop), chunk_codes in zip(places, generated):
+            out[clip][:, :, start:stop] = chunk_codes
+        return [o[:, :, : c.shape[2]] for o, c in zip(out, codes)]
 
 
 class SingleGraphVamp(_AudioToAudio):
@@ -610,7 +832,8 @@ class SingleGraphVamp(_AudioToAudio):
     ones differ only where `Vamp`'s segmented codec rounds differently), token for token:
     `preprocess` and `restore` run here in numpy, everything between in one onnxruntime `run`.
     Differences: no onset mask, no progress bars (one run), and the codec works on the whole
-    input at once, so memory grows with its length (meant for clips).
+    input at once, so memory grows with its length (meant for clips). No `vamp_batch`: the
+    graph takes one clip (``audio [N]``) a run; batch clips with `Vamp`.
 
     Args:
         path: the ``vamp.onnx`` file (with ``vamp.onnx.data`` beside it for full-size models).

@@ -81,10 +81,10 @@ def _mask_git_step(
         _scalar(top_k),
         _scalar(top_p),
         _scalar(mask_temperature),
-        _scalar(seed),
+        np.asarray(seed),  # one element, or one per item: the twin reads both
         n_masked_start,
         bool(batch_coupled),
-        0 if batch_offset is None else _scalar(batch_offset),
+        0 if batch_offset is None else np.asarray(batch_offset),
     )
 
 

@@ -19,26 +19,28 @@ _MUL0, _MUL1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _WEYL0, _WEYL1 = 0x9E3779B9, 0xBB67AE85
 
 
-def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
-    """Philox4x32-10 blocks: counter uint32 [..., 4], key (k0, k1) -> uint32 [..., 4]."""
+def philox4x32_10(counter: np.ndarray, key: tuple) -> np.ndarray:
+    """Philox4x32-10 blocks: counter uint32 [..., 4], key (k0, k1), each an int or a uint
+    array broadcasting with the counter's [...] -> uint32 [..., 4]."""
     words = np.asarray(counter, dtype=np.uint64)
     c0, c1, c2, c3 = (words[..., i] for i in range(4))
-    k0, k1 = key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF
+    k0, k1 = (np.asarray(k, dtype=np.uint64) & _MASK32 for k in key)
     for round_index in range(10):
         if round_index:
-            k0, k1 = (k0 + _WEYL0) & 0xFFFFFFFF, (k1 + _WEYL1) & 0xFFFFFFFF
+            k0, k1 = (k0 + np.uint64(_WEYL0)) & _MASK32, (k1 + np.uint64(_WEYL1)) & _MASK32
         p0, p1 = _MUL0 * c0, _MUL1 * c2  # 32 x 32 -> 64 bits, no overflow in uint64
         c0, c1, c2, c3 = (
-            (p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0),
+            (p1 >> np.uint64(32)) ^ c1 ^ k0,
             p1 & _MASK32,
-            (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1),
+            (p0 >> np.uint64(32)) ^ c3 ^ k1,
             p0 & _MASK32,
         )
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
 
-def random_block(seed: int, rows: np.ndarray, offset: int) -> np.ndarray:
-    """The block of each row: key = seed, counter = (row, offset) as 64-bit words. -> [N, 4]."""
+def random_block(seed, rows: np.ndarray, offset: int) -> np.ndarray:
+    """The block of each row: key = seed, counter = (row, offset) as 64-bit words. -> [N, 4].
+    seed: an int for every row, or int64 [N], one per row."""
     rows = np.asarray(rows, dtype=np.uint64).reshape(-1)
     offset_word = int(offset) % 2**64
     counter = np.stack(
@@ -50,8 +52,11 @@ def random_block(seed: int, rows: np.ndarray, offset: int) -> np.ndarray:
         ],
         axis=-1,
     )
-    seed_word = int(seed) % 2**64
-    return philox4x32_10(counter, (seed_word & 0xFFFFFFFF, seed_word >> 32))
+    if np.ndim(seed) == 0:
+        seed_word = np.uint64(int(seed) % 2**64)
+    else:  # the 64-bit two's complement of each seed
+        seed_word = np.asarray(seed, dtype=np.int64).reshape(-1).view(np.uint64)
+    return philox4x32_10(counter, (seed_word & _MASK32, seed_word >> np.uint64(32)))
 
 
 def uniform53(hi_word: np.ndarray, lo_word: np.ndarray) -> np.ndarray:
@@ -308,6 +313,23 @@ def _checked_n0(where: str, n_masked_start, batch: int, positions: int) -> np.nd
     return n0
 
 
+def _item_keys(where: str, name: str, value, batch: int) -> np.ndarray | None:
+    """A key argument of MaskGitStep (seed, batch_offset): None for one value (an int, or an
+    array with one element), else the int64 [B] of one per item."""
+    if isinstance(value, int | np.integer):
+        return None
+    keys = np.asarray(value)
+    if keys.dtype != np.int64:
+        _fail(where, name, "be a int64 array", keys.dtype)
+    if keys.size == 1:
+        return None
+    if keys.shape != (batch,):
+        _fail(
+            where, name, f"have one element or shape [B] = [{batch}]", f"shape {list(keys.shape)}"
+        )
+    return keys
+
+
 def mask_git_step(
     logits: np.ndarray,
     codes: np.ndarray,
@@ -318,16 +340,18 @@ def mask_git_step(
     top_k: int = 0,
     top_p: float = 1.0,
     mask_temperature: float = 10.5,
-    seed: int = 0,
+    seed: int | np.ndarray = 0,
     n_masked_start: np.ndarray | None = None,
     batch_coupled: bool = False,
-    batch_offset: int = 0,
+    batch_offset: int | np.ndarray = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One VampNet generation step (docs/model.md §3.2).
 
     logits [B, T, P, V] float32/float16; codes int64 [B, C, T]; mask bool [B, C, T] (true = to
-    generate; never true in the C - P conditioning codebooks). Returns (codes_out, mask_out,
-    model_input), each [B, C, T]. Contract: docs/ops.md, op MaskGitStep.
+    generate; never true in the C - P conditioning codebooks). seed, batch_offset: an int (or
+    a one-element array) for the batch, item b drawing stream item batch_offset + b; or int64
+    [B], item b drawing with key seed[b] from stream item batch_offset[b]. Returns
+    (codes_out, mask_out, model_input), each [B, C, T]. Contract: docs/ops.md, op MaskGitStep.
     """
     where = "mask_git_step"
     temperature, top_p = float(np.float32(temperature)), float(np.float32(top_p))
@@ -368,9 +392,17 @@ def mask_git_step(
         )
     if vocab < 1:
         _fail(where, "logits", "have V >= 1", "V = 0")
-    batch_offset = int(batch_offset)
-    if not 0 <= batch_offset <= 2**32 - batch:
-        _fail(where, "batch_offset", f"be in [0, 2^32 - B = {2**32 - batch}]", batch_offset)
+    seeds = _item_keys(where, "seed", seed, batch)
+    streams = _item_keys(where, "batch_offset", batch_offset, batch)
+    if streams is None:
+        batch_offset = int(np.asarray(batch_offset).reshape(-1)[0])
+        if not 0 <= batch_offset <= 2**32 - batch:
+            _fail(where, "batch_offset", f"be in [0, 2^32 - B = {2**32 - batch}]", batch_offset)
+    else:
+        bad = (streams < 0) | (streams > 2**32 - 1)
+        if bad.any():
+            b = int(np.argmax(bad))
+            _fail(where, "batch_offset", "be in [0, 2^32 - 1]", f"{streams[b]} for item {b}")
     ncc = n_codebooks - predicted
     # One scan in the kernel's (b, t, c) order: the first bad cell, whichever check it fails.
     conditioning_masked = np.zeros_like(mask)
@@ -408,10 +440,11 @@ def mask_git_step(
 
     item, position = np.nonzero(flat_mask)
     rows = logits.astype(np.float32).reshape(batch, positions, vocab)[item, position]
-    stream_item = (item + batch_offset).astype(np.uint64)
+    stream_item = (item + batch_offset if streams is None else streams[item]).astype(np.uint64)
     row_ids = (stream_item << np.uint64(32)) | position.astype(np.uint64)
     _check_rows(where, rows, item * positions + position)
-    bits = random_block(seed, row_ids, step)
+    row_seeds = int(np.asarray(seed).reshape(-1)[0]) if seeds is None else seeds[item]
+    bits = random_block(row_seeds, row_ids, step)
     tokens, logprob = _sample_rows(
         rows, temperature, int(top_k), top_p, uniform53(bits[:, 0], bits[:, 1])
     )

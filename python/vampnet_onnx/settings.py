@@ -22,6 +22,9 @@ from .reference import check_range, range_text
 
 #: The seed of every random draw: any int64.
 SEED_DEFAULT = 0
+#: Chunks per generation run (`pipeline.Vamp`'s batch_size, the CLI's --batch-size); results
+#: do not depend on it.
+BATCH_SIZE_DEFAULT = 8
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 

@@ -74,6 +74,19 @@ def test_onnx_logits_match_torch_module(exported, t, batch):
     assert np.abs(logits - expected).max() <= 1e-4
 
 
+@pytest.mark.parametrize("t", [173, 575])
+def test_an_items_logits_do_not_depend_on_its_batch(exported, t):
+    # Batched chunks (Vamp.vamp_batch) must draw the tokens of one-chunk runs, so every item's
+    # logits must be the same bits at B = 1 and B > 1 (ORT's ReduceSum over the codebook axis
+    # once summed in another order at B > 1: near-tie tokens flipped).
+    _, _, loaded, _, session = exported
+    codes = random_codes(4, loaded.model.config.n_codebooks, t, seed=t)
+    (batched,) = session.run(None, {"codes": codes})
+    for item in range(4):
+        (alone,) = session.run(None, {"codes": codes[item : item + 1]})
+        np.testing.assert_array_equal(alone[0], batched[item])
+
+
 def test_onnx_runs_sequences_longer_than_2000_frames(exported):
     _, _, loaded, _, session = exported
     codes = random_codes(1, loaded.model.config.n_codebooks, 2048, seed=5)

@@ -36,8 +36,8 @@ Deviations from upstream, on purpose:
   length run together, up to `batch_size` a run, each item with its own seed and stream index,
   so each draws the random numbers of its one-chunk run (per-item schedule, the default export;
   a graph exported with ``--batch-coupled`` gets one chunk a run). The tokens equal the
-  one-chunk runs' as far as onnxruntime's logits do: at B = 1 and B > 1 they can differ in the
-  last bits (4e-6 seen on the tiny c2f model), which flips a token sampled at a near-tie.
+  one-chunk runs': an item's logits are the same bits at any B (the transformer sums its
+  codebook embeddings in a fixed order; `tests/test_transformer.py` checks it).
 - The onset mask uses `masks.detect_onsets`, a numpy approximation of librosa's detector.
 - The output is mono (VampNet is a mono model); stereo input is averaged.
 """
@@ -416,9 +416,9 @@ class Vamp(_AudioToAudio):
             where onnxruntime cannot use it is an error, not a CPU fallback).
         batch_size: chunks of equal length per generation run (the coarse chunks of a long
             file, the c2f chunks), each with its own random stream; `vamp_batch` takes its
-            own. Default 1, one chunk a run, as the single graph runs them: onnxruntime's
-            transformer logits at B = 1 and B > 1 can differ in the last bits (seen: 4e-6 on
-            the tiny c2f model), which can flip a token sampled at a near-tie.
+            own. Same tokens at any batch size; default 1, one chunk a run: on a CPU a
+            batch gains little at full size and its activations grow with B (on a GPU,
+            batch).
 
     Raises:
         FileNotFoundError: a graph is missing (all missing names are listed).

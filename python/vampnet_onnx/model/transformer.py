@@ -163,7 +163,14 @@ class VampNetTransformer(nn.Module):
         """codes int64 ``[B, C, T]`` -> logits float32 ``[B, T, P, V]``."""
         b, _, t = codes.shape
         rows = codes + self.codebook_offsets[None, :, None]
-        x = F.embedding(rows, self.embedding_table).sum(dim=1) + self.embedding_bias
+        embedded = F.embedding(rows, self.embedding_table)  # [B, C, T, D]
+        # The codebooks are summed by chained Adds rather than a ReduceSum over axis 1: ORT
+        # reduces a middle axis in another order when B > 1 than when B = 1, so a chunk's
+        # logits (and a near-tie token) would depend on what it is batched with.
+        x = embedded[:, 0]
+        for codebook in range(1, embedded.shape[1]):
+            x = x + embedded[:, codebook]
+        x = x + self.embedding_bias
         position_bias = self.position_bias(t)
         for layer in self.layers:
             x = layer(x, position_bias)

@@ -62,20 +62,45 @@ def test_pipeline_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("command", ["vamp", "export", "demo"])
-def test_the_cli_parses_without_the_export_extra(command):
-    # An install with only the runtime (and audio) extras: torch, onnx-ir, onnxscript and
-    # huggingface_hub cannot be imported; every command's --help must still work.
-    blocked = ("torch", "onnx_ir", "onnxscript", "huggingface_hub", "onnxconverter_common")
+#: What an install without the export extra, and without ONNX Runtime's extra, cannot import.
+_NOT_INSTALLED = (
+    "torch",
+    "onnx_ir",
+    "onnxscript",
+    "huggingface_hub",
+    "onnxconverter_common",
+    "onnxruntime",
+)
+
+
+def _cli_without(blocked: tuple[str, ...], argv: list[str]) -> subprocess.CompletedProcess:
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
         "from vampnet_onnx import cli\n"
-        f"cli.main([{command!r}, '--help'])\n"
+        f"sys.exit(cli.main({argv!r}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", ["vamp", "export", "demo"])
+def test_the_cli_parses_without_the_optional_packages(command):
+    # Every command's --help works from a bare install: no export extra, no ONNX Runtime.
+    done = _cli_without(_NOT_INSTALLED, [command, "--help"])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: vampnet-onnx {command}")
+
+
+def test_without_onnxruntime_a_vamp_says_which_extra_to_install(models, tmp_path):
+    source = tmp_path / "in.wav"
+    soundfile.write(source, noise(0.1), SR)
+    done = _cli_without(
+        ("onnxruntime",), ["vamp", str(source), str(tmp_path / "o.wav"), "--models", str(models)]
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("vampnet-onnx vamp: error: ImportError: vampnet_onnx needs ONNX Runtime")
+    assert "'vampnet-onnx[cpu]'" in line and "'vampnet-onnx[gpu]'" in line
 
 
 def test_missing_model_files_are_named(models, tmp_path):

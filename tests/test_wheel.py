@@ -74,7 +74,7 @@ def venv(wheel, tmp_path_factory) -> Path:
         "--no-compile",
         "--only-binary",
         ":all:",
-        f"{wheel}[export,audio]",
+        f"{wheel}[cpu,export,audio]",
     ]
     result = subprocess.run(install, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

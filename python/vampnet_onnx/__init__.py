@@ -3,11 +3,14 @@
 Runtime API (numpy + onnxruntime): `Generator`, `get_library_path`, `create_session`; the ops'
 numpy twins in `vampnet_onnx.reference`; the compiled kernels on numpy arrays in
 `vampnet_onnx._kernels`. Exporting (`vampnet_onnx.export`, `vampnet_onnx.model`) needs torch.
+
+ONNX Runtime comes with an extra, ``vampnet-onnx[cpu]`` (onnxruntime) or ``vampnet-onnx[gpu]``
+(onnxruntime-gpu): the two packages provide the same module and break each other. The names
+below that need it are imported on first use, so the package (and the CLI's --help) imports
+without it and says how to install it when it is needed.
 """
 
-from .generator import Generator
 from .ops import DOMAIN, MASK_TOKEN
-from .runtime import create_session, get_library_path
 
 __version__ = "0.1.0"
 
@@ -19,3 +22,13 @@ __all__ = [
     "create_session",
     "get_library_path",
 ]
+
+_LAZY = {"Generator": "generator", "create_session": "runtime", "get_library_path": "runtime"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vampnet_onnx' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import hub
-from .runtime import DEVICES
+from .contracts import DEVICES
 from .settings import BATCH_SIZE_DEFAULT, MaskSettings, SamplingSettings, public_name
 
 PROG = "vampnet-onnx"

@@ -79,6 +79,9 @@ DECODE_FILE = "codec.decode.onnx"
 TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
 GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
 VAMP_FILE = "vamp.onnx"
+#: Where the graphs run (`runtime.device_providers`): here, so that the CLI parses without
+#: onnxruntime installed.
+DEVICES = ("cpu", "cuda")
 #: The precisions `vampnet-onnx export --precision` writes (export.precision); here, not
 #: there, so that the CLI's parser needs neither torch nor onnx-ir.
 PRECISIONS = ("fp32", "int8", "fp16")

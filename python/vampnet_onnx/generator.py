@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from .contracts import (
     CONFIG_KEY,
@@ -26,7 +25,7 @@ from .contracts import (
     metadata,
 )
 from .ops import MASK_TOKEN
-from .runtime import create_session, run
+from .runtime import create_session, ort, run
 from .settings import SamplingSettings, check_seed
 
 _WHERE = "Generator.generate"

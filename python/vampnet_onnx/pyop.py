@@ -13,9 +13,9 @@ import threading
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from . import ops, reference
+from .runtime import ort
 
 _PREFIX = "VampnetOnnx"
 

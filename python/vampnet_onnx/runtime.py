@@ -10,7 +10,17 @@ import warnings
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
+
+from .contracts import DEVICES
+
+try:
+    import onnxruntime as ort
+except ImportError as err:
+    raise ImportError(
+        "vampnet_onnx needs ONNX Runtime, installed with one extra: pip install "
+        "'vampnet-onnx[cpu]' (onnxruntime), or 'vampnet-onnx[gpu]' (onnxruntime-gpu, for CUDA); "
+        "one of the two, never both"
+    ) from err
 
 
 def library_name(platform: str = sys.platform) -> str:
@@ -83,7 +93,6 @@ def _model_bytes(path_or_bytes: ModelSource) -> str | bytes:
 
 
 #: The devices a session can be asked for by name.
-DEVICES = ("cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 

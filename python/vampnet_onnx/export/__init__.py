@@ -128,8 +128,9 @@ def export_models(
         opset: ONNX opset, >= 18.
         precision: "fp32"; "int8" (int8 weights, for CPUs): the transformers, and so the
             generation graphs and vamp.onnx, the codec staying fp32; or "fp16" (for GPUs):
-            every graph, the codec's quantizer computing in fp32 (`export.precision`). Each
-            graph's config records it ("precision").
+            the transformers and the codec, its quantizer computing in fp32
+            (`export.precision`); wavebeat.onnx is fp32 either way. Each graph's config
+            records its precision ("precision").
         metadata: extra metadata entries written into every graph (e.g. the weights' license
             and source, `hub.provenance`).
         verbose: show the torch exporter's own messages.

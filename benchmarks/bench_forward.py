@@ -1,6 +1,7 @@
 """Full-size transformer forward: ONNX Runtime vs our torch module, against the matmul peak.
 
-Run: ``python -m benchmarks.bench_forward [--threads 2] [--repeats 5] [--json PATH]``.
+Run: ``python -m benchmarks.bench_forward [--threads 2] [--repeats 5] [--precisions fp32 int8
+fp16] [--json PATH]``.
 
 Random-weight checkpoints in the real formats (coarse: 20 layers, d 1280, 4 codebooks;
 c2f: 16 layers, 14 codebooks; LAC 768x codec) are written to ``--workdir`` and exported once
@@ -9,6 +10,12 @@ thread count: one warm-up each, then ``--repeats`` interleaved rounds, median re
 physical limit beside it: a plain 2048 x 2048 fp32 matmul with numpy (OpenBLAS, in a child
 process so its thread count can be pinned), torch and ONNX Runtime, measured before and after.
 Peak RSS is measured per contender in a fresh process.
+
+``--precisions fp32 int8 fp16`` adds ONNX Runtime on the int8 / fp16 transformers
+(`export.precision`, converted once into the workdir as bench_generate does) to the same
+interleaved rounds, with the mean KL(fp32 || converted) of their logits (nats per position) and
+the top-1 agreement; fp16 on the CPU shows its accuracy, its speed is a GPU's question. Their
+GFLOP/s count the same multiply-adds, so "% peak" stays a comparison with the fp32 matmul.
 """
 
 from __future__ import annotations
@@ -68,7 +75,8 @@ def forward_flop(config: VampNetConfig, batch: int, t: int) -> int:
 def inference_peak_rss_mb(
     contender: str, ckpt: Path, codec: Path, onnx_path: Path, codes: np.ndarray, threads: int
 ) -> float:
-    """Peak RSS (MB) of one contender alone: weights resident plus one forward's activations.
+    """Peak RSS (MB) of one contender alone ("torch", or "onnxruntime" on `onnx_path` of any
+    precision): weights resident plus one forward's activations.
 
     Runs in a fresh process; the high-water mark is reset after loading, so the transient
     float64 fold of the torch loader and ORT's session-creation copies are not counted.
@@ -161,6 +169,25 @@ def prepare(workdir: Path, kind: str, kwargs: dict) -> tuple[Path, Path]:
     return ckpt, model
 
 
+def prepare_converted(workdir: Path, kind: str, fp32: Path, precision: str) -> Path:
+    """``KIND.PRECISION.onnx`` from the fp32 transformer, made on first use (bench_generate's
+    file too)."""
+    from vampnet_onnx.export.precision import convert_transformer
+
+    path = workdir / f"{kind}.{precision}.onnx"
+    if not path.exists() or path.stat().st_mtime < fp32.stat().st_mtime:
+        start = time.perf_counter()
+        convert_transformer(fp32, precision, path)
+        print(f"wrote {path} [{time.perf_counter() - start:.0f} s]", flush=True)
+    return path
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument(
@@ -168,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("/tmp/vampnet_onnx_bench"),
         help="where the full-size checkpoints and exports are kept (about 4 GB)",
+    )
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "int8", "fp16"),
+        default=["fp32"],
+        help="ONNX Runtime on the transformers of each precision (default fp32; fp32 always "
+        "runs: it is the baseline of the accuracy columns)",
     )
     args = ap.parse_args(argv)
     if args.repeats < 5:
@@ -182,22 +217,48 @@ def main(argv: list[str] | None = None) -> int:
         config = VampNetConfig.from_kwargs(kwargs)
         flop = forward_flop(config, batch, t)
         codes = np.random.default_rng(0).integers(0, 1025, (batch, config.n_codebooks, t))
-        session = ort_session(onnx_path, args.threads)
+        paths = {"onnxruntime": onnx_path}
+        for precision in args.precisions:
+            if precision != "fp32":
+                converted = prepare_converted(args.workdir, kind, onnx_path, precision)
+                paths[f"onnxruntime ({precision})"] = converted
+        sessions = {name: ort_session(path, args.threads) for name, path in paths.items()}
         model = load_transformer(ckpt, args.workdir / "codec.pth").model
         codes_t = torch.from_numpy(codes)
+        runs = {
+            name: lambda s=session, c=codes: s.run(None, {"codes": c})[0]
+            for name, session in sessions.items()
+        }
         with torch.inference_mode():
             seconds = interleaved_medians(
                 {
-                    "onnxruntime": lambda s=session, c=codes: s.run(None, {"codes": c}),
+                    "onnxruntime": runs.pop("onnxruntime"),
                     "torch": lambda m=model, c=codes_t: m(c),
+                    **runs,
                 },
                 args.repeats,
             )
-        del session, model
+        reference = log_softmax(sessions["onnxruntime"].run(None, {"codes": codes})[0])
+        accuracy = {}
+        for name, session in sessions.items():
+            if name != "onnxruntime":
+                other = log_softmax(session.run(None, {"codes": codes})[0])
+                kl = (np.exp(reference) * (reference - other)).sum(-1)
+                top1 = reference.argmax(-1) == other.argmax(-1)
+                accuracy[name] = {
+                    "kl_vs_fp32": float(kl.mean()),
+                    "top1_vs_fp32": float(top1.mean()),
+                }
+        del sessions, model, runs
         gc.collect()
         for contender, median in seconds.items():
             rss = inference_peak_rss_mb(
-                contender, ckpt, args.workdir / "codec.pth", onnx_path, codes, args.threads
+                "torch" if contender == "torch" else "onnxruntime",
+                ckpt,
+                args.workdir / "codec.pth",
+                paths.get(contender, onnx_path),
+                codes,
+                args.threads,
             )
             rows.append(
                 {
@@ -207,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                     "gflop": flop / 1e9,
                     "gflop_per_s": flop / median / 1e9,
                     "speedup_vs_torch": seconds["torch"] / median,
+                    "speed_vs_fp32": seconds["onnxruntime"] / median,
                     "peak_rss_mb": rss,
+                    **accuracy.get(contender, {}),
                 }
             )
     # Taken before and after the workloads: the best of both is the machine's peak.
@@ -221,9 +284,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {facts}")
     print("matmul 2048^2 fp32 GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
     print_table(
-        "transformer forward, fp32 (% peak: of the fastest matmul, best of before and after; "
-        "peak RSS: each contender alone in a fresh process, weights + one forward)",
-        ["workload", "contender", "median ms", "GFLOP", "GFLOP/s", "% peak", "vs torch", "RSS MB"],
+        "transformer forward (% peak: of the fastest fp32 matmul, best of before and after; "
+        "vs fp32: ORT fp32 time over this one's; KL: mean KL(fp32 || this) of the logits, nats "
+        "per position; peak RSS: each contender alone in a fresh process, weights + one "
+        "forward)",
+        [
+            "workload",
+            "contender",
+            "median ms",
+            "GFLOP",
+            "GFLOP/s",
+            "% peak",
+            "vs torch",
+            "vs fp32",
+            "KL",
+            "top-1",
+            "RSS MB",
+        ],
         [
             [
                 r["workload"],
@@ -233,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["gflop_per_s"],
                 f"{100 * r['fraction_of_matmul_peak']:.0f}%",
                 f"{r['speedup_vs_torch']:.2f}x",
+                f"{r['speed_vs_fp32']:.2f}x",
+                f"{r['kl_vs_fp32']:.2e}" if "kl_vs_fp32" in r else "-",
+                f"{100 * r['top1_vs_fp32']:.1f} %" if "top1_vs_fp32" in r else "-",
                 r["peak_rss_mb"],
             ]
             for r in rows

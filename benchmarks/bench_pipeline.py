@@ -1,7 +1,7 @@
 """Full-size vamp pipeline: seconds per stage, real-time factor and peak RSS.
 
 Run: ``python -m benchmarks.bench_pipeline [--seconds 10] [--steps 36] [--threads 2]
-[--repeats 1] [--single-graph] [--precisions fp32 int8] [--json PATH]``.
+[--repeats 1] [--single-graph] [--precisions fp32 int8 fp16] [--json PATH]``.
 
 Random weights in the real checkpoint formats at full size (coarse, c2f and codec.pth, written
 and exported once into ``--workdir``, shared with bench_forward / bench_generate; the codec
@@ -12,10 +12,13 @@ upstream's 2 steps. The stages run in a fresh process without torch, so its peak
 pipeline's own. With ``--single-graph`` the same clip also runs through ``vamp.onnx``
 (`export.vamp`, exported into the workdir on first use, weights in ``vamp.onnx.data``) in a
 second fresh process: preprocess, one `run`, restore; the two are compared side by side (same
-input, seed and settings, so the same codes). ``--precisions fp32 int8`` adds the pipeline on
-int8 generation graphs (`export.precision`; the codec graphs are the fp32 ones) from a models
-folder ``WORKDIR/int8`` of links. Upstream is not a contender here: it needs
-VampNet's torch stack and a GPU for comparable times.
+input, seed and settings, so the same codes). ``--precisions fp32 int8 fp16`` adds the pipeline
+on the graphs of each precision, as ``vampnet-onnx export --precision`` writes them
+(`export.precision`): int8 generation graphs with the fp32 codec, or fp16 generation and codec
+graphs (fp16 on the CPU shows what the codec's share becomes, not a GPU's speed), from a models
+folder ``WORKDIR/PRECISION`` of links; each table's encode and decode rows are the codec's
+share. Upstream is not a contender here: it needs VampNet's torch stack and a GPU for
+comparable times.
 """
 
 from __future__ import annotations
@@ -124,22 +127,42 @@ def prepare(workdir: Path) -> None:
         )
 
 
-def prepare_int8(workdir: Path) -> Path:
-    """``workdir/int8``: the int8 generation graphs and the fp32 codec graphs, as links."""
+def prepare_converted(workdir: Path, precision: str) -> Path:
+    """``workdir/PRECISION``: the `precision` generation graphs and the codec graphs that
+    ``export --precision`` writes with them (fp32 for int8, fp16 for fp16), as links."""
     from benchmarks.bench_generate import prepare as prepare_generation
-    from benchmarks.bench_generate import prepare_converted
+    from benchmarks.bench_generate import prepare_converted as prepare_generation_converted
     from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE, GENERATION_FILES
 
-    folder = workdir / "int8"
+    folder = workdir / precision
     folder.mkdir(exist_ok=True)
     targets = {name: workdir / name for name in (ENCODE_FILE, DECODE_FILE)}
+    if precision == "fp16":
+        targets = {name: prepare_codec_fp16(workdir / name) for name in targets}
     for kind in ("coarse", "c2f"):
-        paths = prepare_converted(workdir, kind, prepare_generation(workdir, kind), "int8")
+        fp32 = prepare_generation(workdir, kind)
+        paths = prepare_generation_converted(workdir, kind, fp32, precision)
         targets[GENERATION_FILES[kind]] = paths["graph"]
     for name, target in targets.items():
-        (folder / name).unlink(missing_ok=True)
-        (folder / name).symlink_to(target)
+        # A graph finds its weights file by the name it was saved with, beside the link.
+        data = target.with_name(target.name + ".data")
+        links = {folder / name: target, **({folder / data.name: data} if data.exists() else {})}
+        for link, source in links.items():
+            link.unlink(missing_ok=True)
+            link.symlink_to(source)
     return folder
+
+
+def prepare_codec_fp16(graph: Path) -> Path:
+    """``codec.PART.fp16.onnx`` beside the fp32 codec graph, made on first use."""
+    from vampnet_onnx.export.precision import codec_to_float16
+
+    converted = graph.with_name(graph.name.replace(".onnx", ".fp16.onnx"))
+    if not converted.exists() or converted.stat().st_mtime < graph.stat().st_mtime:
+        start = time.perf_counter()
+        codec_to_float16(graph, converted)
+        print(f"wrote {converted} [{time.perf_counter() - start:.0f} s]", flush=True)
+    return converted
 
 
 def prepare_single(workdir: Path) -> None:
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "int8"),
+        choices=("fp32", "int8", "fp16"),
         default=["fp32"],
         help="run the pipeline on the graphs of each precision (default fp32)",
     )
@@ -206,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if precision == "fp32":
             contenders.append(("pipeline (4 graphs)", _child, args.workdir))
         else:
-            folder = prepare_int8(args.workdir)
+            folder = prepare_converted(args.workdir, precision)
             contenders.append((f"pipeline (4 graphs, {precision})", _child, folder))
     if args.single_graph:
         prepare_single(args.workdir)

@@ -12,6 +12,7 @@ import pytest
 
 import vampnet_onnx
 from vampnet_onnx import cli, configs, contracts, testing
+from vampnet_onnx.codec import read_codec_config
 from vampnet_onnx.export import export_models
 from vampnet_onnx.export.generation import export_generation
 from vampnet_onnx.export.precision import convert_transformer
@@ -117,22 +118,30 @@ def test_the_ops_sample_exactly_from_the_converted_logits(graphs, precision):
 
 
 @pytest.mark.parametrize("precision", CONVERTED)
-def test_export_models_converted_folder_vamps(tmp_path, precision):
+def test_export_models_converted_folder_vamps_with_both_pipelines(tmp_path, precision):
     root = tmp_path / "checkpoints"
     coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
     c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
     codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS)
     out = tmp_path / "m"
-    result = export_models(out, codec=codec, coarse=coarse, c2f=c2f, precision=precision)
+    result = export_models(
+        out, codec=codec, coarse=coarse, c2f=c2f, precision=precision, single_graph=True
+    )
     for kind in ("coarse", "c2f"):
         assert result.transformers[kind].config["precision"] == precision
         generator = vampnet_onnx.Generator(result.generations[kind].path)
         assert generator.config["precision"] == precision
-    from vampnet_onnx.pipeline import Vamp
+    # fp16 converts the codec too; int8 keeps the fp32 codec (docs/precision.md).
+    codec_precision = "fp16" if precision == "fp16" else "fp32"
+    assert result.codec.config["precision"] == codec_precision
+    for graph in (result.codec.encode_path, result.codec.decode_path, result.vamp.path):
+        assert read_codec_config(graph)["precision"] == codec_precision
+    from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
     samples = np.random.default_rng(0).standard_normal(30000).astype(np.float32) * 0.1
-    y, rate = Vamp(tmp_path / "m", threads=2).vamp(samples, 44100, steps=2)
-    assert y.shape == samples.shape and rate == 44100 and np.isfinite(y).all()
+    for vamp in (Vamp(out, threads=2), SingleGraphVamp(result.vamp.path, threads=2)):
+        y, rate = vamp.vamp(samples, 44100, steps=2)
+        assert y.shape == samples.shape and rate == 44100 and np.isfinite(y).all()
 
 
 def test_cli_export_transformer_int8(tmp_path, capsys):

@@ -371,16 +371,24 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--verbose", action="store_true", help="full tracebacks")
 
 
-def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+def _add_precision_option(parser: argparse.ArgumentParser, folder: bool) -> None:
+    """--precision; `folder`: for ``export`` (every graph of the folder), else one transformer."""
     from .contracts import DEFAULT_PRECISION, PRECISIONS
 
+    what = (
+        "fp32; int8: the transformers' weights in 8 bits for CPUs (about a quarter of the "
+        "size), the codec staying fp32; fp16: the transformers and the codec, for GPUs (runs "
+        "on CPUs slowly); wavebeat.onnx stays fp32. Each graph's metadata records its "
+        "precision."
+        if folder
+        else "fp32; int8 weights for CPUs (about a quarter of the size); fp16 for GPUs (runs "
+        "on CPUs slowly); the graph's metadata records it."
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
-        help="transformers: fp32; int8 weights for CPUs (about a quarter of the size); fp16 "
-        "for GPUs (runs on CPUs slowly). Accuracy and speed: docs/precision.md; the codec "
-        "stays fp32 (default fp32)",
+        help=f"{what} Accuracy and speed: docs/precision.md (default fp32)",
     )
 
 
@@ -423,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--codec", type=Path, required=True, help="LAC codec.pth")
     export.add_argument("--out", type=Path, required=True, help="output .onnx file")
     export.add_argument("--lora", type=Path, help="separate LoRA state dict (lora.pth)")
-    _add_precision_option(export)
+    _add_precision_option(export, folder=False)
     _add_export_options(export)
     export.set_defaults(handler=_export_transformer)
 
@@ -496,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="count the schedule over the whole batch, as upstream VampNet does (default: per "
         "batch item)",
     )
-    _add_precision_option(bundle)
+    _add_precision_option(bundle, folder=True)
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)
 

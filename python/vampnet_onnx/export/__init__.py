@@ -126,9 +126,11 @@ def export_models(
         batch_coupled: the generation graphs count the schedule over the whole batch, as
             upstream VampNet does (default: per batch item).
         opset: ONNX opset, >= 18.
-        precision: "fp32"; "int8" (int8 weights, for CPUs) or "fp16" (for GPUs): the
-            transformers, and so the generation graphs and vamp.onnx (`export.precision`);
-            the codec stays fp32.
+        precision: "fp32"; "int8" (int8 weights, for CPUs): the transformers, and so the
+            generation graphs and vamp.onnx, the codec staying fp32; or "fp16" (for GPUs):
+            the transformers and the codec, its quantizer computing in fp32
+            (`export.precision`); wavebeat.onnx is fp32 either way. Each graph's config
+            records its precision ("precision").
         metadata: extra metadata entries written into every graph (e.g. the weights' license
             and source, `hub.provenance`).
         verbose: show the torch exporter's own messages.
@@ -232,7 +234,7 @@ def _export_into(
 
     from .codec import export_codec
     from .generation import export_generation
-    from .precision import convert_transformer
+    from .precision import codec_to_float16, convert_transformer
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
@@ -247,6 +249,12 @@ def _export_into(
         bar.set_postfix_str("codec")
         codec_export = export_codec(codec, out, **options)
         codec_graphs = [codec_export.encode_path, codec_export.decode_path]
+        if precision == "fp16":  # int8 keeps the fp32 codec: docs/precision.md
+            for graph in codec_graphs:
+                codec_to_float16(graph)
+            codec_export = replace(
+                codec_export, config={**codec_export.config, "precision": "fp16"}
+            )
         done(f"exported {' and '.join(g.name for g in codec_graphs)} ({_mib(codec_graphs)})")
         result = ModelsExport(out, codec_export)
         for kind, checkpoint in models:

@@ -53,6 +53,8 @@ def codec_config(config: CodecConfig, checkpoint_sha256: str) -> dict[str, Any]:
         "encoder_rates": list(config.encoder_rates),
         "decoder_rates": list(config.decoder_rates),
         "checkpoint_sha256": checkpoint_sha256,
+        # export.precision.codec_to_float16 rewrites it for fp16 graphs.
+        "precision": "fp32",
     }
 
 

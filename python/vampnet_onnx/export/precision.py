@@ -10,10 +10,13 @@ float32, as do the embedding table (a Gather), the norms, the relative position 
 softmax. Why these choices, and what they cost in accuracy: docs/precision.md.
 
 ``fp16``: onnxconverter-common's float16 conversion (a maintained converter): weights and
-activations in float16, except where accuracy needs float32 — the RMS norms' reductions
-(`ReduceMean`, `Pow`, `Sqrt`) and the attention softmax — with the graph's input and output
-types kept (`keep_io_types`), so the logits handed to the ops are float32. It runs on ONNX
-Runtime's CPU provider too (slowly), which is where its numerics are tested.
+activations in float16, except where accuracy needs float32 — in the transformers the RMS
+norms' reductions (`ReduceMean`, `Pow`, `Sqrt`) and the attention softmax, in the codec
+graphs everything outside the convolution stack (the quantizer's nearest-code search and
+codebook lookup: `codec_to_float16`) — with the graph's input and output types kept
+(`keep_io_types`), so the logits handed to the ops and the codec's audio are float32 and its
+codes int64. It runs on ONNX Runtime's CPU provider too (slowly), which is where its numerics
+are tested. The int8 scheme leaves the codec in fp32 (measured: docs/precision.md).
 
 The generation graph is built from the converted transformer as from the float one, so the
 sampling and re-masking ops see float32 logits and draw exactly as before.
@@ -26,12 +29,14 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from ..contracts import CONFIG_KEY, PRECISIONS
+from ..contracts import CODEC_CONFIG_KEY, CONFIG_KEY, PRECISIONS
 from .common import save_model
 
 #: Ops kept in float32 by the fp16 conversion: the norms' reductions and the softmax.
@@ -63,25 +68,132 @@ def convert_transformer(
 def to_float16(path: str | Path, out_path: str | Path | None = None) -> Path:
     """An exported transformer graph (fp32) -> its fp16 version (module doc), written to
     `out_path` (default: replace `path`); the config's "precision" becomes "fp16"."""
-    from onnxconverter_common import float16
-
     path = Path(path)
     out_path = Path(out_path) if out_path is not None else path
-    with warnings.catch_warnings():
-        # It warns for every weight below float16's smallest normal number, which it clamps to
-        # +-1e-7; the accuracy this costs is measured (docs/precision.md).
-        warnings.simplefilter("ignore", UserWarning)
-        model = float16.convert_float_to_float16(
-            onnx.load(str(path)),
-            keep_io_types=True,
-            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FLOAT32_OPS],
-        )
-    converted = ir.from_proto(model)
+    converted = _float16(onnx.load(str(path)), op_block=FP16_FLOAT32_OPS)
     converted.metadata_props[CONFIG_KEY] = _with_precision(
         converted.metadata_props[CONFIG_KEY], "fp16"
     )
     save_model(converted, out_path)
     return out_path
+
+
+def codec_to_float16(path: str | Path, out_path: str | Path | None = None) -> Path:
+    """An exported codec graph (``codec.encode.onnx`` or ``codec.decode.onnx``, fp32) -> its
+    fp16 version, written to `out_path` (default: replace `path`); its codec config
+    (`CODEC_CONFIG_KEY`) gets "precision": "fp16".
+
+    The convolution stack (encoder or decoder: every node from the first Conv to the last)
+    is converted; everything else stays float32, weights included: the quantizer's
+    nearest-code search, whose residual chain over 14 codebooks flips codes when rounded to
+    float16, and the decoder's codebook lookup (docs/precision.md has the measurements). The
+    audio stays float32 and the codes int64 at the graph's inputs and outputs.
+    """
+    path = Path(path)
+    out_path = Path(out_path) if out_path is not None else path
+    model = onnx.load(str(path))
+    converted = _float16(model, node_block=_outside_conv_stack(model.graph))
+    converted.metadata_props[CODEC_CONFIG_KEY] = _with_precision(
+        converted.metadata_props[CODEC_CONFIG_KEY], "fp16"
+    )
+    save_model(converted, out_path)
+    return out_path
+
+
+def _outside_conv_stack(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes of a codec graph outside its convolution stack: the stack is every
+    node that depends on the first (transposed) convolution and feeds the last one."""
+    nodes = list(graph.node)  # topologically sorted, as the checker requires
+    convs = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose")]
+    if not convs:
+        raise ValueError(f"codec_to_float16: graph must hold a Conv, got none in {graph.name!r}")
+    after_first, produced = set(), set(convs[0].output)
+    for node in nodes:
+        if node is convs[0] or produced.intersection(node.input):
+            after_first.add(node.name)
+            produced.update(node.output)
+    before_last, needed = set(), set(convs[-1].input)
+    for node in reversed(nodes):
+        if node is convs[-1] or needed.intersection(node.output):
+            before_last.add(node.name)
+            needed.update(node.input)
+    stack = after_first & before_last
+    return [node.name for node in nodes if node.name not in stack]
+
+
+def _float16(
+    model: onnx.ModelProto, op_block: Sequence[str] = (), node_block: Sequence[str] = ()
+) -> ir.Model:
+    """`model` converted by onnxconverter-common with its inputs' and outputs' types kept,
+    the ops of type `op_block` and the nodes named in `node_block` computing in float32.
+
+    Three of the converter's habits are undone here. Two would still round the blocked part
+    to float16: it converts the weights of blocked nodes too when the graph lists them in its
+    value_info (as graphs saved with onnx-ir do), and between two blocked nodes it leaves a
+    float32 -> float16 -> float32 pair of casts wherever a value has several consumers. The
+    third breaks `keep_io_types`: a graph output made by a blocked node becomes float16.
+    """
+    from onnxconverter_common import float16
+
+    output_types = {output.name: output.type.tensor_type.elem_type for output in model.graph.output}
+    weights = {init.name for init in model.graph.initializer}
+    kept = [info for info in model.graph.value_info if info.name not in weights]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    with warnings.catch_warnings():
+        # It warns for every weight below float16's smallest normal number, which it clamps to
+        # +-1e-7; the accuracy this costs is measured (docs/precision.md).
+        warnings.simplefilter("ignore", UserWarning)
+        model = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *op_block],
+            node_block_list=list(node_block),
+        )
+    converted = ir.from_proto(model)
+    _skip_float16_round_trips(converted.graph)
+    _restore_float32_outputs(converted.graph, output_types)
+    RemoveUnusedNodesPass()(converted)
+    return converted
+
+
+def _restore_float32_outputs(graph: ir.Graph, types: dict[str, int]) -> None:
+    """Output the float32 value again where the converter appended a Cast to float16 to a
+    float32 graph output (`types`: the output types before the conversion)."""
+    for i, output in enumerate(graph.outputs):
+        if types[output.name] != ir.DataType.FLOAT or output.dtype != ir.DataType.FLOAT16:
+            continue
+        cast = output.producer()
+        source = cast.inputs[0] if cast is not None and cast.op_type == "Cast" else None
+        if source is None or source.dtype != ir.DataType.FLOAT:
+            raise ValueError(
+                f"float16 conversion: output {output.name!r} must come from a Cast of a float32 "
+                f"value, got {cast.op_type if cast is not None else 'a graph input'}"
+            )
+        name = output.name
+        output.name = f"{name}_float16"
+        source.name = name
+        graph.outputs[i] = source
+
+
+def _skip_float16_round_trips(graph: ir.Graph) -> None:
+    """Feed every Cast(to float32) of a Cast(to float16) of a float32 value that value."""
+    for node in list(graph):
+        if node.op_type != "Cast" or node.attributes["to"].as_int() != ir.DataType.FLOAT:
+            continue
+        to_half = node.inputs[0].producer()
+        if (
+            to_half is None
+            or to_half.op_type != "Cast"
+            or to_half.attributes["to"].as_int() != ir.DataType.FLOAT16
+            or to_half.inputs[0].dtype != ir.DataType.FLOAT
+        ):
+            continue
+        source, output = to_half.inputs[0], node.outputs[0]
+        if output.is_graph_output():
+            node.replace_input_with(0, source)
+        else:
+            ir.convenience.replace_all_uses_with(output, source)
 
 
 def _with_precision(config_json: str, precision: str) -> str:

@@ -53,6 +53,9 @@ def wavebeat_config(config: WaveBeatConfig, checkpoint_sha256: str) -> dict[str,
         "batch_norm": config.batch_norm,
         "act_type": config.act_type,
         "checkpoint_sha256": checkpoint_sha256,
+        # export --precision converts the transformers and the codec; the beat tracker is
+        # always written in fp32.
+        "precision": "fp32",
     }
 
 

@@ -1,0 +1,128 @@
+"""Full-size LAC codec per precision: encode and decode time, token agreement and decode SNR
+against fp32, graph size.
+
+Run: ``python -m benchmarks.bench_codec [--seconds 10] [--threads 2] [--repeats 5]
+[--precisions fp32 fp16] [--json PATH]``.
+
+Random weights in the real format (``codec.pth`` in ``--workdir``, shared with the other
+benchmarks; its fp32 graphs exported there on first use, the fp16 ones converted beside them as
+``codec.PART.fp16.onnx``: `export.precision.codec_to_float16`, what ``vampnet-onnx export
+--precision fp16`` writes). int8 keeps the fp32 codec, so it has no row here. Input: a
+synthesised clip (`demo.synth_music`, preprocessed as a vamp does; 10 s is 441000 samples, not
+a multiple of the hop). The contenders run in this process, one `Codec` each, one warm-up, then
+``--repeats`` interleaved rounds, median reported. Accuracy against fp32 on the same input:
+the share of encode tokens equal to fp32's, and the SNR of each decode of the fp32 codes against
+the fp32 decode (dB). fp16 on the CPU gives its accuracy; its speed is a GPU's question.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_forward import interleaved_medians
+from benchmarks.bench_pipeline import prepare_codec_fp16
+from benchmarks.common import machine_facts, parser, print_table, write_json
+
+
+def prepare(workdir: Path) -> dict[str, tuple[Path, Path]]:
+    """precision -> (encode graph, decode graph): fp32 exported, fp16 converted on first use."""
+    from vampnet_onnx import configs, testing
+    from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE
+    from vampnet_onnx.export.codec import export_codec
+
+    fp32 = (workdir / ENCODE_FILE, workdir / DECODE_FILE)
+    if not (workdir / "codec.pth").exists():
+        testing.write_codec_checkpoint(workdir / "codec.pth", configs.CODEC_KWARGS, seed=3)
+    if not all(path.exists() for path in fp32):
+        export_codec(workdir / "codec.pth", workdir)
+    return {"fp32": fp32, "fp16": tuple(prepare_codec_fp16(path) for path in fp32)}
+
+
+def size_mib(graph: Path) -> float:
+    data = graph.with_name(graph.name + ".data")
+    return sum(p.stat().st_size for p in (graph, data) if p.exists()) / 2**20
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    reference = reference.astype(np.float64)
+    return float(10 * np.log10((reference**2).sum() / ((other - reference) ** 2).sum()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="input length (default 10)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/vampnet_onnx_bench"),
+        help="where the full-size checkpoints and exports are kept",
+    )
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "fp16"),
+        default=["fp32", "fp16"],
+        help="codec precisions (default both; fp32 always runs: the accuracy baseline)",
+    )
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    from vampnet_onnx import audio, demo
+    from vampnet_onnx.codec import Codec
+
+    graphs = prepare(args.workdir)
+    precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]
+    codecs = {p: Codec(*graphs[p], intra_op_threads=args.threads) for p in precisions}
+    x, _ = audio.preprocess(demo.synth_music(args.seconds, 44100), 44100)
+    codes = {p: codec.encode(x) for p, codec in codecs.items()}
+    decoded = {p: codec.decode(codes["fp32"], x.shape[0]) for p, codec in codecs.items()}
+    encode_s = interleaved_medians(
+        {p: lambda c=codec: c.encode(x) for p, codec in codecs.items()}, args.repeats
+    )
+    decode_s = interleaved_medians(
+        {p: lambda c=codec: c.decode(codes["fp32"], x.shape[0]) for p, codec in codecs.items()},
+        args.repeats,
+    )
+    rows = [
+        {
+            "precision": p,
+            "encode_s": encode_s[p],
+            "decode_s": decode_s[p],
+            "encode_speed_vs_fp32": encode_s["fp32"] / encode_s[p],
+            "decode_speed_vs_fp32": decode_s["fp32"] / decode_s[p],
+            "token_agreement": float((codes[p] == codes["fp32"]).mean()),
+            "decode_snr_db": snr_db(decoded["fp32"], decoded[p]) if p != "fp32" else None,
+            "encode_mib": size_mib(graphs[p][0]),
+            "decode_mib": size_mib(graphs[p][1]),
+        }
+        for p in precisions
+    ]
+    facts = machine_facts(args.threads)
+    print(f"machine: {facts}")
+    print_table(
+        f"codec, {args.seconds:g} s ({codes['fp32'].shape[2]} frames), median of "
+        f"{args.repeats} after 1 warm-up, {args.threads} threads (tokens: encode tokens equal "
+        "to fp32's; SNR: decode of the fp32 codes against the fp32 decode)",
+        ["precision", "encode s", "vs fp32", "decode s", "vs fp32", "tokens", "SNR dB", "MiB"],
+        [
+            [
+                r["precision"],
+                r["encode_s"],
+                f"{r['encode_speed_vs_fp32']:.2f}x",
+                r["decode_s"],
+                f"{r['decode_speed_vs_fp32']:.2f}x",
+                f"{100 * r['token_agreement']:.2f} %",
+                "-" if r["decode_snr_db"] is None else f"{r['decode_snr_db']:.1f}",
+                f"{r['encode_mib']:.0f} + {r['decode_mib']:.0f}",
+            ]
+            for r in rows
+        ],
+    )
+    write_json(args.json, {"machine": facts, "seconds": args.seconds, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -143,10 +143,12 @@ def prepare_converted(workdir: Path, precision: str) -> Path:
         fp32 = prepare_generation(workdir, kind)
         paths = prepare_generation_converted(workdir, kind, fp32, precision)
         targets[GENERATION_FILES[kind]] = paths["graph"]
+    from vampnet_onnx.export.common import data_files
+
     for name, target in targets.items():
-        # A graph finds its weights file by the name it was saved with, beside the link.
-        data = target.with_name(target.name + ".data")
-        links = {folder / name: target, **({folder / data.name: data} if data.exists() else {})}
+        # A graph finds its weights files by the names it was saved with, beside the link (a
+        # generation graph reads its transformer's).
+        links = {folder / name: target, **{folder / data.name: data for data in data_files(target)}}
         for link, source in links.items():
             link.unlink(missing_ok=True)
             link.symlink_to(source)

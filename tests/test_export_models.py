@@ -127,13 +127,15 @@ def test_weights_over_the_limit_go_to_a_data_file_and_load(tmp_path, monkeypatch
 
 
 def test_a_folder_with_external_weights_vamps(tmp_path, monkeypatch):
-    """Full-size graphs keep their weights in <file>.data: at a tiny threshold the tiny models
-    do too, the export lists and moves those files, and the pipeline and the single graph run
-    from the folder."""
+    """Full-size graphs keep their weights in <file>.data: at a small threshold the tiny models
+    do too, each generation graph reads its transformer's file (the weights are on disk once),
+    the export lists and moves those files, and the pipeline and the single graph run from the
+    folder."""
     from vampnet_onnx.export import common
     from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
-    monkeypatch.setattr(common, "EXTERNAL_DATA_BYTES", 1024)
+    # Above the generation graphs' own small constants (under 2 kB), below every model's weights.
+    monkeypatch.setattr(common, "EXTERNAL_DATA_BYTES", 2**16)
     root = tmp_path / "checkpoints"
     coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
     c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
@@ -141,7 +143,13 @@ def test_a_folder_with_external_weights_vamps(tmp_path, monkeypatch):
     out = tmp_path / "models"
     result = export_models(out, codec=codec, coarse=coarse, c2f=c2f, single_graph=True)
     data = sorted(p.name for p in out.iterdir() if p.suffix == ".data")
-    assert len(data) == 7 and sorted(p.name for p in result.files if p.suffix == ".data") == data
+    graphs = ["c2f.onnx", "codec.decode.onnx", "codec.encode.onnx", "coarse.onnx", "vamp.onnx"]
+    assert data == sorted(f"{name}.data" for name in graphs)
+    assert sorted(p.name for p in result.files if p.suffix == ".data") == data
+    for kind in ("coarse", "c2f"):
+        generation = out / f"{kind}.generate.onnx"
+        assert common.data_files(generation) == [out / f"{kind}.onnx.data"]
+    assert common.data_files(out / "vamp.onnx") == [out / "vamp.onnx.data"]
     assert sorted(result.files) == sorted(out.iterdir())
     samples = np.random.default_rng(1).standard_normal(20000).astype(np.float32) * 0.1
     want, _ = Vamp(out, threads=2).vamp(samples, 44100, steps=2, seed=3)

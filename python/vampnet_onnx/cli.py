@@ -446,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
             "batch_offset [, first_step, last_step, n_masked_start for a slice of the steps] "
             "-> codes_out, mask_out; see docs/generation.md). --single-graph adds vamp.onnx, "
             "the whole vamp in one graph: audio -> audio. Weights over 64 MiB go to "
-            "FILE.data beside each graph."
+            "FILE.data beside each graph; KIND.generate.onnx reads the weights of KIND.onnx.data "
+            "(on disk once): keep the folder together."
         ),
     )
     bundle.add_argument("--coarse", type=Path, help="coarse.pth")

@@ -78,9 +78,12 @@ def weights_bytes(model: ir.Model) -> int:
 def save_model(model: ir.Model, path: str | Path, full_check: bool = False) -> SavedModel:
     """Write `model` to `path` and check the file with onnx.checker.
 
-    Weights over `EXTERNAL_DATA_BYTES` go to ``<path>.data`` beside it. The files appear only
-    once written and checked (they are made in a temporary folder beside `path` and renamed
-    into place), so a failed export leaves no broken model behind and an existing one intact.
+    Weights over `EXTERNAL_DATA_BYTES` go to ``<path>.data`` beside it, unless they are all
+    read from one external data file in `path`'s folder already (a generation graph built from
+    the transformer beside it): then the graph refers to that file (`shared_data_file`) and
+    the weights are on disk once. The files appear only once written and checked (they are made
+    in a temporary folder beside `path` and renamed into place), so a failed export leaves no
+    broken model behind and an existing one intact.
     full_check: also run strict shape inference over the whole graph (not for graphs with our
     custom ops, which the checker cannot infer).
     """
@@ -88,10 +91,13 @@ def save_model(model: ir.Model, path: str | Path, full_check: bool = False) -> S
     path.parent.mkdir(parents=True, exist_ok=True)
     model.producer_name = PRODUCER
     data_name = path.name + ".data"
-    external = weights_bytes(model) > EXTERNAL_DATA_BYTES
+    shared = shared_data_file(model, path.parent)
+    external = shared is None and weights_bytes(model) > EXTERNAL_DATA_BYTES
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        written = staging / path.name
+        # A graph that shares a data file is written beside it (the checker finds the data
+        # beside the graph and refuses links), under a hidden name until checked.
+        written = path.with_name(staging.name + ".onnx") if shared else staging / path.name
         ir.save(model, str(written), external_data=data_name if external else None)
         onnx.checker.check_model(str(written), full_check=full_check)
         data_path = path.with_name(data_name)
@@ -102,8 +108,53 @@ def save_model(model: ir.Model, path: str | Path, full_check: bool = False) -> S
             data_path = None
         os.replace(written, path)
     finally:
+        written.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     return SavedModel(path, data_path)
+
+
+def data_files(graph: str | Path) -> list[Path]:
+    """The external data files the graph file `graph` reads its weights from (its own
+    ``<graph>.data``, or the transformer's that a generation graph shares), beside it."""
+    graph = Path(graph)
+    model = onnx.load(str(graph), load_external_data=False)
+    names = {
+        entry.value
+        for tensor in _initializers(model.graph)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [graph.with_name(name) for name in sorted(names)]
+
+
+def _initializers(graph: onnx.GraphProto):
+    """The initializers of `graph` and of every subgraph (Loop and If bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _initializers(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _initializers(subgraph)
+
+
+def shared_data_file(model: ir.Model, folder: Path) -> str | None:
+    """The name of the one external data file in `folder` that `model`'s large weights are
+    read from (as loaded with onnx-ir, not yet in memory), when its in-memory weights stay
+    under `EXTERNAL_DATA_BYTES`; else None."""
+    names, inline = set(), 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                if Path(tensor.base_dir).resolve() != folder.resolve():
+                    return None
+                names.add(str(tensor.location))
+            elif tensor is not None:
+                inline += tensor.nbytes
+    if len(names) != 1 or inline > EXTERNAL_DATA_BYTES:
+        return None
+    return names.pop()
 
 
 def stamp_metadata(path: str | Path, props: dict[str, str]) -> None:

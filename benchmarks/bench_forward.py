@@ -38,6 +38,7 @@ import torch
 from benchmarks.common import machine_facts, median_seconds, parser, print_table, write_json
 from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import VampNetConfig
+from vampnet_onnx.contracts import PRECISIONS
 from vampnet_onnx.export.transformer import export_transformer
 from vampnet_onnx.model.transformer import load_transformer
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "int8", "fp16"),
+        choices=PRECISIONS,
         default=["fp32"],
         help="ONNX Runtime on the transformers of each precision (default fp32; fp32 always "
         "runs: it is the baseline of the accuracy columns)",

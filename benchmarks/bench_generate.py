@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_facts, parser, print_table, write_json
+from vampnet_onnx.contracts import PRECISIONS
 
 # name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
 # the extra small-shape row: there the per-step host overhead, not the forward, dominates.
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "int8", "fp16"),
+        choices=PRECISIONS,
         default=["fp32"],
         help="graph precisions (default fp32; int8 / fp16 run the graph contenders on those "
         "graphs: fp16 on the CPU only shows its accuracy, its speed is a GPU's question)",

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine_facts, parser, print_table, write_json
+from vampnet_onnx.contracts import PRECISIONS
 
 STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
 
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "int8", "fp16"),
+        choices=PRECISIONS,
         default=["fp32"],
         help="run the pipeline on the graphs of each precision (default fp32)",
     )

@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import fields, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,19 @@ def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
     """Consecutive ``[start, stop)`` spans of at most `size` covering ``[0, n)``."""
     for start in range(0, n, size):
         yield start, min(n, start + size)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """`vamp`'s keyword arguments, checked (`_AudioToAudio._prepare`)."""
+
+    seed: int
+    mask_settings: MaskSettings
+    sampling: SamplingSettings
+    mask: np.ndarray | None
+    inpaint: tuple[float, float] | None
+    keep_rate: bool
+    progress: bool
 
 
 def _check_batch_size(batch_size: Any, where: str) -> int:
@@ -221,7 +234,7 @@ class _AudioToAudio:
             (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
             N' = N when `keep_rate`.
         """
-        run = self._prepare(
+        checked = self._prepare(
             mask=mask,
             inpaint=inpaint,
             seed=seed,
@@ -241,7 +254,7 @@ class _AudioToAudio:
             keep_rate=keep_rate,
             progress=progress,
         )
-        y, info = run(*audio.preprocess(samples, sample_rate, self.sample_rate))
+        y, info = self._run(checked, *audio.preprocess(samples, sample_rate, self.sample_rate))
         return audio.restore(y, info, self.sample_rate), info.sample_rate
 
     def _prepare(
@@ -252,46 +265,38 @@ class _AudioToAudio:
         keep_rate: bool = True,
         progress: bool = False,
         **settings: Any,
-    ) -> Callable[[np.ndarray, audio.PreprocessInfo], tuple[np.ndarray, audio.PreprocessInfo]]:
-        """`vamp`'s keyword arguments checked (before any audio work) -> the run on the
-        preprocessed audio: (x ``[N]`` at the codec rate, its info) -> (vamped ``[N]``, the
-        info `restore` is to use). The run may overwrite x."""
+    ) -> _Run:
+        """`vamp`'s keyword arguments checked, before any audio work."""
         seed, mask_settings, sampling = self.check_settings(mask=mask, inpaint=inpaint, **settings)
         if mask_settings.beat_mask_ms > 0:
             self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
+        return _Run(seed, mask_settings, sampling, mask, inpaint, keep_rate, progress)
 
-        def run(x: np.ndarray, info: audio.PreprocessInfo):
-            given = self._given_or_inpainted(x, seed, mask_settings, mask, inpaint)
-            info = self._output_info(info, x.shape[0], keep_rate)
-            return self._vamp_preprocessed(x, seed, mask_settings, sampling, progress, given), info
+    def _run(
+        self, checked: _Run, x: np.ndarray, info: audio.PreprocessInfo
+    ) -> tuple[np.ndarray, audio.PreprocessInfo]:
+        """The `checked` run on preprocessed `x` ``[N]`` at the codec rate (overwritten) ->
+        (vamped ``[N]``, the info `audio.restore` is to use)."""
+        given, info = self._run_inputs(checked, x, info)
+        y = self._vamp_preprocessed(
+            x, checked.seed, checked.mask_settings, checked.sampling, checked.progress, given
+        )
+        return y, info
 
-        return run
-
-    def _given_or_inpainted(
-        self,
-        x: np.ndarray,
-        seed: int,
-        mask_settings: MaskSettings,
-        mask: np.ndarray | None,
-        inpaint: tuple[float, float] | None,
-    ) -> np.ndarray | None:
-        """The mask ``[1, C, T]`` for preprocessed `x` when `vamp` was given one or an inpaint
-        range; None: the recipe's, built later."""
-        given = None if mask is None else self._given_mask(mask, x.shape[0])
-        if inpaint is not None:
+    def _run_inputs(
+        self, checked: _Run, x: np.ndarray, info: audio.PreprocessInfo
+    ) -> tuple[np.ndarray | None, audio.PreprocessInfo]:
+        """(the mask ``[1, C, T]`` for preprocessed `x` when `checked` has a given one or an
+        inpaint range, None for the recipe's, built later; what `audio.restore` is to give back:
+        the input's rate and length with keep_rate, else the codec's rate and x's length)."""
+        given = None if checked.mask is None else self._given_mask(checked.mask, x.shape[0])
+        if checked.inpaint is not None:
             if given is None:
-                given = self.build_mask(x, seed, **mask_settings.inputs())
-            given = self._inpainted(given, inpaint)
-        return given
-
-    def _output_info(
-        self, info: audio.PreprocessInfo, n_samples: int, keep_rate: bool
-    ) -> audio.PreprocessInfo:
-        """What `audio.restore` is to give back: the input's rate and length (`keep_rate`), or
-        the codec's rate and the `n_samples` of the preprocessed input."""
-        if keep_rate:
-            return info
-        return replace(info, sample_rate=self.sample_rate, n_samples=n_samples)
+                given = self.build_mask(x, checked.seed, **checked.mask_settings.inputs())
+            given = self._inpainted(given, checked.inpaint)
+        if not checked.keep_rate:
+            info = replace(info, sample_rate=self.sample_rate, n_samples=x.shape[0])
+        return given, info
 
     @classmethod
     def check_settings(
@@ -393,11 +398,11 @@ class _AudioToAudio:
         """
         where = f"{type(self).__name__}.vamp_file"
         out_path = audio.check_output_path(out_path, where, "out_path", in_path)
-        run = self._prepare(**settings)
+        checked = self._prepare(**settings)
         # File to file, piece by piece at both ends (`audio.preprocess_file`, `restore_file`):
         # the one whole-input array is the codec-rate mono signal, which the run overwrites
         # with its output, so memory stays bounded whatever the input's length.
-        y, info = run(*audio.preprocess_file(in_path, self.sample_rate))
+        y, info = self._run(checked, *audio.preprocess_file(in_path, self.sample_rate))
         audio.restore_file(y, info, out_path, self.sample_rate)
         return out_path, info.sample_rate
 
@@ -544,34 +549,26 @@ class Vamp(_AudioToAudio):
         batch_size = _check_batch_size(batch_size, where)
         if "seed" in settings:
             raise TypeError(f"{where}: seed must not be given (pass seeds, one per clip)")
-        keep_rate = settings.pop("keep_rate", True)
-        progress = settings.pop("progress", False)
-        mask, inpaint = settings.pop("mask", None), settings.pop("inpaint", None)
-        checked = [
-            self.check_settings(seed=seed, mask=mask, inpaint=inpaint, **settings)
-            for seed in seed_list
-        ]
-        seed_list = [seed for seed, _, _ in checked]
-        _, mask_settings, sampling = checked[0] if checked else (0, _MASK, _SAMPLING)
-        if mask_settings.beat_mask_ms > 0:
-            self.beat_tracker()
+        runs = [self._prepare(seed=seed, **settings) for seed in seed_list]
+        if not runs:
+            return []
         prepared = []
-        for clip, rate, seed in zip(clips, rates, seed_list):
+        for clip, rate, checked in zip(clips, rates, runs):
             x, info = audio.preprocess(clip, rate, self.sample_rate)
-            given = self._given_or_inpainted(x, seed, mask_settings, mask, inpaint)
-            prepared.append((x, self._output_info(info, x.shape[0], keep_rate), given))
+            prepared.append((x, *self._run_inputs(checked, x, info)))
+        first = runs[0]
         ys = self._vamp_preprocessed_batch(
             [x for x, _, _ in prepared],
-            seed_list,
-            mask_settings,
-            sampling,
-            progress,
-            [given for _, _, given in prepared],
+            [checked.seed for checked in runs],
+            first.mask_settings,
+            first.sampling,
+            first.progress,
+            [given for _, given, _ in prepared],
             batch_size,
         )
         return [
             (audio.restore(y, info, self.sample_rate), info.sample_rate)
-            for y, (_, info, _) in zip(ys, prepared)
+            for y, (_, _, info) in zip(ys, prepared)
         ]
 
     # --- stages ----------------------------------------------------------------------------

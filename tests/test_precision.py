@@ -97,6 +97,29 @@ def test_converted_graphs_record_their_precision(graphs, precision):
                 assert (cast.op_type, to) == ("Cast", onnx.TensorProto.FLOAT), node.name
 
 
+def test_int8_stores_the_gather_tables_as_float16(graphs):
+    """The embedding table and the relative position bias are read through a float32 Cast of
+    their fp32 values rounded to float16; the other float32 weights keep their bits."""
+    from onnx import numpy_helper
+
+    fp32 = {
+        i.name: numpy_helper.to_array(i) for i in onnx.load(str(graphs["fp32"])).graph.initializer
+    }
+    model = onnx.load(str(graphs["int8"]))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    cast_from = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    tables = {"embedding_table", "relative_attention_bias"}
+    assert tables <= gathered and tables <= set(cast_from)
+    for name in tables:
+        stored = weights[cast_from[name]]
+        assert stored.dtype == np.float16
+        np.testing.assert_array_equal(stored, fp32[name].astype(np.float16))
+    for name in set(fp32) & set(weights):
+        if weights[name].dtype == np.float32:
+            np.testing.assert_array_equal(weights[name], fp32[name])
+
+
 def test_fp32_graphs_record_fp32(graphs):
     fp32_props = onnx.load(str(graphs["fp32"]), load_external_data=False).metadata_props
     config = json.loads({p.key: p.value for p in fp32_props}[contracts.CONFIG_KEY])
@@ -131,11 +154,13 @@ def test_export_models_converted_folder_vamps_with_both_pipelines(tmp_path, prec
         assert result.transformers[kind].config["precision"] == precision
         generator = vampnet_onnx.Generator(result.generations[kind].path)
         assert generator.config["precision"] == precision
-    # fp16 converts the codec too; int8 keeps the fp32 codec (docs/precision.md).
+    # fp16 converts the codec too; int8's codec computes in fp32 from fp16-stored weights
+    # (docs/precision.md).
     codec_precision = "fp16" if precision == "fp16" else "fp32"
-    assert result.codec.config["precision"] == codec_precision
     for graph in (result.codec.encode_path, result.codec.decode_path, result.vamp.path):
-        assert read_codec_config(graph)["precision"] == codec_precision
+        config = read_codec_config(graph)
+        assert (config["precision"], config["weights"]) == (codec_precision, "fp16")
+    assert result.codec.config == read_codec_config(result.codec.encode_path)
     from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
     samples = np.random.default_rng(0).standard_normal(30000).astype(np.float32) * 0.1

@@ -183,6 +183,73 @@ def test_run_returns_the_outputs_and_raises_the_runs_errors():
         runtime.run(session, None, {"n": np.array(3, np.int64), "x": x[:2]})
 
 
+_ARENA_PROBE = """
+import sys
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from vampnet_onnx import runtime
+
+# y = sum(expand(x + x, [n])): the expanded 256 MiB intermediate is allocated from the CPU
+# arena. The small x + x comes first because onnxruntime never hands back the arena's first
+# region, as in a real graph, whose first allocations are small.
+n = 64 * 2**20
+graph = helper.make_graph(
+    [
+        helper.make_node("Add", ["x", "x"], ["x2"]),
+        helper.make_node("Expand", ["x2", "shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["y"], keepdims=0),
+    ],
+    "arena_probe",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    [helper.make_tensor("shape", TensorProto.INT64, [1], [n])],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+options = ort.SessionOptions()
+options.enable_cpu_mem_arena = sys.argv[1] != "no-arena"
+session = ort.InferenceSession(model.SerializeToString(), options)
+
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+
+
+before = rss_mib()
+[y] = runtime.run(session, None, {"x": np.ones(1, np.float32)}, release_memory=sys.argv[1] != "keep")
+assert y == 2 * n, y
+print(rss_mib() - before)
+"""
+
+
+def _rss_growth_after_a_run(mode: str) -> float:
+    """MiB of RSS a run of a graph with a 256 MiB intermediate leaves behind, in a fresh
+    process (mode "release", "keep" or "no-arena": a session without an arena)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _ARENA_PROBE, mode], capture_output=True, text=True, check=True
+    )
+    return float(result.stdout)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_run_hands_the_arena_back_unless_asked_to_keep_it():
+    """The default run frees its activations when it ends (a vamp's stages do not pile up);
+    release_memory=False keeps them in the arena for the next run of the same size."""
+    assert _rss_growth_after_a_run("keep") > 200
+    assert _rss_growth_after_a_run("release") < 50
+
+
+def test_run_releases_nothing_from_a_session_without_an_arena():
+    """onnxruntime refuses a shrink request where there is no arena: run must not ask."""
+    assert _rss_growth_after_a_run("no-arena") < 50
+
+
 def test_device_cpu_is_the_cpu_provider():
     session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), device="cpu")
     assert session.get_providers() == ["CPUExecutionProvider"]

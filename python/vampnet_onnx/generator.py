@@ -174,7 +174,12 @@ class Generator:
             feed |= GENERATION.feed(
                 first_step=step, last_step=step + 1, n_masked_start=n_masked_start
             )
-            feed["codes"], feed["mask"] = run(self.session, ["codes_out", "mask_out"], feed)
+            feed["codes"], feed["mask"] = run(
+                self.session,
+                ["codes_out", "mask_out"],
+                feed,
+                release_memory=step + 1 == settings["n_steps"],
+            )
         return feed["codes"]
 
     def _python_loop(self, codes, mask, settings, steps) -> np.ndarray:
@@ -184,7 +189,12 @@ class Generator:
         n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
         model_input = np.where(mask, self.mask_token, codes)
         for step in steps:
-            logits = run(self.session, ["logits"], {"codes": model_input})[0]
+            logits = run(
+                self.session,
+                ["logits"],
+                {"codes": model_input},
+                release_memory=step + 1 == n_steps,
+            )[0]
             codes, mask, model_input = _kernels.mask_git_step(
                 logits,
                 codes,

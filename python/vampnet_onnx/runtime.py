@@ -215,7 +215,13 @@ def _load(
     return session
 
 
-def run(session: ort.InferenceSession, output_names: list[str] | None, feed: dict) -> list:
+def run(
+    session: ort.InferenceSession,
+    output_names: list[str] | None,
+    feed: dict,
+    *,
+    release_memory: bool = True,
+) -> list:
     """`session.run(output_names, feed)` that Ctrl-C stops.
 
     Python handles signals only between bytecodes, so a long onnxruntime run (a full-size
@@ -223,11 +229,20 @@ def run(session: ort.InferenceSession, output_names: list[str] | None, feed: dic
     the run happens on a worker thread while this thread waits; a KeyboardInterrupt sets the
     run's `RunOptions.terminate`, waits for onnxruntime to stop at its next node, and is
     raised again (its cause: onnxruntime's "terminate" error).
+
+    release_memory: hand the session's CPU arena back when the run ends (onnxruntime's arena
+    shrinkage), so that the activations of one graph are not kept while the next graph runs:
+    a vamp then peaks at its weights plus its largest stage instead of the sum of every
+    stage's (docs/architecture.md, "Memory"). False for a run that the same session follows
+    at once with same-sized work (a generation's steps but the last), which reuses the arena.
     """
     options = ort.RunOptions()
     # Errors reach the caller as exceptions; onnxruntime's own log line for a stopped run
     # would only repeat it on stderr.
     options.log_severity_level = 4
+    if release_memory and session.get_session_options().enable_cpu_mem_arena:
+        # onnxruntime refuses a shrink request for a device without an arena.
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     outcome: dict = {}
     done = threading.Event()
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..contracts import (
+    CODEC_CONFIG_KEY,
     DEFAULT_PRECISION,
     GENERATION_FILES,
     TRANSFORMER_FILES,
     VAMP_FILE,
     WAVEBEAT_FILE,
+    read_metadata,
 )
 from .common import DEFAULT_OPSET, check_opset, stamp_metadata
 from .precision import check_precision
@@ -234,7 +236,7 @@ def _export_into(
 
     from .codec import export_codec
     from .generation import export_generation
-    from .precision import codec_to_float16, convert_transformer
+    from .precision import codec_to_float16, codec_weights_to_float16, convert_transformer
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
@@ -249,12 +251,15 @@ def _export_into(
         bar.set_postfix_str("codec")
         codec_export = export_codec(codec, out, **options)
         codec_graphs = [codec_export.encode_path, codec_export.decode_path]
-        if precision == "fp16":  # int8 keeps the fp32 codec: docs/precision.md
+        if precision != "fp32":
+            # fp16: the convolution stacks compute in float16; int8: the codec computes in
+            # float32 from float16-stored weights (an int8 codec failed its gate):
+            # docs/precision.md.
+            convert = codec_to_float16 if precision == "fp16" else codec_weights_to_float16
             for graph in codec_graphs:
-                codec_to_float16(graph)
-            codec_export = replace(
-                codec_export, config={**codec_export.config, "precision": "fp16"}
-            )
+                convert(graph)
+            config = read_metadata(codec_graphs[0], CODEC_CONFIG_KEY, "export_models")
+            codec_export = replace(codec_export, config=config)
         done(f"exported {' and '.join(g.name for g in codec_graphs)} ({_mib(codec_graphs)})")
         result = ModelsExport(out, codec_export)
         for kind, checkpoint in models:

@@ -53,8 +53,10 @@ def codec_config(config: CodecConfig, checkpoint_sha256: str) -> dict[str, Any]:
         "encoder_rates": list(config.encoder_rates),
         "decoder_rates": list(config.decoder_rates),
         "checkpoint_sha256": checkpoint_sha256,
-        # export.precision.codec_to_float16 rewrites it for fp16 graphs.
+        # What the graph computes in, and how its weights are stored: export.precision's
+        # codec_to_float16 makes both "fp16", codec_weights_to_float16 the weights (int8 folders).
         "precision": "fp32",
+        "weights": "fp32",
     }
 
 

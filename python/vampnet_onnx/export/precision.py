@@ -7,7 +7,9 @@ scale per output channel, and activations quantized per call (`DynamicQuantizeLi
 unsigned 8 bits, one scale per tensor, computed at run time, so no calibration data). The
 attention's own products (queries x keys, weights x values) have no constant operand and stay
 float32, as do the embedding table (a Gather), the norms, the relative position bias and the
-softmax. Why these choices, and what they cost in accuracy: docs/precision.md.
+softmax; the embedding and position-bias tables are stored as float16 and cast to float32 when
+loaded. The codec computes in float32 from float16-stored weights (`codec_weights_to_float16`).
+Why these choices, and what they cost in accuracy: docs/precision.md.
 
 ``fp16``: onnxconverter-common's float16 conversion (a maintained converter): weights and
 activations in float16, except where accuracy needs float32 — in the transformers the RMS
@@ -16,7 +18,7 @@ graphs everything outside the convolution stack (the quantizer's nearest-code se
 codebook lookup: `codec_to_float16`) — with the graph's input and output types kept
 (`keep_io_types`), so the logits handed to the ops and the codec's audio are float32 and its
 codes int64. It runs on ONNX Runtime's CPU provider too (slowly), which is where its numerics
-are tested. The int8 scheme leaves the codec in fp32 (measured: docs/precision.md).
+are tested.
 
 The generation graph is built from the converted transformer as from the float one, so the
 sampling and re-masking ops see float32 logits and draw exactly as before.
@@ -29,9 +31,10 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -93,11 +96,67 @@ def codec_to_float16(path: str | Path, out_path: str | Path | None = None) -> Pa
     out_path = Path(out_path) if out_path is not None else path
     model = onnx.load(str(path))
     converted = _float16(model, node_block=_outside_conv_stack(model.graph))
-    converted.metadata_props[CODEC_CONFIG_KEY] = _with_precision(
-        converted.metadata_props[CODEC_CONFIG_KEY], "fp16"
+    converted.metadata_props[CODEC_CONFIG_KEY] = _with_config(
+        converted.metadata_props[CODEC_CONFIG_KEY], precision="fp16", weights="fp16"
     )
     save_model(converted, out_path)
     return out_path
+
+
+def codec_weights_to_float16(path: str | Path, out_path: str | Path | None = None) -> Path:
+    """An exported codec graph (fp32) -> the same graph with the weights of its convolution
+    stack stored as float16 and cast back to float32 where they are read: the computation stays
+    float32 (onnxruntime folds the casts once, when it loads the graph), only the weights are
+    rounded, and the file is about half the size. This is the codec of an int8 folder
+    (docs/precision.md: its accuracy, and why not int8).
+
+    Converted: every float32 weight but scalars (the graph's constants, such as the Snake's
+    1e-9, keep their bits) that only nodes of the convolution stack read (as in
+    `codec_to_float16`): convolution kernels and biases, Snake alphas. The quantizer's weights
+    stay float32. The codec config gets
+    "weights": "fp16". Written to `out_path` (default: replace `path`).
+    """
+    path = Path(path)
+    out_path = Path(out_path) if out_path is not None else path
+    proto = onnx.load(str(path))
+    outside = set(_outside_conv_stack(proto.graph))
+    model = ir.from_proto(proto)
+    _store_float16(model.graph, lambda readers: not any(n.name in outside for n in readers))
+    model.metadata_props[CODEC_CONFIG_KEY] = _with_config(
+        model.metadata_props[CODEC_CONFIG_KEY], weights="fp16"
+    )
+    save_model(model, out_path)
+    return out_path
+
+
+def _store_float16(graph: ir.Graph, chosen: Callable[[list[ir.Node]], bool]) -> None:
+    """Store the float32 weights of `graph` that `chosen(readers)` picks as float16, each read
+    through a Cast back to float32 under its old name: the graph computes as before, from the
+    rounded weights (onnxruntime folds the casts when it loads the graph, so a run pays
+    nothing). Scalars keep their bits: they are the graph's constants (such as the Snake's
+    1e-9), not weights."""
+    first = graph[0]
+    for name, weight in list(graph.initializers.items()):
+        readers = [node for node, _ in weight.uses()]
+        if (
+            weight.dtype != ir.DataType.FLOAT
+            or weight.const_value is None
+            or weight.const_value.size < 2
+            or not readers
+            or not chosen(readers)
+        ):
+            continue
+        half = ir.Value(
+            name=f"{name}_float16",
+            const_value=ir.tensor(weight.const_value.numpy().astype(np.float16)),
+        )
+        graph.register_initializer(half)
+        cast = ir.node("Cast", [half], attributes={"to": ir.DataType.FLOAT}, name=f"{name}_cast")
+        cast.outputs[0].dtype, cast.outputs[0].shape = ir.DataType.FLOAT, weight.shape
+        graph.insert_before(first, cast)
+        ir.convenience.replace_all_uses_with(weight, cast.outputs[0])
+        del graph.initializers[name]
+        cast.outputs[0].name = name
 
 
 def _outside_conv_stack(graph: onnx.GraphProto) -> list[str]:
@@ -197,7 +256,11 @@ def _skip_float16_round_trips(graph: ir.Graph) -> None:
 
 
 def _with_precision(config_json: str, precision: str) -> str:
-    return json.dumps({**json.loads(config_json), "precision": precision}, sort_keys=True)
+    return _with_config(config_json, precision=precision)
+
+
+def _with_config(config_json: str, **fields: str) -> str:
+    return json.dumps({**json.loads(config_json), **fields}, sort_keys=True)
 
 
 def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -> Path:
@@ -236,6 +299,10 @@ def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -
         props = {prop.key: prop.value for prop in source}
         props[CONFIG_KEY] = _with_precision(props[CONFIG_KEY], "int8")
         model = ir.load(str(written))
+        # The tables read by Gather (the embedding table: 14 x 1025 rows of d_model at full size
+        # for c2f, and the relative position bias) stay float32 for the computation and are
+        # stored as float16: the int8 folder's size target (docs/precision.md).
+        _store_float16(model.graph, lambda readers: all(n.op_type == "Gather" for n in readers))
         model.metadata_props.clear()
         model.metadata_props.update(props)
         # The one save path: checked, external data by the one rule, renamed into place.

@@ -94,6 +94,13 @@ VAMPNET_HD inline float gumbel(double u) {
   return static_cast<float>(-det::log(-det::log(std::max(u, 1e-20))));
 }
 
+// The confidence that decides which positions stay masked: the token's logprob plus the scaled
+// Gumbel noise, two float32 roundings.
+VAMPNET_HD inline float masking_confidence(float logprob, float noise, float scale) {
+  const float scaled_noise = scale * noise;
+  return logprob + scaled_noise;
+}
+
 // Random stream of position p = t * P + c of stream item b (shared with SampleTokens' row ids);
 // b = batch_offset + the item's index in the batch, or the item's own batch_offset.
 VAMPNET_HD inline uint64_t mask_git_step_row(int64_t b, int64_t position) {
@@ -246,10 +253,8 @@ void mask_git_step(const std::string& where, const MaskGitStepShape& shape, cons
   for (int64_t b = 0; b < B; ++b) {
     const size_t m = masked[b].size();
     confidence.resize(m);
-    for (size_t j = 0; j < m; ++j) {
-      const float scaled_noise = scale * noise[first[b] + j];
-      confidence[j] = logprob[first[b] + j] + scaled_noise;
-    }
+    for (size_t j = 0; j < m; ++j)
+      confidence[j] = masking_confidence(logprob[first[b] + j], noise[first[b] + j], scale);
     const int64_t k = n_to_mask(params.step, params.n_steps, n0[b], static_cast<int64_t>(m));
     // Upstream keeps masked every position whose confidence is strictly below the k-th smallest
     // (0-based) of all positions; unmasked positions count as +inf.

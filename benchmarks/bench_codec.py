@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_forward import interleaved_medians
 from benchmarks.bench_pipeline import prepare_codec_fp16
-from benchmarks.common import machine_facts, parser, print_table, write_json
+from benchmarks.common import interleaved_medians, machine_facts, parser, print_table, write_json
 
 
 def prepare(workdir: Path) -> dict[str, tuple[Path, Path]]:

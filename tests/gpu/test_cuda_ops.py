@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto
 
 from conftest import op_model, random_step_problem, sample_feed, step_feed
-from vampnet_onnx import configs, contracts, ops
+from vampnet_onnx import configs, contracts, ops, runtime
 
 pytestmark = pytest.mark.gpu
 
@@ -190,27 +190,12 @@ def test_cuda_check_range_reports_as_the_cpu_op(library):
     assert messages[0] == messages[1]
 
 
-def count_memcpy(model: onnx.ModelProto) -> int:
-    """Memcpy nodes in a graph and its subgraphs (Loop bodies)."""
-
-    def in_graph(graph: onnx.GraphProto) -> int:
-        n = 0
-        for node in graph.node:
-            n += node.op_type.startswith("Memcpy")
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    n += in_graph(attribute.g)
-        return n
-
-    return in_graph(model.graph)
-
-
 def test_cuda_generation_graph_has_no_memcpy_and_matches_cpu(library, tiny_models_dir, tmp_path):
     path = tiny_models_dir / contracts.GENERATION_FILES["coarse"]
     model = onnx.load(path)
     optimized = tmp_path / "optimized.onnx"
     cuda = session(library, model, "cuda", optimized_model_filepath=str(optimized))
-    assert count_memcpy(onnx.load(optimized)) == 0
+    assert runtime.memcpy_nodes(onnx.load(optimized)) == 0
     rng = np.random.default_rng(0)
     shape = (2, configs.TINY_COARSE_KWARGS["n_codebooks"], 24)  # B, C, T
     codes = rng.integers(0, 1024, shape).astype(np.int64)

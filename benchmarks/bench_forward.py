@@ -34,6 +34,7 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import (
+    add_workdir,
     interleaved_medians,
     machine_facts,
     median_seconds,
@@ -180,12 +181,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("/tmp/vampnet_onnx_bench"),
-        help="where the full-size checkpoints and exports are kept (about 4 GB)",
-    )
+    add_workdir(ap, "about 4 GB")
     ap.add_argument(
         "--precisions",
         nargs="+",

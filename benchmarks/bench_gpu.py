@@ -45,7 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_generate import SETTINGS, vampnet_mask
-from benchmarks.common import interleaved_medians, machine_facts, parser, print_table, write_json
+from benchmarks.common import (
+    add_workdir,
+    interleaved_medians,
+    machine_facts,
+    parser,
+    print_table,
+    write_json,
+)
 from vampnet_onnx import configs, contracts, demo, masks, runtime
 from vampnet_onnx.contracts import DEVICES
 
@@ -325,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per clip (default 10)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], metavar="B")
     ap.add_argument("--clips", type=int, default=8, help="clips per vamp_batch (default 8)")
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("/tmp/vampnet_onnx_bench"),
-        help="where the full-size checkpoints and exports are kept (about 8 GB)",
-    )
+    add_workdir(ap, "about 8 GB")
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     models = (prepare_tiny if args.tiny else prepare_full_size)(args.workdir)

@@ -85,6 +85,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def add_workdir(ap: argparse.ArgumentParser, size: str = "") -> None:
+    """--workdir: the full-size random checkpoints and their exports, shared by the benchmarks
+    and kept between runs (`size`: e.g. "about 8 GB", for the help)."""
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/vampnet_onnx_bench"),
+        help="where the full-size checkpoints and exports are kept"
+        + (f" ({size})" if size else ""),
+    )
+
+
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
     cells = [header] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]

@@ -26,9 +26,11 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def library() -> str:
-    """The VAMPNET_CUDA_OPS=ON library, or a skip that says what is missing."""
+    """The VAMPNET_CUDA_OPS=ON library, or a skip that says what is missing. Session-scoped
+    and first in every test's arguments, so that it skips before pytest sets up the
+    session-scoped models of another argument (tiny_models_dir: half a minute)."""
     if CUDA not in ort.get_available_providers():
         pytest.skip(f"onnxruntime {ort.__version__} has no {CUDA} (install onnxruntime-gpu)")
     path = os.environ.get("VAMPNET_CUDA_OPS_LIBRARY")

@@ -22,9 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_forward import interleaved_medians
 from benchmarks.bench_pipeline import prepare_codec_fp16
-from benchmarks.common import machine_facts, parser, print_table, write_json
+from benchmarks.common import (
+    add_workdir,
+    interleaved_medians,
+    machine_facts,
+    parser,
+    print_table,
+    write_json,
+)
 
 
 def prepare(workdir: Path) -> dict[str, tuple[Path, Path]]:
@@ -54,12 +60,7 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="input length (default 10)")
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("/tmp/vampnet_onnx_bench"),
-        help="where the full-size checkpoints and exports are kept",
-    )
+    add_workdir(ap)
     ap.add_argument(
         "--precisions",
         nargs="+",

@@ -23,11 +23,9 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from benchmarks.common import machine_facts, median_seconds, parser, print_table, write_json
+from benchmarks.common import (
+    add_workdir,
+    interleaved_medians,
+    machine_facts,
+    median_seconds,
+    parser,
+    print_table,
+    write_json,
+)
 from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import VampNetConfig
 from vampnet_onnx.contracts import PRECISIONS
@@ -47,22 +53,6 @@ WORKLOADS = (  # (kind, constructor kwargs, batch, frames)
     ("coarse", configs.COARSE_KWARGS, 1, 575),  # 10 s at 44.1 kHz, hop 768
     ("c2f", configs.C2F_KWARGS, 1, 173),  # 3 s
 )
-
-
-def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each contender, one warm-up each, then rounds A, B, A, B, ...
-
-    Interleaving spreads the noise of a shared machine evenly over the contenders.
-    """
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def forward_flop(config: VampNetConfig, batch: int, t: int) -> int:
@@ -191,12 +181,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("/tmp/vampnet_onnx_bench"),
-        help="where the full-size checkpoints and exports are kept (about 4 GB)",
-    )
+    add_workdir(ap, "about 4 GB")
     ap.add_argument(
         "--precisions",
         nargs="+",

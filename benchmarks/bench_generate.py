@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_facts, parser, print_table, write_json
+from benchmarks.common import add_workdir, machine_facts, parser, print_table, write_json
 from vampnet_onnx.contracts import PRECISIONS
 
 # name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
@@ -253,12 +253,7 @@ def batch_rows(args, context) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="generation steps per run (default 3)")
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("/tmp/vampnet_onnx_bench"),
-        help="where the full-size checkpoints and exports are kept (about 7 GB)",
-    )
+    add_workdir(ap, "about 7 GB")
     ap.add_argument("--only", choices=[w[0] for w in WORKLOADS], help="one workload only")
     ap.add_argument(
         "--contenders",

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_facts, parser, print_table, write_json
+from benchmarks.common import add_workdir, machine_facts, parser, print_table, write_json
 from vampnet_onnx.contracts import PRECISIONS
 
 STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
@@ -206,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.set_defaults(repeats=1)
     ap.add_argument("--seconds", type=float, default=10.0, help="input length (default 10)")
     ap.add_argument("--steps", type=int, default=36, help="coarse steps (default 36)")
-    ap.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("/tmp/vampnet_onnx_bench"),
-        help="where the full-size checkpoints and exports are kept (about 8 GB)",
-    )
+    add_workdir(ap, "about 8 GB")
     ap.add_argument(
         "--precisions",
         nargs="+",

@@ -25,6 +25,22 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each contender, one warm-up each, then rounds A, B, A, B, ...
+
+    Interleaving spreads the noise of a shared machine evenly over the contenders.
+    """
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -67,6 +83,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per contender (median)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     return ap
+
+
+def add_workdir(ap: argparse.ArgumentParser, size: str = "") -> None:
+    """--workdir: the full-size random checkpoints and their exports, shared by the benchmarks
+    and kept between runs (`size`: e.g. "about 8 GB", for the help)."""
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/vampnet_onnx_bench"),
+        help="where the full-size checkpoints and exports are kept"
+        + (f" ({size})" if size else ""),
+    )
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -45,7 +45,8 @@ def mask_git_step(logits, codes, mask, step, n_steps, n0, settings, generator):
     k = torch.floor(gamma * n0.float()).long().unsqueeze(1)
     if step != n_steps - 1:
         k = torch.clamp(torch.minimum(flat_mask.sum(-1, keepdim=True) - 1, k), min=1)
-    noise = -torch.log(-torch.log(torch.rand(probs.shape, generator=generator).clamp(1e-20)))
+    uniform = torch.rand(probs.shape, generator=generator, device=probs.device)
+    noise = -torch.log(-torch.log(uniform.clamp(1e-20)))
     confidence = torch.log(probs) + settings["mask_temperature"] * (1 - r) * noise
     cut = torch.take_along_dim(confidence.sort(dim=-1).values, k, dim=-1)
     new_mask = confidence < cut

@@ -7,6 +7,9 @@
 #include "ops/mask_git_step.h"
 #include "ops/op_utils.h"
 #include "ops/sample_tokens.h"
+#if defined(VAMPNET_CUDA_OPS)
+#include "ops/cuda/ops.h"
+#endif
 
 // ORT_EXPORT is empty on Linux: with hidden visibility the entry point needs its own attribute
 // (the linker's export list, exports.map or exports.darwin.txt, then keeps it alone). On Windows,
@@ -30,12 +33,24 @@ struct Registry {
   vampnet::ort::SampleTokensOp sample_tokens;
   vampnet::ort::MaskGitStepOp mask_git_step;
   vampnet::ort::CheckRangeOp check_range;
+#if defined(VAMPNET_CUDA_OPS)
+  // The CUDA execution provider's twins, in the same domain: a session with the CUDA provider
+  // runs these, a CPU session the ops above (docs/ops.md, "CUDA kernels").
+  vampnet::ort::cuda::SampleTokensCudaOp sample_tokens_cuda;
+  vampnet::ort::cuda::MaskGitStepCudaOp mask_git_step_cuda;
+  vampnet::ort::cuda::CheckRangeCudaOp check_range_cuda;
+#endif
   Ort::CustomOpDomain domain{kDomain};
 
   Registry() {
     domain.Add(&sample_tokens);
     domain.Add(&mask_git_step);
     domain.Add(&check_range);
+#if defined(VAMPNET_CUDA_OPS)
+    domain.Add(&sample_tokens_cuda);
+    domain.Add(&mask_git_step_cuda);
+    domain.Add(&check_range_cuda);
+#endif
   }
 };
 

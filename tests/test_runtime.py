@@ -219,7 +219,8 @@ def rss_mib():
 
 
 before = rss_mib()
-[y] = runtime.run(session, None, {"x": np.ones(1, np.float32)}, release_memory=sys.argv[1] != "keep")
+feed = {"x": np.ones(1, np.float32)}
+[y] = runtime.run(session, None, feed, release_memory=sys.argv[1] != "keep")
 assert y == 2 * n, y
 print(rss_mib() - before)
 """
@@ -282,3 +283,29 @@ def test_both_onnxruntime_packages_are_named_with_the_fix(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="both onnxruntime and onnxruntime-gpu are installed"):
         runtime.device_providers("cuda")
+
+
+def test_memcpy_nodes_counts_those_inside_loop_bodies():
+    h = onnx.helper
+    body = h.make_graph(
+        [h.make_node("MemcpyToHost", ["x"], ["y"]), h.make_node("Identity", ["y"], ["z"])],
+        "body",
+        [],
+        [],
+    )
+    graph = h.make_graph(
+        [
+            h.make_node("MemcpyFromHost", ["a"], ["b"]),
+            h.make_node("Loop", ["n", "c"], ["d"], body=body),
+        ],
+        "main",
+        [],
+        [],
+    )
+    assert runtime.memcpy_nodes(h.make_model(graph)) == 2
+
+
+def test_the_cpu_adds_no_memcpy_nodes_to_our_ops(tmp_path):
+    path = tmp_path / "sample.onnx"
+    onnx.save(op_model(ops.SAMPLE_TOKENS), path)
+    assert runtime.added_memcpy_nodes(path, "cpu", intra_op_threads=1) == 0

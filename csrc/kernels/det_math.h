@@ -11,6 +11,8 @@
 #include <cstring>
 #include <limits>
 
+#include "host_device.h"
+
 namespace vampnet::det {
 
 constexpr double kLn2Hi = 6.93147180369123816490e-01;  // high bits of ln 2: k * kLn2Hi is exact
@@ -42,13 +44,14 @@ constexpr std::array<double, 12> inverse_odd() {
 }
 }  // namespace detail
 
-inline constexpr std::array<double, 15> kExpCoefficients = detail::inverse_factorials<15>();
-inline constexpr std::array<double, 23> kCosCoefficients = detail::inverse_factorials<23>();
-inline constexpr std::array<double, 12> kAtanhCoefficients = detail::inverse_odd();
+// The tables are static constexpr locals of the functions below, not namespace-scope constants:
+// nvcc cannot read a host variable from device code, and a function-local constant is one object
+// on either side (the same compile-time values, so the same bits).
 
 // exp(x) for x in [kExpUnderflow, 709]: Cody-Waite reduction, Taylor series to r^14 / 14!, exact
 // scaling by 2^k. Branch-free so that loops over it vectorize.
-inline double exp_in_range(double x) {
+VAMPNET_HD inline double exp_in_range(double x) {
+  static constexpr std::array<double, 15> kExpCoefficients = detail::inverse_factorials<15>();
   const double k = (x * kInvLn2 + kRoundShift) - kRoundShift;
   const double r = (x - k * kLn2Hi) - k * kLn2Lo;  // |r| <= 0.347
   double p = kExpCoefficients[14];
@@ -61,7 +64,7 @@ inline double exp_in_range(double x) {
 }
 
 // exp(x) for the softmax: NaN stays NaN, 0 below kExpUnderflow, +inf above 709.
-inline double exp(double x) {
+VAMPNET_HD inline double exp(double x) {
   if (std::isnan(x)) return x;
   if (x < kExpUnderflow) return 0.0;
   if (x > 709.0) return std::numeric_limits<double>::infinity();
@@ -69,7 +72,8 @@ inline double exp(double x) {
 }
 
 // Natural log for x >= 0 (0 -> -inf, +inf -> +inf, negative or NaN -> NaN).
-inline double log(double x) {
+VAMPNET_HD inline double log(double x) {
+  static constexpr std::array<double, 12> kAtanhCoefficients = detail::inverse_odd();
   if (std::isnan(x) || x < 0.0) return std::numeric_limits<double>::quiet_NaN();
   if (x == 0.0) return -std::numeric_limits<double>::infinity();
   if (std::isinf(x)) return x;
@@ -91,7 +95,8 @@ inline double log(double x) {
 }
 
 // cos(x) for |x| <= pi/2 (the schedule's argument range): Taylor series to x^22 / 22!.
-inline double cos(double x) {
+VAMPNET_HD inline double cos(double x) {
+  static constexpr std::array<double, 23> kCosCoefficients = detail::inverse_factorials<23>();
   const double z = x * x;
   double p = kCosCoefficients[22];
   for (int n = 10; n >= 0; --n) p = p * (-z) + kCosCoefficients[2 * n];

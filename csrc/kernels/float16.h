@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "host_device.h"
+
 namespace vampnet {
 
-inline float half_to_float(uint16_t h) {
+VAMPNET_HD inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exponent = (h >> 10) & 0x1Fu;
   uint32_t mantissa = h & 0x3FFu;

@@ -13,6 +13,7 @@
 
 #include "det_math.h"
 #include "errors.h"
+#include "host_device.h"
 #include "parallel.h"
 #include "rng.h"
 #include "sampling.h"
@@ -65,7 +66,7 @@ inline void read_item_keys(const std::string& where, const std::string& name,
 
 // Schedule value floor(gamma(r) * n0) before the clamps, in VampNet's float32 arithmetic:
 // r = float32((step + 1) / n_steps), gamma = clamp(cos(r * pi / 2), 1e-10, 1).
-inline int64_t schedule_count(int64_t step, int64_t n_steps, int64_t n0) {
+VAMPNET_HD inline int64_t schedule_count(int64_t step, int64_t n_steps, int64_t n0) {
   const float r = static_cast<float>(static_cast<double>(step + 1) / static_cast<double>(n_steps));
   const float angle = (r * static_cast<float>(3.14159265358979323846)) / 2.0f;
   float gamma = static_cast<float>(det::cos(static_cast<double>(angle)));
@@ -76,26 +77,33 @@ inline int64_t schedule_count(int64_t step, int64_t n_steps, int64_t n0) {
 
 // How many masked positions stay masked after `step`: the schedule, and on all but the last step
 // at least 1 and at most (currently masked - 1).
-inline int64_t n_to_mask(int64_t step, int64_t n_steps, int64_t n0, int64_t n_masked) {
+VAMPNET_HD inline int64_t n_to_mask(int64_t step, int64_t n_steps, int64_t n0, int64_t n_masked) {
   int64_t k = schedule_count(step, n_steps, n0);
   if (step != n_steps - 1) k = std::max<int64_t>(1, std::min(n_masked - 1, k));
   return k;
 }
 
 // Scale of the Gumbel noise added to the confidences: mask_temperature * (1 - r), float32.
-inline float noise_scale(float mask_temperature, int64_t step, int64_t n_steps) {
+VAMPNET_HD inline float noise_scale(float mask_temperature, int64_t step, int64_t n_steps) {
   const float r = static_cast<float>(static_cast<double>(step + 1) / static_cast<double>(n_steps));
   return mask_temperature * (1.0f - r);
 }
 
 // Standard Gumbel noise -log(-log(U)), U in [1e-20, 1), as float32.
-inline float gumbel(double u) {
+VAMPNET_HD inline float gumbel(double u) {
   return static_cast<float>(-det::log(-det::log(std::max(u, 1e-20))));
+}
+
+// The confidence that decides which positions stay masked: the token's logprob plus the scaled
+// Gumbel noise, two float32 roundings.
+VAMPNET_HD inline float masking_confidence(float logprob, float noise, float scale) {
+  const float scaled_noise = scale * noise;
+  return logprob + scaled_noise;
 }
 
 // Random stream of position p = t * P + c of stream item b (shared with SampleTokens' row ids);
 // b = batch_offset + the item's index in the batch, or the item's own batch_offset.
-inline uint64_t mask_git_step_row(int64_t b, int64_t position) {
+VAMPNET_HD inline uint64_t mask_git_step_row(int64_t b, int64_t position) {
   return (static_cast<uint64_t>(b) << 32) | static_cast<uint64_t>(position);
 }
 
@@ -245,10 +253,8 @@ void mask_git_step(const std::string& where, const MaskGitStepShape& shape, cons
   for (int64_t b = 0; b < B; ++b) {
     const size_t m = masked[b].size();
     confidence.resize(m);
-    for (size_t j = 0; j < m; ++j) {
-      const float scaled_noise = scale * noise[first[b] + j];
-      confidence[j] = logprob[first[b] + j] + scaled_noise;
-    }
+    for (size_t j = 0; j < m; ++j)
+      confidence[j] = masking_confidence(logprob[first[b] + j], noise[first[b] + j], scale);
     const int64_t k = n_to_mask(params.step, params.n_steps, n0[b], static_cast<int64_t>(m));
     // Upstream keeps masked every position whose confidence is strictly below the k-th smallest
     // (0-based) of all positions; unmasked positions count as +inf.

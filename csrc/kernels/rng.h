@@ -6,11 +6,13 @@
 #include <array>
 #include <cstdint>
 
+#include "host_device.h"
+
 namespace vampnet {
 
 using PhiloxBlock = std::array<uint32_t, 4>;
 
-inline PhiloxBlock philox4x32_10(PhiloxBlock counter, std::array<uint32_t, 2> key) {
+VAMPNET_HD inline PhiloxBlock philox4x32_10(PhiloxBlock counter, std::array<uint32_t, 2> key) {
   constexpr uint32_t kMul0 = 0xD2511F53u;
   constexpr uint32_t kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u;
@@ -29,14 +31,14 @@ inline PhiloxBlock philox4x32_10(PhiloxBlock counter, std::array<uint32_t, 2> ke
 }
 
 // The block for one row of one call: key = seed, counter = (row, offset), both as 64-bit words.
-inline PhiloxBlock random_block(uint64_t seed, uint64_t row, uint64_t offset) {
+VAMPNET_HD inline PhiloxBlock random_block(uint64_t seed, uint64_t row, uint64_t offset) {
   return philox4x32_10({static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32),
                         static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)},
                        {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)});
 }
 
 // A double in [0, 1) with 53 random bits, from two 32-bit words.
-inline double uniform53(uint32_t hi_word, uint32_t lo_word) {
+VAMPNET_HD inline double uniform53(uint32_t hi_word, uint32_t lo_word) {
   const uint64_t bits = (static_cast<uint64_t>(hi_word >> 5) << 26) | (lo_word >> 6);
   return static_cast<double>(bits) * 0x1.0p-53;
 }

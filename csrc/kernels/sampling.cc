@@ -11,19 +11,6 @@
 
 namespace vampnet {
 
-namespace {
-inline double weight_of(float x, float top, double temperature, bool divide) {
-  double d = static_cast<double>(x) - static_cast<double>(top);
-  if (divide) d /= temperature;
-  // Written as !(d >= ...) so that NaN counts as underflow too: temperature = +inf turns a -inf
-  // logit into -inf / inf = NaN, which must get weight 0 like every -inf logit (as the numpy
-  // twin gives it) and must never reach exp_in_range's conversion to int (undefined for NaN).
-  const bool underflow = !(d >= det::kExpUnderflow);  // also -inf
-  const double w = det::exp_in_range(underflow ? det::kExpUnderflow : d);
-  return underflow ? 0.0 : w;
-}
-}  // namespace
-
 VAMPNET_MULTIVERSION
 void softmax_weights(const float* x, const char* keep, size_t n, float top, double temperature,
                      double* weight) {

@@ -21,6 +21,7 @@
 #include "det_math.h"
 #include "errors.h"
 #include "float16.h"
+#include "host_device.h"
 #include "parallel.h"
 #include "rng.h"
 
@@ -39,6 +40,20 @@ inline void check_sampling_params(const std::string& where, const SamplingParams
   if (params.top_k < 0) fail(where, "top_k", "be >= 0", to_text(params.top_k));
   if (!(params.top_p > 0.0f && params.top_p <= 1.0f))
     fail(where, "top_p", "be in (0, 1]", to_text(params.top_p));
+}
+
+// One softmax weight: exp((x - top) / temperature) (divide = false: exp(x - top), the same bits
+// as dividing by 1), 0 where that underflows. The CPU loops (sampling.cc) and the CUDA kernels
+// (kernels/cuda/) share it.
+VAMPNET_HD inline double weight_of(float x, float top, double temperature, bool divide) {
+  double d = static_cast<double>(x) - static_cast<double>(top);
+  if (divide) d /= temperature;
+  // Written as !(d >= ...) so that NaN counts as underflow too: temperature = +inf turns a -inf
+  // logit into -inf / inf = NaN, which must get weight 0 like every -inf logit (as the numpy
+  // twin gives it) and must never reach exp_in_range's conversion to int (undefined for NaN).
+  const bool underflow = !(d >= det::kExpUnderflow);  // also -inf
+  const double w = det::exp_in_range(underflow ? det::kExpUnderflow : d);
+  return underflow ? 0.0 : w;
 }
 
 // weight[i] = keep[i] ? exp((x[i] - top) / temperature) : 0 (temperature 1: no division, the
@@ -62,9 +77,20 @@ struct RowResult {
 };
 
 // The logprob reported for a token of probability p: float32 probability, then its log.
-inline float confidence_logprob(double p) {
+VAMPNET_HD inline float confidence_logprob(double p) {
   return static_cast<float>(det::log(static_cast<double>(static_cast<float>(p))));
 }
+
+// Larger key = earlier in the nucleus order: higher logit, then lower index.
+VAMPNET_HD inline uint64_t order_key(float value, uint32_t index) {
+  value += 0.0f;  // -0 becomes +0: they tie, as in a float comparison
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u;
+  bits ^= flip;  // negative: all bits flipped; positive: sign bit set. Monotonic in value.
+  return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(~index);
+}
+VAMPNET_HD inline uint32_t key_index(uint64_t key) { return ~static_cast<uint32_t>(key); }
 
 // Samples rows of one vocabulary size; owns the scratch buffers, so use one per thread.
 class RowSampler {
@@ -188,17 +214,6 @@ class RowSampler {
     }
     return x_max - gap;
   }
-
-  // Larger key = earlier in the nucleus order: higher logit, then lower index.
-  static uint64_t order_key(float value, uint32_t index) {
-    value += 0.0f;  // -0 becomes +0: they tie, as in a float comparison
-    uint32_t bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u;
-    bits ^= flip;  // negative: all bits flipped; positive: sign bit set. Monotonic in value.
-    return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(~index);
-  }
-  static uint32_t key_index(uint64_t key) { return ~static_cast<uint32_t>(key); }
 
   [[noreturn]] static void report_bad_value(const float* x, const std::string& where, size_t row) {
     size_t i = 0;

@@ -24,32 +24,28 @@ float float_attribute(const Ort::ConstKernelInfo& info, const char* name) {
 }
 }  // namespace
 
-OrtStatusPtr CheckRangeOp::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info,
-                                          void** kernel) const {
-  return guard([&] {
-    const Ort::ConstKernelInfo attributes(info);
-    auto created = std::make_unique<CheckRangeKernel>();
-    created->name = string_attribute(attributes, "name");
-    created->where = string_attribute(attributes, "where");
-    created->low = float_attribute(attributes, "min");
-    created->high = float_attribute(attributes, "max");
-    if (!(created->low <= created->high))
-      fail(kWhere, "attribute min", "be <= max = " + range_text(created->high),
-           range_text(created->low));
-    *kernel = created.release();
-  });
+CheckRangeKernel::CheckRangeKernel(const OrtKernelInfo* info) {
+  const Ort::ConstKernelInfo attributes(info);
+  name = string_attribute(attributes, "name");
+  where = string_attribute(attributes, "where");
+  low = float_attribute(attributes, "min");
+  high = float_attribute(attributes, "max");
+  if (!(low <= high))
+    fail(kWhere, "attribute min", "be <= max = " + range_text(high), range_text(low));
+}
+
+Ort::UnownedValue CheckRangeKernel::check(const Ort::KernelContext& context) const {
+  const InputView x = get_input(context, Input::kX);
+  check_type(where, name, x, {ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE});
+  if (x.count != 1) fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
+  check_range(where, name, x.as<double>()[0], low, high);
+  return get_output(context, Output::kOk, {});
 }
 
 OrtStatusPtr CheckRangeKernel::ComputeV2(OrtKernelContext* raw_context) {
   return guard([&] {
     Ort::KernelContext context(raw_context);
-    const InputView x = get_input(context, Input::kX);
-    check_type(where, name, x, {ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE});
-    if (x.count != 1)
-      fail(where, name, "be a scalar (one element)", "shape " + shape_text(x.shape));
-    check_range(where, name, x.as<double>()[0], low, high);
-    auto ok = get_output(context, Output::kOk, {});
-    *ok.GetTensorMutableData<bool>() = true;
+    *check(context).GetTensorMutableData<bool>() = true;
   });
 }
 

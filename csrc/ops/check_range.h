@@ -1,5 +1,6 @@
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "op_utils.h"
@@ -17,11 +18,19 @@ struct CheckRangeKernel {
 
   std::string name, where;
   double low = 0.0, high = 0.0;
+  // Reads the attributes; fails as the op does on a missing one or min > max.
+  explicit CheckRangeKernel(const OrtKernelInfo* info);
+  // Checks x (on the host: the CUDA op takes it as a CPU input too) and allocates ok.
+  Ort::UnownedValue check(const Ort::KernelContext& context) const;
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 };
 
-struct CheckRangeOp : Ort::CustomOpBase<CheckRangeOp, CheckRangeKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+// The op's schema, shared by the CPU op and the CUDA op (ops/cuda/check_range.h).
+template <typename Op, typename Kernel>
+struct CheckRangeSchema : Ort::CustomOpBase<Op, Kernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return guard([&] { *kernel = std::make_unique<Kernel>(info).release(); });
+  }
   const char* GetName() const { return "CheckRange"; }
   size_t GetInputTypeCount() const { return port_count<CheckRangeKernel::Input>(); }
   ONNXTensorElementDataType GetInputType(size_t) const {
@@ -32,5 +41,7 @@ struct CheckRangeOp : Ort::CustomOpBase<CheckRangeOp, CheckRangeKernel, true> {
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
   }
 };
+
+struct CheckRangeOp : CheckRangeSchema<CheckRangeOp, CheckRangeKernel> {};
 
 }  // namespace vampnet::ort

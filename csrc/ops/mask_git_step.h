@@ -1,5 +1,6 @@
 #pragma once
 
+#include "../kernels/mask_git_step.h"
 #include "op_utils.h"
 
 namespace vampnet::ort {
@@ -31,8 +32,21 @@ struct MaskGitStepKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 };
 
-struct MaskGitStepOp : Ort::CustomOpBase<MaskGitStepOp, MaskGitStepKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+// The inputs of one call: everything but the device-side data is read and checked on the host.
+struct MaskGitStepInputs {
+  InputView logits, codes, mask, n_masked_start;
+  LogitsType logits_type = LogitsType::kFloat32;
+  MaskGitStepParams params;
+  MaskGitStepShape shape;
+};
+MaskGitStepInputs read_mask_git_step_inputs(const Ort::KernelContext& context,
+                                            bool batch_coupled);
+// The batch_coupled attribute (0 or 1, default 0).
+bool read_batch_coupled(const OrtApi& api, const OrtKernelInfo* info);
+
+// The op's schema, shared by the CPU op and the CUDA op (ops/cuda/mask_git_step.h).
+template <typename Op, typename Kernel>
+struct MaskGitStepSchema : Ort::CustomOpBase<Op, Kernel, true> {
   const char* GetName() const { return "MaskGitStep"; }
   size_t GetInputTypeCount() const { return port_count<MaskGitStepKernel::Input>(); }
   ONNXTensorElementDataType GetInputType(size_t) const {
@@ -48,6 +62,10 @@ struct MaskGitStepOp : Ort::CustomOpBase<MaskGitStepOp, MaskGitStepKernel, true>
                ? ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL
                : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   }
+};
+
+struct MaskGitStepOp : MaskGitStepSchema<MaskGitStepOp, MaskGitStepKernel> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
 };
 
 }  // namespace vampnet::ort

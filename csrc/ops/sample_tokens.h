@@ -1,5 +1,8 @@
 #pragma once
 
+#include <vector>
+
+#include "../kernels/sampling.h"
 #include "op_utils.h"
 
 namespace vampnet::ort {
@@ -23,8 +26,20 @@ struct SampleTokensKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 };
 
-struct SampleTokensOp : Ort::CustomOpBase<SampleTokensOp, SampleTokensKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+// The inputs of one call, read and checked on the host (the CUDA op reads its scalars there too).
+struct SampleTokensInputs {
+  InputView logits;
+  LogitsType logits_type = LogitsType::kFloat32;
+  SamplingParams params;
+  uint64_t offset = 0, first_row = 0;
+  std::vector<int64_t> row_shape;  // logits' shape without V
+  size_t rows = 0, vocab = 0;
+};
+SampleTokensInputs read_sample_tokens_inputs(const Ort::KernelContext& context);
+
+// The op's schema, shared by the CPU op and the CUDA op (ops/cuda/sample_tokens.h).
+template <typename Op, typename Kernel>
+struct SampleTokensSchema : Ort::CustomOpBase<Op, Kernel, true> {
   const char* GetName() const { return "SampleTokens"; }
   size_t GetInputTypeCount() const { return port_count<SampleTokensKernel::Input>(); }
   // Untyped here so that a wrong dtype reaches the op and gets the house-format error.
@@ -41,6 +56,10 @@ struct SampleTokensOp : Ort::CustomOpBase<SampleTokensOp, SampleTokensKernel, tr
                ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
                : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
+};
+
+struct SampleTokensOp : SampleTokensSchema<SampleTokensOp, SampleTokensKernel> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
 };
 
 }  // namespace vampnet::ort

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -213,6 +214,50 @@ def _load(
             f"instead: {session.get_providers()}"
         )
     return session
+
+
+def memcpy_nodes(model: onnx.ModelProto) -> int:
+    """Memcpy nodes (MemcpyToHost / MemcpyFromHost) in `model`'s graph and its subgraphs (Loop
+    and If bodies): the copies onnxruntime adds between devices, which a session's optimized
+    model shows (`added_memcpy_nodes`)."""
+
+    def in_graph(graph: onnx.GraphProto) -> int:
+        n = 0
+        for node in graph.node:
+            n += node.op_type.startswith("Memcpy")
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    n += in_graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    n += in_graph(subgraph)
+        return n
+
+    return in_graph(model.graph)
+
+
+def added_memcpy_nodes(
+    path: str | os.PathLike, device: str, intra_op_threads: int | None = None
+) -> int:
+    """How many Memcpy nodes onnxruntime adds to the graph file `path` on `device` ("cpu" or
+    "cuda"), with the compiled op library registered: the session saves its optimized model
+    (weights apart, in a temporary folder) and they are counted there (`memcpy_nodes`). On
+    CUDA, each edge between a node the CUDA provider runs and one left to the CPU (an op with
+    no CUDA kernel, ours in a build without VAMPNET_CUDA_OPS) costs one; the CPU adds none."""
+    source = _model_bytes(Path(path))
+    options = _session_options(intra_op_threads)
+    options.register_custom_ops_library(get_library_path())
+    with tempfile.TemporaryDirectory(prefix="vampnet_onnx-optimized-") as folder:
+        optimized = Path(folder) / "optimized.onnx"
+        options.optimized_model_filepath = str(optimized)
+        # Full-size weights would overflow protobuf's 2 GB inside the saved model.
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+        _load(source, options, device_providers(device, "added_memcpy_nodes"))
+        return memcpy_nodes(onnx.load(str(optimized), load_external_data=False))
 
 
 def run(

@@ -1,0 +1,390 @@
+"""ORT CUDA (fp32 and fp16 graphs) vs a torch loop on the same card in the same run.
+
+Run: ``python -m benchmarks.bench_gpu [--device cuda] [--tiny] [--steps 36] [--seconds 10]
+[--batches 1 4 8] [--clips 8] [--threads 2] [--repeats 5] [--json PATH]``.
+
+Figures (`FIGURES`), each measured side by side in this process, one warm-up per contender then
+``--repeats`` interleaved rounds, median reported:
+
+- ``forward_ms``: the coarse transformer on 4 codebooks x T frames (T: ``--seconds`` of audio,
+  575 for 10 s), B = 1;
+- ``coarse_generate_s``: ``--steps`` coarse steps (VampNet: 36) on the same codes with
+  bench_generate's VampNet-style mask: the generation graph in one run (`Generator`), or the
+  torch loop;
+- ``vamp_s``: `pipeline.Vamp.vamp` of ``--seconds`` of synthesised music (encode, coarse,
+  c2f, decode);
+- ``batch_clips_per_s_B{B}``: `Vamp.vamp_batch` of ``--clips`` clips with ``batch_size`` B:
+  clips per second.
+
+Contenders (`CONTENDERS`): ONNX Runtime on the fp32 graphs and on the fp16 graphs (`export
+--precision fp16`), each graph on ``--device`` through `create_session`; torch: our torch module
+with upstream's sampling (`benchmarks.torch_vampnet`) on the same device, in plain fp32
+(``allow_tf32`` off) and with TF32 matmuls. torch runs only the transformer and the sampling, so
+the pipeline figures have no torch value; every value is a number or ``"not measured: why"``.
+
+Beside them: the card (torch or nvidia-smi), whether the op library in use holds the CUDA ops
+(a ``VAMPNET_CUDA_OPS=ON`` build, docs/building.md), the CUDA provider's ``use_tf32``, and the
+Memcpy nodes onnxruntime adds to each graph on the device (`runtime.added_memcpy_nodes`: a
+CPU-only node inside a CUDA graph costs two copies per edge).
+
+Models: the full-size random-weight checkpoints and exports of ``--workdir`` (shared with
+bench_forward / bench_generate / bench_pipeline, exported on first use: many minutes and GBs;
+the fp16 graphs converted from them on first use). ``--tiny``: the demo's tiny models
+(`demo.demo_models`, converted to fp16 into ``--workdir``/tiny-fp16), the smoke mode with
+``--device cpu`` that tests/test_bench_gpu.py runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_generate import SETTINGS, vampnet_mask
+from benchmarks.common import (
+    add_workdir,
+    interleaved_medians,
+    machine_facts,
+    parser,
+    print_table,
+    write_json,
+)
+from vampnet_onnx import configs, contracts, demo, masks, runtime
+from vampnet_onnx.contracts import DEVICES
+
+CONTENDERS = ("ORT fp32", "ORT fp16", "torch fp32", "torch TF32")
+PRECISIONS = ("fp32", "fp16")
+SAMPLE_RATE = 44100
+#: The graphs whose Memcpy nodes are counted, beside each precision's transformer.
+MEMCPY_GRAPHS = (
+    contracts.GENERATION_FILES["coarse"],
+    contracts.GENERATION_FILES["c2f"],
+    contracts.ENCODE_FILE,
+    contracts.DECODE_FILE,
+)
+TORCH_PIPELINE = (
+    "not measured: the torch contender is the transformer and upstream's sampling only (no "
+    "codec, mask or c2f stages)"
+)
+
+
+def batch_figure(batch: int) -> str:
+    return f"batch_clips_per_s_B{batch}"
+
+
+def figure_names(batches: list[int]) -> list[str]:
+    """The figures' keys in the JSON, in table order."""
+    return ["forward_ms", "coarse_generate_s", "vamp_s", *map(batch_figure, batches)]
+
+
+def prepare_full_size(workdir: Path) -> dict[str, dict]:
+    """{precision: {folder, transformer, checkpoint, codec}} of the full-size workdir, exported
+    and converted on first use by the other benchmarks' helpers."""
+    from benchmarks.bench_pipeline import prepare, prepare_converted
+
+    prepare(workdir)
+    sources = {"checkpoint": workdir / "coarse.pth", "codec": workdir / "codec.pth"}
+    return {
+        "fp32": {"folder": workdir, "transformer": workdir / "coarse.onnx", **sources},
+        "fp16": {
+            "folder": prepare_converted(workdir, "fp16"),
+            "transformer": workdir / "coarse.fp16.onnx",
+            **sources,
+        },
+    }
+
+
+def prepare_tiny(workdir: Path) -> dict[str, dict]:
+    """`prepare_full_size` for the demo's tiny models: the fp16 folder converted from them into
+    ``workdir/tiny-fp16`` and the demo's coarse and codec checkpoints (same kwargs and seeds,
+    so the same weights) written again for torch."""
+    from vampnet_onnx import testing
+
+    fp32 = demo.demo_models()
+    checkpoint = testing.write_vampnet_checkpoint(
+        workdir / "tiny-coarse.pth", configs.TINY_COARSE_KWARGS, seed=1
+    )
+    codec = testing.write_codec_checkpoint(
+        workdir / "tiny-codec.pth", configs.SMALL_CODEC_KWARGS, seed=3
+    )
+    fp16 = convert_folder(fp32, workdir / "tiny-fp16")
+    sources = {"checkpoint": checkpoint, "codec": codec}
+    coarse = contracts.TRANSFORMER_FILES["coarse"]
+    return {
+        "fp32": {"folder": fp32, "transformer": fp32 / coarse, **sources},
+        "fp16": {"folder": fp16, "transformer": fp16 / coarse, **sources},
+    }
+
+
+def convert_folder(source: Path, out: Path) -> Path:
+    """The fp16 models folder of the fp32 `source` (what ``export --precision fp16`` writes):
+    the transformers converted and their generation graphs exported again, the codec graphs
+    converted; made again whenever `source` is newer."""
+    from vampnet_onnx.export.generation import export_generation
+    from vampnet_onnx.export.precision import codec_to_float16, convert_transformer
+
+    newest = max(p.stat().st_mtime for p in source.glob("*.onnx"))
+    done = out / contracts.DECODE_FILE
+    if done.exists() and done.stat().st_mtime >= newest:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for kind, name in contracts.TRANSFORMER_FILES.items():
+        convert_transformer(source / name, "fp16", out / name)
+        export_generation(out / name, out / contracts.GENERATION_FILES[kind])
+    for name in (contracts.ENCODE_FILE, contracts.DECODE_FILE):  # the decoder last: `done`
+        codec_to_float16(source / name, out / name)
+    return out
+
+
+def card_name(device: str) -> str | None:
+    """The GPU's name (torch, else nvidia-smi), None on the CPU or where neither can tell."""
+    if device == "cpu":
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        result = subprocess.run(query, capture_output=True, text=True)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip().splitlines()[0]
+    return None
+
+
+def library_has_cuda_ops() -> bool:
+    """Whether the op library in use was built with VAMPNET_CUDA_OPS=ON: only that build
+    registers ops for the CUDA provider, whose name it then holds."""
+    return b"CUDAExecutionProvider" in Path(runtime.get_library_path()).read_bytes()
+
+
+def torch_reason(device: str) -> str | None:
+    """Why torch cannot be a contender on `device`, or None when it can."""
+    try:
+        import torch
+    except ImportError:
+        return "not measured: torch is not installed"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "not measured: torch has no CUDA here (torch.cuda.is_available() is False)"
+    return None
+
+
+class TorchContender:
+    """Our torch module on `device` and its two matmul modes: run(fn, tf32) sets the mode,
+    runs fn under inference_mode and waits for the device, so a time is the work's."""
+
+    def __init__(self, paths: dict, device: str, threads: int) -> None:
+        import torch
+
+        from vampnet_onnx.model.transformer import load_transformer
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = load_transformer(paths["checkpoint"], paths["codec"]).model.to(self.device)
+        self.config = self.model.config
+
+    def tensor(self, array: np.ndarray):
+        return self.torch.from_numpy(array).to(self.device)
+
+    def run(self, fn: Callable[[], object], tf32: bool) -> Callable[[], object]:
+        torch = self.torch
+
+        def timed() -> None:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            with torch.inference_mode():
+                fn()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return timed
+
+    def modes(self) -> dict[str, bool]:
+        """{contender: tf32} of the modes this device has (TF32 is a CUDA matmul mode)."""
+        return {"torch fp32": False, **({"torch TF32": True} if self.device.type == "cuda" else {})}
+
+
+def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
+    """({figure: {contender: value or "not measured: why"}}, facts about the contenders)."""
+    from vampnet_onnx import Generator
+    from vampnet_onnx.pipeline import Vamp
+
+    device, steps = args.device, args.steps
+    frames = masks.seconds_to_frames(args.seconds, SAMPLE_RATE)
+    names = figure_names(args.batches)
+    figures: dict[str, dict] = {name: {} for name in names}
+    runs: dict[str, dict[str, Callable[[], object]]] = {name: {} for name in names}
+    facts: dict = {}
+
+    clip = demo.synth_music(args.seconds, SAMPLE_RATE)
+    for precision in PRECISIONS:
+        paths, contender = models[precision], f"ORT {precision}"
+        session = runtime.create_session(
+            paths["transformer"], intra_op_threads=args.threads, device=device
+        )
+        generator = Generator(
+            paths["folder"] / contracts.GENERATION_FILES["coarse"],
+            threads=args.threads,
+            device=device,
+        )
+        vamp = Vamp(paths["folder"], threads=args.threads, device=device)
+        n_codebooks, n_cond = generator.n_codebooks, generator.n_conditioning_codebooks
+        codes = np.random.default_rng(0).integers(0, 1024, (1, n_codebooks, frames))
+        mask = vampnet_mask(n_codebooks, n_cond, 1, frames)
+        if precision == "fp32" and device == "cuda":
+            options = session.get_provider_options().get("CUDAExecutionProvider", {})
+            facts["ort_cuda_use_tf32"] = options.get("use_tf32")
+        model_input = np.where(mask, generator.mask_token, codes)
+        runs["forward_ms"][contender] = lambda s=session, x=model_input: s.run(None, {"codes": x})
+        runs["coarse_generate_s"][contender] = lambda g=generator, c=codes, m=mask: g.generate(
+            c, m, steps=steps, seed=0, **SETTINGS
+        )
+        runs["vamp_s"][contender] = lambda v=vamp: v.vamp(clip, SAMPLE_RATE, steps=steps)
+        for batch in args.batches:
+            runs[batch_figure(batch)][contender] = lambda v=vamp, b=batch: v.vamp_batch(
+                [clip] * args.clips, SAMPLE_RATE, seeds=range(args.clips), batch_size=b, steps=steps
+            )
+
+    reason = torch_reason(device)
+    if reason is None:
+        import torch
+
+        from benchmarks import torch_vampnet
+
+        facts["torch_tf32_default"] = {
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn": torch.backends.cudnn.allow_tf32,
+        }
+        ours = TorchContender(models["fp32"], device, args.threads)
+        config = ours.config
+        codes = np.random.default_rng(0).integers(0, 1024, (1, config.n_codebooks, frames))
+        mask = vampnet_mask(config.n_codebooks, config.n_conditioning_codebooks, 1, frames)
+        t_codes, t_mask = ours.tensor(codes), ours.tensor(mask)
+        t_input = torch.where(t_mask, config.mask_token, t_codes)
+        for name, tf32 in ours.modes().items():
+            runs["forward_ms"][name] = ours.run(lambda: ours.model(t_input), tf32)
+            seed = torch.Generator(ours.device).manual_seed(0)
+            runs["coarse_generate_s"][name] = ours.run(
+                lambda g=seed: torch_vampnet.generate(
+                    ours.model,
+                    t_codes,
+                    t_mask,
+                    steps,
+                    config.n_conditioning_codebooks,
+                    SETTINGS,
+                    g,
+                ),
+                tf32,
+            )
+        if "torch TF32" not in ours.modes():
+            for name in ("forward_ms", "coarse_generate_s"):
+                figures[name]["torch TF32"] = (
+                    f"not measured: TF32 is a CUDA matmul mode (device {device})"
+                )
+        for name in names[2:]:
+            figures[name] |= {"torch fp32": TORCH_PIPELINE, "torch TF32": TORCH_PIPELINE}
+    else:
+        for name in names:
+            figures[name] |= {"torch fp32": reason, "torch TF32": reason}
+
+    for name in names:
+        seconds = interleaved_medians(runs[name], args.repeats)
+        for contender, median in seconds.items():
+            if name == "forward_ms":
+                figures[name][contender] = 1e3 * median
+            elif name.startswith("batch_"):
+                figures[name][contender] = args.clips / median
+            else:
+                figures[name][contender] = median
+        figures[name] = {c: figures[name][c] for c in CONTENDERS}
+    return figures, facts
+
+
+def memcpy_counts(models: dict[str, dict], device: str, threads: int) -> dict:
+    """{precision: {graph file: Memcpy nodes onnxruntime adds on `device`}}."""
+    counts = {}
+    for precision, paths in models.items():
+        graphs = [paths["transformer"], *(paths["folder"] / name for name in MEMCPY_GRAPHS)]
+        counts[precision] = {
+            graph.name: runtime.added_memcpy_nodes(graph, device, threads) for graph in graphs
+        }
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=DEVICES, default="cuda", help="where ORT and torch run")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the demo's tiny models instead of the full-size ones (the smoke mode)",
+    )
+    ap.add_argument("--steps", type=int, default=36, help="coarse steps (default 36)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="audio per clip (default 10)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], metavar="B")
+    ap.add_argument("--clips", type=int, default=8, help="clips per vamp_batch (default 8)")
+    add_workdir(ap, "about 8 GB")
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    models = (prepare_tiny if args.tiny else prepare_full_size)(args.workdir)
+    facts = machine_facts(args.threads) | {
+        "device": args.device,
+        "card": card_name(args.device),
+        "op_library": runtime.get_library_path(),
+        "op_library_has_cuda_ops": library_has_cuda_ops(),
+    }
+    memcpy = memcpy_counts(models, args.device, args.threads)
+    figures, contender_facts = measure(args, models)
+    facts |= contender_facts
+    print(f"machine: {facts}")
+    for precision, counts in memcpy.items():
+        print(f"Memcpy nodes added on {args.device} ({precision}): {counts}")
+    reasons = sorted(
+        {v for values in figures.values() for v in values.values() if isinstance(v, str)}
+    )
+    rows = []
+    for name, values in figures.items():
+        base = values["ORT fp32"]
+        for contender, value in values.items():
+            if isinstance(value, str):
+                rows.append([name, contender, f"not measured [{reasons.index(value) + 1}]", "-"])
+                continue
+            # Times: the baseline's over this one's; clips per second: this one's over it.
+            speed = value / base if name.startswith("batch_") else base / value
+            rows.append([name, contender, value, f"{speed:.2f}x"])
+    print_table(
+        f"{'tiny' if args.tiny else 'full-size'} models on {facts['card'] or args.device}, "
+        f"{args.seconds:g} s clips, {args.steps} coarse steps, median of {args.repeats} after "
+        f"1 warm-up, {args.threads} threads (speed: vs ORT fp32)",
+        ["figure", "contender", "value", "speed"],
+        rows,
+    )
+    for number, reason in enumerate(reasons, 1):
+        print(f"[{number}] {reason}")
+    write_json(
+        args.json,
+        {
+            "machine": facts,
+            "models": "tiny" if args.tiny else "full-size",
+            "steps": args.steps,
+            "seconds": args.seconds,
+            "clips": args.clips,
+            "repeats": args.repeats,
+            "memcpy_nodes": memcpy,
+            "figures": figures,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""benchmarks/bench_gpu.py's smoke mode: every figure on the CPU with the demo's tiny models,
+each value a number or an explicit "not measured: why" (no wall-clock assertions)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = [
+    "forward_ms",
+    "coarse_generate_s",
+    "vamp_s",
+    "batch_clips_per_s_B1",
+    "batch_clips_per_s_B2",
+]
+CONTENDERS = ["ORT fp32", "ORT fp16", "torch fp32", "torch TF32"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("bench_gpu")
+    argv = [sys.executable, "-m", "benchmarks.bench_gpu", "--device", "cpu", "--tiny"]
+    argv += ["--repeats", "1", "--steps", "2", "--seconds", "2", "--clips", "2"]
+    argv += ["--batches", "1", "2", "--workdir", str(tmp), "--json", str(tmp / "gpu.json")]
+    path = os.pathsep.join([str(ROOT / "python"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run(argv, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return json.loads((tmp / "gpu.json").read_text())
+
+
+def test_every_figure_has_every_contender_measured_or_a_reason(report):
+    assert list(report["figures"]) == FIGURES
+    for figure, values in report["figures"].items():
+        assert list(values) == CONTENDERS, figure
+        for contender, value in values.items():
+            measured = isinstance(value, float) and value > 0
+            assert measured or value.startswith("not measured: "), (figure, contender, value)
+
+
+def test_the_ort_contenders_are_measured_on_the_cpu(report):
+    for values in report["figures"].values():
+        assert all(isinstance(values[c], float) for c in ("ORT fp32", "ORT fp16"))
+
+
+def test_memcpy_nodes_are_counted_per_precision_and_graph(report):
+    graphs = ["coarse.onnx", "coarse.generate.onnx", "c2f.generate.onnx"]
+    graphs += ["codec.encode.onnx", "codec.decode.onnx"]
+    for precision in ("fp32", "fp16"):
+        assert report["memcpy_nodes"][precision] == dict.fromkeys(graphs, 0)
+
+
+def test_the_machine_facts_name_the_device_and_the_op_library(report):
+    machine = report["machine"]
+    assert machine["device"] == "cpu"
+    assert machine["card"] is None
+    assert isinstance(machine["op_library_has_cuda_ops"], bool)

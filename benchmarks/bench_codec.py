@@ -2,12 +2,13 @@
 against fp32, graph size.
 
 Run: ``python -m benchmarks.bench_codec [--seconds 10] [--threads 2] [--repeats 5]
-[--precisions fp32 fp16] [--json PATH]``.
+[--precisions fp32 fp16 int8] [--json PATH]``.
 
 Random weights in the real format (``codec.pth`` in ``--workdir``, shared with the other
 benchmarks; its fp32 graphs exported there on first use, the fp16 ones converted beside them as
 ``codec.PART.fp16.onnx``: `export.precision.codec_to_float16`, what ``vampnet-onnx export
---precision fp16`` writes). int8 keeps the fp32 codec, so it has no row here. Input: a
+--precision fp16`` writes; and ``codec.PART.int8.onnx``, an int8 folder's codec: fp32
+computation from fp16-stored weights, `codec_weights_to_float16`). Input: a
 synthesised clip (`demo.synth_music`, preprocessed as a vamp does; 10 s is 441000 samples, not
 a multiple of the hop). The contenders run in this process, one `Codec` each, one warm-up, then
 ``--repeats`` interleaved rounds, median reported. Accuracy against fp32 on the same input:
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_pipeline import prepare_codec_fp16
+from benchmarks.bench_pipeline import prepare_codec
 from benchmarks.common import (
     add_workdir,
     interleaved_medians,
@@ -34,7 +35,8 @@ from benchmarks.common import (
 
 
 def prepare(workdir: Path) -> dict[str, tuple[Path, Path]]:
-    """precision -> (encode graph, decode graph): fp32 exported, fp16 converted on first use."""
+    """precision -> (encode graph, decode graph): fp32 exported, fp16 and int8's converted on
+    first use."""
     from vampnet_onnx import configs, testing
     from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE
     from vampnet_onnx.export.codec import export_codec
@@ -44,7 +46,10 @@ def prepare(workdir: Path) -> dict[str, tuple[Path, Path]]:
         testing.write_codec_checkpoint(workdir / "codec.pth", configs.CODEC_KWARGS, seed=3)
     if not all(path.exists() for path in fp32):
         export_codec(workdir / "codec.pth", workdir)
-    return {"fp32": fp32, "fp16": tuple(prepare_codec_fp16(path) for path in fp32)}
+    return {
+        "fp32": fp32,
+        **{p: tuple(prepare_codec(path, p) for path in fp32) for p in ("fp16", "int8")},
+    }
 
 
 def size_mib(graph: Path) -> float:
@@ -64,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "fp16"),
-        default=["fp32", "fp16"],
-        help="codec precisions (default both; fp32 always runs: the accuracy baseline)",
+        choices=("fp32", "fp16", "int8"),
+        default=["fp32", "fp16", "int8"],
+        help="codec precisions: the codec graphs of an ``export --precision`` folder (default "
+        "all; fp32 always runs: the accuracy baseline)",
     )
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)

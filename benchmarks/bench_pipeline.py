@@ -14,11 +14,12 @@ pipeline's own. With ``--single-graph`` the same clip also runs through ``vamp.o
 second fresh process: preprocess, one `run`, restore; the two are compared side by side (same
 input, seed and settings, so the same codes). ``--precisions fp32 int8 fp16`` adds the pipeline
 on the graphs of each precision, as ``vampnet-onnx export --precision`` writes them
-(`export.precision`): int8 generation graphs with the fp32 codec, or fp16 generation and codec
-graphs (fp16 on the CPU shows what the codec's share becomes, not a GPU's speed), from a models
-folder ``WORKDIR/PRECISION`` of links; each table's encode and decode rows are the codec's
-share. Upstream is not a contender here: it needs VampNet's torch stack and a GPU for
-comparable times.
+(`export.precision`): int8 generation graphs with the codec computing in fp32 from fp16 weights,
+or fp16 generation and codec graphs (fp16 on the CPU shows what the codec's share becomes, not
+a GPU's speed), from a models folder ``WORKDIR/PRECISION`` of links; each table's encode and
+decode rows are the codec's share. Beside the peak RSS: the bytes of the graph files a contender
+loads (weights files included) and the peak's ratio to them. Upstream is not a contender here:
+it needs VampNet's torch stack and a GPU for comparable times.
 """
 
 from __future__ import annotations
@@ -130,16 +131,16 @@ def prepare(workdir: Path) -> None:
 
 def prepare_converted(workdir: Path, precision: str) -> Path:
     """``workdir/PRECISION``: the `precision` generation graphs and the codec graphs that
-    ``export --precision`` writes with them (fp32 for int8, fp16 for fp16), as links."""
+    ``export --precision`` writes with them (`prepare_codec`), as links."""
     from benchmarks.bench_generate import prepare as prepare_generation
     from benchmarks.bench_generate import prepare_converted as prepare_generation_converted
     from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE, GENERATION_FILES
 
     folder = workdir / precision
     folder.mkdir(exist_ok=True)
-    targets = {name: workdir / name for name in (ENCODE_FILE, DECODE_FILE)}
-    if precision == "fp16":
-        targets = {name: prepare_codec_fp16(workdir / name) for name in targets}
+    targets = {
+        name: prepare_codec(workdir / name, precision) for name in (ENCODE_FILE, DECODE_FILE)
+    }
     for kind in ("coarse", "c2f"):
         fp32 = prepare_generation(workdir, kind)
         paths = prepare_generation_converted(workdir, kind, fp32, precision)
@@ -156,14 +157,17 @@ def prepare_converted(workdir: Path, precision: str) -> Path:
     return folder
 
 
-def prepare_codec_fp16(graph: Path) -> Path:
-    """``codec.PART.fp16.onnx`` beside the fp32 codec graph, made on first use."""
-    from vampnet_onnx.export.precision import codec_to_float16
+def prepare_codec(graph: Path, precision: str) -> Path:
+    """``codec.PART.PRECISION.onnx`` beside the fp32 codec graph, the codec graph that ``export
+    --precision PRECISION`` writes (fp16: `codec_to_float16`; int8: fp32 computation from fp16
+    weights, `codec_weights_to_float16`), made on first use."""
+    from vampnet_onnx.export.precision import codec_to_float16, codec_weights_to_float16
 
-    converted = graph.with_name(graph.name.replace(".onnx", ".fp16.onnx"))
+    convert = {"fp16": codec_to_float16, "int8": codec_weights_to_float16}[precision]
+    converted = graph.with_name(graph.name.replace(".onnx", f".{precision}.onnx"))
     if not converted.exists() or converted.stat().st_mtime < graph.stat().st_mtime:
         start = time.perf_counter()
-        codec_to_float16(graph, converted)
+        convert(graph, converted)
         print(f"wrote {converted} [{time.perf_counter() - start:.0f} s]", flush=True)
     return converted
 
@@ -179,6 +183,14 @@ def prepare_single(workdir: Path) -> None:
         start = time.perf_counter()
         result = export_vamp(workdir)
         print(f"wrote {result.path} and {result.data_path} [{time.perf_counter() - start:.0f} s]")
+
+
+def _graphs_mib(folder: Path, names: list[str]) -> float:
+    """MiB of the graph files `names` in `folder` and of the weights files they read."""
+    from vampnet_onnx.export.common import data_files
+
+    files = {f for name in names for f in (folder / name, *data_files(folder / name))}
+    return sum(f.stat().st_size for f in files) / 2**20
 
 
 def _rows(times: dict[str, list[float]], seconds: float) -> list[dict]:
@@ -223,28 +235,41 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare(args.workdir)
     contenders = []
+    from vampnet_onnx.contracts import DECODE_FILE, ENCODE_FILE, GENERATION_FILES, VAMP_FILE
+
+    four_graphs = [*GENERATION_FILES.values(), ENCODE_FILE, DECODE_FILE]
     for precision in args.precisions:
         if precision == "fp32":
-            contenders.append(("pipeline (4 graphs)", _child, args.workdir))
+            contenders.append(("pipeline (4 graphs)", _child, args.workdir, four_graphs))
         else:
             folder = prepare_converted(args.workdir, precision)
-            contenders.append((f"pipeline (4 graphs, {precision})", _child, folder))
+            contenders.append((f"pipeline (4 graphs, {precision})", _child, folder, four_graphs))
     if args.single_graph:
         prepare_single(args.workdir)
-        contenders.append(("single graph", _child_single, args.workdir))
+        contenders.append(("single graph", _child_single, args.workdir, [VAMP_FILE]))
     context = multiprocessing.get_context("spawn")
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
     results = {}
-    for name, child, models in contenders:
+    for name, child, models, graphs in contenders:
         with context.Pool(1) as pool:  # a fresh process per contender: its own peak RSS
             times, load_s, rss = pool.apply(
                 child, (models, args.seconds, args.steps, args.threads, args.repeats)
             )
         rows = _rows(times, args.seconds)
-        results[name] = {"load_s": load_s, "peak_rss_mib": rss, "rows": rows}
+        graphs_mib = _graphs_mib(models, graphs)
+        results[name] = {
+            "load_s": load_s,
+            "peak_rss_mib": rss,
+            "graphs_mib": graphs_mib,
+            "peak_rss_vs_graphs": rss / graphs_mib,
+            "rows": rows,
+        }
         runs = ", ".join(f"{t:.1f}" for t in rows[-1]["runs_s"])
-        print(f"{name}: session load {load_s:.1f} s; peak RSS {rss:.0f} MiB; totals {runs} s")
+        print(
+            f"{name}: session load {load_s:.1f} s; peak RSS {rss:.0f} MiB = "
+            f"{rss / graphs_mib:.2f}x its graph files ({graphs_mib:.0f} MiB); totals {runs} s"
+        )
         print_table(
             f"{name}, {args.seconds:g} s of audio, coarse {args.steps} steps, c2f 2 steps, "
             f"median of {args.repeats}, {args.threads} threads (RTF = seconds per second of "
@@ -256,13 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         base = next(iter(results.values()))["rows"][-1]["median_s"]
         print_table(
             "side by side (total: sum of the stage medians)",
-            ["contender", "total s", "RTF", "peak RSS MiB", "speed vs first"],
+            ["contender", "total s", "RTF", "peak RSS MiB", "graph files MiB", "speed vs first"],
             [
                 [
                     name,
                     r["rows"][-1]["median_s"],
                     r["rows"][-1]["rtf"],
                     r["peak_rss_mib"],
+                    r["graphs_mib"],
                     f"{base / r['rows'][-1]['median_s']:.2f}x",
                 ]
                 for name, r in results.items()

@@ -7,6 +7,7 @@
 #include "ops/mask_git_step.h"
 #include "ops/op_utils.h"
 #include "ops/sample_tokens.h"
+#include "ops/snake.h"
 #if defined(VAMPNET_CUDA_OPS)
 #include "ops/cuda/ops.h"
 #endif
@@ -33,6 +34,7 @@ struct Registry {
   vampnet::ort::SampleTokensOp sample_tokens;
   vampnet::ort::MaskGitStepOp mask_git_step;
   vampnet::ort::CheckRangeOp check_range;
+  vampnet::ort::SnakeOp snake;
 #if defined(VAMPNET_CUDA_OPS)
   // The CUDA execution provider's twins, in the same domain: a session with the CUDA provider
   // runs these, a CPU session the ops above (docs/ops.md, "CUDA kernels").
@@ -46,6 +48,7 @@ struct Registry {
     domain.Add(&sample_tokens);
     domain.Add(&mask_git_step);
     domain.Add(&check_range);
+    domain.Add(&snake);
 #if defined(VAMPNET_CUDA_OPS)
     domain.Add(&sample_tokens_cuda);
     domain.Add(&mask_git_step_cuda);

@@ -194,7 +194,17 @@ CHECK_RANGE = OpSchema(
     ),
 )
 
-SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP, CHECK_RANGE)
+SNAKE = OpSchema(
+    name="Snake",
+    inputs=(
+        Port("x", FLOAT, "[B, C, T] activations"),
+        Port("alpha", FLOAT, "[1, C, 1] the channels' frequencies"),
+        Port("inverse", FLOAT, "[1, C, 1] 1 / (alpha + 1e-9), as the codec computes it"),
+    ),
+    outputs=(Port("y", FLOAT, "[B, C, T] x + inverse * sin(alpha * x)^2"),),
+)
+
+SCHEMAS = (SAMPLE_TOKENS, MASK_GIT_STEP, CHECK_RANGE, SNAKE)
 
 
 def opset_import() -> onnx.OperatorSetIdProto:

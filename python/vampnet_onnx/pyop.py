@@ -113,6 +113,9 @@ _BODIES = {
     ops.CHECK_RANGE.name: _guarded(
         _check_range, lambda *_: np.asarray(True), "check_range", ops.CHECK_RANGE.name
     ),
+    ops.SNAKE.name: _guarded(
+        reference.snake, lambda x, *_: np.zeros(np.shape(x), np.float32), "Snake", ops.SNAKE.name
+    ),
 }
 
 

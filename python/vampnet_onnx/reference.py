@@ -489,3 +489,31 @@ def check_range(value: float, name: str, low: float, high: float, where: str = "
     if not low <= value <= high:
         _fail(where, name, f"be in [{range_text(low)}, {range_text(high)}]", range_text(value))
     return True
+
+
+def snake(x: np.ndarray, alpha: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """The Snake op (docs/ops.md): ``x + inverse * sin(alpha * x)^2`` in float32, x ``[B, C, T]``
+    and alpha, inverse ``[1, C, 1]``, with numpy's sine (the op's own is a float32 polynomial a
+    few ulp from it: tests/test_snake.py bounds the difference)."""
+    x, alpha, inverse = (np.asarray(a) for a in (x, alpha, inverse))
+    for name, value in (("x", x), ("alpha", alpha), ("inverse", inverse)):
+        if value.dtype != np.float32:
+            _fail("Snake", name, "be a float32 tensor", value.dtype)
+    if x.ndim != 3:
+        _fail("Snake", "x", "have rank 3 [B, C, T]", f"shape {_shape_text(x.shape)}")
+    channels = x.shape[1]
+    for name, value in (("alpha", alpha), ("inverse", inverse)):
+        if value.shape != (1, channels, 1):
+            _fail(
+                "Snake",
+                name,
+                f"have shape [1, {channels}, 1] (C of x)",
+                f"shape {_shape_text(value.shape)}",
+            )
+    with np.errstate(invalid="ignore"):  # sin(inf) is NaN, as the op's
+        s = np.sin(alpha * x)
+    return x + inverse * (s * s)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"

@@ -255,9 +255,11 @@ def _export_into(
             # fp16: the convolution stacks compute in float16; int8: the codec computes in
             # float32 from float16-stored weights (an int8 codec failed its gate):
             # docs/precision.md.
-            convert = codec_to_float16 if precision == "fp16" else codec_weights_to_float16
             for graph in codec_graphs:
-                convert(graph)
+                if precision == "fp16":
+                    codec_to_float16(graph)
+                else:  # int8 folders are for CPUs: the Snake activations as the library's op
+                    codec_weights_to_float16(graph, snake_op=True)
             config = read_metadata(codec_graphs[0], CODEC_CONFIG_KEY, "export_models")
             codec_export = replace(codec_export, config=config)
         done(f"exported {' and '.join(g.name for g in codec_graphs)} ({_mib(codec_graphs)})")

@@ -39,6 +39,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from .. import ops
 from ..contracts import CODEC_CONFIG_KEY, CONFIG_KEY, PRECISIONS
 from .common import save_model
 
@@ -103,7 +104,9 @@ def codec_to_float16(path: str | Path, out_path: str | Path | None = None) -> Pa
     return out_path
 
 
-def codec_weights_to_float16(path: str | Path, out_path: str | Path | None = None) -> Path:
+def codec_weights_to_float16(
+    path: str | Path, out_path: str | Path | None = None, *, snake_op: bool = False
+) -> Path:
     """An exported codec graph (fp32) -> the same graph with the weights of its convolution
     stack stored as float16 and cast back to float32 where they are read: the computation stays
     float32 (onnxruntime folds the casts once, when it loads the graph), only the weights are
@@ -113,8 +116,12 @@ def codec_weights_to_float16(path: str | Path, out_path: str | Path | None = Non
     Converted: every float32 weight but scalars (the graph's constants, such as the Snake's
     1e-9, keep their bits) that only nodes of the convolution stack read (as in
     `codec_to_float16`): convolution kernels and biases, Snake alphas. The quantizer's weights
-    stay float32. The codec config gets
-    "weights": "fp16". Written to `out_path` (default: replace `path`).
+    stay float32. The codec config gets "weights": "fp16".
+
+    snake_op: also replace each Snake activation's five nodes (Mul, Sin, Pow, Mul, Add) by the
+    op library's `Snake` (`fuse_snake`), a CPU op: what an int8 folder's codec does (its graphs
+    are for CPUs); the codec then needs the op library, as the generation graphs do.
+    Written to `out_path` (default: replace `path`).
     """
     path = Path(path)
     out_path = Path(out_path) if out_path is not None else path
@@ -122,11 +129,82 @@ def codec_weights_to_float16(path: str | Path, out_path: str | Path | None = Non
     outside = set(_outside_conv_stack(proto.graph))
     model = ir.from_proto(proto)
     _store_float16(model.graph, lambda readers: not any(n.name in outside for n in readers))
+    if snake_op:
+        fuse_snake(model)
     model.metadata_props[CODEC_CONFIG_KEY] = _with_config(
         model.metadata_props[CODEC_CONFIG_KEY], weights="fp16"
     )
     save_model(model, out_path)
     return out_path
+
+
+def fuse_snake(model: ir.Model) -> int:
+    """Replace every Snake activation of a codec graph, ``x + inverse * Pow(Sin(alpha * x), 2)``
+    as the exporter writes it (Mul, Sin, Pow, Mul, Add), by one `ops.SNAKE` node computing the
+    same float32 operations in one pass (docs/ops.md); returns how many were replaced. A chain
+    whose intermediate values have other readers, or whose exponent is not the constant 2, is
+    left as it is."""
+    graph = model.graph
+    fused = 0
+    for sin in [node for node in graph if node.op_type == "Sin" and node.domain == ""]:
+        chain = _snake_chain(sin)
+        if chain is None:
+            continue
+        x, alpha, inverse, nodes = chain
+        add = nodes[-1]
+        snake = ir.node(
+            ops.SNAKE.name,
+            [x, alpha, inverse],
+            domain=ops.DOMAIN,
+            version=ops.VERSION,
+            name=f"{add.name}_snake",
+        )
+        out = snake.outputs[0]
+        out.dtype, out.shape = add.outputs[0].dtype, add.outputs[0].shape
+        graph.insert_before(add, snake)  # every input of the chain is defined by then
+        ir.convenience.replace_all_uses_with(add.outputs[0], out, replace_graph_outputs=True)
+        name = add.outputs[0].name
+        graph.remove(nodes, safe=True)
+        out.name = name
+        fused += 1
+    if fused:
+        model.opset_imports[ops.DOMAIN] = ops.VERSION
+    return fused
+
+
+def _only_reader(value: ir.Value, op_type: str) -> ir.Node | None:
+    """The one node reading `value`, if it is the only use and of type `op_type`."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    node = uses[0][0]
+    return node if node.op_type == op_type and node.domain == "" else None
+
+
+def _snake_chain(sin: ir.Node):
+    """(x, alpha, inverse, [mul, sin, pow, mul, add]) if `sin` is the sine of a Snake, else
+    None."""
+    scale = sin.inputs[0].producer()
+    if scale is None or scale.op_type != "Mul" or len(list(sin.inputs[0].uses())) != 1:
+        return None
+    power = _only_reader(sin.outputs[0], "Pow")
+    if power is None or power.inputs[0] is not sin.outputs[0]:
+        return None
+    exponent = ir.convenience.get_const_tensor(power.inputs[1])
+    if exponent is None or exponent.numpy().size != 1 or float(exponent.numpy().item()) != 2.0:
+        return None
+    weigh = _only_reader(power.outputs[0], "Mul")
+    if weigh is None:
+        return None
+    inverse = next(v for v in weigh.inputs if v is not power.outputs[0])
+    add = _only_reader(weigh.outputs[0], "Add")
+    if add is None:
+        return None
+    x = next(v for v in add.inputs if v is not weigh.outputs[0])
+    if x not in scale.inputs or scale.inputs[0] is scale.inputs[1]:
+        return None
+    alpha = next(v for v in scale.inputs if v is not x)
+    return x, alpha, inverse, [scale, sin, power, weigh, add]
 
 
 def _store_float16(graph: ir.Graph, chosen: Callable[[list[ir.Node]], bool]) -> None:

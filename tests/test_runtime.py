@@ -164,13 +164,20 @@ def test_ctrl_c_stops_a_running_graph_inside_its_loop():
     terminate flag: onnxruntime stops inside the Loop with its terminate error (the cause) and
     the interrupt reaches the caller. Uninterrupted, the loop would run for minutes."""
     import _thread
+    import signal
     import threading
 
     session = vampnet_onnx.create_session(_slow_loop_model(), intra_op_threads=1)
     feed = {"n": np.array(10**7, np.int64), "x": np.ones((256, 256), np.float32)}
-    threading.Timer(0.5, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt) as interrupt:
-        runtime.run(session, None, feed)
+    # A shell's background job starts with SIGINT ignored, and then interrupt_main does
+    # nothing: Python's own handler, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.5, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt) as interrupt:
+            runtime.run(session, None, feed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert "terminate flag" in str(interrupt.value.__cause__)
 
 

@@ -346,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             row["speed_vs_first"] = medians[args.contenders[0]] / row["median_s"]
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
+    from benchmarks.bench_pipeline import graphs_mib
+
     print(
-        "graph sizes: "
+        "graph sizes (weights files included): "
         + ", ".join(
-            f"{p.name} {p.stat().st_size / 2**20:.0f} MiB"
+            f"{p.name} {graphs_mib(p.parent, [p.name]):.0f} MiB"
             for p in sorted(args.workdir.glob("*.onnx"))
         )
     )

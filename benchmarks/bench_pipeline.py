@@ -188,7 +188,7 @@ def prepare_single(workdir: Path) -> None:
         print(f"wrote {result.path} and {result.data_path} [{time.perf_counter() - start:.0f} s]")
 
 
-def _graphs_mib(folder: Path, names: list[str]) -> float:
+def graphs_mib(folder: Path, names: list[str]) -> float:
     """MiB of the graph files `names` in `folder` and of the weights files they read."""
     from vampnet_onnx.export.common import data_files
 
@@ -260,18 +260,18 @@ def main(argv: list[str] | None = None) -> int:
                 child, (models, args.seconds, args.steps, args.threads, args.repeats)
             )
         rows = _rows(times, args.seconds)
-        graphs_mib = _graphs_mib(models, graphs)
+        files_mib = graphs_mib(models, graphs)
         results[name] = {
             "load_s": load_s,
             "peak_rss_mib": rss,
-            "graphs_mib": graphs_mib,
-            "peak_rss_vs_graphs": rss / graphs_mib,
+            "graphs_mib": files_mib,
+            "peak_rss_vs_graphs": rss / files_mib,
             "rows": rows,
         }
         runs = ", ".join(f"{t:.1f}" for t in rows[-1]["runs_s"])
         print(
             f"{name}: session load {load_s:.1f} s; peak RSS {rss:.0f} MiB = "
-            f"{rss / graphs_mib:.2f}x its graph files ({graphs_mib:.0f} MiB); totals {runs} s"
+            f"{rss / files_mib:.2f}x its graph files ({files_mib:.0f} MiB); totals {runs} s"
         )
         print_table(
             f"{name}, {args.seconds:g} s of audio, coarse {args.steps} steps, c2f 2 steps, "

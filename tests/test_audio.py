@@ -254,6 +254,14 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav"]
 
 
+def test_a_written_file_has_the_permissions_of_any_new_file(tmp_path):
+    """Not the private 0600 of the temporary file it is written through."""
+    audio.write_audio(tmp_path / "o.wav", np.zeros(100, np.float32), SR)
+    (tmp_path / "plain").write_bytes(b"")
+    mode = (tmp_path / "plain").stat().st_mode & 0o777
+    assert (tmp_path / "o.wav").stat().st_mode & 0o777 == mode
+
+
 # --- piece by piece: the same numbers in bounded memory ---------------------------------------
 
 

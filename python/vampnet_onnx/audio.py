@@ -196,9 +196,19 @@ def _written(
             ) from err
         with file:
             yield file
+        # mkstemp makes the file private (0600); the output gets the permissions any new file
+        # would (0666 less the umask).
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # --- signal processing -------------------------------------------------------------------

@@ -5,6 +5,7 @@ provider, and what the converted graphs keep in float32."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -28,8 +29,13 @@ MIN_TOKEN_AGREEMENT = 0.99
 #: amplitude; its int8 gate, 30 dB, is looser, and the int8 folder's codec is held to this one).
 #: Measured 45.8 dB here on random codes, 45.7 dB on encoded ones (fp16).
 MIN_DECODE_SNR_DB = 40.0
-#: The converted variants: fp16 computation, or fp32 computation from float16 weights.
-CONVERTERS = {"fp16": codec_to_float16, "fp16 weights": codec_weights_to_float16}
+#: The converted variants: fp16 computation; fp32 computation from float16 weights; and that
+#: with the Snake op, an int8 folder's codec (tests/test_snake.py compares the last two).
+CONVERTERS = {
+    "fp16": codec_to_float16,
+    "fp16 weights": codec_weights_to_float16,
+    "int8 folder": functools.partial(codec_weights_to_float16, snake_op=True),
+}
 #: Lengths that are not multiples of the hop (the graph pads them), 131 and 391 frames.
 LENGTHS = (100_001, 300_007)
 
@@ -165,6 +171,22 @@ def test_fp16_weights_are_the_fp32_weights_rounded(graphs):
             expected = array.astype(np.float16) if name in converted else array
             np.testing.assert_array_equal(stored, expected)
             assert stored.dtype == expected.dtype
+
+
+def test_an_int8_folders_codec_has_no_sine_left(graphs):
+    for path in graphs["int8 folder"]:
+        types = [node.op_type for node in onnx.load(str(path)).graph.node]
+        assert "Sin" not in types and types.count("Snake") > 0
+
+
+def test_the_snake_op_changes_the_codec_far_less_than_fp16_weights(codecs):
+    """Same tokens as the graph without the op, and a decode within 100 dB of it (measured
+    110 dB), where the fp16 weights themselves are about 46 dB from fp32."""
+    plain, fused = (codecs[name] for name in ("fp16 weights", "int8 folder"))
+    audio = music_like_audio(100_001, seed=7)
+    np.testing.assert_array_equal(fused.encode(audio), plain.encode(audio))
+    codes = np.random.default_rng(0).integers(0, 1024, (1, 14, 150))
+    assert snr_db(plain.decode(codes, 150 * HOP), fused.decode(codes, 150 * HOP)) >= 100.0
 
 
 def test_codec_to_float16_refuses_a_graph_without_convolutions(tmp_path):

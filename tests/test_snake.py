@@ -1,5 +1,6 @@
 """The Snake op (the LAC codec's activation in one pass, docs/ops.md) against its numpy twin and
-the five-node chain it replaces, its errors, and `export.precision.fuse_snake` on a codec."""
+the five-node chain it replaces, its errors, and `export.precision.fuse_snake` (on a codec:
+tests/test_codec_precision.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from onnx import TensorProto, helper
 
 import vampnet_onnx
 from conftest import ONNX_OPSET, op_model
-from vampnet_onnx import configs, ops, reference, testing
-from vampnet_onnx.codec import Codec
-from vampnet_onnx.export.codec import export_codec
-from vampnet_onnx.export.precision import codec_weights_to_float16, fuse_snake
+from vampnet_onnx import ops, reference
+from vampnet_onnx.export.precision import fuse_snake
 
 #: |op - exact| <= this * (|x| + |inverse|) per element: sin's float32 polynomial is within a
 #: few ulp (2^-23 ~ 1.2e-7) of the sine, and the rest are the chain's own float32 roundings.
@@ -139,41 +138,3 @@ def test_fuse_snake_leaves_a_chain_with_another_exponent():
     ir_model = ir.from_proto(model)
     assert fuse_snake(ir_model) == 0
     assert "Sin" in [node.op_type for node in ir_model.graph]
-
-
-@pytest.fixture(scope="module")
-def codecs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("snake_codec")
-    checkpoint = testing.write_codec_checkpoint(
-        root / "codec.pth", configs.SMALL_CODEC_KWARGS, seed=1
-    )
-    exported = export_codec(checkpoint, root)
-    graphs = {"fp32": (exported.encode_path, exported.decode_path)}
-    for name, snake_op in (("fp16 weights", False), ("int8 folder", True)):
-        graphs[name] = tuple(
-            codec_weights_to_float16(
-                p, root / p.name.replace(".onnx", f".{snake_op}.onnx"), snake_op=snake_op
-            )
-            for p in graphs["fp32"]
-        )
-    return graphs
-
-
-def test_an_int8_folders_codec_has_no_sine_left(codecs):
-    for path in codecs["int8 folder"]:
-        types = [node.op_type for node in onnx.load(str(path)).graph.node]
-        assert "Sin" not in types and types.count("Snake") > 0
-
-
-def test_the_snake_op_changes_the_codec_far_less_than_fp16_weights(codecs):
-    """Same tokens as the graph without the op; its decode within 100 dB of it (measured
-    110 dB), where the fp16 weights themselves are at about 46 dB of fp32."""
-    from test_codec_precision import music_like_audio, snr_db
-
-    plain, fused = (
-        Codec(*codecs[name], intra_op_threads=2) for name in ("fp16 weights", "int8 folder")
-    )
-    audio = music_like_audio(100_001, seed=7)
-    np.testing.assert_array_equal(fused.encode(audio), plain.encode(audio))
-    codes = np.random.default_rng(0).integers(0, 1024, (1, 14, 150))
-    assert snr_db(plain.decode(codes, 150 * 768), fused.decode(codes, 150 * 768)) >= 100.0

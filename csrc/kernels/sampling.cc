@@ -1,13 +1,7 @@
 #include "sampling.h"
 
-// The hot loops, compiled for AVX-512, AVX2 and the x86-64 baseline and picked at load time.
-// The vector code performs the same IEEE operations as the scalar code (no FMA contraction:
-// -ffp-contract=off), so every variant gives the same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VAMPNET_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VAMPNET_MULTIVERSION
-#endif
+// The hot loops, compiled for several instruction sets (multiversion.h).
+#include "multiversion.h"
 
 namespace vampnet {
 

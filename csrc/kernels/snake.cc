@@ -2,12 +2,8 @@
 
 #include <cmath>
 
-// Compiled for AVX-512, AVX2 and the x86-64 baseline and picked at load time, as sampling.cc.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VAMPNET_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VAMPNET_MULTIVERSION
-#endif
+// Compiled for several instruction sets (multiversion.h), as sampling.cc.
+#include "multiversion.h"
 
 namespace vampnet {
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import vampnet_onnx
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = [
     "forward_ms",
@@ -26,9 +28,13 @@ def report(tmp_path_factory) -> dict:
     argv = [sys.executable, "-m", "benchmarks.bench_gpu", "--device", "cpu", "--tiny"]
     argv += ["--repeats", "1", "--steps", "2", "--seconds", "2", "--clips", "2"]
     argv += ["--batches", "1", "2", "--workdir", str(tmp), "--json", str(tmp / "gpu.json")]
-    path = os.pathsep.join([str(ROOT / "python"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    # The vampnet_onnx this test imports (the installed one in CI, whose folder has the compiled
+    # library; the source tree's has none there), and the repository for `benchmarks`.
+    package_parent = str(Path(vampnet_onnx.__file__).resolve().parents[1])
+    path = os.pathsep.join([package_parent, str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
-    subprocess.run(argv, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp / "gpu.json").read_text())
 
 

@@ -159,18 +159,13 @@ def prepare_converted(workdir: Path, precision: str) -> Path:
 
 def prepare_codec(graph: Path, precision: str) -> Path:
     """``codec.PART.PRECISION.onnx`` beside the fp32 codec graph, the codec graph that ``export
-    --precision PRECISION`` writes (fp16: `codec_to_float16`; int8: fp32 computation from fp16
-    weights with the Snake op, `codec_weights_to_float16`), made on first use."""
-    from vampnet_onnx.export.precision import codec_to_float16, codec_weights_to_float16
+    --precision PRECISION`` writes (`export.precision.convert_codec`), made on first use."""
+    from vampnet_onnx.export.precision import convert_codec
 
-    convert = {
-        "fp16": codec_to_float16,
-        "int8": lambda graph, out: codec_weights_to_float16(graph, out, snake_op=True),
-    }[precision]
     converted = graph.with_name(graph.name.replace(".onnx", f".{precision}.onnx"))
     if not converted.exists() or converted.stat().st_mtime < graph.stat().st_mtime:
         start = time.perf_counter()
-        convert(graph, converted)
+        convert_codec(graph, precision, converted)
         print(f"wrote {converted} [{time.perf_counter() - start:.0f} s]", flush=True)
     return converted
 

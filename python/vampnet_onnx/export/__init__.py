@@ -236,7 +236,7 @@ def _export_into(
 
     from .codec import export_codec
     from .generation import export_generation
-    from .precision import codec_to_float16, codec_weights_to_float16, convert_transformer
+    from .precision import convert_codec, convert_transformer
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
@@ -252,14 +252,8 @@ def _export_into(
         codec_export = export_codec(codec, out, **options)
         codec_graphs = [codec_export.encode_path, codec_export.decode_path]
         if precision != "fp32":
-            # fp16: the convolution stacks compute in float16; int8: the codec computes in
-            # float32 from float16-stored weights (an int8 codec failed its gate):
-            # docs/precision.md.
-            for graph in codec_graphs:
-                if precision == "fp16":
-                    codec_to_float16(graph)
-                else:  # int8 folders are for CPUs: the Snake activations as the library's op
-                    codec_weights_to_float16(graph, snake_op=True)
+            for graph in codec_graphs:  # what each precision makes of the codec: convert_codec
+                convert_codec(graph, precision)
             config = read_metadata(codec_graphs[0], CODEC_CONFIG_KEY, "export_models")
             codec_export = replace(codec_export, config=config)
         done(f"exported {' and '.join(g.name for g in codec_graphs)} ({_mib(codec_graphs)})")

@@ -69,14 +69,26 @@ def convert_transformer(
     raise ValueError(f"convert_transformer: precision must not be fp32 here, got {precision!r}")
 
 
+def convert_codec(path: str | Path, precision: str, out_path: str | Path | None = None) -> Path:
+    """An exported fp32 codec graph -> the codec graph of a `precision` folder ("fp16":
+    `codec_to_float16`; "int8": fp32 computation from fp16-stored weights with the `Snake` op,
+    `codec_weights_to_float16`), written to `out_path` (default: replace `path`)."""
+    check_precision(precision, "convert_codec")
+    if precision == "fp16":
+        return codec_to_float16(path, out_path)
+    if precision == "int8":  # int8 folders are for CPUs: the Snake activations as the library's op
+        return codec_weights_to_float16(path, out_path, snake_op=True)
+    raise ValueError(f"convert_codec: precision must not be fp32 here, got {precision!r}")
+
+
 def to_float16(path: str | Path, out_path: str | Path | None = None) -> Path:
     """An exported transformer graph (fp32) -> its fp16 version (module doc), written to
     `out_path` (default: replace `path`); the config's "precision" becomes "fp16"."""
     path = Path(path)
     out_path = Path(out_path) if out_path is not None else path
     converted = _float16(onnx.load(str(path)), op_block=FP16_FLOAT32_OPS)
-    converted.metadata_props[CONFIG_KEY] = _with_precision(
-        converted.metadata_props[CONFIG_KEY], "fp16"
+    converted.metadata_props[CONFIG_KEY] = _with_config(
+        converted.metadata_props[CONFIG_KEY], precision="fp16"
     )
     save_model(converted, out_path)
     return out_path
@@ -333,10 +345,6 @@ def _skip_float16_round_trips(graph: ir.Graph) -> None:
             ir.convenience.replace_all_uses_with(output, source)
 
 
-def _with_precision(config_json: str, precision: str) -> str:
-    return _with_config(config_json, precision=precision)
-
-
 def _with_config(config_json: str, **fields: str) -> str:
     return json.dumps({**json.loads(config_json), **fields}, sort_keys=True)
 
@@ -375,7 +383,7 @@ def quantize_transformer(path: str | Path, out_path: str | Path | None = None) -
         # metadata is the source's.
         source = onnx.load(str(path), load_external_data=False).metadata_props
         props = {prop.key: prop.value for prop in source}
-        props[CONFIG_KEY] = _with_precision(props[CONFIG_KEY], "int8")
+        props[CONFIG_KEY] = _with_config(props[CONFIG_KEY], precision="int8")
         model = ir.load(str(written))
         # The tables read by Gather (the embedding table: 14 x 1025 rows of d_model at full size
         # for c2f, and the relative position bias) stay float32 for the computation and are

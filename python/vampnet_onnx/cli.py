@@ -376,8 +376,9 @@ def _add_precision_option(parser: argparse.ArgumentParser, folder: bool) -> None
     from .contracts import DEFAULT_PRECISION, PRECISIONS
 
     what = (
-        "fp32; int8: the transformers' weights in 8 bits for CPUs (about a quarter of the "
-        "size), the codec staying fp32; fp16: the transformers and the codec, for GPUs (runs "
+        "fp32; int8: for CPUs, the transformers' weights in 8 bits (about a quarter of the "
+        "size), the codec computing in fp32 from fp16-stored weights; fp16: the transformers "
+        "and the codec, for GPUs (runs "
         "on CPUs slowly); wavebeat.onnx stays fp32. Each graph's metadata records its "
         "precision."
         if folder

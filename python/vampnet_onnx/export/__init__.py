@@ -129,7 +129,8 @@ def export_models(
             upstream VampNet does (default: per batch item).
         opset: ONNX opset, >= 18.
         precision: "fp32"; "int8" (int8 weights, for CPUs): the transformers, and so the
-            generation graphs and vamp.onnx, the codec staying fp32; or "fp16" (for GPUs):
+            generation graphs and vamp.onnx, the codec computing in fp32 from fp16-stored
+            weights with the op library's Snake (a CPU op); or "fp16" (for GPUs):
             the transformers and the codec, its quantizer computing in fp32
             (`export.precision`); wavebeat.onnx is fp32 either way. Each graph's config
             records its precision ("precision").

@@ -11,6 +11,10 @@ Figures (`FIGURES`), each measured side by side in this process, one warm-up per
 - ``coarse_generate_s``: ``--steps`` coarse steps (VampNet: 36) on the same codes with
   bench_generate's VampNet-style mask: the generation graph in one run (`Generator`), or the
   torch loop;
+- ``coarse_loop_s``, ``coarse_loop_bound_s``, ``coarse_loop_cuda_graph_s``: the same steps as
+  `Generator`'s Python loop over the transformer graph: plain (numpy between the steps), with
+  ``io_binding`` (codes, mask and logits stay on the device), with ``cuda_graph`` (the
+  transformer replayed as a CUDA graph; ``--device cuda`` only). ORT only;
 - ``vamp_s``: `pipeline.Vamp.vamp` of ``--seconds`` of synthesised music (encode, coarse,
   c2f, decode);
 - ``batch_clips_per_s_B{B}``: `Vamp.vamp_batch` of ``--clips`` clips with ``batch_size`` B:
@@ -66,6 +70,13 @@ MEMCPY_GRAPHS = (
     contracts.ENCODE_FILE,
     contracts.DECODE_FILE,
 )
+#: The Python-loop modes of `Generator` on the transformer graph: {figure: its options}.
+LOOP_FIGURES = {
+    "coarse_loop_s": {},
+    "coarse_loop_bound_s": {"io_binding": True},
+    "coarse_loop_cuda_graph_s": {"cuda_graph": True},
+}
+TORCH_LOOP = "not measured: a mode of ORT's Python loop"
 TORCH_PIPELINE = (
     "not measured: the torch contender is the transformer and upstream's sampling only (no "
     "codec, mask or c2f stages)"
@@ -78,7 +89,13 @@ def batch_figure(batch: int) -> str:
 
 def figure_names(batches: list[int]) -> list[str]:
     """The figures' keys in the JSON, in table order."""
-    return ["forward_ms", "coarse_generate_s", "vamp_s", *map(batch_figure, batches)]
+    return [
+        "forward_ms",
+        "coarse_generate_s",
+        *LOOP_FIGURES,
+        "vamp_s",
+        *map(batch_figure, batches),
+    ]
 
 
 def prepare_full_size(workdir: Path) -> dict[str, dict]:
@@ -248,6 +265,14 @@ def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
         runs["coarse_generate_s"][contender] = lambda g=generator, c=codes, m=mask: g.generate(
             c, m, steps=steps, seed=0, **SETTINGS
         )
+        for name, options in LOOP_FIGURES.items():
+            if options.get("cuda_graph") and device != "cuda":
+                figures[name][contender] = "not measured: a CUDA graph needs --device cuda"
+                continue
+            loop = Generator(paths["transformer"], threads=args.threads, device=device, **options)
+            runs[name][contender] = lambda g=loop, c=codes, m=mask: g.generate(
+                c, m, steps=steps, seed=0, **SETTINGS
+            )
         runs["vamp_s"][contender] = lambda v=vamp: v.vamp(clip, SAMPLE_RATE, steps=steps)
         for batch in args.batches:
             runs[batch_figure(batch)][contender] = lambda v=vamp, b=batch: v.vamp_batch(
@@ -291,7 +316,8 @@ def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
                     f"not measured: TF32 is a CUDA matmul mode (device {device})"
                 )
         for name in names[2:]:
-            figures[name] |= {"torch fp32": TORCH_PIPELINE, "torch TF32": TORCH_PIPELINE}
+            why = TORCH_LOOP if name in LOOP_FIGURES else TORCH_PIPELINE
+            figures[name] |= {"torch fp32": why, "torch TF32": why}
     else:
         for name in names:
             figures[name] |= {"torch fp32": reason, "torch TF32": reason}
@@ -357,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         for contender, value in values.items():
             if isinstance(value, str):
                 rows.append([name, contender, f"not measured [{reasons.index(value) + 1}]", "-"])
+                continue
+            if isinstance(base, str):
+                rows.append([name, contender, value, "-"])
                 continue
             # Times: the baseline's over this one's; clips per second: this one's over it.
             speed = value / base if name.startswith("batch_") else base / value

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
 import vampnet_onnx
@@ -88,15 +89,17 @@ def test_chunks_with_batch_offset_equal_one_batch(models):
 ITEM_KEYS = dict(seed=[7, -3, 7], batch_offset=[5, 0, 2**32 - 1])
 
 
-@pytest.mark.parametrize("mode", ["graph", "steps", "transformer", "fallback"])
+@pytest.mark.parametrize("mode", ["graph", "steps", "transformer", "bound", "fallback"])
 def test_per_item_keys_give_each_item_the_codes_of_its_own_run(models, mode):
     """seed and batch_offset per item: item b of one batch equals a one-item run with seed[b]
-    and batch_offset[b], in one graph run, one run per step, the Python loop and the
-    Python fallback."""
+    and batch_offset[b], in one graph run, one run per step, the Python loop (plain and with
+    IO binding) and the Python fallback."""
     codes, mask = problem(models["kind"], 3, 13, seed=8)
     single = vampnet_onnx.Generator(models["graph"], threads=2)
-    path = models["transformer" if mode == "transformer" else "graph"]
-    batched = vampnet_onnx.Generator(path, threads=2, python_ops=mode == "fallback")
+    path = models["transformer" if mode in ("transformer", "bound") else "graph"]
+    batched = vampnet_onnx.Generator(
+        path, threads=2, python_ops=mode == "fallback", io_binding=mode == "bound"
+    )
     on_steps = (lambda n: None) if mode == "steps" else None
     got = batched.generate(codes, mask, steps=4, on_steps=on_steps, **ITEM_KEYS)
     for b in range(3):
@@ -138,6 +141,85 @@ def test_a_slice_continues_from_the_codes_and_mask_it_is_given(models):
     rest = feed | {"codes": codes_3, "mask": mask_3}
     rest |= contracts.GENERATION.feed(first_step=3, last_step=-1, n_masked_start=n0)
     np.testing.assert_array_equal(session.run(["codes_out"], rest)[0], whole)
+
+
+@pytest.mark.parametrize("batch, frames, steps, settings", CASES)
+def test_the_io_binding_loop_equals_the_single_graph(models, batch, frames, steps, settings):
+    codes, mask = problem(models["kind"], batch, frames, seed=frames)
+    graph = vampnet_onnx.Generator(models["graph"], threads=2)
+    bound = vampnet_onnx.Generator(models["transformer"], threads=2, io_binding=True)
+    assert (bound.mode, bound.io_binding) == ("python-loop", True)
+    np.testing.assert_array_equal(
+        bound.generate(codes, mask, steps=steps, **settings),
+        graph.generate(codes, mask, steps=steps, **settings),
+    )
+
+
+def test_the_io_binding_loop_keeps_each_shapes_buffers_apart(models):
+    """Calls of other shapes in between (each shape has its own buffers) and a call again on
+    a shape's kept buffers give the codes of a fresh generator."""
+    problems = [problem(models["kind"], b, t, seed=t) for b, t in ((2, 9), (1, 14), (2, 9))]
+    bound = vampnet_onnx.Generator(models["transformer"], io_binding=True)
+    got = [bound.generate(c, m, steps=3, seed=i) for i, (c, m) in enumerate(problems)]
+    for i, (codes, mask) in enumerate(problems):
+        fresh = vampnet_onnx.Generator(models["transformer"], io_binding=True)
+        np.testing.assert_array_equal(got[i], fresh.generate(codes, mask, steps=3, seed=i))
+
+
+def test_the_io_binding_loop_counts_steps_and_couples_a_batch_as_asked(models):
+    codes, mask = problem(models["kind"], 2, 20, seed=4)
+    graph = vampnet_onnx.Generator(models["coupled"])
+    bound = vampnet_onnx.Generator(models["transformer"], batch_coupled=True, io_binding=True)
+    ticks = []
+    np.testing.assert_array_equal(
+        bound.generate(codes, mask, steps=5, seed=2, on_steps=ticks.append),
+        graph.generate(codes, mask, steps=5, seed=2),
+    )
+    assert ticks == [1] * 5
+
+
+def test_the_io_binding_loop_runs_the_python_fallback(models):
+    codes, mask = problem(models["kind"], 1, 10, seed=10)
+    native = vampnet_onnx.Generator(models["graph"])
+    fallback = vampnet_onnx.Generator(models["transformer"], python_ops=True, io_binding=True)
+    np.testing.assert_array_equal(
+        fallback.generate(codes, mask, steps=3, seed=6),
+        native.generate(codes, mask, steps=3, seed=6),
+    )
+
+
+BAD_LOOP_OPTIONS = [
+    ("graph", {"io_binding": True}, ValueError, "io_binding and cuda_graph must be False for a"),
+    ("transformer", {"io_binding": 1}, TypeError, "io_binding must be a bool, got 1"),
+    (
+        "transformer",
+        {"cuda_graph": True},
+        ValueError,
+        r"cuda_graph needs device='cuda' \(and no providers\), got device=None",
+    ),
+    (
+        "transformer",
+        {"cuda_graph": True, "device": "cpu"},
+        ValueError,
+        "cuda_graph needs device='cuda'",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_LOOP_OPTIONS)))
+def test_generator_rejects_loop_options_that_cannot_apply(models, case):
+    graph, options, error, message = BAD_LOOP_OPTIONS[case]
+    with pytest.raises(error, match=f"Generator: {message}"):
+        vampnet_onnx.Generator(models[graph], **options)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+    reason="this onnxruntime has CUDA",
+)
+def test_a_cuda_graph_without_cuda_says_why(models):
+    with pytest.raises(ValueError, match="Generator: device 'cuda' needs onnxruntime's CUDA"):
+        vampnet_onnx.Generator(models["transformer"], device="cuda", cuda_graph=True)
 
 
 def test_batch_coupled_graph_equals_the_coupled_python_loop(models):

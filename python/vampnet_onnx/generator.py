@@ -5,17 +5,26 @@ Two modes, chosen by the file given:
   inside ONNX Runtime;
 - a plain transformer graph (``codes -> logits``): the same step loop driven from Python, one
   `run` of the transformer plus one `_kernels.mask_git_step` per step. Same tokens as the
-  single graph for the same inputs and seed; for comparison and debugging.
+  single graph for the same inputs and seed; for comparison and debugging. With
+  ``io_binding=True`` each step is instead one bound run of the transformer and one of a
+  one-node `MaskGitStep` graph, over buffers that stay where the session computes (the GPU's
+  memory on CUDA), and on CUDA the transformer's runs can be one captured CUDA graph
+  (``cuda_graph=True``); docs/generation.md, "The Python loop on a GPU".
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import helper
 
+from . import ops
 from .contracts import (
     CONFIG_KEY,
     GENERATION,
@@ -25,7 +34,7 @@ from .contracts import (
     metadata,
 )
 from .ops import MASK_TOKEN
-from .runtime import create_session, ort, run
+from .runtime import create_session, device_providers, ort, run, run_bound
 from .settings import SamplingSettings, check_seed
 
 _WHERE = "Generator.generate"
@@ -42,6 +51,13 @@ class Generator:
     upstream VampNet does (a generation graph has this fixed at export).
     python_ops, device: passed to `create_session` (device: "cpu" or "cuda"; asking for CUDA
     where onnxruntime cannot use it is an error, not a CPU fallback).
+    io_binding: Python-loop mode only: run each step as bound runs of the transformer and of a
+    one-node MaskGitStep graph, keeping codes, mask and logits on the session's device
+    between them (same tokens as the plain loop).
+    cuda_graph: Python-loop mode on device "cuda" only (implies io_binding): run the
+    transformer as a CUDA graph, captured at its second run and replayed after, one graph per
+    codes shape. Neither CUDA path has run on a GPU in this project's tests yet (tests/gpu
+    checks them), and each warns so.
     """
 
     #: Who reports a bad setting (also for `pipeline.Vamp`, which generates through this).
@@ -55,7 +71,22 @@ class Generator:
         batch_coupled: bool | None = None,
         python_ops: bool | None = None,
         device: str | None = None,
+        io_binding: bool = False,
+        cuda_graph: bool = False,
     ):
+        for name, value in (("io_binding", io_binding), ("cuda_graph", cuda_graph)):
+            if not isinstance(value, bool):
+                raise TypeError(f"Generator: {name} must be a bool, got {value!r}")
+        if cuda_graph:
+            if device != "cuda" or providers:
+                raise ValueError(
+                    f"Generator: cuda_graph needs device='cuda' (and no providers), got "
+                    f"device={device!r}, providers={providers}"
+                )
+            providers = device_providers(
+                "cuda", "Generator", cuda_options={"enable_cuda_graph": "1"}
+            )
+            device = None
         self.session: ort.InferenceSession = create_session(
             path,
             providers=list(providers) if providers else None,
@@ -97,6 +128,16 @@ class Generator:
                 f"{str(path)!r} with inputs {input_names}{hint}"
             )
         self.threads = threads or 1
+        self.io_binding = io_binding or cuda_graph
+        self._bound: _BoundLoop | None = None
+        if self.io_binding:
+            if self.mode != "python-loop":
+                raise ValueError(
+                    "Generator: io_binding and cuda_graph must be False for a generation "
+                    "graph (they drive a transformer graph's Python loop), got "
+                    f"io_binding={io_binding}, cuda_graph={cuda_graph} for {str(path)!r}"
+                )
+            self._bound = _BoundLoop(self, threads, python_ops, cuda_graph)
 
     @property
     def n_codebooks(self) -> int:
@@ -163,6 +204,8 @@ class Generator:
         steps = _step_counter(settings["n_steps"], progress, on_steps)
         if self.mode == "graph":
             return self._graph_slices(codes, mask, settings, steps)
+        if self._bound is not None:
+            return self._bound.generate(codes, mask, settings, steps)
         return self._python_loop(codes, mask, settings, steps)
 
     def _graph_slices(self, codes, mask, settings, steps) -> np.ndarray:
@@ -301,3 +344,149 @@ def _step_counter(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _step_model(logits_type: int, batch_coupled: bool) -> onnx.ModelProto:
+    """`MaskGitStep` alone as a graph, with the op's port names as the graph's (its logits of
+    `logits_type`, the transformer's output type): the step of `_BoundLoop`."""
+    schema = ops.MASK_GIT_STEP
+    bct = ["batch", "codebooks", "time"]
+    shapes = {
+        "logits": ["batch", "time", "predicted", "vocab"],
+        "n_masked_start": ["batch"],
+        # A scalar, or one value per item.
+        "seed": None,
+        "batch_offset": None,
+        **dict.fromkeys(["codes", "mask", *schema.output_names], bct),
+    }
+
+    def values(ports: tuple[ops.Port, ...]) -> list[onnx.ValueInfoProto]:
+        return [
+            helper.make_tensor_value_info(
+                port.name,
+                logits_type if port.name == "logits" else port.types[0],
+                shapes.get(port.name, []),
+            )
+            for port in ports
+        ]
+
+    node = schema.make_node(
+        schema.input_names, schema.output_names, batch_coupled=int(batch_coupled)
+    )
+    graph = helper.make_graph(
+        [node], "mask_git_step", values(schema.inputs), values(schema.outputs)
+    )
+    # IR version 10: what onnxruntime 1.21, the oldest release the op library supports, reads.
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), ops.opset_import()], ir_version=10
+    )
+
+
+class _BoundLoop:
+    """The Python loop over bound buffers (`Generator(io_binding=True)`).
+
+    Per codes shape [B, C, T], buffers on the session's device, allocated once and kept:
+    the model input, the logits [B, T, P, V], and two each of codes and mask, which the
+    steps use in turn (a step reads one pair and writes the other, and the next model input).
+    A step is one bound run of the transformer (model input -> logits) and one of
+    `_step_model` (logits, codes, mask -> the other codes and mask, model input); the
+    scalars are bound from host memory, where the op reads them. Only the final codes are
+    copied to the host. With a CUDA graph, every buffer the transformer sees keeps its
+    address, as a replay needs, and each shape gets its own graph.
+    """
+
+    def __init__(
+        self, generator: Generator, threads: int | None, python_ops: bool | None, cuda_graph: bool
+    ):
+        transformer = generator.session
+        self.transformer = transformer
+        self.device = "cuda" if "CUDAExecutionProvider" in transformer.get_providers() else "cpu"
+        if cuda_graph or self.device == "cuda":
+            warnings.warn(
+                "Generator: the IO-binding loop on CUDA (io_binding, cuda_graph) has not yet "
+                "run on a GPU in vampnet-onnx's tests; compare its codes with the plain loop's "
+                "(tests/gpu does)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        [logits] = transformer.get_outputs()
+        self.logits_type = np.float16 if logits.type == "tensor(float16)" else np.float32
+        self.logits_tail = (
+            int(generator.config.get("n_predict_codebooks", generator.n_codebooks)),
+            generator.mask_token,
+        )
+        providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
+        self.step = create_session(
+            _step_model(
+                helper.np_dtype_to_tensor_dtype(np.dtype(self.logits_type)),
+                generator.batch_coupled,
+            ),
+            providers=[*providers, "CPUExecutionProvider"],
+            intra_op_threads=threads,
+            python_ops=python_ops,
+        )
+        self.cuda_graph = cuda_graph
+        self.mask_token = generator.mask_token
+        self._by_shape: dict[tuple[int, ...], SimpleNamespace] = {}
+
+    def _new(self, shape, dtype) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, 0)
+
+    def _buffers(self, shape: tuple[int, ...]) -> SimpleNamespace:
+        if shape in self._by_shape:
+            return self._by_shape[shape]
+        batch, _, time = shape
+        buffers = SimpleNamespace(
+            model_input=self._new(shape, np.int64),
+            logits=self._new((batch, time, *self.logits_tail), self.logits_type),
+            codes=[self._new(shape, np.int64) for _ in range(2)],
+            mask=[self._new(shape, np.bool_) for _ in range(2)],
+            # onnxruntime reserves graph id 0.
+            graph_id=len(self._by_shape) + 1 if self.cuda_graph else None,
+        )
+        buffers.forward = self.transformer.io_binding()
+        buffers.forward.bind_ortvalue_input("codes", buffers.model_input)
+        buffers.forward.bind_ortvalue_output("logits", buffers.logits)
+        buffers.steps = []
+        for read, write in ((0, 1), (1, 0)):
+            binding = self.step.io_binding()
+            binding.bind_ortvalue_input("logits", buffers.logits)
+            binding.bind_ortvalue_input("codes", buffers.codes[read])
+            binding.bind_ortvalue_input("mask", buffers.mask[read])
+            binding.bind_ortvalue_output("codes_out", buffers.codes[write])
+            binding.bind_ortvalue_output("mask_out", buffers.mask[write])
+            binding.bind_ortvalue_output("model_input", buffers.model_input)
+            buffers.steps.append(binding)
+        self._by_shape[shape] = buffers
+        return buffers
+
+    def generate(self, codes, mask, settings, steps) -> np.ndarray:
+        """`Generator.generate`'s loop: codes int64 and mask bool [B, C, T], settings its
+        checked inputs (n_steps and the keys included), steps its step counter."""
+        buffers = self._buffers(codes.shape)
+        buffers.model_input.update_inplace(np.where(mask, self.mask_token, codes))
+        buffers.codes[0].update_inplace(codes)
+        buffers.mask[0].update_inplace(mask)
+        n_steps = settings["n_steps"]
+        # Kept referenced until the loop ends: a binding may read the arrays in place.
+        host = ops.MASK_GIT_STEP.feed(
+            **settings, n_masked_start=mask.sum(axis=(1, 2)).astype(np.int64)
+        )
+        for binding in buffers.steps:
+            for name, value in host.items():
+                binding.bind_cpu_input(name, value)
+        read = 0
+        for step in steps:
+            last = step + 1 == n_steps
+            host["step"] = np.array(step, np.int64)
+            buffers.steps[read].bind_cpu_input("step", host["step"])
+            run_bound(
+                self.transformer,
+                buffers.forward,
+                release_memory=last,
+                graph_id=buffers.graph_id,
+            )
+            run_bound(self.step, buffers.steps[read], release_memory=last)
+            read = 1 - read
+        # A CPU OrtValue's numpy() is a view of the buffer, which the next call overwrites.
+        return buffers.codes[read].numpy().copy()

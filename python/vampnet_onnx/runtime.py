@@ -113,10 +113,16 @@ def _ort_packages() -> list[str]:
     return installed
 
 
-def device_providers(device: str, where: str = "create_session", name: str = "device") -> list:
+def device_providers(
+    device: str,
+    where: str = "create_session",
+    name: str = "device",
+    cuda_options: dict[str, str] | None = None,
+) -> list:
     """The execution providers for `device` ("cpu" or "cuda"), checked against this
     onnxruntime: asking for CUDA where it is unavailable is an error that says why and names
-    the fix, never a silent fall back to the CPU. Our ops run on the CPU provider beside CUDA."""
+    the fix, never a silent fall back to the CPU. Our ops run on the CPU provider beside CUDA.
+    cuda_options: the CUDA provider's options (e.g. ``{"enable_cuda_graph": "1"}``)."""
     prefix = f"{where}: " if where else ""
     if device not in DEVICES:
         raise ValueError(f"{prefix}{name} must be one of {list(DEVICES)}, got {device!r}")
@@ -138,7 +144,7 @@ def device_providers(device: str, where: str = "create_session", name: str = "de
                 "onnxruntime-gpu (its CUDA version must match the driver's)"
             )
         raise ValueError(f"{prefix}{name} 'cuda' needs onnxruntime's {_CUDA}; {why}")
-    return [_CUDA, _CPU]
+    return [(_CUDA, dict(cuda_options)) if cuda_options else _CUDA, _CPU]
 
 
 def create_session(
@@ -206,7 +212,8 @@ def _load(
             f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got "
             f"{what} ({detail})"
         ) from err
-    if _CUDA in providers and _CUDA not in session.get_providers():
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    if _CUDA in names and _CUDA not in session.get_providers():
         # onnxruntime falls back to the CPU with only a log line when CUDA fails to start.
         raise ValueError(
             f"create_session: providers asked for {_CUDA}, which failed to start (no GPU, or "
@@ -281,6 +288,30 @@ def run(
     stage's (docs/architecture.md, "Memory"). False for a run that the same session follows
     at once with same-sized work (a generation's steps but the last), which reuses the arena.
     """
+    options = _run_options(session, release_memory)
+    return _interruptible(lambda: session.run(output_names, feed, options), options)
+
+
+def run_bound(
+    session: ort.InferenceSession,
+    binding: ort.IOBinding,
+    *,
+    release_memory: bool = True,
+    graph_id: int | None = None,
+) -> None:
+    """`session.run_with_iobinding(binding)`, as `run` runs a feed: Ctrl-C stops it, and
+    release_memory hands the CPU arena back. The outputs are where `binding` binds them.
+
+    graph_id: the CUDA graph this run captures or replays (onnxruntime's ``gpu_graph_id`` run
+    option; a session made with ``enable_cuda_graph``): one per set of bound shapes, >= 1.
+    """
+    options = _run_options(session, release_memory)
+    if graph_id is not None:
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+    _interruptible(lambda: session.run_with_iobinding(binding, options), options)
+
+
+def _run_options(session: ort.InferenceSession, release_memory: bool) -> ort.RunOptions:
     options = ort.RunOptions()
     # Errors reach the caller as exceptions; onnxruntime's own log line for a stopped run
     # would only repeat it on stderr.
@@ -288,12 +319,17 @@ def run(
     if release_memory and session.get_session_options().enable_cpu_mem_arena:
         # onnxruntime refuses a shrink request for a device without an arena.
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+def _interruptible(call, options: ort.RunOptions):
+    """`call()` on a worker thread, stopped through `options.terminate` on Ctrl-C (`run`)."""
     outcome: dict = {}
     done = threading.Event()
 
     def work() -> None:
         try:
-            outcome["outputs"] = session.run(output_names, feed, options)
+            outcome["result"] = call()
         except BaseException as err:  # handed to the waiting thread
             outcome["error"] = err
         finally:
@@ -311,4 +347,4 @@ def run(
         raise KeyboardInterrupt("onnxruntime run stopped") from outcome.get("error")
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["outputs"]
+    return outcome["result"]

@@ -159,10 +159,20 @@ def _slow_loop_model() -> onnx.ModelProto:
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 20)])
 
 
-def test_ctrl_c_stops_a_running_graph_inside_its_loop():
-    """Ctrl-C (KeyboardInterrupt in the main thread) during `runtime.run` sets the run's
-    terminate flag: onnxruntime stops inside the Loop with its terminate error (the cause) and
-    the interrupt reaches the caller. Uninterrupted, the loop would run for minutes."""
+def _bind(session: ort.InferenceSession, feed: dict) -> ort.IOBinding:
+    binding = session.io_binding()
+    for name, value in feed.items():
+        binding.bind_cpu_input(name, value)
+    binding.bind_output(session.get_outputs()[0].name)
+    return binding
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["run", "run_bound"])
+def test_ctrl_c_stops_a_running_graph_inside_its_loop(bound):
+    """Ctrl-C (KeyboardInterrupt in the main thread) during `runtime.run` or `run_bound` sets
+    the run's terminate flag: onnxruntime stops inside the Loop with its terminate error (the
+    cause) and the interrupt reaches the caller. Uninterrupted, the loop would run for
+    minutes."""
     import _thread
     import signal
     import threading
@@ -175,7 +185,10 @@ def test_ctrl_c_stops_a_running_graph_inside_its_loop():
     try:
         threading.Timer(0.5, _thread.interrupt_main).start()
         with pytest.raises(KeyboardInterrupt) as interrupt:
-            runtime.run(session, None, feed)
+            if bound:
+                runtime.run_bound(session, _bind(session, feed))
+            else:
+                runtime.run(session, None, feed)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert "terminate flag" in str(interrupt.value.__cause__)
@@ -188,6 +201,28 @@ def test_run_returns_the_outputs_and_raises_the_runs_errors():
     np.testing.assert_array_equal(out, x)
     with pytest.raises(Exception, match="invalid dimensions for input: x"):
         runtime.run(session, None, {"n": np.array(3, np.int64), "x": x[:2]})
+
+
+def test_run_bound_writes_the_bound_outputs_and_raises_the_runs_errors():
+    session = vampnet_onnx.create_session(_slow_loop_model(), intra_op_threads=1)
+    x = np.arange(256 * 256, dtype=np.float32).reshape(256, 256)
+    binding = _bind(session, {"n": np.array(3, np.int64), "x": x})
+    runtime.run_bound(session, binding)
+    np.testing.assert_array_equal(binding.copy_outputs_to_cpu()[0], x)
+    bad = _bind(session, {"n": np.array(3, np.int64), "x": x[:2]})
+    with pytest.raises(Exception, match="invalid dimensions for input: x"):
+        runtime.run_bound(session, bad)
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_create_session_sets_the_intra_op_threads_spinning_as_asked(spin):
+    session = vampnet_onnx.create_session(_slow_loop_model(), intra_op_threads=2, spin=spin)
+    entries = session.get_session_options().get_session_config_entry
+    if spin:  # onnxruntime's default: no entry
+        with pytest.raises(RuntimeError, match="does not have configuration with key"):
+            entries("session.intra_op.allow_spinning")
+    else:
+        assert entries("session.intra_op.allow_spinning") == "0"
 
 
 _ARENA_PROBE = """

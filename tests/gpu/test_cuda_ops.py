@@ -192,6 +192,25 @@ def test_cuda_check_range_reports_as_the_cpu_op(library):
     assert messages[0] == messages[1]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        contracts.GENERATION_FILES["c2f"],
+        contracts.VAMP_FILE,
+        contracts.ENCODE_FILE,
+        contracts.DECODE_FILE,
+    ],
+)
+def test_cuda_adds_no_memcpy_nodes_to_the_other_graphs(library, tiny_models_dir, tmp_path, name):
+    """The issue's goal beyond the coarse graph below: no copy between the devices in the c2f
+    generation graph, the single graph (its mask building and the codec around the two loops)
+    and the codec's two graphs."""
+    optimized = tmp_path / "optimized.onnx"
+    model = onnx.load(tiny_models_dir / name)
+    session(library, model, "cuda", optimized_model_filepath=str(optimized))
+    assert runtime.memcpy_nodes(onnx.load(optimized)) == 0
+
+
 def test_cuda_generation_graph_has_no_memcpy_and_matches_cpu(library, tiny_models_dir, tmp_path):
     path = tiny_models_dir / contracts.GENERATION_FILES["coarse"]
     model = onnx.load(path)

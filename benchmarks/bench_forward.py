@@ -34,10 +34,13 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import (
+    CONVERSION,
+    TRANSFORMER_EXPORT,
     add_workdir,
     interleaved_medians,
     machine_facts,
     median_seconds,
+    outdated,
     parser,
     print_table,
     write_json,
@@ -153,7 +156,7 @@ def prepare(workdir: Path, kind: str, kwargs: dict) -> tuple[Path, Path]:
     ckpt, model = workdir / f"{kind}.pth", workdir / f"{kind}.onnx"
     if not ckpt.exists():
         testing.write_vampnet_checkpoint(ckpt, kwargs, seed={"coarse": 1, "c2f": 2}[kind])
-    if not model.exists():
+    if outdated(model, TRANSFORMER_EXPORT, ckpt, codec):
         start = time.perf_counter()
         result = export_transformer(ckpt, codec, model)
         print(f"{result.report.summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
@@ -166,7 +169,7 @@ def prepare_converted(workdir: Path, kind: str, fp32: Path, precision: str) -> P
     from vampnet_onnx.export.precision import convert_transformer
 
     path = workdir / f"{kind}.{precision}.onnx"
-    if not path.exists() or path.stat().st_mtime < fp32.stat().st_mtime:
+    if outdated(path, CONVERSION, fp32):
         start = time.perf_counter()
         convert_transformer(fp32, precision, path)
         print(f"wrote {path} [{time.perf_counter() - start:.0f} s]", flush=True)

@@ -39,7 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import add_workdir, machine_facts, parser, print_table, write_json
+from benchmarks.common import (
+    CONVERSION,
+    GENERATION_EXPORT,
+    add_workdir,
+    machine_facts,
+    outdated,
+    parser,
+    print_table,
+    write_json,
+)
 from vampnet_onnx.contracts import PRECISIONS
 
 # name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
@@ -135,16 +144,6 @@ def _kl_child(fp32: Path, int8: Path, batch: int, frames: int, threads: int) -> 
     return float(kl.mean()), float((p.argmax(-1) == q.argmax(-1)).mean())
 
 
-def _current(graph: Path) -> bool:
-    """Whether a cached generation graph has today's inputs (else it is exported again)."""
-    import onnx
-
-    from vampnet_onnx import contracts
-
-    model = onnx.load(str(graph), load_external_data=False)
-    return [i.name for i in model.graph.input] == contracts.GENERATION.input_names
-
-
 def prepare_converted(workdir: Path, kind: str, paths: dict, precision: str = "int8") -> dict:
     """The `precision` transformer and generation graph of `paths` (fp32), made on first use."""
     from vampnet_onnx.export.generation import export_generation
@@ -152,18 +151,11 @@ def prepare_converted(workdir: Path, kind: str, paths: dict, precision: str = "i
 
     transformer = workdir / f"{kind}.{precision}.onnx"
     graph = workdir / f"{kind}.{precision}.generate.onnx"
-    if (
-        not transformer.exists()
-        or transformer.stat().st_mtime < paths["transformer"].stat().st_mtime
-    ):
+    if outdated(transformer, CONVERSION, paths["transformer"]):
         start = time.perf_counter()
         convert_transformer(paths["transformer"], precision, transformer)
         print(f"wrote {transformer} [{time.perf_counter() - start:.0f} s]", flush=True)
-    if (
-        not graph.exists()
-        or graph.stat().st_mtime < transformer.stat().st_mtime
-        or not _current(graph)
-    ):
+    if outdated(graph, GENERATION_EXPORT, transformer):
         export_generation(transformer, graph)
     return {**paths, "transformer": transformer, "graph": graph}
 
@@ -188,7 +180,7 @@ def prepare(workdir: Path, kind: str) -> dict:
         checkpoint, transformer = prepare_transformer(workdir, kind, kwargs)
         codec = workdir / "codec.pth"
     graph = workdir / f"{kind}.generate.onnx"
-    if not graph.exists() or kind == "coarse-tiny" or not _current(graph):
+    if kind == "coarse-tiny" or outdated(graph, GENERATION_EXPORT, transformer):
         start = time.perf_counter()
         export_generation(transformer, graph)
         print(f"wrote {graph} [{time.perf_counter() - start:.0f} s]", flush=True)

@@ -50,9 +50,12 @@ import numpy as np
 
 from benchmarks.bench_generate import SETTINGS, vampnet_mask
 from benchmarks.common import (
+    CONVERSION,
+    GENERATION_EXPORT,
     add_workdir,
     interleaved_medians,
     machine_facts,
+    outdated,
     parser,
     print_table,
     write_json,
@@ -144,9 +147,8 @@ def convert_folder(source: Path, out: Path) -> Path:
     from vampnet_onnx.export.generation import export_generation
     from vampnet_onnx.export.precision import codec_to_float16, convert_transformer
 
-    newest = max(p.stat().st_mtime for p in source.glob("*.onnx"))
     done = out / contracts.DECODE_FILE
-    if done.exists() and done.stat().st_mtime >= newest:
+    if not outdated(done, CONVERSION + GENERATION_EXPORT, *source.glob("*.onnx")):
         return out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -30,7 +30,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import add_workdir, machine_facts, parser, print_table, write_json
+from benchmarks.common import (
+    CODEC_EXPORT,
+    CONVERSION,
+    VAMP_EXPORT,
+    add_workdir,
+    machine_facts,
+    outdated,
+    parser,
+    print_table,
+    write_json,
+)
 from vampnet_onnx.contracts import PRECISIONS
 
 STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
@@ -119,7 +129,11 @@ def prepare(workdir: Path) -> None:
 
     for kind in ("coarse", "c2f"):
         prepare_generation(workdir, kind)
-    if not all((workdir / f"codec.{part}.onnx").exists() for part in ("encode", "decode")):
+    codec = workdir / "codec.pth"
+    if any(
+        outdated(workdir / f"codec.{part}.onnx", CODEC_EXPORT, codec)
+        for part in ("encode", "decode")
+    ):
         start = time.perf_counter()
         result = export_codec(workdir / "codec.pth", workdir)
         print(
@@ -163,7 +177,7 @@ def prepare_codec(graph: Path, precision: str) -> Path:
     from vampnet_onnx.export.precision import convert_codec
 
     converted = graph.with_name(graph.name.replace(".onnx", f".{precision}.onnx"))
-    if not converted.exists() or converted.stat().st_mtime < graph.stat().st_mtime:
+    if outdated(converted, CONVERSION, graph):
         start = time.perf_counter()
         convert_codec(graph, precision, converted)
         print(f"wrote {converted} [{time.perf_counter() - start:.0f} s]", flush=True)
@@ -176,8 +190,7 @@ def prepare_single(workdir: Path) -> None:
     from vampnet_onnx.export.vamp import export_vamp
 
     graph = workdir / VAMP_FILE
-    newest = max((workdir / name).stat().st_mtime for name in SOURCE_FILES)
-    if not graph.exists() or graph.stat().st_mtime < newest:
+    if outdated(graph, VAMP_EXPORT, *(workdir / name for name in SOURCE_FILES)):
         start = time.perf_counter()
         result = export_vamp(workdir)
         print(f"wrote {result.path} and {result.data_path} [{time.perf_counter() - start:.0f} s]")

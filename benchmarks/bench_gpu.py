@@ -33,7 +33,10 @@ CPU-only node inside a CUDA graph costs two copies per edge).
 
 Models: the full-size random-weight checkpoints and exports of ``--workdir`` (shared with
 bench_forward / bench_generate / bench_pipeline, exported on first use: many minutes and GBs;
-the fp16 graphs converted from them on first use). ``--tiny``: the demo's tiny models
+the fp16 graphs converted from them on first use). ``--prepare-only`` does only that, on a
+machine without a GPU; ``--staged`` then measures on that workdir copied to the GPU machine
+(links kept, the weights files copied or made again), exporting nothing, so that the GPU's
+time goes to the measurements. ``--tiny``: the demo's tiny models
 (`demo.demo_models`, converted to fp16 into ``--workdir``/tiny-fp16), the smoke mode with
 ``--device cpu`` that tests/test_bench_gpu.py runs.
 """
@@ -101,21 +104,53 @@ def figure_names(batches: list[int]) -> list[str]:
     ]
 
 
-def prepare_full_size(workdir: Path) -> dict[str, dict]:
-    """{precision: {folder, transformer, checkpoint, codec}} of the full-size workdir, exported
-    and converted on first use by the other benchmarks' helpers."""
-    from benchmarks.bench_pipeline import prepare, prepare_converted
-
-    prepare(workdir)
+def full_size_paths(workdir: Path) -> dict[str, dict]:
+    """{precision: {folder, transformer, checkpoint, codec}}: where the full-size workdir
+    holds each precision's models folder, coarse transformer, and torch's checkpoints."""
     sources = {"checkpoint": workdir / "coarse.pth", "codec": workdir / "codec.pth"}
     return {
         "fp32": {"folder": workdir, "transformer": workdir / "coarse.onnx", **sources},
         "fp16": {
-            "folder": prepare_converted(workdir, "fp16"),
+            "folder": workdir / "fp16",
             "transformer": workdir / "coarse.fp16.onnx",
             **sources,
         },
     }
+
+
+def prepare_full_size(workdir: Path) -> dict[str, dict]:
+    """`full_size_paths`, exported and converted on first use by the other benchmarks'
+    helpers."""
+    from benchmarks.bench_pipeline import prepare, prepare_converted
+
+    prepare(workdir)
+    prepare_converted(workdir, "fp16")  # the fp16 folder of `full_size_paths`
+    return full_size_paths(workdir)
+
+
+def staged_full_size(workdir: Path) -> dict[str, dict]:
+    """`full_size_paths` from a workdir that ``--prepare-only`` filled on another machine
+    (copied here, weights and all or with the weights made again): nothing is exported or
+    converted, which would take minutes of a GPU machine's time. torch's checkpoints, which
+    need not match the graphs' weights for a timing, are written when missing."""
+    from vampnet_onnx import testing
+
+    paths = full_size_paths(workdir)
+    graphs = [
+        *(paths[p]["folder"] / name for p in PRECISIONS for name in MEMCPY_GRAPHS),
+        *(paths[p]["transformer"] for p in PRECISIONS),
+    ]
+    missing = [str(graph) for graph in graphs if not graph.exists()]
+    if missing:
+        raise SystemExit(
+            f"bench_gpu: --staged needs the graphs --prepare-only writes in --workdir, "
+            f"got none at {', '.join(missing)}"
+        )
+    if not paths["fp32"]["codec"].exists():
+        testing.write_codec_checkpoint(paths["fp32"]["codec"], configs.CODEC_KWARGS, seed=3)
+    if not paths["fp32"]["checkpoint"].exists():
+        testing.write_vampnet_checkpoint(paths["fp32"]["checkpoint"], configs.COARSE_KWARGS, seed=1)
+    return paths
 
 
 def prepare_tiny(workdir: Path) -> dict[str, dict]:
@@ -360,10 +395,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per clip (default 10)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], metavar="B")
     ap.add_argument("--clips", type=int, default=8, help="clips per vamp_batch (default 8)")
+    stages = ap.add_mutually_exclusive_group()
+    stages.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write and export the full-size models into --workdir, then stop (on a machine "
+        "without a GPU, ahead of a --staged run)",
+    )
+    stages.add_argument(
+        "--staged",
+        action="store_true",
+        help="measure on the graphs --prepare-only wrote into --workdir, exporting nothing",
+    )
     add_workdir(ap, "about 8 GB")
     args = ap.parse_args(argv)
+    if args.tiny and (args.prepare_only or args.staged):
+        ap.error("--prepare-only and --staged are for the full-size models, not --tiny")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    models = (prepare_tiny if args.tiny else prepare_full_size)(args.workdir)
+    if args.prepare_only:
+        prepare_full_size(args.workdir)
+        print(f"prepared {args.workdir}")
+        return 0
+    if args.tiny:
+        models = prepare_tiny(args.workdir)
+    else:
+        models = (staged_full_size if args.staged else prepare_full_size)(args.workdir)
     facts = machine_facts(args.threads) | {
         "device": args.device,
         "card": card_name(args.device),

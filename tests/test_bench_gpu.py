@@ -75,3 +75,19 @@ def test_the_machine_facts_name_the_device_and_the_op_library(report):
     assert machine["device"] == "cpu"
     assert machine["card"] is None
     assert isinstance(machine["op_library_has_cuda_ops"], bool)
+
+
+def test_staged_names_the_graphs_it_lacks_and_exports_nothing(tmp_path):
+    from benchmarks import bench_gpu
+
+    with pytest.raises(SystemExit, match="--staged needs the graphs --prepare-only writes"):
+        bench_gpu.main(["--staged", "--device", "cpu", "--workdir", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_tiny_refuses_the_full_size_staging_flags(tmp_path, capsys):
+    from benchmarks import bench_gpu
+
+    with pytest.raises(SystemExit):
+        bench_gpu.main(["--tiny", "--staged", "--workdir", str(tmp_path)])
+    assert "--prepare-only and --staged are for the full-size models" in capsys.readouterr().err

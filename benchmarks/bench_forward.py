@@ -34,8 +34,6 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import (
-    CONVERSION,
-    TRANSFORMER_EXPORT,
     add_workdir,
     interleaved_medians,
     machine_facts,
@@ -156,7 +154,7 @@ def prepare(workdir: Path, kind: str, kwargs: dict) -> tuple[Path, Path]:
     ckpt, model = workdir / f"{kind}.pth", workdir / f"{kind}.onnx"
     if not ckpt.exists():
         testing.write_vampnet_checkpoint(ckpt, kwargs, seed={"coarse": 1, "c2f": 2}[kind])
-    if outdated(model, TRANSFORMER_EXPORT, ckpt, codec):
+    if outdated(model, ("transformer",), ckpt, codec):
         start = time.perf_counter()
         result = export_transformer(ckpt, codec, model)
         print(f"{result.report.summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
@@ -169,7 +167,7 @@ def prepare_converted(workdir: Path, kind: str, fp32: Path, precision: str) -> P
     from vampnet_onnx.export.precision import convert_transformer
 
     path = workdir / f"{kind}.{precision}.onnx"
-    if outdated(path, CONVERSION, fp32):
+    if outdated(path, ("conversion",), fp32):
         start = time.perf_counter()
         convert_transformer(fp32, precision, path)
         print(f"wrote {path} [{time.perf_counter() - start:.0f} s]", flush=True)

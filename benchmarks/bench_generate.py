@@ -39,16 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (
-    CONVERSION,
-    GENERATION_EXPORT,
-    add_workdir,
-    machine_facts,
-    outdated,
-    parser,
-    print_table,
-    write_json,
-)
+from benchmarks.common import add_workdir, machine_facts, outdated, parser, print_table, write_json
 from vampnet_onnx.contracts import PRECISIONS
 
 # name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
@@ -151,11 +142,11 @@ def prepare_converted(workdir: Path, kind: str, paths: dict, precision: str = "i
 
     transformer = workdir / f"{kind}.{precision}.onnx"
     graph = workdir / f"{kind}.{precision}.generate.onnx"
-    if outdated(transformer, CONVERSION, paths["transformer"]):
+    if outdated(transformer, ("conversion",), paths["transformer"]):
         start = time.perf_counter()
         convert_transformer(paths["transformer"], precision, transformer)
         print(f"wrote {transformer} [{time.perf_counter() - start:.0f} s]", flush=True)
-    if outdated(graph, GENERATION_EXPORT, transformer):
+    if outdated(graph, ("generation",), transformer):
         export_generation(transformer, graph)
     return {**paths, "transformer": transformer, "graph": graph}
 
@@ -180,7 +171,7 @@ def prepare(workdir: Path, kind: str) -> dict:
         checkpoint, transformer = prepare_transformer(workdir, kind, kwargs)
         codec = workdir / "codec.pth"
     graph = workdir / f"{kind}.generate.onnx"
-    if kind == "coarse-tiny" or outdated(graph, GENERATION_EXPORT, transformer):
+    if kind == "coarse-tiny" or outdated(graph, ("generation",), transformer):
         start = time.perf_counter()
         export_generation(transformer, graph)
         print(f"wrote {graph} [{time.perf_counter() - start:.0f} s]", flush=True)

@@ -53,8 +53,6 @@ import numpy as np
 
 from benchmarks.bench_generate import SETTINGS, vampnet_mask
 from benchmarks.common import (
-    CONVERSION,
-    GENERATION_EXPORT,
     add_workdir,
     interleaved_medians,
     machine_facts,
@@ -183,7 +181,7 @@ def convert_folder(source: Path, out: Path) -> Path:
     from vampnet_onnx.export.precision import codec_to_float16, convert_transformer
 
     done = out / contracts.DECODE_FILE
-    if not outdated(done, CONVERSION + GENERATION_EXPORT, *source.glob("*.onnx")):
+    if not outdated(done, ("conversion", "generation"), *source.glob("*.onnx")):
         return out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

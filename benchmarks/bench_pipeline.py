@@ -30,17 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import (
-    CODEC_EXPORT,
-    CONVERSION,
-    VAMP_EXPORT,
-    add_workdir,
-    machine_facts,
-    outdated,
-    parser,
-    print_table,
-    write_json,
-)
+from benchmarks.common import add_workdir, machine_facts, outdated, parser, print_table, write_json
 from vampnet_onnx.contracts import PRECISIONS
 
 STAGES = ("preprocess + mask", "encode", "coarse", "c2f", "decode", "restore")
@@ -131,8 +121,7 @@ def prepare(workdir: Path) -> None:
         prepare_generation(workdir, kind)
     codec = workdir / "codec.pth"
     if any(
-        outdated(workdir / f"codec.{part}.onnx", CODEC_EXPORT, codec)
-        for part in ("encode", "decode")
+        outdated(workdir / f"codec.{part}.onnx", ("codec",), codec) for part in ("encode", "decode")
     ):
         start = time.perf_counter()
         result = export_codec(workdir / "codec.pth", workdir)
@@ -177,7 +166,7 @@ def prepare_codec(graph: Path, precision: str) -> Path:
     from vampnet_onnx.export.precision import convert_codec
 
     converted = graph.with_name(graph.name.replace(".onnx", f".{precision}.onnx"))
-    if outdated(converted, CONVERSION, graph):
+    if outdated(converted, ("conversion",), graph):
         start = time.perf_counter()
         convert_codec(graph, precision, converted)
         print(f"wrote {converted} [{time.perf_counter() - start:.0f} s]", flush=True)
@@ -190,7 +179,7 @@ def prepare_single(workdir: Path) -> None:
     from vampnet_onnx.export.vamp import export_vamp
 
     graph = workdir / VAMP_FILE
-    if outdated(graph, VAMP_EXPORT, *(workdir / name for name in SOURCE_FILES)):
+    if outdated(graph, ("vamp",), *(workdir / name for name in SOURCE_FILES)):
         start = time.perf_counter()
         result = export_vamp(workdir)
         print(f"wrote {result.path} and {result.data_path} [{time.perf_counter() - start:.0f} s]")

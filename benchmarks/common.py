@@ -98,22 +98,25 @@ def add_workdir(ap: argparse.ArgumentParser, size: str = "") -> None:
 
 
 #: The vampnet_onnx modules whose code shapes each kind of cached export (`outdated`).
-TRANSFORMER_EXPORT = ("export.transformer", "export.common", "model.transformer", "checkpoint")
-GENERATION_EXPORT = ("export.generation", "export.common", "contracts", "ops")
-CODEC_EXPORT = ("export.codec", "export.common", "model.codec", "checkpoint")
-CONVERSION = ("export.precision", "export.common")
-VAMP_EXPORT = ("export.vamp", "export.common", "contracts", "ops")
+EXPORTERS = {
+    "transformer": ("export.transformer", "export.common", "model.transformer", "checkpoint"),
+    "generation": ("export.generation", "export.common", "contracts", "ops"),
+    "codec": ("export.codec", "export.common", "model.codec", "checkpoint"),
+    "conversion": ("export.precision", "export.common"),
+    "vamp": ("export.vamp", "export.common", "contracts", "ops"),
+}
 
 
-def outdated(path: Path, modules: tuple[str, ...], *inputs: Path) -> bool:
+def outdated(path: Path, exporters: tuple[str, ...], *inputs: Path) -> bool:
     """Whether a cached export must be made again: `path` is missing, or older than one of
-    its `inputs` (the files it is made from) or than the code of one of `modules` (vampnet_onnx
-    submodules, e.g. ``"export.transformer"``), so that no figure is measured on a graph that
-    today's exporter would write differently."""
+    its `inputs` (the files it is made from) or than the code of one of `exporters` (keys of
+    `EXPORTERS`), so that no figure is measured on a graph that today's exporter would write
+    differently."""
     import importlib.util
 
     if not path.exists():
         return True
+    modules = [module for exporter in exporters for module in EXPORTERS[exporter]]
     sources = [Path(importlib.util.find_spec(f"vampnet_onnx.{name}").origin) for name in modules]
     newest = max((source.stat().st_mtime for source in [*sources, *inputs]), default=0.0)
     return path.stat().st_mtime < newest

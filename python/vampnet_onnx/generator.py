@@ -93,8 +93,6 @@ class Generator:
             intra_op_threads=threads,
             python_ops=python_ops,
             device=device,
-            # The IO-binding loop's two sessions take turns (`create_session`).
-            spin=not (io_binding or cuda_graph),
         )
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config: dict = metadata(meta, CONFIG_KEY, "Generator", "path", repr(str(path)))
@@ -426,7 +424,6 @@ class _BoundLoop:
             providers=[*providers, "CPUExecutionProvider"],
             intra_op_threads=threads,
             python_ops=python_ops,
-            spin=False,
         )
         self.cuda_graph = cuda_graph
         self.mask_token = generator.mask_token

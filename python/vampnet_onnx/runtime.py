@@ -55,10 +55,13 @@ def get_library_path() -> str:
     return str(library)
 
 
-def _session_options(intra_op_threads: int | None, spin: bool = True) -> ort.SessionOptions:
+def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The intra-op threads stop spinning when a run ends. Left spinning (onnxruntime's
+    # default), they keep the cores busy for tens of milliseconds after it, and whatever runs
+    # next (the other session of a step, the caller's own work) waits for them
+    # (docs/architecture.md, "Threads").
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     # Errors only: a generation graph's slice inputs are overridable initializers, which
     # onnxruntime warns about on every load although they are meant to be (three scalars that
     # const folding would not help).
@@ -156,7 +159,6 @@ def create_session(
     *,
     python_ops: bool | None = None,
     device: str | None = None,
-    spin: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime.InferenceSession with the vampnet_onnx ops available.
 
@@ -167,10 +169,6 @@ def create_session(
     python_ops: False: the compiled library only; True: the pure-Python fallback (numpy twins
     through onnxruntime-extensions' PyOp); None: the compiled library, or the fallback with a
     warning when the library cannot be loaded.
-    spin: let the intra-op threads busy-wait for more work after a run (onnxruntime's
-    default); False for sessions that take turns, whose spinning threads would otherwise take
-    the cores the other session's run needs (twice the time per step on 2 cores,
-    docs/generation.md).
     """
     source = _model_bytes(path_or_bytes)
     if device is not None:
@@ -184,10 +182,8 @@ def create_session(
     if python_ops:
         from .pyop import create_python_ops_session
 
-        return create_python_ops_session(
-            source, providers, _session_options(intra_op_threads, spin)
-        )
-    options = _session_options(intra_op_threads, spin)
+        return create_python_ops_session(source, providers, _session_options(intra_op_threads))
+    options = _session_options(intra_op_threads)
     try:
         options.register_custom_ops_library(get_library_path())
     except (FileNotFoundError, RuntimeError, OSError) as error:
@@ -201,9 +197,7 @@ def create_session(
         )
         from .pyop import create_python_ops_session
 
-        return create_python_ops_session(
-            source, providers, _session_options(intra_op_threads, spin)
-        )
+        return create_python_ops_session(source, providers, _session_options(intra_op_threads))
     return _load(source, options, providers)
 
 

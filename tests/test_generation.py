@@ -155,12 +155,14 @@ def test_the_io_binding_loop_equals_the_single_graph(models, batch, frames, step
     )
 
 
-def test_the_io_binding_loop_keeps_each_shapes_buffers_apart(models):
-    """Calls of other shapes in between (each shape has its own buffers) and a call again on
-    a shape's kept buffers give the codes of a fresh generator."""
-    problems = [problem(models["kind"], b, t, seed=t) for b, t in ((2, 9), (1, 14), (2, 9))]
+def test_the_io_binding_loop_gives_each_call_its_own_codes_across_shapes(models):
+    """Calls of other shapes in between, a call again on the same shape, and the arrays of
+    earlier calls afterwards: each is the codes of a fresh generator. Without a CUDA graph
+    only the last shape's buffers are kept."""
+    problems = [problem(models["kind"], b, t, seed=t) for b, t in ((2, 9), (1, 14), (2, 9), (2, 9))]
     bound = vampnet_onnx.Generator(models["transformer"], io_binding=True)
     got = [bound.generate(c, m, steps=3, seed=i) for i, (c, m) in enumerate(problems)]
+    assert list(bound._bound._by_shape) == [problems[-1][0].shape]
     for i, (codes, mask) in enumerate(problems):
         fresh = vampnet_onnx.Generator(models["transformer"], io_binding=True)
         np.testing.assert_array_equal(got[i], fresh.generate(codes, mask, steps=3, seed=i))

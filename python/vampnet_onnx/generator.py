@@ -385,14 +385,15 @@ def _step_model(logits_type: int, batch_coupled: bool) -> onnx.ModelProto:
 class _BoundLoop:
     """The Python loop over bound buffers (`Generator(io_binding=True)`).
 
-    Per codes shape [B, C, T], buffers on the session's device, allocated once and kept:
-    the model input, the logits [B, T, P, V], and two each of codes and mask, which the
-    steps use in turn (a step reads one pair and writes the other, and the next model input).
-    A step is one bound run of the transformer (model input -> logits) and one of
+    Per codes shape [B, C, T], buffers on the session's device, reused by every call of that
+    shape: the model input, the logits [B, T, P, V], and two each of codes and mask, which
+    the steps use in turn (a step reads one pair and writes the other, and the next model
+    input). A step is one bound run of the transformer (model input -> logits) and one of
     `_step_model` (logits, codes, mask -> the other codes and mask, model input); the
     scalars are bound from host memory, where the op reads them. Only the final codes are
-    copied to the host. With a CUDA graph, every buffer the transformer sees keeps its
-    address, as a replay needs, and each shape gets its own graph.
+    copied to the host. Without a CUDA graph only the last shape's buffers are kept. With
+    one, every buffer the transformer sees keeps its address, as a replay needs: each shape
+    gets its own graph, and its buffers live as long as the generator.
     """
 
     def __init__(
@@ -435,6 +436,8 @@ class _BoundLoop:
     def _buffers(self, shape: tuple[int, ...]) -> SimpleNamespace:
         if shape in self._by_shape:
             return self._by_shape[shape]
+        if not self.cuda_graph:
+            self._by_shape.clear()
         batch, _, time = shape
         buffers = SimpleNamespace(
             model_input=self._new(shape, np.int64),

@@ -36,6 +36,7 @@ import torch
 from benchmarks.common import (
     add_workdir,
     interleaved_medians,
+    logits_agreement,
     machine_facts,
     median_seconds,
     outdated,
@@ -174,12 +175,6 @@ def prepare_converted(workdir: Path, kind: str, fp32: Path, precision: str) -> P
     return path
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.splitlines()[0])
     add_workdir(ap, "about 4 GB")
@@ -225,17 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 args.repeats,
             )
-        reference = log_softmax(sessions["onnxruntime"].run(None, {"codes": codes})[0])
+        reference = sessions["onnxruntime"].run(None, {"codes": codes})[0]
         accuracy = {}
         for name, session in sessions.items():
             if name != "onnxruntime":
-                other = log_softmax(session.run(None, {"codes": codes})[0])
-                kl = (np.exp(reference) * (reference - other)).sum(-1)
-                top1 = reference.argmax(-1) == other.argmax(-1)
-                accuracy[name] = {
-                    "kl_vs_fp32": float(kl.mean()),
-                    "top1_vs_fp32": float(top1.mean()),
-                }
+                kl, top1 = logits_agreement(reference, session.run(None, {"codes": codes})[0])
+                accuracy[name] = {"kl_vs_fp32": kl, "top1_vs_fp32": top1}
         del sessions, model, runs
         gc.collect()
         for contender, median in seconds.items():

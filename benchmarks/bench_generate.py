@@ -39,7 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import add_workdir, machine_facts, outdated, parser, print_table, write_json
+from benchmarks.common import (
+    add_workdir,
+    logits_agreement,
+    machine_facts,
+    outdated,
+    parser,
+    print_table,
+    write_json,
+)
 from vampnet_onnx.contracts import PRECISIONS
 
 # name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
@@ -126,13 +134,9 @@ def _kl_child(fp32: Path, int8: Path, batch: int, frames: int, threads: int) -> 
         n_codebooks, n_cond = config["n_codebooks"], config["n_conditioning_codebooks"]
         codes = np.random.default_rng(0).integers(0, 1024, (batch, n_codebooks, frames))
         mask = vampnet_mask(n_codebooks, n_cond, batch, frames)
-        x = session.run(None, {"codes": np.where(mask, 1024, codes)})[0].astype(np.float64)
-        x -= x.max(-1, keepdims=True)
-        logits.append(x - np.log(np.exp(x).sum(-1, keepdims=True)))
+        logits.append(session.run(None, {"codes": np.where(mask, 1024, codes)})[0])
         del session
-    p, q = logits
-    kl = (np.exp(p) * (p - q)).sum(-1)
-    return float(kl.mean()), float((p.argmax(-1) == q.argmax(-1)).mean())
+    return logits_agreement(*logits)
 
 
 def prepare_converted(workdir: Path, kind: str, paths: dict, precision: str = "int8") -> dict:

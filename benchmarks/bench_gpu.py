@@ -20,14 +20,17 @@ Figures (`FIGURES`), each measured side by side in this process, one warm-up per
 - ``batch_clips_per_s_B{B}``: `Vamp.vamp_batch` of ``--clips`` clips with ``batch_size`` B:
   clips per second.
 
-Contenders (`CONTENDERS`): ONNX Runtime on the fp32 graphs and on the fp16 graphs (`export
+Contenders (`CONTENDERS`): ONNX Runtime on the fp32 graphs (exact fp32, as the package runs
+them, and with onnxruntime's default TF32 matmuls, CUDA only) and on the fp16 graphs (`export
 --precision fp16`), each graph on ``--device`` through `create_session`; torch: our torch module
 with upstream's sampling (`benchmarks.torch_vampnet`) on the same device, in plain fp32
 (``allow_tf32`` off) and with TF32 matmuls. torch runs only the transformer and the sampling, so
 the pipeline figures have no torch value; every value is a number or ``"not measured: why"``.
 
 Beside them: the card (torch or nvidia-smi), whether the op library in use holds the CUDA ops
-(a ``VAMPNET_CUDA_OPS=ON`` build, docs/building.md), the CUDA provider's ``use_tf32``, and the
+(a ``VAMPNET_CUDA_OPS=ON`` build, docs/building.md), the CUDA provider's ``use_tf32`` per
+contender, ``tf32_logits``: the mean KL(exact || TF32) and top-1 agreement of the coarse
+forward's logits on the card (the error a TF32 option would have to ship with), and the
 Memcpy nodes onnxruntime adds to each graph on the device (`runtime.added_memcpy_nodes`: a
 CPU-only node inside a CUDA graph costs two copies per edge).
 
@@ -55,6 +58,7 @@ from benchmarks.bench_generate import SETTINGS, vampnet_mask
 from benchmarks.common import (
     add_workdir,
     interleaved_medians,
+    logits_agreement,
     machine_facts,
     outdated,
     parser,
@@ -64,8 +68,16 @@ from benchmarks.common import (
 from vampnet_onnx import configs, contracts, demo, masks, runtime
 from vampnet_onnx.contracts import DEVICES
 
-CONTENDERS = ("ORT fp32", "ORT fp16", "torch fp32", "torch TF32")
+CONTENDERS = ("ORT fp32", "ORT TF32", "ORT fp16", "torch fp32", "torch TF32")
 PRECISIONS = ("fp32", "fp16")
+#: ONNX Runtime's contenders: {name: (precision of the graphs, TF32 matmuls on CUDA)}. The
+#: package's CUDA sessions run exact fp32 (runtime.CUDA_OPTIONS); "ORT TF32" is onnxruntime's
+#: own default, measured for its speed and its error (the ``tf32_logits`` fact).
+ORT_CONTENDERS = {
+    "ORT fp32": ("fp32", False),
+    "ORT TF32": ("fp32", True),
+    "ORT fp16": ("fp16", False),
+}
 SAMPLE_RATE = 44100
 #: The graphs whose Memcpy nodes are counted, beside each precision's transformer.
 MEMCPY_GRAPHS = (
@@ -81,6 +93,7 @@ LOOP_FIGURES = {
     "coarse_loop_cuda_graph_s": {"cuda_graph": True},
 }
 TORCH_LOOP = "not measured: a mode of ORT's Python loop"
+TF32_ON_CPU = "not measured: TF32 is a CUDA matmul mode (device {device})"
 TORCH_PIPELINE = (
     "not measured: the torch contender is the transformer and upstream's sampling only (no "
     "codec, mask or c2f stages)"
@@ -278,24 +291,33 @@ def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
     facts: dict = {}
 
     clip = demo.synth_music(args.seconds, SAMPLE_RATE)
-    for precision in PRECISIONS:
-        paths, contender = models[precision], f"ORT {precision}"
-        session = runtime.create_session(
-            paths["transformer"], intra_op_threads=args.threads, device=device
+    forward_logits = {}
+    for contender, (precision, tf32) in ORT_CONTENDERS.items():
+        if tf32 and device != "cuda":
+            for name in names:
+                figures[name][contender] = TF32_ON_CPU.format(device=device)
+            continue
+        paths = models[precision]
+        # TF32: onnxruntime's CUDA default, which the package's sessions turn off.
+        on = (
+            {"providers": runtime.device_providers(device, cuda_options={"use_tf32": "1"})}
+            if tf32
+            else {"device": device}
         )
+        session = runtime.create_session(paths["transformer"], intra_op_threads=args.threads, **on)
         generator = Generator(
-            paths["folder"] / contracts.GENERATION_FILES["coarse"],
-            threads=args.threads,
-            device=device,
+            paths["folder"] / contracts.GENERATION_FILES["coarse"], threads=args.threads, **on
         )
-        vamp = Vamp(paths["folder"], threads=args.threads, device=device)
+        vamp = Vamp(paths["folder"], threads=args.threads, **on)
         n_codebooks, n_cond = generator.n_codebooks, generator.n_conditioning_codebooks
         codes = np.random.default_rng(0).integers(0, 1024, (1, n_codebooks, frames))
         mask = vampnet_mask(n_codebooks, n_cond, 1, frames)
-        if precision == "fp32" and device == "cuda":
+        if device == "cuda":
             options = session.get_provider_options().get("CUDAExecutionProvider", {})
-            facts["ort_cuda_use_tf32"] = options.get("use_tf32")
+            facts.setdefault("ort_cuda_use_tf32", {})[contender] = options.get("use_tf32")
         model_input = np.where(mask, generator.mask_token, codes)
+        if precision == "fp32":
+            forward_logits[contender] = session.run(None, {"codes": model_input})[0]
         runs["forward_ms"][contender] = lambda s=session, x=model_input: s.run(None, {"codes": x})
         runs["coarse_generate_s"][contender] = lambda g=generator, c=codes, m=mask: g.generate(
             c, m, steps=steps, seed=0, **SETTINGS
@@ -304,7 +326,10 @@ def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
             if options.get("cuda_graph") and device != "cuda":
                 figures[name][contender] = "not measured: a CUDA graph needs --device cuda"
                 continue
-            loop = Generator(paths["transformer"], threads=args.threads, device=device, **options)
+            if options.get("cuda_graph") and tf32:
+                figures[name][contender] = "not measured: the CUDA-graph loop runs exact fp32"
+                continue
+            loop = Generator(paths["transformer"], threads=args.threads, **on, **options)
             runs[name][contender] = lambda g=loop, c=codes, m=mask: g.generate(
                 c, m, steps=steps, seed=0, **SETTINGS
             )
@@ -313,6 +338,10 @@ def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
             runs[batch_figure(batch)][contender] = lambda v=vamp, b=batch: v.vamp_batch(
                 [clip] * args.clips, SAMPLE_RATE, seeds=range(args.clips), batch_size=b, steps=steps
             )
+
+    if "ORT TF32" in forward_logits:
+        kl, top1 = logits_agreement(forward_logits["ORT fp32"], forward_logits["ORT TF32"])
+        facts["tf32_logits"] = {"kl_vs_fp32": kl, "top1_vs_fp32": top1}
 
     reason = torch_reason(device)
     if reason is None:
@@ -347,9 +376,7 @@ def measure(args, models: dict[str, dict]) -> tuple[dict, dict]:
             )
         if "torch TF32" not in ours.modes():
             for name in ("forward_ms", "coarse_generate_s"):
-                figures[name]["torch TF32"] = (
-                    f"not measured: TF32 is a CUDA matmul mode (device {device})"
-                )
+                figures[name]["torch TF32"] = TF32_ON_CPU.format(device=device)
         for name in names[2:]:
             why = TORCH_LOOP if name in LOOP_FIGURES else TORCH_PIPELINE
             figures[name] |= {"torch fp32": why, "torch TF32": why}

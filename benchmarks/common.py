@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() over `repeats` runs after `warmup` untimed runs."""
@@ -120,6 +122,20 @@ def outdated(path: Path, exporters: tuple[str, ...], *inputs: Path) -> bool:
     sources = [Path(importlib.util.find_spec(f"vampnet_onnx.{name}").origin) for name in modules]
     newest = max((source.stat().st_mtime for source in [*sources, *inputs]), default=0.0)
     return path.stat().st_mtime < newest
+
+
+def logits_agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(mean KL(reference || other) in nats per position, top-1 agreement) of two logits
+    arrays [..., V], each normalised over its last axis in float64."""
+
+    def log_softmax(logits: np.ndarray) -> np.ndarray:
+        x = logits.astype(np.float64)
+        x -= x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = log_softmax(reference), log_softmax(other)
+    kl = (np.exp(p) * (p - q)).sum(-1)
+    return float(kl.mean()), float((p.argmax(-1) == q.argmax(-1)).mean())
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:

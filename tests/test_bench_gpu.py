@@ -22,7 +22,7 @@ FIGURES = [
     "batch_clips_per_s_B1",
     "batch_clips_per_s_B2",
 ]
-CONTENDERS = ["ORT fp32", "ORT fp16", "torch fp32", "torch TF32"]
+CONTENDERS = ["ORT fp32", "ORT TF32", "ORT fp16", "torch fp32", "torch TF32"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,12 @@ def test_the_ort_contenders_are_measured_on_the_cpu(report):
         if figure == "coarse_loop_cuda_graph_s":
             continue
         assert all(isinstance(values[c], float) for c in ("ORT fp32", "ORT fp16")), figure
+
+
+def test_tf32_is_not_measured_on_the_cpu_and_says_why(report):
+    for figure, values in report["figures"].items():
+        assert values["ORT TF32"] == "not measured: TF32 is a CUDA matmul mode (device cpu)"
+    assert "tf32_logits" not in report["machine"]
 
 
 def test_the_cuda_graph_loop_is_not_measured_on_the_cpu_and_says_why(report):

@@ -324,6 +324,16 @@ def test_both_onnxruntime_packages_are_named_with_the_fix(monkeypatch):
         runtime.device_providers("cuda")
 
 
+def test_cuda_runs_exact_fp32_matrix_products_unless_told_otherwise(monkeypatch):
+    """onnxruntime's CUDA provider defaults to TF32 (a 10-bit mantissa in matmuls and
+    convolutions): every CUDA session asks for exact fp32, and extra options add to that."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"])
+    cpu = "CPUExecutionProvider"
+    assert runtime.device_providers("cuda") == [("CUDAExecutionProvider", {"use_tf32": "0"}), cpu]
+    graph = runtime.device_providers("cuda", cuda_options={"enable_cuda_graph": "1"})
+    assert graph[0] == ("CUDAExecutionProvider", {"use_tf32": "0", "enable_cuda_graph": "1"})
+
+
 def test_memcpy_nodes_counts_those_inside_loop_bodies():
     h = onnx.helper
     body = h.make_graph(

@@ -98,6 +98,9 @@ def _model_bytes(path_or_bytes: ModelSource) -> str | bytes:
     )
 
 
+#: The CUDA provider's options for every CUDA session (`device_providers`).
+CUDA_OPTIONS = {"use_tf32": "0"}
+
 #: The devices a session can be asked for by name.
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -127,7 +130,11 @@ def device_providers(
     """The execution providers for `device` ("cpu" or "cuda"), checked against this
     onnxruntime: asking for CUDA where it is unavailable is an error that says why and names
     the fix, never a silent fall back to the CPU. Our ops run on the CPU provider beside CUDA.
-    cuda_options: the CUDA provider's options (e.g. ``{"enable_cuda_graph": "1"}``)."""
+    On CUDA, matrix products and convolutions run in exact fp32 (``use_tf32`` 0): onnxruntime's
+    CUDA provider would otherwise round their inputs to TF32 (a 10-bit mantissa), an
+    approximation whose error against the exact path has not been measured here
+    (docs/precision.md). cuda_options: more CUDA provider options (e.g.
+    ``{"enable_cuda_graph": "1"}``), over these."""
     prefix = f"{where}: " if where else ""
     if device not in DEVICES:
         raise ValueError(f"{prefix}{name} must be one of {list(DEVICES)}, got {device!r}")
@@ -149,7 +156,7 @@ def device_providers(
                 "onnxruntime-gpu (its CUDA version must match the driver's)"
             )
         raise ValueError(f"{prefix}{name} 'cuda' needs onnxruntime's {_CUDA}; {why}")
-    return [(_CUDA, dict(cuda_options)) if cuda_options else _CUDA, _CPU]
+    return [(_CUDA, {**CUDA_OPTIONS, **(cuda_options or {})}), _CPU]
 
 
 def create_session(

@@ -46,7 +46,9 @@ def session(library: str, model: onnx.ModelProto, device: str, **options) -> ort
     so.register_custom_ops_library(library)
     for name, value in options.items():
         setattr(so, name, value)
-    providers = [CUDA, CPU] if device == "cuda" else [CPU]
+    # Exact fp32 on CUDA, as the package's sessions run (runtime.CUDA_OPTIONS): with TF32 the
+    # transformer's logits in the generation graph would stray from the CPU's.
+    providers = [(CUDA, runtime.CUDA_OPTIONS), CPU] if device == "cuda" else [CPU]
     return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=providers)
 
 
@@ -212,6 +214,10 @@ def test_cuda_adds_no_memcpy_nodes_to_the_other_graphs(library, tiny_models_dir,
 
 
 def test_cuda_generation_graph_has_no_memcpy_and_matches_cpu(library, tiny_models_dir, tmp_path):
+    """Exact equality, although the transformer's logits on CUDA differ from the CPU's in
+    their last bits (another summation order): a token differs only where a draw falls within
+    that distance of a boundary, a small chance over these 192 cells and 6 steps. A
+    failure here with the op tests above passing points at that, not at the ops."""
     path = tiny_models_dir / contracts.GENERATION_FILES["coarse"]
     model = onnx.load(path)
     optimized = tmp_path / "optimized.onnx"

@@ -162,6 +162,41 @@ def test_cuda_mask_git_step_matches_cpu_bits(
         assert_same(*run_both(library, model, feed))
 
 
+@pytest.mark.parametrize("step", [0, 1])
+def test_cuda_mask_git_step_matches_cpu_bits_with_conditioning_codebooks(library, step):
+    """c2f's layout: 14 codebooks, the first 4 conditioning, 10 predicted."""
+    rng = np.random.default_rng(10 + step)
+    logits, codes, mask = random_step_problem(
+        rng, batch=2, codebooks=14, predicted=10, frames=30, vocab=1024
+    )
+    feed = step_feed(logits, codes, mask, step, 2, seed=3)
+    assert_same(*run_both(library, op_model(ops.MASK_GIT_STEP), feed))
+
+
+def test_cuda_mask_git_step_counts_n_masked_start_itself_when_left_out(library):
+    logits, codes, mask = random_step_problem(np.random.default_rng(4), vocab=1024)
+    model = op_model(ops.MASK_GIT_STEP, n_inputs=len(ops.MASK_GIT_STEP.required_input_names))
+    feed = step_feed(logits, codes, mask, 0, 5, n_masked_start=False)
+    assert_same(*run_both(library, model, feed))
+
+
+@pytest.mark.parametrize("coupled", [0, 1])
+def test_cuda_mask_git_step_reports_a_bad_n_masked_start_and_keeps_working(library, coupled):
+    """At the last step the schedule keeps floor(1e-10 * n0) masked: with n0 < 0 that is
+    negative, which the CPU refuses before any schedule; the GPU must report the same and
+    index nothing with it (a bad index there would poison the CUDA context)."""
+    logits, codes, mask = random_step_problem(np.random.default_rng(6), vocab=1024)
+    model = op_model(ops.MASK_GIT_STEP, batch_coupled=coupled)
+    bad = step_feed(logits, codes, mask, 4, 5, n_masked_start=np.array([-1, 3], np.int64))
+    messages = []
+    for device in ("cpu", "cuda"):
+        with pytest.raises(Exception) as error:
+            session(library, model, device).run(None, bad)
+        messages.append(str(error.value).split("MaskGitStep:", 1)[1])
+    assert messages[0] == messages[1]
+    assert_same(*run_both(library, model, step_feed(logits, codes, mask, 4, 5)))
+
+
 def test_cuda_mask_git_step_keeps_ties_like_the_cpu(library):
     # Equal logits everywhere: every confidence ties but for the noise; the cut must match.
     logits, codes, mask = random_step_problem(np.random.default_rng(1), vocab=64)

@@ -20,8 +20,9 @@ __device__ inline RowScratch block_row_scratch(unsigned char* row_global, size_t
   return carve_row_scratch(base, vocab, filters);
 }
 
+// The sampling kernels' static RowShared counts against the same 48 KiB as the dynamic part.
 inline bool row_scratch_in_shared(size_t vocab, bool filters) {
-  return row_scratch_bytes(vocab, filters) <= kSharedBytes;
+  return row_scratch_bytes(vocab, filters) + sizeof(RowShared) <= kSharedBytes;
 }
 
 // One block per row: the grid's x dimension bounds the rows of one call.

@@ -5,6 +5,10 @@
 //   choose_cut     one block per item: n_to_mask, then the k-th smallest confidence (sorting
 //                  distinct keys, so the value does not depend on the order of work);
 //   write_outputs  one thread per cell: codes_out, mask_out, model_input.
+// Once the checks or the sampling have flagged bad input, choose_cut and write_outputs do
+// nothing: the op then runs the CPU kernel for its message, and a bad n_masked_start would
+// otherwise index outside the keys. (sample_masked itself does not read the flag: its blocks
+// set it as they go, and a block must take its barriers all together.)
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -85,8 +89,9 @@ __global__ void sample_masked(Dims d, const Logit* logits, const bool* mask, Sam
 __global__ void choose_cut(Dims d, const bool* mask, const int64_t* n_masked_start,
                            const int64_t* n_masked, bool batch_coupled, int64_t step,
                            int64_t n_steps, float scale, const float* logprob, const float* noise,
-                           uint64_t* keys, size_t n_sort, float* cut) {
+                           uint64_t* keys, size_t n_sort, float* cut, const int* bad_input) {
   const int64_t b = blockIdx.x;
+  if (*bad_input) return;
   const auto n0_of = [&](int64_t item) {
     return n_masked_start ? n_masked_start[item] : n_masked[item];
   };
@@ -97,7 +102,9 @@ __global__ void choose_cut(Dims d, const bool* mask, const int64_t* n_masked_sta
   }
   const int64_t m = n_masked[b];
   const int64_t k = n_to_mask(step, n_steps, n0, m);
-  if (k >= m) {  // nothing is cut: every masked position stays masked
+  // k < 0 only from an n0 the checks refused (or a coupled sum that overflowed), kept out of
+  // the keys' indexes all the same.
+  if (k >= m || k < 0 || n0 < 0) {  // nothing is cut: every masked position stays masked
     if (threadIdx.x == 0) cut[b] = std::numeric_limits<float>::infinity();
     return;
   }
@@ -122,7 +129,8 @@ __global__ void choose_cut(Dims d, const bool* mask, const int64_t* n_masked_sta
 __global__ void write_outputs(Dims d, const int64_t* codes, const bool* mask, const int64_t* token,
                               const float* logprob, const float* noise, float scale,
                               const float* cut, int64_t* codes_out, bool* mask_out,
-                              int64_t* model_input) {
+                              int64_t* model_input, const int* bad_input) {
+  if (*bad_input) return;
   const int64_t cells = d.B * d.C * d.T;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < cells;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -223,13 +231,13 @@ bool mask_git_step(const MaskGitStepShape& shape, const void* logits, bool float
   const float scale = noise_scale(params.mask_temperature, params.step, params.n_steps);
   choose_cut<<<items, kBlockThreads, 0, cuda_stream>>>(
       d, mask, n_masked_start, s.n_masked, params.batch_coupled, params.step, params.n_steps, scale,
-      s.logprob, s.noise, s.keys, s.n_sort, s.cut);
+      s.logprob, s.noise, s.keys, s.n_sort, s.cut, s.bad_input);
   check(cudaGetLastError(), kWhere, "the cut kernel's launch");
   const int64_t cells = d.B * d.C * d.T;
   const auto cell_blocks = static_cast<unsigned>(std::min<int64_t>((cells + 255) / 256, 65535));
   write_outputs<<<cell_blocks, 256, 0, cuda_stream>>>(d, codes, mask, s.token, s.logprob, s.noise,
                                                       scale, s.cut, codes_out, mask_out,
-                                                      model_input);
+                                                      model_input, s.bad_input);
   check(cudaGetLastError(), kWhere, "the output kernel's launch");
   int bad_input = 0;
   copy_to_host(&bad_input, s.bad_input, sizeof bad_input, stream);

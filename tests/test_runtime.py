@@ -326,12 +326,20 @@ def test_both_onnxruntime_packages_are_named_with_the_fix(monkeypatch):
 
 def test_cuda_runs_exact_fp32_matrix_products_unless_told_otherwise(monkeypatch):
     """onnxruntime's CUDA provider defaults to TF32 (a 10-bit mantissa in matmuls and
-    convolutions): every CUDA session asks for exact fp32, and extra options add to that."""
+    convolutions) and to timing cuDNN's algorithms: every CUDA session asks for exact fp32 and
+    the heuristic's choice, and extra options add to that."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"])
     cpu = "CPUExecutionProvider"
-    assert runtime.device_providers("cuda") == [("CUDAExecutionProvider", {"use_tf32": "0"}), cpu]
+    options = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+    assert runtime.device_providers("cuda") == [("CUDAExecutionProvider", options), cpu]
     graph = runtime.device_providers("cuda", cuda_options={"enable_cuda_graph": "1"})
-    assert graph[0] == ("CUDAExecutionProvider", {"use_tf32": "0", "enable_cuda_graph": "1"})
+    assert graph[0] == ("CUDAExecutionProvider", {**options, "enable_cuda_graph": "1"})
+
+
+def test_cuda_sessions_ask_for_deterministic_kernels_and_cpu_sessions_keep_the_default():
+    cuda = runtime._session_options(2, [("CUDAExecutionProvider", {}), "CPUExecutionProvider"])
+    assert cuda.use_deterministic_compute
+    assert not runtime._session_options(2, ["CPUExecutionProvider"]).use_deterministic_compute
 
 
 def test_memcpy_nodes_counts_those_inside_loop_bodies():

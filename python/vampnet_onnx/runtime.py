@@ -55,8 +55,17 @@ def get_library_path() -> str:
     return str(library)
 
 
-def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
+def _provider_names(providers: list) -> list[str]:
+    """The names in an onnxruntime providers list (names, or (name, options) pairs)."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def _session_options(intra_op_threads: int | None, providers: list = ()) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if _CUDA in _provider_names(providers):
+        # Kernels without atomics where onnxruntime has a choice (cuDNN's transposed
+        # convolutions in the decoder): the same audio, bit for bit, run after run.
+        options.use_deterministic_compute = True
     # The intra-op threads stop spinning when a run ends. Left spinning (onnxruntime's
     # default), they keep the cores busy for tens of milliseconds after it, and whatever runs
     # next (the other session of a step, the caller's own work) waits for them
@@ -99,7 +108,7 @@ def _model_bytes(path_or_bytes: ModelSource) -> str | bytes:
 
 
 #: The CUDA provider's options for every CUDA session (`device_providers`).
-CUDA_OPTIONS = {"use_tf32": "0"}
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
 
 #: The devices a session can be asked for by name.
 _CUDA = "CUDAExecutionProvider"
@@ -133,7 +142,9 @@ def device_providers(
     On CUDA, matrix products and convolutions run in exact fp32 (``use_tf32`` 0): onnxruntime's
     CUDA provider would otherwise round their inputs to TF32 (a 10-bit mantissa), an
     approximation whose error against the exact path has not been measured here
-    (docs/precision.md). cuda_options: more CUDA provider options (e.g.
+    (docs/precision.md). cuDNN's convolution algorithms are chosen by its heuristic, not by
+    timing them at the first run (onnxruntime's default), which could choose another algorithm,
+    rounding otherwise, in another process. cuda_options: more CUDA provider options (e.g.
     ``{"enable_cuda_graph": "1"}``), over these."""
     prefix = f"{where}: " if where else ""
     if device not in DEVICES:
@@ -189,8 +200,10 @@ def create_session(
     if python_ops:
         from .pyop import create_python_ops_session
 
-        return create_python_ops_session(source, providers, _session_options(intra_op_threads))
-    options = _session_options(intra_op_threads)
+        return create_python_ops_session(
+            source, providers, _session_options(intra_op_threads, providers)
+        )
+    options = _session_options(intra_op_threads, providers)
     try:
         options.register_custom_ops_library(get_library_path())
     except (FileNotFoundError, RuntimeError, OSError) as error:
@@ -204,7 +217,9 @@ def create_session(
         )
         from .pyop import create_python_ops_session
 
-        return create_python_ops_session(source, providers, _session_options(intra_op_threads))
+        return create_python_ops_session(
+            source, providers, _session_options(intra_op_threads, providers)
+        )
     return _load(source, options, providers)
 
 
@@ -224,8 +239,7 @@ def _load(
             f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got "
             f"{what} ({detail})"
         ) from err
-    names = [p[0] if isinstance(p, tuple) else p for p in providers]
-    if _CUDA in names and _CUDA not in session.get_providers():
+    if _CUDA in _provider_names(providers) and _CUDA not in session.get_providers():
         # onnxruntime falls back to the CPU with only a log line when CUDA fails to start.
         raise ValueError(
             f"create_session: providers asked for {_CUDA}, which failed to start (no GPU, or "

@@ -63,8 +63,8 @@ def _provider_names(providers: list) -> list[str]:
 def _session_options(intra_op_threads: int | None, providers: list = ()) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if _CUDA in _provider_names(providers):
-        # Kernels without atomics where onnxruntime has a choice (cuDNN's transposed
-        # convolutions in the decoder): the same audio, bit for bit, run after run.
+        # Kernels without atomics where onnxruntime has a choice (its CUDA reductions, the
+        # norms' means among them): the same logits, bit for bit, run after run.
         options.use_deterministic_compute = True
     # The intra-op threads stop spinning when a run ends. Left spinning (onnxruntime's
     # default), they keep the cores busy for tens of milliseconds after it, and whatever runs

@@ -39,15 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (
-    add_workdir,
-    logits_agreement,
-    machine_facts,
-    outdated,
-    parser,
-    print_table,
-    write_json,
-)
+from benchmarks.common import add_workdir, machine_facts, outdated, parser, print_table, write_json
 from vampnet_onnx.contracts import PRECISIONS
 
 # name, batch, frames, steps (None: --steps). The tiny model (d 64, 2 layers, real structure) is
@@ -126,6 +118,7 @@ def _kl_child(fp32: Path, int8: Path, batch: int, frames: int, threads: int) -> 
     """Runs in a fresh process: (mean KL(fp32 || int8) nats per position, top-1 agreement) of
     the transformers' logits on the workload's masked codes."""
     import vampnet_onnx
+    from benchmarks.common import logits_agreement
 
     logits = []
     for path in (fp32, int8):

@@ -412,19 +412,16 @@ class _BoundLoop:
             )
         [logits] = transformer.get_outputs()
         self.logits_type = np.float16 if logits.type == "tensor(float16)" else np.float32
-        self.logits_tail = (
-            int(generator.config.get("n_predict_codebooks", generator.n_codebooks)),
-            generator.mask_token,
-        )
-        providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
+        predicted = generator.n_codebooks - generator.n_conditioning_codebooks
+        self.logits_tail = (predicted, generator.mask_token)
         self.step = create_session(
             _step_model(
                 helper.np_dtype_to_tensor_dtype(np.dtype(self.logits_type)),
                 generator.batch_coupled,
             ),
-            providers=[*providers, "CPUExecutionProvider"],
             intra_op_threads=threads,
             python_ops=python_ops,
+            device=self.device,
         )
         self.cuda_graph = cuda_graph
         self.mask_token = generator.mask_token

@@ -31,6 +31,10 @@ import soundfile
 import soxr
 from scipy.signal import lfilter
 
+# libsndfile's C functions as soundfile binds them (its cffi module), for `_read_pieces`.
+_LIBSNDFILE = getattr(soundfile, "_snd", None)
+_FFI = getattr(soundfile, "_ffi", None)
+
 #: VampNet's loudness target for the codec input (``Interface.loudness``).
 TARGET_LOUDNESS = -24.0
 #: The meter's floor: silence and anything quieter reads -70 LUFS.
@@ -473,19 +477,63 @@ def preprocess_file(
         FileNotFoundError / ValueError: as `load_audio`.
     """
     path = check_input_path(path, "load_audio", "path")
+    with _opened(path) as file:
+        if file.frames < 1:
+            raise ValueError(f"preprocess: path must hold at least 1 sample, got '{path}'")
+        shape = (file.channels, file.frames)
+        pieces = _read_pieces(file, path, _PIECE)
+        return _preprocessed(pieces, shape, file.samplerate, codec_sample_rate, target)
+
+
+def stream_audio(path: str | Path, piece: int = _PIECE) -> Iterator[np.ndarray]:
+    """The samples of the audio file `path` as consecutive float32 pieces ``[channels, n]``,
+    n <= `piece` frames: concatenated, exactly what `load_audio` returns, in any format (MP3
+    included), in memory that does not grow with the file.
+
+    Raises:
+        FileNotFoundError / ValueError: as `load_audio`; ValueError: `piece` < 1, or a file
+            that ends before the length its header gives.
+    """
+    if isinstance(piece, bool) or not isinstance(piece, int | np.integer) or piece < 1:
+        raise ValueError(f"stream_audio: piece must be an int >= 1, got {piece!r}")
+    path = check_input_path(path, "load_audio", "path")
+    with _opened(path) as file:
+        yield from _read_pieces(file, path, int(piece))
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[soundfile.SoundFile]:
     try:
         file = soundfile.SoundFile(path)
     except soundfile.SoundFileError as err:
         raise _undecodable(path, "load_audio", "path", err) from err
     with file:
-        if file.frames < 1:
-            raise ValueError(f"preprocess: path must hold at least 1 sample, got '{path}'")
-        pieces = (
-            file.read(_PIECE, dtype="float32", always_2d=True).T
-            for _ in range(math.ceil(file.frames / _PIECE))
-        )
-        shape = (file.channels, file.frames)
-        return _preprocessed(pieces, shape, file.samplerate, codec_sample_rate, target)
+        yield file
+
+
+def _read_pieces(file: soundfile.SoundFile, path: Path, piece: int) -> Iterator[np.ndarray]:
+    """`file`'s `file.frames` frames from its start, float32 ``[channels, n]`` pieces.
+
+    libsndfile's own read, straight: `SoundFile.read` seeks back to where it thinks the read
+    ended after every call, and libsndfile 1.2.2 seeks inexactly in MP3 (a few thousand
+    samples of silence after each piece); reading on without seeking gives the whole read's
+    samples in every format. Where soundfile's binding is not there to call, the file is read
+    whole (exact, not bounded)."""
+    if _LIBSNDFILE is None:
+        yield np.ascontiguousarray(file.read(dtype="float32", always_2d=True).T)
+        return
+    left = file.frames
+    while left > 0:
+        n = min(piece, left)
+        out = np.empty((n, file.channels), np.float32)
+        got = _LIBSNDFILE.sf_readf_float(file._file, _FFI.cast("float *", _FFI.from_buffer(out)), n)
+        if got < n:
+            raise ValueError(
+                f"load_audio: path must hold the {file.frames} frames its header gives, got "
+                f"'{path}' ending after {file.frames - left + got}"
+            )
+        left -= n
+        yield np.ascontiguousarray(out.T)
 
 
 def _preprocessed(

@@ -386,3 +386,75 @@ def test_without_soundfiles_binding_a_file_is_read_whole(tmp_path, monkeypatch):
 def test_stream_audio_refuses_a_bad_piece(tmp_path, piece):
     with pytest.raises(ValueError, match="stream_audio: piece must be an int >= 1"):
         next(audio.stream_audio(tmp_path / "in.wav", piece=piece))
+
+
+# --- the output's format, checked against the exact rate before any work ----------------------
+
+
+@pytest.mark.parametrize(
+    "name, rate, reason",
+    [
+        ("o.mp3", 96000, r"MP3 takes 8000 to 48000 Hz"),
+        ("o.ogg", 352800, r"Vorbis takes up to 200000 Hz"),
+        ("o.ogg", 384000, r"Vorbis takes up to 200000 Hz"),
+        ("o.flac", 2**31 - 1, r"FLAC takes up to 65535 Hz"),
+        ("o.flac", 65536, r"FLAC takes up to 65535 Hz"),
+        ("o.htk", 44100, r"its header would read 44247 Hz"),
+        ("o.wve", 44100, r"its header would read 8000 Hz"),
+    ],
+)
+def test_output_format_is_checked_against_the_exact_rate(tmp_path, name, rate, reason):
+    with pytest.raises(
+        ValueError,
+        match=f"here: out must be a format that takes mono .* audio at "
+        f"{rate} Hz, got '.*{name}' \\({reason}.*\\): use another",
+    ):
+        audio.check_output_path(
+            tmp_path / name, "here", "out", sample_rate=rate, hint="use another"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, rate, subtype",
+    [
+        ("o.wav", 2**31 - 1, "PCM_16"),
+        ("o.mp3", 48000, "MPEG_LAYER_III"),
+        ("o.ogg", 200000, "VORBIS"),
+        ("o.flac", 655350, "PCM_16"),
+        ("o.wav", 1, "PCM_16"),
+    ],
+)
+def test_output_format_takes_the_rates_it_can_store(tmp_path, name, rate, subtype):
+    assert audio.check_output_format(tmp_path / name, rate) == subtype
+
+
+def test_a_raw_output_is_refused_for_its_missing_header(tmp_path):
+    with pytest.raises(ValueError, match=r"out must name a format with a header .* got '.*o.raw'"):
+        audio.check_output_path(tmp_path / "o.raw", "", "out", sample_rate=44100)
+
+
+def test_a_subtype_the_format_lacks_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="out must name a format that takes VORBIS samples"):
+        audio.check_output_format(tmp_path / "o.wav", 44100, "VORBIS", "", "out")
+
+
+def test_writing_vorbis_at_a_rate_that_crashes_libvorbis_is_an_error_not_a_crash(tmp_path):
+    """libvorbis crashed (status 139) on 352.8 and 384 kHz, leaving the temporary file."""
+    code = (
+        "import sys, numpy as np; from vampnet_onnx import audio\n"
+        "try: audio.write_audio(sys.argv[1], np.zeros(4096, np.float32), 384000)\n"
+        "except ValueError as err: print(err)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "o.ogg")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "sample_rate must be one .ogg takes, got 384000 (Vorbis takes up to" in run.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_format_that_would_store_another_rate_is_not_written(tmp_path):
+    with pytest.raises(ValueError, match=r"its header would read 44247 Hz"):
+        audio.write_audio(tmp_path / "o.htk", np.zeros(100, np.float32), 44100)
+    assert list(tmp_path.iterdir()) == []

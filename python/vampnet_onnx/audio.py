@@ -18,6 +18,7 @@ biquads). The codec graphs' sessions are in `vampnet_onnx.codec`.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import tempfile
@@ -113,15 +114,33 @@ def _undecodable(path: Path, where: str, name: str, err: Exception) -> ValueErro
 def check_input_path(path: str | Path, where: str, name: str = "path") -> Path:
     """`path` as a Path if it is an audio file soundfile can open (its header is read, not
     its samples), else FileNotFoundError / ValueError ``"<where>: <name> must ..."``."""
+    return file_info(path, where, name).path
+
+
+@dataclass(frozen=True)
+class AudioFileInfo:
+    """An audio file's header: `path`, `sample_rate` (Hz), `n_channels`, `n_frames` (samples
+    per channel) and the soundfile `subtype` (e.g. ``"PCM_24"``)."""
+
+    path: Path
+    sample_rate: int
+    n_channels: int
+    n_frames: int
+    subtype: str
+
+
+def file_info(path: str | Path, where: str = "load_audio", name: str = "path") -> AudioFileInfo:
+    """The header of the audio file `path` (its samples are not read), else
+    FileNotFoundError / ValueError ``"<where>: <name> must ..."`` as `check_input_path`."""
     path = Path(path)
     if not path.is_file():
         prefix = f"{where}: " if where else ""
         raise FileNotFoundError(f"{prefix}{name} must be an existing file, got '{path}'")
     try:
-        soundfile.info(path)
+        info = soundfile.info(path)
     except (soundfile.SoundFileError, RuntimeError) as err:
         raise _undecodable(path, where, name, err) from err
-    return path
+    return AudioFileInfo(path, info.samplerate, info.channels, info.frames, info.subtype)
 
 
 def check_output_path(
@@ -129,11 +148,20 @@ def check_output_path(
     where: str,
     name: str = "out_path",
     input_path: str | Path | None = None,
+    *,
+    sample_rate: int | None = None,
+    subtype: str | None = None,
+    hint: str | None = None,
 ) -> Path:
     """`path` as a Path if an audio file can be written there, checked before any work: an
     extension soundfile writes, an existing folder we may write to, and not the input file
     (`input_path`, compared as files, so links to it count too). Else ValueError
-    ``"<where>: <name> must ..., got '<path>' ..."`` with the real reason."""
+    ``"<where>: <name> must ..., got '<path>' ..."`` with the real reason.
+
+    With `sample_rate` (Hz) also `check_output_format`: the format holds mono audio of
+    `subtype` (None: the format's default) at exactly that rate; `hint`, if the rate is the
+    trouble, says how to write at another (e.g. ``"--codec-rate writes at 44100 Hz"``).
+    """
     path = Path(path)
     prefix = f"{where}: " if where else ""
     kind = path.suffix[1:].upper()
@@ -154,7 +182,100 @@ def check_output_path(
         raise ValueError(
             f"{prefix}{name} must not be the input file (it would be overwritten), got '{path}'"
         )
+    if sample_rate is not None:
+        check_output_format(path, sample_rate, subtype, where, name, hint)
     return path
+
+
+#: Rates libsndfile's Vorbis encoder does not refuse but crashes on (a segmentation fault in
+#: libvorbis, seen with libsndfile 1.2.2 from 200,001 Hz up): refused before it is called.
+_VORBIS_MAX_RATE = 200_000
+#: What the named formats take, said in the error (libsndfile's own reason is less clear).
+_RATES_TAKEN = {
+    "MPEG_LAYER_III": "MP3 takes 8000 to 48000 Hz (MPEG's nine rates)",
+    "OPUS": "Opus takes 8000, 12000, 16000, 24000 or 48000 Hz",
+    "VORBIS": f"Vorbis takes up to {_VORBIS_MAX_RATE} Hz",
+    "FLAC": "FLAC takes up to 65535 Hz, or multiples of 10 Hz up to 655350 Hz",
+}
+
+
+def output_subtype(path: str | Path, subtype: str | None = None) -> str | None:
+    """The soundfile subtype a file written at `path` gets: `subtype` if given, else its
+    format's default (``PCM_16`` for WAV and FLAC, ``VORBIS`` for OGG; None for RAW)."""
+    return subtype or soundfile.default_subtype(Path(path).suffix[1:].upper())
+
+
+def check_output_format(
+    path: str | Path,
+    sample_rate: int,
+    subtype: str | None = None,
+    where: str = "",
+    name: str = "out_path",
+    hint: str | None = None,
+) -> str:
+    """The subtype to write mono audio at `sample_rate` Hz to `path` with, if its format (from
+    the extension) holds exactly that: a header (not RAW), `subtype` (None: the default), and
+    the rate, as libsndfile writes and reads back a few samples of silence in memory (some
+    formats silently store another rate: HTK, SVX, WVE ...); rates that crash an encoder are
+    refused without calling it. Else ValueError naming `name`, the rate and the reason, then
+    `hint` (how to write at another rate) where the rate is the trouble."""
+    path = Path(path)
+    prefix = f"{where}: " if where else ""
+    kind = path.suffix[1:].upper()
+    subtype = output_subtype(path, subtype)
+    if subtype is None:
+        raise ValueError(
+            f"{prefix}{name} must name a format with a header (.wav, .flac, ...; .{kind.lower()} "
+            f"has none to keep the rate and sample type), got '{path}'"
+        )
+    if not soundfile.check_format(kind, subtype):
+        raise ValueError(
+            f"{prefix}{name} must name a format that takes {subtype} samples, got '{path}'"
+        )
+    rate = _rate(sample_rate, where or "check_output_format", "sample_rate")
+    reason = _format_refuses(kind, subtype, rate)
+    if reason is not None:
+        advice = f": {hint}" if hint else ""
+        raise ValueError(
+            f"{prefix}{name} must be a format that takes mono {subtype} audio at {rate} Hz, got "
+            f"'{path}' ({_RATES_TAKEN.get(subtype, _RATES_TAKEN.get(kind, reason))}){advice}"
+        )
+    return subtype
+
+
+def _format_refuses(kind: str, subtype: str, rate: int) -> str | None:
+    """Why libsndfile cannot write mono `subtype` audio at `rate` Hz as `kind`, or None."""
+    crash = _crashing_rate(subtype, rate)
+    if crash is not None:
+        return crash
+    trial = io.BytesIO()
+    try:
+        with soundfile.SoundFile(trial, "w", rate, 1, subtype, format=kind) as file:
+            file.write(np.zeros(16, np.float32))
+        trial.seek(0)
+        stored = soundfile.info(trial).samplerate
+    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as err:
+        return one_line(err)
+    return None if stored == rate else f"its header would read {stored} Hz"
+
+
+def _crashing_rate(subtype: str | None, rate: int) -> str | None:
+    """Why libsndfile is not to be asked to write `subtype` at `rate` Hz at all, or None."""
+    if rate > _MAX_FILE_RATE:
+        return f"libsndfile takes rates up to {_MAX_FILE_RATE} Hz"
+    if subtype == "VORBIS" and rate > _VORBIS_MAX_RATE:
+        return _RATES_TAKEN["VORBIS"]
+    return None
+
+
+#: libsndfile keeps a rate in a C int.
+_MAX_FILE_RATE = 2**31 - 1
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an exception's message (libsndfile's and onnxruntime's run on)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def write_audio(
@@ -185,6 +306,11 @@ def _written(
     """An open SoundFile that becomes `path` when the block ends without an error (written to
     a temporary file in the same folder, renamed into place); on an error nothing is left."""
     path = check_output_path(path, "write_audio", "path")
+    crash = _crashing_rate(output_subtype(path, subtype), sample_rate)
+    if crash is not None:
+        raise ValueError(
+            f"write_audio: sample_rate must be one {path.suffix} takes, got {sample_rate} ({crash})"
+        )
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -200,19 +326,27 @@ def _written(
             ) from err
         with file:
             yield file
+        # Some formats store another rate than the one asked for without an error.
+        stored = soundfile.info(temporary).samplerate
+        if stored != sample_rate:
+            raise ValueError(
+                f"write_audio: sample_rate must be one {path.suffix} can store, got "
+                f"{sample_rate} (its header would read {stored} Hz)"
+            )
         # mkstemp makes the file private (0600); the output gets the permissions any new file
         # would (0666 less the umask).
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, new_file_mode())
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
 
 
-def _umask() -> int:
-    """The process's umask (reading it means setting it: set back at once)."""
+def new_file_mode() -> int:
+    """The permissions any new file gets, 0o666 less the process's umask (reading the umask
+    means setting it: set back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 # --- signal processing -------------------------------------------------------------------
@@ -549,6 +683,7 @@ def _preprocessed(
 
     def measured(pieces):
         for piece in pieces:
+            piece = _samples(piece, "preprocess")  # a file's pieces are checked as arrays are
             meter.add(to_mono(piece)[None])
             yield piece
 

@@ -393,18 +393,32 @@ class _AudioToAudio:
         settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
         Raises FileNotFoundError / ValueError for a missing or undecodable input, and ValueError
         before any work for an output that cannot be written (`audio.check_output_path`: no
-        such folder, no permission, no audio extension, or the input file itself). The output
-        appears whole or not at all.
+        such folder, no permission, no audio extension, the input file itself, or a format
+        that cannot hold the output's rate, e.g. a 96-kHz input to .mp3). The output appears
+        whole or not at all.
         """
         where = f"{type(self).__name__}.vamp_file"
         out_path = audio.check_output_path(out_path, where, "out_path", in_path)
         checked = self._prepare(**settings)
+        audio.check_output_path(
+            out_path,
+            where,
+            "out_path",
+            in_path,
+            sample_rate=self.output_rate(in_path, checked.keep_rate),
+            hint=f"keep_rate=False writes at the codec's {self.sample_rate} Hz",
+        )
         # File to file, piece by piece at both ends (`audio.preprocess_file`, `restore_file`):
         # the one whole-input array is the codec-rate mono signal, which the run overwrites
         # with its output, so memory stays bounded whatever the input's length.
         y, info = self._run(checked, *audio.preprocess_file(in_path, self.sample_rate))
         audio.restore_file(y, info, out_path, self.sample_rate)
         return out_path, info.sample_rate
+
+    def output_rate(self, in_path: str | Path, keep_rate: bool = True) -> int:
+        """The sample rate in Hz of `vamp_file`'s output for the audio file `in_path`: the
+        input's with `keep_rate`, else the codec's (read from the header only)."""
+        return audio.file_info(in_path).sample_rate if keep_rate else self.sample_rate
 
 
 class Vamp(_AudioToAudio):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -306,3 +307,189 @@ def test_vamp_path_count_and_batch_size_are_checked_first(tmp_path, capsys, argv
     full = ["vamp", *argv, "--models", str(tmp_path / "no-models")]
     assert cli.main(full) == 1
     assert error_line(capsys) == f"vampnet-onnx vamp: error: {message}"
+
+
+# --- the output's format against the exact rate, before any work ----------------------------
+
+
+def write_rate(path: Path, sample_rate: int, n: int = 4000) -> Path:
+    """A WAV file whatever the name says."""
+    samples = np.random.default_rng(4).standard_normal(n) * 0.1
+    soundfile.write(path, samples, sample_rate, format="WAV")
+    return path
+
+
+@pytest.mark.parametrize(
+    "rate, name, reason",
+    [
+        (96000, "o.mp3", "MP3 takes 8000 to 48000 Hz"),
+        (352800, "o.ogg", "Vorbis takes up to 200000 Hz"),
+        (384000, "o.ogg", "Vorbis takes up to 200000 Hz"),
+        (2**31 - 1, "o.flac", "FLAC takes up to 65535 Hz"),
+    ],
+)
+def test_an_output_format_that_cannot_take_the_rate_fails_before_any_work(
+    tmp_path, capsys, rate, name, reason
+):
+    """Before: after the vamp (MP3, FLAC), or a segmentation fault leaving a temporary file
+    (OGG at 352.8 / 384 kHz). Now: before the models are read (there are none here)."""
+    source = write_rate(tmp_path / "in.wav", rate)
+    argv = ["vamp", str(source), str(tmp_path / name), "--models", str(tmp_path / "none")]
+    assert cli.main(argv) == 1
+    line = error_line(capsys)
+    assert line.startswith("vampnet-onnx vamp: error: OUT must be a format that takes mono")
+    assert f"audio at {rate} Hz, got '{tmp_path / name}'" in line
+    assert f"({reason}" in line and line.endswith(
+        "--codec-rate writes at the codec's 44.1 kHz, or write .wav, which takes any rate"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_a_raw_output_fails_before_any_work(tmp_path, capsys):
+    source = write_rate(tmp_path / "in.wav", 44100)
+    argv = ["vamp", str(source), str(tmp_path / "o.raw"), "--models", str(tmp_path / "none")]
+    assert cli.main(argv) == 1
+    assert "OUT must name a format with a header" in error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_codec_rate_writes_a_96k_input_as_mp3(models, tmp_path):
+    source = write_rate(tmp_path / "in.wav", 96000, 20000)
+    out = tmp_path / "o.mp3"
+    argv = ["vamp", str(source), str(out), "--models", str(models), "--steps", "1", "--quiet"]
+    assert cli.main([*argv, "--codec-rate"]) == 0
+    assert soundfile.info(out).samplerate == 44100
+
+
+def test_vamp_file_checks_the_output_format_before_any_work(models, tmp_path, monkeypatch):
+    from vampnet_onnx.pipeline import Vamp
+
+    vamp = Vamp(models)
+    monkeypatch.setattr(Vamp, "encode", lambda *a, **k: pytest.fail("encoded"))
+    source = write_rate(tmp_path / "in.wav", 96000)
+    with pytest.raises(
+        ValueError,
+        match=r"Vamp.vamp_file: out_path must be a format .* 96000 Hz"
+        r".*keep_rate=False writes at the codec's 44100 Hz",
+    ):
+        vamp.vamp_file(source, tmp_path / "o.mp3", steps=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+# --- --out-dir: one bad file costs only itself ---------------------------------------------
+
+
+def write_nan(path: Path) -> Path:
+    samples = np.full(20000, np.nan, np.float32)
+    soundfile.write(path, samples, 44100, subtype="FLOAT")
+    return path
+
+
+def out_dir_run(models, inputs, out_dir, *extra) -> int:
+    argv = ["vamp", *map(str, inputs), "--out-dir", str(out_dir), "--models", str(models)]
+    return cli.main([*argv, "--steps", "1", "--seed", "3", "--quiet", *extra])
+
+
+def test_a_file_that_fails_during_work_costs_only_itself(models, tmp_path, capsys):
+    """Before: nothing written, an empty folder left, a message naming no file."""
+    (tmp_path / "in").mkdir()
+    good = [
+        write_noise(tmp_path / "in" / "a.wav", 1.2, 48000, 1),
+        write_noise(tmp_path / "in" / "b.flac", 0.3, 44100, 2),
+        write_noise(tmp_path / "in" / "d.ogg", 0.5, 44100, 3),
+    ]
+    bad = write_nan(tmp_path / "in" / "bad.wav")
+    out_dir = tmp_path / "out"
+    # Batches of two: the bad file shares its batch with d.ogg.
+    assert out_dir_run(models, [*good[:2], bad, good[2]], out_dir, "--batch-size", "2") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"vampnet-onnx vamp: failed '{bad}': preprocess: x must be finite, got NaN or inf",
+        f"vampnet-onnx vamp: 1 of 4 inputs failed, listed in {out_dir / 'failures.json'}",
+    ]
+    report = json.loads((out_dir / "failures.json").read_text())
+    assert report["failed"] == [
+        {
+            "input": str(bad),
+            "output": str(out_dir / "bad.wav"),
+            "reason": "preprocess: x must be finite, got NaN or inf",
+        }
+    ]
+    alone = tmp_path / "alone"
+    assert out_dir_run(models, good, alone, "--batch-size", "2") == 0
+    for name in ("a.wav", "b.flac"):
+        assert (out_dir / name).read_bytes() == (alone / name).read_bytes()
+    # An Ogg stream has a random serial number: the same samples, not the same bytes.
+    np.testing.assert_array_equal(
+        soundfile.read(out_dir / "d.ogg")[0], soundfile.read(alone / "d.ogg")[0]
+    )
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "a.wav",
+        "b.flac",
+        "d.ogg",
+        "failures.json",
+    ]
+
+
+def test_inputs_that_fail_their_checks_are_named_before_any_work(models, tmp_path, capsys):
+    good = write_noise(tmp_path / "a.wav", 0.3, 44100, 1)
+    missing = tmp_path / "gone.wav"
+    text = tmp_path / "notes.flac"
+    text.write_text("not audio\n")
+    # A WAV named .flac: its output is a .flac, which cannot take 100001 Hz.
+    odd = write_rate(tmp_path / "odd.flac", 100001)
+    out_dir = tmp_path / "out"
+    assert out_dir_run(models, [good, missing, text, odd], out_dir, "--batch-size", "1") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    prefix = "vampnet-onnx vamp: failed"
+    assert err[0] == f"{prefix} '{missing}': IN must be an existing file, got '{missing}'"
+    assert err[1].startswith(f"{prefix} '{text}': IN must be an audio file soundfile can decode")
+    assert err[2].startswith(f"{prefix} '{odd}': OUT must be a format that takes mono PCM_16 audio")
+    assert "at 100001 Hz" in err[2] and "--codec-rate" in err[2]
+    report = json.loads((out_dir / "failures.json").read_text())
+    assert [entry["input"] for entry in report["failed"]] == [str(missing), str(text), str(odd)]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json"]
+
+
+def test_when_no_input_can_be_vamped_nothing_is_made(tmp_path, capsys):
+    missing = tmp_path / "gone.wav"
+    out_dir = tmp_path / "out"
+    argv = ["vamp", str(missing), str(tmp_path / "gone2.wav"), "--out-dir", str(out_dir)]
+    assert cli.main([*argv, "--models", str(tmp_path / "none")]) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: IN must be an existing file, got '{missing}' (and 1 more "
+        "inputs that cannot)"
+    )
+    assert not out_dir.exists()
+
+
+def test_an_inpaint_range_past_one_short_file_costs_only_it(models, tmp_path, capsys):
+    long = write_noise(tmp_path / "long.wav", 1.5, 44100, 1)
+    short = write_noise(tmp_path / "short.wav", 0.4, 44100, 2)
+    out_dir = tmp_path / "out"
+    assert out_dir_run(models, [long, short], out_dir, "--inpaint", "1.0", "1.4") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"vampnet-onnx vamp: failed '{short}': Vamp.vamp: inpaint must start")
+    assert (out_dir / "long.wav").is_file() and not (out_dir / "short.wav").exists()
+
+
+def test_a_run_without_failures_removes_an_earlier_report(models, tmp_path, capsys):
+    good = write_noise(tmp_path / "a.wav", 0.3, 44100, 1)
+    bad = write_nan(tmp_path / "b.wav")
+    out_dir = tmp_path / "out"
+    assert out_dir_run(models, [good, bad], out_dir) == 1
+    assert (out_dir / "failures.json").is_file()
+    write_noise(bad, 0.3, 44100, 2)
+    assert out_dir_run(models, [good, bad], out_dir) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "b.wav"]
+
+
+def test_with_the_single_graph_a_bad_file_costs_only_itself(models, tmp_path, capsys):
+    good = write_noise(tmp_path / "a.wav", 0.3, 44100, 1)
+    bad = write_nan(tmp_path / "b.wav")
+    out_dir = tmp_path / "out"
+    argv = ["vamp", str(bad), str(good), "--out-dir", str(out_dir)]
+    assert cli.main([*argv, "--models", str(models / "vamp.onnx"), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"failed '{bad}': preprocess: x must be finite, got NaN or inf" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json"]

@@ -200,67 +200,83 @@ def _vamp(args: argparse.Namespace) -> int:
             f"IN OUT must be two paths (or IN... with --out-dir DIR), got {len(args.paths)}"
         )
     args.input, args.output = args.paths
-    audio.check_input_path(args.input, "load_audio", "path")
+    info = audio.file_info(args.input)
     audio.check_output_path(args.output, "", "OUT", args.input)
     runtime.device_providers(args.device, "", "--device")
     if single and not args.models.is_file():
         raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
+    rate = _codec_rate(args.models, single) if args.codec_rate else info.sample_rate
+    audio.check_output_format(args.output, rate, None, "", "OUT", _rate_hint(args))
     vamp = cls(args.models, threads=args.threads, device=args.device)
     out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")
     return 0
 
 
-def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
-    """`vamp IN... --out-dir DIR`: each input to DIR/<its stem><its extension, or .wav where
-    soundfile cannot write that>, --batch-size files a `vamp_batch` (one by one for vamp.onnx).
-    Outputs that collide or overwrite an input are refused before any work."""
-    import soundfile
+def _codec_rate(models: Path, single: bool) -> int:
+    """The codec's sample rate from the graph's metadata, without loading the models."""
+    from .contracts import CODEC_CONFIG_KEY, ENCODE_FILE, read_metadata
 
-    from . import audio, runtime
+    graph = models if single else models / ENCODE_FILE
+    return int(read_metadata(graph, CODEC_CONFIG_KEY, "--models")["sample_rate"])
+
+
+def _rate_hint(args: argparse.Namespace) -> str | None:
+    """What to do when OUT's format cannot take the input's rate (None with --codec-rate)."""
+    if args.codec_rate:
+        return None
+    return "--codec-rate writes at the codec's 44.1 kHz, or write .wav, which takes any rate"
+
+
+def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
+    """`vamp IN... --out-dir DIR` (`folder`): each input to DIR/<its stem><its extension, or
+    .wav where soundfile cannot write that>, --batch-size files a `vamp_batch` (one by one for
+    vamp.onnx). Outputs that collide or overwrite an input are refused before any work; an
+    input that fails its checks or its vamp is reported by name, the others complete, and
+    DIR/failures.json lists the failures (status 1)."""
+    from . import folder, runtime
     from .pipeline import SingleGraphVamp, Vamp
 
-    outputs: dict[Path, Path] = {}
-    for path in args.paths:
-        audio.check_input_path(path, "load_audio", "path")
-        suffix = path.suffix if path.suffix[1:].upper() in soundfile.available_formats() else ".wav"
-        out = args.out_dir / (path.stem + suffix)
-        if out in outputs:
-            raise ValueError(
-                f"IN must have distinct names in --out-dir, got '{outputs[out]}' and '{path}', "
-                f"both written to '{out}'"
-            )
-        outputs[out] = path
+    jobs = folder.plan(args.paths, args.out_dir, "--out-dir")
     _check_out_folder(args.out_dir, "--out-dir")
     runtime.device_providers(args.device, "", "--device")
     if single and not args.models.is_file():
         raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for out, path in outputs.items():
-        audio.check_output_path(out, "", "--out-dir", path)
+    rate = _codec_rate(args.models, single) if args.codec_rate else None
+    jobs, early = folder.check_jobs(jobs, rate, _rate_hint(args))
+    if not jobs:  # nothing to do: the (first) reason, and no folder made
+        more = f" (and {len(early) - 1} more inputs that cannot)" if len(early) > 1 else ""
+        raise ValueError(f"{early[0].reason}{more}")
+    failures = []
+
+    def failed(failure) -> None:
+        failures.append(failure)
+        print(f"{PROG} vamp: failed '{failure.job.input}': {failure.reason}", file=sys.stderr)
+
+    for failure in early:
+        failed(failure)
     vamp_class = SingleGraphVamp if single else Vamp
     vamp = vamp_class(args.models, threads=args.threads, device=args.device)
-    jobs = list(outputs.items())
-    if single:
-        for out, path in jobs:
-            written, rate = vamp.vamp_file(path, out, **settings)
-            print(f"wrote {written} ({rate} Hz)")
-        return 0
-    seed = settings.pop("seed")
-    for first in range(0, len(jobs), args.batch_size):
-        group = jobs[first : first + args.batch_size]
-        loaded = [audio.load_audio(path) for _, path in group]
-        results = vamp.vamp_batch(
-            [samples for samples, _ in loaded],
-            [rate for _, rate in loaded],
-            seeds=seed,
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.run_jobs(
+            vamp,
+            jobs,
             batch_size=args.batch_size,
+            on_written=lambda job, rate: print(f"wrote {job.output} ({rate} Hz)", flush=True),
+            on_failed=failed,
             **settings,
         )
-        for (out, _), (y, rate) in zip(group, results):
-            audio.write_audio(out, y, rate)
-            print(f"wrote {out} ({rate} Hz)")
-    return 0
+    finally:
+        # Also on Ctrl-C: the failures so far are reported, the outputs written stay.
+        report = folder.write_failures(args.out_dir, failures)
+    if report is None:
+        return 0
+    print(
+        f"{PROG} vamp: {len(failures)} of {len(args.paths)} inputs failed, listed in {report}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -548,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="vamp every IN to DIR/<its name> (its extension, or .wav where that cannot be "
-        "written), each as `vamp IN OUT` would, --batch-size files at a time",
+        "written), each as `vamp IN OUT` would, --batch-size files at a time; an IN that "
+        "fails is reported by name while the others are written, DIR/failures.json lists "
+        "the failures and the status is 1",
     )
     vamp.add_argument(
         "--batch-size",

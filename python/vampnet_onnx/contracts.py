@@ -93,6 +93,15 @@ MODEL_FILES = (ENCODE_FILE, GENERATION_FILES["coarse"], GENERATION_FILES["c2f"],
 #: The graphs the single graph is built from (`export.vamp`).
 SOURCE_FILES = (ENCODE_FILE, TRANSFORMER_FILES["coarse"], TRANSFORMER_FILES["c2f"], DECODE_FILE)
 
+# --- an output folder of many vamps (vamp IN... --out-dir DIR, `folder`) -------------------
+
+#: The failures report: JSON ``{"format": FAILURES_FORMAT, "failed": [{"input", "output",
+#: "reason"}, ...]}``, one entry per input that wrote nothing in the folder's last run, with
+#: its one-line reason; written whole at the end of a run with failures, removed at the end
+#: of a run without.
+FAILURES_FILE = "failures.json"
+FAILURES_FORMAT = "vampnet-onnx failures 1"
+
 
 def require_files(folder: str | Path, names: Sequence[str], what: str) -> Path:
     """`folder` as a Path, or FileNotFoundError "<what> must be a folder with <names>

@@ -1,0 +1,228 @@
+"""Many audio files vamped into one output folder (``vamp IN... --out-dir DIR``), where one bad
+file costs only itself.
+
+- Names: each input goes to ``DIR/<its stem><its extension>``, or ``.wav`` where soundfile
+  cannot write that extension. Two inputs with one output name, or an output that would be
+  its own input, are refused before any work (`plan`): the command is wrong, not a file.
+- Before any work each input is checked on its header (`check_jobs`): it exists, decodes, has
+  at least one sample, and its output's format holds the output's rate. One that fails is a
+  failure; the others go on.
+- During the work a file that fails (samples that are not finite, an inpaint range past its
+  end, a write error...) is a failure named by its path, and the others complete (`run_jobs`;
+  a batch that fails is run again file by file to find which).
+- The failures report `contracts.FAILURES_FILE` in the folder lists every failure of the run
+  with its one-line reason (`write_failures`); a run without failures removes an earlier one.
+
+Nothing here imports a front end; the CLI calls it, so does the cluster driver's worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import soundfile
+
+from . import audio
+from .contracts import FAILURES_FILE, FAILURES_FORMAT
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the output file it is vamped to."""
+
+    input: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job that wrote nothing, and why (one line, naming the setting or the check)."""
+
+    job: Job
+    reason: str
+
+
+def output_name(path: Path) -> str:
+    """The output file name of input `path`: its name, or its stem + ``.wav`` where soundfile
+    cannot write its extension (``a.m4a`` -> ``a.wav``)."""
+    suffix = path.suffix if path.suffix[1:].upper() in soundfile.available_formats() else ".wav"
+    return path.stem + suffix
+
+
+def plan(inputs: Sequence[str | Path], out_dir: str | Path, flag: str = "out_dir") -> list[Job]:
+    """The jobs of `inputs` into `out_dir` (`output_name`), in the order given.
+
+    Raises:
+        ValueError: two inputs with one output name, or an output that is its input (the
+            message names the folder as `flag`).
+    """
+    out_dir = Path(out_dir)
+    jobs: dict[Path, Job] = {}
+    for given in inputs:
+        path = Path(given)
+        out = out_dir / output_name(path)
+        if out in jobs:
+            raise ValueError(
+                f"IN must have distinct names in {flag}, got '{jobs[out].input}' and '{path}', "
+                f"both written to '{out}'"
+            )
+        if out.exists() and path.exists() and os.path.samefile(out, path):
+            raise ValueError(
+                f"{flag} must not be the input file (it would be overwritten), got '{path}'"
+            )
+        jobs[out] = Job(path, out)
+    return list(jobs.values())
+
+
+def check_jobs(
+    jobs: Iterable[Job], output_rate: int | None = None, hint: str | None = None
+) -> tuple[list[Job], list[Failure]]:
+    """(the jobs whose input passes the header checks, the failures of the others).
+
+    Args:
+        output_rate: the outputs' rate in Hz; None: each input's own rate.
+        hint: how to write at another rate, appended where the rate is the trouble.
+    """
+    good, failed = [], []
+    for job in jobs:
+        try:
+            info = audio.file_info(job.input, "", "IN")
+            if info.n_frames < 1:
+                raise ValueError(f"IN must hold at least 1 sample, got '{job.input}'")
+            rate = info.sample_rate if output_rate is None else output_rate
+            audio.check_output_format(job.output, rate, None, "", "OUT", hint)
+        except (ValueError, OSError) as err:
+            failed.append(Failure(job, _reason(err)))
+        else:
+            good.append(job)
+    return good, failed
+
+
+def run_jobs(
+    vamp: Any,
+    jobs: Sequence[Job],
+    *,
+    seed: int = 0,
+    batch_size: int = 1,
+    on_written: Callable[[Job, int], None] | None = None,
+    on_failed: Callable[[Failure], None] | None = None,
+    **settings: Any,
+) -> list[Failure]:
+    """Vamp every job's input to its output with `vamp` (a `pipeline.Vamp` or
+    `SingleGraphVamp`) and `settings` (`vamp`'s keyword arguments), each file as
+    ``vamp.vamp_file(job.input, job.output, seed=seed, **settings)`` would; with a `Vamp`,
+    `batch_size` files a `vamp_batch` call. A file that fails is returned (and passed to
+    `on_failed`) and the others go on; `on_written(job, rate)` after each output. Ctrl-C
+    stops the run (outputs already written stay)."""
+    failures: list[Failure] = []
+
+    def failed(job: Job, err: Exception) -> None:
+        failures.append(Failure(job, _reason(err)))
+        if on_failed is not None:
+            on_failed(failures[-1])
+
+    def written(job: Job, rate: int) -> None:
+        if on_written is not None:
+            on_written(job, rate)
+
+    if not hasattr(vamp, "vamp_batch"):
+        for job in jobs:
+            try:
+                _, rate = vamp.vamp_file(job.input, job.output, seed=seed, **settings)
+            except Exception as err:  # one file's failure, whatever it is, costs only it
+                failed(job, err)
+            else:
+                written(job, rate)
+        return failures
+    for first in range(0, len(jobs), batch_size):
+        group = []
+        for job in jobs[first : first + batch_size]:
+            try:
+                group.append((job, *audio.load_audio(job.input)))
+            except Exception as err:
+                failed(job, err)
+        try:
+            results = _vamp_group(vamp, group, seed, batch_size, settings)
+        except Exception as err:
+            if len(group) == 1:
+                failed(group[0][0], err)
+                continue
+            results = []
+            for member in group:  # which file it was: each alone (the same tokens, docs)
+                try:
+                    results += _vamp_group(vamp, [member], seed, batch_size, settings)
+                except Exception as err_alone:
+                    failed(member[0], err_alone)
+        for job, y, rate in results:
+            try:
+                audio.write_audio(job.output, y, rate)
+            except Exception as err:
+                failed(job, err)
+            else:
+                written(job, rate)
+    return failures
+
+
+def _vamp_group(vamp, group: list, seed: int, batch_size: int, settings: dict) -> list:
+    """[(job, samples, rate)] of `vamp.vamp_batch` on the loaded `group` [(job, x, rate)]."""
+    if not group:
+        return []
+    results = vamp.vamp_batch(
+        [x for _, x, _ in group],
+        [rate for _, _, rate in group],
+        seeds=seed,
+        batch_size=batch_size,
+        **settings,
+    )
+    return [(job, y, rate) for (job, _, _), (y, rate) in zip(group, results)]
+
+
+def write_failures(out_dir: str | Path, failures: Sequence[Failure]) -> Path | None:
+    """The failures report of a run into `out_dir` (`contracts.FAILURES_FILE`), written whole
+    (a temporary file renamed into place), or, for a run without failures, an earlier one
+    removed. Returns its path, or None when there is none."""
+    path = Path(out_dir) / FAILURES_FILE
+    if not failures:
+        path.unlink(missing_ok=True)
+        return None
+    report = {
+        "format": FAILURES_FORMAT,
+        "failed": [
+            {"input": str(f.job.input), "output": str(f.job.output), "reason": f.reason}
+            for f in failures
+        ],
+    }
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(report, file, indent=1)
+            file.write("\n")
+        os.chmod(temporary, audio.new_file_mode())
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path
+
+
+def read_failures(out_dir: str | Path) -> list[dict]:
+    """The entries of `out_dir`'s failures report (``input``, ``output``, ``reason``), [] when
+    it has none."""
+    path = Path(out_dir) / FAILURES_FILE
+    if not path.is_file():
+        return []
+    report = json.loads(path.read_text())
+    if report.get("format") != FAILURES_FORMAT:
+        raise ValueError(f"read_failures: {path} must be a {FAILURES_FORMAT!r} report")
+    return report["failed"]
+
+
+def _reason(err: BaseException) -> str:
+    """One line: the message's first line, with the type where it is not the user's error."""
+    text = audio.one_line(err)
+    return text if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {text}"

@@ -9,6 +9,7 @@ a failure: CI must test the wheel it ships."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,8 +58,9 @@ def _fresh_env(venv: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
-    """A fresh virtual environment with the wheel and its export and audio extras installed from
-    binary wheels only (the extras: the demo exports its random models with torch)."""
+    """A fresh virtual environment with the wheel and its export, audio and test extras
+    installed from binary wheels only (the demo exports its random models with torch; the op
+    tests run in it)."""
     root = tmp_path_factory.mktemp("wheel-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     env = _fresh_env(root)
@@ -74,17 +76,68 @@ def venv(wheel, tmp_path_factory) -> Path:
         "--no-compile",
         "--only-binary",
         ":all:",
-        f"{wheel}[cpu,export,audio]",
+        f"{wheel}[cpu,export,audio,test]",
     ]
     result = subprocess.run(install, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
 
 
-def test_wheel_is_manylinux_on_linux(wheel):
+#: The newest glibc the wheel may ask for: manylinux_2_28 (Ubuntu 20.04 has 2.31, RHEL 8 2.28).
+MAX_GLIBC = (2, 28)
+
+
+def _glibc(tag: str) -> tuple[int, int]:
+    major, minor = re.fullmatch(r"manylinux_(\d+)_(\d+)_\w+", tag).groups()
+    return int(major), int(minor)
+
+
+def test_wheel_is_tagged_manylinux_2_28_or_older(wheel):
     if not sys.platform.startswith("linux"):
         pytest.skip("manylinux tags are Linux wheels'")
-    assert "-manylinux_" in wheel.name, wheel.name
+    platforms = wheel.name.removesuffix(".whl").split("-")[-1].split(".")
+    glibc = [_glibc(tag) for tag in platforms if tag.startswith("manylinux_")]
+    assert glibc and max(glibc) <= MAX_GLIBC, wheel.name
+
+
+def test_auditwheel_finds_no_symbol_newer_than_glibc_2_28(wheel):
+    """The tag is checked by the symbols the libraries ask for (no old system is booted)."""
+    pytest.importorskip("auditwheel")
+    show = subprocess.run(
+        [sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True
+    )
+    assert show.returncode == 0, show.stderr
+    text = " ".join(show.stdout.split())
+    found = re.search(r'consistent with the following platform tag: "(manylinux_\w+)"', text)
+    assert found and _glibc(found.group(1)) <= MAX_GLIBC, text
+    assert "libstdc++" not in text
+
+
+#: The op tests that run against the wheel's compiled library and kernels module (the wheel is
+#: built by another compiler than the test suite's install: the same bits must come out).
+OP_TESTS = (
+    "test_sample_tokens.py",
+    "test_mask_git_step.py",
+    "test_loop.py",
+    "test_rng.py",
+    "test_properties.py",
+    "test_edge_cases.py",
+    "test_concurrency.py",
+)
+
+
+def test_wheel_ops_give_the_twins_bits(venv):
+    tests = Path(__file__).parent
+    command = [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        [*command, *(str(tests / name) for name in OP_TESTS)],
+        env=_fresh_env(venv),
+        capture_output=True,
+        text=True,
+        cwd=tests.parent,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-500:]
 
 
 def test_wheel_op_library_registers_from_the_fresh_environment(venv):

@@ -11,6 +11,9 @@ import vampnet_onnx
 from vampnet_onnx import configs, ops
 
 ONNX_OPSET = 18
+#: The IR version of the tests' hand-built models: the newest onnxruntime 1.21 (the oldest the
+#: package allows) loads; onnx's newest default is newer (tests/test_ort_range.py).
+ONNX_IR_VERSION = 10
 
 
 def op_model(
@@ -31,7 +34,9 @@ def op_model(
     node = schema.make_node([p.name for p in ports], schema.output_names, **attributes)
     graph = helper.make_graph([node], schema.name, inputs, outputs)
     return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET), ops.opset_import()]
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), ops.opset_import()],
+        ir_version=ONNX_IR_VERSION,
     )
 
 

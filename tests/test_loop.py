@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import vampnet_onnx
-from conftest import ONNX_OPSET, random_step_problem
+from conftest import ONNX_IR_VERSION, ONNX_OPSET, random_step_problem
 from vampnet_onnx import _kernels, ops
 
 BCT = ["B", "C", "T"]
@@ -94,7 +94,9 @@ def loop_model() -> onnx.ModelProto:
         ],
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET), ops.opset_import()]
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), ops.opset_import()],
+        ir_version=ONNX_IR_VERSION,
     )
     onnx.checker.check_model(model)
     return model

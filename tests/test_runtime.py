@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import vampnet_onnx
-from conftest import op_model, sample_feed
+from conftest import ONNX_IR_VERSION, op_model, sample_feed
 from vampnet_onnx import ops, reference, runtime
 
 
@@ -156,7 +156,7 @@ def _slow_loop_model() -> onnx.ModelProto:
         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, square)],
         [onnx.numpy_helper.from_array(np.eye(256, dtype=np.float32), "w")],
     )
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 20)])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 20)], ir_version=ONNX_IR_VERSION)
 
 
 def _bind(session: ort.InferenceSession, feed: dict) -> ort.IOBinding:

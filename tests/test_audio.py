@@ -458,3 +458,20 @@ def test_a_format_that_would_store_another_rate_is_not_written(tmp_path):
     with pytest.raises(ValueError, match=r"its header would read 44247 Hz"):
         audio.write_audio(tmp_path / "o.htk", np.zeros(100, np.float32), 44100)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [(5000, 2), (5000, 1), (65, 100)])
+def test_channels_last_or_implausible_channel_counts_are_refused(shape):
+    """soundfile.read's [N, 2] was read as N channels of two samples: 2 samples came back."""
+    x = np.zeros(shape, np.float32)
+    with pytest.raises(
+        ValueError,
+        match=r"preprocess: x must be \[channels, N\] with channels "
+        r"first \(at most 64, and no more channels than samples\), got shape",
+    ):
+        audio.preprocess(x, 44100)
+
+
+def test_channels_first_arrays_are_taken():
+    y, info = audio.preprocess(np.zeros((2, 5000), np.float32), 44100)
+    assert y.shape == (5000,) and info.n_samples == 5000

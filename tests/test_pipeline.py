@@ -400,3 +400,19 @@ def test_vamp_file_checks_the_output_before_any_work(vamp, tmp_path, monkeypatch
         with pytest.raises(ValueError, match=f"Vamp.vamp_file: {reason}"):
             vamp.vamp_file(source, out)
     assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("channels", [2, 1])
+def test_a_channels_last_array_is_refused_naming_the_layout(vamp, channels):
+    """Before: [N, 2] (soundfile.read's layout) came back as 2 samples, without an error."""
+    x = noise(0.5, channels=channels).T  # [N, channels]
+    with pytest.raises(ValueError, match=r"x must be \[channels, N\] with channels first"):
+        vamp.vamp(x, SR, steps=1)
+
+
+@pytest.mark.parametrize("channels", [2, 1])
+def test_vamp_batch_refuses_one_channels_last_array_as_the_batch(vamp, channels):
+    """Before: vamp_batch([N, 2]) made N two-sample clips."""
+    x = noise(0.5, channels=channels).T
+    with pytest.raises(ValueError, match=r"clips must be a sequence of .*for one clip pass \[x\]"):
+        vamp.vamp_batch(x, SR, steps=1)

@@ -60,6 +60,10 @@ _HIGH_PASS_HZ = 38.0
 _HIGH_PASS_Q = 0.5
 
 
+#: The most channels a ``[channels, N]`` array may have: more is taken for ``[N, channels]``.
+MAX_CHANNELS = 64
+
+
 def _samples(x: Any, where: str, name: str = "x") -> np.ndarray:
     """Finite float array ``[N]`` or ``[channels, N]`` (float32 unless already float64)."""
     array = np.asarray(x)
@@ -67,6 +71,14 @@ def _samples(x: Any, where: str, name: str = "x") -> np.ndarray:
         raise ValueError(
             f"{where}: {name} must be a float array [N] or [channels, N], "
             f"got {array.dtype} {array.shape}"
+        )
+    if array.ndim == 2 and (array.shape[0] > MAX_CHANNELS or array.shape[0] > array.shape[1]):
+        # soundfile.read returns [N, channels]: read as [channels, N], a stereo clip would be
+        # N two-sample channels.
+        raise ValueError(
+            f"{where}: {name} must be [channels, N] with channels first (at most "
+            f"{MAX_CHANNELS}, and no more channels than samples), got shape {array.shape}: "
+            "for soundfile.read's [N, channels], pass x.T"
         )
     if not np.isfinite(array).all():
         raise ValueError(f"{where}: {name} must be finite, got NaN or inf")

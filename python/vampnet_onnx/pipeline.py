@@ -557,6 +557,16 @@ class Vamp(_AudioToAudio):
         (the CLI passes `batch_size` files a call).
         """
         where = "Vamp.vamp_batch"
+        if isinstance(clips, np.ndarray) and (
+            clips.ndim < 2 or (clips.ndim == 2 and clips.shape[0] > clips.shape[1])
+        ):
+            # One clip passed as the batch (soundfile.read's [N, channels] included) would be
+            # N clips of a sample or two each.
+            raise ValueError(
+                f"{where}: clips must be a sequence of [N] or [channels, N] arrays (or one "
+                f"[clips, N] array), got one array of shape {clips.shape}: for one clip pass [x] "
+                "([x.T] for soundfile.read's [N, channels])"
+            )
         clips = list(clips)
         rates = _per_clip(sample_rate, len(clips), where, "sample_rate")
         seed_list = _per_clip(SEED_DEFAULT if seeds is None else seeds, len(clips), where, "seeds")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -493,3 +494,18 @@ def test_with_the_single_graph_a_bad_file_costs_only_itself(models, tmp_path, ca
     err = capsys.readouterr().err
     assert f"failed '{bad}': preprocess: x must be finite, got NaN or inf" in err
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json"]
+
+
+@pytest.mark.parametrize("threads", ["1000", "100000", str(2**31), "0"])
+def test_threads_beyond_four_per_cpu_fail_before_the_models_are_read(
+    wav, tmp_path, capsys, threads
+):
+    """Before: 1000 hung, 100000 grew memory without end, 2**31 was a pybind TypeError."""
+    from vampnet_onnx.settings import max_threads
+
+    argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(tmp_path / "none")]
+    assert cli.main([*argv, "--threads", threads]) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: --threads must be an int in [1, {max_threads()}] (4 per CPU, "
+        f"{os.cpu_count()} CPUs) or None, got {threads}"
+    )

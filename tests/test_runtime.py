@@ -9,7 +9,7 @@ import pytest
 
 import vampnet_onnx
 from conftest import ONNX_IR_VERSION, op_model, sample_feed
-from vampnet_onnx import ops, reference, runtime
+from vampnet_onnx import ops, reference, runtime, settings
 
 
 def test_library_is_installed_inside_the_package():
@@ -50,10 +50,20 @@ def test_create_session_accepts_every_model_source(tmp_path, kind):
     assert [i.name for i in session.get_inputs()] == ops.SAMPLE_TOKENS.input_names
 
 
-@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, settings.max_threads() + 1, 100_000, 2**31])
 def test_create_session_rejects_bad_thread_counts(threads):
-    with pytest.raises(ValueError, match="create_session: intra_op_threads must be an int >= 1"):
+    """Before: 1000 hung, 100000 grew memory without end, 2**31 was a pybind TypeError."""
+    limit = settings.max_threads()
+    with pytest.raises(
+        ValueError,
+        match=rf"create_session: intra_op_threads must be an int in \[1, {limit}\] \(4 per CPU",
+    ):
         vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), intra_op_threads=threads)
+
+
+def test_numpy_thread_counts_are_taken():
+    session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), intra_op_threads=np.int64(1))
+    assert session.get_session_options().intra_op_num_threads == 1
 
 
 def test_create_session_names_a_missing_file(tmp_path):

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from . import hub
 from .contracts import DEVICES
-from .settings import BATCH_SIZE_DEFAULT, MaskSettings, SamplingSettings, public_name
+from .settings import (
+    BATCH_SIZE_DEFAULT,
+    MaskSettings,
+    SamplingSettings,
+    check_threads,
+    public_name,
+)
 
 PROG = "vampnet-onnx"
 
@@ -177,6 +183,7 @@ def _check_out_folder(path: Path, flag: str) -> None:
 def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
     """`_vamp_settings`, checked by `vamp_class.check_settings` as its `vamp` would; errors
     name the flags (``--steps``), not the keyword arguments."""
+    check_threads(args.threads, "", "--threads")
     settings = _vamp_settings(args)
     run_options = ("keep_rate", "progress")
     vamp_class.check_settings(**{k: v for k, v in settings.items() if k not in run_options})
@@ -375,7 +382,11 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write at the codec's 44.1 kHz instead of the input's sample rate",
     )
-    run.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads, at most 4 per CPU (default: onnxruntime's)",
+    )
     run.add_argument(
         "--device",
         choices=DEVICES,

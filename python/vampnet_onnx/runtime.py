@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from .contracts import DEVICES
+from .settings import check_threads
 
 try:
     import onnxruntime as ort
@@ -75,16 +76,8 @@ def _session_options(intra_op_threads: int | None, providers: list = ()) -> ort.
     # onnxruntime warns about on every load although they are meant to be (three scalars that
     # const folding would not help).
     options.log_severity_level = 3
+    intra_op_threads = check_threads(intra_op_threads, "create_session", "intra_op_threads")
     if intra_op_threads is not None:
-        if (
-            isinstance(intra_op_threads, bool)
-            or not isinstance(intra_op_threads, int)
-            or intra_op_threads < 1
-        ):
-            raise ValueError(
-                "create_session: intra_op_threads must be an int >= 1 or None, "
-                f"got {intra_op_threads!r}"
-            )
         options.intra_op_num_threads = intra_op_threads
     return options
 

@@ -13,6 +13,7 @@ Torch-free and onnxruntime-free: the exporter, the runtime and the CLI all impor
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -29,7 +30,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _fail(where: str, name: str, constraint: str, value: Any) -> None:
-    raise ValueError(f"{where}: {name} must {constraint}, got {value!r}")
+    prefix = f"{where}: " if where else ""  # the CLI's options name themselves
+    raise ValueError(f"{prefix}{name} must {constraint}, got {value!r}")
 
 
 def _as_float32(number: float) -> float:
@@ -296,3 +298,34 @@ def check_seed(seed: Any, where: str) -> int:
     ):
         _fail(where, "seed", "be an int64", seed)
     return int(seed)
+
+
+#: Intra-op threads a session may ask for: this many per CPU. More only adds switching (1000
+#: hung onnxruntime's pool, 100000 grew memory without end).
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    """The most intra-op threads a session may have: `THREADS_PER_CPU` x the CPUs."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def check_threads(threads: Any, where: str, name: str = "threads") -> int | None:
+    """`threads` (None: onnxruntime's choice) as an int in [1, `max_threads()`], or ValueError
+    "<where>: <name> must be an int in [1, N] or None, got ..."; numpy ints taken."""
+    if threads is None:
+        return None
+    limit = max_threads()
+    if (
+        isinstance(threads, bool)
+        or not isinstance(threads, int | np.integer)
+        or not 1 <= threads <= limit
+    ):
+        cpus = os.cpu_count() or 1
+        _fail(
+            where,
+            name,
+            f"be an int in [1, {limit}] ({THREADS_PER_CPU} per CPU, {cpus} CPUs) or None",
+            threads,
+        )
+    return int(threads)

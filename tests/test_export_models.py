@@ -3,6 +3,8 @@ it too, tests/test_cli_export.py)."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ import vampnet_onnx
 from vampnet_onnx import configs, contracts, testing
 from vampnet_onnx.checkpoint import CheckpointError
 from vampnet_onnx.export import export_models
+from vampnet_onnx.pipeline import Vamp
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +160,35 @@ def test_a_folder_with_external_weights_vamps(tmp_path, monkeypatch):
         samples, 44100, steps=2, seed=3
     )
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _copy(folder, to):
+    return shutil.copytree(folder, to)
+
+
+def test_graphs_an_export_makes_inconsistent_are_removed_and_named(
+    checkpoints, tiny_models_dir, tmp_path, capsys
+):
+    """Before: a vamp.onnx (and a coarse pair) of an earlier export stayed, and `--models
+    DIR/vamp.onnx` silently ran the old codec."""
+    out = _copy(tiny_models_dir, tmp_path / "models")
+    # Another codec than the folder's, and c2f only: the coarse pair no longer fits it.
+    result = export_models(out, codec=checkpoints["codec"], c2f=checkpoints["c2f"], progress=True)
+    coarse = [contracts.TRANSFORMER_FILES["coarse"], contracts.GENERATION_FILES["coarse"]]
+    stale = [contracts.VAMP_FILE, *coarse]
+    assert sorted(p.name for p in result.removed) == sorted(stale)
+    for name in stale:
+        assert not (out / name).exists()
+    assert (out / contracts.WAVEBEAT_FILE).exists()  # it depends on no codec
+    printed = capsys.readouterr().out
+    assert f"removed {contracts.VAMP_FILE}: it came from an earlier export" in printed
+    assert "removed coarse.onnx: it came from an earlier export with another codec" in printed
+
+
+def test_a_pair_of_the_same_codec_is_kept(tiny_models_dir, tmp_path):
+    out = _copy(tiny_models_dir, tmp_path / "models")
+    root = tiny_models_dir.parent
+    result = export_models(out, codec=root / "codec.pth", c2f=root / "c2f.pth")
+    assert [p.name for p in result.removed] == [contracts.VAMP_FILE]
+    assert (out / contracts.GENERATION_FILES["coarse"]).exists()
+    Vamp(out)  # the kept coarse pair and the new graphs belong together

@@ -475,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
             "-> codes_out, mask_out; see docs/generation.md). --single-graph adds vamp.onnx, "
             "the whole vamp in one graph: audio -> audio. Weights over 64 MiB go to "
             "FILE.data beside each graph; KIND.generate.onnx reads the weights of KIND.onnx.data "
-            "(on disk once): keep the folder together."
+            "(on disk once): keep the folder together. The export owns the folder's graphs: "
+            "a vamp.onnx it does not rewrite, and a coarse or c2f pair of another codec, are "
+            "removed (each named), since they would run the earlier graphs."
         ),
     )
     bundle.add_argument("--coarse", type=Path, help="coarse.pth")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contracts import (
     CODEC_CONFIG_KEY,
+    CONFIG_KEY,
     DEFAULT_PRECISION,
     GENERATION_FILES,
     TRANSFORMER_FILES,
@@ -50,6 +51,8 @@ class ModelsExport:
         generations: kind -> the generation graph.
         vamp: the single graph (``vamp.onnx``), when asked for.
         wavebeat: the beat tracker (``wavebeat.onnx``), when a WaveBeat checkpoint was given.
+        removed: graphs of an earlier export that this one made inconsistent and removed
+            (with their ``.data``), each with the reason.
     """
 
     out: Path
@@ -58,6 +61,7 @@ class ModelsExport:
     generations: dict[str, GenerationExport] = field(default_factory=dict)
     vamp: VampExport | None = None
     wavebeat: WaveBeatExport | None = None
+    removed: dict[Path, str] = field(default_factory=dict)
 
     @property
     def files(self) -> list[Path]:
@@ -198,7 +202,49 @@ def export_models(
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _moved(result, out)
+    result = _moved(result, out)
+    result.removed = _remove_stale(result)
+    for path, reason in result.removed.items():
+        if progress:
+            print(f"removed {path.name}: {reason}")
+    return result
+
+
+def _remove_stale(result: ModelsExport) -> dict[Path, str]:
+    """Remove the graphs of an earlier export in `result.out` that the new ones make
+    inconsistent (an export owns its folder's graphs): a ``vamp.onnx`` not written now (it
+    embeds the earlier codec and transformers), and a coarse or c2f pair not written now whose
+    codec is not the new one (``codec_sha256``). wavebeat.onnx depends on no codec: kept.
+    Returns {removed graph: why}."""
+    out = result.out
+    removed: dict[Path, str] = {}
+    if result.vamp is None and (out / VAMP_FILE).exists():
+        removed[out / VAMP_FILE] = (
+            "it came from an earlier export and would run its graphs (export --single-graph "
+            "writes one of this export)"
+        )
+    codec_sha256 = result.codec.config.get("checkpoint_sha256")
+    for kind in TRANSFORMER_FILES:
+        if kind in result.transformers:
+            continue
+        graphs = [out / TRANSFORMER_FILES[kind], out / GENERATION_FILES[kind]]
+        present = [graph for graph in graphs if graph.exists()]
+        if not present:
+            continue
+        try:
+            config = read_metadata(present[-1], CONFIG_KEY, "export_models")
+        except (OSError, ValueError):
+            config = {}
+        if config.get("codec_sha256") != codec_sha256:
+            for graph in present:
+                removed[graph] = (
+                    f"it came from an earlier export with another codec (export --{kind} "
+                    "writes one for this codec)"
+                )
+    for graph in removed:
+        for file in _with_data(graph):
+            file.unlink(missing_ok=True)
+    return removed
 
 
 def _moved(result: ModelsExport, out: Path) -> ModelsExport:

@@ -240,6 +240,28 @@ def test_synth_music_stays_finite_on_long_clips():
     assert np.isfinite(x).all() and np.abs(x).max() == pytest.approx(0.9)
 
 
+def test_synth_music_renders_each_chord_once_however_long(monkeypatch):
+    """Before: every beat computed over the whole signal, so synth_music(120, 96000) did not
+    finish in 8 minutes. Now a beat is rendered once per chord and added over its tail: work
+    linear in the length."""
+    calls = []
+    render = demo._beat
+    monkeypatch.setattr(demo, "_beat", lambda *args: calls.append(1) or render(*args))
+    x = demo.synth_music(120.0, 96000)
+    assert x.shape == (120 * 96000,) and np.isfinite(x).all()
+    assert len(calls) == len(demo._CHORDS)
+
+
+def test_a_beat_is_the_chord_and_kick_from_its_start():
+    """The first beat's samples (before the second beat and the hi-hat) are `_beat` at t."""
+    rate = 8000
+    x = demo.synth_music(2.0, rate).astype(np.float64)
+    t = np.arange(rate // 4) / rate
+    first = demo._beat(demo._CHORDS[0], t)
+    # synth_music normalises its peak to 0.9: compare shapes.
+    np.testing.assert_allclose(x[: rate // 4] / x[100], first / first[100], rtol=1e-4, atol=1e-4)
+
+
 def write_noise(path: Path, seconds: float, sample_rate: int, seed: int) -> Path:
     samples = np.random.default_rng(seed).standard_normal(round(seconds * sample_rate)) * 0.1
     soundfile.write(path, samples, sample_rate)

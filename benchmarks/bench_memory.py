@@ -1,7 +1,7 @@
 """Peak RSS of ``vampnet-onnx vamp`` against the input's length: memory must stay bounded.
 
 Run: ``python -m benchmarks.bench_memory [--minutes 1 5 10] [--rate 48000] [--channels 2]
-[--steps 1] [--threads 2] [--json PATH]``.
+[--steps 1] [--onset-mask W] [--threads 2] [--json PATH]``.
 
 For each length, a synthesised WAV (`demo.synth_music`, at ``--rate`` with ``--channels``, so
 the input is resampled and mixed down as a real file would be) is vamped by the CLI in a fresh
@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=int, default=48000, help="input sample rate (default 48000)")
     p.add_argument("--channels", type=int, default=2, help="input channels (default 2)")
     p.add_argument("--steps", type=int, default=1, help="coarse steps (default 1)")
+    p.add_argument(
+        "--onset-mask",
+        type=int,
+        default=0,
+        metavar="W",
+        help="vamp with --onset-mask W, the onset detector on (default 0: off)",
+    )
     args = p.parse_args(argv)
 
     from vampnet_onnx import demo
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             _write_input(source, minutes, args.rate, args.channels)
             command = [sys.executable, "-m", "vampnet_onnx.cli", "vamp", str(source), str(out)]
             command += ["--models", str(models), "--steps", str(args.steps), "--quiet"]
-            command += ["--threads", str(args.threads)]
+            command += ["--threads", str(args.threads), "--onset-mask", str(args.onset_mask)]
             peak, seconds = _peak_rss_mib(command)
             input_mib = source.stat().st_size / 2**20
             results.append({"minutes": minutes, "peak_rss_mib": peak, "seconds": seconds})
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             source.unlink()
     print_table(
         f"vampnet-onnx vamp, demo models, {args.rate} Hz x {args.channels} input, "
-        f"{args.steps} coarse step(s)",
+        f"{args.steps} coarse step(s), onset mask {args.onset_mask}",
         ["minutes", "input MiB", "peak RSS MiB", "vs first", "seconds"],
         rows,
     )

@@ -245,9 +245,27 @@ def test_inpaint_starting_after_the_input_is_an_error(vamp):
     with pytest.raises(ValueError) as err:
         vamp.vamp(noise(1.0), SR, steps=1, inpaint=(2.0, 3.0))
     assert str(err.value) == (
-        "Vamp.vamp: inpaint must start within the input (0 to 1.010 s in whole 768-sample "
-        "frames), got (2, 3)"
+        "Vamp.vamp: inpaint must start at or before 0.993 s, where this input's last 768-sample "
+        "frame starts, got (2, 3)"
     )
+
+
+def test_inpaint_just_before_the_end_names_the_last_frame_start(vamp):
+    """Before: 2.999 on a 3.0-s input read 'must start within the input (0 to 3.000 s)'."""
+    with pytest.raises(
+        ValueError, match=r"must start at or before 2\.995 s, .*got \(2\.999, 3\.5\)"
+    ):
+        vamp.vamp(noise(3.0), SR, steps=1, inpaint=(2.999, 3.5))
+
+
+def test_an_inpaint_range_holding_no_frame_start_is_refused(vamp):
+    """Before: (1.5, 1.5000001) generated nothing, silently."""
+    with pytest.raises(
+        ValueError,
+        match=r"inpaint must hold the start of a 768-sample frame .* "
+        r"got \(1\.5, 1\.5\), which holds none",
+    ):
+        vamp.vamp(noise(2.0), SR, steps=1, inpaint=(1.5, 1.5000001))
 
 
 @pytest.mark.parametrize(
@@ -255,7 +273,18 @@ def test_inpaint_starting_after_the_input_is_an_error(vamp):
     [
         ({"inpaint": (2.0, 1.0)}, "inpaint must be (start, end) seconds with 0 <= start < end"),
         ({"inpaint": (-1.0, 1.0)}, "inpaint must be (start, end) seconds with 0 <= start < end"),
-        ({"inpaint": "ab"}, "inpaint must be (start, end) in seconds, got 'ab'"),
+        (
+            {"inpaint": (0, 1e308)},
+            "inpaint must be (start, end) seconds with 0 <= start < end <= 1e+07, got (0, 1e+308)",
+        ),
+        (
+            {"inpaint": (0, 2**1100)},
+            "inpaint must be (start, end) seconds with 0 <= start < end <= 1e+07, got (0, inf)",
+        ),
+        ({"inpaint": "ab"}, "inpaint must be a pair (start, end) of numbers in seconds, got 'ab'"),
+        ({"inpaint": "12"}, "inpaint must be a pair (start, end) of numbers in seconds, got '12'"),
+        ({"inpaint": {1: 0, 2: 0}}, "inpaint must be a pair (start, end) of numbers in seconds"),
+        ({"inpaint": (1, 2, 3)}, "inpaint must be a pair (start, end) of numbers in seconds"),
     ],
 )
 def test_bad_inpaint_arguments(kwargs, message):
@@ -266,6 +295,11 @@ def test_bad_inpaint_arguments(kwargs, message):
 
 def test_cli_inpaint_parses_two_seconds():
     assert cli._vamp_settings(parsed("--inpaint", "1.5", "4"))["inpaint"] == (1.5, 4.0)
+
+
+def test_numpy_inpaint_pairs_are_taken():
+    Vamp.check_settings(inpaint=np.array([0.5, 1.0]))
+    Vamp.check_settings(inpaint=(np.float32(0.5), np.int64(2)))
 
 
 # --- the beat mask ------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def synth_music(seconds: float = 6.0, sample_rate: int = 44100, bpm: float = 120
         if hat.start < hat.stop:
             local = np.arange(hat.start, hat.stop) / sample_rate - off
             y[hat] += rng.standard_normal(local.shape[0]) * np.exp(-local * 60) * 0.15
-    return (0.9 * y / np.abs(y).max()).astype(np.float32)
+    peak = np.abs(y).max()
+    # A clip of a sample or two can be all zeros (every sine starts at 0).
+    return (0.9 * y / peak if peak > 0 else y).astype(np.float32)
 
 
 def _beat(chord: tuple[int, ...], local: np.ndarray) -> np.ndarray:

@@ -231,24 +231,54 @@ _DELTA = 0.07
 _TOP_DB = 80.0
 
 
+#: Spectrogram frames computed at a time (16 MB of float64 frames): `onset_strength`'s memory
+#: does not grow with the signal.
+_ONSET_CHUNK_FRAMES = 1024
+
+
 def onset_strength(audio: np.ndarray, hop_length: int) -> np.ndarray:
     """Spectral-flux onset envelope ``[frames]``, one value per `hop_length` samples.
 
     Log-power spectrogram (Hann window 2048, frames centred on ``t * hop_length``, dB floored
     80 dB below the maximum), positive first difference in time averaged over frequency,
     delayed by one frame plus ``2048 // (2 * hop_length)`` (librosa's framing compensation).
+
+    Computed `_ONSET_CHUNK_FRAMES` frames at a time, twice (the floor needs the whole
+    spectrogram's maximum first): only the envelope, 8 bytes a frame, spans the signal.
     """
-    audio = np.asarray(audio, dtype=np.float64)
+    audio = np.asarray(audio)
     n_frames = 1 + audio.shape[0] // hop_length
-    padded = np.pad(audio, (_N_FFT // 2, _N_FFT // 2 + hop_length))
-    starts = np.arange(n_frames) * hop_length
-    frames = padded[starts[:, None] + np.arange(_N_FFT)] * np.hanning(_N_FFT + 1)[:-1]
-    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
-    db = 10.0 * np.log10(np.maximum(power, 1e-10))
-    db = np.maximum(db, db.max() - _TOP_DB)
-    flux = np.maximum(0.0, np.diff(db, axis=0)).mean(axis=1)
+    chunks = [
+        (first, min(n_frames, first + _ONSET_CHUNK_FRAMES))
+        for first in range(0, n_frames, _ONSET_CHUNK_FRAMES)
+    ]
+    floor = max(_log_power(audio, *chunk, hop_length).max() for chunk in chunks) - _TOP_DB
+    flux = np.empty(n_frames - 1)
+    previous = None
+    for first, stop in chunks:
+        db = np.maximum(_log_power(audio, first, stop, hop_length), floor)
+        if previous is not None:
+            db = np.concatenate([previous, db])
+        flux[first - (previous is not None) : stop - 1] = np.maximum(0.0, np.diff(db, axis=0)).mean(
+            axis=1
+        )
+        previous = db[-1:]
     delay = 1 + _N_FFT // (2 * hop_length)
     return np.concatenate([np.zeros(delay), flux])[:n_frames]
+
+
+def _log_power(audio: np.ndarray, first: int, stop: int, hop_length: int) -> np.ndarray:
+    """dB power spectrum (floored at -100 dB) of frames ``[first, stop)``: frame t centred on
+    sample ``t * hop_length`` of `audio` zero-padded on both sides, Hann window 2048."""
+    begin = first * hop_length - _N_FFT // 2
+    end = (stop - 1) * hop_length + _N_FFT // 2
+    piece = np.zeros(end - begin)
+    inside = slice(max(begin, 0), min(end, audio.shape[0]))
+    piece[inside.start - begin : inside.stop - begin] = audio[inside]
+    starts = np.arange(stop - first) * hop_length
+    frames = piece[starts[:, None] + np.arange(_N_FFT)] * np.hanning(_N_FFT + 1)[:-1]
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
+    return 10.0 * np.log10(np.maximum(power, 1e-10))
 
 
 def detect_onsets(audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:

@@ -148,24 +148,43 @@ def _check_given_mask(mask: Any, where: str, supported: bool) -> None:
             )
 
 
+#: The latest inpaint end in seconds (as the mask recipe's seconds, `settings`): about 116 days.
+INPAINT_MAX_S = 1e7
+
+
 def _check_inpaint(inpaint: Any, where: str, supported: bool) -> None:
-    """A `vamp` inpaint argument: (start, end) seconds, 0 <= start < end, both finite."""
+    """A `vamp` inpaint argument: a pair (start, end) of real numbers in seconds,
+    0 <= start < end <= INPAINT_MAX_S."""
     if not supported:
         raise ValueError(
             f"{where}: inpaint must be None (the single graph builds its own mask; use "
             "prefix_s and suffix_s, or a models folder), got one"
         )
-    try:
-        start, end = (float(t) for t in inpaint)
-    except (TypeError, ValueError):
+    pair = isinstance(inpaint, Sequence | np.ndarray) and not isinstance(inpaint, str | bytes)
+    numbers = pair and len(inpaint) == 2 and all(_is_real(t) for t in inpaint)
+    if not numbers:  # "12" is not (1, 2), nor a dict its keys
         raise ValueError(
-            f"{where}: inpaint must be (start, end) in seconds, got {inpaint!r}"
-        ) from None
-    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
-        raise ValueError(
-            f"{where}: inpaint must be (start, end) seconds with 0 <= start < end, got "
-            f"({start:g}, {end:g})"
+            f"{where}: inpaint must be a pair (start, end) of numbers in seconds, got {inpaint!r}"
         )
+    start, end = (_seconds(t) for t in inpaint)
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end <= INPAINT_MAX_S):
+        raise ValueError(
+            f"{where}: inpaint must be (start, end) seconds with 0 <= start < end <= "
+            f"{INPAINT_MAX_S:g}, got ({start:g}, {end:g})"
+        )
+
+
+def _is_real(value: Any) -> bool:
+    """An int or float (numpy scalars included), not a bool."""
+    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+
+
+def _seconds(value: Any) -> float:
+    """`value` as a float; an int too large for one as inf (refused by the range check)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 class _AudioToAudio:
@@ -343,14 +362,21 @@ class _AudioToAudio:
         start, end = (float(t) for t in inpaint)
         n_frames = mask.shape[-1]
         first = masks.seconds_to_frames(start, self.sample_rate, self.hop_length)
-        if first >= n_frames:
-            duration = n_frames * self.hop_length / self.sample_rate
-            raise ValueError(
-                f"{type(self).__name__}.vamp: inpaint must start within the input (0 to "
-                f"{duration:.3f} s in whole {self.hop_length}-sample frames), got "
-                f"({start:g}, {end:g})"
-            )
         stop = min(n_frames, masks.seconds_to_frames(end, self.sample_rate, self.hop_length))
+        where = f"{type(self).__name__}.vamp"
+        if first >= n_frames:
+            # Frame f covers [f, f + 1) hops: the range takes the frames that start inside it.
+            last = (n_frames - 1) * self.hop_length / self.sample_rate
+            raise ValueError(
+                f"{where}: inpaint must start at or before {last:.3f} s, where this input's last "
+                f"{self.hop_length}-sample frame starts, got ({start:g}, {end:g})"
+            )
+        if first >= stop:
+            raise ValueError(
+                f"{where}: inpaint must hold the start of a {self.hop_length}-sample frame (one "
+                f"every {self.hop_length / self.sample_rate * 1000:.2f} ms), got ({start:g}, "
+                f"{end:g}), which holds none and would generate nothing"
+            )
         kept = mask.copy()
         kept[..., :first] = False
         kept[..., stop:] = False

@@ -138,7 +138,7 @@ def test_a_mask_of_the_wrong_length_names_the_expected_shape(vamp):
         vamp.vamp(noise(1.0), SR, steps=1, mask=np.ones(50, bool))
     assert str(err.value) == (
         "Vamp.vamp: mask must have shape [58] or [14, 58] for this input (44100 samples at "
-        "44100 Hz, hop 768), got [14, 50]"
+        "44100 Hz, hop 768), got [50]"
     )
 
 
@@ -148,6 +148,11 @@ def test_a_mask_of_the_wrong_length_names_the_expected_shape(vamp):
         (np.full(58, 2), "mask must hold bools or the integers 0 and 1 (1 = generate), got dtype"),
         (np.ones((2, 14, 58), bool), "mask must be a non-empty [T], [n_codebooks, T] or [1, "),
         (np.full(58, 0.5), "mask must hold bools or the integers 0 and 1"),
+        # Before: a TypeError from np.unique.
+        (
+            np.array([0, 1, None], dtype=object),
+            "mask must hold bools or the integers 0 and 1 (1 = generate), got dtype object",
+        ),
     ],
 )
 def test_a_malformed_mask_is_rejected_before_any_work(mask, message):
@@ -195,6 +200,41 @@ def test_cli_mask_with_recipe_options_is_an_error(tmp_path, capsys, extra, messa
     argv = ["vamp", "in.wav", str(tmp_path / "o.wav"), "--models", "m", "--mask", str(mask_file)]
     assert cli.main([*argv, *extra]) == 1
     assert capsys.readouterr().err.startswith(f"vampnet-onnx vamp: error: {message}")
+
+
+def _mask_error(tmp_path, capsys, mask_file, wav=None) -> str:
+    source = wav if wav is not None else tmp_path / "in.wav"
+    argv = ["vamp", str(source), str(tmp_path / "o.wav"), "--models", "m", "--mask", str(mask_file)]
+    assert cli.main(argv) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+def test_cli_an_empty_or_renamed_or_folder_mask_is_one_line(tmp_path, capsys):
+    """Before: EOFError, an .npz read as an archive, Errno 21."""
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    assert "--mask must be a numpy .npy array file, got" in _mask_error(tmp_path, capsys, empty)
+    archive = tmp_path / "archive.npy"
+    with open(archive, "wb") as file:
+        np.savez(file, mask=np.zeros(58, bool))
+    line = _mask_error(tmp_path, capsys, archive)
+    assert line.endswith(f"--mask must be a .npy array, got '{archive}', an .npz archive")
+    folder = tmp_path / "masks.npy"
+    folder.mkdir()
+    line = _mask_error(tmp_path, capsys, folder)
+    assert line.endswith(f"--mask must be a .npy file (numpy.save), got the folder '{folder}'")
+
+
+def test_cli_a_mask_longer_than_the_input_is_refused_from_its_header(tmp_path, capsys):
+    """Before: a 1.1-GB mask was read whole before its shape was checked."""
+    wav = tmp_path / "in.wav"
+    soundfile.write(wav, noise(1.0), SR)
+    big = tmp_path / "big.npy"
+    np.lib.format.open_memmap(big, mode="w+", dtype=bool, shape=(14, 1_000_000)).flush()
+    line = _mask_error(tmp_path, capsys, big, wav)
+    assert "--mask must have at most 59 frames (the longest input's, about), got shape " in line
+    assert "[14, 1000000]" in line
 
 
 def test_cli_mask_must_be_npy_without_pickles(tmp_path, capsys):

@@ -7,6 +7,7 @@ runtime commands (``vamp``) work from an install without the ``export`` extra.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -146,24 +147,60 @@ def _vamp_settings(args: argparse.Namespace) -> dict:
                 f"--mask must not come with {given[0] if given else '--preset'}: the mask file "
                 "replaces the mask recipe"
             )
-        settings["mask"] = _load_mask(args.mask)
+        # IN... with --out-dir, IN of IN OUT; the demo's input is made later.
+        paths = getattr(args, "paths", [])
+        inputs = paths if getattr(args, "out_dir", None) is not None else paths[:1]
+        settings["mask"] = _load_mask(args.mask, inputs)
     if args.inpaint is not None:
         settings["inpaint"] = tuple(args.inpaint)
     return dict(seed=args.seed, **settings, keep_rate=not args.codec_rate, progress=not args.quiet)
 
 
-def _load_mask(path: Path):
-    """--mask: a .npy array (numpy's own format; no pickled objects)."""
+def _load_mask(path: Path, inputs: Sequence[Path]):
+    """--mask: a .npy array (numpy's own format; no pickled objects). Its header is read first:
+    a mask longer than the longest of `inputs` can be (in frames, from their headers) is
+    refused before its data is read."""
     import numpy as np
 
     if path.suffix != ".npy":
         raise ValueError(f"--mask must be a .npy file (numpy.save), got '{path}'")
+    if path.is_dir():
+        raise ValueError(f"--mask must be a .npy file (numpy.save), got the folder '{path}'")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"--mask must be an existing .npy file, got '{path}'") from None
-    except ValueError as err:
-        raise ValueError(f"--mask must be a numpy .npy array file, got '{path}' ({err})") from None
+    except (ValueError, EOFError, OSError) as err:
+        reason = _one_line(err) if str(err).strip() else "it is empty"
+        raise ValueError(
+            f"--mask must be a numpy .npy array file, got '{path}' ({reason})"
+        ) from None
+    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive whatever its name
+        array.close()
+        raise ValueError(f"--mask must be a .npy array, got '{path}', an .npz archive")
+    limit = _max_frames(inputs)
+    if array.ndim and limit is not None and array.shape[-1] > limit:
+        raise ValueError(
+            f"--mask must have at most {limit} frames (the longest input's, about), got shape "
+            f"{list(array.shape)} in '{path}'"
+        )
+    return np.array(array)
+
+
+def _max_frames(inputs: Sequence[Path]) -> int | None:
+    """An upper bound of the codec frames of the longest of `inputs` that can be read (from
+    their headers: 44.1 kHz, hop 768, one frame of slack), or None if none can."""
+    import soundfile
+
+    frames = []
+    for path in inputs:
+        try:
+            info = soundfile.info(path)
+        except (soundfile.SoundFileError, RuntimeError, OSError):
+            continue
+        if info.samplerate > 0:
+            frames.append(math.ceil(info.frames * 44100 / info.samplerate / 768) + 1)
+    return max(frames, default=None)
 
 
 def _check_out_folder(path: Path, flag: str) -> None:

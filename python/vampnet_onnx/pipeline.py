@@ -141,7 +141,13 @@ def _check_given_mask(mask: Any, where: str, supported: bool) -> None:
             f"array, got shape {list(array.shape)}"
         )
     if array.dtype != bool:
-        if not np.issubdtype(array.dtype, np.integer) or not np.isin(array, (0, 1)).all():
+        # Object arrays never reach np.isin / np.unique (a TypeError there).
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"{where}: mask must hold bools or the integers 0 and 1 (1 = generate), got "
+                f"dtype {array.dtype}"
+            )
+        if not np.isin(array, (0, 1)).all():
             raise ValueError(
                 f"{where}: mask must hold bools or the integers 0 and 1 (1 = generate), got "
                 f"dtype {array.dtype} with values {np.unique(array)[:5].tolist()}"
@@ -386,6 +392,7 @@ class _AudioToAudio:
         """A `vamp` mask argument as bool ``[1, n_codebooks, T]``, its length checked."""
         n_frames = math.ceil(n_samples / self.hop_length)
         mask = np.asarray(mask).astype(bool)
+        given = list(mask.shape)
         if mask.ndim == 3:  # upstream's [B, C, T] with B = 1
             mask = mask[0]
         if mask.ndim == 1:
@@ -394,7 +401,7 @@ class _AudioToAudio:
             raise ValueError(
                 f"{type(self).__name__}.vamp: mask must have shape [{n_frames}] or "
                 f"[{self.n_codebooks}, {n_frames}] for this input ({n_samples} samples at "
-                f"{self.sample_rate} Hz, hop {self.hop_length}), got {list(mask.shape)}"
+                f"{self.sample_rate} Hz, hop {self.hop_length}), got {given}"
             )
         return np.ascontiguousarray(mask[None])
 

@@ -475,3 +475,17 @@ def test_channels_last_or_implausible_channel_counts_are_refused(shape):
 def test_channels_first_arrays_are_taken():
     y, info = audio.preprocess(np.zeros((2, 5000), np.float32), 44100)
     assert y.shape == (5000,) and info.n_samples == 5000
+
+
+@pytest.mark.parametrize("rate", [1, 5, 999, 10**7 + 1, 2**40])
+def test_input_rates_outside_what_preprocess_takes_are_one_line(rate):
+    """Before: 1 and 5 Hz divided by zero in the loudness meter."""
+    x = np.zeros(50_000, np.float32)
+    message = rf"preprocess: sample_rate must be in \[1000, 10000000\] Hz, got {rate}"
+    with pytest.raises(ValueError, match=message):
+        audio.preprocess(x, rate)
+
+
+def test_an_input_too_short_for_one_codec_sample_is_one_line():
+    with pytest.raises(ValueError, match="x must last at least one sample at the codec's 44100"):
+        audio.preprocess(np.zeros(1, np.float32), 10**7)

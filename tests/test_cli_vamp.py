@@ -348,7 +348,7 @@ def write_rate(path: Path, sample_rate: int, n: int = 4000) -> Path:
         (96000, "o.mp3", "MP3 takes 8000 to 48000 Hz"),
         (352800, "o.ogg", "Vorbis takes up to 200000 Hz"),
         (384000, "o.ogg", "Vorbis takes up to 200000 Hz"),
-        (2**31 - 1, "o.flac", "FLAC takes up to 65535 Hz"),
+        (1_000_000, "o.flac", "FLAC takes up to 65535 Hz"),
     ],
 )
 def test_an_output_format_that_cannot_take_the_rate_fails_before_any_work(
@@ -366,6 +366,18 @@ def test_an_output_format_that_cannot_take_the_rate_fails_before_any_work(
         "--codec-rate writes at the codec's 44.1 kHz, or write .wav, which takes any rate"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+@pytest.mark.parametrize("rate", [1, 5, 2**31 - 1])
+def test_an_input_rate_preprocess_cannot_take_fails_before_any_work(tmp_path, capsys, rate):
+    """Before: a ZeroDivisionError in the loudness meter (1 and 5 Hz), or work at 2 GHz."""
+    source = write_rate(tmp_path / "in.wav", rate)
+    argv = ["vamp", str(source), str(tmp_path / "o.wav"), "--models", str(tmp_path / "none")]
+    assert cli.main(argv) == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: the sample rate of IN ('{source}') must be in [1000, "
+        f"10000000] Hz, got {rate}"
+    )
 
 
 def test_a_raw_output_fails_before_any_work(tmp_path, capsys):

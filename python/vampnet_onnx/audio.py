@@ -72,7 +72,8 @@ def _samples(x: Any, where: str, name: str = "x") -> np.ndarray:
             f"{where}: {name} must be a float array [N] or [channels, N], "
             f"got {array.dtype} {array.shape}"
         )
-    if array.ndim == 2 and (array.shape[0] > MAX_CHANNELS or array.shape[0] > array.shape[1]):
+    channels, n = array.shape if array.ndim == 2 else (1, 0)
+    if channels > MAX_CHANNELS or channels > n > 0:
         # soundfile.read returns [N, channels]: read as [channels, N], a stereo clip would be
         # N two-sample channels.
         raise ValueError(
@@ -83,6 +84,23 @@ def _samples(x: Any, where: str, name: str = "x") -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{where}: {name} must be finite, got NaN or inf")
     return array if array.dtype == np.float64 else array.astype(np.float32, copy=False)
+
+
+#: The input rates `preprocess` and `loudness` take, in Hz: the loudness meter's 100-ms steps
+#: need some samples (1 or 5 Hz divided by zero), and nothing above 10 MHz is audio.
+MIN_INPUT_RATE, MAX_INPUT_RATE = 1000, 10**7
+
+
+def check_input_rate(sample_rate: Any, where: str, name: str = "sample_rate") -> int:
+    """`sample_rate` if `preprocess` takes it (`MIN_INPUT_RATE` to `MAX_INPUT_RATE` Hz), else
+    ValueError ``"<where>: <name> must be in [...] Hz, got ..."``."""
+    rate = _rate(sample_rate, where, name)
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(
+            f"{prefix}{name} must be in [{MIN_INPUT_RATE}, {MAX_INPUT_RATE}] Hz, got {rate}"
+        )
+    return rate
 
 
 def _rate(sample_rate: Any, where: str, name: str = "sample_rate") -> int:
@@ -508,7 +526,7 @@ def loudness(x: np.ndarray, sample_rate: int) -> float:
     Measured piece by piece (`LoudnessMeter`): the memory does not grow with N.
     """
     x = _samples(x, "loudness")
-    sample_rate = _rate(sample_rate, "loudness")
+    sample_rate = check_input_rate(sample_rate, "loudness")
     x = x[None] if x.ndim == 1 else x
     meter = LoudnessMeter(sample_rate, x.shape[0], x.shape[-1])
     for piece in _pieces(x.shape[-1]):
@@ -605,7 +623,7 @@ def preprocess(
         N * codec_rate / rate; the info `restore` needs).
     """
     x = _samples(x, "preprocess")
-    sample_rate = _rate(sample_rate, "preprocess")
+    sample_rate = check_input_rate(sample_rate, "preprocess")
     if x.shape[-1] < 1:
         raise ValueError(f"preprocess: x must have at least 1 sample, got shape {x.shape}")
     x = x[None] if x.ndim == 1 else x
@@ -628,7 +646,8 @@ def preprocess_file(
             raise ValueError(f"preprocess: path must hold at least 1 sample, got '{path}'")
         shape = (file.channels, file.frames)
         pieces = _read_pieces(file, path, _PIECE)
-        return _preprocessed(pieces, shape, file.samplerate, codec_sample_rate, target)
+        rate = check_input_rate(file.samplerate, "preprocess", f"path's sample rate ('{path}')")
+        return _preprocessed(pieces, shape, rate, codec_sample_rate, target)
 
 
 def stream_audio(path: str | Path, piece: int = _PIECE) -> Iterator[np.ndarray]:
@@ -707,6 +726,11 @@ def _preprocessed(
         y[filled : filled + mono.shape[-1]] = mono
         filled += mono.shape[-1]
     y = y[:filled]
+    if filled == 0:
+        raise ValueError(
+            f"preprocess: x must last at least one sample at the codec's {codec_sample_rate} Hz, "
+            f"got {n_samples} samples at {sample_rate} Hz"
+        )
     info = PreprocessInfo(sample_rate, n_samples, meter.value())
     return normalize_loudness(y, codec_sample_rate, target, out=y), info
 

@@ -245,6 +245,7 @@ def _vamp(args: argparse.Namespace) -> int:
         )
     args.input, args.output = args.paths
     info = audio.file_info(args.input)
+    audio.check_input_rate(info.sample_rate, "", f"the sample rate of IN ('{args.input}')")
     audio.check_output_path(args.output, "", "OUT", args.input)
     runtime.device_providers(args.device, "", "--device")
     if single and not args.models.is_file():

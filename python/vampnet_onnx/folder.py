@@ -5,7 +5,8 @@ file costs only itself.
   cannot write that extension. Two inputs with one output name, or an output that would be
   its own input, are refused before any work (`plan`): the command is wrong, not a file.
 - Before any work each input is checked on its header (`check_jobs`): it exists, decodes, has
-  at least one sample, and its output's format holds the output's rate. One that fails is a
+  at least one sample at a rate `audio.preprocess` takes, and its output's format holds the
+  output's rate. One that fails is a
   failure; the others go on.
 - During the work a file that fails (samples that are not finite, an inpaint range past its
   end, a write error...) is a failure named by its path, and the others complete (`run_jobs`;
@@ -95,6 +96,7 @@ def check_jobs(
             info = audio.file_info(job.input, "", "IN")
             if info.n_frames < 1:
                 raise ValueError(f"IN must hold at least 1 sample, got '{job.input}'")
+            audio.check_input_rate(info.sample_rate, "", f"the sample rate of '{job.input}'")
             rate = info.sample_rate if output_rate is None else output_rate
             audio.check_output_format(job.output, rate, None, "", "OUT", hint)
         except (ValueError, OSError) as err:

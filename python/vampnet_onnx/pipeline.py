@@ -450,8 +450,11 @@ class _AudioToAudio:
 
     def output_rate(self, in_path: str | Path, keep_rate: bool = True) -> int:
         """The sample rate in Hz of `vamp_file`'s output for the audio file `in_path`: the
-        input's with `keep_rate`, else the codec's (read from the header only)."""
-        return audio.file_info(in_path).sample_rate if keep_rate else self.sample_rate
+        input's with `keep_rate`, else the codec's (read from the header only; an input rate
+        `audio.preprocess` does not take is a ValueError)."""
+        rate = audio.file_info(in_path).sample_rate
+        audio.check_input_rate(rate, "load_audio", f"the sample rate of '{in_path}'")
+        return rate if keep_rate else self.sample_rate
 
 
 class Vamp(_AudioToAudio):

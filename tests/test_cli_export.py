@@ -67,3 +67,45 @@ def test_export_refuses_a_model_of_the_other_kind(tmp_path, capsys):
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "--coarse must be a coarse checkpoint, got a c2f one" in line
     assert not (tmp_path / "m" / "coarse.onnx").exists()
+
+
+def _export_error(tmp_path, capsys, *argv) -> str:
+    assert cli.main(["export", *argv]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+def test_a_checkpoint_given_to_the_wrong_option_is_named_and_leaves_no_folder(tmp_path, capsys):
+    """Before: `--coarse codec.pth` named neither file nor option; `--codec wavebeat.pth`
+    left an empty folder."""
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.TINY_CODEC_KWARGS)
+    wavebeat = testing.write_wavebeat_checkpoint(
+        tmp_path / "wavebeat.pth", configs.TINY_WAVEBEAT_HPARAMS
+    )
+    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", configs.TINY_C2F_KWARGS)
+    out = tmp_path / "m"
+    line = _export_error(
+        tmp_path, capsys, "--coarse", str(codec), "--codec", str(codec), "--out", str(out)
+    )
+    assert line.startswith(
+        f"vampnet-onnx export: error: --coarse must be a VampNet coarse checkpoint, got '{codec}'"
+    )
+    line = _export_error(
+        tmp_path, capsys, "--c2f", str(c2f), "--codec", str(wavebeat), "--out", str(out)
+    )
+    assert line.startswith(
+        f"vampnet-onnx export: error: --codec must be a LAC codec checkpoint, got '{wavebeat}'"
+    )
+    assert not out.exists()
+
+
+def test_export_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """Before: [Errno 17] File exists, without the option."""
+    target = tmp_path / "a.wav"
+    target.write_bytes(b"")
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.TINY_CODEC_KWARGS)
+    c2f = testing.write_vampnet_checkpoint(tmp_path / "c2f.pth", configs.TINY_C2F_KWARGS)
+    line = _export_error(
+        tmp_path, capsys, "--c2f", str(c2f), "--codec", str(codec), "--out", str(target)
+    )
+    assert line == f"vampnet-onnx export: error: --out must be a folder, got '{target}', a file"

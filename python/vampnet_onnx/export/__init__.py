@@ -150,7 +150,7 @@ def export_models(
         CheckpointError: a checkpoint is unsafe, unreadable or does not match the codec, or
             `wavebeat` is not a WaveBeat checkpoint.
     """
-    from ..checkpoint import load_checkpoint, load_wavebeat
+    from ..checkpoint import CheckpointError, load_checkpoint, load_codec, load_wavebeat
     from ..configs import VampNetConfig
 
     name: Callable[[str], str] = _flag if cli else str
@@ -167,16 +167,32 @@ def export_models(
             f"{where}{name('single_graph')} must come with both {name('coarse')} and "
             f"{name('c2f')}, got one"
         )
-    for kind, path in models:
-        # A c2f checkpoint passed as coarse would otherwise be written as coarse.onnx.
-        found = VampNetConfig.from_kwargs(load_checkpoint(path).kwargs).kind
-        if found != kind:
-            raise ValueError(
-                f"{where}{name(kind)} must be a {kind} checkpoint, got a {found} one: '{path}'"
-            )
-    if wavebeat is not None:
-        load_wavebeat(wavebeat)  # a wrong file fails now, not after the long exports
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{where}{name('out')} must be a folder, got '{out}', a file")
+    # Every checkpoint is read and checked now, not after the long exports; an error names
+    # the option it was given to.
+    checks: list[tuple[str, Any, Callable]] = [("codec", codec, load_codec)]
+    checks += [(kind, path, load_checkpoint) for kind, path in models]
+    if wavebeat is not None:
+        checks.append(("wavebeat", wavebeat, load_wavebeat))
+    for option, path, load in checks:
+        what = {"codec": "LAC codec", "wavebeat": "WaveBeat"}.get(option, f"VampNet {option}")
+        try:
+            loaded = load(path)
+            # A c2f checkpoint passed as coarse would otherwise be written as coarse.onnx.
+            found = (
+                VampNetConfig.from_kwargs(loaded.kwargs).kind if load is load_checkpoint else None
+            )
+        except (CheckpointError, ValueError) as err:
+            raise CheckpointError(
+                f"{where}{name(option)} must be a {what} checkpoint, got '{path}' ({err})"
+            ) from err
+        if found is not None and found != option:
+            raise ValueError(
+                f"{where}{name(option)} must be a {option} checkpoint, got a {found} one: '{path}'"
+            )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written to a folder beside `out` and moved in at the end, so a failure
     # half way leaves `out` as it was rather than a mix of new and old graphs.
@@ -200,6 +216,10 @@ def export_models(
                 stamp_metadata(graph, metadata)
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a folder this export made, left empty by its failure
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = _moved(result, out)

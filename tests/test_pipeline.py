@@ -416,3 +416,18 @@ def test_vamp_batch_refuses_one_channels_last_array_as_the_batch(vamp, channels)
     x = noise(0.5, channels=channels).T
     with pytest.raises(ValueError, match=r"clips must be a sequence of .*for one clip pass \[x\]"):
         vamp.vamp_batch(x, SR, steps=1)
+
+
+def test_the_audio_classes_are_importable_from_the_package():
+    """README imported Vamp from vampnet_onnx.pipeline while vampnet_onnx.Vamp did not exist."""
+    import vampnet_onnx
+    from vampnet_onnx import pipeline
+
+    assert vampnet_onnx.Vamp is pipeline.Vamp
+    assert vampnet_onnx.SingleGraphVamp is pipeline.SingleGraphVamp
+
+
+def test_vamp_batch_takes_a_numpy_batch_size(vamp):
+    """Before: np.int64(2) was refused while numpy ints are accepted elsewhere."""
+    [(y, rate)] = vamp.vamp_batch([noise(0.3)], SR, batch_size=np.int64(2), steps=1)
+    assert y.shape == (round(0.3 * SR),) and rate == SR

@@ -384,3 +384,24 @@ def test_a_beat_mask_without_wavebeat_fails_before_any_audio_work(tiny_models_di
 def test_the_single_graph_takes_no_beat_mask():
     with pytest.raises(ValueError, match="^SingleGraphVamp.vamp: beat_mask_ms must be 0"):
         SingleGraphVamp.check_settings(beat_mask_ms=50.0)
+
+
+def test_a_second_preset_is_an_error_not_a_silent_winner(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(
+            [
+                "vamp",
+                "a.wav",
+                "b.wav",
+                "--models",
+                "m",
+                "--preset",
+                "timbre transfer",
+                "--preset",
+                "small variation",
+            ]
+        )
+    assert exit_.value.code == 2
+    assert "--preset must be given once, got 'timbre transfer' and 'small variation'" in (
+        capsys.readouterr().err
+    )

@@ -1,6 +1,7 @@
 """vampnet-onnx: VampNet masked-token music generation on ONNX Runtime.
 
-Runtime API (numpy + onnxruntime): `Generator`, `get_library_path`, `create_session`; the ops'
+Runtime API (numpy + onnxruntime): `Vamp` and `SingleGraphVamp` (audio in, audio out; the
+`audio` extra), `Generator`, `get_library_path`, `create_session`; the ops'
 numpy twins in `vampnet_onnx.reference`; the compiled kernels on numpy arrays in
 `vampnet_onnx._kernels`. Exporting (`vampnet_onnx.export`, `vampnet_onnx.model`) needs torch.
 
@@ -18,12 +19,20 @@ __all__ = [
     "DOMAIN",
     "MASK_TOKEN",
     "Generator",
+    "SingleGraphVamp",
+    "Vamp",
     "__version__",
     "create_session",
     "get_library_path",
 ]
 
-_LAZY = {"Generator": "generator", "create_session": "runtime", "get_library_path": "runtime"}
+_LAZY = {
+    "Generator": "generator",
+    "SingleGraphVamp": "pipeline",
+    "Vamp": "pipeline",
+    "create_session": "runtime",
+    "get_library_path": "runtime",
+}
 
 
 def __getattr__(name: str):

@@ -362,6 +362,16 @@ def _add_settings(group, settings_class) -> None:
         )
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second one is an error, not a silent winner."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest)
+        if given is not None:
+            parser.error(f"{option_string} must be given once, got '{given}' and '{values}'")
+        setattr(namespace, self.dest, values)
+
+
 class _ListPresets(argparse.Action):
     """--list-presets: print the presets and exit, like --help (no other argument needed)."""
 
@@ -392,6 +402,7 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument(
         "--preset",
         choices=list(PRESETS),
+        action=_Once,
         metavar="NAME",
         help="one of VampNet's app presets (--list-presets); options given explicitly win",
     )

@@ -112,9 +112,14 @@ class _Run:
 
 
 def _check_batch_size(batch_size: Any, where: str) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    """`batch_size` as an int >= 1 (numpy ints taken, as everywhere else)."""
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
         raise ValueError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
-    return batch_size
+    return int(batch_size)
 
 
 def _per_clip(value: Any, n_clips: int, where: str, name: str) -> list:

@@ -543,3 +543,25 @@ def test_threads_beyond_four_per_cpu_fail_before_the_models_are_read(
         f"vampnet-onnx vamp: error: --threads must be an int in [1, {max_threads()}] (4 per CPU, "
         f"{os.cpu_count()} CPUs) or None, got {threads}"
     )
+
+
+@pytest.mark.parametrize(
+    "source, subtype, out, written",
+    [
+        ("in.flac", "PCM_24", "o.flac", "PCM_24"),
+        ("in.flac", "PCM_24", "o.wav", "PCM_24"),
+        ("in.wav", "FLOAT", "o.wav", "FLOAT"),
+        ("in.wav", "FLOAT", "o.flac", "PCM_16"),  # FLAC holds no float: its default
+        ("in.mp3", "MPEG_LAYER_III", "o.wav", "PCM_16"),
+    ],
+)
+def test_the_output_keeps_the_inputs_subtype_where_its_format_takes_it(
+    models, tmp_path, source, subtype, out, written
+):
+    """Before: a 24-bit input was written as 16-bit."""
+    path = tmp_path / source
+    samples = np.random.default_rng(1).standard_normal(22050) * 0.1
+    soundfile.write(path, samples, 44100, subtype=subtype)
+    argv = ["vamp", str(path), str(tmp_path / out), "--models", str(models), "--steps", "1"]
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert soundfile.info(tmp_path / out).subtype == written

@@ -150,13 +150,14 @@ def check_input_path(path: str | Path, where: str, name: str = "path") -> Path:
 @dataclass(frozen=True)
 class AudioFileInfo:
     """An audio file's header: `path`, `sample_rate` (Hz), `n_channels`, `n_frames` (samples
-    per channel) and the soundfile `subtype` (e.g. ``"PCM_24"``)."""
+    per channel), the soundfile `subtype` (e.g. ``"PCM_24"``) and `format` (e.g. ``"FLAC"``)."""
 
     path: Path
     sample_rate: int
     n_channels: int
     n_frames: int
     subtype: str
+    format: str
 
 
 def file_info(path: str | Path, where: str = "load_audio", name: str = "path") -> AudioFileInfo:
@@ -170,7 +171,9 @@ def file_info(path: str | Path, where: str = "load_audio", name: str = "path") -
         info = soundfile.info(path)
     except (soundfile.SoundFileError, RuntimeError) as err:
         raise _undecodable(path, where, name, err) from err
-    return AudioFileInfo(path, info.samplerate, info.channels, info.frames, info.subtype)
+    return AudioFileInfo(
+        path, info.samplerate, info.channels, info.frames, info.subtype, info.format
+    )
 
 
 def check_output_path(
@@ -227,6 +230,21 @@ _RATES_TAKEN = {
     "VORBIS": f"Vorbis takes up to {_VORBIS_MAX_RATE} Hz",
     "FLAC": "FLAC takes up to 65535 Hz, or multiples of 10 Hz up to 655350 Hz",
 }
+
+
+#: Sample types that mean the same in every container that takes them.
+_LINEAR_SUBTYPES = {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
+
+
+def kept_subtype(path: str | Path, source: AudioFileInfo) -> str | None:
+    """The subtype of the input file `source` kept for the output `path`: in the same format,
+    or a linear one (PCM, float) that the output's format takes (24-bit FLAC to .flac or .wav
+    stays 24-bit, float WAV stays float); else None, the output format's default (an MP3 input
+    to .wav is PCM_16: libsndfile's MPEG-in-WAV is not written)."""
+    kind = Path(path).suffix[1:].upper()
+    same = kind == source.path.suffix[1:].upper() == source.format
+    linear = source.subtype in _LINEAR_SUBTYPES and soundfile.check_format(kind, source.subtype)
+    return source.subtype if same or linear else None
 
 
 def output_subtype(path: str | Path, subtype: str | None = None) -> str | None:

@@ -251,7 +251,8 @@ def _vamp(args: argparse.Namespace) -> int:
     if single and not args.models.is_file():
         raise FileNotFoundError(f"--models must be an existing vamp.onnx, got '{args.models}'")
     rate = _codec_rate(args.models, single) if args.codec_rate else info.sample_rate
-    audio.check_output_format(args.output, rate, None, "", "OUT", _rate_hint(args))
+    subtype = audio.kept_subtype(args.output, info)
+    audio.check_output_format(args.output, rate, subtype, "", "OUT", _rate_hint(args))
     vamp = cls(args.models, threads=args.threads, device=args.device)
     out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")

@@ -98,7 +98,8 @@ def check_jobs(
                 raise ValueError(f"IN must hold at least 1 sample, got '{job.input}'")
             audio.check_input_rate(info.sample_rate, "", f"the sample rate of '{job.input}'")
             rate = info.sample_rate if output_rate is None else output_rate
-            audio.check_output_format(job.output, rate, None, "", "OUT", hint)
+            subtype = audio.kept_subtype(job.output, info)
+            audio.check_output_format(job.output, rate, subtype, "", "OUT", hint)
         except (ValueError, OSError) as err:
             failed.append(Failure(job, _reason(err)))
         else:
@@ -163,7 +164,8 @@ def run_jobs(
                     failed(member[0], err_alone)
         for job, y, rate in results:
             try:
-                audio.write_audio(job.output, y, rate)
+                subtype = audio.kept_subtype(job.output, audio.file_info(job.input))
+                audio.write_audio(job.output, y, rate, subtype)
             except Exception as err:
                 failed(job, err)
             else:

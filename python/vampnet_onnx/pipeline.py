@@ -426,7 +426,8 @@ class _AudioToAudio:
     def vamp_file(
         self, in_path: str | Path, out_path: str | Path, **settings: Any
     ) -> tuple[Path, int]:
-        """`vamp` on an audio file, written to `out_path` (format from the extension).
+        """`vamp` on an audio file, written to `out_path` (format from the extension, the
+        input's subtype where that format takes it: `audio.kept_subtype`).
 
         settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
         Raises FileNotFoundError / ValueError for a missing or undecodable input, and ValueError
@@ -438,19 +439,21 @@ class _AudioToAudio:
         where = f"{type(self).__name__}.vamp_file"
         out_path = audio.check_output_path(out_path, where, "out_path", in_path)
         checked = self._prepare(**settings)
+        subtype = audio.kept_subtype(out_path, audio.file_info(in_path))
         audio.check_output_path(
             out_path,
             where,
             "out_path",
             in_path,
             sample_rate=self.output_rate(in_path, checked.keep_rate),
+            subtype=subtype,
             hint=f"keep_rate=False writes at the codec's {self.sample_rate} Hz",
         )
         # File to file, piece by piece at both ends (`audio.preprocess_file`, `restore_file`):
         # the one whole-input array is the codec-rate mono signal, which the run overwrites
         # with its output, so memory stays bounded whatever the input's length.
         y, info = self._run(checked, *audio.preprocess_file(in_path, self.sample_rate))
-        audio.restore_file(y, info, out_path, self.sample_rate)
+        audio.restore_file(y, info, out_path, self.sample_rate, subtype)
         return out_path, info.sample_rate
 
     def output_rate(self, in_path: str | Path, keep_rate: bool = True) -> int:

@@ -82,15 +82,12 @@ def test_vamp_incomplete_models_folder_names_the_missing_files(wav, tmp_path, ca
 def test_vamp_bad_setting_is_a_one_line_error(models, wav, tmp_path, capsys):
     argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(models)]
     assert cli.main([*argv, "--dropout", "2"]) == 1
-    assert (
-        error_line(capsys)
-        == "vampnet-onnx vamp: error: Vamp.vamp: dropout must be in [0, 1], got 2"
-    )
+    assert error_line(capsys) == "vampnet-onnx vamp: error: --dropout must be in [0, 1], got 2"
 
 
 def test_vamp_verbose_raises(models, wav, tmp_path):
     argv = ["vamp", str(wav), str(tmp_path / "o.wav"), "--models", str(models), "--verbose"]
-    with pytest.raises(ValueError, match="Vamp.vamp: dropout must be in"):
+    with pytest.raises(ValueError, match="--dropout must be in"):
         cli.main([*argv, "--dropout", "2"])
 
 
@@ -146,13 +143,36 @@ def test_demo_exports_once_and_writes_audio_and_spectrograms(tmp_path, monkeypat
     image = read_png(out / "spectrograms.png")
     # Two log-frequency spectrograms and a 4-row gap; 2 s at hop 256 -> 345 frames.
     assert image.shape == (demo.LOG_ROWS * 2 + 4, 345, 3)
-    printed = capsys.readouterr().out
-    assert str(out / "spectrograms.png") in printed
+    captured = capsys.readouterr()
+    assert str(out / "spectrograms.png") in captured.out
+    # --quiet: no export bar and no line per graph (they showed before).
+    assert "export:" not in captured.err and "exported" not in captured.out
     models = tmp_path / "cache" / "vampnet-onnx" / "demo" / "models"
     assert sorted(p.name for p in (models.parent).iterdir()) == ["models"]
     stamp = (models / "coarse.generate.onnx").stat().st_mtime_ns
     assert cli.main(argv) == 0
     assert (models / "coarse.generate.onnx").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--beat-mask", "100"], "--beat-mask"),
+        (
+            ["--preset", "medium variation (follow beat)"],
+            "--preset 'medium variation (follow beat)'",
+        ),
+    ],
+)
+def test_the_demo_refuses_a_beat_mask_up_front(tmp_path, monkeypatch, capsys, extra, named):
+    """Its models have no wavebeat.onnx: the error came after the export and the synthesis."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), *extra]) == 1
+    assert error_line(capsys).startswith(
+        f"vampnet-onnx demo: error: {named} must not come with the demo: a beat mask needs a "
+        "beat tracker"
+    )
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "demo").exists()
 
 
 def test_demo_exports_again_when_the_cache_is_from_other_contracts(tmp_path, monkeypatch):
@@ -184,10 +204,12 @@ def test_vamp_refuses_to_overwrite_its_input(models, wav, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--dropout", "2"], "Vamp.vamp: dropout must be in [0, 1], got 2"),
-        (["--top-k", "99999999999999999999"], "top_k must fit an int64"),
-        (["--steps", "9223372036854775808"], "steps must be at most 10000"),
-        (["--top-p", "1e-50"], "top_p must be None or in (0, 1] as a float32, got 1e-50"),
+        (["--dropout", "2"], "vampnet-onnx vamp: error: --dropout must be in [0, 1], got 2"),
+        (["--beat-mask", "-1"], "error: --beat-mask must be a finite number >= 0, got -1.0"),
+        (["--steps", "0"], "error: --steps must be an int >= 1, got 0"),
+        (["--top-k", "99999999999999999999"], "error: --top-k must fit an int64"),
+        (["--steps", "9223372036854775808"], "error: --steps must be at most 10000"),
+        (["--top-p", "1e-50"], "error: --top-p must be None or in (0, 1] as a float32, got 1e-50"),
     ],
 )
 def test_bad_settings_fail_before_the_models_are_read(wav, tmp_path, capsys, extra, message):

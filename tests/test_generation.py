@@ -459,3 +459,13 @@ def test_loop_invariant_work_is_hoisted_out_of_the_body(models):
         varying.update(node.output)
     hoisted = {n.op_type for n in model.graph.node}
     assert "Gather" in hoisted  # the bias table lookup
+
+
+def test_the_graph_requires_what_the_contract_and_docs_say(models):
+    """docs/generation.md gave batch_offset a default the graph did not have: every input but
+    the slice ones is required, the slice ones are overridable initializers."""
+    session = vampnet_onnx.create_session(models["graph"])
+    required = contracts.GENERATION.required_input_names
+    assert [i.name for i in session.get_inputs()] == required and "batch_offset" in required
+    defaults = {i.name for i in session.get_overridable_initializers()}
+    assert defaults == set(contracts.SLICE_DEFAULTS)

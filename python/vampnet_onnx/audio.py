@@ -271,7 +271,7 @@ def check_output_format(
     prefix = f"{where}: " if where else ""
     kind = path.suffix[1:].upper()
     subtype = output_subtype(path, subtype)
-    if subtype is None:
+    if soundfile.default_subtype(kind) is None:  # RAW: no header, so no default either
         raise ValueError(
             f"{prefix}{name} must name a format with a header (.wav, .flac, ...; .{kind.lower()} "
             f"has none to keep the rate and sample type), got '{path}'"

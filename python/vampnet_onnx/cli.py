@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -223,8 +224,23 @@ def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
     check_threads(args.threads, "", "--threads")
     settings = _vamp_settings(args)
     run_options = ("keep_rate", "progress")
-    vamp_class.check_settings(**{k: v for k, v in settings.items() if k not in run_options})
+    try:
+        vamp_class.check_settings(**{k: v for k, v in settings.items() if k not in run_options})
+    except ValueError as err:
+        raise ValueError(_as_flags(str(err))) from err
     return settings
+
+
+def _as_flags(message: str) -> str:
+    """``"Vamp.vamp: beat_mask_ms must ..."`` -> ``"--beat-mask must ..."``: an API error about
+    a setting, told in the words of the command line."""
+    flags = {"seed": "--seed", "mask": "--mask", "inpaint": "--inpaint"}
+    for cls in (SamplingSettings, MaskSettings):
+        flags.update({public_name(f.name): f.metadata["flag"] for f in fields(cls)})
+    found = re.match(r"[\w.]+: (\w+) must (.*)", message, re.DOTALL)
+    if found is None or found.group(1) not in flags:
+        return message
+    return f"{flags[found.group(1)]} must {found.group(2)}"
 
 
 def _vamp(args: argparse.Namespace) -> int:
@@ -330,11 +346,17 @@ def _demo(args: argparse.Namespace) -> int:
     from .pipeline import Vamp
 
     settings = _checked_settings(args, Vamp)
+    if settings["beat_mask_ms"] > 0:
+        given = "--beat-mask" if args.beat_mask_ms is not None else f"--preset '{args.preset}'"
+        raise ValueError(
+            f"{given} must not come with the demo: a beat mask needs a beat tracker, which "
+            "the demo's models lack (vamp --models DIR of an export with --wavebeat has one)"
+        )
     runtime.device_providers(args.device, "", "--device")
     if not 0 < args.seconds <= _DEMO_MAX_SECONDS:
         raise ValueError(f"--seconds must be in (0, {_DEMO_MAX_SECONDS:g}], got {args.seconds}")
     _check_out_folder(args.out, "--out")
-    models = demo.demo_models(args.verbose)
+    models = demo.demo_models(args.verbose, progress=not args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
     sample_rate = 44100
     x = demo.synth_music(args.seconds, sample_rate)

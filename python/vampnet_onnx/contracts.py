@@ -228,9 +228,12 @@ WAVEBEAT = OpSchema(
     ),
 )
 
-#: The generation graph's defaults: VampNet's (docs/model.md §3.1; the app runs 36 coarse steps).
-#: The slice inputs (first_step, last_step, n_masked_start) have defaults in the graph itself
-#: (`SLICE_DEFAULTS`): callers that run every step at once leave them out.
+#: The values `Generator.generate` takes for the generation graph's inputs a caller leaves out,
+#: recorded in the graph's metadata: VampNet's (docs/model.md §3.1; the app runs 36 coarse
+#: steps), batch_offset 0. The graph itself requires
+#: each of them (docs/generation.md); only the slice inputs (first_step, last_step,
+#: n_masked_start) have defaults in the graph (`SLICE_DEFAULTS`): callers that run every step at
+#: once leave them out.
 GENERATION_DEFAULTS = {**SamplingSettings().inputs(), "seed": SEED_DEFAULT, "batch_offset": 0}
 
 #: Defaults of the generation graph's slice inputs, stored as overridable initializers.

@@ -39,9 +39,11 @@ def _stamp() -> str:
     return json.dumps({"generation": GENERATION.input_names})
 
 
-def demo_models(verbose: bool = False) -> Path:
+def demo_models(verbose: bool = False, progress: bool = True) -> Path:
     """The demo's exported models folder, created on first use (needs torch) and again when
-    it was exported for other graph contracts. verbose: the exporter's own messages."""
+    it was exported for other graph contracts. verbose: the exporter's own messages;
+    progress: the export's bar and a line per graph. The folder has no wavebeat.onnx: the
+    demo takes no beat mask."""
     from . import testing
     from .export import export_models
 
@@ -63,7 +65,12 @@ def demo_models(verbose: bool = False) -> Path:
             testing.write_vampnet_checkpoint(path, kwargs, seed=seed)
         testing.write_codec_checkpoint(codec, _DEMO_KWARGS[2], seed=3)
         export_models(
-            staging / "models", codec=codec, coarse=coarse, c2f=c2f, verbose=verbose, progress=True
+            staging / "models",
+            codec=codec,
+            coarse=coarse,
+            c2f=c2f,
+            verbose=verbose,
+            progress=progress,
         )
         (staging / "models" / "contracts.json").write_text(_stamp())
         shutil.rmtree(models, ignore_errors=True)

@@ -141,8 +141,8 @@ def test_demo_exports_once_and_writes_audio_and_spectrograms(tmp_path, monkeypat
     assert sorted(p.name for p in out.iterdir()) == ["in.wav", "out.wav", "spectrograms.png"]
     assert soundfile.info(out / "out.wav").frames == 88200
     image = read_png(out / "spectrograms.png")
-    # Two log-frequency spectrograms and a 4-row gap; 2 s at hop 256 -> 345 frames.
-    assert image.shape == (demo.LOG_ROWS * 2 + 4, 345, 3)
+    # Two titled log-frequency spectrograms over a time axis; 2 s at hop 256 -> 345 frames.
+    assert image.shape == (2 * (demo._TITLE + demo.LOG_ROWS) + demo._BOTTOM, demo._LEFT + 353, 3)
     captured = capsys.readouterr()
     assert str(out / "spectrograms.png") in captured.out
     # --quiet: no export bar and no line per graph (they showed before).
@@ -173,6 +173,32 @@ def test_the_demo_refuses_a_beat_mask_up_front(tmp_path, monkeypatch, capsys, ex
         "beat tracker"
     )
     assert not (tmp_path / "cache").exists() and not (tmp_path / "demo").exists()
+
+
+def test_the_spectrogram_figure_has_titles_and_axes_around_the_panels():
+    """Before: two bare panels, no telling which is the input nor what the axes are."""
+    rate = 44100
+    x = demo.synth_music(3.0, rate)
+    y = (np.random.default_rng(0).standard_normal(2 * rate) * 0.1).astype(np.float32)
+    figure = demo.spectrogram_figure([x, y], ["input", "output"], rate)
+    top, left = demo._TITLE, demo._LEFT
+    for signal in (x, y):
+        panel = demo.spectrogram_image([signal], rate)
+        h, w = panel.shape[:2]
+        np.testing.assert_array_equal(figure[top : top + h, left : left + w], panel)
+        title = figure[top - demo._TITLE : top, left : left + 6 * demo._CHAR_W]
+        assert (title == 0).any()  # the title's ink
+        top += h + demo._TITLE
+    # Frequency labels left of the panels, time ticks below them at 0, 1, 2 s.
+    assert (figure[demo._TITLE : demo._TITLE + demo.LOG_ROWS, : left - 4] == 0).any()
+    axis = top - demo._TITLE
+    for second in (0, 1, 2):
+        assert (figure[axis : axis + 3, left + round(second * rate / 256)] == 0).all()
+
+
+def test_the_spectrogram_figure_needs_a_title_per_signal():
+    with pytest.raises(ValueError, match="titles must name every signal"):
+        demo.spectrogram_figure([np.zeros(100, np.float32)], [])
 
 
 def test_demo_exports_again_when_the_cache_is_from_other_contracts(tmp_path, monkeypatch):

@@ -364,10 +364,11 @@ def _demo(args: argparse.Namespace) -> int:
     vamp = Vamp(models, threads=args.threads, device=args.device)
     out, _ = vamp.vamp_file(args.out / "in.wav", args.out / "out.wav", **settings)
     y, _ = audio.load_audio(out)
-    png = demo.write_png(args.out / "spectrograms.png", demo.spectrogram_image([x, y[0]]))
+    figure = demo.spectrogram_figure([x, y[0]], ["input", "output"], sample_rate)
+    png = demo.write_png(args.out / "spectrograms.png", figure)
     print(f"models (random weights): {models}")
     print(f"wrote {args.out / 'in.wav'} (input), {out} (vamped)")
-    print(f"wrote {png} (spectrograms: input on top, output below)")
+    print(f"wrote {png} (spectrograms, log frequency: input on top, output below)")
     return 0
 
 

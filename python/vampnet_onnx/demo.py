@@ -195,6 +195,98 @@ def spectrogram_image(
     return np.concatenate(rows).round().astype(np.uint8)
 
 
+#: 3 x 5 pixel glyphs (rows top to bottom, "#" = ink) of the characters the figure's labels use.
+_GLYPHS = {
+    "0": ("###", "#.#", "#.#", "#.#", "###"),
+    "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("###", "..#", "###", "#..", "###"),
+    "3": ("###", "..#", "###", "..#", "###"),
+    "4": ("#.#", "#.#", "###", "..#", "..#"),
+    "5": ("###", "#..", "###", "..#", "###"),
+    "6": ("###", "#..", "###", "#.#", "###"),
+    "7": ("###", "..#", "..#", "..#", "..#"),
+    "8": ("###", "#.#", "###", "#.#", "###"),
+    "9": ("###", "#.#", "###", "..#", "###"),
+    ".": ("...", "...", "...", "...", ".#."),
+    " ": ("...", "...", "...", "...", "..."),
+    "H": ("#.#", "#.#", "###", "#.#", "#.#"),
+    "z": ("...", "###", ".#.", "#..", "###"),
+    "k": ("#..", "#.#", "##.", "#.#", "#.#"),
+    "s": ("...", "###", "##.", "..#", "###"),
+    "i": (".#.", "...", ".#.", ".#.", ".#."),
+    "n": ("...", "##.", "#.#", "#.#", "#.#"),
+    "p": ("...", "###", "#.#", "###", "#.."),
+    "u": ("...", "#.#", "#.#", "#.#", "###"),
+    "t": (".#.", "###", ".#.", ".#.", ".##"),
+    "o": ("...", "###", "#.#", "#.#", "###"),
+    "m": ("...", "###", "###", "#.#", "#.#"),
+    "e": ("###", "#.#", "###", "#..", "###"),
+}
+_SCALE = 2  # pixels per glyph pixel
+_CHAR_W, _CHAR_H = 4 * _SCALE, 5 * _SCALE  # a glyph and one column of space
+_LEFT, _TITLE, _BOTTOM = 12 * _SCALE + 8, 5 * _SCALE + 6, 5 * _SCALE + 8
+
+
+def _text(text: str) -> np.ndarray:
+    """`text` as a bool ink bitmap ``[_CHAR_H, _CHAR_W * len(text)]``."""
+    columns = []
+    for char in text:
+        glyph = np.array([[c == "#" for c in row] + [False] for row in _GLYPHS[char]])
+        columns.append(np.kron(glyph, np.ones((_SCALE, _SCALE), bool)))
+    return np.concatenate(columns, axis=1)
+
+
+def _draw(image: np.ndarray, text: str, top: int, left: int) -> None:
+    ink = _text(text)
+    region = image[top : top + ink.shape[0], left : left + ink.shape[1]]
+    region[ink[: region.shape[0], : region.shape[1]]] = 0
+
+
+def _frequency_label(hz: float) -> str:
+    return f"{hz / 1000:g}k" if hz >= 1000 else f"{hz:g}"
+
+
+def spectrogram_figure(
+    signals: list[np.ndarray], titles: list[str], sample_rate: int = 44100, hop: int = 256
+) -> np.ndarray:
+    """`spectrogram_image` of `signals` with axes: each panel under its title (e.g. "input"),
+    frequency ticks in Hz on the left (log axis, 100 Hz, 1k, 10k), time ticks in seconds
+    below. uint8 RGB ``[H, W, 3]``, white margins, black text (digits, "Hz", "s" and the
+    lower-case letters of the titles)."""
+    if len(titles) != len(signals):
+        raise ValueError(
+            f"spectrogram_figure: titles must name every signal ({len(signals)}), got {titles}"
+        )
+    panels = [spectrogram_image([signal], sample_rate) for signal in signals]
+    width = max(panel.shape[1] for panel in panels)
+    height = sum(_TITLE + panel.shape[0] for panel in panels) + _BOTTOM
+    image = np.full((height, _LEFT + width + 8, 3), 255, np.uint8)
+    nyquist = sample_rate / 2
+    top = 0
+    for panel, title in zip(panels, titles):
+        _draw(image, title, top + 2, _LEFT)
+        _draw(image, "Hz", top + 2, 2)
+        top += _TITLE
+        image[top : top + panel.shape[0], _LEFT : _LEFT + panel.shape[1]] = panel
+        for hz in (100.0, 1000.0, 10000.0):
+            if hz >= nyquist:
+                continue
+            fraction = math.log(hz / _F_MIN) / math.log(nyquist / _F_MIN)
+            row = top + round((LOG_ROWS - 1) * (1 - fraction))
+            image[row, _LEFT - 4 : _LEFT] = 0
+            label = _frequency_label(hz)
+            _draw(image, label, max(0, row - _CHAR_H // 2), _LEFT - 6 - _CHAR_W * len(label))
+        top += panel.shape[0]
+    seconds = (width - 1) * hop / sample_rate
+    step = next((s for s in (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600) if seconds / s <= 8), 1200)
+    for k in range(int(seconds / step) + 1):
+        column = _LEFT + round(k * step * sample_rate / hop)
+        image[top : top + 3, column] = 0
+        label = f"{k * step:g}" + (" s" if k == 0 else "")
+        _draw(image, label, top + 5, min(column, image.shape[1] - _CHAR_W * len(label)))
+    return image
+
+
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Write uint8 RGB ``[H, W, 3]`` as an 8-bit truecolour PNG (no filtering, zlib level 6)."""
     image = np.asarray(image)

@@ -511,6 +511,7 @@ def test_a_file_that_fails_during_work_costs_only_itself(models, tmp_path, capsy
         "b.flac",
         "d.ogg",
         "failures.json",
+        "manifest.json",
     ]
 
 
@@ -531,7 +532,7 @@ def test_inputs_that_fail_their_checks_are_named_before_any_work(models, tmp_pat
     assert "at 100001 Hz" in err[2] and "--codec-rate" in err[2]
     report = json.loads((out_dir / "failures.json").read_text())
     assert [entry["input"] for entry in report["failed"]] == [str(missing), str(text), str(odd)]
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json", "manifest.json"]
 
 
 def test_when_no_input_can_be_vamped_nothing_is_made(tmp_path, capsys):
@@ -564,7 +565,7 @@ def test_a_run_without_failures_removes_an_earlier_report(models, tmp_path, caps
     assert (out_dir / "failures.json").is_file()
     write_noise(bad, 0.3, 44100, 2)
     assert out_dir_run(models, [good, bad], out_dir) == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "b.wav"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "b.wav", "manifest.json"]
 
 
 def test_with_the_single_graph_a_bad_file_costs_only_itself(models, tmp_path, capsys):
@@ -575,7 +576,7 @@ def test_with_the_single_graph_a_bad_file_costs_only_itself(models, tmp_path, ca
     assert cli.main([*argv, "--models", str(models / "vamp.onnx"), "--steps", "1"]) == 1
     err = capsys.readouterr().err
     assert f"failed '{bad}': preprocess: x must be finite, got NaN or inf" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "failures.json", "manifest.json"]
 
 
 @pytest.mark.parametrize("threads", ["1000", "100000", str(2**31), "0"])
@@ -613,3 +614,77 @@ def test_the_output_keeps_the_inputs_subtype_where_its_format_takes_it(
     argv = ["vamp", str(path), str(tmp_path / out), "--models", str(models), "--steps", "1"]
     assert cli.main([*argv, "--quiet"]) == 0
     assert soundfile.info(tmp_path / out).subtype == written
+
+
+# --- --out-dir: resumable, with a manifest --------------------------------------------------
+
+
+def _three_inputs(tmp_path) -> list[Path]:
+    (tmp_path / "in").mkdir()
+    return [
+        write_noise(tmp_path / "in" / f"{name}.wav", 0.3, 44100, i) for i, name in enumerate("abc")
+    ]
+
+
+def test_a_rerun_skips_complete_outputs_and_finishes_the_rest(models, tmp_path, capsys):
+    inputs = _three_inputs(tmp_path)
+    out_dir = tmp_path / "out"
+    assert out_dir_run(models, inputs, out_dir) == 0
+    first = {p.name: p.read_bytes() for p in out_dir.glob("*.wav")}
+    kept = (out_dir / "a.wav").stat().st_mtime_ns
+    # As a run killed before c.wav was renamed into place leaves the folder:
+    (out_dir / "c.wav").rename(out_dir / ".c.wav.abcd1234.tmp")
+    capsys.readouterr()
+    assert out_dir_run(models, inputs, out_dir) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        f"skipped 2 complete output(s) in {out_dir} (--overwrite redoes them)",
+        f"wrote {out_dir / 'c.wav'} (44100 Hz)",
+    ]
+    assert {p.name: p.read_bytes() for p in out_dir.glob("*.wav")} == first
+    assert (out_dir / "a.wav").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "b.wav", "c.wav", "manifest.json"]
+
+
+def test_the_manifest_records_the_settings_and_the_models_hashes(models, tmp_path):
+    import hashlib
+
+    inputs = _three_inputs(tmp_path)[:1]
+    out_dir = tmp_path / "out"
+    assert out_dir_run(models, inputs, out_dir, "--periodic-prompt", "5") == 0
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["format"] == "vampnet-onnx manifest 1"
+    assert manifest["settings"]["seed"] == 3 and manifest["settings"]["steps"] == 1
+    assert manifest["settings"]["periodic_prompt"] == 5
+    graph = models / "coarse.generate.onnx"
+    assert manifest["models"][graph.name] == hashlib.sha256(graph.read_bytes()).hexdigest()
+
+
+def test_a_rerun_with_other_settings_is_refused_unless_overwrite(models, tmp_path, capsys):
+    inputs = _three_inputs(tmp_path)[:2]
+    out_dir = tmp_path / "out"
+    assert out_dir_run(models, inputs, out_dir) == 0
+    before = (out_dir / "a.wav").read_bytes()
+    capsys.readouterr()
+    assert out_dir_run(models, inputs, out_dir, "--temperature", "0.5") == 1
+    assert error_line(capsys) == (
+        f"vampnet-onnx vamp: error: the output folder must hold outputs of these settings and "
+        f"models to go on, got '{out_dir}' made with the setting temperature 1.0 there, 0.5 "
+        "here (manifest.json); --overwrite redoes every output"
+    )
+    assert (out_dir / "a.wav").read_bytes() == before
+    assert out_dir_run(models, inputs, out_dir, "--temperature", "0.5", "--overwrite") == 0
+    assert (out_dir / "a.wav").read_bytes() != before
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["settings"]["temperature"] == 0.5
+
+
+def test_outputs_beside_no_manifest_are_not_taken_as_done(models, tmp_path, capsys):
+    inputs = _three_inputs(tmp_path)[:1]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "a.wav").write_bytes(b"someone's file")
+    assert out_dir_run(models, inputs, out_dir) == 1
+    assert "must not hold outputs of an unknown run, got 'a.wav'" in error_line(capsys)
+    assert out_dir_run(models, inputs, out_dir, "--overwrite") == 0
+    assert soundfile.info(out_dir / "a.wav").frames == round(0.3 * 44100)

@@ -295,7 +295,9 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
     .wav where soundfile cannot write that>, --batch-size files a `vamp_batch` (one by one for
     vamp.onnx). Outputs that collide or overwrite an input are refused before any work; an
     input that fails its checks or its vamp is reported by name, the others complete, and
-    DIR/failures.json lists the failures (status 1)."""
+    DIR/failures.json lists the failures (status 1). A rerun skips complete outputs
+    (`folder.resume`: DIR/manifest.json must record the same settings and models, unless
+    --overwrite)."""
     from . import folder, runtime
     from .pipeline import SingleGraphVamp, Vamp
 
@@ -315,11 +317,17 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
         failures.append(failure)
         print(f"{PROG} vamp: failed '{failure.job.input}': {failure.reason}", file=sys.stderr)
 
+    made = folder.manifest(args.models, settings)
+    jobs, done = folder.resume(args.out_dir, jobs, made, args.overwrite)
     for failure in early:
         failed(failure)
+    if done:
+        print(
+            f"skipped {len(done)} complete output(s) in {args.out_dir} (--overwrite redoes them)",
+            flush=True,
+        )
     vamp_class = SingleGraphVamp if single else Vamp
     vamp = vamp_class(args.models, threads=args.threads, device=args.device)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     try:
         folder.run_jobs(
             vamp,
@@ -652,7 +660,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="vamp every IN to DIR/<its name> (its extension, or .wav where that cannot be "
         "written), each as `vamp IN OUT` would, --batch-size files at a time; an IN that "
         "fails is reported by name while the others are written, DIR/failures.json lists "
-        "the failures and the status is 1",
+        "the failures and the status is 1; DIR/manifest.json records the settings and "
+        "models, and a rerun skips the outputs already complete",
+    )
+    vamp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --out-dir: redo every output, even complete ones of an earlier run with "
+        "the same settings and models (which a rerun otherwise skips) or of other ones (which "
+        "it otherwise refuses)",
     )
     vamp.add_argument(
         "--batch-size",

@@ -101,6 +101,12 @@ SOURCE_FILES = (ENCODE_FILE, TRANSFORMER_FILES["coarse"], TRANSFORMER_FILES["c2f
 #: of a run without.
 FAILURES_FILE = "failures.json"
 FAILURES_FORMAT = "vampnet-onnx failures 1"
+#: The manifest: JSON ``{"format": MANIFEST_FORMAT, "settings": {...}, "models": {file name:
+#: sha256}}``, what every output in the folder was made with: the vamp settings (the seed and
+#: `keep_rate` among them; a given mask by its sha256) and each graph file of the models. Written
+#: before the first output; a rerun with other settings or models is refused (or redoes all).
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "vampnet-onnx manifest 1"
 
 
 def require_files(folder: str | Path, names: Sequence[str], what: str) -> Path:

@@ -13,12 +13,19 @@ file costs only itself.
   a batch that fails is run again file by file to find which).
 - The failures report `contracts.FAILURES_FILE` in the folder lists every failure of the run
   with its one-line reason (`write_failures`); a run without failures removes an earlier one.
+- Resumable (`resume`): an output that exists is complete (every output is written to a
+  temporary file and renamed into place at its end), so a rerun skips it and does the rest. The
+  manifest `contracts.MANIFEST_FILE` records the settings and the models' sha256 before the
+  first output is written; a rerun whose settings or models differ is refused unless told to
+  overwrite, which redoes every output. Outputs in a folder without a manifest (written before
+  manifests, or by hand) are not taken as done: refused, or redone when told to overwrite.
 
 Nothing here imports a front end; the CLI calls it, so does the cluster driver's worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -27,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import soundfile
 
 from . import audio
-from .contracts import FAILURES_FILE, FAILURES_FORMAT
+from .contracts import FAILURES_FILE, FAILURES_FORMAT, MANIFEST_FILE, MANIFEST_FORMAT
 
 
 @dataclass(frozen=True)
@@ -187,6 +195,100 @@ def _vamp_group(vamp, group: list, seed: int, batch_size: int, settings: dict) -
     return [(job, y, rate) for (job, _, _), (y, rate) in zip(group, results)]
 
 
+def manifest(models: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a run with `settings` (`vamp`'s keyword arguments; `progress` left
+    out, a mask array by its sha256) and the models folder (or vamp.onnx) `models`: every
+    ``.onnx`` and ``.onnx.data`` file there by its sha256."""
+    models = Path(models)
+    if models.is_dir():
+        files = sorted(p for p in models.iterdir() if p.name.endswith((".onnx", ".onnx.data")))
+    else:
+        files = [p for p in (models, models.with_name(models.name + ".data")) if p.is_file()]
+    recorded = {k: _plain(v) for k, v in sorted(settings.items()) if k != "progress"}
+    return {
+        "format": MANIFEST_FORMAT,
+        "settings": recorded,
+        "models": {p.name: _sha256(p) for p in files},
+    }
+
+
+def resume(
+    out_dir: str | Path,
+    jobs: Sequence[Job],
+    made: dict[str, Any],
+    overwrite: bool = False,
+    flag: str = "--overwrite",
+) -> tuple[list[Job], list[Job]]:
+    """(the jobs to run, the jobs whose output is already complete) in `out_dir` for a run
+    whose manifest is `made` (`manifest`), which is then written there (the folder is made).
+
+    Raises:
+        ValueError: without `overwrite`, the folder's manifest records other settings or
+            models (the first difference named), or outputs exist beside no manifest.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST_FILE
+    existing = [job for job in jobs if job.output.exists()]
+    if overwrite:
+        todo, done = list(jobs), []
+    else:
+        if path.is_file():
+            difference = _difference(_read_json(path, MANIFEST_FORMAT), made)
+            if difference is not None:
+                raise ValueError(
+                    f"the output folder must hold outputs of these settings and models to go "
+                    f"on, got '{out_dir}' made with {difference} ({MANIFEST_FILE}); {flag} "
+                    "redoes every output"
+                )
+        elif existing:
+            raise ValueError(
+                f"the output folder must not hold outputs of an unknown run, got "
+                f"'{existing[0].output.name}' in '{out_dir}' and no {MANIFEST_FILE}; {flag} "
+                "redoes every output"
+            )
+        todo = [job for job in jobs if job not in existing]
+        done = existing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for job in todo:  # a run killed before its rename leaves its temporary file
+        for stale in out_dir.glob(f".{job.output.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    _write_json(path, made)
+    return todo, done
+
+
+def _difference(recorded: dict, made: dict) -> str | None:
+    """The first setting or model file that differs, in words, or None."""
+    for part in ("settings", "models"):
+        old, new = recorded.get(part, {}), made[part]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                what = "the model file" if part == "models" else "the setting"
+                there, here = old.get(key, "absent"), new.get(key, "absent")
+                return f"{what} {key} {there!r} there, {here!r} here"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON holds it: tuples as lists, numpy scalars as numbers, arrays by hash."""
+    if isinstance(value, np.ndarray):
+        array = np.ascontiguousarray(value)
+        digest = hashlib.sha256(array.tobytes() + str((array.dtype, array.shape)).encode())
+        return f"sha256:{digest.hexdigest()}"
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_failures(out_dir: str | Path, failures: Sequence[Failure]) -> Path | None:
     """The failures report of a run into `out_dir` (`contracts.FAILURES_FILE`), written whole
     (a temporary file renamed into place), or, for a run without failures, an earlier one
@@ -202,16 +304,33 @@ def write_failures(out_dir: str | Path, failures: Sequence[Failure]) -> Path | N
             for f in failures
         ],
     }
+    _write_json(path, report)
+    return path
+
+
+def _write_json(path: Path, content: dict) -> None:
+    """`content` as JSON at `path`, whole or not at all (a temporary file renamed into place)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as file:
-            json.dump(report, file, indent=1)
+            json.dump(content, file, indent=1)
             file.write("\n")
         os.chmod(temporary, audio.new_file_mode())
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
-    return path
+
+
+def _read_json(path: Path, kind: str) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} must be a {kind!r} file, got one that does not read ({err})"
+        ) from None
+    if not isinstance(content, dict) or content.get("format") != kind:
+        raise ValueError(f"{path} must be a {kind!r} file, got another")
+    return content
 
 
 def read_failures(out_dir: str | Path) -> list[dict]:
@@ -220,10 +339,7 @@ def read_failures(out_dir: str | Path) -> list[dict]:
     path = Path(out_dir) / FAILURES_FILE
     if not path.is_file():
         return []
-    report = json.loads(path.read_text())
-    if report.get("format") != FAILURES_FORMAT:
-        raise ValueError(f"read_failures: {path} must be a {FAILURES_FORMAT!r} report")
-    return report["failed"]
+    return _read_json(path, FAILURES_FORMAT)["failed"]
 
 
 def _reason(err: BaseException) -> str:

@@ -205,7 +205,7 @@ def test_cli_vamp_with_the_single_graph_writes_the_pipelines_audio(models, tmp_p
         )
         == 1
     )
-    assert "onset_mask_width must be 0" in capsys.readouterr().err
+    assert "--onset-mask must be 0" in capsys.readouterr().err
 
 
 def test_cli_export_single_graph_needs_both_models(tmp_path, capsys):

@@ -688,3 +688,29 @@ def test_outputs_beside_no_manifest_are_not_taken_as_done(models, tmp_path, caps
     assert "must not hold outputs of an unknown run, got 'a.wav'" in error_line(capsys)
     assert out_dir_run(models, inputs, out_dir, "--overwrite") == 0
     assert soundfile.info(out_dir / "a.wav").frames == round(0.3 * 44100)
+
+
+def test_inputs_from_a_file_join_the_ones_given(models, tmp_path, capsys):
+    inputs = _three_inputs(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{inputs[1]}\n\n  {inputs[2]}  \n")
+    out_dir = tmp_path / "out"
+    argv = ["vamp", str(inputs[0]), "--inputs-from", str(listing), "--out-dir", str(out_dir)]
+    assert cli.main([*argv, "--models", str(models), "--steps", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"wrote {out_dir / n} (44100 Hz)" for n in ("a.wav", "b.wav", "c.wav")]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--inputs-from", "LIST"], "--inputs-from must come with --out-dir DIR, got no --out-dir"),
+        (["--out-dir", "D", "--inputs-from", "MISSING"], "--inputs-from must be an existing file"),
+        ([], "IN must be given: IN OUT, or IN... (or --inputs-from FILE) with --out-dir DIR"),
+    ],
+)
+def test_inputs_from_errors_are_one_line_before_any_work(tmp_path, capsys, extra, message):
+    (tmp_path / "LIST").write_text("a.wav\n")
+    argv = [a if a not in ("LIST", "MISSING", "D") else str(tmp_path / a) for a in extra]
+    assert cli.main(["vamp", *argv, "--models", str(tmp_path / "none")]) == 1
+    assert error_line(capsys).startswith(f"vampnet-onnx vamp: error: {message}")

@@ -249,6 +249,12 @@ def _vamp(args: argparse.Namespace) -> int:
 
     single = args.models.suffix == ".onnx"
     cls = SingleGraphVamp if single else Vamp
+    args.paths += _inputs_from(args)
+    if not args.paths:
+        raise ValueError(
+            "IN must be given: IN OUT, or IN... (or --inputs-from FILE) with --out-dir DIR, got "
+            "none"
+        )
     # Everything the user gave is checked before the (slow) model load.
     settings = _checked_settings(args, cls)
     if args.batch_size < 1:
@@ -273,6 +279,24 @@ def _vamp(args: argparse.Namespace) -> int:
     out, rate = vamp.vamp_file(args.input, args.output, **settings)
     print(f"wrote {out} ({rate} Hz)")
     return 0
+
+
+def _inputs_from(args: argparse.Namespace) -> list[Path]:
+    """The paths listed in --inputs-from FILE, one a line (blank lines skipped, spaces around
+    a path ignored)."""
+    if args.inputs_from is None:
+        return []
+    if args.out_dir is None:
+        raise ValueError("--inputs-from must come with --out-dir DIR, got no --out-dir")
+    if not args.inputs_from.is_file():
+        raise FileNotFoundError(f"--inputs-from must be an existing file, got '{args.inputs_from}'")
+    try:
+        lines = args.inputs_from.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"--inputs-from must be a text file of paths, got '{args.inputs_from}' ({err})"
+        ) from None
+    return [Path(line.strip()) for line in lines if line.strip()]
 
 
 def _codec_rate(models: Path, single: bool) -> int:
@@ -648,10 +672,18 @@ def build_parser() -> argparse.ArgumentParser:
     vamp.add_argument(
         "paths",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="IN",
         help="IN OUT: an audio file (WAV, FLAC, OGG, MP3) and the output file (.wav, .flac); "
         "with --out-dir: IN..., one or more audio files",
+    )
+    vamp.add_argument(
+        "--inputs-from",
+        type=Path,
+        metavar="FILE",
+        help="with --out-dir: more inputs, one path per line of FILE (blank lines skipped, "
+        "spaces around a path ignored, relative paths from the current folder), after any IN "
+        "given: for lists too long for a command line",
     )
     vamp.add_argument(
         "--out-dir",

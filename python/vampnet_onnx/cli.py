@@ -352,6 +352,8 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
         )
     vamp_class = SingleGraphVamp if single else Vamp
     vamp = vamp_class(args.models, threads=args.threads, device=args.device)
+    # Only once the models have loaded: a folder that cannot load makes no output folder.
+    folder.start(args.out_dir, jobs, made)
     try:
         folder.run_jobs(
             vamp,

@@ -13,12 +13,13 @@ file costs only itself.
   a batch that fails is run again file by file to find which).
 - The failures report `contracts.FAILURES_FILE` in the folder lists every failure of the run
   with its one-line reason (`write_failures`); a run without failures removes an earlier one.
-- Resumable (`resume`): an output that exists is complete (every output is written to a
-  temporary file and renamed into place at its end), so a rerun skips it and does the rest. The
-  manifest `contracts.MANIFEST_FILE` records the settings and the models' sha256 before the
-  first output is written; a rerun whose settings or models differ is refused unless told to
-  overwrite, which redoes every output. Outputs in a folder without a manifest (written before
-  manifests, or by hand) are not taken as done: refused, or redone when told to overwrite.
+- Resumable (`resume`, then `start`): an output that exists is complete (every output is
+  written to a temporary file and renamed into place at its end), so a rerun skips it and does
+  the rest. The manifest `contracts.MANIFEST_FILE` records the settings and the models' sha256
+  before the first output is written; a rerun whose settings or models differ is refused unless
+  told to overwrite, which redoes every output. Outputs in a folder without a manifest (written
+  before manifests, or by hand) are not taken as done: refused, or redone when told to
+  overwrite.
 
 Nothing here imports a front end; the CLI calls it, so does the cluster driver's worker.
 """
@@ -220,7 +221,7 @@ def resume(
     flag: str = "--overwrite",
 ) -> tuple[list[Job], list[Job]]:
     """(the jobs to run, the jobs whose output is already complete) in `out_dir` for a run
-    whose manifest is `made` (`manifest`), which is then written there (the folder is made).
+    whose manifest is `made` (`manifest`); nothing is written (`start` does that).
 
     Raises:
         ValueError: without `overwrite`, the folder's manifest records other settings or
@@ -228,32 +229,34 @@ def resume(
     """
     out_dir = Path(out_dir)
     path = out_dir / MANIFEST_FILE
-    existing = [job for job in jobs if job.output.exists()]
-    if overwrite:
-        todo, done = list(jobs), []
-    else:
-        if path.is_file():
-            difference = _difference(_read_json(path, MANIFEST_FORMAT), made)
-            if difference is not None:
-                raise ValueError(
-                    f"the output folder must hold outputs of these settings and models to go "
-                    f"on, got '{out_dir}' made with {difference} ({MANIFEST_FILE}); {flag} "
-                    "redoes every output"
-                )
-        elif existing:
+    done = [] if overwrite else [job for job in jobs if job.output.exists()]
+    if not overwrite and path.is_file():
+        difference = _difference(_read_json(path, MANIFEST_FORMAT), made)
+        if difference is not None:
             raise ValueError(
-                f"the output folder must not hold outputs of an unknown run, got "
-                f"'{existing[0].output.name}' in '{out_dir}' and no {MANIFEST_FILE}; {flag} "
+                f"the output folder must hold outputs of these settings and models to go "
+                f"on, got '{out_dir}' made with {difference} ({MANIFEST_FILE}); {flag} "
                 "redoes every output"
             )
-        todo = [job for job in jobs if job not in existing]
-        done = existing
+    elif done:
+        raise ValueError(
+            f"the output folder must not hold outputs of an unknown run, got "
+            f"'{done[0].output.name}' in '{out_dir}' and no {MANIFEST_FILE}; {flag} "
+            "redoes every output"
+        )
+    return [job for job in jobs if job not in done], done
+
+
+def start(out_dir: str | Path, todo: Sequence[Job], made: dict[str, Any]) -> None:
+    """Make `out_dir` ready for the jobs `todo` of a run whose manifest is `made`: the folder
+    made, the temporary files a killed run left for those outputs removed, the manifest
+    written (before the first output, so that an interrupted run can be resumed)."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for job in todo:  # a run killed before its rename leaves its temporary file
+    for job in todo:
         for stale in out_dir.glob(f".{job.output.name}.*.tmp"):
             stale.unlink(missing_ok=True)
-    _write_json(path, made)
-    return todo, done
+    _write_json(out_dir / MANIFEST_FILE, made)
 
 
 def _difference(recorded: dict, made: dict) -> str | None:

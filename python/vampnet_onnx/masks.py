@@ -254,15 +254,11 @@ def onset_strength(audio: np.ndarray, hop_length: int) -> np.ndarray:
     ]
     floor = max(_log_power(audio, *chunk, hop_length).max() for chunk in chunks) - _TOP_DB
     flux = np.empty(n_frames - 1)
-    previous = None
     for first, stop in chunks:
-        db = np.maximum(_log_power(audio, first, stop, hop_length), floor)
-        if previous is not None:
-            db = np.concatenate([previous, db])
-        flux[first - (previous is not None) : stop - 1] = np.maximum(0.0, np.diff(db, axis=0)).mean(
-            axis=1
-        )
-        previous = db[-1:]
+        # From the chunk's previous frame on, so the first difference reaches back into it.
+        begin = max(first - 1, 0)
+        db = np.maximum(_log_power(audio, begin, stop, hop_length), floor)
+        flux[begin : stop - 1] = np.maximum(0.0, np.diff(db, axis=0)).mean(axis=1)
     delay = 1 + _N_FFT // (2 * hop_length)
     return np.concatenate([np.zeros(delay), flux])[:n_frames]
 

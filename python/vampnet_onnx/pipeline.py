@@ -439,13 +439,14 @@ class _AudioToAudio:
         where = f"{type(self).__name__}.vamp_file"
         out_path = audio.check_output_path(out_path, where, "out_path", in_path)
         checked = self._prepare(**settings)
-        subtype = audio.kept_subtype(out_path, audio.file_info(in_path))
+        source = audio.file_info(in_path)
+        subtype = audio.kept_subtype(out_path, source)
         audio.check_output_path(
             out_path,
             where,
             "out_path",
             in_path,
-            sample_rate=self.output_rate(in_path, checked.keep_rate),
+            sample_rate=self._output_rate(source, checked.keep_rate),
             subtype=subtype,
             hint=f"keep_rate=False writes at the codec's {self.sample_rate} Hz",
         )
@@ -460,8 +461,11 @@ class _AudioToAudio:
         """The sample rate in Hz of `vamp_file`'s output for the audio file `in_path`: the
         input's with `keep_rate`, else the codec's (read from the header only; an input rate
         `audio.preprocess` does not take is a ValueError)."""
-        rate = audio.file_info(in_path).sample_rate
-        audio.check_input_rate(rate, "load_audio", f"the sample rate of '{in_path}'")
+        return self._output_rate(audio.file_info(in_path), keep_rate)
+
+    def _output_rate(self, source: audio.AudioFileInfo, keep_rate: bool) -> int:
+        rate = source.sample_rate
+        audio.check_input_rate(rate, "load_audio", f"the sample rate of '{source.path}'")
         return rate if keep_rate else self.sample_rate
 
 

@@ -84,3 +84,29 @@ def test_a_failing_batch_is_run_again_file_by_file(tmp_path):
     assert [f.job for f in failures] == [jobs[1]]
     assert written == [jobs[0], jobs[2]]
     np.testing.assert_allclose(soundfile.read(jobs[2].output)[0], 0.2, atol=1e-4)
+
+
+def test_no_module_but_the_cluster_driver_imports_ray():
+    """The ray extra is optional: importing the package, its CLI and every other module
+    imports neither Ray nor the driver."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import vampnet_onnx
+
+    names = [
+        m.name
+        for m in pkgutil.walk_packages(vampnet_onnx.__path__, "vampnet_onnx.")
+        if m.name != "vampnet_onnx.distributed"
+        and not m.name.rpartition(".")[2].startswith(("_", "lib"))  # compiled, not Python
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] == 'ray' or m == 'vampnet_onnx.distributed'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

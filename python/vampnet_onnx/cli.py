@@ -221,7 +221,8 @@ def _check_out_folder(path: Path, flag: str) -> None:
 def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
     """`_vamp_settings`, checked by `vamp_class.check_settings` as its `vamp` would; errors
     name the flags (``--steps``), not the keyword arguments."""
-    check_threads(args.threads, "", "--threads")
+    if not getattr(args, "ray", False):  # on Ray, threads are the workers' CPUs, not ours
+        check_threads(args.threads, "", "--threads")
     settings = _vamp_settings(args)
     run_options = ("keep_rate", "progress")
     try:
@@ -249,6 +250,7 @@ def _vamp(args: argparse.Namespace) -> int:
 
     single = args.models.suffix == ".onnx"
     cls = SingleGraphVamp if single else Vamp
+    args.ray = args.ray or args.ray_address is not None
     args.paths += _inputs_from(args)
     if not args.paths:
         raise ValueError(
@@ -259,6 +261,11 @@ def _vamp(args: argparse.Namespace) -> int:
     settings = _checked_settings(args, cls)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.ray:
+        return _vamp_ray(args, settings)
+    for flag, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)):
+        if value is not None:
+            raise ValueError(f"{flag} must come with --ray, got {flag} {value} and no --ray")
     if args.out_dir is not None:
         return _vamp_many(args, single, settings)
     if len(args.paths) != 2:
@@ -370,6 +377,68 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
         return 0
     print(
         f"{PROG} vamp: {len(failures)} of {len(args.paths)} inputs failed, listed in {report}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _vamp_ray(args: argparse.Namespace, settings: dict) -> int:
+    """`vamp IN... --out-dir DIR --ray` (`distributed.vamp_files`): the same outputs, manifest,
+    resume and failures report as without --ray, the files vamped by Ray workers."""
+    if args.out_dir is None:
+        raise ValueError("--ray must come with --out-dir DIR, got no --out-dir")
+    gpus = args.gpus_per_worker
+    if args.device == "cuda":
+        gpus = 1.0 if gpus is None else gpus
+    elif gpus:
+        raise ValueError(f"--gpus-per-worker must come with --device cuda, got {gpus:g}")
+    _check_out_folder(args.out_dir, "--out-dir")
+    from . import distributed
+    from .contracts import FAILURES_FILE
+
+    flags = {
+        "threads": "--threads",
+        "batch_size": "--batch-size",
+        "workers": "--workers",
+        "gpus_per_worker": "--gpus-per-worker",
+        "out_dir": "--out-dir",
+        "address": "--ray-address",
+        "models": "--models",
+        "overwrite": "--overwrite",
+        "keep_rate": _rate_hint(args) or "",
+    }
+    settings = dict(settings)
+    progress = settings.pop("progress")
+    try:
+        summary = distributed.vamp_files(
+            args.paths,
+            args.out_dir,
+            args.models,
+            address=args.ray_address,
+            workers=args.workers,
+            threads=args.threads or distributed.DEFAULT_THREADS,
+            gpus_per_worker=gpus or 0,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            progress=progress,
+            flags=flags,
+            **settings,
+        )
+    except ImportError as err:
+        raise ValueError(f"--ray must have Ray Data installed: {_one_line(err)}") from None
+    if summary.skipped:
+        print(
+            f"skipped {len(summary.skipped)} complete output(s) in {args.out_dir} (--overwrite "
+            "redoes them)"
+        )
+    for failure in summary.failures:
+        print(f"{PROG} vamp: failed '{failure.job.input}': {failure.reason}", file=sys.stderr)
+    print(summary.line())
+    if not summary.failures:
+        return 0
+    print(
+        f"{PROG} vamp: {len(summary.failures)} of {len(args.paths)} inputs failed, listed in "
+        f"{args.out_dir / FAILURES_FILE}",
         file=sys.stderr,
     )
     return 1
@@ -711,6 +780,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --out-dir: chunks per generation run, over several files (models folder "
         f"only; default {BATCH_SIZE_DEFAULT})",
+    )
+    cluster = vamp.add_argument_group(
+        "on a Ray cluster (the ray extra; docs/cluster.md)",
+        "With --out-dir: the same outputs, manifest, resume and failures report, the files "
+        "vamped by Ray workers, each holding the models once. Inputs and DIR must be at the "
+        "same paths on every node, the models folder on every node that runs a worker.",
+    )
+    cluster.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray: the cluster this machine joined (`ray start`), else a local one for "
+        "the run; --threads is then the CPUs of each worker (default "
+        "1)",
+    )
+    cluster.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the cluster to join (implies --ray): host:port of `ray start --head`, auto, or "
+        "ray://host:port",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="Ray workers (default: as many as the cluster's CPUs, or GPUs, hold)",
+    )
+    cluster.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="G",
+        help="GPUs each worker reserves, with --device cuda (default 1 there)",
     )
     vamp.add_argument(
         "--models",

@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import soundfile
 
 from . import audio
 from .contracts import FAILURES_FILE, FAILURES_FORMAT, MANIFEST_FILE, MANIFEST_FORMAT
+from .settings import MaskSettings, SamplingSettings, public_name
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def check_jobs(
             subtype = audio.kept_subtype(job.output, info)
             audio.check_output_format(job.output, rate, subtype, "", "OUT", hint)
         except (ValueError, OSError) as err:
-            failed.append(Failure(job, _reason(err)))
+            failed.append(Failure(job, failure_reason(err)))
         else:
             good.append(job)
     return good, failed
@@ -135,7 +136,7 @@ def run_jobs(
     failures: list[Failure] = []
 
     def failed(job: Job, err: Exception) -> None:
-        failures.append(Failure(job, _reason(err)))
+        failures.append(Failure(job, failure_reason(err)))
         if on_failed is not None:
             on_failed(failures[-1])
 
@@ -196,6 +197,16 @@ def _vamp_group(vamp, group: list, seed: int, batch_size: int, settings: dict) -
     return [(job, y, rate) for (job, _, _), (y, rate) in zip(group, results)]
 
 
+def run_settings(**settings: Any) -> dict[str, Any]:
+    """`settings` (`vamp`'s keyword arguments) with every sampling and mask setting, seed and
+    keep_rate filled in at its default where not given: the settings as a manifest records
+    them, so that runs that differ only in which defaults were spelt out share a folder."""
+    filled = {"seed": 0, "keep_rate": True}
+    for cls in (SamplingSettings, MaskSettings):
+        filled.update({public_name(f.name): f.default for f in fields(cls)})
+    return {**filled, **settings}
+
+
 def manifest(models: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a run with `settings` (`vamp`'s keyword arguments; `progress` left
     out, a mask array by its sha256) and the models folder (or vamp.onnx) `models`: every
@@ -253,10 +264,16 @@ def start(out_dir: str | Path, todo: Sequence[Job], made: dict[str, Any]) -> Non
     written (before the first output, so that an interrupted run can be resumed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for job in todo:
-        for stale in out_dir.glob(f".{job.output.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+    remove_temporaries(out_dir, todo)
     _write_json(out_dir / MANIFEST_FILE, made)
+
+
+def remove_temporaries(out_dir: str | Path, jobs: Iterable[Job]) -> None:
+    """Remove the temporary files that runs stopped mid-write (killed) left in `out_dir` for
+    the outputs of `jobs` (none may be writing them now)."""
+    for job in jobs:
+        for stale in Path(out_dir).glob(f".{job.output.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def _difference(recorded: dict, made: dict) -> str | None:
@@ -345,7 +362,7 @@ def read_failures(out_dir: str | Path) -> list[dict]:
     return _read_json(path, FAILURES_FORMAT)["failed"]
 
 
-def _reason(err: BaseException) -> str:
+def failure_reason(err: BaseException) -> str:
     """One line: the message's first line, with the type where it is not the user's error."""
     text = audio.one_line(err)
     return text if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {text}"

@@ -47,6 +47,7 @@ class Summary:
     failures: list = field(default_factory=list)
     audio_seconds: float = 0.0  # of the inputs written
     wall_seconds: float = 0.0  # from the first job sent to the last result
+    first_seconds: float = 0.0  # from the first job sent to the first result (workers starting)
 
     @property
     def audio_per_second(self) -> float:
@@ -328,9 +329,12 @@ def _run(
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     rows = [{"input": str(job.input), "output": str(job.output)} for job in todo]
     by_output = {str(job.output): job for job in todo}
+    # Files per call: the batch size, or fewer where that leaves workers idle (the outputs
+    # are the same at any batch size).
+    per_call = max(1, min(options.batch_size, -(-len(todo) // workers)))
     dataset = ray.data.from_items(rows).map_batches(
         _worker_class(options),
-        batch_size=options.batch_size,
+        batch_size=per_call,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
         num_cpus=options.threads,
@@ -341,6 +345,8 @@ def _run(
         total=len(todo), desc="vamp", unit="file", disable=not progress, file=sys.stderr
     ) as bar:
         for row in dataset.iter_rows():
+            if not summary.first_seconds:
+                summary.first_seconds = time.perf_counter() - begin
             job = by_output[str(row["output"])]
             if row["reason"]:
                 summary.failures.append(folder.Failure(job, str(row["reason"])))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import hub
 from .contracts import DEVICES
+from .longform import DEFAULT_CONTEXT_S, JOIN_S
 from .settings import (
     BATCH_SIZE_DEFAULT,
     MaskSettings,
@@ -382,6 +383,66 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
     return 1
 
 
+def _extend(args: argparse.Namespace) -> int:
+    """`extend IN OUT --seconds N [--context S]` (`Vamp.extend_file`): every value checked
+    before the models load."""
+    from . import audio, runtime
+    from .pipeline import Vamp
+
+    check_threads(args.threads, "", "--threads")
+    args.input, args.output = args.paths
+    sampling = {}
+    for f in fields(SamplingSettings):
+        given = getattr(args, f.name)
+        sampling[public_name(f.name)] = f.default if given is None else given
+    try:
+        Vamp.check_settings(seed=args.seed, **sampling)
+    except ValueError as err:
+        raise ValueError(_as_flags(str(err))) from err
+    info = audio.file_info(args.input, "", "IN")
+    audio.check_input_rate(info.sample_rate, "", f"the sample rate of IN ('{args.input}')")
+    input_s = info.n_frames / info.sample_rate
+    context = args.context if args.context is not None else min(DEFAULT_CONTEXT_S, input_s)
+    try:
+        seconds, context = _check_extend(args.seconds, context, input_s)
+    except ValueError as err:
+        raise ValueError(
+            str(err)
+            .replace("Vamp.extend: seconds", "--seconds")
+            .replace("Vamp.extend: context_s", "--context")
+        ) from None
+    subtype = audio.kept_subtype(args.output, info)
+    audio.check_output_path(
+        args.output, "", "OUT", args.input, sample_rate=info.sample_rate, subtype=subtype
+    )
+    runtime.device_providers(args.device, "", "--device")
+    if args.models.suffix == ".onnx" or not args.models.is_dir():
+        raise ValueError(
+            f"--models must be a models folder (vampnet-onnx export; the single graph runs one "
+            f"clip, not windows), got '{args.models}'"
+        )
+    vamp = Vamp(args.models, threads=args.threads, device=args.device)
+    out, rate = vamp.extend_file(
+        args.input,
+        args.output,
+        seconds=seconds,
+        context_s=context,
+        seed=args.seed,
+        progress=not args.quiet,
+        **sampling,
+    )
+    print(f"wrote {out} ({rate} Hz, {seconds:g} s added)")
+    return 0
+
+
+def _check_extend(seconds: float, context: float, input_s: float) -> tuple[float, float]:
+    """`longform.check_extend` as `Vamp.extend` runs it, before the models load."""
+    from .contracts import COARSE_CHUNK_S
+    from .longform import check_extend
+
+    return check_extend(seconds, context, input_s, COARSE_CHUNK_S, "Vamp.extend")
+
+
 def _vamp_ray(args: argparse.Namespace, settings: dict) -> int:
     """`vamp IN... --out-dir DIR --ray` (`distributed.vamp_files`): the same outputs, manifest,
     resume and failures report as without --ray, the files vamped by Ray workers."""
@@ -518,11 +579,7 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     """The mask, sampling and run options of `vamp` and `demo` (VampNet's app defaults)."""
     from .presets import PRESETS
 
-    sampling = parser.add_argument_group(
-        "sampling (coarse stage; c2f uses upstream's fixed 2 steps)"
-    )
-    sampling.add_argument("--seed", type=int, default=0, help="random seed, any int64 (default 0)")
-    _add_settings(sampling, SamplingSettings)
+    _add_sampling_options(parser)
     recipe = parser.add_argument_group(
         "mask (what is kept from the input; 1 frame = 768 samples at 44.1 kHz, about 17 ms)"
     )
@@ -558,6 +615,20 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write at the codec's 44.1 kHz instead of the input's sample rate",
     )
+    _add_run_options(run)
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """--seed and the coarse stage's sampling settings."""
+    sampling = parser.add_argument_group(
+        "sampling (coarse stage; c2f uses upstream's fixed 2 steps)"
+    )
+    sampling.add_argument("--seed", type=int, default=0, help="random seed, any int64 (default 0)")
+    _add_settings(sampling, SamplingSettings)
+
+
+def _add_run_options(run) -> None:
+    """--threads, --device, --quiet, --verbose."""
     run.add_argument(
         "--threads",
         type=int,
@@ -822,6 +893,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_vamp_options(vamp)
     vamp.set_defaults(handler=_vamp)
+
+    extend = commands.add_parser(
+        "extend",
+        help="continue an audio file by N seconds of new music",
+        description=(
+            "Continue IN by --seconds of new music and write it, the input included, to OUT: "
+            "10-s windows, each starting with --context seconds of the codes already there "
+            "(the input's, then generated ones) and generating the rest; only new frames are "
+            "appended, and the codes are decoded as one stream. OUT holds IN mixed to mono, "
+            f"unchanged up to {JOIN_S * 1000:g} ms before its end, crossfaded there into the "
+            "continuation, at IN's rate and loudness (docs/generation.md, 'Longer than ten "
+            "seconds')."
+        ),
+    )
+    extend.add_argument("paths", type=Path, nargs=2, metavar="IN OUT", help="input, output")
+    extend.add_argument(
+        "--seconds", type=float, required=True, metavar="N", help="seconds of new music to add"
+    )
+    extend.add_argument(
+        "--context",
+        type=float,
+        metavar="S",
+        help=f"seconds of codes each window starts with, in [0, 10) and at most IN's length "
+        f"(default {DEFAULT_CONTEXT_S:g}, or IN's length where shorter)",
+    )
+    extend.add_argument(
+        "--models",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder written by vampnet-onnx export (not a vamp.onnx: the single graph runs one "
+        "clip, not windows)",
+    )
+    _add_sampling_options(extend)
+    _add_run_options(extend.add_argument_group("run"))
+    extend.set_defaults(handler=_extend)
 
     demo = commands.add_parser(
         "demo",

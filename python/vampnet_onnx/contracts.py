@@ -186,6 +186,10 @@ C2F_STEPS = C2F_SAMPLING.n_steps
 COARSE_STREAM_BASE = 0
 #: Coarse-to-fine chunk i draws stream item C2F_STREAM_BASE + i.
 C2F_STREAM_BASE = 2**30
+#: A continuation's coarse window k (`longform.windows`) draws stream item
+#: EXTEND_STREAM_BASE + k: apart from a vamp's coarse chunks (no input has 2**29 of them) and
+#: from the coarse-to-fine chunks, which a continuation draws as a vamp does.
+EXTEND_STREAM_BASE = 2**29
 #: The mask's draws: SampleTokens rows ``(MASK_STREAM_ITEM << 32) + j``, apart from every
 #: generation stream (items below 2**31 - 1).
 MASK_STREAM_ITEM = 2**31 - 1

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import audio, masks
+from . import audio, longform, masks
 from .codec import Codec, decoded_length
 from .contracts import (
     C2F_CHUNK_S,
@@ -83,6 +83,7 @@ from .settings import (
     MaskSettings,
     SamplingSettings,
     check_seed,
+    public_name,
 )
 
 #: Frames of context around each codec segment; the LAC encoder and decoder see about 15 frames
@@ -573,6 +574,107 @@ class Vamp(_AudioToAudio):
         )
         # Each clip's input is not needed any more: its output is decoded into it.
         return [self.decode(c, x.shape[0], progress, out=x) for c, x in zip(codes, xs)]
+
+    def extend(
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        seconds: float,
+        context_s: float | None = None,
+        seed: int = SEED_DEFAULT,
+        progress: bool = False,
+        **sampling: Any,
+    ) -> tuple[np.ndarray, int]:
+        """Continue a clip by `seconds` of new music (`longform`: 10-s windows, each starting
+        with `context_s` seconds of the codes already there, only new frames appended).
+
+        Args:
+            samples: float ``[N]`` or ``[channels, N]``.
+            sample_rate: Hz.
+            seconds: how much to add, in (0, `longform.MAX_SECONDS`]; any length, the
+                windows follow one another.
+            context_s: seconds of codes each window starts with, in [0, the window's 10 s)
+                and at most the input's length (None: `longform.DEFAULT_CONTEXT_S`, or the
+                input's length where that is shorter).
+            seed: any int64: the key of every random draw.
+            progress: tqdm bars (encode, windows by step, coarse-to-fine, decode).
+            sampling: the coarse stage's steps, temperature, top_k, top_p, mask_temperature
+                (`settings.SamplingSettings`); the mask recipe does not apply (the new frames
+                have nothing to keep).
+
+        Returns:
+            (float32 mono ``[N + round(seconds * sample_rate)]``, `sample_rate`): the input
+            mixed to mono, unchanged up to `longform.JOIN_S` before its end, crossfaded there
+            into the continuation, at the input's loudness.
+        """
+        where = "Vamp.extend"
+        names = {public_name(f.name) for f in fields(SamplingSettings)}
+        for name in sampling:
+            if name not in names:
+                raise ValueError(
+                    f"{where}: {name} must not be given: a continuation takes the sampling "
+                    f"settings ({', '.join(sorted(names))}); the mask recipe does not apply "
+                    "(the new frames have nothing to keep)"
+                )
+        seed, _, settings = self.check_settings(seed=seed, **sampling)
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
+        input_s = info.n_samples / info.sample_rate
+        if context_s is None:
+            context_s = min(longform.DEFAULT_CONTEXT_S, input_s)
+        seconds, context_s = longform.check_extend(
+            seconds, context_s, input_s, COARSE_CHUNK_S, where
+        )
+        hop = self.hop_length
+        kept = x.shape[0] // hop  # whole frames only: the last, part padding, is generated anew
+        context = min(kept, round(context_s * self.sample_rate / hop))
+        added = round(seconds * info.sample_rate)
+        # Frames to the end of the addition, with a frame to spare for the resampler's filter.
+        end = x.shape[0] + math.ceil(seconds * self.sample_rate) + hop
+        n_new = math.ceil(end / hop) - kept
+        codes = self.encode(x, progress)[:, :, :kept]
+        codes, _ = longform.extend_codes(
+            self, codes, n_new, context, seed, settings.public(), progress
+        )
+        y = self.decode(codes, codes.shape[2] * hop, progress)
+        head = audio.to_mono(np.asarray(samples, np.float32))
+        return self._joined(head, y, info, added), info.sample_rate
+
+    def _joined(self, head: np.ndarray, y: np.ndarray, info: audio.PreprocessInfo, added: int):
+        """The input `head` ``[N]`` (mono, its rate) followed by `added` samples of the decoded
+        stream `y` (codec rate, from the input's first frame), crossfaded over
+        `longform.JOIN_S` before the input's end; the stream at the input's loudness, as
+        `audio.restore` gives a vamp's output (the whole stream measured, so that any length
+        added gets the same gain), its peak limited to 1."""
+        rate, n = info.sample_rate, info.n_samples
+        fade = min(n, max(1, round(longform.JOIN_S * rate)))
+        gain = 10.0 ** ((info.loudness - audio.loudness(y, self.sample_rate)) / 20.0)
+        # Resampled from a margin before the crossfade, so the filter's start-up is cut off.
+        margin = min(n - fade, 1024)
+        first = round((n - fade - margin) * self.sample_rate / rate)
+        tail = audio.resample(y[first:], self.sample_rate, rate)[margin : margin + fade + added]
+        if tail.shape[0] < fade + added:
+            tail = np.pad(tail, (0, fade + added - tail.shape[0]))
+        peak = float(np.abs(tail).max(initial=0.0)) * gain
+        tail = (tail.astype(np.float64) * (gain / max(peak, 1.0))).astype(np.float32)
+        return longform.join(head, tail, fade)
+
+    def extend_file(
+        self, in_path: str | Path, out_path: str | Path, **settings: Any
+    ) -> tuple[Path, int]:
+        """`extend` on an audio file, written to `out_path` (the input's subtype where the
+        format takes it; whole or not at all). settings: `extend`'s keyword arguments.
+        Returns (out_path, its sample rate). The output is checked before any work."""
+        where = "Vamp.extend_file"
+        source = audio.file_info(in_path)
+        subtype = audio.kept_subtype(out_path, source)
+        out_path = audio.check_output_path(
+            out_path, where, "out_path", in_path, sample_rate=source.sample_rate, subtype=subtype
+        )
+        samples, rate = audio.load_audio(in_path)
+        y, rate = self.extend(samples, rate, **settings)
+        audio.write_audio(out_path, y, rate, subtype)
+        return out_path, rate
 
     def vamp_batch(
         self,

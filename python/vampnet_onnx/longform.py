@@ -1,0 +1,152 @@
+"""Music longer than the model's window: continuing a clip (`Vamp.extend`, ``vampnet-onnx
+extend``).
+
+VampNet's coarse model sees 10 s at a time (575 frames at hop 768, 44.1 kHz). A continuation is
+a chain of such windows (`windows`): window k begins with `context_frames` frames of codes that
+are already there — the input's, or those an earlier window generated — kept in every codebook,
+and generates the rest of the window, which is appended. No frame is generated twice: each
+window's new frames start where the previous window's ended. The coarse codebooks are generated
+window by window (each from the previous one's codes), then the fine codebooks of every new
+frame by the coarse-to-fine model in its 3-s chunks over the whole sequence, as in a vamp, and
+the sequence is decoded as one stream in the codec's bounded segments (`Vamp.decode`), so no
+seam comes from separate decodes.
+
+Random streams: window k draws MaskGitStep stream item `contracts.EXTEND_STREAM_BASE` + k (its
+own, apart from a vamp's coarse chunks); the coarse-to-fine chunks draw theirs as in a vamp.
+
+The join (`join`): the output is the input's samples (mixed to mono, at its rate) unchanged up
+to `JOIN_S` before its end, then a linear crossfade over those `JOIN_S` seconds from the input
+to the decoded stream, then the decoded stream alone (at the input's rate and loudness).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .contracts import EXTEND_STREAM_BASE
+
+#: Seconds of context each window starts with, by default: 4 s of a 10-s window, the share of
+#: its window MusicGen's continuation keeps as prompt (12 of 30 s) and inside the 2-5 s that
+#: VampNet's author suggests; each window then adds about 6 s.
+DEFAULT_CONTEXT_S = 4.0
+
+#: Seconds over which the output crosses from the input's own samples to the decoded stream.
+JOIN_S = 0.05
+
+#: Longest continuation `Vamp.extend` takes, in seconds (a day: far past any window count that
+#: matters, and a bound on the memory a typo could ask for).
+MAX_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One coarse window of a continuation, in frames of the whole sequence: the context is
+    ``[start, new)``, the generated frames ``[new, stop)``; `stream` its random stream item."""
+
+    start: int
+    new: int
+    stop: int
+    stream: int
+
+
+def windows(first_new: int, n_new: int, context_frames: int, window_frames: int) -> list[Window]:
+    """The windows that generate frames ``[first_new, first_new + n_new)``, each starting with
+    `context_frames` frames before its first new one (`first_new` >= `context_frames`) and at
+    most `window_frames` long."""
+    if not 0 <= context_frames < window_frames:
+        raise ValueError(
+            f"longform.windows: context_frames must be in [0, {window_frames}), got "
+            f"{context_frames}"
+        )
+    step = window_frames - context_frames
+    end = first_new + n_new
+    return [
+        Window(new - context_frames, new, min(new + step, end), EXTEND_STREAM_BASE + k)
+        for k, new in enumerate(range(first_new, end, step))
+    ]
+
+
+def check_extend(
+    seconds: Any, context_s: Any, input_seconds: float, window_s: float, where: str
+) -> tuple[float, float]:
+    """`seconds` and `context_s` of a continuation checked against the input's length and the
+    model's window (both in seconds): (seconds, context_s) as floats, or ValueError."""
+    seconds = _number(seconds, where, "seconds")
+    context_s = _number(context_s, where, "context_s")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"{where}: seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    if not 0 <= context_s < window_s:
+        raise ValueError(
+            f"{where}: context_s must be in [0, {window_s:.3f}) (the model's window), got "
+            f"{context_s:g}"
+        )
+    if context_s > input_seconds:
+        raise ValueError(
+            f"{where}: context_s must be at most the input's length, {input_seconds:.3f} s, got "
+            f"{context_s:g}"
+        )
+    return seconds, context_s
+
+
+def _number(value: Any, where: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{where}: {name} must be a number of seconds, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {name} must be finite, got {value}")
+    return value
+
+
+def extend_codes(
+    vamp: Any,
+    codes: np.ndarray,
+    n_new: int,
+    context_frames: int,
+    seed: int,
+    sampling: dict[str, Any],
+    progress: bool = False,
+) -> tuple[np.ndarray, list[Window]]:
+    """`codes` int64 ``[1, n_codebooks, K]`` (every frame kept) continued by `n_new` frames
+    with `vamp`'s models (a `pipeline.Vamp`): (codes ``[1, n_codebooks, K + n_new]``, the
+    coarse windows). sampling: the coarse stage's settings (`Vamp.generate`'s)."""
+    n_kept = codes.shape[2]
+    total = n_kept + n_new
+    out = np.zeros((1, codes.shape[1], total), np.int64)
+    out[:, :, :n_kept] = codes
+    coarse = vamp.coarse.n_codebooks
+    plan = windows(n_kept, n_new, context_frames, vamp.coarse_chunk_frames)
+    from .settings import SamplingSettings
+
+    n_steps = SamplingSettings.from_public("Vamp.extend", **sampling).n_steps
+    with tqdm(total=len(plan) * n_steps, desc="extend", unit="step", disable=not progress) as bar:
+        for window in plan:
+            mask = np.zeros((1, coarse, window.stop - window.start), bool)
+            mask[:, :, window.new - window.start :] = True
+            chunk = (out[:, :coarse, window.start : window.stop], mask, seed, window.stream)
+            [generated] = vamp._run_chunks(vamp.coarse, [chunk], 1, bar, per_step=True, **sampling)
+            out[:, :coarse, window.new : window.stop] = generated[:, :, window.new - window.start :]
+    fine = np.zeros(out.shape, bool)
+    fine[:, coarse:, n_kept:] = True
+    [out] = vamp._c2f_batch([out], [fine], [seed], vamp.batch_size, progress)
+    return out, plan
+
+
+def join(head: np.ndarray, tail: np.ndarray, fade: int) -> np.ndarray:
+    """float32 ``[len(head) + len(tail) - fade]``: `head` unchanged up to its last `fade`
+    samples, a linear crossfade over those from `head` to the first `fade` samples of `tail`,
+    then the rest of `tail`."""
+    fade = min(fade, head.shape[0], tail.shape[0])
+    out = np.empty(head.shape[0] + tail.shape[0] - fade, np.float32)
+    cut = head.shape[0] - fade
+    out[:cut] = head[:cut]
+    # Weights (i + 1) / (fade + 1): neither end is all of one signal, so a fade of one sample
+    # still mixes both.
+    w = (np.arange(fade, dtype=np.float64) + 1.0) / (fade + 1.0)
+    out[cut : head.shape[0]] = (head[cut:] * (1.0 - w) + tail[:fade] * w).astype(np.float32)
+    out[head.shape[0] :] = tail[fade:]
+    return out

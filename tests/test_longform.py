@@ -1,0 +1,168 @@
+"""Continuation (`longform`, `Vamp.extend`, ``vampnet-onnx extend``) with tiny models: the window
+layout, the context each window sees, the join, lengths, seeds and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+
+from vampnet_onnx import cli, longform
+from vampnet_onnx.contracts import EXTEND_STREAM_BASE
+from vampnet_onnx.pipeline import Vamp
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def vamp(tiny_models_dir):
+    return Vamp(tiny_models_dir, threads=2)
+
+
+def _clip(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t))
+    return (x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("context", [0, 1, 230, 574])
+def test_windows_generate_each_new_frame_once_after_their_context(context):
+    plan = longform.windows(first_new=300, n_new=2000, context_frames=context, window_frames=575)
+    assert plan[0].new == 300
+    assert plan[-1].stop == 2300
+    for k, window in enumerate(plan):
+        assert window.new - window.start == context
+        assert window.stop - window.start <= 575
+        assert window.stream == EXTEND_STREAM_BASE + k
+        if k:
+            assert window.new == plan[k - 1].stop  # contiguous: none twice, none skipped
+
+
+def test_windows_refuse_a_context_as_long_as_the_window():
+    with pytest.raises(ValueError, match=r"context_frames must be in \[0, 575\), got 575"):
+        longform.windows(575, 10, 575, 575)
+
+
+def test_join_keeps_the_head_and_crossfades_into_the_tail():
+    head, tail = np.full(100, 1.0, np.float32), np.full(50, -1.0, np.float32)
+    out = longform.join(head, tail, 9)
+    assert out.shape == (141,)
+    assert np.array_equal(out[:91], head[:91])
+    assert np.array_equal(out[100:], tail[9:])
+    w = (np.arange(9) + 1) / 10
+    np.testing.assert_allclose(out[91:100], 1 - 2 * w, rtol=0, atol=1e-7)
+
+
+class _Spy:
+    """Records the chunks the coarse windows are generated from."""
+
+    def __init__(self, vamp):
+        self.vamp, self.chunks = vamp, []
+        self.run = vamp._run_chunks
+
+    def __call__(self, generator, chunks, *args, **kwargs):
+        out = self.run(generator, chunks, *args, **kwargs)
+        if generator is self.vamp.coarse:
+            self.chunks += [(c[0].copy(), c[1].copy(), c[3], o.copy()) for c, o in zip(chunks, out)]
+        return out
+
+
+def test_each_window_sees_the_final_codes_of_its_context_and_generates_only_new_frames(
+    vamp, monkeypatch
+):
+    spy = _Spy(vamp)
+    monkeypatch.setattr(vamp, "_run_chunks", spy)
+    rng = np.random.default_rng(1)
+    kept = rng.integers(0, 1024, (1, 14, 400)).astype(np.int64)
+    context = 230
+    codes, plan = longform.extend_codes(vamp, kept, 1000, context, 5, {"steps": STEPS})
+    assert codes.shape == (1, 14, 1400)
+    assert len(plan) == 3 and len(spy.chunks) == 3
+    assert np.array_equal(codes[:, :, :400], kept)  # the input's frames, every codebook
+    for window, (chunk, mask, stream, generated) in zip(plan, spy.chunks):
+        assert stream == window.stream
+        assert chunk.shape[2] == window.stop - window.start
+        assert not mask[..., :context].any() and mask[..., context:].all()
+        # The context it saw is what the output holds there (input or earlier windows).
+        assert np.array_equal(chunk[..., :context], codes[:, :4, window.start : window.new])
+        assert np.array_equal(generated[..., context:], codes[:, :4, window.new : window.stop])
+
+
+def test_extend_adds_exactly_the_seconds_asked_and_keeps_the_input_up_to_the_join(vamp):
+    for rate, seconds in ((44100, 0.02), (22050, 13.3), (48000, 1.0)):
+        x = _clip(2.5, rate)
+        y, out_rate = vamp.extend(x, rate, seconds=seconds, context_s=2.0, steps=STEPS)
+        assert out_rate == rate
+        assert y.shape == (x.shape[0] + round(seconds * rate),)
+        join = x.shape[0] - round(longform.JOIN_S * rate)
+        assert np.array_equal(y[:join], x[:join])
+        assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+        assert np.abs(y[x.shape[0] :]).max() > 0  # music, not silence, after the join
+
+
+def test_extend_mixes_a_stereo_input_to_mono_as_vamp_does(vamp):
+    x = np.stack([_clip(1.5, 44100, 1), _clip(1.5, 44100, 2)])
+    y, _ = vamp.extend(x, 44100, seconds=0.5, steps=STEPS)
+    join = x.shape[1] - round(longform.JOIN_S * 44100)
+    np.testing.assert_array_equal(
+        y[:join], x.mean(axis=0, dtype=np.float64)[:join].astype(np.float32)
+    )
+
+
+def test_the_same_seed_gives_the_same_output_and_another_seed_other_new_frames(vamp):
+    x = _clip(3.0, 44100)
+    a, _ = vamp.extend(x, 44100, seconds=2.0, seed=3, steps=STEPS)
+    b, _ = vamp.extend(x, 44100, seconds=2.0, seed=3, steps=STEPS)
+    c, _ = vamp.extend(x, 44100, seconds=2.0, seed=4, steps=STEPS)
+    assert np.array_equal(a, b)
+    join = x.shape[0] - round(longform.JOIN_S * 44100)
+    assert np.array_equal(a[:join], c[:join])
+    assert not np.array_equal(a[x.shape[0] :], c[x.shape[0] :])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seconds": 0}, r"Vamp.extend: seconds must be in \(0, 86400\], got 0"),
+        ({"seconds": float("nan")}, "Vamp.extend: seconds must be finite, got nan"),
+        ({"seconds": 1, "context_s": -1}, r"context_s must be in \[0, 10.000\)"),
+        ({"seconds": 1, "context_s": 10}, r"context_s must be in \[0, 10.000\)"),
+        ({"seconds": 1, "context_s": 2.5}, "context_s must be at most the input's length"),
+        ({"seconds": 1, "periodic_prompt": 3}, "periodic_prompt must not be given"),
+        ({"seconds": 1, "steps": 0}, "steps must be"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(vamp, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        vamp.extend(_clip(2.0, 44100), 44100, **kwargs)
+
+
+def test_cli_extend_writes_the_input_and_its_continuation(tiny_models_dir, tmp_path, capsys):
+    source, out = tmp_path / "in.wav", tmp_path / "out.flac"
+    soundfile.write(source, _clip(2.0, 16000), 16000, subtype="PCM_24")
+    argv = ["extend", str(source), str(out), "--seconds", "1.5", "--context", "1"]
+    assert cli.main([*argv, "--models", str(tiny_models_dir), "--steps", "3", "--quiet"]) == 0
+    info = soundfile.info(out)
+    assert (info.samplerate, info.frames, info.subtype) == (16000, 32000 + 24000, "PCM_24")
+    assert "1.5 s added" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seconds", "-1"], "--seconds must be in (0, 86400], got -1"),
+        (["--seconds", "1", "--context", "5"], "--context must be at most the input's length"),
+        (["--seconds", "1", "--top-p", "2"], "--top-p must be"),
+    ],
+)
+def test_cli_extend_refuses_bad_values_before_the_models_load(argv, message, tmp_path, capsys):
+    source = tmp_path / "in.wav"
+    soundfile.write(source, _clip(2.0, 16000), 16000)
+    missing = tmp_path / "no-models"
+    assert (
+        cli.main(["extend", str(source), str(tmp_path / "o.wav"), *argv, "--models", str(missing)])
+        == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

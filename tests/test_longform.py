@@ -166,3 +166,86 @@ def test_cli_extend_refuses_bad_values_before_the_models_load(argv, message, tmp
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("context", [1, 200, 574])
+def test_context_windows_cover_the_file_once_each_after_its_context(context):
+    plan = longform.context_windows(3000, 575, context)
+    assert (plan[0].start, plan[0].new, plan[0].stop, plan[0].stream) == (0, 0, 575, 0)
+    assert plan[-1].stop == 3000
+    for k, window in enumerate(plan[1:], start=1):
+        assert window.new == plan[k - 1].stop
+        assert window.new - window.start == context
+        assert window.stop - window.start <= 575
+        assert window.stream == k
+
+
+class _CoarseSpy(_Spy):
+    """Also records the coarse stage's output (the codes c2f starts from)."""
+
+    def __init__(self, vamp):
+        super().__init__(vamp)
+        self.c2f = vamp._c2f_batch
+        self.coarse_out = None
+
+    def c2f_batch(self, codes, *args, **kwargs):
+        self.coarse_out = [c.copy() for c in codes]
+        return self.c2f(codes, *args, **kwargs)
+
+
+def test_with_context_each_window_starts_with_what_the_window_before_generated(vamp, monkeypatch):
+    spy = _CoarseSpy(vamp)
+    monkeypatch.setattr(vamp, "_run_chunks", spy)
+    monkeypatch.setattr(vamp, "_c2f_batch", spy.c2f_batch)
+    x = _clip(25.0, 44100)
+    vamp.vamp(x, 44100, steps=STEPS, context_s=3.0, periodic_prompt=0)
+    context = round(3.0 * 44100 / 768)
+    plan = longform.context_windows(spy.coarse_out[0].shape[2], 575, context)
+    assert len(plan) == len(spy.chunks) == 4  # 1436 frames: 575, then 403 new a window
+    out = spy.coarse_out[0]
+    for k, (window, (chunk, mask, stream, generated)) in enumerate(zip(plan, spy.chunks)):
+        assert stream == window.stream
+        assert not mask[..., : window.new - window.start].any()
+        assert mask[..., window.new - window.start :].all()  # no prompt: no seam frames kept
+        if k:
+            previous = spy.chunks[k - 1][3]
+            seen = chunk[..., :context]
+            # The context is the end of the previous window's output, as it generated it.
+            assert np.array_equal(seen, previous[..., -context:])
+            assert np.array_equal(seen, out[:, :4, window.start : window.new])
+        assert np.array_equal(
+            generated[..., window.new - window.start :], out[:, :4, window.new : window.stop]
+        )
+
+
+def test_context_zero_is_upstreams_independent_chunks_and_a_short_file_is_the_same(vamp):
+    long, short = _clip(12.0, 44100), _clip(6.0, 44100)
+    plain, _ = vamp.vamp(long, 44100, steps=STEPS)
+    assert np.array_equal(plain, vamp.vamp(long, 44100, steps=STEPS, context_s=0)[0])
+    assert not np.array_equal(plain, vamp.vamp(long, 44100, steps=STEPS, context_s=3)[0])
+    one_window, _ = vamp.vamp(short, 44100, steps=STEPS)
+    assert np.array_equal(one_window, vamp.vamp(short, 44100, steps=STEPS, context_s=3)[0])
+
+
+def test_vamp_batch_with_context_equals_each_clip_alone(vamp):
+    clips = [_clip(12.0, 44100, 1), _clip(20.0, 22050, 2)]
+    batch = vamp.vamp_batch(clips, [44100, 22050], seeds=[5, 6], steps=STEPS, context_s=2.0)
+    for clip, rate, seed, (y, _) in zip(clips, [44100, 22050], [5, 6], batch):
+        alone, _ = vamp.vamp(clip, rate, seed=seed, steps=STEPS, context_s=2.0)
+        assert np.array_equal(y, alone)
+
+
+def test_cli_vamp_context_is_checked_and_recorded_in_the_manifest(
+    tiny_models_dir, tmp_path, capsys
+):
+    source = tmp_path / "in.wav"
+    soundfile.write(source, _clip(11.0, 44100), 44100)
+    base = ["vamp", str(source), "--models", str(tiny_models_dir), "--steps", "3", "--quiet"]
+    assert cli.main([*base, "--out-dir", str(tmp_path / "o"), "--context", "10"]) == 1
+    assert "--context must be in [0, 10.000)" in capsys.readouterr().err
+    assert cli.main([*base, "--out-dir", str(tmp_path / "o"), "--context", "2"]) == 0
+    manifest = (tmp_path / "o" / "manifest.json").read_text()
+    assert '"context_s": 2.0' in manifest
+    single = ["vamp", str(source), str(tmp_path / "s.wav"), "--models"]
+    assert cli.main([*single, str(tiny_models_dir / "vamp.onnx"), "--context", "2"]) == 1
+    assert "--context must be 0 (the single graph" in capsys.readouterr().err

@@ -155,6 +155,8 @@ def _vamp_settings(args: argparse.Namespace) -> dict:
         settings["mask"] = _load_mask(args.mask, inputs)
     if args.inpaint is not None:
         settings["inpaint"] = tuple(args.inpaint)
+    if getattr(args, "context", None):  # 0 is the default: upstream's independent chunks
+        settings["context_s"] = args.context
     return dict(seed=args.seed, **settings, keep_rate=not args.codec_rate, progress=not args.quiet)
 
 
@@ -236,7 +238,7 @@ def _checked_settings(args: argparse.Namespace, vamp_class) -> dict:
 def _as_flags(message: str) -> str:
     """``"Vamp.vamp: beat_mask_ms must ..."`` -> ``"--beat-mask must ..."``: an API error about
     a setting, told in the words of the command line."""
-    flags = {"seed": "--seed", "mask": "--mask", "inpaint": "--inpaint"}
+    flags = {"seed": "--seed", "mask": "--mask", "inpaint": "--inpaint", "context_s": "--context"}
     for cls in (SamplingSettings, MaskSettings):
         flags.update({public_name(f.name): f.metadata["flag"] for f in fields(cls)})
     found = re.match(r"[\w.]+: (\w+) must (.*)", message, re.DOTALL)
@@ -892,6 +894,14 @@ def build_parser() -> argparse.ArgumentParser:
         "one run, no onset mask, whole input in memory)",
     )
     _add_vamp_options(vamp)
+    vamp.add_argument(
+        "--context",
+        type=float,
+        metavar="S",
+        help="connect the 10-s coarse windows of a long input: each after the first starts "
+        "with the last S seconds the window before it generated, kept (models folder only; "
+        "default 0: upstream's independent chunks)",
+    )
     vamp.set_defaults(handler=_vamp)
 
     extend = commands.add_parser(

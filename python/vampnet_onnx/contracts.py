@@ -182,7 +182,8 @@ C2F_STEPS = C2F_SAMPLING.n_steps
 # One seed keys every draw of a vamp; each draw has its own place in the ops' counter-based
 # streams, so the single graph can reproduce the multi-graph pipeline exactly.
 
-#: Coarse chunk i draws stream item i (MaskGitStep's batch_offset).
+#: Coarse chunk i draws stream item i (MaskGitStep's batch_offset); so does coarse window i of
+#: a vamp with context (`longform.context_windows`).
 COARSE_STREAM_BASE = 0
 #: Coarse-to-fine chunk i draws stream item C2F_STREAM_BASE + i.
 C2F_STREAM_BASE = 2**30

@@ -204,7 +204,10 @@ def run_settings(**settings: Any) -> dict[str, Any]:
     filled = {"seed": 0, "keep_rate": True}
     for cls in (SamplingSettings, MaskSettings):
         filled.update({public_name(f.name): f.default for f in fields(cls)})
-    return {**filled, **settings}
+    filled.update(settings)
+    if not filled.get("context_s", 1):  # 0, the default, as the CLI records it: absent
+        del filled["context_s"]
+    return filled
 
 
 def manifest(models: str | Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .contracts import EXTEND_STREAM_BASE
+from .contracts import COARSE_STREAM_BASE, EXTEND_STREAM_BASE
 
 #: Seconds of context each window starts with, by default: 4 s of a 10-s window, the share of
 #: its window MusicGen's continuation keeps as prompt (12 of 30 s) and inside the 2-5 s that
@@ -71,20 +71,51 @@ def windows(first_new: int, n_new: int, context_frames: int, window_frames: int)
     ]
 
 
+def context_windows(n_frames: int, window_frames: int, context_frames: int) -> list[Window]:
+    """The coarse windows of `vamp` with context over `n_frames` frames: window 0 is the first
+    chunk ``[0, window_frames)`` (no context, as without context); window k > 0 starts with the
+    `context_frames` frames before its first new one and generates the next
+    ``window_frames - context_frames``. Window k draws stream item
+    `contracts.COARSE_STREAM_BASE` + k, as chunk k does without context, so a file of one
+    window is vamped the same either way."""
+    if not 0 < context_frames < window_frames:
+        raise ValueError(
+            f"longform.context_windows: context_frames must be in (0, {window_frames}), got "
+            f"{context_frames}"
+        )
+    plan = [Window(0, 0, min(window_frames, n_frames), COARSE_STREAM_BASE)]
+    step = window_frames - context_frames
+    for k, new in enumerate(range(window_frames, n_frames, step), start=1):
+        plan.append(Window(new - context_frames, new, min(new + step, n_frames), k))
+    return plan
+
+
+def check_context(context_s: Any, where: str, window_s: float, supported: bool = True) -> float:
+    """`vamp`'s context_s: seconds in [0, `window_s`), 0 where not `supported` (the single
+    graph). Returns it as a float, or raises ValueError."""
+    context_s = _number(context_s, where, "context_s")
+    if not 0 <= context_s < window_s:
+        raise ValueError(
+            f"{where}: context_s must be in [0, {window_s:.3f}) (the model's window), got "
+            f"{context_s:g}"
+        )
+    if context_s and not supported:
+        raise ValueError(
+            f"{where}: context_s must be 0 (the single graph runs upstream's independent "
+            f"chunks; use a models folder), got {context_s:g}"
+        )
+    return context_s
+
+
 def check_extend(
     seconds: Any, context_s: Any, input_seconds: float, window_s: float, where: str
 ) -> tuple[float, float]:
     """`seconds` and `context_s` of a continuation checked against the input's length and the
     model's window (both in seconds): (seconds, context_s) as floats, or ValueError."""
     seconds = _number(seconds, where, "seconds")
-    context_s = _number(context_s, where, "context_s")
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"{where}: seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
-    if not 0 <= context_s < window_s:
-        raise ValueError(
-            f"{where}: context_s must be in [0, {window_s:.3f}) (the model's window), got "
-            f"{context_s:g}"
-        )
+    context_s = check_context(context_s, where, window_s)
     if context_s > input_seconds:
         raise ValueError(
             f"{where}: context_s must be at most the input's length, {input_seconds:.3f} s, got "

@@ -110,6 +110,7 @@ class _Run:
     inpaint: tuple[float, float] | None
     keep_rate: bool
     progress: bool
+    context_s: float = 0.0
 
 
 def _check_batch_size(batch_size: Any, where: str) -> int:
@@ -231,6 +232,7 @@ class _AudioToAudio:
         dropout: float = _MASK.dropout,
         mask: np.ndarray | None = None,
         inpaint: tuple[float, float] | None = None,
+        context_s: float = 0.0,
         keep_rate: bool = True,
         progress: bool = False,
     ) -> tuple[np.ndarray, int]:
@@ -257,6 +259,10 @@ class _AudioToAudio:
                 to ceil(end * rate / hop), keep every codebook of the others as it is; inside,
                 the recipe (or `mask`) applies: periodic_prompt=0 regenerates it all (`Vamp`
                 only; upstream's prefix_s/suffix_s keep only codebooks < upper_codebook_mask).
+            context_s: 0 (upstream's independent 10-s coarse chunks), or seconds in [0, 10):
+                each coarse window after the first starts with the last `context_s` seconds
+                the window before it generated, kept in every coarse codebook, so windows
+                connect (`longform.context_windows`; `Vamp` only).
             keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
             progress: tqdm bars over the chunks of each stage (`Vamp`; the single graph is one
                 run and shows none).
@@ -268,6 +274,7 @@ class _AudioToAudio:
         checked = self._prepare(
             mask=mask,
             inpaint=inpaint,
+            context_s=context_s,
             seed=seed,
             steps=steps,
             temperature=temperature,
@@ -293,15 +300,20 @@ class _AudioToAudio:
         *,
         mask: np.ndarray | None = None,
         inpaint: tuple[float, float] | None = None,
+        context_s: float = 0.0,
         keep_rate: bool = True,
         progress: bool = False,
         **settings: Any,
     ) -> _Run:
         """`vamp`'s keyword arguments checked, before any audio work."""
-        seed, mask_settings, sampling = self.check_settings(mask=mask, inpaint=inpaint, **settings)
+        seed, mask_settings, sampling = self.check_settings(
+            mask=mask, inpaint=inpaint, context_s=context_s, **settings
+        )
         if mask_settings.beat_mask_ms > 0:
             self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
-        return _Run(seed, mask_settings, sampling, mask, inpaint, keep_rate, progress)
+        return _Run(
+            seed, mask_settings, sampling, mask, inpaint, keep_rate, progress, float(context_s)
+        )
 
     def _run(
         self, checked: _Run, x: np.ndarray, info: audio.PreprocessInfo
@@ -310,7 +322,13 @@ class _AudioToAudio:
         (vamped ``[N]``, the info `audio.restore` is to use)."""
         given, info = self._run_inputs(checked, x, info)
         y = self._vamp_preprocessed(
-            x, checked.seed, checked.mask_settings, checked.sampling, checked.progress, given
+            x,
+            checked.seed,
+            checked.mask_settings,
+            checked.sampling,
+            checked.progress,
+            given,
+            self._context_frames(checked.context_s),
         )
         return y, info
 
@@ -335,6 +353,7 @@ class _AudioToAudio:
         seed: int = 0,
         mask: np.ndarray | None = None,
         inpaint: tuple[float, float] | None = None,
+        context_s: float = 0.0,
         **settings: Any,
     ) -> tuple[int, MaskSettings, SamplingSettings]:
         """`vamp`'s seed and settings (its keyword names) checked as `vamp` checks them, so a
@@ -363,6 +382,7 @@ class _AudioToAudio:
                 )
         if inpaint is not None:
             _check_inpaint(inpaint, where, cls.has_host_masks)
+        longform.check_context(context_s, where, COARSE_CHUNK_S, cls.has_host_masks)
         sampling = SamplingSettings.from_public(
             Generator.WHERE, **{k: v for k, v in settings.items() if k not in mask_names}
         )
@@ -419,10 +439,16 @@ class _AudioToAudio:
         sampling: SamplingSettings,
         progress: bool,
         mask: np.ndarray | None,
+        context_frames: int = 0,
     ) -> np.ndarray:
         """Preprocessed mono `x` ``[N]`` at the codec rate -> vamped audio ``[N]``; `mask`:
-        bool ``[1, C, T]`` instead of the recipe of `mask_settings`."""
+        bool ``[1, C, T]`` instead of the recipe of `mask_settings`; `context_frames`: of each
+        coarse window after the first (0: independent chunks)."""
         raise NotImplementedError
+
+    def _context_frames(self, context_s: float) -> int:
+        """`vamp`'s context_s in codec frames (0 stays 0: independent chunks)."""
+        return round(context_s * self.sample_rate / self.hop_length)
 
     def vamp_file(
         self, in_path: str | Path, out_path: str | Path, **settings: Any
@@ -545,9 +571,11 @@ class Vamp(_AudioToAudio):
         files = {"codec": ENCODE_FILE, **GENERATION_FILES}
         check_models_match(config, self.coarse.config, self.c2f.config, files, "Vamp")
 
-    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress, mask) -> np.ndarray:
+    def _vamp_preprocessed(
+        self, x, seed, mask_settings, sampling, progress, mask, context_frames=0
+    ) -> np.ndarray:
         [y] = self._vamp_preprocessed_batch(
-            [x], [seed], mask_settings, sampling, progress, [mask], self.batch_size
+            [x], [seed], mask_settings, sampling, progress, [mask], self.batch_size, context_frames
         )
         return y
 
@@ -560,6 +588,7 @@ class Vamp(_AudioToAudio):
         progress: bool,
         given_masks: list[np.ndarray | None],
         batch_size: int,
+        context_frames: int = 0,
     ) -> list[np.ndarray]:
         """`_vamp_preprocessed` of several clips: masks (each with its seed), codes and audio
         clip by clip, the generation in batches of chunks of every clip."""
@@ -570,7 +599,13 @@ class Vamp(_AudioToAudio):
         ]
         codes = [self.encode(x, progress) for x in xs]
         codes = self._generate_batch(
-            codes, mask_list, seeds, batch_size, progress=progress, **sampling.public()
+            codes,
+            mask_list,
+            seeds,
+            batch_size,
+            progress=progress,
+            context_frames=context_frames,
+            **sampling.public(),
         )
         # Each clip's input is not needed any more: its output is decoded into it.
         return [self.decode(c, x.shape[0], progress, out=x) for c, x in zip(codes, xs)]
@@ -739,6 +774,7 @@ class Vamp(_AudioToAudio):
             first.progress,
             [given for _, given, _ in prepared],
             batch_size,
+            self._context_frames(first.context_s),
         )
         return [
             (audio.restore(y, info, self.sample_rate), info.sample_rate)
@@ -869,9 +905,16 @@ class Vamp(_AudioToAudio):
         )
         return out
 
-    def _generate_batch(self, codes, masks, seeds, batch_size, *, progress, **sampling):
+    def _generate_batch(
+        self, codes, masks, seeds, batch_size, *, progress, context_frames=0, **sampling
+    ):
         """`generate` of several clips (lists of codes, masks and seeds), chunks batched."""
-        codes = self._coarse_batch(codes, masks, seeds, batch_size, progress, **sampling)
+        if context_frames:
+            codes = self._coarse_windows_batch(
+                codes, masks, seeds, batch_size, progress, context_frames, **sampling
+            )
+        else:
+            codes = self._coarse_batch(codes, masks, seeds, batch_size, progress, **sampling)
         return self._c2f_batch(codes, masks, seeds, batch_size, progress)
 
     def _run_chunks(
@@ -952,6 +995,45 @@ class Vamp(_AudioToAudio):
         out = [c.copy() for c in codes]
         for (clip, start, stop), chunk_codes in zip(places, generated):
             out[clip][:, :n, start:stop] = chunk_codes
+        return out
+
+    def _coarse_windows_batch(
+        self, codes, masks, seeds, batch_size, progress, context_frames, **sampling
+    ) -> list:
+        """The coarse stage of several clips in connected windows (`longform.context_windows`):
+        window k of every clip in one run after window k - 1, each starting with the last
+        `context_frames` frames the window before it generated, kept."""
+        n = self.coarse.n_codebooks
+        out = [c.copy() for c in codes]
+        plans = [
+            longform.context_windows(c.shape[2], self.coarse_chunk_frames, context_frames)
+            for c in codes
+        ]
+        n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
+        total = sum(len(plan) for plan in plans) * n_steps
+        with tqdm(total=total, desc="coarse", unit="step", disable=not progress) as bar:
+            for k in range(max(len(plan) for plan in plans)):
+                chunks, places = [], []
+                for clip, plan in enumerate(plans):
+                    if k >= len(plan):
+                        continue
+                    window = plan[k]
+                    chunk_mask = masks[clip][:, :n, window.start : window.stop].copy()
+                    new = window.new - window.start
+                    if not chunk_mask[:, :, new:].all():
+                        # Upstream's seam rule, as for a chunk whose frames these are (docs/
+                        # model.md §4.3); the context is kept anyway.
+                        chunk_mask[:, :, [0, -1]] = False
+                    chunk_mask[:, :, :new] = False
+                    chunk = out[clip][:, :n, window.start : window.stop]
+                    chunks.append((chunk, chunk_mask, seeds[clip], window.stream))
+                    places.append((clip, window))
+                generated = self._run_chunks(
+                    self.coarse, chunks, batch_size, bar, per_step=True, **sampling
+                )
+                for (clip, window), chunk_codes in zip(places, generated):
+                    new = window.new - window.start
+                    out[clip][:, :n, window.new : window.stop] = chunk_codes[:, :, new:]
         return out
 
     def coarse_to_fine(
@@ -1041,7 +1123,9 @@ class SingleGraphVamp(_AudioToAudio):
         self.n_codebooks = int(config["n_codebooks"])
         self.settings = json.loads(meta.get(VAMP_KEY, "{}"))
 
-    def _vamp_preprocessed(self, x, seed, mask_settings, sampling, progress, mask) -> np.ndarray:
+    def _vamp_preprocessed(
+        self, x, seed, mask_settings, sampling, progress, mask, context_frames=0
+    ) -> np.ndarray:
         inputs = {"seed": seed, **sampling.inputs(), **mask_settings.graph_inputs()}
         feed = {"audio": x, **VAMP.feed(**inputs)}
         return run(self.session, ["audio_out"], feed)[0]

@@ -249,3 +249,17 @@ def test_cli_vamp_context_is_checked_and_recorded_in_the_manifest(
     single = ["vamp", str(source), str(tmp_path / "s.wav"), "--models"]
     assert cli.main([*single, str(tiny_models_dir / "vamp.onnx"), "--context", "2"]) == 1
     assert "--context must be 0 (the single graph" in capsys.readouterr().err
+
+
+def test_cli_extend_refuses_an_addition_the_output_format_cannot_hold(tmp_path, capsys):
+    source = tmp_path / "in.wav"
+    soundfile.write(source, _clip(2.0, 16000), 16000, subtype="FLOAT")
+    argv = ["extend", str(source), str(tmp_path / "o.wav"), "--seconds", "86400"]
+    assert cli.main([*argv, "--models", str(tmp_path / "no-models")]) == 1
+    err = capsys.readouterr().err.strip()
+    # A float WAV holds (2^32 - 1 - 4096) / 4 frames: 67107.8 s at 16 kHz, the input's 2 s in.
+    assert err.endswith(
+        "--seconds must be at most 67106.799 for this input to .wav (the format holds at most "
+        "4 GiB), got 86400; write .w64, .rf64 or .flac"
+    )
+    assert not (tmp_path / "o.wav").exists()

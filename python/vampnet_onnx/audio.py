@@ -247,6 +247,24 @@ def kept_subtype(path: str | Path, source: AudioFileInfo) -> str | None:
     return source.subtype if same or linear else None
 
 
+#: Formats whose headers hold the data's size in 32 bits (at most 4 GiB of samples).
+_SIZE_32_FORMATS = ("WAV", "WAVEX", "AIFF")
+_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3}
+_SAMPLE_BYTES.update({"PCM_32": 4, "FLOAT": 4, "DOUBLE": 8})
+
+
+def max_frames(path: str | Path, subtype: str | None = None, channels: int = 1) -> int | None:
+    """The most frames a file written at `path` (format from its extension, `subtype` or the
+    format's default) can hold, where its format has a limit we know: WAV and AIFF store the
+    data's size in 32 bits; None where there is none (W64, RF64, FLAC, ...) or it is unknown."""
+    kind = Path(path).suffix[1:].upper()
+    size = _SAMPLE_BYTES.get(output_subtype(path, subtype) or "")
+    if kind not in _SIZE_32_FORMATS or size is None:
+        return None
+    # Room for the header's own chunks in the 32-bit size.
+    return (2**32 - 1 - 4096) // (size * channels)
+
+
 def output_subtype(path: str | Path, subtype: str | None = None) -> str | None:
     """The soundfile subtype a file written at `path` gets: `subtype` if given, else its
     format's default (``PCM_16`` for WAV and FLAC, ``VORBIS`` for OGG; None for RAW)."""

@@ -388,7 +388,7 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
 def _extend(args: argparse.Namespace) -> int:
     """`extend IN OUT --seconds N [--context S]` (`Vamp.extend_file`): every value checked
     before the models load."""
-    from . import audio, runtime
+    from . import audio, longform, runtime
     from .pipeline import Vamp
 
     check_threads(args.threads, "", "--threads")
@@ -417,6 +417,7 @@ def _extend(args: argparse.Namespace) -> int:
     audio.check_output_path(
         args.output, "", "OUT", args.input, sample_rate=info.sample_rate, subtype=subtype
     )
+    longform.check_output_length(args.output, subtype, info, seconds, "", "--seconds")
     runtime.device_providers(args.device, "", "--device")
     if args.models.suffix == ".onnx" or not args.models.is_dir():
         raise ValueError(

@@ -124,6 +124,28 @@ def check_extend(
     return seconds, context_s
 
 
+def check_output_length(
+    out_path: Any, subtype: str | None, source: Any, seconds: Any, where: str, name: str
+) -> None:
+    """The output file of a continuation of `source` (`audio.AudioFileInfo`) by `seconds` fits
+    its format (`audio.max_frames`: a WAV or AIFF file holds at most 4 GiB), else ValueError
+    naming `name` and the largest value that fits."""
+    from . import audio
+
+    if not isinstance(seconds, int | float | np.integer | np.floating) or isinstance(seconds, bool):
+        return  # the continuation's own checks name it
+    limit = audio.max_frames(out_path, subtype)
+    if limit is None or source.n_frames + round(float(seconds) * source.sample_rate) <= limit:
+        return
+    most = math.floor((limit - source.n_frames) / source.sample_rate * 1000) / 1000
+    kind = str(out_path).rpartition(".")[2]
+    raise ValueError(
+        f"{where}{': ' if where else ''}{name} must be at most {most:.3f} for this input to "
+        f".{kind} (the format holds at most 4 GiB), got {float(seconds):g}; write .w64, .rf64 "
+        "or .flac"
+    )
+
+
 def _number(value: Any, where: str, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"{where}: {name} must be a number of seconds, got {value!r}")

@@ -706,6 +706,9 @@ class Vamp(_AudioToAudio):
         out_path = audio.check_output_path(
             out_path, where, "out_path", in_path, sample_rate=source.sample_rate, subtype=subtype
         )
+        longform.check_output_length(
+            out_path, subtype, source, settings.get("seconds"), where, "seconds"
+        )
         samples, rate = audio.load_audio(in_path)
         y, rate = self.extend(samples, rate, **settings)
         audio.write_audio(out_path, y, rate, subtype)

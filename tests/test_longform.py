@@ -263,3 +263,24 @@ def test_cli_extend_refuses_an_addition_the_output_format_cannot_hold(tmp_path, 
         "4 GiB), got 86400; write .w64, .rf64 or .flac"
     )
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_joined_pieces_are_the_whole_join():
+    rng = np.random.default_rng(3)
+    head = rng.standard_normal(1000).astype(np.float32)
+    tail = rng.standard_normal(3000).astype(np.float32)
+    pieces = [tail[:7], tail[7:30], tail[30:2000], tail[2000:]]
+    streamed = np.concatenate(list(longform.joined(head, iter(pieces), 50)))
+    assert np.array_equal(streamed, longform.join(head, tail, 50))
+
+
+def test_extend_file_writes_what_extend_returns(vamp, tmp_path):
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    x = _clip(2.0, 32000)
+    soundfile.write(source, x, 32000, subtype="FLOAT")
+    settings = dict(seconds=12.0, context_s=1.5, seed=9, steps=STEPS)
+    vamp.extend_file(source, out, **settings)
+    written, rate = soundfile.read(out, dtype="float32")
+    expected, _ = vamp.extend(x, 32000, **settings)
+    assert rate == 32000
+    assert np.array_equal(written, expected)

@@ -22,6 +22,7 @@ to the decoded stream, then the decoded stream alone (at the input's rate and lo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +188,74 @@ def extend_codes(
     fine[:, coarse:, n_kept:] = True
     [out] = vamp._c2f_batch([out], [fine], [seed], vamp.batch_size, progress)
     return out, plan
+
+
+@dataclass(frozen=True)
+class Tail:
+    """A continuation's output after the input's first N - `fade` samples: `pieces()` yields
+    its `fade` + `added` samples (the crossfade's share, then the addition) as consecutive
+    float32 pieces, anew at each call."""
+
+    pieces: Callable[[], Iterator[np.ndarray]]
+    fade: int
+    added: int
+
+
+def resampled_tail(
+    decoded: Iterable[np.ndarray],
+    first: int,
+    skip: int,
+    count: int,
+    from_rate: int,
+    to_rate: int,
+    meter: Any = None,
+) -> Iterator[np.ndarray]:
+    """The stream given as consecutive pieces `decoded` (mono, `from_rate`) from its sample
+    `first`, resampled to `to_rate`, its first `skip` samples dropped: `count` samples in all
+    (zero-padded at the end), as pieces. `meter` (an `audio.LoudnessMeter`) also measures the
+    whole stream, from sample 0."""
+    from .audio import _resampled_pieces
+
+    def from_first() -> Iterator[np.ndarray]:
+        position = 0
+        for piece in decoded:
+            if meter is not None:
+                meter.add(piece[None])
+            lo = max(first - position, 0)
+            position += piece.shape[0]
+            if lo < piece.shape[0]:
+                yield piece[None, lo:]
+
+    left = count
+    for piece in _resampled_pieces(from_first(), from_rate, to_rate, 1):
+        piece = piece[0]
+        cut = min(skip, piece.shape[0])
+        skip -= cut
+        piece = piece[cut:][:left]
+        left -= piece.shape[0]
+        if piece.shape[0]:
+            yield piece
+    while left > 0:
+        yield np.zeros(min(left, 1 << 16), np.float32)
+        left -= min(left, 1 << 16)
+
+
+def joined(head: np.ndarray, tail: Iterable[np.ndarray], fade: int) -> Iterator[np.ndarray]:
+    """`join` of `head` and the pieces of `tail` (at least `fade` samples), as consecutive
+    pieces."""
+    cut = head.shape[0] - fade
+    yield head[:cut]
+    start, gathered = [], 0
+    for piece in tail:
+        if gathered < fade:
+            take = piece[: fade - gathered]
+            start.append(take)
+            gathered += take.shape[0]
+            piece = piece[take.shape[0] :]
+            if gathered == fade:
+                yield join(head[cut:], np.concatenate(start), fade)
+        if piece.shape[0]:
+            yield piece
 
 
 def join(head: np.ndarray, tail: np.ndarray, fade: int) -> np.ndarray:

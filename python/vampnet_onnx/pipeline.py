@@ -610,7 +610,7 @@ class Vamp(_AudioToAudio):
         # Each clip's input is not needed any more: its output is decoded into it.
         return [self.decode(c, x.shape[0], progress, out=x) for c, x in zip(codes, xs)]
 
-    def extend(
+    def _continuation(
         self,
         samples: np.ndarray,
         sample_rate: int,
@@ -620,29 +620,9 @@ class Vamp(_AudioToAudio):
         seed: int = SEED_DEFAULT,
         progress: bool = False,
         **sampling: Any,
-    ) -> tuple[np.ndarray, int]:
-        """Continue a clip by `seconds` of new music (`longform`: 10-s windows, each starting
-        with `context_s` seconds of the codes already there, only new frames appended).
-
-        Args:
-            samples: float ``[N]`` or ``[channels, N]``.
-            sample_rate: Hz.
-            seconds: how much to add, in (0, `longform.MAX_SECONDS`]; any length, the
-                windows follow one another.
-            context_s: seconds of codes each window starts with, in [0, the window's 10 s)
-                and at most the input's length (None: `longform.DEFAULT_CONTEXT_S`, or the
-                input's length where that is shorter).
-            seed: any int64: the key of every random draw.
-            progress: tqdm bars (encode, windows by step, coarse-to-fine, decode).
-            sampling: the coarse stage's steps, temperature, top_k, top_p, mask_temperature
-                (`settings.SamplingSettings`); the mask recipe does not apply (the new frames
-                have nothing to keep).
-
-        Returns:
-            (float32 mono ``[N + round(seconds * sample_rate)]``, `sample_rate`): the input
-            mixed to mono, unchanged up to `longform.JOIN_S` before its end, crossfaded there
-            into the continuation, at the input's loudness.
-        """
+    ):
+        """`extend`'s work up to its output: (the input mixed to mono ``[N]``, the input's
+        `audio.PreprocessInfo`, the continuation's `longform.Tail`), every value checked first."""
         where = "Vamp.extend"
         names = {public_name(f.name) for f in fields(SamplingSettings)}
         for name in sampling:
@@ -653,6 +633,7 @@ class Vamp(_AudioToAudio):
                     "(the new frames have nothing to keep)"
                 )
         seed, _, settings = self.check_settings(seed=seed, **sampling)
+        head = audio.to_mono(np.asarray(samples, np.float32))
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
         input_s = info.n_samples / info.sample_rate
         if context_s is None:
@@ -668,31 +649,72 @@ class Vamp(_AudioToAudio):
         end = x.shape[0] + math.ceil(seconds * self.sample_rate) + hop
         n_new = math.ceil(end / hop) - kept
         codes = self.encode(x, progress)[:, :, :kept]
+        del x
         codes, _ = longform.extend_codes(
             self, codes, n_new, context, seed, settings.public(), progress
         )
-        y = self.decode(codes, codes.shape[2] * hop, progress)
-        head = audio.to_mono(np.asarray(samples, np.float32))
-        return self._joined(head, y, info, added), info.sample_rate
+        return head, info, self._tail(codes, info, added, progress)
 
-    def _joined(self, head: np.ndarray, y: np.ndarray, info: audio.PreprocessInfo, added: int):
-        """The input `head` ``[N]`` (mono, its rate) followed by `added` samples of the decoded
-        stream `y` (codec rate, from the input's first frame), crossfaded over
-        `longform.JOIN_S` before the input's end; the stream at the input's loudness, as
-        `audio.restore` gives a vamp's output (the whole stream measured, so that any length
-        added gets the same gain), its peak limited to 1."""
+    def extend(
+        self, samples: np.ndarray, sample_rate: int, *, seconds: float, **settings: Any
+    ) -> tuple[np.ndarray, int]:
+        """Continue a clip by `seconds` of new music (`longform`: 10-s windows, each starting
+        with `context_s` seconds of the codes already there, only new frames appended).
+
+        Args:
+            samples: float ``[N]`` or ``[channels, N]``.
+            sample_rate: Hz.
+            seconds: how much to add, in (0, `longform.MAX_SECONDS`]; any length, the
+                windows follow one another.
+            settings: context_s (seconds of codes each window starts with, in [0, 10) and at
+                most the input's length; None: `longform.DEFAULT_CONTEXT_S`, or the input's
+                length where that is shorter), seed (any int64), progress (tqdm bars), and the
+                coarse stage's steps, temperature, top_k, top_p, mask_temperature
+                (`settings.SamplingSettings`); the mask recipe does not apply (the new frames
+                have nothing to keep).
+
+        Returns:
+            (float32 mono ``[N + round(seconds * sample_rate)]``, `sample_rate`): the input
+            mixed to mono, unchanged up to `longform.JOIN_S` before its end, crossfaded there
+            into the continuation, at the input's loudness (`_tail`).
+        """
+        head, info, tail = self._continuation(samples, sample_rate, seconds=seconds, **settings)
+        out = np.empty(info.n_samples + tail.added, np.float32)
+        filled = 0
+        for piece in longform.joined(head, tail.pieces(), tail.fade):
+            out[filled : filled + piece.shape[0]] = piece
+            filled += piece.shape[0]
+        return out, info.sample_rate
+
+    def _tail(self, codes: np.ndarray, info: audio.PreprocessInfo, added: int, progress: bool):
+        """The continuation's samples after the input's first N - fade (`longform.Tail`): the
+        stream decoded from `codes` (whole sequence, input frames first), resampled to the
+        input's rate from `longform.JOIN_S` before its end, at the input's loudness as
+        `audio.restore` gives a vamp's output (the whole decoded stream measured, so any length
+        added gets the same gain), its peak limited to 1. Decoded twice, piece by piece (a
+        first pass measures loudness and peak), so memory does not grow with `added`."""
         rate, n = info.sample_rate, info.n_samples
         fade = min(n, max(1, round(longform.JOIN_S * rate)))
-        gain = 10.0 ** ((info.loudness - audio.loudness(y, self.sample_rate)) / 20.0)
         # Resampled from a margin before the crossfade, so the filter's start-up is cut off.
         margin = min(n - fade, 1024)
         first = round((n - fade - margin) * self.sample_rate / rate)
-        tail = audio.resample(y[first:], self.sample_rate, rate)[margin : margin + fade + added]
-        if tail.shape[0] < fade + added:
-            tail = np.pad(tail, (0, fade + added - tail.shape[0]))
-        peak = float(np.abs(tail).max(initial=0.0)) * gain
-        tail = (tail.astype(np.float64) * (gain / max(peak, 1.0))).astype(np.float32)
-        return longform.join(head, tail, fade)
+        n_stream = codes.shape[2] * self.hop_length
+
+        def pieces(meter=None, desc="decode"):
+            decoded = self._decoded_pieces(codes, n_stream, progress, desc)
+            return longform.resampled_tail(
+                decoded, first, margin, fade + added, self.sample_rate, rate, meter
+            )
+
+        meter = audio.LoudnessMeter(self.sample_rate, 1, n_stream)
+        peak = max((float(np.abs(p).max()) for p in pieces(meter, "measure")), default=0.0)
+        gain = 10.0 ** ((info.loudness - meter.value()) / 20.0)
+        scale = gain / max(peak * gain, 1.0)
+        return longform.Tail(
+            lambda: ((p.astype(np.float64) * scale).astype(np.float32) for p in pieces()),
+            fade,
+            added,
+        )
 
     def extend_file(
         self, in_path: str | Path, out_path: str | Path, **settings: Any
@@ -710,8 +732,11 @@ class Vamp(_AudioToAudio):
             out_path, subtype, source, settings.get("seconds"), where, "seconds"
         )
         samples, rate = audio.load_audio(in_path)
-        y, rate = self.extend(samples, rate, **settings)
-        audio.write_audio(out_path, y, rate, subtype)
+        head, info, tail = self._continuation(samples, rate, **settings)
+        del samples
+        with audio._written(out_path, rate, 1, subtype) as file:
+            for piece in longform.joined(head, tail.pieces(), tail.fade):
+                file.write(piece)
         return out_path, rate
 
     def vamp_batch(
@@ -876,16 +901,23 @@ class Vamp(_AudioToAudio):
         """Codes ``[1, 14, T]`` -> float32 audio ``[n_samples]`` (n_samples <= T * hop) at
         44.1 kHz, one segment at a time; written into `out` (float32 ``[n_samples]``) when
         given, e.g. the encoded input that is no longer needed."""
-        hop = self.hop_length
-        n_frames = codes.shape[2]
         y = np.empty(n_samples, dtype=np.float32) if out is None else out
-        for start, stop, lo, hi in self._segments(n_frames, "decode", progress):
+        filled = 0
+        for piece in self._decoded_pieces(codes, n_samples, progress):
+            y[filled : filled + piece.shape[0]] = piece
+            filled += piece.shape[0]
+        return y
+
+    def _decoded_pieces(
+        self, codes: np.ndarray, n_samples: int, progress: bool = False, desc: str = "decode"
+    ) -> Iterator[np.ndarray]:
+        """`decode` of `codes` as consecutive float32 pieces, one per codec segment."""
+        hop = self.hop_length
+        for start, stop, lo, hi in self._segments(codes.shape[2], desc, progress):
             segment = self.codec.decode(codes[:, :, lo:hi])
             stop_sample = min(stop * hop, n_samples)
-            y[start * hop : stop_sample] = segment[0, 0, (start - lo) * hop :][
-                : stop_sample - start * hop
-            ]
-        return y
+            if stop_sample > start * hop:
+                yield segment[0, 0, (start - lo) * hop :][: stop_sample - start * hop]
 
     def generate(
         self,

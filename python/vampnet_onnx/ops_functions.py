@@ -1,0 +1,699 @@
+"""Standard-op bodies of the vampnet_onnx ops: one ONNX function per op (docs/ops.md,
+"Standard-op bodies").
+
+A model that carries `functions()` beside its `vampnet_onnx` nodes runs in a runtime without
+our library: the runtime expands each node into its body. With the library registered,
+onnxruntime keeps the node on our kernel. The bodies follow the kernels' arithmetic operation by
+operation (Philox4x32-10 from integer operations that stay exact in int32, the softmax weights,
+logs and cosine from IEEE double + - * /, sums in index order through CumSum), so on onnxruntime
+they give the kernels' bits; tests/test_ops_functions.py checks that.
+
+Built with plain `onnx.helper` (no torch, no onnxscript): the runtime imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import ops
+
+#: The standard opset the bodies are written in: Split's num_outputs and Reduce*'s axes input
+#: need 18, the lowest opset the exporter writes (export.common.MIN_OPSET).
+FUNCTION_OPSET = 18
+
+_INT32, _INT64, _FLOAT, _DOUBLE, _BOOL = (
+    TensorProto.INT32,
+    TensorProto.INT64,
+    TensorProto.FLOAT,
+    TensorProto.DOUBLE,
+    TensorProto.BOOL,
+)
+
+
+class _Body:
+    """Collects a function body's nodes; every value gets a fresh name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, n_outputs: int = 1, name: str = "", **attributes):
+        """A node of the standard domain; returns its output name (a list if n_outputs > 1)."""
+        outputs = [self._name(op_type.lower()) for _ in range(n_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def const(self, value, dtype) -> str:
+        """A Constant node holding `value` as an array of `dtype` (numpy)."""
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype), self._name("const"))
+        return self.op("Constant", value=tensor)
+
+    def attribute(self, name: str, kind: str) -> str:
+        """The calling node's attribute `name` as a Constant (kind: "float", "int" or "string")."""
+        node = helper.make_node("Constant", [], [self._name(name)])
+        node.attribute.append(
+            helper.make_attribute_ref(f"value_{kind}", _ATTRIBUTE_KINDS[kind], ref_attr_name=name)
+        )
+        self.nodes.append(node)
+        return node.output[0]
+
+    def scalar(self, value: str, where: str, argument: str) -> str:
+        """`value` as a rank-0 tensor. A tensor of several elements fails here, in a node whose
+        name is the house-format message."""
+        return self.op(
+            "Reshape",
+            value,
+            self.const(np.zeros(0), np.int64),
+            name=f"{where}: {argument} must be a scalar (one element)",
+        )
+
+    def passed(self, ok: str, message: str) -> str:
+        """A bool [1], true, once the bool scalar `ok` holds; else the run fails in a node named
+        `message`. Standard ops cannot raise, but a Reshape to an impossible shape fails in every
+        runtime: `ok` (one element) is reshaped to [1] when true and to [2] when false. The
+        result must flow into the outputs through an elementwise node (`check`): a Reshape or
+        Squeeze right after it would be fused with it by onnxruntime's optimizer, and the check
+        lost."""
+        target = self.op("Where", ok, self.const([1], np.int64), self.const([2], np.int64))
+        return self.op("Reshape", ok, target, name=message)
+
+    def check(self, ok: str, message: str, value: str, scalar: bool = False) -> str:
+        """`value` (not bool), read through a Where on `passed(ok, message)`: the check runs
+        before anything that reads the result. scalar: `value` has rank 0 (kept so; else the
+        result has at least rank 1)."""
+        zero = self.op("CastLike", self.const(0, np.int32), value)
+        checked = self.op("Where", self.passed(ok, message), value, zero)
+        return self.op("Reshape", checked, self.const(np.zeros(0), np.int64)) if scalar else checked
+
+
+_ATTRIBUTE_KINDS = {
+    "float": onnx.AttributeProto.FLOAT,
+    "int": onnx.AttributeProto.INT,
+    "string": onnx.AttributeProto.STRING,
+}
+
+
+# --- Philox4x32-10 from exact int32 arithmetic -------------------------------------------------
+#
+# A 32-bit word is carried as its 32 bits (int32 0/1, least significant first, on the last
+# axis): xor of three words is then (a + b + c) mod 2, with no BitwiseXor and no uint32. The
+# 32 x 32 -> 64-bit multiply runs on 11-bit limbs (11 + 11 + 10 bits): a limb product is below
+# 2^22 and a column of the product holds at most three of them, below 2^24, so every sum is
+# exact in int32 and even in a runtime that computes an integer MatMul in float32 (16-bit limbs
+# would reach 2^32 and overflow int32). Carries are then propagated limb by limb.
+
+_LIMB_BITS = 11
+_LIMB = 1 << _LIMB_BITS
+_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+_WEYL = (0x9E3779B9, 0xBB67AE85)
+_ROUNDS = 10
+
+
+def _limbs(value: int, count: int) -> list[int]:
+    return [(value >> (_LIMB_BITS * i)) & (_LIMB - 1) for i in range(count)]
+
+
+def _bits_to_limbs(body: _Body, bits: str) -> str:
+    """int32 bits [..., 32] -> int32 limbs [..., 3] (a MatMul by the bits' place values)."""
+    place = np.zeros((32, 3), np.int32)
+    for j in range(32):
+        place[j, j // _LIMB_BITS] = 1 << (j % _LIMB_BITS)
+    return body.op("MatMul", bits, body.const(place, np.int32))
+
+
+def _columns_to_bits(body: _Body, columns: str, n_columns: int, n_bits: int, rank: int) -> str:
+    """int32 [..., n_columns], column i worth 2^(11 i), each below 2^24 -> the first n_bits bits
+    of their sum, int32 [..., n_bits] (bits above n_bits are dropped: arithmetic mod 2^n_bits).
+    rank: the rank of `columns`."""
+    limb = body.const(_LIMB, np.int32)
+    carry, limbs = None, []
+    for column in body.op("Split", columns, axis=-1, num_outputs=n_columns, n_outputs=n_columns):
+        total = column if carry is None else body.op("Add", column, carry)
+        limbs.append(body.op("Mod", total, limb))
+        carry = body.op("Div", total, limb)
+    limbs.append(carry)
+    limbs = body.op("Concat", *limbs, axis=-1)
+    stacked = body.op("Unsqueeze", limbs, body.const([-1], np.int64))
+    place = body.const([1 << j for j in range(_LIMB_BITS)], np.int32)
+    bits = body.op("Mod", body.op("Div", stacked, place), body.const(2, np.int32))
+    # The shape spelled out: a -1 cannot be resolved when a dimension is 0 (no rows).
+    leading = _slice(body, body.op("Shape", limbs), 0, rank - 1, axis=0)
+    width = body.const([(n_columns + 1) * _LIMB_BITS], np.int64)
+    flat = body.op("Reshape", bits, body.op("Concat", leading, width, axis=0))
+    return _slice(body, flat, 0, n_bits, axis=-1)
+
+
+def _slice(body: _Body, value: str, start: int, end: int, axis: int) -> str:
+    return body.op(
+        "Slice",
+        value,
+        body.const([start], np.int64),
+        body.const([end], np.int64),
+        body.const([axis], np.int64),
+    )
+
+
+def _round_keys(body: _Body, key: str) -> str:
+    """The ten round keys, int32 bits [K, 10, 2, 32], from the key's bits [K, 2, 32]: round r
+    uses key + r * (Weyl constants) mod 2^32, added limb by limb."""
+    offsets = np.array(
+        [[_limbs((r * weyl) % 2**32, 3) for weyl in _WEYL] for r in range(_ROUNDS)], np.int32
+    )
+    key_limbs = body.op("Unsqueeze", _bits_to_limbs(body, key), body.const([1], np.int64))
+    columns = body.op("Add", key_limbs, body.const(offsets, np.int32))  # [K, 10, 2, 3]
+    return _columns_to_bits(body, columns, 3, 32, rank=4)
+
+
+def _philox(body: _Body, counter: str, key: str) -> tuple[str, str]:
+    """Philox4x32-10 (docs/ops.md). counter: int32 bits [N, 4, 32] of the words c0..c3; key:
+    int32 bits [K, 2, 32], K = N or 1. Returns the block's words as bit pairs (w0, w2) and
+    (w1, w3), each int32 [N, 2, 32]."""
+    round_keys = _round_keys(body, key)
+    # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
+    multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
+    xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
+    # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz matrix.
+    toeplitz = np.zeros((2, 3, 5), np.int32)
+    for w, multiplier in enumerate(_MULTIPLIERS):
+        for i in range(3):
+            toeplitz[w, i, i : i + 3] = _limbs(multiplier, 3)
+    toeplitz_const = body.const(toeplitz, np.int32)
+    axis2 = body.const([2], np.int64)
+    swap = body.const([1, 0], np.int64)
+    two = body.const(2, np.int32)
+    for r in range(_ROUNDS):
+        limbs = body.op("Unsqueeze", _bits_to_limbs(body, multiplied), axis2)  # [N, 2, 1, 3]
+        columns = body.op("Squeeze", body.op("MatMul", limbs, toeplitz_const), axis2)
+        product = _columns_to_bits(body, columns, 5, 64, rank=3)  # [N, 2, 64]: M0 c0, M1 c2
+        # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
+        product = body.op("Gather", product, swap, axis=1)
+        key_r = body.op("Gather", round_keys, body.const(r, np.int64), axis=1)
+        high = _slice(body, product, 32, 64, axis=-1)
+        xor_sum = body.op("Add", body.op("Add", high, xored), key_r)
+        multiplied, xored = body.op("Mod", xor_sum, two), _slice(body, product, 0, 32, axis=-1)
+    return multiplied, xored
+
+
+def _word_bits(body: _Body, value: str) -> str:
+    """int64 [...] -> int32 bits [..., 2, 32] of its 64-bit two's complement, (low word, high
+    word). The one place int64 arithmetic is used: splitting the int64 inputs into words."""
+    word = body.const(2**32, np.int64)
+    low = body.op("Mod", value, word)  # Mod with fmod = 0 takes the divisor's sign: in [0, 2^32)
+    high = body.op("Mod", body.op("Div", body.op("Sub", value, low), word), word)  # exact Div
+    words = body.op(
+        "Concat",
+        body.op("Unsqueeze", low, body.const([-1], np.int64)),
+        body.op("Unsqueeze", high, body.const([-1], np.int64)),
+        axis=-1,
+    )
+    place = body.const([1 << j for j in range(32)], np.int64)
+    bits = body.op("Div", body.op("Unsqueeze", words, body.const([-1], np.int64)), place)
+    return body.op("Cast", body.op("Mod", bits, body.const(2, np.int64)), to=_INT32)
+
+
+def _random_blocks(body: _Body, seed: str, row: str, offset: str) -> tuple[str, str]:
+    """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
+    seed: int64 [K] (K = N or 1); row: int64 [N]; offset: int64 [1]. -> bit pairs (w0, w2)
+    and (w1, w3), int32 [N, 2, 32]."""
+    row_bits = _word_bits(body, row)  # [N, 2, 32]
+    offset_bits = body.op(
+        "Expand", _word_bits(body, offset), body.op("Shape", row_bits)
+    )  # [N, 2, 32]
+    counter = body.op("Concat", row_bits, offset_bits, axis=1)
+    return _philox(body, counter, _word_bits(body, seed))
+
+
+def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
+    """The 53-bit uniforms of the blocks: (w0, w1) -> u1, (w2, w3) -> u2, float64 [N, 2].
+
+    u = ((w0 >> 5) 2^26 + (w1 >> 6)) 2^-53 is a sum of distinct powers of two between 2^-53
+    and 2^-1, so a MatMul of the bits by their place values is exact in any summation order."""
+    bits = body.op("Cast", body.op("Concat", even_words, odd_words, axis=-1), to=_DOUBLE)
+    place = np.zeros(64)
+    place[5:32] = [2.0 ** (j - 32) for j in range(5, 32)]
+    place[32 + 6 :] = [2.0 ** (j - 59) for j in range(6, 32)]
+    return body.op("MatMul", bits, body.const(place, np.float64))
+
+
+def _words(body: _Body, bits: str) -> str:
+    """int32 bits [..., 32] -> the words' values as int64 [...] (exact in float64)."""
+    place = body.const([2.0**j for j in range(32)], np.float64)
+    return body.op("Cast", body.op("MatMul", body.op("Cast", bits, to=_DOUBLE), place), to=_INT64)
+
+
+def random_block_model() -> onnx.ModelProto:
+    """A model of the bodies' generator alone, to check a runtime's Philox words against the
+    kernel's: inputs `seed`, `row`, `offset`, int64 [N] each (the 64-bit two's complement is
+    used, as the ops do); output `words`, int64 [N, 4], the block's words w0..w3 in [0, 2^32)."""
+    body = _Body()
+    even, odd = _random_blocks(body, "seed", "row", "offset")
+    pairs = body.op("Concat", _words(body, even), _words(body, odd), axis=-1)  # w0 w2 w1 w3
+    body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
+    body.nodes[-1].output[0] = "words"
+    inputs = [
+        helper.make_tensor_value_info(name, _INT64, ["N"]) for name in ("seed", "row", "offset")
+    ]
+    graph = helper.make_graph(
+        body.nodes,
+        "random_block",
+        inputs,
+        [helper.make_tensor_value_info("words", _INT64, ["N", 4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", FUNCTION_OPSET)])
+
+
+# --- det_exp, det_log, det_cos: the kernels' IEEE double arithmetic, node by node -------------
+#
+# csrc/kernels/det_math.h builds exp, log and cos from + - * / only, so that every machine gives
+# the same bits; each operation below is one of its operations, in its order, on float64
+# tensors (onnxruntime's elementwise float64 kernels round each operation once, as IEEE wants,
+# and never fuse separate nodes into an FMA). Only the exact steps are spelled differently: the
+# kernel's power-of-two scalings by bit manipulation become a table lookup or exact products.
+
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+_ROUND_SHIFT = 1.5 * 2.0**52
+_EXP_UNDERFLOW = -700.0
+_SQRT_HALF = 0.70710678118654752440
+# exp's argument lies in [-700, 0] in the bodies (x - max x over a temperature): its k =
+# round(x / ln 2) in [-1010, 0], and 2^k is looked up in this table of exact powers of two.
+_EXP_MIN_K = -1010
+# frexp by halving: scalings by 2^(+-j) for these j bring x in [2^-255, 2^255) to [0.5, 2).
+_FREXP_STEPS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def _inverse_factorial(n: int) -> float:
+    # n! is exact in float64 up to 22!, so 1 / n! is one correctly rounded division, as the
+    # kernel's compile-time table.
+    return 1.0 / float(math.factorial(n))
+
+
+def _horner(body: _Body, x: str, coefficients: list[float]) -> str:
+    """((c[-1] x + c[-2]) x + ...) x + c[0], one Mul and one Add node per degree."""
+    p = body.const(coefficients[-1], np.float64)
+    for c in reversed(coefficients[:-1]):
+        p = body.op("Add", body.op("Mul", p, x), body.const(c, np.float64))
+    return p
+
+
+def _exp_in_range(body: _Body, x: str) -> str:
+    """det::exp_in_range for float64 x in [-700, 0]: Cody-Waite reduction, Taylor series to
+    r^14 / 14!, exact scaling by 2^k."""
+    shift = body.const(_ROUND_SHIFT, np.float64)
+    scaled = body.op("Mul", x, body.const(_INV_LN2, np.float64))
+    k = body.op("Sub", body.op("Add", scaled, shift), shift)  # round to nearest, ties to even
+    r = body.op(
+        "Sub",
+        body.op("Sub", x, body.op("Mul", k, body.const(_LN2_HI, np.float64))),
+        body.op("Mul", k, body.const(_LN2_LO, np.float64)),
+    )
+    p = _horner(body, r, [_inverse_factorial(n) for n in range(15)])
+    powers = np.array([2.0**-i for i in range(-_EXP_MIN_K + 1)])
+    index = body.op("Cast", body.op("Neg", k), to=_INT64)
+    return body.op("Mul", p, body.op("Gather", body.const(powers, np.float64), index))
+
+
+def _frexp(body: _Body, x: str) -> tuple[str, str]:
+    """(m, e) with x = m 2^e, m in [0.5, 1), e float64, for float64 x in [2^-255, 2^255): each
+    step scales by an exact power of two, as frexp's result is exact."""
+    e = body.op("Mul", x, body.const(0.0, np.float64))
+    for j in _FREXP_STEPS:
+        for sign in (1, -1):
+            bound = body.const(2.0 ** (sign * j), np.float64)
+            far = body.op("GreaterOrEqual" if sign > 0 else "Less", x, bound)
+            x = body.op(
+                "Where", far, body.op("Mul", x, body.const(2.0 ** (-sign * j), np.float64)), x
+            )
+            e = body.op(
+                "Add",
+                e,
+                body.op(
+                    "Where",
+                    far,
+                    body.const(float(sign * j), np.float64),
+                    body.const(0.0, np.float64),
+                ),
+            )
+    # Now x is in [0.5, 2).
+    big = body.op("GreaterOrEqual", x, body.const(1.0, np.float64))
+    m = body.op("Where", big, body.op("Mul", x, body.const(0.5, np.float64)), x)
+    e = body.op("Add", e, body.op("Cast", big, to=_DOUBLE))
+    return m, e
+
+
+def _log(body: _Body, x: str) -> str:
+    """det::log for float64 x = 0 (-> -inf) or in [2^-255, 2^255) (the bodies' arguments:
+    probabilities of float32 and Gumbel noise's logs)."""
+    m, e = _frexp(body, x)
+    small = body.op("Less", m, body.const(_SQRT_HALF, np.float64))
+    m = body.op("Where", small, body.op("Mul", m, body.const(2.0, np.float64)), m)
+    k = body.op("Sub", e, body.op("Cast", small, to=_DOUBLE))
+    f = body.op("Sub", m, body.const(1.0, np.float64))
+    s = body.op("Div", f, body.op("Add", body.const(2.0, np.float64), f))
+    z = body.op("Mul", s, s)
+    t = _horner(body, z, [1.0 / (2 * n + 1) for n in range(12)])
+    log_m = body.op("Mul", body.op("Mul", body.const(2.0, np.float64), s), t)
+    out = body.op(
+        "Add",
+        body.op("Mul", k, body.const(_LN2_HI, np.float64)),
+        body.op("Add", log_m, body.op("Mul", k, body.const(_LN2_LO, np.float64))),
+    )
+    zero = body.op("Equal", x, body.const(0.0, np.float64))
+    return body.op("Where", zero, body.const(-np.inf, np.float64), out)
+
+
+def _cos(body: _Body, x: str) -> str:
+    """det::cos for float64 |x| <= pi/2: Taylor series to x^22 / 22!, in -z = -(x x)."""
+    minus_z = body.op("Neg", body.op("Mul", x, x))
+    return _horner(body, minus_z, [_inverse_factorial(2 * n) for n in range(12)])
+
+
+# --- sampling: csrc/kernels/sampling.h ----------------------------------------------------------
+
+
+def _softmax_weights(body: _Body, d: str, keep: str) -> str:
+    """weight_of: exp(d) for kept tokens whose d = (x - max) / T is >= -700, else 0."""
+    kept = body.op(
+        "And", keep, body.op("GreaterOrEqual", d, body.const(_EXP_UNDERFLOW, np.float64))
+    )
+    safe = body.op("Where", kept, d, body.const(0.0, np.float64))  # never NaN or -inf in exp
+    return body.op("Where", kept, _exp_in_range(body, safe), body.const(0.0, np.float64))
+
+
+def _last(body: _Body, value: str) -> str:
+    """The last column of a [N, n] tensor, as [N, 1]."""
+    return _slice(body, value, -1, 2**62, axis=1)
+
+
+def _top_p_keep(
+    body: _Body, x: str, x64: str, x_max64: str, keep: str, top_p: str, vocab: str
+) -> str:
+    """The nucleus filter: bool [N, V], true for the tokens top-p keeps (all when top_p = 1).
+
+    In the order of decreasing logit, ties by lower index (TopK's order, by the ONNX spec), a
+    token stays while the mass before it, a running sum of w / S in that order, is <= top_p.
+    That mass never decreases, so the kept tokens are a prefix of the order, ending at the L-th
+    token: a token is kept iff it comes no later than that one, (x, -index) >= (v_L, -i_L).
+    With top_p = 1 the work runs on the first column only and its result is ignored."""
+    on = body.op("Less", top_p, body.const(1.0, np.float32))
+    width = body.op("Where", on, vocab, body.const([1], np.int64))
+    zero = body.const([0], np.int64)
+    axis1 = body.const([1], np.int64)
+    x_part = body.op("Slice", x, zero, width, axis1)
+    keep_part = body.op("Slice", keep, zero, width, axis1)
+    d = body.op("Sub", body.op("Slice", x64, zero, width, axis1), x_max64)
+    weight = _softmax_weights(body, d, keep_part)
+    total = _last(body, body.op("CumSum", weight, body.const(1, np.int64)))
+    values, order = body.op("TopK", x_part, width, axis=1, n_outputs=2)
+    mass = body.op(
+        "CumSum",
+        body.op("Div", body.op("GatherElements", weight, order, axis=1), total),
+        body.const(1, np.int64),
+    )
+    within = body.op("LessOrEqual", mass, body.op("Cast", top_p, to=_DOUBLE))
+    n_within = body.op("ReduceSum", body.op("Cast", within, to=_INT64), axis1)  # [N, 1]
+    one = body.const(1, np.int64)
+    last = body.op("Sub", body.op("Min", body.op("Add", n_within, one), width), one)
+    v_last = body.op("GatherElements", values, last, axis=1)
+    i_last = body.op("GatherElements", order, last, axis=1)
+    index = body.op("Range", body.const(0, np.int64), body.op("Squeeze", vocab), one)
+    no_later = body.op(
+        "Or",
+        body.op("Greater", x, v_last),
+        body.op("And", body.op("Equal", x, v_last), body.op("LessOrEqual", index, i_last)),
+    )
+    return body.op("Or", body.op("Not", on), no_later)
+
+
+def _sample_rows(
+    body: _Body, x: str, temperature: str, top_k: str, top_p: str, u: str
+) -> tuple[str, str]:
+    """RowSampler::sample on checked rows. x: float32 [N, V], finite or -inf, a finite value in
+    every row; temperature, top_k, top_p: checked scalars; u: float64 [N, 1].
+    -> (tokens int64 [N, 1], logprob float32 [N, 1])."""
+    axis1 = body.const([1], np.int64)
+    vocab = body.op("Slice", body.op("Shape", x), axis1, body.const([2], np.int64))  # [1]
+    x_max = body.op("ReduceMax", x, axis1)  # [N, 1]
+    x64, x_max64 = body.op("Cast", x, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE)
+    keep = body.op("Greater", x, body.const(-np.inf, np.float32))
+
+    # top-k: every logit >= the k-th largest stays (ties at the threshold too). Off (0 or >= V):
+    # a TopK of 1 whose threshold is ignored.
+    top_k_on = body.op(
+        "And",
+        body.op("Greater", top_k, body.const(0, np.int64)),
+        body.op("Less", top_k, body.op("Squeeze", vocab)),
+    )
+    k = body.op("Reshape", body.op("Where", top_k_on, top_k, body.const(1, np.int64)), axis1)
+    threshold = _last(body, body.op("TopK", x, k, axis=1, n_outputs=2)[0])
+    keep = body.op(
+        "And",
+        keep,
+        body.op("Or", body.op("Not", top_k_on), body.op("GreaterOrEqual", x, threshold)),
+    )
+    keep = body.op("And", keep, _top_p_keep(body, x, x64, x_max64, keep, top_p, vocab))
+
+    # Temperature 0 and 1 use the unscaled weights (no division: the kernel's bits).
+    unit = body.op(
+        "Or",
+        body.op("Equal", temperature, body.const(0.0, np.float32)),
+        body.op("Equal", temperature, body.const(1.0, np.float32)),
+    )
+    scale = body.op(
+        "Where", unit, body.const(1.0, np.float64), body.op("Cast", temperature, to=_DOUBLE)
+    )
+    # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
+    d = body.op("Where", keep, body.op("Sub", x64, x_max64), body.const(0.0, np.float64))
+    weight = _softmax_weights(body, body.op("Div", d, scale), keep)
+    running = body.op("CumSum", weight, body.const(1, np.int64))
+    total = _last(body, running)
+
+    # The first index whose running sum exceeds u S; if rounding leaves none, the last token of
+    # positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
+    above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
+    first_above = body.op("ArgMax", above, axis=1)
+    any_above = body.op("Greater", body.op("ReduceMax", above, axis1), body.const(0, np.int32))
+    positive = body.op("Cast", body.op("Greater", weight, body.const(0.0, np.float64)), to=_INT32)
+    last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
+    drawn = body.op("Where", any_above, first_above, last_positive)
+    argmax = body.op("ArgMax", x, axis=1)
+    sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
+    tokens = body.op("Where", sampling, drawn, argmax)
+
+    # logprob = log(float32(w / S)), rounded to float32: VampNet's confidence.
+    p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
+    p32 = body.op("Cast", body.op("Cast", p, to=_FLOAT), to=_DOUBLE)
+    return tokens, body.op("Cast", _log(body, p32), to=_FLOAT)
+
+
+def _checked_sampling(
+    body: _Body, where: str, temperature: str, top_k: str, top_p: str
+) -> tuple[str, str, str]:
+    """The sampling scalars as rank 0, checked as check_sampling_params does."""
+    temperature = body.scalar(temperature, where, "temperature")
+    top_k = body.scalar(top_k, where, "top_k")
+    top_p = body.scalar(top_p, where, "top_p")
+    temperature = body.check(
+        body.op("GreaterOrEqual", temperature, body.const(0.0, np.float32)),  # NaN fails
+        f"{where}: temperature must be >= 0",
+        temperature,
+        scalar=True,
+    )
+    top_k = body.check(
+        body.op("GreaterOrEqual", top_k, body.const(0, np.int64)),
+        f"{where}: top_k must be >= 0",
+        top_k,
+        scalar=True,
+    )
+    in_range = body.op(
+        "And",
+        body.op("Greater", top_p, body.const(0.0, np.float32)),
+        body.op("LessOrEqual", top_p, body.const(1.0, np.float32)),
+    )
+    top_p = body.check(in_range, f"{where}: top_p must be in (0, 1]", top_p, scalar=True)
+    return temperature, top_k, top_p
+
+
+def _checked_rows(body: _Body, where: str, x: str) -> str:
+    """Rows of logits float32 [N, V], checked: finite or -inf, a finite value in every row."""
+    bad = body.op("Or", body.op("IsNaN", x), body.op("IsInf", x, detect_negative=0))
+    n_bad = body.op("ReduceSum", body.op("Cast", bad, to=_FLOAT), keepdims=0)
+    x = body.check(
+        body.op("Equal", n_bad, body.const(0.0, np.float32)),
+        f"{where}: logits must be finite or -inf",
+        x,
+    )
+    dead = body.op(
+        "Equal",
+        body.op("ReduceMax", x, body.const([1], np.int64)),
+        body.const(-np.inf, np.float32),
+    )
+    n_dead = body.op("ReduceSum", body.op("Cast", dead, to=_FLOAT), keepdims=0)
+    return body.check(
+        body.op("Equal", n_dead, body.const(0.0, np.float32)),
+        f"{where}: logits must have a finite value in every row",
+        x,
+    )
+
+
+def _sample_tokens() -> onnx.FunctionProto:
+    where = ops.SAMPLE_TOKENS.name
+    body = _Body()
+    temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
+    seed = body.scalar("seed", where, "seed")
+    offset = body.scalar("offset", where, "offset")
+    first_row = body.scalar("first_row", where, "first_row")
+    first_row = body.check(
+        body.op("GreaterOrEqual", first_row, body.const(0, np.int64)),
+        f"{where}: first_row must be >= 0",
+        first_row,
+        scalar=True,
+    )
+    logits = body.op("Cast", "logits", to=_FLOAT)
+    shape = body.op("Shape", logits)
+    rows_shape = body.op("Slice", shape, body.const([0], np.int64), body.const([-1], np.int64))
+    vocab = body.op("Slice", shape, body.const([-1], np.int64), body.const([2**62], np.int64))
+    n_rows = body.op("ReduceProd", rows_shape)  # [1]; 1 for logits of rank 1
+    x = body.op("Reshape", logits, body.op("Concat", n_rows, vocab, axis=0))
+    non_empty = body.op(
+        "Or",
+        body.op("Greater", vocab, body.const(0, np.int64)),
+        body.op("Equal", n_rows, body.const(0, np.int64)),
+    )
+    x = body.check(
+        body.op("Squeeze", non_empty), f"{where}: logits must have a non-empty last axis", x
+    )
+    x = _checked_rows(body, where, x)
+
+    row_index = body.op(
+        "Range", body.const(0, np.int64), body.op("Squeeze", n_rows), body.const(1, np.int64)
+    )
+    rows = body.op("Add", row_index, first_row)
+    reshape1 = body.const([1], np.int64)
+    even, odd = _random_blocks(
+        body, body.op("Reshape", seed, reshape1), rows, body.op("Reshape", offset, reshape1)
+    )
+    u = _slice(body, _uniforms(body, even, odd), 0, 1, axis=1)  # [N, 1]: (w0, w1)'s uniform
+    tokens, logprob = _sample_rows(body, x, temperature, top_k, top_p, u)
+    body.op("Reshape", tokens, rows_shape)
+    body.nodes[-1].output[0] = "tokens"
+    body.op("Reshape", logprob, rows_shape)
+    body.nodes[-1].output[0] = "logprob"
+    return _function(ops.SAMPLE_TOKENS, body)
+
+
+# --- CheckRange and Snake -----------------------------------------------------------------------
+
+
+def _check_range() -> onnx.FunctionProto:
+    """ok = true when min <= x <= max (NaN fails); else the run fails. The message cannot hold
+    the node's own `where`, `name` or value (a node name is fixed text): the failing node says
+    which op failed and the range's attributes are on the calling node."""
+    body = _Body()
+    x = body.scalar("x", "CheckRange", "x")
+    low = body.op("Cast", body.attribute("min", "float"), to=_DOUBLE)
+    high = body.op("Cast", body.attribute("max", "float"), to=_DOUBLE)
+    ok = body.op("And", body.op("LessOrEqual", low, x), body.op("LessOrEqual", x, high))
+    passed = body.passed(ok, "CheckRange: x must be in [min, max]")
+    body.op("Reshape", body.op("And", passed, ok), body.const(np.zeros(0), np.int64))
+    body.nodes[-1].output[0] = "ok"
+    return _function(ops.CHECK_RANGE, body)
+
+
+# csrc/kernels/snake.cc's float32 constants: the Cody-Waite parts of pi/2, the minimax
+# polynomials of sin and cos on [-pi/4, pi/4], and the rounding shift 1.5 * 2^23.
+_SNAKE_FAST_LIMIT = 8192.0
+_TWO_OVER_PI = 0.636619772367581
+_PI_OVER_2 = (1.5703125, 4.837512969970703125e-4, 7.549789954891882e-8)
+_SIN = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
+_COS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+_ROUNDING_SHIFT = 12582912.0
+
+
+def _snake() -> onnx.FunctionProto:
+    """y = x + inverse * sin(alpha x)^2 with the kernel's float32 operations in its order, its
+    sine polynomial included, so the bits are the kernel's; where |alpha x| > 8192 (or NaN,
+    inf) the kernel calls std::sin and the body the runtime's Sin."""
+    body = _Body()
+
+    def f32(value: float) -> str:
+        return body.const(value, np.float32)
+
+    def rounded(v: str) -> str:
+        shift = f32(_ROUNDING_SHIFT)
+        return body.op("Sub", body.op("Add", v, shift), shift)
+
+    def mul(a: str, b: str) -> str:
+        return body.op("Mul", a, b)
+
+    def add(a: str, b: str) -> str:
+        return body.op("Add", a, b)
+
+    t = mul("alpha", "x")
+    j = rounded(mul(t, f32(_TWO_OVER_PI)))
+    r = t
+    for part in _PI_OVER_2:
+        r = body.op("Sub", r, mul(j, f32(part)))
+    z = mul(r, r)
+    sin_r = add(
+        r, mul(mul(r, z), add(f32(_SIN[0]), mul(z, add(f32(_SIN[1]), mul(z, f32(_SIN[2]))))))
+    )
+    cos_r = add(
+        body.op("Sub", f32(1.0), mul(f32(0.5), z)),
+        mul(mul(z, z), add(f32(_COS[0]), mul(z, add(f32(_COS[1]), mul(z, f32(_COS[2])))))),
+    )
+    half = mul(j, f32(0.5))
+    odd = body.op("Not", body.op("Equal", half, rounded(half)))
+    s = body.op("Where", odd, cos_r, sin_r)
+    fast = add("x", mul("inverse", mul(s, s)))
+    library_sine = body.op("Sin", t)
+    slow = add("x", mul("inverse", mul(library_sine, library_sine)))
+    within = body.op("LessOrEqual", body.op("Abs", t), f32(_SNAKE_FAST_LIMIT))
+    body.op("Where", within, fast, slow)
+    body.nodes[-1].output[0] = "y"
+    return _function(ops.SNAKE, body)
+
+
+# --- the functions ------------------------------------------------------------------------------
+
+
+def _function(schema: ops.OpSchema, body: _Body) -> onnx.FunctionProto:
+    defaults = [
+        helper.make_attribute(attribute.name, attribute.default) for attribute in schema.attributes
+    ]
+    return helper.make_function(
+        ops.DOMAIN,
+        schema.name,
+        schema.input_names,
+        schema.output_names,
+        body.nodes,
+        [helper.make_opsetid("", FUNCTION_OPSET)],
+        attribute_protos=defaults,
+        doc_string=f"The standard-op body of {ops.DOMAIN}.{schema.name} (docs/ops.md).",
+    )
+
+
+_BUILDERS = {
+    ops.SAMPLE_TOKENS.name: _sample_tokens,
+    ops.CHECK_RANGE.name: _check_range,
+    ops.SNAKE.name: _snake,
+}
+
+
+def function(op_type: str) -> onnx.FunctionProto:
+    """The standard-op body of op `op_type` ("SampleTokens", ...) as an ONNX function in domain
+    `vampnet_onnx`, version 1, with the schema's inputs, outputs and attributes (ops.py). A node
+    must pass every input, the optional ones included: a function body cannot test for an
+    omitted input."""
+    if op_type not in _BUILDERS:
+        raise ValueError(f"function: op_type must be one of {sorted(_BUILDERS)}, got {op_type!r}")
+    return _BUILDERS[op_type]()

@@ -1,0 +1,359 @@
+"""The ops' standard-op bodies (vampnet_onnx.ops_functions): a model holding an op node and the
+op's function runs in a plain onnxruntime session (no library: the body is expanded) and in a
+session with the library (our kernel), and the two give the same bits. The kernel, and the
+numpy twin where it is the simpler reference, are the reference values."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import vampnet_onnx
+from conftest import ONNX_IR_VERSION, ONNX_OPSET
+from test_rng import PHILOX_KAT
+from vampnet_onnx import ops, ops_functions, reference
+
+SCALAR: list = []
+
+
+def node_model(
+    schema: ops.OpSchema,
+    shapes: dict[str, list],
+    input_types: dict[str, int] | None = None,
+    **attributes,
+) -> onnx.ModelProto:
+    """A model of one node of `schema` with every input (optional ones included) and the op's
+    function; shapes: each port's shape (symbolic dims as names; absent: a scalar)."""
+    input_types = input_types or {}
+
+    def value_info(port: ops.Port, element_type: int) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(port.name, element_type, shapes.get(port.name, SCALAR))
+
+    node = schema.make_node(schema.input_names, schema.output_names, **attributes)
+    graph = helper.make_graph(
+        [node],
+        schema.name,
+        [value_info(p, input_types.get(p.name, p.types[0])) for p in schema.inputs],
+        [value_info(p, p.types[0]) for p in schema.outputs],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), ops.opset_import()],
+        ir_version=ONNX_IR_VERSION,
+        functions=[ops_functions.function(schema.name)],
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def body_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A plain session, without the library: onnxruntime expands the op nodes into the bodies."""
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def kernel_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return vampnet_onnx.create_session(model, python_ops=False)
+
+
+def assert_same_bits(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    """Equal bits, except that a NaN may differ in its sign bit (nothing reads it)."""
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if a.dtype.kind == "f":
+            nan = np.isnan(a)
+            np.testing.assert_array_equal(nan, np.isnan(b))
+            a, b = a[~nan], b[~nan]
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+# --- Philox4x32-10 ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def philox():
+    model = ops_functions.random_block_model()
+    onnx.checker.check_model(model, full_check=True)
+    return body_session(model)
+
+
+def as_int64(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The int64 whose 64-bit two's complement has these 32-bit words."""
+    words = np.asarray(low, np.uint64) | (np.asarray(high, np.uint64) << np.uint64(32))
+    return words.view(np.int64)
+
+
+@pytest.mark.parametrize("counter, key, expected", PHILOX_KAT)
+def test_body_philox_matches_known_answers(philox, counter, key, expected):
+    feed = {
+        "seed": as_int64([key[0]], [key[1]]),
+        "row": as_int64([counter[0]], [counter[1]]),
+        "offset": as_int64([counter[2]], [counter[3]]),
+    }
+    [words] = philox.run(None, feed)
+    assert words.tolist() == [expected]
+
+
+def test_body_philox_matches_the_numpy_twin_on_100000_draws(philox):
+    rng = np.random.default_rng(21)
+    n = 100_000
+    seed, row, offset = (rng.integers(-(2**63), 2**63, n, dtype=np.int64) for _ in range(3))
+    # The keys and streams the ops see at their edges: negative seeds, 2^63 - 1, rows past 2^32.
+    seed[:6] = [0, -1, -(2**63), 2**63 - 1, -7, 12345]
+    row[:6] = [0, 2**32, 2**32 - 1, 2**63 - 1, 5 << 32, 1]
+    offset[:6] = [0, 1, 2**32, -1, 35, 2**40]
+    [words] = philox.run(None, {"seed": seed, "row": row, "offset": offset})
+    seed_words, row_words, offset_words = (v.view(np.uint64) for v in (seed, row, offset))
+    low, high = np.uint64(0xFFFFFFFF), np.uint64(32)
+    counter = np.stack(
+        [row_words & low, row_words >> high, offset_words & low, offset_words >> high], axis=-1
+    )
+    want = reference.philox4x32_10(counter, (seed_words & low, seed_words >> high))
+    np.testing.assert_array_equal(words, want.astype(np.int64))
+
+
+# --- SampleTokens -------------------------------------------------------------------------------
+
+
+def sampling_model(logits_rank: int = 2, logits_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    dims = [f"d{i}" for i in range(logits_rank - 1)]
+    shapes = {"logits": [*dims, "V"], "tokens": dims, "logprob": dims}
+    return node_model(ops.SAMPLE_TOKENS, shapes, {"logits": logits_type})
+
+
+@pytest.fixture(scope="module")
+def sampling_sessions():
+    """(body, kernel) sessions of SampleTokens on float32 logits [N, V]."""
+    model = sampling_model()
+    return body_session(model), kernel_session(model)
+
+
+def sampling_feed(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, first_row=0):
+    return {
+        "logits": logits,
+        **ops.SAMPLE_TOKENS.feed(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            offset=offset,
+            first_row=first_row,
+        ),
+    }
+
+
+def random_logits(rng: np.random.Generator, shape, ties: bool = False, minus_inf: bool = False):
+    logits = (rng.standard_normal(shape) * rng.uniform(0.3, 6.0)).astype(np.float32)
+    if ties:
+        logits = np.round(logits)
+    if minus_inf:
+        logits[rng.random(shape) < 0.3] = -np.inf
+        logits[..., 0] = 0.0  # a finite value in every row
+    return logits
+
+
+SETTINGS = [
+    # temperature, top_k, top_p
+    (1.0, 0, 1.0),
+    (0.8, 0, 1.0),
+    (1.3, 0, 0.9),
+    (1.0, 40, 1.0),
+    (0.0, 0, 1.0),
+    (0.0, 7, 0.5),
+    (0.5, 40, 0.95),
+    (2.0, 1, 1.0),
+    (1e-3, 0, 1e-6),
+    (1.0, 0, 0.3),
+    (25.0, 300, 1.0),
+    (float("inf"), 0, 1.0),
+    (1e30, 5, 0.8),
+]
+SEEDS = [0, -7, 2**63 - 1, -(2**63), 123456789]
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", SETTINGS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_body_sample_tokens_gives_the_kernels_bits(
+    sampling_sessions, temperature, top_k, top_p, seed
+):
+    rng = np.random.default_rng([abs(seed) % 2**32, top_k, int(top_p * 100)])
+    body, kernel = sampling_sessions
+    for ties, minus_inf in [(False, False), (True, False), (False, True)]:
+        logits = random_logits(rng, (24, 257), ties=ties, minus_inf=minus_inf)
+        feed = sampling_feed(
+            logits,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            offset=int(rng.integers(0, 2**40)),
+            first_row=int(rng.integers(0, 2**40)),
+        )
+        assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
+def test_body_sample_tokens_gives_the_kernels_bits_on_vampnets_vocabulary(sampling_sessions):
+    rng = np.random.default_rng(1024)
+    body, kernel = sampling_sessions
+    logits = random_logits(rng, (64, 1024))
+    for temperature, top_k, top_p in [(1.0, 0, 0.9), (0.8, 0, 1.0), (1.0, 40, 1.0)]:
+        feed = sampling_feed(logits, temperature, top_k, top_p, seed=5, offset=3, first_row=7)
+        assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
+def test_body_sample_tokens_keeps_every_tie_at_the_top_k_threshold(sampling_sessions):
+    # Eight tokens tie at the 3rd largest logit: top_k = 3 keeps all nine, so the draws spread
+    # over them, on the kernel's and the body's side alike.
+    logits = np.full((4000, 12), -5.0, np.float32)
+    logits[:, 0] = 1.0
+    logits[:, 3:11] = 0.0
+    feed = sampling_feed(logits, temperature=1.0, top_k=3, seed=11)
+    body, kernel = sampling_sessions
+    tokens, logprob = body.run(None, feed)
+    assert_same_bits([tokens, logprob], kernel.run(None, feed))
+    assert set(tokens.tolist()) == {0, *range(3, 11)}
+
+
+def test_body_sample_tokens_takes_the_lowest_index_of_tied_maxima_at_temperature_0(
+    sampling_sessions,
+):
+    logits = np.zeros((3, 9), np.float32)
+    logits[:, [2, 5, 7]] = 4.0
+    feed = sampling_feed(logits, temperature=0.0, seed=3)
+    body, kernel = sampling_sessions
+    tokens, logprob = body.run(None, feed)
+    assert tokens.tolist() == [2, 2, 2]
+    assert_same_bits([tokens, logprob], kernel.run(None, feed))
+
+
+def test_body_sample_tokens_reads_float16_logits_and_any_rank():
+    rng = np.random.default_rng(16)
+    model = sampling_model(logits_rank=4, logits_type=TensorProto.FLOAT16)
+    logits = random_logits(rng, (2, 3, 5, 300), ties=True).astype(np.float16)
+    feed = sampling_feed(logits, temperature=0.9, top_k=20, top_p=0.9, seed=-3, offset=2)
+    got = body_session(model).run(None, feed)
+    assert got[0].shape == (2, 3, 5)
+    assert_same_bits(got, kernel_session(model).run(None, feed))
+
+
+def test_body_sample_tokens_gives_empty_outputs_for_no_rows(sampling_sessions):
+    body, _ = sampling_sessions
+    tokens, logprob = body.run(None, sampling_feed(np.zeros((0, 7), np.float32)))
+    assert tokens.shape == (0,) and tokens.dtype == np.int64
+    assert logprob.shape == (0,) and logprob.dtype == np.float32
+
+
+def test_body_sample_tokens_gives_token_0_and_logprob_0_for_one_token(sampling_sessions):
+    body, _ = sampling_sessions
+    tokens, logprob = body.run(None, sampling_feed(np.ones((3, 1), np.float32), seed=9))
+    assert tokens.tolist() == [0, 0, 0] and logprob.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_body_sample_tokens_matches_the_numpy_twin_with_first_row_past_2_32(sampling_sessions):
+    rng = np.random.default_rng(32)
+    logits = random_logits(rng, (10, 100))
+    kwargs = dict(temperature=1.1, top_k=0, top_p=0.97, seed=-99, offset=6, first_row=5 << 32)
+    body, _ = sampling_sessions
+    tokens, logprob = body.run(None, sampling_feed(logits, **kwargs))
+    want_tokens, want_logprob = reference.sample_tokens(logits, **kwargs)
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_array_equal(logprob, want_logprob)
+
+
+def test_kernel_session_runs_the_kernel_not_the_body(sampling_sessions):
+    # Only the kernel can print the bad value: the body's failing node has a fixed name.
+    _, kernel = sampling_sessions
+    with pytest.raises(Exception, match=r"SampleTokens: top_p must be in \(0, 1\], got 1\.5"):
+        kernel.run(None, sampling_feed(np.zeros((2, 3), np.float32), top_p=1.5))
+
+
+BAD_SAMPLING = [
+    (dict(top_p=1.5), "SampleTokens: top_p must be in (0, 1]"),
+    (dict(top_p=0.0), "SampleTokens: top_p must be in (0, 1]"),
+    (dict(temperature=-1.0), "SampleTokens: temperature must be >= 0"),
+    (dict(temperature=float("nan")), "SampleTokens: temperature must be >= 0"),
+    (dict(top_k=-1), "SampleTokens: top_k must be >= 0"),
+    (dict(first_row=-1), "SampleTokens: first_row must be >= 0"),
+    (dict(seed=np.array([1, 2])), "SampleTokens: seed must be a scalar (one element)"),
+]
+
+
+@pytest.mark.parametrize("settings, message", BAD_SAMPLING)
+def test_body_sample_tokens_fails_on_bad_settings_in_a_node_named_for_the_check(
+    sampling_sessions, settings, message
+):
+    body, _ = sampling_sessions
+    feed = sampling_feed(np.zeros((2, 3), np.float32), **settings)
+    with pytest.raises(Exception, match=re_escape(message)):
+        body.run(None, feed)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.nan, "SampleTokens: logits must be finite or -inf"),
+        (np.inf, "SampleTokens: logits must be finite or -inf"),
+        (-np.inf, "SampleTokens: logits must have a finite value in every row"),
+    ],
+)
+def test_body_sample_tokens_fails_on_bad_logits(sampling_sessions, bad, message):
+    logits = np.zeros((3, 4), np.float32)
+    logits[1] = bad
+    body, _ = sampling_sessions
+    with pytest.raises(Exception, match=re_escape(message)):
+        body.run(None, sampling_feed(logits))
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+# --- CheckRange ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def check_range_sessions():
+    model = node_model(ops.CHECK_RANGE, {}, name="dropout", where="Vamp", min=0.0, max=1e6)
+    return body_session(model), kernel_session(model)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1e6, -0.0])
+def test_body_check_range_passes_values_in_range(check_range_sessions, value):
+    for session in check_range_sessions:
+        [ok] = session.run(None, {"x": np.array(value)})
+        assert ok.shape == () and bool(ok) is True
+
+
+@pytest.mark.parametrize("value", [-1.0, 1_000_001.0, float("nan"), float("inf"), -float("inf")])
+def test_body_check_range_fails_values_out_of_range(check_range_sessions, value):
+    body, kernel = check_range_sessions
+    with pytest.raises(Exception, match=re_escape("CheckRange: x must be in [min, max]")):
+        body.run(None, {"x": np.array(value)})
+    with pytest.raises(Exception, match="Vamp: dropout must be in"):
+        kernel.run(None, {"x": np.array(value)})
+
+
+# --- Snake --------------------------------------------------------------------------------------
+
+
+def test_body_snake_gives_the_kernels_bits():
+    # |alpha x| up to ~1e5: past 8192 both run the library sine (std::sin vs onnxruntime's Sin,
+    # which agree here too).
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 6, 2001)) * 10.0 ** rng.uniform(-3, 3, 2001)).astype(np.float32)
+    alpha = rng.uniform(0.05, 20.0, (1, 6, 1)).astype(np.float32)
+    inverse = (1.0 / (alpha + np.float32(1e-9))).astype(np.float32)
+    x[0, 0, :4] = [np.nan, np.inf, -np.inf, 0.0]
+    shapes = {
+        "x": ["B", "C", "T"],
+        "alpha": [1, "C", 1],
+        "inverse": [1, "C", 1],
+        "y": ["B", "C", "T"],
+    }
+    model = node_model(ops.SNAKE, shapes)
+    feed = {"x": x, "alpha": alpha, "inverse": inverse}
+    assert_same_bits(body_session(model).run(None, feed), kernel_session(model).run(None, feed))

@@ -357,3 +357,177 @@ def test_body_snake_gives_the_kernels_bits():
     model = node_model(ops.SNAKE, shapes)
     feed = {"x": x, "alpha": alpha, "inverse": inverse}
     assert_same_bits(body_session(model).run(None, feed), kernel_session(model).run(None, feed))
+
+
+# --- MaskGitStep --------------------------------------------------------------------------------
+
+STEP_SHAPES = {
+    "logits": ["B", "T", "P", "V"],
+    "codes": ["B", "C", "T"],
+    "mask": ["B", "C", "T"],
+    "seed": ["S"],
+    "n_masked_start": ["B"],
+    "batch_offset": ["O"],
+    "codes_out": ["B", "C", "T"],
+    "mask_out": ["B", "C", "T"],
+    "model_input": ["B", "C", "T"],
+}
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["per_item", "batch_coupled"])
+def step_sessions(request):
+    """(body, kernel) sessions of MaskGitStep, seed and batch_offset of one element or [B]."""
+    model = node_model(ops.MASK_GIT_STEP, STEP_SHAPES, batch_coupled=request.param)
+    return body_session(model), kernel_session(model)
+
+
+def random_step_problem(rng, batch, codebooks, predicted, frames, vocab):
+    """Logits [B, T, P, V], codes and mask [B, C, T] (conditioning codebooks unmasked)."""
+    logits = (rng.standard_normal((batch, frames, predicted, vocab)) * 2).astype(np.float32)
+    codes = rng.integers(0, vocab, (batch, codebooks, frames)).astype(np.int64)
+    mask = rng.random((batch, codebooks, frames)) < 0.7
+    mask[:, : codebooks - predicted] = False
+    return logits, codes, mask
+
+
+def step_feed(logits, codes, mask, step, n_steps, n_masked_start, seed=0, batch_offset=0, **kw):
+    settings = dict(temperature=1.0, top_k=0, top_p=1.0, mask_temperature=10.5) | kw
+    return {
+        "logits": logits,
+        "codes": codes,
+        "mask": mask,
+        "n_masked_start": np.asarray(n_masked_start, np.int64),
+        "seed": np.asarray(seed, np.int64).reshape(-1),
+        "batch_offset": np.asarray(batch_offset, np.int64).reshape(-1),
+        **ops.MASK_GIT_STEP.feed(step=step, n_steps=n_steps, **settings),
+    }
+
+
+STEP_CASES = [
+    # B, C, P, T, V, settings
+    (1, 4, 4, 30, 64, dict()),
+    (3, 14, 10, 9, 32, dict(temperature=0.0, mask_temperature=0.0)),
+    (2, 4, 4, 1, 16, dict(temperature=0.7, top_p=0.8)),
+    (2, 5, 2, 17, 1024, dict(top_k=5, mask_temperature=3.0)),
+    (4, 3, 1, 12, 50, dict(temperature=1.3, top_p=0.9, top_k=40)),
+]
+
+
+@pytest.mark.parametrize("batch, codebooks, predicted, frames, vocab, settings", STEP_CASES)
+@pytest.mark.parametrize("per_item_keys", [False, True])
+def test_body_mask_git_step_gives_the_kernels_bits_over_a_whole_generation(
+    step_sessions, batch, codebooks, predicted, frames, vocab, settings, per_item_keys
+):
+    rng = np.random.default_rng([batch, frames, vocab, per_item_keys])
+    logits, codes, mask = random_step_problem(rng, batch, codebooks, predicted, frames, vocab)
+    if per_item_keys:
+        seed = rng.integers(-(2**63), 2**63, batch, dtype=np.int64)
+        seed[0] = 2**63 - 1
+        batch_offset = rng.integers(0, 2**32, batch, dtype=np.int64)
+    else:
+        seed, batch_offset = -12345, 2**32 - batch
+    n0 = mask.sum(axis=(1, 2))
+    body, kernel = step_sessions
+    n_steps = 6
+    for step in range(n_steps):
+        feed = step_feed(logits, codes, mask, step, n_steps, n0, seed, batch_offset, **settings)
+        got = body.run(None, feed)
+        assert_same_bits(got, kernel.run(None, feed))
+        codes, mask = got[0], got[1]
+    assert not mask.any()
+
+
+def test_body_mask_git_step_gives_empty_outputs_for_no_frames(step_sessions):
+    body, _ = step_sessions
+    feed = step_feed(
+        np.zeros((2, 0, 3, 8), np.float32),
+        np.zeros((2, 4, 0), np.int64),
+        np.zeros((2, 4, 0), bool),
+        step=0,
+        n_steps=3,
+        n_masked_start=[0, 0],
+    )
+    codes_out, mask_out, model_input = body.run(None, feed)
+    assert codes_out.shape == mask_out.shape == model_input.shape == (2, 4, 0)
+
+
+def test_body_mask_git_step_ignores_bad_logits_at_unmasked_positions(step_sessions):
+    rng = np.random.default_rng(8)
+    logits, codes, mask = random_step_problem(rng, 2, 4, 3, 10, 20)
+    logits[~mask[:, 1:, :].transpose(0, 2, 1)] = np.nan
+    feed = step_feed(logits, codes, mask, 0, 4, mask.sum(axis=(1, 2)), seed=4)
+    body, kernel = step_sessions
+    assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
+def bad_step_feed(**changes):
+    rng = np.random.default_rng(9)
+    logits, codes, mask = random_step_problem(rng, 2, 4, 3, 10, 20)
+    args = dict(logits=logits, codes=codes, mask=mask, step=1, n_steps=4)
+    args["n_masked_start"] = mask.sum(axis=(1, 2))
+    return step_feed(**(args | changes))
+
+
+def with_cell(name: str, value, index=(1, 0, 3)):
+    def change(feed):
+        feed[name] = feed[name].copy()
+        feed[name][index] = value
+        return feed
+
+    return change
+
+
+BAD_STEPS = [
+    (dict(step=4), "MaskGitStep: step must be in [0, n_steps)"),
+    (dict(step=-1), "MaskGitStep: step must be in [0, n_steps)"),
+    (dict(n_steps=0, step=0), "MaskGitStep: n_steps must be >= 1"),
+    (dict(top_p=2.0), "MaskGitStep: top_p must be in (0, 1]"),
+    (dict(mask_temperature=float("inf")), "MaskGitStep: mask_temperature must be finite and >= 0"),
+    (dict(n_masked_start=[5, 31]), "MaskGitStep: n_masked_start must be in [0, T * P]"),
+    (dict(n_masked_start=[5]), "MaskGitStep: n_masked_start must have shape [B]"),
+    (dict(seed=[1, 2, 3]), "MaskGitStep: seed must have one element or shape [B]"),
+    (dict(batch_offset=2**32 - 1), "MaskGitStep: batch_offset must be in [0, 2^32 - B]"),
+    (dict(batch_offset=[0, -1]), "MaskGitStep: batch_offset must be in [0, 2^32 - B]"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD_STEPS)
+def test_body_mask_git_step_fails_on_bad_settings_in_a_node_named_for_the_check(
+    step_sessions, changes, message
+):
+    body, _ = step_sessions
+    with pytest.raises(Exception, match=re_escape(message)):
+        body.run(None, bad_step_feed(**changes))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (with_cell("mask", True, (1, 0, 3)), "MaskGitStep: mask must be false in the"),
+        (with_cell("codes", 20, (0, 2, 3)), "MaskGitStep: codes must be in [0, V) where mask"),
+        (with_cell("codes", -1, (0, 0, 0)), "MaskGitStep: codes must be in [0, V) where mask"),
+    ],
+)
+def test_body_mask_git_step_fails_on_bad_cells(step_sessions, change, message):
+    feed = bad_step_feed(mask_temperature=1.0)
+    feed["mask"][0, 2, 3] = False  # so that the code written there is read
+    body, _ = step_sessions
+    with pytest.raises(Exception, match=re_escape(message)):
+        body.run(None, change(feed))
+
+
+def test_body_mask_git_step_fails_on_nan_logits_at_a_masked_position(step_sessions):
+    feed = bad_step_feed()
+    b, c, t = np.argwhere(feed["mask"])[0]
+    feed["logits"][b, t, c - 1, 5] = np.nan
+    body, _ = step_sessions
+    with pytest.raises(Exception, match=re_escape("MaskGitStep: logits must be finite or -inf")):
+        body.run(None, feed)
+
+
+def test_kernel_session_runs_the_mask_git_step_kernel_not_the_body(step_sessions):
+    _, kernel = step_sessions
+    with pytest.raises(
+        Exception, match=re_escape("MaskGitStep: step must be in [0, n_steps = 4), got 4")
+    ):
+        kernel.run(None, bad_step_feed(step=4))

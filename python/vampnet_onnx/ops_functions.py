@@ -48,6 +48,8 @@ class _Body:
     def op(self, op_type: str, *inputs: str, n_outputs: int = 1, name: str = "", **attributes):
         """A node of the standard domain; returns its output name (a list if n_outputs > 1)."""
         outputs = [self._name(op_type.lower()) for _ in range(n_outputs)]
+        if op_type == "Reshape":  # a 0 in a computed shape is an empty dimension, not "copy"
+            attributes.setdefault("allowzero", 1)
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
         return outputs[0] if n_outputs == 1 else outputs
 
@@ -208,26 +210,26 @@ def _word_bits(body: _Body, value: str) -> str:
     word = body.const(2**32, np.int64)
     low = body.op("Mod", value, word)  # Mod with fmod = 0 takes the divisor's sign: in [0, 2^32)
     high = body.op("Mod", body.op("Div", body.op("Sub", value, low), word), word)  # exact Div
+    return _pair_bits(body, low, high)
+
+
+def _pair_bits(body: _Body, low: str, high: str) -> str:
+    """Two int64 [...] words, each in [0, 2^32) -> int32 bits [..., 2, 32]."""
+    last = body.const([-1], np.int64)
     words = body.op(
-        "Concat",
-        body.op("Unsqueeze", low, body.const([-1], np.int64)),
-        body.op("Unsqueeze", high, body.const([-1], np.int64)),
-        axis=-1,
+        "Concat", body.op("Unsqueeze", low, last), body.op("Unsqueeze", high, last), axis=-1
     )
     place = body.const([1 << j for j in range(32)], np.int64)
-    bits = body.op("Div", body.op("Unsqueeze", words, body.const([-1], np.int64)), place)
+    bits = body.op("Div", body.op("Unsqueeze", words, last), place)
     return body.op("Cast", body.op("Mod", bits, body.const(2, np.int64)), to=_INT32)
 
 
-def _random_blocks(body: _Body, seed: str, row: str, offset: str) -> tuple[str, str]:
+def _random_blocks(body: _Body, seed: str, row_bits: str, offset: str) -> tuple[str, str]:
     """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
-    seed: int64 [K] (K = N or 1); row: int64 [N]; offset: int64 [1]. -> bit pairs (w0, w2)
-    and (w1, w3), int32 [N, 2, 32]."""
-    row_bits = _word_bits(body, row)  # [N, 2, 32]
-    offset_bits = body.op(
-        "Expand", _word_bits(body, offset), body.op("Shape", row_bits)
-    )  # [N, 2, 32]
-    counter = body.op("Concat", row_bits, offset_bits, axis=1)
+    seed: int64 [K] (K = N or 1); row_bits: int32 [N, 2, 32], the rows' words (`_word_bits`);
+    offset: int64 [1]. -> bit pairs (w0, w2) and (w1, w3), int32 [N, 2, 32]."""
+    offset_bits = body.op("Expand", _word_bits(body, offset), body.op("Shape", row_bits))
+    counter = body.op("Concat", row_bits, offset_bits, axis=1)  # [N, 4, 32]
     return _philox(body, counter, _word_bits(body, seed))
 
 
@@ -254,7 +256,7 @@ def random_block_model() -> onnx.ModelProto:
     kernel's: inputs `seed`, `row`, `offset`, int64 [N] each (the 64-bit two's complement is
     used, as the ops do); output `words`, int64 [N, 4], the block's words w0..w3 in [0, 2^32)."""
     body = _Body()
-    even, odd = _random_blocks(body, "seed", "row", "offset")
+    even, odd = _random_blocks(body, "seed", _word_bits(body, "row"), "offset")
     pairs = body.op("Concat", _words(body, even), _words(body, odd), axis=-1)  # w0 w2 w1 w3
     body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
     body.nodes[-1].output[0] = "words"
@@ -580,7 +582,10 @@ def _sample_tokens() -> onnx.FunctionProto:
     rows = body.op("Add", row_index, first_row)
     reshape1 = body.const([1], np.int64)
     even, odd = _random_blocks(
-        body, body.op("Reshape", seed, reshape1), rows, body.op("Reshape", offset, reshape1)
+        body,
+        body.op("Reshape", seed, reshape1),
+        _word_bits(body, rows),
+        body.op("Reshape", offset, reshape1),
     )
     u = _slice(body, _uniforms(body, even, odd), 0, 1, axis=1)  # [N, 1]: (w0, w1)'s uniform
     tokens, logprob = _sample_rows(body, x, temperature, top_k, top_p, u)
@@ -589,6 +594,265 @@ def _sample_tokens() -> onnx.FunctionProto:
     body.op("Reshape", logprob, rows_shape)
     body.nodes[-1].output[0] = "logprob"
     return _function(ops.SAMPLE_TOKENS, body)
+
+
+# --- MaskGitStep: csrc/kernels/mask_git_step.h ----------------------------------------------------
+
+
+def _mask_git_schedule(
+    body: _Body, step: str, n_steps: str, n0: str, n_masked: str, mask_temperature: str
+) -> tuple[str, str]:
+    """n_to_mask and noise_scale in the kernel's float32 arithmetic. step, n_steps: int64
+    scalars; n0, n_masked: int64 [B]. -> (k int64 [B], the noise scale float32 scalar)."""
+    one = body.const(1, np.int64)
+    step_1 = body.op("Add", step, one)
+    ratio = body.op(
+        "Div", body.op("Cast", step_1, to=_DOUBLE), body.op("Cast", n_steps, to=_DOUBLE)
+    )
+    r = body.op("Cast", ratio, to=_FLOAT)
+    angle = body.op(
+        "Div",
+        body.op("Mul", r, body.const(np.float32(math.pi), np.float32)),
+        body.const(2.0, np.float32),
+    )
+    gamma = body.op("Cast", _cos(body, body.op("Cast", angle, to=_DOUBLE)), to=_FLOAT)
+    gamma = body.op(
+        "Min",
+        body.op("Max", gamma, body.const(np.float32(1e-10), np.float32)),
+        body.const(1.0, np.float32),
+    )
+    product = body.op("Mul", gamma, body.op("Cast", n0, to=_FLOAT))
+    k = body.op("Cast", body.op("Floor", product), to=_INT64)
+    # Every step but the last leaves between 1 and (masked - 1) positions masked.
+    clamped = body.op("Max", one, body.op("Min", body.op("Sub", n_masked, one), k))
+    last = body.op("Equal", step_1, n_steps)
+    scale = body.op("Mul", mask_temperature, body.op("Sub", body.const(1.0, np.float32), r))
+    return body.op("Where", last, k, clamped), scale
+
+
+def _all(body: _Body, flags: str) -> str:
+    """Whether every element of the bool tensor `flags` is true (also when it is empty), as a
+    bool scalar."""
+    n_false = body.op("ReduceSum", body.op("Cast", body.op("Not", flags), to=_INT64), keepdims=0)
+    return body.op("Equal", n_false, body.const(0, np.int64))
+
+
+def _item_values(body: _Body, value: str, batch: str, where: str, argument: str) -> str:
+    """A key input of MaskGitStep (one element, or [B]) as int64 [B] and a flag [1]: true
+    when it had one element."""
+    flat = body.op("Reshape", value, body.const([-1], np.int64))
+    expanded = body.op(
+        "Expand", flat, batch, name=f"{where}: {argument} must have one element or shape [B]"
+    )
+    one = body.op("Equal", body.op("Size", flat), body.const(1, np.int64))
+    return expanded, one
+
+
+def _mask_git_step() -> onnx.FunctionProto:
+    where = ops.MASK_GIT_STEP.name
+    body = _Body()
+    i64 = body.const
+    temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
+    n_steps = body.scalar("n_steps", where, "n_steps")
+    n_steps = body.check(
+        body.op("GreaterOrEqual", n_steps, i64(1, np.int64)),
+        f"{where}: n_steps must be >= 1",
+        n_steps,
+        scalar=True,
+    )
+    step = body.scalar("step", where, "step")
+    step_ok = body.op(
+        "And",
+        body.op("GreaterOrEqual", step, i64(0, np.int64)),
+        body.op("Less", step, n_steps),
+    )
+    step = body.check(step_ok, f"{where}: step must be in [0, n_steps)", step, scalar=True)
+    mask_temperature = body.scalar("mask_temperature", where, "mask_temperature")
+    finite = body.op(
+        "And",
+        body.op("GreaterOrEqual", mask_temperature, body.const(0.0, np.float32)),
+        body.op("Not", body.op("IsInf", mask_temperature)),
+    )
+    mask_temperature = body.check(
+        finite, f"{where}: mask_temperature must be finite and >= 0", mask_temperature, scalar=True
+    )
+
+    # Shapes: logits [B, T, P, V], codes and mask [B, C, T]; ncc = C - P conditioning codebooks.
+    codes_shape = body.op("Shape", "codes")
+    logits_shape = body.op("Shape", "logits")
+
+    def dim(shape: str, i: int) -> str:
+        return _slice(body, shape, i, i + 1, axis=0)  # [1]
+
+    batch, codebooks, frames = (dim(codes_shape, i) for i in range(3))
+    predicted, vocab = dim(logits_shape, 2), dim(logits_shape, 3)
+    shape_ok = _all(
+        body,
+        body.op(
+            "Concat",
+            body.op(
+                "Equal",
+                _slice(body, logits_shape, 0, 2, axis=0),
+                body.op("Concat", batch, frames, axis=0),
+            ),
+            body.op(
+                "GreaterOrEqual", body.op("Concat", predicted, vocab, axis=0), i64([1, 1], np.int64)
+            ),
+            body.op("LessOrEqual", predicted, codebooks),
+            axis=0,
+        ),
+    )
+    logits = body.check(
+        shape_ok,
+        f"{where}: logits must have shape [B, T, P, V] with B, T of codes, 1 <= P <= C, V >= 1",
+        body.op("Cast", "logits", to=_FLOAT),
+    )
+    conditioning = body.op("Sub", codebooks, predicted)
+    positions = body.op("Mul", frames, predicted)  # [1]: T P
+    n_rows = body.op("Mul", batch, positions)
+    axis1 = i64([1], np.int64)
+    zero1 = i64([0], np.int64)
+
+    # The cells: the mask must be false in the conditioning codebooks, codes in [0, V) where
+    # the mask is false.
+    mask_conditioning = body.op("Slice", "mask", zero1, conditioning, axis1)
+    mask = body.check(
+        _all(body, body.op("Not", mask_conditioning)),
+        f"{where}: mask must be false in the conditioning codebooks",
+        body.op("Cast", "mask", to=_INT32),
+    )
+    mask = body.op("Cast", mask, to=_BOOL)
+    code_out_of_range = body.op(
+        "Or",
+        body.op("Less", "codes", i64(0, np.int64)),
+        body.op("GreaterOrEqual", "codes", body.op("Squeeze", vocab)),
+    )
+    codes = body.check(
+        _all(body, body.op("Or", mask, body.op("Not", code_out_of_range))),
+        f"{where}: codes must be in [0, V) where mask is false",
+        "codes",
+    )
+
+    # Flat positions p = t P + c of the predicted codebooks, per item: [B, T P].
+    mask_predicted = body.op("Slice", mask, conditioning, codebooks, axis1)  # [B, P, T]
+    items_shape = body.op("Concat", batch, positions, axis=0)
+    flat_mask = body.op(
+        "Reshape", body.op("Transpose", mask_predicted, perm=[0, 2, 1]), items_shape
+    )
+    n_masked = body.op("ReduceSum", body.op("Cast", flat_mask, to=_INT64), axis1, keepdims=0)
+
+    n0 = body.op(
+        "Reshape", "n_masked_start", batch, name=f"{where}: n_masked_start must have shape [B]"
+    )
+    n0_ok = body.op(
+        "And",
+        body.op("GreaterOrEqual", n0, i64(0, np.int64)),
+        body.op("LessOrEqual", n0, positions),
+    )
+    n0 = body.check(
+        _all(body, n0_ok),
+        f"{where}: n_masked_start must be in [0, T * P]",
+        n0,
+    )
+    coupled = body.op(
+        "Not", body.op("Equal", body.attribute("batch_coupled", "int"), i64(0, np.int64))
+    )
+    n0 = body.op(
+        "Where", coupled, body.op("Expand", body.op("ReduceSum", n0, keepdims=1), batch), n0
+    )
+
+    # Keys and streams: item b draws with key seed[b] from stream item batch_offset + b (one
+    # batch_offset) or batch_offset[b] (one per item), each in [0, 2^32).
+    seeds, _ = _item_values(body, "seed", batch, where, "seed")
+    offsets, one_offset = _item_values(body, "batch_offset", batch, where, "batch_offset")
+    item_index = body.op("Range", i64(0, np.int64), body.op("Squeeze", batch), i64(1, np.int64))
+    streams = body.op("Where", one_offset, body.op("Add", offsets, item_index), offsets)
+    streams_ok = body.op(
+        "And",
+        body.op("GreaterOrEqual", streams, i64(0, np.int64)),
+        body.op("Less", streams, i64(2**32, np.int64)),
+    )
+    streams = body.check(
+        _all(body, streams_ok),
+        f"{where}: batch_offset must be in [0, 2^32 - B] (one for the batch) or "
+        "[0, 2^32 - 1] (one per item)",
+        streams,
+    )
+
+    # Rows b T P + p of the logits; rows not masked are never read (set to 0 before the checks).
+    rows_shape = body.op("Concat", n_rows, vocab, axis=0)
+    x = body.op("Reshape", logits, rows_shape)
+    read = body.op("Reshape", flat_mask, body.op("Concat", n_rows, axis1, axis=0))  # [N, 1]
+    x = _checked_rows(body, where, body.op("Where", read, x, body.const(0.0, np.float32)))
+
+    # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b].
+    grid = body.op("Concat", batch, positions, axis=0)
+    position = body.op(
+        "Expand",
+        body.op("Range", i64(0, np.int64), body.op("Squeeze", positions), i64(1, np.int64)),
+        grid,
+    )
+    to_column = i64([-1, 1], np.int64)
+    flat = i64([-1], np.int64)
+    row_streams = body.op("Expand", body.op("Reshape", streams, to_column), grid)
+    row_seeds = body.op("Expand", body.op("Reshape", seeds, to_column), grid)
+    row_bits = _pair_bits(
+        body, body.op("Reshape", position, flat), body.op("Reshape", row_streams, flat)
+    )
+    even, odd = _random_blocks(
+        body, body.op("Reshape", row_seeds, flat), row_bits, body.op("Reshape", step, axis1)
+    )
+    uniforms = _uniforms(body, even, odd)  # [N, 2]
+    tokens, logprob = _sample_rows(
+        body, x, temperature, top_k, top_p, _slice(body, uniforms, 0, 1, axis=1)
+    )
+    u2 = body.op("Max", _slice(body, uniforms, 1, 2, axis=1), body.const(1e-20, np.float64))
+    noise = body.op("Cast", body.op("Neg", _log(body, body.op("Neg", _log(body, u2)))), to=_FLOAT)
+
+    k, scale = _mask_git_schedule(body, step, n_steps, n0, n_masked, mask_temperature)
+    confidence = body.op("Add", logprob, body.op("Mul", scale, noise))  # [N, 1]
+    # Masked again: confidence strictly below the k-th smallest (0-based) over the item's
+    # positions, unmasked ones counting as +inf; one +inf column more makes index k valid
+    # for every k <= T P (and T = 0).
+    inf = body.const(np.inf, np.float32)
+    confidence = body.op("Where", flat_mask, body.op("Reshape", confidence, items_shape), inf)
+    padded = body.op(
+        "Concat",
+        confidence,
+        body.op("Expand", inf, body.op("Concat", batch, axis1, axis=0)),
+        axis=1,
+    )
+    ascending = body.op(
+        "TopK", padded, body.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
+    )[0]
+    index = body.op("Reshape", body.op("Min", k, positions), to_column)
+    cut = body.op("GatherElements", ascending, index, axis=1)  # [B, 1]
+    mask_again = body.op("And", flat_mask, body.op("Less", confidence, cut))
+
+    def to_codebooks(flat_values: str) -> str:
+        """[B, T P] -> [B, P, T]."""
+        grid3 = body.op("Concat", batch, frames, predicted, axis=0)
+        return body.op("Transpose", body.op("Reshape", flat_values, grid3), perm=[0, 2, 1])
+
+    codes_predicted = body.op("Slice", codes, conditioning, codebooks, axis1)
+    sampled = body.op(
+        "Where",
+        mask_predicted,
+        to_codebooks(body.op("Reshape", tokens, items_shape)),
+        codes_predicted,
+    )
+    codes_out = body.op(
+        "Concat", body.op("Slice", codes, zero1, conditioning, axis1), sampled, axis=1
+    )
+    # The conditioning codebooks' mask is all false (checked above).
+    mask_out = body.op("Concat", mask_conditioning, to_codebooks(mask_again), axis=1)
+    body.op("Identity", codes_out)
+    body.nodes[-1].output[0] = "codes_out"
+    body.op("Identity", mask_out)
+    body.nodes[-1].output[0] = "mask_out"
+    body.op("Where", mask_out, body.op("Squeeze", vocab), codes_out)
+    body.nodes[-1].output[0] = "model_input"
+    return _function(ops.MASK_GIT_STEP, body)
 
 
 # --- CheckRange and Snake -----------------------------------------------------------------------
@@ -684,6 +948,7 @@ def _function(schema: ops.OpSchema, body: _Body) -> onnx.FunctionProto:
 
 _BUILDERS = {
     ops.SAMPLE_TOKENS.name: _sample_tokens,
+    ops.MASK_GIT_STEP.name: _mask_git_step,
     ops.CHECK_RANGE.name: _check_range,
     ops.SNAKE.name: _snake,
 }

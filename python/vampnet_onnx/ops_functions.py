@@ -13,6 +13,7 @@ Built with plain `onnx.helper` (no torch, no onnxscript): the runtime imports th
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -954,11 +955,103 @@ _BUILDERS = {
 }
 
 
-def function(op_type: str) -> onnx.FunctionProto:
+def function(op_type: str, opset: int = FUNCTION_OPSET) -> onnx.FunctionProto:
     """The standard-op body of op `op_type` ("SampleTokens", ...) as an ONNX function in domain
     `vampnet_onnx`, version 1, with the schema's inputs, outputs and attributes (ops.py). A node
     must pass every input, the optional ones included: a function body cannot test for an
-    omitted input."""
+    omitted input (`attach_functions` fills them in).
+
+    opset: the standard opset the body imports, which must be the model's (onnx's checker
+    requires it): >= 18; the bodies use no operator whose meaning changed since 18."""
     if op_type not in _BUILDERS:
         raise ValueError(f"function: op_type must be one of {sorted(_BUILDERS)}, got {op_type!r}")
-    return _BUILDERS[op_type]()
+    if not FUNCTION_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(
+            f"function: opset must be in [{FUNCTION_OPSET}, {onnx.defs.onnx_opset_version()}], "
+            f"got {opset}"
+        )
+    proto = _BUILDERS[op_type]()
+    proto.opset_import[0].version = opset
+    return proto
+
+
+def _graphs(graph: onnx.GraphProto):
+    """`graph` and every subgraph in it (Loop and If bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _graphs(subgraph)
+
+
+def _fill_defaults(node: onnx.NodeProto, schema: ops.OpSchema, prefix: str) -> list:
+    """Nodes computing what the op does for `node`'s omitted optional inputs, which a function
+    body cannot detect; the inputs are wired to `node`. prefix: unique in the model, starts
+    the new values' names. -> the nodes to insert before it."""
+    inputs = list(node.input) + [""] * (len(schema.inputs) - len(node.input))
+    added = []
+
+    def const(name: str, value: int) -> str:
+        tensor = numpy_helper.from_array(np.asarray(value, np.int64))
+        added.append(helper.make_node("Constant", [], [name], value=tensor))
+        return name
+
+    for i, port in enumerate(schema.inputs):
+        if inputs[i] or not port.optional:
+            continue
+        name = f"{prefix}_{port.name}"
+        if port.name in ("first_row", "batch_offset"):
+            inputs[i] = const(name, 0)
+        else:  # n_masked_start: the masked positions of the predicted codebooks, per item
+            logits, mask = inputs[0], inputs[2]
+            added += [
+                helper.make_node("Shape", [logits], [f"{name}_p"], start=2, end=3),
+                helper.make_node("Neg", [f"{name}_p"], [f"{name}_start"]),
+                helper.make_node(
+                    "Slice",
+                    [mask, f"{name}_start", const(f"{name}_end", [2**62]), const(f"{name}_1", [1])],
+                    [f"{name}_predicted"],
+                ),
+                helper.make_node("Cast", [f"{name}_predicted"], [f"{name}_int"], to=_INT64),
+                helper.make_node(
+                    "ReduceSum", [f"{name}_int", const(f"{name}_axes", [1, 2])], [name], keepdims=0
+                ),
+            ]
+            inputs[i] = name
+    node.ClearField("input")
+    node.input.extend(inputs)
+    return added
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` carrying the standard-op bodies of the vampnet_onnx ops it uses (in
+    its graph or in Loop / If bodies), and only those, so that it also runs where the library
+    cannot be registered. A node that leaves optional inputs out gets them computed beside it,
+    as the op would (0 for first_row and batch_offset, the mask's count for n_masked_start):
+    a body needs every input. Functions of these ops already in the model are replaced."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < FUNCTION_OPSET:
+        raise ValueError(
+            f"attach_functions: model must import the standard opset >= {FUNCTION_OPSET}, "
+            f"got {opset or 'none'}"
+        )
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    schemas = {schema.name: schema for schema in ops.SCHEMAS}
+    used = set()
+    count = itertools.count()
+    for graph in _graphs(model.graph):
+        nodes = []
+        for node in graph.node:
+            if node.domain == ops.DOMAIN and node.op_type in schemas:
+                used.add(node.op_type)
+                prefix = f"vampnet_onnx_default_{next(count)}"
+                nodes += _fill_defaults(node, schemas[node.op_type], prefix)
+            nodes.append(node)
+        graph.ClearField("node")
+        graph.node.extend(nodes)
+    kept = [f for f in model.functions if not (f.domain == ops.DOMAIN and f.name in used)]
+    model.ClearField("functions")
+    model.functions.extend(kept + [function(name, opset) for name in sorted(used)])
+    # Model-local functions with attribute defaults need IR version 9 (onnx 1.14).
+    model.ir_version = max(model.ir_version, 9)
+    return model

@@ -488,6 +488,9 @@ BAD_STEPS = [
     (dict(seed=[1, 2, 3]), "MaskGitStep: seed must have one element or shape [B]"),
     (dict(batch_offset=2**32 - 1), "MaskGitStep: batch_offset must be in [0, 2^32 - B]"),
     (dict(batch_offset=[0, -1]), "MaskGitStep: batch_offset must be in [0, 2^32 - B]"),
+    (dict(logits=np.zeros((2, 9, 3, 20), np.float32)), "MaskGitStep: logits must have shape"),
+    (dict(logits=np.zeros((2, 10, 5, 20), np.float32)), "MaskGitStep: logits must have shape"),
+    (dict(mask=np.zeros((2, 4, 9), bool)), "MaskGitStep: logits must have shape"),
 ]
 
 

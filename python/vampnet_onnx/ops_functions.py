@@ -1,12 +1,13 @@
 """Standard-op bodies of the vampnet_onnx ops: one ONNX function per op (docs/ops.md,
 "Standard-op bodies").
 
-A model that carries `functions()` beside its `vampnet_onnx` nodes runs in a runtime without
-our library: the runtime expands each node into its body. With the library registered,
-onnxruntime keeps the node on our kernel. The bodies follow the kernels' arithmetic operation by
-operation (Philox4x32-10 from integer operations that stay exact in int32, the softmax weights,
-logs and cosine from IEEE double + - * /, sums in index order through CumSum), so on onnxruntime
-they give the kernels' bits; tests/test_ops_functions.py checks that.
+A model that carries these functions beside its `vampnet_onnx` nodes (`attach_functions`)
+runs in a runtime without our library: the runtime expands each node into its body. With the
+library registered, onnxruntime keeps the node on our kernel. The bodies follow the kernels'
+arithmetic operation by operation (Philox4x32-10 from integer operations that stay exact in
+int32, the softmax weights, logs and cosine from IEEE double + - * /, sums in index order
+through CumSum), so on onnxruntime they give the kernels' bits; tests/test_ops_functions.py
+checks that.
 
 Built with plain `onnx.helper` (no torch, no onnxscript): the runtime imports this module.
 """
@@ -46,9 +47,18 @@ class _Body:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def op(self, op_type: str, *inputs: str, n_outputs: int = 1, name: str = "", **attributes):
-        """A node of the standard domain; returns its output name (a list if n_outputs > 1)."""
-        outputs = [self._name(op_type.lower()) for _ in range(n_outputs)]
+    def op(
+        self,
+        op_type: str,
+        *inputs: str,
+        n_outputs: int = 1,
+        name: str = "",
+        output: str | None = None,
+        **attributes,
+    ):
+        """A node of the standard domain; returns its output name (a list if n_outputs > 1).
+        output: the name of its (single) output, e.g. the function's output; default fresh."""
+        outputs = [output] if output else [self._name(op_type.lower()) for _ in range(n_outputs)]
         if op_type == "Reshape":  # a 0 in a computed shape is an empty dimension, not "copy"
             attributes.setdefault("allowzero", 1)
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
@@ -60,7 +70,7 @@ class _Body:
         return self.op("Constant", value=tensor)
 
     def attribute(self, name: str, kind: str) -> str:
-        """The calling node's attribute `name` as a Constant (kind: "float", "int" or "string")."""
+        """The calling node's attribute `name` as a Constant (kind: "float" or "int")."""
         node = helper.make_node("Constant", [], [self._name(name)])
         node.attribute.append(
             helper.make_attribute_ref(f"value_{kind}", _ATTRIBUTE_KINDS[kind], ref_attr_name=name)
@@ -100,7 +110,6 @@ class _Body:
 _ATTRIBUTE_KINDS = {
     "float": onnx.AttributeProto.FLOAT,
     "int": onnx.AttributeProto.INT,
-    "string": onnx.AttributeProto.STRING,
 }
 
 
@@ -259,8 +268,7 @@ def random_block_model() -> onnx.ModelProto:
     body = _Body()
     even, odd = _random_blocks(body, "seed", _word_bits(body, "row"), "offset")
     pairs = body.op("Concat", _words(body, even), _words(body, odd), axis=-1)  # w0 w2 w1 w3
-    body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
-    body.nodes[-1].output[0] = "words"
+    body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1, output="words")
     inputs = [
         helper.make_tensor_value_info(name, _INT64, ["N"]) for name in ("seed", "row", "offset")
     ]
@@ -590,10 +598,8 @@ def _sample_tokens() -> onnx.FunctionProto:
     )
     u = _slice(body, _uniforms(body, even, odd), 0, 1, axis=1)  # [N, 1]: (w0, w1)'s uniform
     tokens, logprob = _sample_rows(body, x, temperature, top_k, top_p, u)
-    body.op("Reshape", tokens, rows_shape)
-    body.nodes[-1].output[0] = "tokens"
-    body.op("Reshape", logprob, rows_shape)
-    body.nodes[-1].output[0] = "logprob"
+    body.op("Reshape", tokens, rows_shape, output="tokens")
+    body.op("Reshape", logprob, rows_shape, output="logprob")
     return _function(ops.SAMPLE_TOKENS, body)
 
 
@@ -652,11 +658,10 @@ def _item_values(body: _Body, value: str, batch: str, where: str, argument: str)
 def _mask_git_step() -> onnx.FunctionProto:
     where = ops.MASK_GIT_STEP.name
     body = _Body()
-    i64 = body.const
     temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
     n_steps = body.scalar("n_steps", where, "n_steps")
     n_steps = body.check(
-        body.op("GreaterOrEqual", n_steps, i64(1, np.int64)),
+        body.op("GreaterOrEqual", n_steps, body.const(1, np.int64)),
         f"{where}: n_steps must be >= 1",
         n_steps,
         scalar=True,
@@ -664,7 +669,7 @@ def _mask_git_step() -> onnx.FunctionProto:
     step = body.scalar("step", where, "step")
     step_ok = body.op(
         "And",
-        body.op("GreaterOrEqual", step, i64(0, np.int64)),
+        body.op("GreaterOrEqual", step, body.const(0, np.int64)),
         body.op("Less", step, n_steps),
     )
     step = body.check(step_ok, f"{where}: step must be in [0, n_steps)", step, scalar=True)
@@ -679,40 +684,49 @@ def _mask_git_step() -> onnx.FunctionProto:
     )
 
     # Shapes: logits [B, T, P, V], codes and mask [B, C, T]; ncc = C - P conditioning codebooks.
+    # Every dimension below is read from the checked shapes, so nothing runs before the check.
     codes_shape = body.op("Shape", "codes")
     logits_shape = body.op("Shape", "logits")
-
-    def dim(shape: str, i: int) -> str:
-        return _slice(body, shape, i, i + 1, axis=0)  # [1]
-
-    batch, codebooks, frames = (dim(codes_shape, i) for i in range(3))
-    predicted, vocab = dim(logits_shape, 2), dim(logits_shape, 3)
     shape_ok = _all(
         body,
         body.op(
             "Concat",
+            body.op("Equal", body.op("Shape", "mask"), codes_shape),
             body.op(
                 "Equal",
                 _slice(body, logits_shape, 0, 2, axis=0),
-                body.op("Concat", batch, frames, axis=0),
+                body.op("Gather", codes_shape, body.const([0, 2], np.int64)),
             ),
             body.op(
-                "GreaterOrEqual", body.op("Concat", predicted, vocab, axis=0), i64([1, 1], np.int64)
+                "GreaterOrEqual",
+                _slice(body, logits_shape, 2, 4, axis=0),
+                body.const([1, 1], np.int64),
             ),
-            body.op("LessOrEqual", predicted, codebooks),
+            body.op(
+                "LessOrEqual",
+                _slice(body, logits_shape, 2, 3, axis=0),
+                _slice(body, codes_shape, 1, 2, axis=0),
+            ),
             axis=0,
         ),
     )
-    logits = body.check(
+    shapes = body.check(
         shape_ok,
-        f"{where}: logits must have shape [B, T, P, V] with B, T of codes, 1 <= P <= C, V >= 1",
-        body.op("Cast", "logits", to=_FLOAT),
+        f"{where}: logits must have shape [B, T, P, V] with B, T of codes [B, C, T] (the shape of "
+        "mask), 1 <= P <= C, V >= 1",
+        body.op("Concat", codes_shape, logits_shape, axis=0),
     )
+
+    def dim(i: int) -> str:
+        return _slice(body, shapes, i, i + 1, axis=0)  # [1]
+
+    batch, codebooks, frames, predicted, vocab = dim(0), dim(1), dim(2), dim(5), dim(6)
+    logits = body.op("Cast", "logits", to=_FLOAT)
     conditioning = body.op("Sub", codebooks, predicted)
     positions = body.op("Mul", frames, predicted)  # [1]: T P
     n_rows = body.op("Mul", batch, positions)
-    axis1 = i64([1], np.int64)
-    zero1 = i64([0], np.int64)
+    axis1 = body.const([1], np.int64)
+    zero1 = body.const([0], np.int64)
 
     # The cells: the mask must be false in the conditioning codebooks, codes in [0, V) where
     # the mask is false.
@@ -725,7 +739,7 @@ def _mask_git_step() -> onnx.FunctionProto:
     mask = body.op("Cast", mask, to=_BOOL)
     code_out_of_range = body.op(
         "Or",
-        body.op("Less", "codes", i64(0, np.int64)),
+        body.op("Less", "codes", body.const(0, np.int64)),
         body.op("GreaterOrEqual", "codes", body.op("Squeeze", vocab)),
     )
     codes = body.check(
@@ -747,7 +761,7 @@ def _mask_git_step() -> onnx.FunctionProto:
     )
     n0_ok = body.op(
         "And",
-        body.op("GreaterOrEqual", n0, i64(0, np.int64)),
+        body.op("GreaterOrEqual", n0, body.const(0, np.int64)),
         body.op("LessOrEqual", n0, positions),
     )
     n0 = body.check(
@@ -756,7 +770,7 @@ def _mask_git_step() -> onnx.FunctionProto:
         n0,
     )
     coupled = body.op(
-        "Not", body.op("Equal", body.attribute("batch_coupled", "int"), i64(0, np.int64))
+        "Not", body.op("Equal", body.attribute("batch_coupled", "int"), body.const(0, np.int64))
     )
     n0 = body.op(
         "Where", coupled, body.op("Expand", body.op("ReduceSum", n0, keepdims=1), batch), n0
@@ -766,12 +780,14 @@ def _mask_git_step() -> onnx.FunctionProto:
     # batch_offset) or batch_offset[b] (one per item), each in [0, 2^32).
     seeds, _ = _item_values(body, "seed", batch, where, "seed")
     offsets, one_offset = _item_values(body, "batch_offset", batch, where, "batch_offset")
-    item_index = body.op("Range", i64(0, np.int64), body.op("Squeeze", batch), i64(1, np.int64))
+    item_index = body.op(
+        "Range", body.const(0, np.int64), body.op("Squeeze", batch), body.const(1, np.int64)
+    )
     streams = body.op("Where", one_offset, body.op("Add", offsets, item_index), offsets)
     streams_ok = body.op(
         "And",
-        body.op("GreaterOrEqual", streams, i64(0, np.int64)),
-        body.op("Less", streams, i64(2**32, np.int64)),
+        body.op("GreaterOrEqual", streams, body.const(0, np.int64)),
+        body.op("Less", streams, body.const(2**32, np.int64)),
     )
     streams = body.check(
         _all(body, streams_ok),
@@ -790,11 +806,13 @@ def _mask_git_step() -> onnx.FunctionProto:
     grid = body.op("Concat", batch, positions, axis=0)
     position = body.op(
         "Expand",
-        body.op("Range", i64(0, np.int64), body.op("Squeeze", positions), i64(1, np.int64)),
+        body.op(
+            "Range", body.const(0, np.int64), body.op("Squeeze", positions), body.const(1, np.int64)
+        ),
         grid,
     )
-    to_column = i64([-1, 1], np.int64)
-    flat = i64([-1], np.int64)
+    to_column = body.const([-1, 1], np.int64)
+    flat = body.const([-1], np.int64)
     row_streams = body.op("Expand", body.op("Reshape", streams, to_column), grid)
     row_seeds = body.op("Expand", body.op("Reshape", seeds, to_column), grid)
     row_bits = _pair_bits(
@@ -847,12 +865,9 @@ def _mask_git_step() -> onnx.FunctionProto:
     )
     # The conditioning codebooks' mask is all false (checked above).
     mask_out = body.op("Concat", mask_conditioning, to_codebooks(mask_again), axis=1)
-    body.op("Identity", codes_out)
-    body.nodes[-1].output[0] = "codes_out"
-    body.op("Identity", mask_out)
-    body.nodes[-1].output[0] = "mask_out"
-    body.op("Where", mask_out, body.op("Squeeze", vocab), codes_out)
-    body.nodes[-1].output[0] = "model_input"
+    body.op("Identity", codes_out, output="codes_out")
+    body.op("Identity", mask_out, output="mask_out")
+    body.op("Where", mask_out, body.op("Squeeze", vocab), codes_out, output="model_input")
     return _function(ops.MASK_GIT_STEP, body)
 
 
@@ -869,8 +884,7 @@ def _check_range() -> onnx.FunctionProto:
     high = body.op("Cast", body.attribute("max", "float"), to=_DOUBLE)
     ok = body.op("And", body.op("LessOrEqual", low, x), body.op("LessOrEqual", x, high))
     passed = body.passed(ok, "CheckRange: x must be in [min, max]")
-    body.op("Reshape", body.op("And", passed, ok), body.const(np.zeros(0), np.int64))
-    body.nodes[-1].output[0] = "ok"
+    body.op("Reshape", body.op("And", passed, ok), body.const(np.zeros(0), np.int64), output="ok")
     return _function(ops.CHECK_RANGE, body)
 
 
@@ -923,8 +937,7 @@ def _snake() -> onnx.FunctionProto:
     library_sine = body.op("Sin", t)
     slow = add("x", mul("inverse", mul(library_sine, library_sine)))
     within = body.op("LessOrEqual", body.op("Abs", t), f32(_SNAKE_FAST_LIMIT))
-    body.op("Where", within, fast, slow)
-    body.nodes[-1].output[0] = "y"
+    body.op("Where", within, fast, slow, output="y")
     return _function(ops.SNAKE, body)
 
 

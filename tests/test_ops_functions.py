@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 import vampnet_onnx
 from conftest import ONNX_IR_VERSION, ONNX_OPSET
 from test_rng import PHILOX_KAT
-from vampnet_onnx import ops, ops_functions, reference
+from vampnet_onnx import audio, configs, contracts, ops, ops_functions, reference
 
 SCALAR: list = []
 
@@ -671,3 +671,48 @@ def test_attached_functions_of_all_four_ops_add_under_256_kb():
         for name in ("SampleTokens", "MaskGitStep", "CheckRange", "Snake")
     }
     assert sum(sizes.values()) < 256 * 1024, sizes
+
+
+# --- the exported graphs, without the library ---------------------------------------------------
+
+
+def attached_sessions(path):
+    """(body, kernel) sessions of an exported graph: the body session on the graph with the
+    functions attached and no library, the kernel session on the graph as exported."""
+    model = onnx.load(path)
+    attached = ops_functions.attach_functions(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    body = ort.InferenceSession(
+        attached.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return body, vampnet_onnx.create_session(model, intra_op_threads=2), model, attached
+
+
+@pytest.mark.parametrize("kind", ["coarse", "c2f"])
+def test_generation_graphs_run_without_the_library_and_give_the_librarys_codes(
+    tiny_models_dir, kind
+):
+    body, kernel, _, _ = attached_sessions(tiny_models_dir / contracts.GENERATION_FILES[kind])
+    kwargs = {"coarse": configs.TINY_COARSE_KWARGS, "c2f": configs.TINY_C2F_KWARGS}[kind]
+    rng = np.random.default_rng(21)
+    codes = rng.integers(0, 1024, (2, kwargs["n_codebooks"], 13)).astype(np.int64)
+    mask = rng.random(codes.shape) < 0.7
+    mask[:, : kwargs["n_conditioning_codebooks"]] = False
+    settings = contracts.GENERATION_DEFAULTS | dict(n_steps=4, top_p=0.9, seed=-8)
+    feed = {"codes": codes, "mask": mask, **contracts.GENERATION.feed(**settings)}
+    got = body.run(["codes_out", "mask_out"], feed)
+    assert_same_bits(got, kernel.run(["codes_out", "mask_out"], feed))
+    assert not got[1].any()
+
+
+def test_vamp_graph_runs_without_the_library_and_gives_the_librarys_audio(tiny_models_dir):
+    body, kernel, model, attached = attached_sessions(tiny_models_dir / contracts.VAMP_FILE)
+    assert {f.name for f in attached.functions} == {"CheckRange", "MaskGitStep", "SampleTokens"}
+    # Measured: about 216 KiB on a 15.7 MiB graph (docs/ops.md).
+    assert len(attached.SerializeToString()) - len(model.SerializeToString()) < 256 * 1024
+    noise = np.random.default_rng(3).standard_normal(3 * 44100).astype(np.float32) * 0.1
+    x, _ = audio.preprocess(noise, 44100)
+    settings = contracts.VAMP_DEFAULTS | dict(n_steps=3, seed=2**62 + 5, temperature=0.8)
+    feed = {"audio": x, **contracts.VAMP.feed(**settings)}
+    assert_same_bits(body.run(None, feed), kernel.run(None, feed))

@@ -184,10 +184,11 @@ def _round_keys(body: _Body, key: str) -> str:
     return _columns_to_bits(body, columns, 3, 32, rank=4)
 
 
-def _philox(body: _Body, counter: str, key: str) -> tuple[str, str]:
+def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
     """Philox4x32-10 (docs/ops.md). counter: int32 bits [N, 4, 32] of the words c0..c3; key:
-    int32 bits [K, 2, 32], K = N or 1. Returns the block's words as bit pairs (w0, w2) and
-    (w1, w3), each int32 [N, 2, 32]."""
+    int32 bits [K, 2, 32]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
+    The round keys are computed once per key, not per row. Returns the block's words as bit
+    pairs (w0, w2) and (w1, w3), each int32 [N, 2, 32]."""
     round_keys = _round_keys(body, key)
     # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
     multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
@@ -208,6 +209,8 @@ def _philox(body: _Body, counter: str, key: str) -> tuple[str, str]:
         # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
         product = body.op("Gather", product, swap, axis=1)
         key_r = body.op("Gather", round_keys, body.const(r, np.int64), axis=1)
+        if key_rows is not None:
+            key_r = body.op("Gather", key_r, key_rows, axis=0)
         high = _slice(body, product, 32, 64, axis=-1)
         xor_sum = body.op("Add", body.op("Add", high, xored), key_r)
         multiplied, xored = body.op("Mod", xor_sum, two), _slice(body, product, 0, 32, axis=-1)
@@ -234,13 +237,16 @@ def _pair_bits(body: _Body, low: str, high: str) -> str:
     return body.op("Cast", body.op("Mod", bits, body.const(2, np.int64)), to=_INT32)
 
 
-def _random_blocks(body: _Body, seed: str, row_bits: str, offset: str) -> tuple[str, str]:
+def _random_blocks(
+    body: _Body, seed: str, row_bits: str, offset: str, key_rows: str | None = None
+) -> tuple[str, str]:
     """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
-    seed: int64 [K] (K = N or 1); row_bits: int32 [N, 2, 32], the rows' words (`_word_bits`);
-    offset: int64 [1]. -> bit pairs (w0, w2) and (w1, w3), int32 [N, 2, 32]."""
+    seed: int64 [K]; row_bits: int32 [N, 2, 32], the rows' words (`_word_bits`); offset:
+    int64 [1]; key_rows: int64 [N], the key of each row (absent: K = N or 1, broadcast).
+    -> bit pairs (w0, w2) and (w1, w3), int32 [N, 2, 32]."""
     offset_bits = body.op("Expand", _word_bits(body, offset), body.op("Shape", row_bits))
     counter = body.op("Concat", row_bits, offset_bits, axis=1)  # [N, 4, 32]
-    return _philox(body, counter, _word_bits(body, seed))
+    return _philox(body, counter, _word_bits(body, seed), key_rows)
 
 
 def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
@@ -329,7 +335,7 @@ def _exp_in_range(body: _Body, x: str) -> str:
     )
     p = _horner(body, r, [_inverse_factorial(n) for n in range(15)])
     powers = np.array([2.0**-i for i in range(-_EXP_MIN_K + 1)])
-    index = body.op("Cast", body.op("Neg", k), to=_INT64)
+    index = body.op("Cast", body.op("Neg", k), to=_INT32)
     return body.op("Mul", p, body.op("Gather", body.const(powers, np.float64), index))
 
 
@@ -446,14 +452,13 @@ def _top_p_keep(
 
 
 def _sample_rows(
-    body: _Body, x: str, temperature: str, top_k: str, top_p: str, u: str
+    body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
 ) -> tuple[str, str]:
-    """RowSampler::sample on checked rows. x: float32 [N, V], finite or -inf, a finite value in
-    every row; temperature, top_k, top_p: checked scalars; u: float64 [N, 1].
+    """RowSampler::sample. x: float32 [N, V]; x_max: its checked row maxima [N, 1]
+    (`_checked_max`); temperature, top_k, top_p: checked scalars; u: float64 [N, 1].
     -> (tokens int64 [N, 1], logprob float32 [N, 1])."""
     axis1 = body.const([1], np.int64)
     vocab = body.op("Slice", body.op("Shape", x), axis1, body.const([2], np.int64))  # [1]
-    x_max = body.op("ReduceMax", x, axis1)  # [N, 1]
     x64, x_max64 = body.op("Cast", x, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE)
     keep = body.op("Greater", x, body.const(-np.inf, np.float32))
 
@@ -534,25 +539,29 @@ def _checked_sampling(
     return temperature, top_k, top_p
 
 
-def _checked_rows(body: _Body, where: str, x: str) -> str:
-    """Rows of logits float32 [N, V], checked: finite or -inf, a finite value in every row."""
+def _checked_max(body: _Body, where: str, x: str, read: str | None = None) -> str:
+    """The row maxima float32 [N, 1] of logits x [N, V], once the rows are checked: finite or
+    -inf, a finite value in every row. read: bool [N, 1], the rows to check (default all).
+
+    The checks guard the maxima, not x: every weight is computed from x - max, so nothing that
+    could fail on a bad value runs before them, and no pass over all logits is spent on them.
+    Rows not read may hold anything: their differences are NaN or inf, which the weights'
+    underflow test turns into weight 0, and their results are ignored."""
     bad = body.op("Or", body.op("IsNaN", x), body.op("IsInf", x, detect_negative=0))
-    n_bad = body.op("ReduceSum", body.op("Cast", bad, to=_FLOAT), keepdims=0)
-    x = body.check(
-        body.op("Equal", n_bad, body.const(0.0, np.float32)),
+    if read is not None:
+        bad = body.op("And", bad, read)
+    x_max = body.check(
+        _all(body, body.op("Not", bad)),
         f"{where}: logits must be finite or -inf",
-        x,
-    )
-    dead = body.op(
-        "Equal",
         body.op("ReduceMax", x, body.const([1], np.int64)),
-        body.const(-np.inf, np.float32),
     )
-    n_dead = body.op("ReduceSum", body.op("Cast", dead, to=_FLOAT), keepdims=0)
+    dead = body.op("Equal", x_max, body.const(-np.inf, np.float32))
+    if read is not None:
+        dead = body.op("And", dead, read)
     return body.check(
-        body.op("Equal", n_dead, body.const(0.0, np.float32)),
+        _all(body, body.op("Not", dead)),
         f"{where}: logits must have a finite value in every row",
-        x,
+        x_max,
     )
 
 
@@ -574,16 +583,18 @@ def _sample_tokens() -> onnx.FunctionProto:
     rows_shape = body.op("Slice", shape, body.const([0], np.int64), body.const([-1], np.int64))
     vocab = body.op("Slice", shape, body.const([-1], np.int64), body.const([2**62], np.int64))
     n_rows = body.op("ReduceProd", rows_shape)  # [1]; 1 for logits of rank 1
-    x = body.op("Reshape", logits, body.op("Concat", n_rows, vocab, axis=0))
     non_empty = body.op(
         "Or",
         body.op("Greater", vocab, body.const(0, np.int64)),
         body.op("Equal", n_rows, body.const(0, np.int64)),
     )
-    x = body.check(
-        body.op("Squeeze", non_empty), f"{where}: logits must have a non-empty last axis", x
+    x_shape = body.check(
+        body.op("Squeeze", non_empty),
+        f"{where}: logits must have a non-empty last axis",
+        body.op("Concat", n_rows, vocab, axis=0),
     )
-    x = _checked_rows(body, where, x)
+    x = body.op("Reshape", logits, x_shape)
+    x_max = _checked_max(body, where, x)
 
     row_index = body.op(
         "Range", body.const(0, np.int64), body.op("Squeeze", n_rows), body.const(1, np.int64)
@@ -597,7 +608,7 @@ def _sample_tokens() -> onnx.FunctionProto:
         body.op("Reshape", offset, reshape1),
     )
     u = _slice(body, _uniforms(body, even, odd), 0, 1, axis=1)  # [N, 1]: (w0, w1)'s uniform
-    tokens, logprob = _sample_rows(body, x, temperature, top_k, top_p, u)
+    tokens, logprob = _sample_rows(body, x, x_max, temperature, top_k, top_p, u)
     body.op("Reshape", tokens, rows_shape, output="tokens")
     body.op("Reshape", logprob, rows_shape, output="logprob")
     return _function(ops.SAMPLE_TOKENS, body)
@@ -796,11 +807,10 @@ def _mask_git_step() -> onnx.FunctionProto:
         streams,
     )
 
-    # Rows b T P + p of the logits; rows not masked are never read (set to 0 before the checks).
-    rows_shape = body.op("Concat", n_rows, vocab, axis=0)
-    x = body.op("Reshape", logits, rows_shape)
+    # Rows b T P + p of the logits; rows not masked are neither checked nor used.
+    x = body.op("Reshape", logits, body.op("Concat", n_rows, vocab, axis=0))
     read = body.op("Reshape", flat_mask, body.op("Concat", n_rows, axis1, axis=0))  # [N, 1]
-    x = _checked_rows(body, where, body.op("Where", read, x, body.const(0.0, np.float32)))
+    x_max = _checked_max(body, where, x, read)
 
     # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b].
     grid = body.op("Concat", batch, positions, axis=0)
@@ -814,16 +824,26 @@ def _mask_git_step() -> onnx.FunctionProto:
     to_column = body.const([-1, 1], np.int64)
     flat = body.const([-1], np.int64)
     row_streams = body.op("Expand", body.op("Reshape", streams, to_column), grid)
-    row_seeds = body.op("Expand", body.op("Reshape", seeds, to_column), grid)
+    row_items = body.op(
+        "Expand",
+        body.op(
+            "Reshape",
+            body.op(
+                "Range", body.const(0, np.int64), body.op("Squeeze", batch), body.const(1, np.int64)
+            ),
+            to_column,
+        ),
+        grid,
+    )
     row_bits = _pair_bits(
         body, body.op("Reshape", position, flat), body.op("Reshape", row_streams, flat)
     )
     even, odd = _random_blocks(
-        body, body.op("Reshape", row_seeds, flat), row_bits, body.op("Reshape", step, axis1)
+        body, seeds, row_bits, body.op("Reshape", step, axis1), body.op("Reshape", row_items, flat)
     )
     uniforms = _uniforms(body, even, odd)  # [N, 2]
     tokens, logprob = _sample_rows(
-        body, x, temperature, top_k, top_p, _slice(body, uniforms, 0, 1, axis=1)
+        body, x, x_max, temperature, top_k, top_p, _slice(body, uniforms, 0, 1, axis=1)
     )
     u2 = body.op("Max", _slice(body, uniforms, 1, 2, axis=1), body.const(1e-20, np.float64))
     noise = body.op("Cast", body.op("Neg", _log(body, body.op("Neg", _log(body, u2)))), to=_FLOAT)

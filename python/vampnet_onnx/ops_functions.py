@@ -807,41 +807,26 @@ def _mask_git_step() -> onnx.FunctionProto:
         streams,
     )
 
-    # Rows b T P + p of the logits; rows not masked are neither checked nor used.
-    x = body.op("Reshape", logits, body.op("Concat", n_rows, vocab, axis=0))
-    read = body.op("Reshape", flat_mask, body.op("Concat", n_rows, axis1, axis=0))  # [N, 1]
-    x_max = _checked_max(body, where, x, read)
-
-    # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b].
-    grid = body.op("Concat", batch, positions, axis=0)
-    position = body.op(
-        "Expand",
-        body.op(
-            "Range", body.const(0, np.int64), body.op("Squeeze", positions), body.const(1, np.int64)
-        ),
-        grid,
-    )
-    to_column = body.const([-1, 1], np.int64)
+    # Only the masked positions are sampled (and their logits checked): the M rows
+    # rows[j] = b T P + p of the logits [B T P, V] where the flat mask is true.
     flat = body.const([-1], np.int64)
-    row_streams = body.op("Expand", body.op("Reshape", streams, to_column), grid)
-    row_items = body.op(
-        "Expand",
-        body.op(
-            "Reshape",
-            body.op(
-                "Range", body.const(0, np.int64), body.op("Squeeze", batch), body.const(1, np.int64)
-            ),
-            to_column,
-        ),
-        grid,
-    )
-    row_bits = _pair_bits(
-        body, body.op("Reshape", position, flat), body.op("Reshape", row_streams, flat)
-    )
-    even, odd = _random_blocks(
-        body, seeds, row_bits, body.op("Reshape", step, axis1), body.op("Reshape", row_items, flat)
-    )
-    uniforms = _uniforms(body, even, odd)  # [N, 2]
+    rows = body.op("Reshape", body.op("NonZero", body.op("Reshape", flat_mask, n_rows)), flat)
+    x = body.op(
+        "Gather",
+        body.op("Reshape", logits, body.op("Concat", n_rows, vocab, axis=0)),
+        rows,
+        axis=0,
+    )  # [M, V]
+    x_max = _checked_max(body, where, x)
+
+    # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b]. T P = 0
+    # leaves no rows, but onnxruntime refuses an integer division by 0 even then.
+    divisor = body.op("Max", positions, body.const([1], np.int64))
+    item = body.op("Div", rows, divisor)
+    position = body.op("Mod", rows, divisor)
+    row_bits = _pair_bits(body, position, body.op("Gather", streams, item, axis=0))
+    even, odd = _random_blocks(body, seeds, row_bits, body.op("Reshape", step, axis1), item)
+    uniforms = _uniforms(body, even, odd)  # [M, 2]
     tokens, logprob = _sample_rows(
         body, x, x_max, temperature, top_k, top_p, _slice(body, uniforms, 0, 1, axis=1)
     )
@@ -849,12 +834,20 @@ def _mask_git_step() -> onnx.FunctionProto:
     noise = body.op("Cast", body.op("Neg", _log(body, body.op("Neg", _log(body, u2)))), to=_FLOAT)
 
     k, scale = _mask_git_schedule(body, step, n_steps, n0, n_masked, mask_temperature)
-    confidence = body.op("Add", logprob, body.op("Mul", scale, noise))  # [N, 1]
+    confidence = body.op("Add", logprob, body.op("Mul", scale, noise))  # [M, 1]
+
+    def scattered(values: str, fill: str) -> str:
+        """[M, 1] values of the masked rows -> [B, T P], `fill` (a scalar) elsewhere."""
+        background = body.op("Expand", fill, n_rows)
+        indices = body.op("Unsqueeze", rows, flat)
+        full = body.op("ScatterND", background, indices, body.op("Reshape", values, flat))
+        return body.op("Reshape", full, items_shape)
+
     # Masked again: confidence strictly below the k-th smallest (0-based) over the item's
     # positions, unmasked ones counting as +inf; one +inf column more makes index k valid
     # for every k <= T P (and T = 0).
     inf = body.const(np.inf, np.float32)
-    confidence = body.op("Where", flat_mask, body.op("Reshape", confidence, items_shape), inf)
+    confidence = scattered(confidence, inf)
     padded = body.op(
         "Concat",
         confidence,
@@ -864,7 +857,7 @@ def _mask_git_step() -> onnx.FunctionProto:
     ascending = body.op(
         "TopK", padded, body.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
     )[0]
-    index = body.op("Reshape", body.op("Min", k, positions), to_column)
+    index = body.op("Reshape", body.op("Min", k, positions), body.const([-1, 1], np.int64))
     cut = body.op("GatherElements", ascending, index, axis=1)  # [B, 1]
     mask_again = body.op("And", flat_mask, body.op("Less", confidence, cut))
 
@@ -877,7 +870,7 @@ def _mask_git_step() -> onnx.FunctionProto:
     sampled = body.op(
         "Where",
         mask_predicted,
-        to_codebooks(body.op("Reshape", tokens, items_shape)),
+        to_codebooks(scattered(tokens, body.const(0, np.int64))),
         codes_predicted,
     )
     codes_out = body.op(

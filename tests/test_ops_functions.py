@@ -5,6 +5,9 @@ numpy twin where it is the simpler reference, are the reference values."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -709,10 +712,21 @@ def test_generation_graphs_run_without_the_library_and_give_the_librarys_codes(
 def test_vamp_graph_runs_without_the_library_and_gives_the_librarys_audio(tiny_models_dir):
     body, kernel, model, attached = attached_sessions(tiny_models_dir / contracts.VAMP_FILE)
     assert {f.name for f in attached.functions} == {"CheckRange", "MaskGitStep", "SampleTokens"}
-    # Measured: about 216 KiB on a 15.7 MiB graph (docs/ops.md).
+    # Measured: 217 KiB on a 15.7 MiB graph (docs/ops.md).
     assert len(attached.SerializeToString()) - len(model.SerializeToString()) < 256 * 1024
     noise = np.random.default_rng(3).standard_normal(3 * 44100).astype(np.float32) * 0.1
     x, _ = audio.preprocess(noise, 44100)
     settings = contracts.VAMP_DEFAULTS | dict(n_steps=3, seed=2**62 + 5, temperature=0.8)
     feed = {"audio": x, **contracts.VAMP.feed(**settings)}
     assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
+def test_bodies_are_built_without_torch_or_onnxscript():
+    code = (
+        "import sys\n"
+        "from vampnet_onnx import ops_functions\n"
+        "for name in ('SampleTokens', 'MaskGitStep', 'CheckRange', 'Snake'):\n"
+        "    ops_functions.function(name)\n"
+        "assert not {'torch', 'onnxscript', 'onnx_ir'} & set(sys.modules), sys.modules.keys()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -27,12 +27,11 @@ from . import ops
 #: need 18, the lowest opset the exporter writes (export.common.MIN_OPSET).
 FUNCTION_OPSET = 18
 
-_INT32, _INT64, _FLOAT, _DOUBLE, _BOOL = (
+_INT32, _INT64, _FLOAT, _DOUBLE = (
     TensorProto.INT32,
     TensorProto.INT64,
     TensorProto.FLOAT,
     TensorProto.DOUBLE,
-    TensorProto.BOOL,
 )
 
 
@@ -99,12 +98,17 @@ class _Body:
         return self.op("Reshape", ok, target, name=message)
 
     def check(self, ok: str, message: str, value: str, scalar: bool = False) -> str:
-        """`value` (not bool), read through a Where on `passed(ok, message)`: the check runs
-        before anything that reads the result. scalar: `value` has rank 0 (kept so; else the
-        result has at least rank 1)."""
+        """`value` (not bool: see `check_flags`), read through a Where on `passed(ok,
+        message)`: the check runs before anything that reads the result. scalar: `value` has
+        rank 0 (kept so; else the result has at least rank 1)."""
         zero = self.op("CastLike", self.const(0, np.int32), value)
         checked = self.op("Where", self.passed(ok, message), value, zero)
         return self.op("Reshape", checked, self.const(np.zeros(0), np.int64)) if scalar else checked
+
+    def check_flags(self, ok: str, message: str, flags: str) -> str:
+        """`check` for bool flags (onnxruntime's Where takes no bool values); the result has
+        at least rank 1."""
+        return self.op("And", flags, self.passed(ok, message))
 
 
 _ATTRIBUTE_KINDS = {
@@ -655,8 +659,8 @@ def _all(body: _Body, flags: str) -> str:
     return body.op("Equal", n_false, body.const(0, np.int64))
 
 
-def _item_values(body: _Body, value: str, batch: str, where: str, argument: str) -> str:
-    """A key input of MaskGitStep (one element, or [B]) as int64 [B] and a flag [1]: true
+def _item_values(body: _Body, value: str, batch: str, where: str, argument: str) -> tuple[str, str]:
+    """A key input of MaskGitStep (one element, or [B]) as int64 [B], and a bool scalar: true
     when it had one element."""
     flat = body.op("Reshape", value, body.const([-1], np.int64))
     expanded = body.op(
@@ -742,12 +746,11 @@ def _mask_git_step() -> onnx.FunctionProto:
     # The cells: the mask must be false in the conditioning codebooks, codes in [0, V) where
     # the mask is false.
     mask_conditioning = body.op("Slice", "mask", zero1, conditioning, axis1)
-    mask = body.check(
+    mask = body.check_flags(
         _all(body, body.op("Not", mask_conditioning)),
         f"{where}: mask must be false in the conditioning codebooks",
-        body.op("Cast", "mask", to=_INT32),
+        "mask",
     )
-    mask = body.op("Cast", mask, to=_BOOL)
     code_out_of_range = body.op(
         "Or",
         body.op("Less", "codes", body.const(0, np.int64)),
@@ -896,8 +899,8 @@ def _check_range() -> onnx.FunctionProto:
     low = body.op("Cast", body.attribute("min", "float"), to=_DOUBLE)
     high = body.op("Cast", body.attribute("max", "float"), to=_DOUBLE)
     ok = body.op("And", body.op("LessOrEqual", low, x), body.op("LessOrEqual", x, high))
-    passed = body.passed(ok, "CheckRange: x must be in [min, max]")
-    body.op("Reshape", body.op("And", passed, ok), body.const(np.zeros(0), np.int64), output="ok")
+    checked = body.check_flags(ok, "CheckRange: x must be in [min, max]", ok)  # [1]
+    body.op("Reshape", checked, body.const(np.zeros(0), np.int64), output="ok")
     return _function(ops.CHECK_RANGE, body)
 
 

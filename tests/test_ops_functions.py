@@ -5,6 +5,7 @@ numpy twin where it is the simpler reference, are the reference values."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from onnx import TensorProto, helper
 import vampnet_onnx
 from conftest import ONNX_IR_VERSION, ONNX_OPSET
 from test_rng import PHILOX_KAT
-from vampnet_onnx import audio, configs, contracts, ops, ops_functions, reference
+from vampnet_onnx import _kernels, audio, configs, contracts, ops, ops_functions, reference
 
 SCALAR: list = []
 
@@ -115,6 +116,20 @@ def test_body_philox_matches_the_numpy_twin_on_100000_draws(philox):
     )
     want = reference.philox4x32_10(counter, (seed_words & low, seed_words >> high))
     np.testing.assert_array_equal(words, want.astype(np.int64))
+
+
+def test_body_philox_matches_the_kernel_on_edge_keys_and_streams(philox):
+    seeds = [0, -1, -(2**63), 2**63 - 1, -7, 12345]
+    rows = [0, 2**32, 2**32 - 1, 2**63 - 1, -(2**32), 1]
+    offsets = [0, 1, 2**32, -1, 35, 2**40]
+    cases = [(s, r, o) for s in seeds for r in rows for o in offsets]
+    seed, row, offset = (np.array(column, np.int64) for column in zip(*cases, strict=True))
+    [words] = philox.run(None, {"seed": seed, "row": row, "offset": offset})
+    mask = 2**32 - 1
+    for (s, r, o), got in zip(cases, words.tolist(), strict=True):
+        counter = [r & mask, (r % 2**64) >> 32, o & mask, (o % 2**64) >> 32]
+        key = [s & mask, (s % 2**64) >> 32]
+        assert got == list(_kernels.philox4x32_10(counter, key))
 
 
 # --- SampleTokens -------------------------------------------------------------------------------
@@ -289,7 +304,7 @@ def test_body_sample_tokens_fails_on_bad_settings_in_a_node_named_for_the_check(
 ):
     body, _ = sampling_sessions
     feed = sampling_feed(np.zeros((2, 3), np.float32), **settings)
-    with pytest.raises(Exception, match=re_escape(message)):
+    with pytest.raises(Exception, match=re.escape(message)):
         body.run(None, feed)
 
 
@@ -305,14 +320,8 @@ def test_body_sample_tokens_fails_on_bad_logits(sampling_sessions, bad, message)
     logits = np.zeros((3, 4), np.float32)
     logits[1] = bad
     body, _ = sampling_sessions
-    with pytest.raises(Exception, match=re_escape(message)):
+    with pytest.raises(Exception, match=re.escape(message)):
         body.run(None, sampling_feed(logits))
-
-
-def re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 # --- CheckRange ---------------------------------------------------------------------------------
@@ -334,7 +343,7 @@ def test_body_check_range_passes_values_in_range(check_range_sessions, value):
 @pytest.mark.parametrize("value", [-1.0, 1_000_001.0, float("nan"), float("inf"), -float("inf")])
 def test_body_check_range_fails_values_out_of_range(check_range_sessions, value):
     body, kernel = check_range_sessions
-    with pytest.raises(Exception, match=re_escape("CheckRange: x must be in [min, max]")):
+    with pytest.raises(Exception, match=re.escape("CheckRange: x must be in [min, max]")):
         body.run(None, {"x": np.array(value)})
     with pytest.raises(Exception, match="Vamp: dropout must be in"):
         kernel.run(None, {"x": np.array(value)})
@@ -502,7 +511,7 @@ def test_body_mask_git_step_fails_on_bad_settings_in_a_node_named_for_the_check(
     step_sessions, changes, message
 ):
     body, _ = step_sessions
-    with pytest.raises(Exception, match=re_escape(message)):
+    with pytest.raises(Exception, match=re.escape(message)):
         body.run(None, bad_step_feed(**changes))
 
 
@@ -518,7 +527,7 @@ def test_body_mask_git_step_fails_on_bad_cells(step_sessions, change, message):
     feed = bad_step_feed(mask_temperature=1.0)
     feed["mask"][0, 2, 3] = False  # so that the code written there is read
     body, _ = step_sessions
-    with pytest.raises(Exception, match=re_escape(message)):
+    with pytest.raises(Exception, match=re.escape(message)):
         body.run(None, change(feed))
 
 
@@ -527,14 +536,14 @@ def test_body_mask_git_step_fails_on_nan_logits_at_a_masked_position(step_sessio
     b, c, t = np.argwhere(feed["mask"])[0]
     feed["logits"][b, t, c - 1, 5] = np.nan
     body, _ = step_sessions
-    with pytest.raises(Exception, match=re_escape("MaskGitStep: logits must be finite or -inf")):
+    with pytest.raises(Exception, match=re.escape("MaskGitStep: logits must be finite or -inf")):
         body.run(None, feed)
 
 
 def test_kernel_session_runs_the_mask_git_step_kernel_not_the_body(step_sessions):
     _, kernel = step_sessions
     with pytest.raises(
-        Exception, match=re_escape("MaskGitStep: step must be in [0, n_steps = 4), got 4")
+        Exception, match=re.escape("MaskGitStep: step must be in [0, n_steps = 4), got 4")
     ):
         kernel.run(None, bad_step_feed(step=4))
 

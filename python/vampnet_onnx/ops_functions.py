@@ -36,15 +36,17 @@ _INT32, _INT64, _FLOAT, _DOUBLE = (
 
 
 class _Body:
-    """Collects a function body's nodes; every value gets a fresh name."""
+    """Collects a function body's nodes; every value gets a fresh name. prefix: starts every
+    name, so that a subgraph's names cannot clash with its outer graph's."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
+        self._prefix = prefix
 
     def _name(self, hint: str) -> str:
         self._count += 1
-        return f"{hint}_{self._count}"
+        return f"{self._prefix}{hint}_{self._count}"
 
     def op(
         self,
@@ -119,52 +121,48 @@ _ATTRIBUTE_KINDS = {
 
 # --- Philox4x32-10 from exact int32 arithmetic -------------------------------------------------
 #
-# A 32-bit word is carried as its 32 bits (int32 0/1, least significant first, on the last
-# axis): xor of three words is then (a + b + c) mod 2, with no BitwiseXor and no uint32. The
-# 32 x 32 -> 64-bit multiply runs on 11-bit limbs (11 + 11 + 10 bits): a limb product is below
-# 2^22 and a column of the product holds at most three of them, below 2^24, so every sum is
-# exact in int32 and even in a runtime that computes an integer MatMul in float32 (16-bit limbs
-# would reach 2^32 and overflow int32). Carries are then propagated limb by limb.
+# A 32-bit word is carried as its eight 4-bit limbs (int32 in [0, 16), least significant first,
+# on the last axis). Xor needs no BitwiseXor: a limb's xor is a lookup in the 16 x 16 table,
+# Gather(table, 16 a + b). The 32 x 32 -> 64-bit multiply is a MatMul of the limbs by the
+# multiplier's Toeplitz matrix: a limb product is at most 15^2 = 225 and a column of the product
+# sums at most 8 of them, 1800 < 2^11, so every sum is exact in int32, and even where a runtime
+# computes an integer MatMul in float32 or float16 (16-bit limbs would reach 2^34 and overflow
+# int32). Carries are then propagated limb by limb. No int64, uint32 or BitShift either.
 
-_LIMB_BITS = 11
+_LIMB_BITS = 4
 _LIMB = 1 << _LIMB_BITS
+_WORD_LIMBS = 32 // _LIMB_BITS
 _MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
 _WEYL = (0x9E3779B9, 0xBB67AE85)
 _ROUNDS = 10
+_XOR_TABLE = np.array([a ^ b for a in range(_LIMB) for b in range(_LIMB)], np.int32)
 
 
-def _limbs(value: int, count: int) -> list[int]:
+def _limbs(value: int, count: int = _WORD_LIMBS) -> list[int]:
     return [(value >> (_LIMB_BITS * i)) & (_LIMB - 1) for i in range(count)]
 
 
-def _bits_to_limbs(body: _Body, bits: str) -> str:
-    """int32 bits [..., 32] -> int32 limbs [..., 3] (a MatMul by the bits' place values)."""
-    place = np.zeros((32, 3), np.int32)
-    for j in range(32):
-        place[j, j // _LIMB_BITS] = 1 << (j % _LIMB_BITS)
-    return body.op("MatMul", bits, body.const(place, np.int32))
-
-
-def _columns_to_bits(body: _Body, columns: str, n_columns: int, n_bits: int, rank: int) -> str:
-    """int32 [..., n_columns], column i worth 2^(11 i), each below 2^24 -> the first n_bits bits
-    of their sum, int32 [..., n_bits] (bits above n_bits are dropped: arithmetic mod 2^n_bits).
-    rank: the rank of `columns`."""
+def _carry(body: _Body, columns: str, n_columns: int, n_limbs: int) -> str:
+    """int32 [..., n_columns], column i worth 16^i (each at most 1800 here, so every sum with
+    a carry stays far below 2^31) -> the first n_limbs limbs of their sum, int32
+    [..., n_limbs] (limbs above are dropped: arithmetic mod 16^n_limbs)."""
     limb = body.const(_LIMB, np.int32)
     carry, limbs = None, []
     for column in body.op("Split", columns, axis=-1, num_outputs=n_columns, n_outputs=n_columns):
         total = column if carry is None else body.op("Add", column, carry)
         limbs.append(body.op("Mod", total, limb))
         carry = body.op("Div", total, limb)
-    limbs.append(carry)
-    limbs = body.op("Concat", *limbs, axis=-1)
-    stacked = body.op("Unsqueeze", limbs, body.const([-1], np.int64))
-    place = body.const([1 << j for j in range(_LIMB_BITS)], np.int32)
-    bits = body.op("Mod", body.op("Div", stacked, place), body.const(2, np.int32))
-    # The shape spelled out: a -1 cannot be resolved when a dimension is 0 (no rows).
-    leading = _slice(body, body.op("Shape", limbs), 0, rank - 1, axis=0)
-    width = body.const([(n_columns + 1) * _LIMB_BITS], np.int64)
-    flat = body.op("Reshape", bits, body.op("Concat", leading, width, axis=0))
-    return _slice(body, flat, 0, n_bits, axis=-1)
+        if len(limbs) == n_limbs:
+            break
+    else:
+        limbs.append(carry)
+    return body.op("Concat", *limbs[:n_limbs], axis=-1)
+
+
+def _xor(body: _Body, a: str, b: str) -> str:
+    """Limbs of a ^ b, for limbs a and b of the same or broadcasting shapes."""
+    index = body.op("Add", body.op("Mul", a, body.const(_LIMB, np.int32)), b)
+    return body.op("Gather", body.const(_XOR_TABLE, np.int32), index)
 
 
 def _slice(body: _Body, value: str, start: int, end: int, axis: int) -> str:
@@ -178,97 +176,125 @@ def _slice(body: _Body, value: str, start: int, end: int, axis: int) -> str:
 
 
 def _round_keys(body: _Body, key: str) -> str:
-    """The ten round keys, int32 bits [K, 10, 2, 32], from the key's bits [K, 2, 32]: round r
+    """The ten round keys, int32 limbs [K, 10, 2, 8], from the key's limbs [K, 2, 8]: round r
     uses key + r * (Weyl constants) mod 2^32, added limb by limb."""
     offsets = np.array(
-        [[_limbs((r * weyl) % 2**32, 3) for weyl in _WEYL] for r in range(_ROUNDS)], np.int32
+        [[_limbs((r * weyl) % 2**32) for weyl in _WEYL] for r in range(_ROUNDS)], np.int32
     )
-    key_limbs = body.op("Unsqueeze", _bits_to_limbs(body, key), body.const([1], np.int64))
-    columns = body.op("Add", key_limbs, body.const(offsets, np.int32))  # [K, 10, 2, 3]
-    return _columns_to_bits(body, columns, 3, 32, rank=4)
+    columns = body.op(
+        "Add", body.op("Unsqueeze", key, body.const([1], np.int64)), body.const(offsets, np.int32)
+    )  # [K, 10, 2, 8]
+    return _carry(body, columns, _WORD_LIMBS, _WORD_LIMBS)
 
 
 def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
-    """Philox4x32-10 (docs/ops.md). counter: int32 bits [N, 4, 32] of the words c0..c3; key:
-    int32 bits [K, 2, 32]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
-    The round keys are computed once per key, not per row. Returns the block's words as bit
-    pairs (w0, w2) and (w1, w3), each int32 [N, 2, 32]."""
+    """Philox4x32-10 (docs/ops.md). counter: int32 limbs [N, 4, 8] of the words c0..c3; key:
+    int32 limbs [K, 2, 8]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
+    The round keys are computed once per key, not per row; the ten rounds are a Loop over one
+    round's nodes. Returns the block's words as limb pairs (w0, w2) and (w1, w3), each int32
+    [N, 2, 8]."""
     round_keys = _round_keys(body, key)
     # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
     multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
     xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
+
+    one_round = _Body(prefix="round_")
     # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz matrix.
-    toeplitz = np.zeros((2, 3, 5), np.int32)
+    n_columns = 2 * _WORD_LIMBS - 1
+    toeplitz = np.zeros((2, _WORD_LIMBS, n_columns), np.int32)
     for w, multiplier in enumerate(_MULTIPLIERS):
-        for i in range(3):
-            toeplitz[w, i, i : i + 3] = _limbs(multiplier, 3)
-    toeplitz_const = body.const(toeplitz, np.int32)
-    axis2 = body.const([2], np.int64)
-    swap = body.const([1, 0], np.int64)
-    two = body.const(2, np.int32)
-    for r in range(_ROUNDS):
-        limbs = body.op("Unsqueeze", _bits_to_limbs(body, multiplied), axis2)  # [N, 2, 1, 3]
-        columns = body.op("Squeeze", body.op("MatMul", limbs, toeplitz_const), axis2)
-        product = _columns_to_bits(body, columns, 5, 64, rank=3)  # [N, 2, 64]: M0 c0, M1 c2
-        # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
-        product = body.op("Gather", product, swap, axis=1)
-        key_r = body.op("Gather", round_keys, body.const(r, np.int64), axis=1)
-        if key_rows is not None:
-            key_r = body.op("Gather", key_r, key_rows, axis=0)
-        high = _slice(body, product, 32, 64, axis=-1)
-        xor_sum = body.op("Add", body.op("Add", high, xored), key_r)
-        multiplied, xored = body.op("Mod", xor_sum, two), _slice(body, product, 0, 32, axis=-1)
-    return multiplied, xored
+        for i in range(_WORD_LIMBS):
+            toeplitz[w, i, i : i + _WORD_LIMBS] = _limbs(multiplier)
+    axis2 = one_round.const([2], np.int64)
+    limbs = one_round.op("Unsqueeze", "round_multiplied", axis2)  # [N, 2, 1, 8]
+    columns = one_round.op(
+        "Squeeze", one_round.op("MatMul", limbs, one_round.const(toeplitz, np.int32)), axis2
+    )
+    product = _carry(one_round, columns, n_columns, 2 * _WORD_LIMBS)  # M0 c0, M1 c2
+    # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
+    product = one_round.op("Gather", product, one_round.const([1, 0], np.int64), axis=1)
+    key_r = one_round.op("Gather", round_keys, "round_index", axis=1)
+    if key_rows is not None:
+        key_r = one_round.op("Gather", key_r, key_rows, axis=0)
+    high = _slice(one_round, product, _WORD_LIMBS, 2 * _WORD_LIMBS, axis=-1)
+    xor = _xor(one_round, _xor(one_round, high, "round_xored"), key_r)
+    one_round.op("Identity", xor, output="round_multiplied_out")
+    low = _slice(one_round, product, 0, _WORD_LIMBS, axis=-1)
+    one_round.op("Identity", low, output="round_xored_out")
+    one_round.op("Identity", "round_condition", output="round_condition_out")
+
+    def limbs_info(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, _INT32, ["N", 2, _WORD_LIMBS])
+
+    graph = helper.make_graph(
+        one_round.nodes,
+        "philox_round",
+        [
+            helper.make_tensor_value_info("round_index", _INT64, []),
+            helper.make_tensor_value_info("round_condition", TensorProto.BOOL, []),
+            limbs_info("round_multiplied"),
+            limbs_info("round_xored"),
+        ],
+        [
+            helper.make_tensor_value_info("round_condition_out", TensorProto.BOOL, []),
+            limbs_info("round_multiplied_out"),
+            limbs_info("round_xored_out"),
+        ],
+    )
+    rounds = body.const(_ROUNDS, np.int64)
+    return body.op("Loop", rounds, "", multiplied, xored, n_outputs=2, body=graph)
 
 
-def _word_bits(body: _Body, value: str) -> str:
-    """int64 [...] -> int32 bits [..., 2, 32] of its 64-bit two's complement, (low word, high
+def _word_limbs(body: _Body, value: str) -> str:
+    """int64 [...] -> int32 limbs [..., 2, 8] of its 64-bit two's complement, (low word, high
     word). The one place int64 arithmetic is used: splitting the int64 inputs into words."""
     word = body.const(2**32, np.int64)
     low = body.op("Mod", value, word)  # Mod with fmod = 0 takes the divisor's sign: in [0, 2^32)
     high = body.op("Mod", body.op("Div", body.op("Sub", value, low), word), word)  # exact Div
-    return _pair_bits(body, low, high)
+    return _pair_limbs(body, low, high)
 
 
-def _pair_bits(body: _Body, low: str, high: str) -> str:
-    """Two int64 [...] words, each in [0, 2^32) -> int32 bits [..., 2, 32]."""
+def _pair_limbs(body: _Body, low: str, high: str) -> str:
+    """Two int64 [...] words, each in [0, 2^32) -> int32 limbs [..., 2, 8]."""
     last = body.const([-1], np.int64)
     words = body.op(
         "Concat", body.op("Unsqueeze", low, last), body.op("Unsqueeze", high, last), axis=-1
     )
-    place = body.const([1 << j for j in range(32)], np.int64)
-    bits = body.op("Div", body.op("Unsqueeze", words, last), place)
-    return body.op("Cast", body.op("Mod", bits, body.const(2, np.int64)), to=_INT32)
+    place = body.const([_LIMB**i for i in range(_WORD_LIMBS)], np.int64)
+    limbs = body.op("Div", body.op("Unsqueeze", words, last), place)
+    return body.op("Cast", body.op("Mod", limbs, body.const(_LIMB, np.int64)), to=_INT32)
 
 
 def _random_blocks(
-    body: _Body, seed: str, row_bits: str, offset: str, key_rows: str | None = None
+    body: _Body, seed: str, row_limbs: str, offset: str, key_rows: str | None = None
 ) -> tuple[str, str]:
     """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
-    seed: int64 [K]; row_bits: int32 [N, 2, 32], the rows' words (`_word_bits`); offset:
+    seed: int64 [K]; row_limbs: int32 [N, 2, 8], the rows' words (`_word_limbs`); offset:
     int64 [1]; key_rows: int64 [N], the key of each row (absent: K = N or 1, broadcast).
-    -> bit pairs (w0, w2) and (w1, w3), int32 [N, 2, 32]."""
-    offset_bits = body.op("Expand", _word_bits(body, offset), body.op("Shape", row_bits))
-    counter = body.op("Concat", row_bits, offset_bits, axis=1)  # [N, 4, 32]
-    return _philox(body, counter, _word_bits(body, seed), key_rows)
+    -> limb pairs (w0, w2) and (w1, w3), int32 [N, 2, 8]."""
+    offset_limbs = body.op("Expand", _word_limbs(body, offset), body.op("Shape", row_limbs))
+    counter = body.op("Concat", row_limbs, offset_limbs, axis=1)  # [N, 4, 8]
+    return _philox(body, counter, _word_limbs(body, seed), key_rows)
+
+
+def _words(body: _Body, limbs: str) -> str:
+    """int32 limbs [..., 8] -> the words' values, float64 [...] (exact: below 2^32)."""
+    place = body.const([float(_LIMB**i) for i in range(_WORD_LIMBS)], np.float64)
+    return body.op("MatMul", body.op("Cast", limbs, to=_DOUBLE), place)
 
 
 def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
     """The 53-bit uniforms of the blocks: (w0, w1) -> u1, (w2, w3) -> u2, float64 [N, 2].
 
-    u = ((w0 >> 5) 2^26 + (w1 >> 6)) 2^-53 is a sum of distinct powers of two between 2^-53
-    and 2^-1, so a MatMul of the bits by their place values is exact in any summation order."""
-    bits = body.op("Cast", body.op("Concat", even_words, odd_words, axis=-1), to=_DOUBLE)
-    place = np.zeros(64)
-    place[5:32] = [2.0 ** (j - 32) for j in range(5, 32)]
-    place[32 + 6 :] = [2.0 ** (j - 59) for j in range(6, 32)]
-    return body.op("MatMul", bits, body.const(place, np.float64))
-
-
-def _words(body: _Body, bits: str) -> str:
-    """int32 bits [..., 32] -> the words' values as int64 [...] (exact in float64)."""
-    place = body.const([2.0**j for j in range(32)], np.float64)
-    return body.op("Cast", body.op("MatMul", body.op("Cast", bits, to=_DOUBLE), place), to=_INT64)
+    u = ((w0 >> 5) 2^26 + (w1 >> 6)) 2^-53 in float64: the words are exact (below 2^32), a
+    shift right is Floor of a product by a power of two, and every product and sum below is an
+    integer below 2^53 scaled by a power of two: all exact."""
+    high = body.op(
+        "Floor", body.op("Mul", _words(body, even_words), body.const(2.0**-5, np.float64))
+    )
+    low = body.op("Floor", body.op("Mul", _words(body, odd_words), body.const(2.0**-6, np.float64)))
+    bits = body.op("Add", body.op("Mul", high, body.const(2.0**26, np.float64)), low)
+    return body.op("Mul", bits, body.const(2.0**-53, np.float64))
 
 
 def random_block_model() -> onnx.ModelProto:
@@ -276,9 +302,10 @@ def random_block_model() -> onnx.ModelProto:
     kernel's: inputs `seed`, `row`, `offset`, int64 [N] each (the 64-bit two's complement is
     used, as the ops do); output `words`, int64 [N, 4], the block's words w0..w3 in [0, 2^32)."""
     body = _Body()
-    even, odd = _random_blocks(body, "seed", _word_bits(body, "row"), "offset")
+    even, odd = _random_blocks(body, "seed", _word_limbs(body, "row"), "offset")
     pairs = body.op("Concat", _words(body, even), _words(body, odd), axis=-1)  # w0 w2 w1 w3
-    body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1, output="words")
+    ordered = body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
+    body.op("Cast", ordered, to=_INT64, output="words")
     inputs = [
         helper.make_tensor_value_info(name, _INT64, ["N"]) for name in ("seed", "row", "offset")
     ]
@@ -608,7 +635,7 @@ def _sample_tokens() -> onnx.FunctionProto:
     even, odd = _random_blocks(
         body,
         body.op("Reshape", seed, reshape1),
-        _word_bits(body, rows),
+        _word_limbs(body, rows),
         body.op("Reshape", offset, reshape1),
     )
     u = _slice(body, _uniforms(body, even, odd), 0, 1, axis=1)  # [N, 1]: (w0, w1)'s uniform
@@ -827,8 +854,8 @@ def _mask_git_step() -> onnx.FunctionProto:
     divisor = body.op("Max", positions, body.const([1], np.int64))
     item = body.op("Div", rows, divisor)
     position = body.op("Mod", rows, divisor)
-    row_bits = _pair_bits(body, position, body.op("Gather", streams, item, axis=0))
-    even, odd = _random_blocks(body, seeds, row_bits, body.op("Reshape", step, axis1), item)
+    row_limbs = _pair_limbs(body, position, body.op("Gather", streams, item, axis=0))
+    even, odd = _random_blocks(body, seeds, row_limbs, body.op("Reshape", step, axis1), item)
     uniforms = _uniforms(body, even, odd)  # [M, 2]
     tokens, logprob = _sample_rows(
         body, x, x_max, temperature, top_k, top_p, _slice(body, uniforms, 0, 1, axis=1)

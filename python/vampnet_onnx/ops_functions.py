@@ -126,7 +126,7 @@ _ATTRIBUTE_KINDS = {
 # Gather(table, 16 a + b). The 32 x 32 -> 64-bit multiply is a MatMul of the limbs by the
 # multiplier's Toeplitz matrix: a limb product is at most 15^2 = 225 and a column of the product
 # sums at most 8 of them, 1800 < 2^11, so every sum is exact in int32, and even where a runtime
-# computes an integer MatMul in float32 or float16 (16-bit limbs would reach 2^34 and overflow
+# computes an integer MatMul in float32 or float16 (16-bit limbs would reach 2^33 and overflow
 # int32). Carries are then propagated limb by limb. No int64, uint32 or BitShift either.
 
 _LIMB_BITS = 4

@@ -669,6 +669,13 @@ def test_attach_functions_adds_only_the_functions_of_the_ops_a_model_uses():
     assert ops_functions.attach_functions(attached).functions == attached.functions
 
 
+def test_attach_functions_leaves_its_argument_unchanged():
+    model = generation_loop_model()
+    before = model.SerializeToString()
+    ops_functions.attach_functions(model)
+    assert model.SerializeToString() == before
+
+
 def test_attach_functions_refuses_a_model_below_opset_18():
     model = generation_loop_model()
     model.opset_import[0].version = 17

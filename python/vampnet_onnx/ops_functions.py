@@ -1091,7 +1091,9 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
             f"attach_functions: model must import the standard opset >= {FUNCTION_OPSET}, "
             f"got {opset or 'none'}"
         )
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # no serialization: a model may be close to protobuf's 2 GB
+    model = copy
     schemas = {schema.name: schema for schema in ops.SCHEMAS}
     used = set()
     count = itertools.count()

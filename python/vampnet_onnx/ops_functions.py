@@ -107,6 +107,28 @@ class _Body:
         checked = self.op("Where", self.passed(ok, message), value, zero)
         return self.op("Reshape", checked, self.const(np.zeros(0), np.int64)) if scalar else checked
 
+    def branch(self, condition: str, then_branch, else_branch, outputs: list[tuple[int, int]]):
+        """An If on the bool scalar `condition`; each branch is a function of a new _Body that
+        adds the branch's nodes (reading this graph's values freely) and returns its output
+        names. outputs: (element type, rank) of each output. -> the If's output names."""
+        graphs = []
+        for label, build in (("then", then_branch), ("else", else_branch)):
+            self._count += 1
+            sub = _Body(prefix=f"{self._prefix}{label}{self._count}_")
+            names = [sub.op("Identity", name) for name in build(sub)]
+            infos = [
+                helper.make_tensor_value_info(name, element, [f"{name}_{i}" for i in range(rank)])
+                for name, (element, rank) in zip(names, outputs, strict=True)
+            ]
+            graphs.append(helper.make_graph(sub.nodes, f"{label}_branch", [], infos))
+        return self.op(
+            "If",
+            condition,
+            n_outputs=len(outputs),
+            then_branch=graphs[0],
+            else_branch=graphs[1],
+        )
+
     def check_flags(self, ok: str, message: str, flags: str) -> str:
         """`check` for bool flags (onnxruntime's Where takes no bool values); the result has
         at least rank 1."""
@@ -315,7 +337,10 @@ def random_block_model() -> onnx.ModelProto:
         inputs,
         [helper.make_tensor_value_info("words", _INT64, ["N", 4])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", FUNCTION_OPSET)])
+    # IR version 10: the newest that onnxruntime 1.21, the oldest the package allows, loads.
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", FUNCTION_OPSET)], ir_version=10
+    )
 
 
 # --- det_exp, det_log, det_cos: the kernels' IEEE double arithmetic, node by node -------------
@@ -627,19 +652,35 @@ def _sample_tokens() -> onnx.FunctionProto:
     x = body.op("Reshape", logits, x_shape)
     x_max = _checked_max(body, where, x)
 
-    row_index = body.op(
-        "Range", body.const(0, np.int64), body.op("Squeeze", n_rows), body.const(1, np.int64)
+    def sample(branch: _Body) -> list[str]:
+        row_index = branch.op(
+            "Range",
+            branch.const(0, np.int64),
+            branch.op("Squeeze", n_rows),
+            branch.const(1, np.int64),
+        )
+        rows = branch.op("Add", row_index, first_row)
+        reshape1 = branch.const([1], np.int64)
+        even, odd = _random_blocks(
+            branch,
+            branch.op("Reshape", seed, reshape1),
+            _word_limbs(branch, rows),
+            branch.op("Reshape", offset, reshape1),
+        )
+        u = _slice(branch, _uniforms(branch, even, odd), 0, 1, axis=1)  # [N, 1]: u of (w0, w1)
+        return list(_sample_rows(branch, x, x_max, temperature, top_k, top_p, u))
+
+    # No rows: empty outputs, and no operator runs on an empty tensor (onnxruntime 1.21's TopK
+    # and MatMul fail on some, its TopK with a floating-point exception).
+    tokens, logprob = body.branch(
+        body.op("Squeeze", body.op("Greater", n_rows, body.const(0, np.int64))),
+        sample,
+        lambda branch: [
+            branch.const(np.zeros((0, 1)), np.int64),
+            branch.const(np.zeros((0, 1)), np.float32),
+        ],
+        [(_INT64, 2), (_FLOAT, 2)],
     )
-    rows = body.op("Add", row_index, first_row)
-    reshape1 = body.const([1], np.int64)
-    even, odd = _random_blocks(
-        body,
-        body.op("Reshape", seed, reshape1),
-        _word_limbs(body, rows),
-        body.op("Reshape", offset, reshape1),
-    )
-    u = _slice(body, _uniforms(body, even, odd), 0, 1, axis=1)  # [N, 1]: (w0, w1)'s uniform
-    tokens, logprob = _sample_rows(body, x, x_max, temperature, top_k, top_p, u)
     body.op("Reshape", tokens, rows_shape, output="tokens")
     body.op("Reshape", logprob, rows_shape, output="logprob")
     return _function(ops.SAMPLE_TOKENS, body)

@@ -463,6 +463,17 @@ def test_body_mask_git_step_gives_empty_outputs_for_no_frames(step_sessions):
     assert codes_out.shape == mask_out.shape == model_input.shape == (2, 4, 0)
 
 
+def test_body_mask_git_step_leaves_the_codes_when_nothing_is_masked(step_sessions):
+    rng = np.random.default_rng(13)
+    logits, codes, _ = random_step_problem(rng, 2, 4, 3, 6, 8)
+    mask = np.zeros(codes.shape, bool)
+    feed = step_feed(logits, codes, mask, 0, 3, [0, 0])
+    body, kernel = step_sessions
+    got = body.run(None, feed)
+    assert_same_bits(got, [codes, mask, codes])
+    assert_same_bits(got, kernel.run(None, feed))
+
+
 def test_body_mask_git_step_ignores_bad_logits_at_unmasked_positions(step_sessions):
     rng = np.random.default_rng(8)
     logits, codes, mask = random_step_problem(rng, 2, 4, 3, 10, 20)
@@ -728,7 +739,7 @@ def test_generation_graphs_run_without_the_library_and_give_the_librarys_codes(
 def test_vamp_graph_runs_without_the_library_and_gives_the_librarys_audio(tiny_models_dir):
     body, kernel, model, attached = attached_sessions(tiny_models_dir / contracts.VAMP_FILE)
     assert {f.name for f in attached.functions} == {"CheckRange", "MaskGitStep", "SampleTokens"}
-    # Measured: 160 KiB on a 15.7 MiB graph (docs/ops.md).
+    # Measured: 138 KiB on a 15.7 MiB graph (docs/ops.md).
     assert len(attached.SerializeToString()) - len(model.SerializeToString()) < 200 * 1024
     noise = np.random.default_rng(3).standard_normal(3 * 44100).astype(np.float32) * 0.1
     x, _ = audio.preprocess(noise, 44100)

@@ -36,17 +36,18 @@ _INT32, _INT64, _FLOAT, _DOUBLE = (
 
 
 class _Body:
-    """Collects a function body's nodes; every value gets a fresh name. prefix: starts every
-    name, so that a subgraph's names cannot clash with its outer graph's."""
+    """Collects a function body's nodes; every value gets a fresh name, the prefix and a count
+    (short: names make most of a body's bytes). A subgraph's prefix differs from its outer
+    graph's, so that its names cannot clash with them."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "v") -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
         self._prefix = prefix
 
-    def _name(self, hint: str) -> str:
+    def _name(self) -> str:
         self._count += 1
-        return f"{self._prefix}{hint}_{self._count}"
+        return f"{self._prefix}{self._count}"
 
     def op(
         self,
@@ -59,7 +60,7 @@ class _Body:
     ):
         """A node of the standard domain; returns its output name (a list if n_outputs > 1).
         output: the name of its (single) output, e.g. the function's output; default fresh."""
-        outputs = [output] if output else [self._name(op_type.lower()) for _ in range(n_outputs)]
+        outputs = [output] if output else [self._name() for _ in range(n_outputs)]
         if op_type == "Reshape":  # a 0 in a computed shape is an empty dimension, not "copy"
             attributes.setdefault("allowzero", 1)
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
@@ -67,12 +68,12 @@ class _Body:
 
     def const(self, value, dtype) -> str:
         """A Constant node holding `value` as an array of `dtype` (numpy)."""
-        tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype), self._name("const"))
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype))
         return self.op("Constant", value=tensor)
 
     def attribute(self, name: str, kind: str) -> str:
         """The calling node's attribute `name` as a Constant (kind: "float" or "int")."""
-        node = helper.make_node("Constant", [], [self._name(name)])
+        node = helper.make_node("Constant", [], [self._name()])
         node.attribute.append(
             helper.make_attribute_ref(f"value_{kind}", _ATTRIBUTE_KINDS[kind], ref_attr_name=name)
         )
@@ -114,7 +115,7 @@ class _Body:
         graphs = []
         for label, build in (("then", then_branch), ("else", else_branch)):
             self._count += 1
-            sub = _Body(prefix=f"{self._prefix}{label}{self._count}_")
+            sub = _Body(prefix=f"{self._prefix}{label[0]}{self._count}_")
             names = [sub.op("Identity", name) for name in build(sub)]
             infos = [
                 helper.make_tensor_value_info(name, element, [f"{name}_{i}" for i in range(rank)])
@@ -220,7 +221,7 @@ def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) ->
     multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
     xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
 
-    one_round = _Body(prefix="round_")
+    one_round = _Body(prefix="r")
     # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz matrix.
     n_columns = 2 * _WORD_LIMBS - 1
     toeplitz = np.zeros((2, _WORD_LIMBS, n_columns), np.int32)
@@ -878,77 +879,100 @@ def _mask_git_step() -> onnx.FunctionProto:
         streams,
     )
 
-    # Only the masked positions are sampled (and their logits checked): the M rows
-    # rows[j] = b T P + p of the logits [B T P, V] where the flat mask is true.
-    flat = body.const([-1], np.int64)
-    rows = body.op("Reshape", body.op("NonZero", body.op("Reshape", flat_mask, n_rows)), flat)
-    x = body.op(
-        "Gather",
-        body.op("Reshape", logits, body.op("Concat", n_rows, vocab, axis=0)),
-        rows,
-        axis=0,
-    )  # [M, V]
-    x_max = _checked_max(body, where, x)
+    def step_rows(branch: _Body) -> list[str]:
+        # Only the masked positions are sampled (and their logits checked): the M rows
+        # rows[j] = b T P + p of the logits [B T P, V] where the flat mask is true.
+        flat = branch.const([-1], np.int64)
+        rows = branch.op(
+            "Reshape", branch.op("NonZero", branch.op("Reshape", flat_mask, n_rows)), flat
+        )
+        x = branch.op(
+            "Gather",
+            branch.op("Reshape", logits, branch.op("Concat", n_rows, vocab, axis=0)),
+            rows,
+            axis=0,
+        )  # [M, V]
+        x_max = _checked_max(branch, where, x)
 
-    # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b]. T P = 0
-    # leaves no rows, but onnxruntime refuses an integer division by 0 even then.
-    divisor = body.op("Max", positions, body.const([1], np.int64))
-    item = body.op("Div", rows, divisor)
-    position = body.op("Mod", rows, divisor)
-    row_limbs = _pair_limbs(body, position, body.op("Gather", streams, item, axis=0))
-    even, odd = _random_blocks(body, seeds, row_limbs, body.op("Reshape", step, axis1), item)
-    uniforms = _uniforms(body, even, odd)  # [M, 2]
-    tokens, logprob = _sample_rows(
-        body, x, x_max, temperature, top_k, top_p, _slice(body, uniforms, 0, 1, axis=1)
+        # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b]. T P = 0
+        # leaves no rows, but onnxruntime refuses an integer division by 0 even then.
+        divisor = branch.op("Max", positions, branch.const([1], np.int64))
+        item = branch.op("Div", rows, divisor)
+        position = branch.op("Mod", rows, divisor)
+        row_limbs = _pair_limbs(branch, position, branch.op("Gather", streams, item, axis=0))
+        even, odd = _random_blocks(
+            branch, seeds, row_limbs, branch.op("Reshape", step, axis1), item
+        )
+        uniforms = _uniforms(branch, even, odd)  # [M, 2]
+        tokens, logprob = _sample_rows(
+            branch, x, x_max, temperature, top_k, top_p, _slice(branch, uniforms, 0, 1, axis=1)
+        )
+        u2 = branch.op(
+            "Max", _slice(branch, uniforms, 1, 2, axis=1), branch.const(1e-20, np.float64)
+        )
+        noise = branch.op(
+            "Cast", branch.op("Neg", _log(branch, branch.op("Neg", _log(branch, u2)))), to=_FLOAT
+        )
+
+        k, scale = _mask_git_schedule(branch, step, n_steps, n0, n_masked, mask_temperature)
+        confidence = branch.op("Add", logprob, branch.op("Mul", scale, noise))  # [M, 1]
+
+        def scattered(values: str, fill: str) -> str:
+            """[M, 1] values of the masked rows -> [B, T P], `fill` (a scalar) elsewhere."""
+            background = branch.op("Expand", fill, n_rows)
+            indices = branch.op("Unsqueeze", rows, flat)
+            full = branch.op("ScatterND", background, indices, branch.op("Reshape", values, flat))
+            return branch.op("Reshape", full, items_shape)
+
+        # Masked again: confidence strictly below the k-th smallest (0-based) over the item's
+        # positions, unmasked ones counting as +inf; one +inf column more makes index k valid
+        # for every k <= T P (and T = 0).
+        inf = branch.const(np.inf, np.float32)
+        confidence = scattered(confidence, inf)
+        padded = branch.op(
+            "Concat",
+            confidence,
+            branch.op("Expand", inf, branch.op("Concat", batch, axis1, axis=0)),
+            axis=1,
+        )
+        ascending = branch.op(
+            "TopK", padded, branch.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
+        )[0]
+        index = branch.op(
+            "Reshape", branch.op("Min", k, positions), branch.const([-1, 1], np.int64)
+        )
+        cut = branch.op("GatherElements", ascending, index, axis=1)  # [B, 1]
+        mask_again = branch.op("And", flat_mask, branch.op("Less", confidence, cut))
+
+        def to_codebooks(flat_values: str) -> str:
+            """[B, T P] -> [B, P, T]."""
+            grid3 = branch.op("Concat", batch, frames, predicted, axis=0)
+            return branch.op("Transpose", branch.op("Reshape", flat_values, grid3), perm=[0, 2, 1])
+
+        codes_predicted = branch.op("Slice", codes, conditioning, codebooks, axis1)
+        sampled = branch.op(
+            "Where",
+            mask_predicted,
+            to_codebooks(scattered(tokens, branch.const(0, np.int64))),
+            codes_predicted,
+        )
+        codes_out = branch.op(
+            "Concat", branch.op("Slice", codes, zero1, conditioning, axis1), sampled, axis=1
+        )
+        # The conditioning codebooks' mask is all false (checked above).
+        mask_out = branch.op("Concat", mask_conditioning, to_codebooks(mask_again), axis=1)
+        return [codes_out, mask_out]
+
+    # Nothing masked (also B = 0 or T = 0): nothing to sample, the codes stay and the mask,
+    # all false, too; and no operator runs on an empty tensor (onnxruntime 1.21's TopK dies
+    # with a floating-point exception on one).
+    n_masked_total = body.op("ReduceSum", n_masked, keepdims=0)
+    codes_out, mask_out = body.branch(
+        body.op("Greater", n_masked_total, body.const(0, np.int64)),
+        step_rows,
+        lambda branch: [codes, mask],
+        [(_INT64, 3), (TensorProto.BOOL, 3)],
     )
-    u2 = body.op("Max", _slice(body, uniforms, 1, 2, axis=1), body.const(1e-20, np.float64))
-    noise = body.op("Cast", body.op("Neg", _log(body, body.op("Neg", _log(body, u2)))), to=_FLOAT)
-
-    k, scale = _mask_git_schedule(body, step, n_steps, n0, n_masked, mask_temperature)
-    confidence = body.op("Add", logprob, body.op("Mul", scale, noise))  # [M, 1]
-
-    def scattered(values: str, fill: str) -> str:
-        """[M, 1] values of the masked rows -> [B, T P], `fill` (a scalar) elsewhere."""
-        background = body.op("Expand", fill, n_rows)
-        indices = body.op("Unsqueeze", rows, flat)
-        full = body.op("ScatterND", background, indices, body.op("Reshape", values, flat))
-        return body.op("Reshape", full, items_shape)
-
-    # Masked again: confidence strictly below the k-th smallest (0-based) over the item's
-    # positions, unmasked ones counting as +inf; one +inf column more makes index k valid
-    # for every k <= T P (and T = 0).
-    inf = body.const(np.inf, np.float32)
-    confidence = scattered(confidence, inf)
-    padded = body.op(
-        "Concat",
-        confidence,
-        body.op("Expand", inf, body.op("Concat", batch, axis1, axis=0)),
-        axis=1,
-    )
-    ascending = body.op(
-        "TopK", padded, body.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
-    )[0]
-    index = body.op("Reshape", body.op("Min", k, positions), body.const([-1, 1], np.int64))
-    cut = body.op("GatherElements", ascending, index, axis=1)  # [B, 1]
-    mask_again = body.op("And", flat_mask, body.op("Less", confidence, cut))
-
-    def to_codebooks(flat_values: str) -> str:
-        """[B, T P] -> [B, P, T]."""
-        grid3 = body.op("Concat", batch, frames, predicted, axis=0)
-        return body.op("Transpose", body.op("Reshape", flat_values, grid3), perm=[0, 2, 1])
-
-    codes_predicted = body.op("Slice", codes, conditioning, codebooks, axis1)
-    sampled = body.op(
-        "Where",
-        mask_predicted,
-        to_codebooks(scattered(tokens, body.const(0, np.int64))),
-        codes_predicted,
-    )
-    codes_out = body.op(
-        "Concat", body.op("Slice", codes, zero1, conditioning, axis1), sampled, axis=1
-    )
-    # The conditioning codebooks' mask is all false (checked above).
-    mask_out = body.op("Concat", mask_conditioning, to_codebooks(mask_again), axis=1)
     body.op("Identity", codes_out, output="codes_out")
     body.op("Identity", mask_out, output="mask_out")
     body.op("Where", mask_out, body.op("Squeeze", vocab), codes_out, output="model_input")

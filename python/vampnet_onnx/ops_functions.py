@@ -959,8 +959,10 @@ def _mask_git_step() -> onnx.FunctionProto:
         codes_out = branch.op(
             "Concat", branch.op("Slice", codes, zero1, conditioning, axis1), sampled, axis=1
         )
-        # The conditioning codebooks' mask is all false (checked above).
-        mask_out = branch.op("Concat", mask_conditioning, to_codebooks(mask_again), axis=1)
+        # The conditioning codebooks' mask is all false (checked above). Sliced here again:
+        # a Slice's output read inside an If makes onnxruntime's EliminateSlice warn.
+        unmasked = branch.op("Slice", mask, zero1, conditioning, axis1)
+        mask_out = branch.op("Concat", unmasked, to_codebooks(mask_again), axis=1)
         return [codes_out, mask_out]
 
     # Nothing masked (also B = 0 or T = 0): nothing to sample, the codes stay and the mask,

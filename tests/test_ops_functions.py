@@ -757,3 +757,18 @@ def test_bodies_are_built_without_torch_or_onnxscript():
         "assert not {'torch', 'onnxscript', 'onnx_ir'} & set(sys.modules), sys.modules.keys()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("schema", ops.SCHEMAS, ids=lambda schema: schema.name)
+def test_a_body_session_is_created_without_onnxruntime_warnings(schema, capfd):
+    shapes = {"logits": ["B", "T", "P", "V"], "codes": ["B", "C", "T"], "mask": ["B", "C", "T"]}
+    shapes |= {"seed": ["S"], "n_masked_start": ["B"], "batch_offset": ["O"], "x": ["B", "C", "T"]}
+    shapes |= {"alpha": [1, "C", 1], "inverse": [1, "C", 1], "y": ["B", "C", "T"]}
+    shapes |= {name: ["B", "C", "T"] for name in ("codes_out", "mask_out", "model_input")}
+    if schema is ops.SAMPLE_TOKENS:
+        shapes |= {"logits": ["N", "V"], "tokens": ["N"], "logprob": ["N"]}
+    if schema is ops.CHECK_RANGE:
+        shapes = {}
+    capfd.readouterr()
+    body_session(node_model(schema, shapes))
+    assert "W:onnxruntime" not in capfd.readouterr().err

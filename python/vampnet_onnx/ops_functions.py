@@ -596,25 +596,19 @@ def _checked_sampling(
     return temperature, top_k, top_p
 
 
-def _checked_max(body: _Body, where: str, x: str, read: str | None = None) -> str:
+def _checked_max(body: _Body, where: str, x: str) -> str:
     """The row maxima float32 [N, 1] of logits x [N, V], once the rows are checked: finite or
-    -inf, a finite value in every row. read: bool [N, 1], the rows to check (default all).
+    -inf, a finite value in every row.
 
     The checks guard the maxima, not x: every weight is computed from x - max, so nothing that
-    could fail on a bad value runs before them, and no pass over all logits is spent on them.
-    Rows not read may hold anything: their differences are NaN or inf, which the weights'
-    underflow test turns into weight 0, and their results are ignored."""
+    could fail on a bad value runs before them, and no pass over all logits is spent on them."""
     bad = body.op("Or", body.op("IsNaN", x), body.op("IsInf", x, detect_negative=0))
-    if read is not None:
-        bad = body.op("And", bad, read)
     x_max = body.check(
         _all(body, body.op("Not", bad)),
         f"{where}: logits must be finite or -inf",
         body.op("ReduceMax", x, body.const([1], np.int64)),
     )
     dead = body.op("Equal", x_max, body.const(-np.inf, np.float32))
-    if read is not None:
-        dead = body.op("And", dead, read)
     return body.check(
         _all(body, body.op("Not", dead)),
         f"{where}: logits must have a finite value in every row",

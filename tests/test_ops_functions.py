@@ -371,6 +371,17 @@ def test_body_snake_gives_the_kernels_bits():
     assert_same_bits(body_session(model).run(None, feed), kernel_session(model).run(None, feed))
 
 
+def test_kernel_session_runs_the_snake_kernel_not_the_body():
+    # x of rank 2: the body broadcasts it, only the kernel refuses it.
+    shapes = {"x": ["B", "T"], "alpha": [1, "C", 1], "inverse": [1, "C", 1], "y": [1, "C", "T"]}
+    model = node_model(ops.SNAKE, shapes)
+    feed = {"x": np.ones((2, 3), np.float32), "alpha": np.ones((1, 2, 1), np.float32)}
+    feed["inverse"] = feed["alpha"]
+    assert body_session(model).run(None, feed)[0].shape == (1, 2, 3)
+    with pytest.raises(Exception, match=re.escape("Snake: x must have rank 3 [B, C, T]")):
+        kernel_session(model).run(None, feed)
+
+
 # --- MaskGitStep --------------------------------------------------------------------------------
 
 STEP_SHAPES = {

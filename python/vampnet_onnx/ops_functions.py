@@ -1,0 +1,1176 @@
+"""Standard-op bodies of the vampnet_onnx ops: one ONNX function per op (docs/ops.md,
+"Standard-op bodies").
+
+A model that carries these functions beside its `vampnet_onnx` nodes (`attach_functions`)
+runs in a runtime without our library: the runtime expands each node into its body. With the
+library registered, onnxruntime keeps the node on our kernel. The bodies follow the kernels'
+arithmetic operation by operation (Philox4x32-10 from integer operations that stay exact in
+int32, the softmax weights, logs and cosine from IEEE double + - * /, sums in index order
+through CumSum), so on onnxruntime they give the kernels' bits; tests/test_ops_functions.py
+checks that.
+
+Built with plain `onnx.helper` (no torch, no onnxscript): the runtime imports this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import ops
+
+#: The standard opset the bodies are written in: Split's num_outputs and Reduce*'s axes input
+#: need 18, the lowest opset the exporter writes (export.common.MIN_OPSET).
+FUNCTION_OPSET = 18
+
+_INT32, _INT64, _FLOAT, _DOUBLE = (
+    TensorProto.INT32,
+    TensorProto.INT64,
+    TensorProto.FLOAT,
+    TensorProto.DOUBLE,
+)
+
+
+class _Body:
+    """Collects a function body's nodes; every value gets a fresh name, the prefix and a count
+    (short: names make most of a body's bytes). A subgraph's prefix differs from its outer
+    graph's, so that its names cannot clash with them."""
+
+    def __init__(self, prefix: str = "v") -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+        self._prefix = prefix
+
+    def _name(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count}"
+
+    def op(
+        self,
+        op_type: str,
+        *inputs: str,
+        n_outputs: int = 1,
+        name: str = "",
+        output: str | None = None,
+        **attributes,
+    ):
+        """A node of the standard domain; returns its output name (a list if n_outputs > 1).
+        output: the name of its (single) output, e.g. the function's output; default fresh."""
+        outputs = [output] if output else [self._name() for _ in range(n_outputs)]
+        if op_type == "Reshape":  # a 0 in a computed shape is an empty dimension, not "copy"
+            attributes.setdefault("allowzero", 1)
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def const(self, value, dtype) -> str:
+        """A Constant node holding `value` as an array of `dtype` (numpy)."""
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype))
+        return self.op("Constant", value=tensor)
+
+    def attribute(self, name: str, kind: str) -> str:
+        """The calling node's attribute `name` as a Constant (kind: "float" or "int")."""
+        node = helper.make_node("Constant", [], [self._name()])
+        node.attribute.append(
+            helper.make_attribute_ref(f"value_{kind}", _ATTRIBUTE_KINDS[kind], ref_attr_name=name)
+        )
+        self.nodes.append(node)
+        return node.output[0]
+
+    def scalar(self, value: str, where: str, argument: str) -> str:
+        """`value` as a rank-0 tensor. A tensor of several elements fails here, in a node whose
+        name is the house-format message."""
+        return self.op(
+            "Reshape",
+            value,
+            self.const(np.zeros(0), np.int64),
+            name=f"{where}: {argument} must be a scalar (one element)",
+        )
+
+    def passed(self, ok: str, message: str) -> str:
+        """A bool [1], true, once the bool scalar `ok` holds; else the run fails in a node named
+        `message`. Standard ops cannot raise, but a Reshape to an impossible shape fails in every
+        runtime: `ok` (one element) is reshaped to [1] when true and to [2] when false. The
+        result must flow into the outputs through an elementwise node (`check`): a Reshape or
+        Squeeze right after it would be fused with it by onnxruntime's optimizer, and the check
+        lost."""
+        target = self.op("Where", ok, self.const([1], np.int64), self.const([2], np.int64))
+        return self.op("Reshape", ok, target, name=message)
+
+    def check(self, ok: str, message: str, value: str, scalar: bool = False) -> str:
+        """`value` (not bool: see `check_flags`), read through a Where on `passed(ok,
+        message)`: the check runs before anything that reads the result. scalar: `value` has
+        rank 0 (kept so; else the result has at least rank 1)."""
+        zero = self.op("CastLike", self.const(0, np.int32), value)
+        checked = self.op("Where", self.passed(ok, message), value, zero)
+        return self.op("Reshape", checked, self.const(np.zeros(0), np.int64)) if scalar else checked
+
+    def branch(self, condition: str, then_branch, else_branch, outputs: list[tuple[int, int]]):
+        """An If on the bool scalar `condition`; each branch is a function of a new _Body that
+        adds the branch's nodes (reading this graph's values freely) and returns its output
+        names. outputs: (element type, rank) of each output. -> the If's output names."""
+        graphs = []
+        for label, build in (("then", then_branch), ("else", else_branch)):
+            self._count += 1
+            sub = _Body(prefix=f"{self._prefix}{label[0]}{self._count}_")
+            names = [sub.op("Identity", name) for name in build(sub)]
+            infos = [
+                helper.make_tensor_value_info(name, element, [f"{name}_{i}" for i in range(rank)])
+                for name, (element, rank) in zip(names, outputs, strict=True)
+            ]
+            graphs.append(helper.make_graph(sub.nodes, f"{label}_branch", [], infos))
+        return self.op(
+            "If",
+            condition,
+            n_outputs=len(outputs),
+            then_branch=graphs[0],
+            else_branch=graphs[1],
+        )
+
+    def check_flags(self, ok: str, message: str, flags: str) -> str:
+        """`check` for bool flags (onnxruntime's Where takes no bool values); the result has
+        at least rank 1."""
+        return self.op("And", flags, self.passed(ok, message))
+
+
+_ATTRIBUTE_KINDS = {
+    "float": onnx.AttributeProto.FLOAT,
+    "int": onnx.AttributeProto.INT,
+}
+
+
+# --- Philox4x32-10 from exact int32 arithmetic -------------------------------------------------
+#
+# A 32-bit word is carried as its eight 4-bit limbs (int32 in [0, 16), least significant first,
+# on the last axis). Xor needs no BitwiseXor: a limb's xor is a lookup in the 16 x 16 table,
+# Gather(table, 16 a + b). The 32 x 32 -> 64-bit multiply is a MatMul of the limbs by the
+# multiplier's Toeplitz matrix: a limb product is at most 15^2 = 225 and a column of the product
+# sums at most 8 of them, 1800 < 2^11, so every sum is exact in int32, and even where a runtime
+# computes an integer MatMul in float32 or float16 (16-bit limbs would reach 2^33 and overflow
+# int32). Carries are then propagated limb by limb. No int64, uint32 or BitShift either.
+
+_LIMB_BITS = 4
+_LIMB = 1 << _LIMB_BITS
+_WORD_LIMBS = 32 // _LIMB_BITS
+_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+_WEYL = (0x9E3779B9, 0xBB67AE85)
+_ROUNDS = 10
+_XOR_TABLE = np.array([a ^ b for a in range(_LIMB) for b in range(_LIMB)], np.int32)
+
+
+def _limbs(value: int, count: int = _WORD_LIMBS) -> list[int]:
+    return [(value >> (_LIMB_BITS * i)) & (_LIMB - 1) for i in range(count)]
+
+
+def _carry(body: _Body, columns: str, n_columns: int, n_limbs: int) -> str:
+    """int32 [..., n_columns], column i worth 16^i (each at most 1800 here, so every sum with
+    a carry stays far below 2^31) -> the first n_limbs limbs of their sum, int32
+    [..., n_limbs] (limbs above are dropped: arithmetic mod 16^n_limbs)."""
+    limb = body.const(_LIMB, np.int32)
+    carry, limbs = None, []
+    for column in body.op("Split", columns, axis=-1, num_outputs=n_columns, n_outputs=n_columns):
+        total = column if carry is None else body.op("Add", column, carry)
+        limbs.append(body.op("Mod", total, limb))
+        carry = body.op("Div", total, limb)
+        if len(limbs) == n_limbs:
+            break
+    else:
+        limbs.append(carry)
+    return body.op("Concat", *limbs[:n_limbs], axis=-1)
+
+
+def _xor(body: _Body, a: str, b: str) -> str:
+    """Limbs of a ^ b, for limbs a and b of the same or broadcasting shapes."""
+    index = body.op("Add", body.op("Mul", a, body.const(_LIMB, np.int32)), b)
+    return body.op("Gather", body.const(_XOR_TABLE, np.int32), index)
+
+
+def _slice(body: _Body, value: str, start: int, end: int, axis: int) -> str:
+    return body.op(
+        "Slice",
+        value,
+        body.const([start], np.int64),
+        body.const([end], np.int64),
+        body.const([axis], np.int64),
+    )
+
+
+def _round_keys(body: _Body, key: str) -> str:
+    """The ten round keys, int32 limbs [K, 10, 2, 8], from the key's limbs [K, 2, 8]: round r
+    uses key + r * (Weyl constants) mod 2^32, added limb by limb."""
+    offsets = np.array(
+        [[_limbs((r * weyl) % 2**32) for weyl in _WEYL] for r in range(_ROUNDS)], np.int32
+    )
+    columns = body.op(
+        "Add", body.op("Unsqueeze", key, body.const([1], np.int64)), body.const(offsets, np.int32)
+    )  # [K, 10, 2, 8]
+    return _carry(body, columns, _WORD_LIMBS, _WORD_LIMBS)
+
+
+def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
+    """Philox4x32-10 (docs/ops.md). counter: int32 limbs [N, 4, 8] of the words c0..c3; key:
+    int32 limbs [K, 2, 8]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
+    The round keys are computed once per key, not per row; the ten rounds are a Loop over one
+    round's nodes. Returns the block's words as limb pairs (w0, w2) and (w1, w3), each int32
+    [N, 2, 8]."""
+    round_keys = _round_keys(body, key)
+    # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
+    multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
+    xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
+
+    one_round = _Body(prefix="r")
+    # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz matrix.
+    n_columns = 2 * _WORD_LIMBS - 1
+    toeplitz = np.zeros((2, _WORD_LIMBS, n_columns), np.int32)
+    for w, multiplier in enumerate(_MULTIPLIERS):
+        for i in range(_WORD_LIMBS):
+            toeplitz[w, i, i : i + _WORD_LIMBS] = _limbs(multiplier)
+    axis2 = one_round.const([2], np.int64)
+    limbs = one_round.op("Unsqueeze", "round_multiplied", axis2)  # [N, 2, 1, 8]
+    columns = one_round.op(
+        "Squeeze", one_round.op("MatMul", limbs, one_round.const(toeplitz, np.int32)), axis2
+    )
+    product = _carry(one_round, columns, n_columns, 2 * _WORD_LIMBS)  # M0 c0, M1 c2
+    # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
+    product = one_round.op("Gather", product, one_round.const([1, 0], np.int64), axis=1)
+    key_r = one_round.op("Gather", round_keys, "round_index", axis=1)
+    if key_rows is not None:
+        key_r = one_round.op("Gather", key_r, key_rows, axis=0)
+    high = _slice(one_round, product, _WORD_LIMBS, 2 * _WORD_LIMBS, axis=-1)
+    xor = _xor(one_round, _xor(one_round, high, "round_xored"), key_r)
+    one_round.op("Identity", xor, output="round_multiplied_out")
+    low = _slice(one_round, product, 0, _WORD_LIMBS, axis=-1)
+    one_round.op("Identity", low, output="round_xored_out")
+    one_round.op("Identity", "round_condition", output="round_condition_out")
+
+    def limbs_info(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, _INT32, ["N", 2, _WORD_LIMBS])
+
+    graph = helper.make_graph(
+        one_round.nodes,
+        "philox_round",
+        [
+            helper.make_tensor_value_info("round_index", _INT64, []),
+            helper.make_tensor_value_info("round_condition", TensorProto.BOOL, []),
+            limbs_info("round_multiplied"),
+            limbs_info("round_xored"),
+        ],
+        [
+            helper.make_tensor_value_info("round_condition_out", TensorProto.BOOL, []),
+            limbs_info("round_multiplied_out"),
+            limbs_info("round_xored_out"),
+        ],
+    )
+    rounds = body.const(_ROUNDS, np.int64)
+    return body.op("Loop", rounds, "", multiplied, xored, n_outputs=2, body=graph)
+
+
+def _word_limbs(body: _Body, value: str) -> str:
+    """int64 [...] -> int32 limbs [..., 2, 8] of its 64-bit two's complement, (low word, high
+    word). The one place int64 arithmetic is used: splitting the int64 inputs into words."""
+    word = body.const(2**32, np.int64)
+    low = body.op("Mod", value, word)  # Mod with fmod = 0 takes the divisor's sign: in [0, 2^32)
+    high = body.op("Mod", body.op("Div", body.op("Sub", value, low), word), word)  # exact Div
+    return _pair_limbs(body, low, high)
+
+
+def _pair_limbs(body: _Body, low: str, high: str) -> str:
+    """Two int64 [...] words, each in [0, 2^32) -> int32 limbs [..., 2, 8]."""
+    last = body.const([-1], np.int64)
+    words = body.op(
+        "Concat", body.op("Unsqueeze", low, last), body.op("Unsqueeze", high, last), axis=-1
+    )
+    place = body.const([_LIMB**i for i in range(_WORD_LIMBS)], np.int64)
+    limbs = body.op("Div", body.op("Unsqueeze", words, last), place)
+    return body.op("Cast", body.op("Mod", limbs, body.const(_LIMB, np.int64)), to=_INT32)
+
+
+def _random_blocks(
+    body: _Body, seed: str, row_limbs: str, offset: str, key_rows: str | None = None
+) -> tuple[str, str]:
+    """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
+    seed: int64 [K]; row_limbs: int32 [N, 2, 8], the rows' words (`_word_limbs`); offset:
+    int64 [1]; key_rows: int64 [N], the key of each row (absent: K = N or 1, broadcast).
+    -> limb pairs (w0, w2) and (w1, w3), int32 [N, 2, 8]."""
+    offset_limbs = body.op("Expand", _word_limbs(body, offset), body.op("Shape", row_limbs))
+    counter = body.op("Concat", row_limbs, offset_limbs, axis=1)  # [N, 4, 8]
+    return _philox(body, counter, _word_limbs(body, seed), key_rows)
+
+
+def _words(body: _Body, limbs: str) -> str:
+    """int32 limbs [..., 8] -> the words' values, float64 [...] (exact: below 2^32)."""
+    place = body.const([float(_LIMB**i) for i in range(_WORD_LIMBS)], np.float64)
+    return body.op("MatMul", body.op("Cast", limbs, to=_DOUBLE), place)
+
+
+def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
+    """The 53-bit uniforms of the blocks: (w0, w1) -> u1, (w2, w3) -> u2, float64 [N, 2].
+
+    u = ((w0 >> 5) 2^26 + (w1 >> 6)) 2^-53 in float64: the words are exact (below 2^32), a
+    shift right is Floor of a product by a power of two, and every product and sum below is an
+    integer below 2^53 scaled by a power of two: all exact."""
+    high = body.op(
+        "Floor", body.op("Mul", _words(body, even_words), body.const(2.0**-5, np.float64))
+    )
+    low = body.op("Floor", body.op("Mul", _words(body, odd_words), body.const(2.0**-6, np.float64)))
+    bits = body.op("Add", body.op("Mul", high, body.const(2.0**26, np.float64)), low)
+    return body.op("Mul", bits, body.const(2.0**-53, np.float64))
+
+
+def random_block_model() -> onnx.ModelProto:
+    """A model of the bodies' generator alone, to check a runtime's Philox words against the
+    kernel's: inputs `seed`, `row`, `offset`, int64 [N] each (the 64-bit two's complement is
+    used, as the ops do); output `words`, int64 [N, 4], the block's words w0..w3 in [0, 2^32)."""
+    body = _Body()
+    even, odd = _random_blocks(body, "seed", _word_limbs(body, "row"), "offset")
+    pairs = body.op("Concat", _words(body, even), _words(body, odd), axis=-1)  # w0 w2 w1 w3
+    ordered = body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
+    body.op("Cast", ordered, to=_INT64, output="words")
+    inputs = [
+        helper.make_tensor_value_info(name, _INT64, ["N"]) for name in ("seed", "row", "offset")
+    ]
+    graph = helper.make_graph(
+        body.nodes,
+        "random_block",
+        inputs,
+        [helper.make_tensor_value_info("words", _INT64, ["N", 4])],
+    )
+    # IR version 10: the newest that onnxruntime 1.21, the oldest the package allows, loads.
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", FUNCTION_OPSET)], ir_version=10
+    )
+
+
+# --- det_exp, det_log, det_cos: the kernels' IEEE double arithmetic, node by node -------------
+#
+# csrc/kernels/det_math.h builds exp, log and cos from + - * / only, so that every machine gives
+# the same bits; each operation below is one of its operations, in its order, on float64
+# tensors (onnxruntime's elementwise float64 kernels round each operation once, as IEEE wants,
+# and never fuse separate nodes into an FMA). Only the exact steps are spelled differently: the
+# kernel's power-of-two scalings by bit manipulation become a table lookup or exact products.
+
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+_ROUND_SHIFT = 1.5 * 2.0**52
+_EXP_UNDERFLOW = -700.0
+_SQRT_HALF = 0.70710678118654752440
+# exp's argument lies in [-700, 0] in the bodies (x - max x over a temperature): its k =
+# round(x / ln 2) in [-1010, 0], and 2^k is looked up in this table of exact powers of two.
+_EXP_MIN_K = -1010
+# frexp by halving: scalings by 2^(+-j) for these j bring x in [2^-255, 2^255) to [0.5, 2).
+_FREXP_STEPS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def _inverse_factorial(n: int) -> float:
+    # n! is exact in float64 up to 22!, so 1 / n! is one correctly rounded division, as the
+    # kernel's compile-time table.
+    return 1.0 / float(math.factorial(n))
+
+
+def _horner(body: _Body, x: str, coefficients: list[float]) -> str:
+    """((c[-1] x + c[-2]) x + ...) x + c[0], one Mul and one Add node per degree."""
+    p = body.const(coefficients[-1], np.float64)
+    for c in reversed(coefficients[:-1]):
+        p = body.op("Add", body.op("Mul", p, x), body.const(c, np.float64))
+    return p
+
+
+def _exp_in_range(body: _Body, x: str) -> str:
+    """det::exp_in_range for float64 x in [-700, 0]: Cody-Waite reduction, Taylor series to
+    r^14 / 14!, exact scaling by 2^k."""
+    shift = body.const(_ROUND_SHIFT, np.float64)
+    scaled = body.op("Mul", x, body.const(_INV_LN2, np.float64))
+    k = body.op("Sub", body.op("Add", scaled, shift), shift)  # round to nearest, ties to even
+    r = body.op(
+        "Sub",
+        body.op("Sub", x, body.op("Mul", k, body.const(_LN2_HI, np.float64))),
+        body.op("Mul", k, body.const(_LN2_LO, np.float64)),
+    )
+    p = _horner(body, r, [_inverse_factorial(n) for n in range(15)])
+    powers = np.array([2.0**-i for i in range(-_EXP_MIN_K + 1)])
+    index = body.op("Cast", body.op("Neg", k), to=_INT32)
+    return body.op("Mul", p, body.op("Gather", body.const(powers, np.float64), index))
+
+
+def _frexp(body: _Body, x: str) -> tuple[str, str]:
+    """(m, e) with x = m 2^e, m in [0.5, 1), e float64, for float64 x in [2^-255, 2^255): each
+    step scales by an exact power of two, as frexp's result is exact."""
+    e = body.op("Mul", x, body.const(0.0, np.float64))
+    for j in _FREXP_STEPS:
+        for sign in (1, -1):
+            bound = body.const(2.0 ** (sign * j), np.float64)
+            far = body.op("GreaterOrEqual" if sign > 0 else "Less", x, bound)
+            x = body.op(
+                "Where", far, body.op("Mul", x, body.const(2.0 ** (-sign * j), np.float64)), x
+            )
+            e = body.op(
+                "Add",
+                e,
+                body.op(
+                    "Where",
+                    far,
+                    body.const(float(sign * j), np.float64),
+                    body.const(0.0, np.float64),
+                ),
+            )
+    # Now x is in [0.5, 2).
+    big = body.op("GreaterOrEqual", x, body.const(1.0, np.float64))
+    m = body.op("Where", big, body.op("Mul", x, body.const(0.5, np.float64)), x)
+    e = body.op("Add", e, body.op("Cast", big, to=_DOUBLE))
+    return m, e
+
+
+def _log(body: _Body, x: str) -> str:
+    """det::log for float64 x = 0 (-> -inf) or in [2^-255, 2^255) (the bodies' arguments:
+    probabilities of float32 and Gumbel noise's logs)."""
+    m, e = _frexp(body, x)
+    small = body.op("Less", m, body.const(_SQRT_HALF, np.float64))
+    m = body.op("Where", small, body.op("Mul", m, body.const(2.0, np.float64)), m)
+    k = body.op("Sub", e, body.op("Cast", small, to=_DOUBLE))
+    f = body.op("Sub", m, body.const(1.0, np.float64))
+    s = body.op("Div", f, body.op("Add", body.const(2.0, np.float64), f))
+    z = body.op("Mul", s, s)
+    t = _horner(body, z, [1.0 / (2 * n + 1) for n in range(12)])
+    log_m = body.op("Mul", body.op("Mul", body.const(2.0, np.float64), s), t)
+    out = body.op(
+        "Add",
+        body.op("Mul", k, body.const(_LN2_HI, np.float64)),
+        body.op("Add", log_m, body.op("Mul", k, body.const(_LN2_LO, np.float64))),
+    )
+    zero = body.op("Equal", x, body.const(0.0, np.float64))
+    return body.op("Where", zero, body.const(-np.inf, np.float64), out)
+
+
+def _cos(body: _Body, x: str) -> str:
+    """det::cos for float64 |x| <= pi/2: Taylor series to x^22 / 22!, in -z = -(x x)."""
+    minus_z = body.op("Neg", body.op("Mul", x, x))
+    return _horner(body, minus_z, [_inverse_factorial(2 * n) for n in range(12)])
+
+
+# --- sampling: csrc/kernels/sampling.h ----------------------------------------------------------
+
+
+def _softmax_weights(body: _Body, d: str, keep: str) -> str:
+    """weight_of: exp(d) for kept tokens whose d = (x - max) / T is >= -700, else 0."""
+    kept = body.op(
+        "And", keep, body.op("GreaterOrEqual", d, body.const(_EXP_UNDERFLOW, np.float64))
+    )
+    safe = body.op("Where", kept, d, body.const(0.0, np.float64))  # never NaN or -inf in exp
+    return body.op("Where", kept, _exp_in_range(body, safe), body.const(0.0, np.float64))
+
+
+def _last(body: _Body, value: str) -> str:
+    """The last column of a [N, n] tensor, as [N, 1]."""
+    return _slice(body, value, -1, 2**62, axis=1)
+
+
+def _top_p_keep(
+    body: _Body, x: str, x64: str, x_max64: str, keep: str, top_p: str, vocab: str
+) -> str:
+    """The nucleus filter: bool [N, V], true for the tokens top-p keeps (all when top_p = 1).
+
+    In the order of decreasing logit, ties by lower index (TopK's order, by the ONNX spec), a
+    token stays while the mass before it, a running sum of w / S in that order, is <= top_p.
+    That mass never decreases, so the kept tokens are a prefix of the order, ending at the L-th
+    token: a token is kept iff it comes no later than that one, (x, -index) >= (v_L, -i_L).
+    With top_p = 1 the work runs on the first column only and its result is ignored."""
+    on = body.op("Less", top_p, body.const(1.0, np.float32))
+    width = body.op("Where", on, vocab, body.const([1], np.int64))
+    zero = body.const([0], np.int64)
+    axis1 = body.const([1], np.int64)
+    x_part = body.op("Slice", x, zero, width, axis1)
+    keep_part = body.op("Slice", keep, zero, width, axis1)
+    d = body.op("Sub", body.op("Slice", x64, zero, width, axis1), x_max64)
+    weight = _softmax_weights(body, d, keep_part)
+    total = _last(body, body.op("CumSum", weight, body.const(1, np.int64)))
+    values, order = body.op("TopK", x_part, width, axis=1, n_outputs=2)
+    mass = body.op(
+        "CumSum",
+        body.op("Div", body.op("GatherElements", weight, order, axis=1), total),
+        body.const(1, np.int64),
+    )
+    within = body.op("LessOrEqual", mass, body.op("Cast", top_p, to=_DOUBLE))
+    n_within = body.op("ReduceSum", body.op("Cast", within, to=_INT64), axis1)  # [N, 1]
+    one = body.const(1, np.int64)
+    last = body.op("Sub", body.op("Min", body.op("Add", n_within, one), width), one)
+    v_last = body.op("GatherElements", values, last, axis=1)
+    i_last = body.op("GatherElements", order, last, axis=1)
+    index = body.op("Range", body.const(0, np.int64), body.op("Squeeze", vocab), one)
+    no_later = body.op(
+        "Or",
+        body.op("Greater", x, v_last),
+        body.op("And", body.op("Equal", x, v_last), body.op("LessOrEqual", index, i_last)),
+    )
+    return body.op("Or", body.op("Not", on), no_later)
+
+
+def _sample_rows(
+    body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
+) -> tuple[str, str]:
+    """RowSampler::sample. x: float32 [N, V]; x_max: its checked row maxima [N, 1]
+    (`_checked_max`); temperature, top_k, top_p: checked scalars; u: float64 [N, 1].
+    -> (tokens int64 [N, 1], logprob float32 [N, 1])."""
+    axis1 = body.const([1], np.int64)
+    vocab = body.op("Slice", body.op("Shape", x), axis1, body.const([2], np.int64))  # [1]
+    x64, x_max64 = body.op("Cast", x, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE)
+    keep = body.op("Greater", x, body.const(-np.inf, np.float32))
+
+    # top-k: every logit >= the k-th largest stays (ties at the threshold too). Off (0 or >= V):
+    # a TopK of 1 whose threshold is ignored.
+    top_k_on = body.op(
+        "And",
+        body.op("Greater", top_k, body.const(0, np.int64)),
+        body.op("Less", top_k, body.op("Squeeze", vocab)),
+    )
+    k = body.op("Reshape", body.op("Where", top_k_on, top_k, body.const(1, np.int64)), axis1)
+    threshold = _last(body, body.op("TopK", x, k, axis=1, n_outputs=2)[0])
+    keep = body.op(
+        "And",
+        keep,
+        body.op("Or", body.op("Not", top_k_on), body.op("GreaterOrEqual", x, threshold)),
+    )
+    keep = body.op("And", keep, _top_p_keep(body, x, x64, x_max64, keep, top_p, vocab))
+
+    # Temperature 0 and 1 use the unscaled weights (no division: the kernel's bits).
+    unit = body.op(
+        "Or",
+        body.op("Equal", temperature, body.const(0.0, np.float32)),
+        body.op("Equal", temperature, body.const(1.0, np.float32)),
+    )
+    scale = body.op(
+        "Where", unit, body.const(1.0, np.float64), body.op("Cast", temperature, to=_DOUBLE)
+    )
+    # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
+    d = body.op("Where", keep, body.op("Sub", x64, x_max64), body.const(0.0, np.float64))
+    weight = _softmax_weights(body, body.op("Div", d, scale), keep)
+    running = body.op("CumSum", weight, body.const(1, np.int64))
+    total = _last(body, running)
+
+    # The first index whose running sum exceeds u S; if rounding leaves none, the last token of
+    # positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
+    above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
+    first_above = body.op("ArgMax", above, axis=1)
+    any_above = body.op("Greater", body.op("ReduceMax", above, axis1), body.const(0, np.int32))
+    positive = body.op("Cast", body.op("Greater", weight, body.const(0.0, np.float64)), to=_INT32)
+    last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
+    drawn = body.op("Where", any_above, first_above, last_positive)
+    argmax = body.op("ArgMax", x, axis=1)
+    sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
+    tokens = body.op("Where", sampling, drawn, argmax)
+
+    # logprob = log(float32(w / S)), rounded to float32: VampNet's confidence.
+    p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
+    p32 = body.op("Cast", body.op("Cast", p, to=_FLOAT), to=_DOUBLE)
+    return tokens, body.op("Cast", _log(body, p32), to=_FLOAT)
+
+
+def _checked_sampling(
+    body: _Body, where: str, temperature: str, top_k: str, top_p: str
+) -> tuple[str, str, str]:
+    """The sampling scalars as rank 0, checked as check_sampling_params does."""
+    temperature = body.scalar(temperature, where, "temperature")
+    top_k = body.scalar(top_k, where, "top_k")
+    top_p = body.scalar(top_p, where, "top_p")
+    temperature = body.check(
+        body.op("GreaterOrEqual", temperature, body.const(0.0, np.float32)),  # NaN fails
+        f"{where}: temperature must be >= 0",
+        temperature,
+        scalar=True,
+    )
+    top_k = body.check(
+        body.op("GreaterOrEqual", top_k, body.const(0, np.int64)),
+        f"{where}: top_k must be >= 0",
+        top_k,
+        scalar=True,
+    )
+    in_range = body.op(
+        "And",
+        body.op("Greater", top_p, body.const(0.0, np.float32)),
+        body.op("LessOrEqual", top_p, body.const(1.0, np.float32)),
+    )
+    top_p = body.check(in_range, f"{where}: top_p must be in (0, 1]", top_p, scalar=True)
+    return temperature, top_k, top_p
+
+
+def _checked_max(body: _Body, where: str, x: str) -> str:
+    """The row maxima float32 [N, 1] of logits x [N, V], once the rows are checked: finite or
+    -inf, a finite value in every row.
+
+    The checks guard the maxima, not x: every weight is computed from x - max, so nothing that
+    could fail on a bad value runs before them, and no pass over all logits is spent on them."""
+    bad = body.op("Or", body.op("IsNaN", x), body.op("IsInf", x, detect_negative=0))
+    x_max = body.check(
+        _all(body, body.op("Not", bad)),
+        f"{where}: logits must be finite or -inf",
+        body.op("ReduceMax", x, body.const([1], np.int64)),
+    )
+    dead = body.op("Equal", x_max, body.const(-np.inf, np.float32))
+    return body.check(
+        _all(body, body.op("Not", dead)),
+        f"{where}: logits must have a finite value in every row",
+        x_max,
+    )
+
+
+def _sample_tokens() -> onnx.FunctionProto:
+    where = ops.SAMPLE_TOKENS.name
+    body = _Body()
+    temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
+    seed = body.scalar("seed", where, "seed")
+    offset = body.scalar("offset", where, "offset")
+    first_row = body.scalar("first_row", where, "first_row")
+    first_row = body.check(
+        body.op("GreaterOrEqual", first_row, body.const(0, np.int64)),
+        f"{where}: first_row must be >= 0",
+        first_row,
+        scalar=True,
+    )
+    logits = body.op("Cast", "logits", to=_FLOAT)
+    shape = body.op("Shape", logits)
+    rows_shape = body.op("Slice", shape, body.const([0], np.int64), body.const([-1], np.int64))
+    vocab = body.op("Slice", shape, body.const([-1], np.int64), body.const([2**62], np.int64))
+    n_rows = body.op("ReduceProd", rows_shape)  # [1]; 1 for logits of rank 1
+    non_empty = body.op(
+        "Or",
+        body.op("Greater", vocab, body.const(0, np.int64)),
+        body.op("Equal", n_rows, body.const(0, np.int64)),
+    )
+    x_shape = body.check(
+        body.op("Squeeze", non_empty),
+        f"{where}: logits must have a non-empty last axis",
+        body.op("Concat", n_rows, vocab, axis=0),
+    )
+    x = body.op("Reshape", logits, x_shape)
+    x_max = _checked_max(body, where, x)
+
+    def sample(branch: _Body) -> list[str]:
+        row_index = branch.op(
+            "Range",
+            branch.const(0, np.int64),
+            branch.op("Squeeze", n_rows),
+            branch.const(1, np.int64),
+        )
+        rows = branch.op("Add", row_index, first_row)
+        reshape1 = branch.const([1], np.int64)
+        even, odd = _random_blocks(
+            branch,
+            branch.op("Reshape", seed, reshape1),
+            _word_limbs(branch, rows),
+            branch.op("Reshape", offset, reshape1),
+        )
+        u = _slice(branch, _uniforms(branch, even, odd), 0, 1, axis=1)  # [N, 1]: u of (w0, w1)
+        return list(_sample_rows(branch, x, x_max, temperature, top_k, top_p, u))
+
+    # No rows: empty outputs, and no operator runs on an empty tensor (onnxruntime 1.21's TopK
+    # and MatMul fail on some, its TopK with a floating-point exception).
+    tokens, logprob = body.branch(
+        body.op("Squeeze", body.op("Greater", n_rows, body.const(0, np.int64))),
+        sample,
+        lambda branch: [
+            branch.const(np.zeros((0, 1)), np.int64),
+            branch.const(np.zeros((0, 1)), np.float32),
+        ],
+        [(_INT64, 2), (_FLOAT, 2)],
+    )
+    body.op("Reshape", tokens, rows_shape, output="tokens")
+    body.op("Reshape", logprob, rows_shape, output="logprob")
+    return _function(ops.SAMPLE_TOKENS, body)
+
+
+# --- MaskGitStep: csrc/kernels/mask_git_step.h ----------------------------------------------------
+
+
+def _mask_git_schedule(
+    body: _Body, step: str, n_steps: str, n0: str, n_masked: str, mask_temperature: str
+) -> tuple[str, str]:
+    """n_to_mask and noise_scale in the kernel's float32 arithmetic. step, n_steps: int64
+    scalars; n0, n_masked: int64 [B]. -> (k int64 [B], the noise scale float32 scalar)."""
+    one = body.const(1, np.int64)
+    step_1 = body.op("Add", step, one)
+    ratio = body.op(
+        "Div", body.op("Cast", step_1, to=_DOUBLE), body.op("Cast", n_steps, to=_DOUBLE)
+    )
+    r = body.op("Cast", ratio, to=_FLOAT)
+    angle = body.op(
+        "Div",
+        body.op("Mul", r, body.const(np.float32(math.pi), np.float32)),
+        body.const(2.0, np.float32),
+    )
+    gamma = body.op("Cast", _cos(body, body.op("Cast", angle, to=_DOUBLE)), to=_FLOAT)
+    gamma = body.op(
+        "Min",
+        body.op("Max", gamma, body.const(np.float32(1e-10), np.float32)),
+        body.const(1.0, np.float32),
+    )
+    product = body.op("Mul", gamma, body.op("Cast", n0, to=_FLOAT))
+    k = body.op("Cast", body.op("Floor", product), to=_INT64)
+    # Every step but the last leaves between 1 and (masked - 1) positions masked.
+    clamped = body.op("Max", one, body.op("Min", body.op("Sub", n_masked, one), k))
+    last = body.op("Equal", step_1, n_steps)
+    scale = body.op("Mul", mask_temperature, body.op("Sub", body.const(1.0, np.float32), r))
+    return body.op("Where", last, k, clamped), scale
+
+
+def _all(body: _Body, flags: str) -> str:
+    """Whether every element of the bool tensor `flags` is true (also when it is empty), as a
+    bool scalar."""
+    n_false = body.op("ReduceSum", body.op("Cast", body.op("Not", flags), to=_INT64), keepdims=0)
+    return body.op("Equal", n_false, body.const(0, np.int64))
+
+
+def _item_values(body: _Body, value: str, batch: str, where: str, argument: str) -> tuple[str, str]:
+    """A key input of MaskGitStep (one element, or [B]) as int64 [B], and a bool scalar: true
+    when it had one element."""
+    flat = body.op("Reshape", value, body.const([-1], np.int64))
+    expanded = body.op(
+        "Expand", flat, batch, name=f"{where}: {argument} must have one element or shape [B]"
+    )
+    one = body.op("Equal", body.op("Size", flat), body.const(1, np.int64))
+    return expanded, one
+
+
+def _mask_git_step() -> onnx.FunctionProto:
+    where = ops.MASK_GIT_STEP.name
+    body = _Body()
+    temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
+    n_steps = body.scalar("n_steps", where, "n_steps")
+    n_steps = body.check(
+        body.op("GreaterOrEqual", n_steps, body.const(1, np.int64)),
+        f"{where}: n_steps must be >= 1",
+        n_steps,
+        scalar=True,
+    )
+    step = body.scalar("step", where, "step")
+    step_ok = body.op(
+        "And",
+        body.op("GreaterOrEqual", step, body.const(0, np.int64)),
+        body.op("Less", step, n_steps),
+    )
+    step = body.check(step_ok, f"{where}: step must be in [0, n_steps)", step, scalar=True)
+    mask_temperature = body.scalar("mask_temperature", where, "mask_temperature")
+    finite = body.op(
+        "And",
+        body.op("GreaterOrEqual", mask_temperature, body.const(0.0, np.float32)),
+        body.op("Not", body.op("IsInf", mask_temperature)),
+    )
+    mask_temperature = body.check(
+        finite, f"{where}: mask_temperature must be finite and >= 0", mask_temperature, scalar=True
+    )
+
+    # Shapes: logits [B, T, P, V], codes and mask [B, C, T]; ncc = C - P conditioning codebooks.
+    # Every dimension below is read from the checked shapes, so nothing runs before the check.
+    codes_shape = body.op("Shape", "codes")
+    logits_shape = body.op("Shape", "logits")
+    shape_ok = _all(
+        body,
+        body.op(
+            "Concat",
+            body.op("Equal", body.op("Shape", "mask"), codes_shape),
+            body.op(
+                "Equal",
+                _slice(body, logits_shape, 0, 2, axis=0),
+                body.op("Gather", codes_shape, body.const([0, 2], np.int64)),
+            ),
+            body.op(
+                "GreaterOrEqual",
+                _slice(body, logits_shape, 2, 4, axis=0),
+                body.const([1, 1], np.int64),
+            ),
+            body.op(
+                "LessOrEqual",
+                _slice(body, logits_shape, 2, 3, axis=0),
+                _slice(body, codes_shape, 1, 2, axis=0),
+            ),
+            axis=0,
+        ),
+    )
+    shapes = body.check(
+        shape_ok,
+        f"{where}: logits must have shape [B, T, P, V] with B, T of codes [B, C, T] (the shape of "
+        "mask), 1 <= P <= C, V >= 1",
+        body.op("Concat", codes_shape, logits_shape, axis=0),
+    )
+
+    def dim(i: int) -> str:
+        return _slice(body, shapes, i, i + 1, axis=0)  # [1]
+
+    batch, codebooks, frames, predicted, vocab = dim(0), dim(1), dim(2), dim(5), dim(6)
+    logits = body.op("Cast", "logits", to=_FLOAT)
+    conditioning = body.op("Sub", codebooks, predicted)
+    positions = body.op("Mul", frames, predicted)  # [1]: T P
+    n_rows = body.op("Mul", batch, positions)
+    axis1 = body.const([1], np.int64)
+    zero1 = body.const([0], np.int64)
+
+    # The cells: the mask must be false in the conditioning codebooks, codes in [0, V) where
+    # the mask is false.
+    mask_conditioning = body.op("Slice", "mask", zero1, conditioning, axis1)
+    mask = body.check_flags(
+        _all(body, body.op("Not", mask_conditioning)),
+        f"{where}: mask must be false in the conditioning codebooks",
+        "mask",
+    )
+    code_out_of_range = body.op(
+        "Or",
+        body.op("Less", "codes", body.const(0, np.int64)),
+        body.op("GreaterOrEqual", "codes", body.op("Squeeze", vocab)),
+    )
+    codes = body.check(
+        _all(body, body.op("Or", mask, body.op("Not", code_out_of_range))),
+        f"{where}: codes must be in [0, V) where mask is false",
+        "codes",
+    )
+
+    # Flat positions p = t P + c of the predicted codebooks, per item: [B, T P].
+    mask_predicted = body.op("Slice", mask, conditioning, codebooks, axis1)  # [B, P, T]
+    items_shape = body.op("Concat", batch, positions, axis=0)
+    flat_mask = body.op(
+        "Reshape", body.op("Transpose", mask_predicted, perm=[0, 2, 1]), items_shape
+    )
+    n_masked = body.op("ReduceSum", body.op("Cast", flat_mask, to=_INT64), axis1, keepdims=0)
+
+    n0 = body.op(
+        "Reshape", "n_masked_start", batch, name=f"{where}: n_masked_start must have shape [B]"
+    )
+    n0_ok = body.op(
+        "And",
+        body.op("GreaterOrEqual", n0, body.const(0, np.int64)),
+        body.op("LessOrEqual", n0, positions),
+    )
+    n0 = body.check(
+        _all(body, n0_ok),
+        f"{where}: n_masked_start must be in [0, T * P]",
+        n0,
+    )
+    coupled = body.op(
+        "Not", body.op("Equal", body.attribute("batch_coupled", "int"), body.const(0, np.int64))
+    )
+    n0 = body.op(
+        "Where", coupled, body.op("Expand", body.op("ReduceSum", n0, keepdims=1), batch), n0
+    )
+
+    # Keys and streams: item b draws with key seed[b] from stream item batch_offset + b (one
+    # batch_offset) or batch_offset[b] (one per item), each in [0, 2^32).
+    seeds, _ = _item_values(body, "seed", batch, where, "seed")
+    offsets, one_offset = _item_values(body, "batch_offset", batch, where, "batch_offset")
+    item_index = body.op(
+        "Range", body.const(0, np.int64), body.op("Squeeze", batch), body.const(1, np.int64)
+    )
+    streams = body.op("Where", one_offset, body.op("Add", offsets, item_index), offsets)
+    streams_ok = body.op(
+        "And",
+        body.op("GreaterOrEqual", streams, body.const(0, np.int64)),
+        body.op("Less", streams, body.const(2**32, np.int64)),
+    )
+    streams = body.check(
+        _all(body, streams_ok),
+        f"{where}: batch_offset must be in [0, 2^32 - B] (one for the batch) or "
+        "[0, 2^32 - 1] (one per item)",
+        streams,
+    )
+
+    def step_rows(branch: _Body) -> list[str]:
+        # Only the masked positions are sampled (and their logits checked): the M rows
+        # rows[j] = b T P + p of the logits [B T P, V] where the flat mask is true.
+        flat = branch.const([-1], np.int64)
+        rows = branch.op(
+            "Reshape", branch.op("NonZero", branch.op("Reshape", flat_mask, n_rows)), flat
+        )
+        x = branch.op(
+            "Gather",
+            branch.op("Reshape", logits, branch.op("Concat", n_rows, vocab, axis=0)),
+            rows,
+            axis=0,
+        )  # [M, V]
+        x_max = _checked_max(branch, where, x)
+
+        # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b]. T P = 0
+        # leaves no rows, but onnxruntime refuses an integer division by 0 even then.
+        divisor = branch.op("Max", positions, branch.const([1], np.int64))
+        item = branch.op("Div", rows, divisor)
+        position = branch.op("Mod", rows, divisor)
+        row_limbs = _pair_limbs(branch, position, branch.op("Gather", streams, item, axis=0))
+        even, odd = _random_blocks(
+            branch, seeds, row_limbs, branch.op("Reshape", step, axis1), item
+        )
+        uniforms = _uniforms(branch, even, odd)  # [M, 2]
+        tokens, logprob = _sample_rows(
+            branch, x, x_max, temperature, top_k, top_p, _slice(branch, uniforms, 0, 1, axis=1)
+        )
+        u2 = branch.op(
+            "Max", _slice(branch, uniforms, 1, 2, axis=1), branch.const(1e-20, np.float64)
+        )
+        noise = branch.op(
+            "Cast", branch.op("Neg", _log(branch, branch.op("Neg", _log(branch, u2)))), to=_FLOAT
+        )
+
+        k, scale = _mask_git_schedule(branch, step, n_steps, n0, n_masked, mask_temperature)
+        confidence = branch.op("Add", logprob, branch.op("Mul", scale, noise))  # [M, 1]
+
+        def scattered(values: str, fill: str) -> str:
+            """[M, 1] values of the masked rows -> [B, T P], `fill` (a scalar) elsewhere."""
+            background = branch.op("Expand", fill, n_rows)
+            indices = branch.op("Unsqueeze", rows, flat)
+            full = branch.op("ScatterND", background, indices, branch.op("Reshape", values, flat))
+            return branch.op("Reshape", full, items_shape)
+
+        # Masked again: confidence strictly below the k-th smallest (0-based) over the item's
+        # positions, unmasked ones counting as +inf; one +inf column more makes index k valid
+        # for every k <= T P (and T = 0).
+        inf = branch.const(np.inf, np.float32)
+        confidence = scattered(confidence, inf)
+        padded = branch.op(
+            "Concat",
+            confidence,
+            branch.op("Expand", inf, branch.op("Concat", batch, axis1, axis=0)),
+            axis=1,
+        )
+        ascending = branch.op(
+            "TopK", padded, branch.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
+        )[0]
+        index = branch.op(
+            "Reshape", branch.op("Min", k, positions), branch.const([-1, 1], np.int64)
+        )
+        cut = branch.op("GatherElements", ascending, index, axis=1)  # [B, 1]
+        mask_again = branch.op("And", flat_mask, branch.op("Less", confidence, cut))
+
+        def to_codebooks(flat_values: str) -> str:
+            """[B, T P] -> [B, P, T]."""
+            grid3 = branch.op("Concat", batch, frames, predicted, axis=0)
+            return branch.op("Transpose", branch.op("Reshape", flat_values, grid3), perm=[0, 2, 1])
+
+        codes_predicted = branch.op("Slice", codes, conditioning, codebooks, axis1)
+        sampled = branch.op(
+            "Where",
+            mask_predicted,
+            to_codebooks(scattered(tokens, branch.const(0, np.int64))),
+            codes_predicted,
+        )
+        codes_out = branch.op(
+            "Concat", branch.op("Slice", codes, zero1, conditioning, axis1), sampled, axis=1
+        )
+        # The conditioning codebooks' mask is all false (checked above). Sliced here again:
+        # a Slice's output read inside an If makes onnxruntime's EliminateSlice warn.
+        unmasked = branch.op("Slice", mask, zero1, conditioning, axis1)
+        mask_out = branch.op("Concat", unmasked, to_codebooks(mask_again), axis=1)
+        return [codes_out, mask_out]
+
+    # Nothing masked (also B = 0 or T = 0): nothing to sample, the codes stay and the mask,
+    # all false, too; and no operator runs on an empty tensor (onnxruntime 1.21's TopK dies
+    # with a floating-point exception on one).
+    n_masked_total = body.op("ReduceSum", n_masked, keepdims=0)
+    codes_out, mask_out = body.branch(
+        body.op("Greater", n_masked_total, body.const(0, np.int64)),
+        step_rows,
+        lambda branch: [codes, mask],
+        [(_INT64, 3), (TensorProto.BOOL, 3)],
+    )
+    body.op("Identity", codes_out, output="codes_out")
+    body.op("Identity", mask_out, output="mask_out")
+    body.op("Where", mask_out, body.op("Squeeze", vocab), codes_out, output="model_input")
+    return _function(ops.MASK_GIT_STEP, body)
+
+
+# --- CheckRange and Snake -----------------------------------------------------------------------
+
+
+def _check_range() -> onnx.FunctionProto:
+    """ok = true when min <= x <= max (NaN fails); else the run fails. The message cannot hold
+    the node's own `where`, `name` or value (a node name is fixed text): the failing node says
+    which op failed and the range's attributes are on the calling node."""
+    body = _Body()
+    x = body.scalar("x", "CheckRange", "x")
+    low = body.op("Cast", body.attribute("min", "float"), to=_DOUBLE)
+    high = body.op("Cast", body.attribute("max", "float"), to=_DOUBLE)
+    ok = body.op("And", body.op("LessOrEqual", low, x), body.op("LessOrEqual", x, high))
+    checked = body.check_flags(ok, "CheckRange: x must be in [min, max]", ok)  # [1]
+    body.op("Reshape", checked, body.const(np.zeros(0), np.int64), output="ok")
+    return _function(ops.CHECK_RANGE, body)
+
+
+# csrc/kernels/snake.cc's float32 constants: the Cody-Waite parts of pi/2, the minimax
+# polynomials of sin and cos on [-pi/4, pi/4], and the rounding shift 1.5 * 2^23.
+_SNAKE_FAST_LIMIT = 8192.0
+_TWO_OVER_PI = 0.636619772367581
+_PI_OVER_2 = (1.5703125, 4.837512969970703125e-4, 7.549789954891882e-8)
+_SIN = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
+_COS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+_ROUNDING_SHIFT = 12582912.0
+
+
+def _snake() -> onnx.FunctionProto:
+    """y = x + inverse * sin(alpha x)^2 with the kernel's float32 operations in its order, its
+    sine polynomial included, so the bits are the kernel's; where |alpha x| > 8192 (or NaN,
+    inf) the kernel calls std::sin and the body the runtime's Sin."""
+    body = _Body()
+
+    def f32(value: float) -> str:
+        return body.const(value, np.float32)
+
+    def rounded(v: str) -> str:
+        shift = f32(_ROUNDING_SHIFT)
+        return body.op("Sub", body.op("Add", v, shift), shift)
+
+    def mul(a: str, b: str) -> str:
+        return body.op("Mul", a, b)
+
+    def add(a: str, b: str) -> str:
+        return body.op("Add", a, b)
+
+    t = mul("alpha", "x")
+    j = rounded(mul(t, f32(_TWO_OVER_PI)))
+    r = t
+    for part in _PI_OVER_2:
+        r = body.op("Sub", r, mul(j, f32(part)))
+    z = mul(r, r)
+    sin_r = add(
+        r, mul(mul(r, z), add(f32(_SIN[0]), mul(z, add(f32(_SIN[1]), mul(z, f32(_SIN[2]))))))
+    )
+    cos_r = add(
+        body.op("Sub", f32(1.0), mul(f32(0.5), z)),
+        mul(mul(z, z), add(f32(_COS[0]), mul(z, add(f32(_COS[1]), mul(z, f32(_COS[2])))))),
+    )
+    half = mul(j, f32(0.5))
+    odd = body.op("Not", body.op("Equal", half, rounded(half)))
+    s = body.op("Where", odd, cos_r, sin_r)
+    fast = add("x", mul("inverse", mul(s, s)))
+    library_sine = body.op("Sin", t)
+    slow = add("x", mul("inverse", mul(library_sine, library_sine)))
+    within = body.op("LessOrEqual", body.op("Abs", t), f32(_SNAKE_FAST_LIMIT))
+    body.op("Where", within, fast, slow, output="y")
+    return _function(ops.SNAKE, body)
+
+
+# --- the functions ------------------------------------------------------------------------------
+
+
+def _function(schema: ops.OpSchema, body: _Body) -> onnx.FunctionProto:
+    defaults = [
+        helper.make_attribute(attribute.name, attribute.default) for attribute in schema.attributes
+    ]
+    return helper.make_function(
+        ops.DOMAIN,
+        schema.name,
+        schema.input_names,
+        schema.output_names,
+        body.nodes,
+        [helper.make_opsetid("", FUNCTION_OPSET)],
+        attribute_protos=defaults,
+        doc_string=f"The standard-op body of {ops.DOMAIN}.{schema.name} (docs/ops.md).",
+    )
+
+
+_BUILDERS = {
+    ops.SAMPLE_TOKENS.name: _sample_tokens,
+    ops.MASK_GIT_STEP.name: _mask_git_step,
+    ops.CHECK_RANGE.name: _check_range,
+    ops.SNAKE.name: _snake,
+}
+
+
+def function(op_type: str, opset: int = FUNCTION_OPSET) -> onnx.FunctionProto:
+    """The standard-op body of op `op_type` ("SampleTokens", ...) as an ONNX function in domain
+    `vampnet_onnx`, version 1, with the schema's inputs, outputs and attributes (ops.py). A node
+    must pass every input, the optional ones included: a function body cannot test for an
+    omitted input (`attach_functions` fills them in).
+
+    opset: the standard opset the body imports, which must be the model's (onnx's checker
+    requires it): >= 18; the bodies use no operator whose meaning changed since 18."""
+    if op_type not in _BUILDERS:
+        raise ValueError(f"function: op_type must be one of {sorted(_BUILDERS)}, got {op_type!r}")
+    if not FUNCTION_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(
+            f"function: opset must be in [{FUNCTION_OPSET}, {onnx.defs.onnx_opset_version()}], "
+            f"got {opset}"
+        )
+    proto = _BUILDERS[op_type]()
+    proto.opset_import[0].version = opset
+    return proto
+
+
+def _graphs(graph: onnx.GraphProto):
+    """`graph` and every subgraph in it (Loop and If bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _graphs(subgraph)
+
+
+def _fill_defaults(node: onnx.NodeProto, schema: ops.OpSchema, prefix: str) -> list:
+    """Nodes computing what the op does for `node`'s omitted optional inputs, which a function
+    body cannot detect; the inputs are wired to `node`. prefix: unique in the model, starts
+    the new values' names. -> the nodes to insert before it."""
+    inputs = list(node.input) + [""] * (len(schema.inputs) - len(node.input))
+    added = []
+
+    def const(name: str, value: int) -> str:
+        tensor = numpy_helper.from_array(np.asarray(value, np.int64))
+        added.append(helper.make_node("Constant", [], [name], value=tensor))
+        return name
+
+    for i, port in enumerate(schema.inputs):
+        if inputs[i] or not port.optional:
+            continue
+        name = f"{prefix}_{port.name}"
+        if port.name in ("first_row", "batch_offset"):
+            inputs[i] = const(name, 0)
+        else:  # n_masked_start: the masked positions of the predicted codebooks, per item
+            logits, mask = inputs[0], inputs[2]
+            added += [
+                helper.make_node("Shape", [logits], [f"{name}_p"], start=2, end=3),
+                helper.make_node("Neg", [f"{name}_p"], [f"{name}_start"]),
+                helper.make_node(
+                    "Slice",
+                    [mask, f"{name}_start", const(f"{name}_end", [2**62]), const(f"{name}_1", [1])],
+                    [f"{name}_predicted"],
+                ),
+                helper.make_node("Cast", [f"{name}_predicted"], [f"{name}_int"], to=_INT64),
+                helper.make_node(
+                    "ReduceSum", [f"{name}_int", const(f"{name}_axes", [1, 2])], [name], keepdims=0
+                ),
+            ]
+            inputs[i] = name
+    node.ClearField("input")
+    node.input.extend(inputs)
+    return added
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` carrying the standard-op bodies of the vampnet_onnx ops it uses (in
+    its graph or in Loop / If bodies), and only those, so that it also runs where the library
+    cannot be registered. A node that leaves optional inputs out gets them computed beside it,
+    as the op would (0 for first_row and batch_offset, the mask's count for n_masked_start):
+    a body needs every input. Functions of these ops already in the model are replaced."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < FUNCTION_OPSET:
+        raise ValueError(
+            f"attach_functions: model must import the standard opset >= {FUNCTION_OPSET}, "
+            f"got {opset or 'none'}"
+        )
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # no serialization: a model may be close to protobuf's 2 GB
+    model = copy
+    schemas = {schema.name: schema for schema in ops.SCHEMAS}
+    used = set()
+    count = itertools.count()
+    for graph in _graphs(model.graph):
+        nodes = []
+        for node in graph.node:
+            if node.domain == ops.DOMAIN and node.op_type in schemas:
+                used.add(node.op_type)
+                prefix = f"vampnet_onnx_default_{next(count)}"
+                nodes += _fill_defaults(node, schemas[node.op_type], prefix)
+            nodes.append(node)
+        graph.ClearField("node")
+        graph.node.extend(nodes)
+    kept = [f for f in model.functions if not (f.domain == ops.DOMAIN and f.name in used)]
+    model.ClearField("functions")
+    model.functions.extend(kept + [function(name, opset) for name in sorted(used)])
+    # Model-local functions with attribute defaults need IR version 9 (onnx 1.14).
+    model.ir_version = max(model.ir_version, 9)
+    return model

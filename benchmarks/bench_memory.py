@@ -1,7 +1,10 @@
 """Peak RSS of ``vampnet-onnx vamp`` against the input's length: memory must stay bounded.
 
 Run: ``python -m benchmarks.bench_memory [--minutes 1 5 10] [--rate 48000] [--channels 2]
-[--steps 1] [--onset-mask W] [--threads 2] [--json PATH]``.
+[--steps 1] [--onset-mask W] [--extend] [--threads 2] [--json PATH]``.
+
+With ``--extend``, ``vampnet-onnx extend`` continues a 10-s input by each length instead (the
+same target: adding 10 minutes within 1.2x of adding 1).
 
 For each length, a synthesised WAV (`demo.synth_music`, at ``--rate`` with ``--channels``, so
 the input is resampled and mixed down as a real file would be) is vamped by the CLI in a fresh
@@ -66,6 +69,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="W",
         help="vamp with --onset-mask W, the onset detector on (default 0: off)",
     )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="measure `extend` instead: a 10-s input continued by each --minutes (its memory "
+        "must not grow with the length added either)",
+    )
     args = p.parse_args(argv)
 
     from vampnet_onnx import demo
@@ -75,10 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in args.minutes:
             source, out = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
-            _write_input(source, minutes, args.rate, args.channels)
-            command = [sys.executable, "-m", "vampnet_onnx.cli", "vamp", str(source), str(out)]
+            _write_input(source, 10 / 60 if args.extend else minutes, args.rate, args.channels)
+            command = [sys.executable, "-m", "vampnet_onnx.cli"]
+            if args.extend:
+                command += ["extend", str(source), str(out), "--seconds", str(minutes * 60)]
+            else:
+                command += ["vamp", str(source), str(out), "--onset-mask", str(args.onset_mask)]
             command += ["--models", str(models), "--steps", str(args.steps), "--quiet"]
-            command += ["--threads", str(args.threads), "--onset-mask", str(args.onset_mask)]
+            command += ["--threads", str(args.threads)]
             peak, seconds = _peak_rss_mib(command)
             input_mib = source.stat().st_size / 2**20
             results.append({"minutes": minutes, "peak_rss_mib": peak, "seconds": seconds})
@@ -86,9 +99,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append([f"{minutes:g}", f"{input_mib:.0f}", f"{peak:.0f}", f"{ratio:.2f}x"])
             rows[-1].append(f"{seconds:.0f}")
             source.unlink()
+    what = "extend of a 10-s input by" if args.extend else "vamp of"
     print_table(
-        f"vampnet-onnx vamp, demo models, {args.rate} Hz x {args.channels} input, "
-        f"{args.steps} coarse step(s), onset mask {args.onset_mask}",
+        f"vampnet-onnx {what} the minutes below, demo models, {args.rate} Hz x "
+        f"{args.channels} input, {args.steps} coarse step(s)"
+        + ("" if args.extend else f", onset mask {args.onset_mask}"),
         ["minutes", "input MiB", "peak RSS MiB", "vs first", "seconds"],
         rows,
     )

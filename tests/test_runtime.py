@@ -1,5 +1,9 @@
 """Sessions: finding and registering the op library, model sources, the Python fallback."""
 
+import ctypes
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +380,39 @@ def test_the_cpu_adds_no_memcpy_nodes_to_our_ops(tmp_path):
     path = tmp_path / "sample.onnx"
     onnx.save(op_model(ops.SAMPLE_TOKENS), path)
     assert runtime.added_memcpy_nodes(path, "cpu", intra_op_threads=1) == 0
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+import numpy as np
+from vampnet_onnx.runtime import bound_heap_growth
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "bound":
+    assert bound_heap_growth()
+mapped = libc.mallinfo2().hblkhd
+freed = np.ones(2 << 20)  # 16 MiB, mapped; freeing it raises glibc's threshold to 16 MiB
+del freed
+kept = np.ones(1 << 19)  # 4 MiB: mapped of its own only below the threshold
+print(libc.mallinfo2().hblkhd - mapped >= kept.nbytes)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+    reason="glibc's malloc",
+)
+@pytest.mark.parametrize("mode, mapped", [("bound", "True"), ("free", "False")])
+def test_bound_heap_growth_keeps_large_arrays_in_their_own_mappings(mode, mapped):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == mapped

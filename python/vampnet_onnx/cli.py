@@ -965,10 +965,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose memory must not grow with the audio's length (`runtime.bound_heap_growth`).
+_LONG_RUNNING = ("vamp", "extend", "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; errors print one line to stderr and return 1, Ctrl-C stops the running
     graph and returns 130 (``--verbose``: raise)."""
     args = build_parser().parse_args(argv)
+    if args.command in _LONG_RUNNING:
+        from .runtime import bound_heap_growth
+
+        bound_heap_growth()
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -288,6 +288,9 @@ def _worker_class(options: _Options):
 
     class VampWorker:
         def __init__(self) -> None:
+            from .runtime import bound_heap_growth
+
+            bound_heap_growth()  # a worker's process lives as long as the run
             self.vamp = options.load()
             keep_rate = options.settings.get("keep_rate", True)
             self.output_rate = None if keep_rate else self.vamp.sample_rate

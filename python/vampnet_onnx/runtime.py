@@ -25,6 +25,31 @@ except ImportError as err:
     ) from err
 
 
+#: glibc's initial mmap threshold: allocations from 128 KiB up get mappings of their own.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+
+
+def bound_heap_growth() -> bool:
+    """Fix glibc's mmap threshold at `MMAP_THRESHOLD` for this process (programs call this:
+    the CLI, the cluster's workers). glibc raises the threshold each time it frees a mapped
+    block (up to 32 MiB), after which numpy's large arrays come from the heap, which keeps
+    what it grew: a long run's memory then grows with its length (``bench_memory --extend``:
+    445 MiB to add 10 minutes against 349 MiB for 1, 332 and 332 MiB with the threshold fixed).
+    Leaves a threshold set by ``MALLOC_MMAP_THRESHOLD_`` alone. Returns whether it was set
+    (False off glibc)."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+
+
 def library_name(platform: str = sys.platform) -> str:
     """File name of the op library as CMake names a shared library on `platform` (a
     `sys.platform` value): vampnet_onnx_ops.dll on Windows, libvampnet_onnx_ops.dylib on macOS,

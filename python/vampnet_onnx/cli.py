@@ -973,11 +973,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; errors print one line to stderr and return 1, Ctrl-C stops the running
     graph and returns 130 (``--verbose``: raise)."""
     args = build_parser().parse_args(argv)
-    if args.command in _LONG_RUNNING:
-        from .runtime import bound_heap_growth
-
-        bound_heap_growth()
     try:
+        if args.command in _LONG_RUNNING:
+            from .runtime import bound_heap_growth  # onnxruntime missing: its one-line error
+
+            bound_heap_growth()
         return args.handler(args)
     except KeyboardInterrupt:
         if getattr(args, "verbose", False):

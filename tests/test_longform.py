@@ -284,3 +284,23 @@ def test_extend_file_writes_what_extend_returns(vamp, tmp_path):
     expected, _ = vamp.extend(x, 32000, **settings)
     assert rate == 32000
     assert np.array_equal(written, expected)
+
+
+def test_ctrl_c_stops_a_continuation_and_leaves_no_file(vamp, tmp_path):
+    import _thread
+    import signal
+    import threading
+
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    soundfile.write(source, _clip(2.0, 44100), 44100)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            # Minutes of work uninterrupted: 10 minutes added, 36 steps a window.
+            vamp.extend_file(source, out, seconds=600.0)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]

@@ -6,6 +6,7 @@ the small codec with the real rates (hop 768, so frame counts are VampNet's).
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,23 @@ def test_integer_wav_files_vamp(vamp, tmp_path, subtype):
     info = soundfile.info(out)
     assert rate == 22050 and info.samplerate == 22050 and info.frames == 22050
     assert info.channels == 1
+
+
+def test_vamp_mask_is_the_mask_vamp_generates_with(vamp):
+    x = noise(1.0)
+    recipe = dict(seed=3, periodic_prompt=5, onset_mask_width=2)
+    mask = vamp.vamp_mask(x, SR, **recipe)
+    given = vamp.vamp(x, SR, seed=3, mask=mask, **FAST)[0]
+    np.testing.assert_array_equal(given, vamp.vamp(x, SR, **recipe, **FAST)[0])
+
+
+def test_vamp_mask_keeps_every_codebook_outside_the_inpaint_range(vamp):
+    x = noise(1.5)
+    recipe = vamp.vamp_mask(x, SR, seed=3, periodic_prompt=0)
+    inpainted = vamp.vamp_mask(x, SR, seed=3, periodic_prompt=0, inpaint=(0.5, 1.0))
+    first, stop = math.ceil(0.5 * SR / HOP), math.ceil(1.0 * SR / HOP)
+    assert not inpainted[..., :first].any() and not inpainted[..., stop:].any()
+    np.testing.assert_array_equal(inpainted[..., first:stop], recipe[..., first:stop])
 
 
 def test_same_seed_same_audio_other_seed_other_audio(vamp):

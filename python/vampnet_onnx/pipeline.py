@@ -674,6 +674,19 @@ class Vamp(_AudioToAudio):
             mask = masks.codebook_mask(mask, values["upper_codebook_mask"])
         return mask
 
+    def vamp_mask(self, samples: np.ndarray, sample_rate: int, **settings: Any) -> np.ndarray:
+        """The mask bool ``[1, n_codebooks, T]`` (True = generate) that ``vamp(samples,
+        sample_rate, **settings)`` generates with, without generating: the recipe's (onset and
+        beat masks included) or the given `mask`, with the `inpaint` range applied; T = the
+        frames of the input at the codec's rate. settings: `vamp`'s keyword arguments, checked
+        as `vamp` checks them. For showing a mask before a run (the app)."""
+        checked = self._prepare(**settings)
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
+        given, _ = self._run_inputs(checked, x, info)
+        if given is not None:
+            return given
+        return self.build_mask(x, checked.seed, **checked.mask_settings.inputs())
+
     def beat_mask(self, x: np.ndarray, after_beat_ms: float) -> np.ndarray:
         """bool ``[n_codebooks, T]``: False (keep) from each beat of `x` (preprocessed mono
         ``[N]`` at the codec rate; WaveBeat's beats and downbeats) to `after_beat_ms` after

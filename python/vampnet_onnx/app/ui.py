@@ -1,0 +1,223 @@
+"""The page: Gradio Blocks around a `studio.Studio`, and the server that serves it."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import presets
+from .studio import (
+    CONTROLS,
+    MASK_CONTROLS,
+    MAX_VARIATIONS,
+    SAMPLING_CONTROLS,
+    Control,
+    Studio,
+)
+
+#: Requests waiting behind the one generation that runs; more are turned away with a message.
+QUEUE_SIZE = 8
+#: The largest upload Gradio takes, per second of --max-seconds: 8-byte stereo samples at
+#: 192 kHz, the largest common uncompressed audio, plus a megabyte for headers. The duration
+#: itself is checked from the file's header (`Studio.load`); this only stops a huge upload early.
+_BYTES_PER_SECOND = 192_000 * 2 * 8
+
+#: Variations the page starts with: two to compare, as upstream's app has.
+_VARIATIONS = 2
+#: Errors that are the user's (a bad setting or file), shown in the page as messages.
+_USER_ERRORS = (ValueError, OSError)
+
+
+def _number(control: Control, visible: bool = True) -> gr.Number:
+    return gr.Number(
+        value=control.default,
+        label=control.name,
+        info=control.help,
+        precision=0 if control.integral else None,
+        visible=visible,
+    )
+
+
+def _signature(names: list[str]) -> inspect.Signature:
+    """A signature with `names` (the first required, the others with the page's defaults),
+    which Gradio reads to name the API's parameters and their defaults."""
+    defaults = {c.name: c.default for c in CONTROLS}
+    defaults.update(variations=_VARIATIONS, seed="", inpaint_start=None, inpaint_end=None)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature(
+        [inspect.Parameter(names[0], kind)]
+        + [inspect.Parameter(name, kind, default=defaults[name]) for name in names[1:]]
+    )
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    """The Blocks of the app on `studio`'s models: inputs and controls, a generate action
+    (``api_name="vamp"``), a mask preview (``api_name="mask"``), and per variation a player, a
+    float-WAV download and a "use as input" button."""
+    with gr.Blocks(title="vampnet-onnx", delete_cache=(3600, 3600)) as blocks:
+        gr.Markdown(
+            f"## VampNet on ONNX Runtime\nModels: `{studio.vamp.models}` ({studio.precision}, "
+            f"{'with' if studio.has_beats else 'no'} beat tracker). Inputs up to "
+            f"{studio.max_seconds:g} s."
+        )
+        with gr.Row():
+            with gr.Column():
+                source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="input")
+                example = gr.Button("example clip (synthesised music)")
+                preset = gr.Dropdown(
+                    choices=studio.presets(),
+                    value=None,
+                    label="preset",
+                    info="sets the mask controls below; edit them after to taste",
+                )
+            with gr.Column():
+                seed = gr.Textbox(label="seed", placeholder="empty: draw a random seed")
+                variations = gr.Number(
+                    value=_VARIATIONS,
+                    precision=0,
+                    label="variations",
+                    info=f"1 to {MAX_VARIATIONS}, generated together; variation i has seed + i - 1",
+                )
+                with gr.Row():
+                    inpaint_start = gr.Number(
+                        value=None, label="inpaint start (s)", info="empty: the whole clip"
+                    )
+                    inpaint_end = gr.Number(value=None, label="inpaint end (s)")
+                generate = gr.Button("generate", variant="primary")
+                preview = gr.Button("show the mask")
+                seed_used = gr.Textbox(label="seed used (variation 1)", interactive=False)
+                status = gr.Markdown()
+        with gr.Accordion("sampling (coarse stage)", open=False):
+            sampling = [_number(control) for control in SAMPLING_CONTROLS]
+        with gr.Accordion("mask recipe: what is kept from the input", open=False):
+            mask_controls = [
+                _number(control, studio.has_beats or control.name != "beat_mask_ms")
+                for control in MASK_CONTROLS
+            ]
+        players, files, reuse = [], [], []
+        for i in range(1, MAX_VARIATIONS + 1):
+            with gr.Row():
+                players.append(gr.Audio(label=f"variation {i}", visible=False))
+                files.append(gr.File(label=f"variation {i} (float WAV)", visible=False))
+                reuse.append(gr.Button(f"use variation {i} as input", visible=False))
+        spectrograms = gr.Image(
+            label="spectrograms (log frequency)", interactive=False, format="png"
+        )
+        mask = gr.Image(
+            label="mask of variation 1: codebooks bottom (0) to top, frames left to right; "
+            "light = generated, dark = kept",
+            interactive=False,
+            format="png",
+        )
+
+        settings_inputs = [*sampling, *mask_controls, seed, inpaint_start, inpaint_end]
+
+        def settings_of(values: tuple) -> dict[str, Any]:
+            named = dict(zip([c.name for c in CONTROLS], values[: len(CONTROLS)]))
+            seed_text, start, end = values[len(CONTROLS) :]
+            return studio.settings(named, seed_text, (start, end))
+
+        def run(path, n, *values):
+            started = time.monotonic()
+            try:
+                result = studio.generate(path, settings_of(values), n)
+            except _USER_ERRORS as err:
+                raise gr.Error(str(err), print_exception=False) from None
+            count = len(result.paths)
+            paths = [str(p) for p in result.paths] + [None] * (MAX_VARIATIONS - count)
+            seeds = ", ".join(str(result.seed + i) for i in range(count))
+            return (
+                str(result.seed),
+                f"{count} variation(s), seeds {seeds}, in {time.monotonic() - started:.1f} s",
+                result.spectrograms,
+                result.mask,
+                *paths,
+                *paths,
+            )
+
+        def show_slots(*paths):
+            return [
+                component(visible=p is not None)
+                for component in (gr.Audio, gr.File, gr.Button)
+                for p in paths
+            ]
+
+        # The API's parameters named for the settings they set (gradio_client takes keywords).
+        settings_names = [*[c.name for c in CONTROLS], "seed", "inpaint_start", "inpaint_end"]
+        run.__signature__ = _signature(["audio", "variations", *settings_names])
+
+        def show_mask(path, *values):
+            try:
+                return studio.mask(path, settings_of(values))
+            except _USER_ERRORS as err:
+                raise gr.Error(str(err), print_exception=False) from None
+
+        show_mask.__signature__ = _signature(["audio", *settings_names])
+
+        def choose_preset(name):
+            chosen = presets.preset(name) if name else {}
+            return [
+                gr.Number(value=chosen[c.name]) if c.name in chosen else gr.Number()
+                for c in MASK_CONTROLS
+            ]
+
+        # One generation at a time on the one set of models; a mask preview waits its turn too.
+        # The API returns plain values (None for variations not asked for); showing and
+        # hiding the slots is a second, page-only step.
+        generate.click(
+            run,
+            [source, variations, *settings_inputs],
+            [seed_used, status, spectrograms, mask, *players, *files],
+            api_name="vamp",
+            concurrency_limit=1,
+            concurrency_id="models",
+        ).then(show_slots, files, [*players, *files, *reuse], api_visibility="private")
+        preview.click(
+            show_mask,
+            [source, *settings_inputs],
+            mask,
+            api_name="mask",
+            concurrency_limit=1,
+            concurrency_id="models",
+        )
+        preset.change(choose_preset, preset, mask_controls, api_visibility="private")
+        example.click(lambda: str(studio.example_clip()), None, source, api_visibility="private")
+        for button, file in zip(reuse, files):
+            # The float WAV, not the player's copy, which Gradio may have converted to play.
+            button.click(lambda path: path, file, source, api_visibility="private")
+    blocks.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return blocks
+
+
+def serve(
+    models: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "cpu",
+    max_seconds: float = 60.0,
+    block: bool = True,
+) -> tuple[gr.Blocks, Studio]:
+    """Load the models, build the app and serve it on `host`:`port` (127.0.0.1: this machine
+    only). block: serve until interrupted, then stop; else return at once with the server
+    running (`gr.Blocks.close` and `Studio.close` stop it)."""
+    studio = Studio(models, device=device, max_seconds=max_seconds)
+    blocks = build_app(studio)
+    try:
+        blocks.launch(
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=not block,
+            max_file_size=math.ceil(max_seconds * _BYTES_PER_SECOND) + 2**20,
+            ssr_mode=False,
+            footer_links=[],
+            quiet=not block,
+        )
+    finally:
+        if block:
+            studio.close()
+    return blocks, studio

@@ -129,24 +129,15 @@ class Studio:
         return audio.load_audio(path)
 
     def settings(
-        self,
-        values: dict[str, Any],
-        seed: str | int | None,
-        inpaint: tuple[float | None, float | None],
+        self, values: dict[str, Any], seed: str | int | None, inpaint: str | None
     ) -> dict[str, Any]:
         """`Vamp.vamp` keyword arguments from the controls' `values` (by keyword name), the seed
-        field (empty: a drawn seed) and the inpaint range (both empty: none), checked as
-        `Vamp.vamp` checks them."""
+        field (empty: a drawn seed) and the inpaint field ("START END" in seconds; empty:
+        none), checked as `Vamp.vamp` checks them."""
         kwargs = {control.name: values[control.name] for control in CONTROLS}
         kwargs["seed"] = _seed(seed)
-        start, end = inpaint
-        if start is not None or end is not None:
-            if start is None or end is None:
-                raise ValueError(
-                    f"{WHERE}: inpaint must have a start and an end (or neither), got "
-                    f"({start}, {end})"
-                )
-            kwargs["inpaint"] = (start, end)
+        if inpaint is not None and inpaint.strip():
+            kwargs["inpaint"] = _inpaint(inpaint)
         Vamp.check_settings(**kwargs)
         return kwargs
 
@@ -210,15 +201,28 @@ def _seed(text: str | int | None) -> int:
     return check_seed(text, WHERE)
 
 
+def _inpaint(text: str) -> tuple[float, float]:
+    """The inpaint field: two numbers of seconds, START END (a comma between them is taken)."""
+    parts = text.replace(",", " ").split()
+    try:
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1])
+    except ValueError:
+        pass
+    raise ValueError(
+        f"{WHERE}: inpaint must be two numbers of seconds, START END (or empty), got {text!r}"
+    )
+
+
 #: Mask picture colours: kept from the input (dark), generated (light), RGB.
 _KEPT = np.array([40, 40, 60], np.uint8)
 _GENERATED = np.array([250, 190, 90], np.uint8)
 #: Pixels per codebook row, and the picture's least width in pixels.
-_ROW_PX, _MIN_WIDTH = 8, 600
+_ROW_PX, _MIN_WIDTH = 16, 600
 
 
 def mask_picture(mask: np.ndarray) -> np.ndarray:
-    """bool mask ``[1, C, T]`` (True = generate) as uint8 RGB ``[C * 8, T * k, 3]``: codebook 0
+    """bool mask ``[1, C, T]`` (True = generate) as uint8 RGB ``[C * 16, T * k, 3]``: codebook 0
     at the bottom (the coarsest, as a spectrogram has its low notes), frames left to right,
     each k >= 1 pixels wide so that short clips are still readable."""
     rows = np.asarray(mask, bool)[0][::-1]

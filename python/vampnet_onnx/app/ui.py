@@ -40,18 +40,18 @@ def _number(control: Control, visible: bool = True) -> gr.Number:
         info=control.help,
         precision=0 if control.integral else None,
         visible=visible,
+        elem_id=control.name,
     )
 
 
 def _signature(names: list[str]) -> inspect.Signature:
-    """A signature with `names` (the first required, the others with the page's defaults),
-    which Gradio reads to name the API's parameters and their defaults."""
-    defaults = {c.name: c.default for c in CONTROLS}
-    defaults.update(variations=_VARIATIONS, seed="", inpaint_start=None, inpaint_end=None)
+    """A signature with `names`, which Gradio reads to name the API's parameters; a default
+    of None makes a parameter optional for clients (the component's value is then its
+    default)."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     return inspect.Signature(
         [inspect.Parameter(names[0], kind)]
-        + [inspect.Parameter(name, kind, default=defaults[name]) for name in names[1:]]
+        + [inspect.Parameter(name, kind, default=None) for name in names[1:]]
     )
 
 
@@ -59,6 +59,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     """The Blocks of the app on `studio`'s models: inputs and controls, a generate action
     (``api_name="vamp"``), a mask preview (``api_name="mask"``), and per variation a player, a
     float-WAV download and a "use as input" button."""
+    top_codebook = studio.vamp.n_codebooks - 1
     with gr.Blocks(title="vampnet-onnx", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(
             f"## VampNet on ONNX Runtime\nModels: `{studio.vamp.models}` ({studio.precision}, "
@@ -67,60 +68,111 @@ def build_app(studio: Studio) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column():
-                source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="input")
-                example = gr.Button("example clip (synthesised music)")
+                source = gr.Audio(
+                    sources=["upload", "microphone"],
+                    buttons=["download"],
+                    type="filepath",
+                    label="input",
+                    elem_id="input",
+                )
+                example = gr.Button("example clip (synthesised music)", elem_id="example")
                 preset = gr.Dropdown(
                     choices=studio.presets(),
                     value=None,
                     label="preset",
-                    info="sets the mask controls below; edit them after to taste",
-                )
-            with gr.Column():
-                seed = gr.Textbox(label="seed", placeholder="empty: draw a random seed")
-                variations = gr.Number(
-                    value=_VARIATIONS,
-                    precision=0,
-                    label="variations",
-                    info=f"1 to {MAX_VARIATIONS}, generated together; variation i has seed + i - 1",
+                    info="sets the mask recipe below; edit it after to taste",
+                    elem_id="preset",
                 )
                 with gr.Row():
-                    inpaint_start = gr.Number(
-                        value=None, label="inpaint start (s)", info="empty: the whole clip"
+                    seed = gr.Textbox(
+                        label="seed", placeholder="empty: draw a random seed", elem_id="seed"
                     )
-                    inpaint_end = gr.Number(value=None, label="inpaint end (s)")
-                generate = gr.Button("generate", variant="primary")
-                preview = gr.Button("show the mask")
-                seed_used = gr.Textbox(label="seed used (variation 1)", interactive=False)
-                status = gr.Markdown()
-        with gr.Accordion("sampling (coarse stage)", open=False):
-            sampling = [_number(control) for control in SAMPLING_CONTROLS]
-        with gr.Accordion("mask recipe: what is kept from the input", open=False):
-            mask_controls = [
-                _number(control, studio.has_beats or control.name != "beat_mask_ms")
-                for control in MASK_CONTROLS
-            ]
-        players, files, reuse = [], [], []
-        for i in range(1, MAX_VARIATIONS + 1):
-            with gr.Row():
-                players.append(gr.Audio(label=f"variation {i}", visible=False))
-                files.append(gr.File(label=f"variation {i} (float WAV)", visible=False))
-                reuse.append(gr.Button(f"use variation {i} as input", visible=False))
-        spectrograms = gr.Image(
-            label="spectrograms (log frequency)", interactive=False, format="png"
-        )
-        mask = gr.Image(
-            label="mask of variation 1: codebooks bottom (0) to top, frames left to right; "
-            "light = generated, dark = kept",
-            interactive=False,
-            format="png",
-        )
+                    variations = gr.Number(
+                        value=_VARIATIONS,
+                        precision=0,
+                        label="variations",
+                        info=f"1 to {MAX_VARIATIONS}; variation i has the seed + i - 1",
+                        elem_id="variations",
+                    )
+                inpaint = gr.Textbox(
+                    label="inpaint (s)",
+                    placeholder="START END, e.g. 1.5 3; empty: the whole clip",
+                    info="generate only this range, keep the rest as it is; the recipe applies "
+                    "inside (periodic_prompt 0 regenerates it all)",
+                    elem_id="inpaint",
+                )
+                with gr.Row():
+                    generate = gr.Button("generate", variant="primary", elem_id="generate")
+                    preview = gr.Button("show the mask", elem_id="preview")
+            with gr.Column():
+                with gr.Row():
+                    seed_used = gr.Textbox(
+                        label="seed used (variation 1)", interactive=False, elem_id="seed-used"
+                    )
+                    status = gr.Markdown(elem_id="status")
+                players, files, reuse = [], [], []
+                for i in range(1, MAX_VARIATIONS + 1):
+                    with gr.Row(equal_height=True):
+                        players.append(
+                            gr.Audio(
+                                label=f"variation {i}",
+                                visible=False,
+                                interactive=False,
+                                buttons=["download"],
+                                elem_id=f"variation-{i}",
+                                scale=3,
+                            )
+                        )
+                        with gr.Column(scale=2, min_width=160):
+                            files.append(
+                                gr.File(
+                                    label=f"variation {i} (float WAV)",
+                                    visible=False,
+                                    interactive=False,
+                                    elem_id=f"file-{i}",
+                                )
+                            )
+                            reuse.append(
+                                gr.Button(
+                                    f"use variation {i} as input",
+                                    visible=False,
+                                    size="sm",
+                                    elem_id=f"reuse-{i}",
+                                )
+                            )
+        with gr.Row():
+            spectrograms = gr.Image(
+                label="spectrograms (log frequency)",
+                interactive=False,
+                format="png",
+                buttons=["download", "fullscreen"],
+                elem_id="spectrograms",
+            )
+            mask = gr.Image(
+                label=f"mask of variation 1: codebooks 0 (bottom) to {top_codebook}, frames left "
+                "to right; light = generated, dark = kept",
+                interactive=False,
+                format="png",
+                buttons=["download", "fullscreen"],
+                elem_id="mask",
+            )
+        with gr.Row():
+            with gr.Accordion("sampling (coarse stage)", open=False, elem_id="sampling"):
+                sampling = [_number(control) for control in SAMPLING_CONTROLS]
+            with gr.Accordion(
+                "mask recipe: what is kept from the input", open=False, elem_id="recipe"
+            ):
+                mask_controls = [
+                    _number(control, studio.has_beats or control.name != "beat_mask_ms")
+                    for control in MASK_CONTROLS
+                ]
 
-        settings_inputs = [*sampling, *mask_controls, seed, inpaint_start, inpaint_end]
+        settings_inputs = [*sampling, *mask_controls, seed, inpaint]
 
         def settings_of(values: tuple) -> dict[str, Any]:
             named = dict(zip([c.name for c in CONTROLS], values[: len(CONTROLS)]))
-            seed_text, start, end = values[len(CONTROLS) :]
-            return studio.settings(named, seed_text, (start, end))
+            seed_text, inpaint_text = values[len(CONTROLS) :]
+            return studio.settings(named, seed_text, inpaint_text)
 
         def run(path, n, *values):
             started = time.monotonic()
@@ -148,7 +200,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             ]
 
         # The API's parameters named for the settings they set (gradio_client takes keywords).
-        settings_names = [*[c.name for c in CONTROLS], "seed", "inpaint_start", "inpaint_end"]
+        settings_names = [*[c.name for c in CONTROLS], "seed", "inpaint"]
         run.__signature__ = _signature(["audio", "variations", *settings_names])
 
         def show_mask(path, *values):

@@ -126,6 +126,21 @@ def test_api_refuses_an_input_longer_than_max_seconds(client, tmp_path):
         client.predict(audio=_upload(long), api_name="/vamp")
 
 
+def test_api_refuses_a_server_path_the_client_names(app):
+    import httpx
+
+    from vampnet_onnx.app.studio import CONTROLS
+
+    url, studio = app
+    # An audio file on the server that no client uploaded: Gradio's upload handling refuses it.
+    named = {"path": str(studio.example_clip()), "meta": {"_type": "gradio.FileData"}}
+    data = [named, 1, *[control.default for control in CONTROLS], "5", ""]
+    call = f"{url}gradio_api/call/vamp"
+    event = httpx.post(call, json={"data": data}).json()["event_id"]
+    stream = httpx.get(f"{call}/{event}", timeout=60).text
+    assert stream.startswith("event: error"), stream
+
+
 def test_cli_app_without_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
     for name in [n for n in sys.modules if n.startswith("vampnet_onnx.app")]:

@@ -84,7 +84,7 @@ def _cli_without(blocked: tuple[str, ...], argv: list[str]) -> subprocess.Comple
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["vamp", "export", "demo"])
+@pytest.mark.parametrize("command", ["vamp", "export", "demo", "app"])
 def test_the_cli_parses_without_the_optional_packages(command):
     # Every command's --help works from a bare install: no export extra, no ONNX Runtime.
     done = _cli_without(_NOT_INSTALLED, [command, "--help"])

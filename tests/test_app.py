@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +29,8 @@ SECONDS = 2.0
 MAX_SECONDS = 3.0
 #: Few steps: the tests check the plumbing, not the music.
 STEPS = 2
+#: Steps of a run long enough to stop: about a minute here, where STEPS take a second.
+LONG_STEPS = 5000
 #: Where the float WAVs are in the vamp endpoint's outputs: seed used, status, spectrograms,
 #: mask, a player per variation slot (4), then a file per slot.
 FIRST_FILE = 8
@@ -247,3 +250,42 @@ def test_page_shows_a_bad_setting_as_an_error(page, clip):
     page.get_by_text("top_p must be").first.wait_for()
     assert page.locator("#variation-1").is_hidden()
     _only_loopback(page.requested)
+
+
+def _start_long_run(page, clip) -> None:
+    page.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(page)
+    page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
+    _set_number(page, "steps", str(LONG_STEPS))
+    page.locator("#generate").click()
+
+
+def test_page_stop_ends_a_long_run_and_the_page_recovers(page, clip):
+    _start_long_run(page, clip)
+    from playwright.sync_api import TimeoutError as NotYet
+
+    stopped = page.get_by_text("the generation was stopped").first
+    # Stop reaches only a run that has started: press it until the run says it stopped,
+    # which it can only do long before its LONG_STEPS would end.
+    for _ in range(40):
+        page.locator("#stop").click()
+        try:
+            stopped.wait_for(timeout=500)
+            break
+        except NotYet:
+            continue
+    assert stopped.is_visible()
+    _set_number(page, "steps", str(STEPS))
+    page.locator("#generate").click()
+    page.locator("#variation-2 a[data-testid=download-link]").wait_for(timeout=60_000)
+    _only_loopback(page.requested)
+
+
+def test_closing_the_tab_stops_its_run(page, clip, client):
+    _start_long_run(page, clip)
+    page.locator("#seed-used .wrap:not(.hide)").wait_for()  # the run is under way
+    page.close(run_before_unload=True)
+    # One generation at a time: this one waits for the closed tab's run unless that stopped.
+    started = time.monotonic()
+    client.predict(audio=_upload(clip), variations=1, steps=1, api_name="/vamp")
+    assert time.monotonic() - started < 15

@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from vampnet_onnx import audio, masks
+from vampnet_onnx import Cancelled, audio, masks, runtime
 from vampnet_onnx.contracts import C2F_STEPS, C2F_STREAM_BASE, MODEL_FILES
-from vampnet_onnx.pipeline import Vamp
+from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
 SR = 44100
 HOP = 768
@@ -174,6 +175,45 @@ def test_vamp_mask_keeps_every_codebook_outside_the_inpaint_range(vamp):
     first, stop = math.ceil(0.5 * SR / HOP), math.ceil(1.0 * SR / HOP)
     assert not inpainted[..., :first].any() and not inpainted[..., stop:].any()
     np.testing.assert_array_equal(inpainted[..., first:stop], recipe[..., first:stop])
+
+
+@pytest.mark.parametrize("call", ["vamp", "vamp_batch"])
+def test_a_cancel_set_before_the_call_stops_it_before_any_graph_runs(vamp, monkeypatch, call):
+    ran = []
+    interruptible = runtime._interruptible
+
+    def counted(call, options):
+        return interruptible(lambda: (ran.append(call), call())[1], options)
+
+    monkeypatch.setattr(runtime, "_interruptible", counted)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="cancelled before it started"):
+        if call == "vamp":
+            vamp.vamp(noise(0.5), SR, cancel=cancel, **FAST)
+        else:
+            vamp.vamp_batch([noise(0.5)] * 2, SR, cancel=cancel, **FAST)
+    assert ran == []
+
+
+def test_a_cancel_set_during_a_run_terminates_the_graph_in_flight(models):
+    # The single graph is one onnxruntime run of about 10 s at 1000 steps here: the event set
+    # after 0.5 s can only be seen by terminating that run (onnxruntime's error is the cause).
+    single = SingleGraphVamp(models / "vamp.onnx", threads=2)
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    try:
+        with pytest.raises(Cancelled, match="the run was cancelled$") as stopped:
+            single.vamp(noise(1.0), SR, steps=1000, cancel=cancel)
+    finally:
+        timer.cancel()
+    assert "terminate flag" in str(stopped.value.__cause__)
+
+
+def test_cancel_must_be_an_event(vamp):
+    with pytest.raises(ValueError, match="^Vamp.vamp: cancel must be a threading.Event or None"):
+        vamp.vamp(noise(0.1), SR, cancel=True, **FAST)
 
 
 def test_same_seed_same_audio_other_seed_other_audio(vamp):

@@ -11,6 +11,7 @@ import math
 import secrets
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,15 @@ class Studio:
         return kwargs
 
     def generate(
-        self, path: str | Path | None, settings: dict[str, Any], variations: Any
+        self,
+        path: str | Path | None,
+        settings: dict[str, Any],
+        variations: Any,
+        cancel: threading.Event | None = None,
     ) -> Result:
         """`variations` outputs of the input file with `settings` (`settings()`), as one
         `Vamp.vamp_batch`, variation i with seed + i: each equals ``Vamp.vamp(x, rate,
-        seed=seed + i, **rest)``."""
+        seed=seed + i, **rest)``. Setting `cancel` stops the batch (`Cancelled`)."""
         if (
             isinstance(variations, bool)
             or not isinstance(variations, int | float)
@@ -162,7 +167,9 @@ class Studio:
         seed = rest.pop("seed")
         seeds = [check_seed(seed + i, WHERE) for i in range(n)]
         mask = self.vamp.vamp_mask(x, rate, seed=seed, **rest)
-        outputs = self.vamp.vamp_batch([x] * n, rate, seeds=seeds, progress=True, **rest)
+        outputs = self.vamp.vamp_batch(
+            [x] * n, rate, seeds=seeds, progress=True, cancel=cancel, **rest
+        )
         folder = self._new_run_folder()
         paths = []
         for i, (y, out_rate) in enumerate(outputs, 1):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import inspect
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from .. import presets
+from .. import Cancelled, presets
 from .studio import (
     CONTROLS,
     MASK_CONTROLS,
@@ -44,13 +46,15 @@ def _number(control: Control, visible: bool = True) -> gr.Number:
     )
 
 
-def _signature(names: list[str]) -> inspect.Signature:
+def _signature(names: list[str], request: bool = False) -> inspect.Signature:
     """A signature with `names`, which Gradio reads to name the API's parameters; a default
     of None makes a parameter optional for clients (the component's value is then its
-    default)."""
+    default). request: a first parameter that Gradio fills with the `gr.Request`."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    first = [inspect.Parameter("request", kind, annotation=gr.Request)] if request else []
     return inspect.Signature(
-        [inspect.Parameter(names[0], kind)]
+        first
+        + [inspect.Parameter(names[0], kind)]
         + [inspect.Parameter(name, kind, default=None) for name in names[1:]]
     )
 
@@ -103,6 +107,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 )
                 with gr.Row():
                     generate = gr.Button("generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("stop", variant="stop", elem_id="stop")
                     preview = gr.Button("show the mask", elem_id="preview")
             with gr.Column():
                 with gr.Row():
@@ -174,12 +179,30 @@ def build_app(studio: Studio) -> gr.Blocks:
             seed_text, inpaint_text = values[len(CONTROLS) :]
             return studio.settings(named, seed_text, inpaint_text)
 
-        def run(path, n, *values):
+        # The cancel event of each page's running generation, by Gradio session: Stop and a
+        # closed tab stop their own page's run, not another's.
+        running: dict[str, threading.Event] = {}
+        # Pages closed lately: a run of theirs still in the queue is not started. The queue
+        # holds QUEUE_SIZE runs, so this many closings cover every run that can be waiting.
+        closed: collections.deque[str] = collections.deque(maxlen=8 * QUEUE_SIZE)
+
+        def run(request: gr.Request, path, n, *values):
             started = time.monotonic()
+            cancel = running[request.session_hash] = threading.Event()
+            if request.session_hash in closed:
+                cancel.set()
             try:
-                result = studio.generate(path, settings_of(values), n)
+                result = studio.generate(path, settings_of(values), n, cancel)
             except _USER_ERRORS as err:
                 raise gr.Error(str(err), print_exception=False) from None
+            except Cancelled:
+                raise gr.Error(
+                    "the generation was stopped; nothing was generated",
+                    title="Stopped",
+                    print_exception=False,
+                ) from None
+            finally:
+                running.pop(request.session_hash, None)
             count = len(result.paths)
             paths = [str(p) for p in result.paths] + [None] * (MAX_VARIATIONS - count)
             seeds = ", ".join(str(result.seed + i) for i in range(count))
@@ -201,7 +224,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # The API's parameters named for the settings they set (gradio_client takes keywords).
         settings_names = [*[c.name for c in CONTROLS], "seed", "inpaint"]
-        run.__signature__ = _signature(["audio", "variations", *settings_names])
+        run.__signature__ = _signature(["audio", "variations", *settings_names], request=True)
 
         def show_mask(path, *values):
             try:
@@ -237,6 +260,18 @@ def build_app(studio: Studio) -> gr.Blocks:
             concurrency_limit=1,
             concurrency_id="models",
         )
+
+        def stop_run(request: gr.Request):
+            if request.session_hash in running:
+                running[request.session_hash].set()
+
+        def close(request: gr.Request):
+            closed.append(request.session_hash)
+            stop_run(request)
+
+        # Outside the queue: it must not wait behind the generation it stops.
+        stop.click(stop_run, None, None, queue=False, api_visibility="private")
+        blocks.unload(close)
         preset.change(choose_preset, preset, mask_controls, api_visibility="private")
         example.click(lambda: str(studio.example_clip()), None, source, api_visibility="private")
         for button, file in zip(reuse, files):

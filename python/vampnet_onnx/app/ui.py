@@ -182,8 +182,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         # The cancel event of each page's running generation, by Gradio session: Stop and a
         # closed tab stop their own page's run, not another's.
         running: dict[str, threading.Event] = {}
-        # Pages closed lately: a run of theirs still in the queue is not started. The queue
-        # holds QUEUE_SIZE runs, so this many closings cover every run that can be waiting.
+        # Pages closed lately: a run of theirs still in the queue is not started. A run waits
+        # behind at most QUEUE_SIZE others, so the last 8 x QUEUE_SIZE closings hold the page of
+        # every run still waiting, short of that many tabs closing while it waits.
         closed: collections.deque[str] = collections.deque(maxlen=8 * QUEUE_SIZE)
 
         def run(request: gr.Request, path, n, *values):
@@ -304,7 +305,9 @@ def serve(
             footer_links=[],
             quiet=not block,
         )
-    finally:
-        if block:
-            studio.close()
+    except BaseException:  # a port in use, Ctrl-C while starting: no folder left behind
+        studio.close()
+        raise
+    if block:
+        studio.close()
     return blocks, studio

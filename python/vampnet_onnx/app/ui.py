@@ -46,17 +46,19 @@ def _number(control: Control, visible: bool = True) -> gr.Number:
     )
 
 
-def _signature(names: list[str], request: bool = False) -> inspect.Signature:
+def _signature(names: list[str], tracked: bool = False) -> inspect.Signature:
     """A signature with `names`, which Gradio reads to name the API's parameters; a default
     of None makes a parameter optional for clients (the component's value is then its
-    default). request: a first parameter that Gradio fills with the `gr.Request`."""
+    default). tracked: a first parameter that Gradio fills with the `gr.Request` and a last
+    one with a progress bar that follows tqdm's."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    first = [inspect.Parameter("request", kind, annotation=gr.Request)] if request else []
-    return inspect.Signature(
-        first
-        + [inspect.Parameter(names[0], kind)]
-        + [inspect.Parameter(name, kind, default=None) for name in names[1:]]
-    )
+    parameters = [inspect.Parameter(names[0], kind)]
+    parameters += [inspect.Parameter(name, kind, default=None) for name in names[1:]]
+    if tracked:
+        request = inspect.Parameter("request", kind, annotation=gr.Request)
+        progress = inspect.Parameter("progress", kind, default=gr.Progress(track_tqdm=True))
+        parameters = [request, *parameters, progress]
+    return inspect.Signature(parameters)
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -188,6 +190,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         closed: collections.deque[str] = collections.deque(maxlen=8 * QUEUE_SIZE)
 
         def run(request: gr.Request, path, n, *values):
+            # The last value is Gradio's progress tracker: it follows the stages' tqdm bars.
+            *values, _ = values
             started = time.monotonic()
             cancel = running[request.session_hash] = threading.Event()
             if request.session_hash in closed:
@@ -225,7 +229,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # The API's parameters named for the settings they set (gradio_client takes keywords).
         settings_names = [*[c.name for c in CONTROLS], "seed", "inpaint"]
-        run.__signature__ = _signature(["audio", "variations", *settings_names], request=True)
+        run.__signature__ = _signature(["audio", "variations", *settings_names], tracked=True)
 
         def show_mask(path, *values):
             try:

@@ -6,17 +6,19 @@ the small codec with the real rates (hop 768, so frame counts are VampNet's).
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from vampnet_onnx import audio, masks
+from vampnet_onnx import Cancelled, audio, masks, runtime
 from vampnet_onnx.contracts import C2F_STEPS, C2F_STREAM_BASE, MODEL_FILES
-from vampnet_onnx.pipeline import Vamp
+from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
 SR = 44100
 HOP = 768
@@ -83,7 +85,7 @@ def _cli_without(blocked: tuple[str, ...], argv: list[str]) -> subprocess.Comple
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["vamp", "export", "demo"])
+@pytest.mark.parametrize("command", ["vamp", "export", "demo", "app"])
 def test_the_cli_parses_without_the_optional_packages(command):
     # Every command's --help works from a bare install: no export extra, no ONNX Runtime.
     done = _cli_without(_NOT_INSTALLED, [command, "--help"])
@@ -156,6 +158,62 @@ def test_integer_wav_files_vamp(vamp, tmp_path, subtype):
     info = soundfile.info(out)
     assert rate == 22050 and info.samplerate == 22050 and info.frames == 22050
     assert info.channels == 1
+
+
+def test_vamp_mask_is_the_mask_vamp_generates_with(vamp):
+    x = noise(1.0)
+    recipe = dict(seed=3, periodic_prompt=5, onset_mask_width=2)
+    mask = vamp.vamp_mask(x, SR, **recipe)
+    given = vamp.vamp(x, SR, seed=3, mask=mask, **FAST)[0]
+    np.testing.assert_array_equal(given, vamp.vamp(x, SR, **recipe, **FAST)[0])
+
+
+def test_vamp_mask_keeps_every_codebook_outside_the_inpaint_range(vamp):
+    x = noise(1.5)
+    recipe = vamp.vamp_mask(x, SR, seed=3, periodic_prompt=0)
+    inpainted = vamp.vamp_mask(x, SR, seed=3, periodic_prompt=0, inpaint=(0.5, 1.0))
+    first, stop = math.ceil(0.5 * SR / HOP), math.ceil(1.0 * SR / HOP)
+    assert not inpainted[..., :first].any() and not inpainted[..., stop:].any()
+    np.testing.assert_array_equal(inpainted[..., first:stop], recipe[..., first:stop])
+
+
+@pytest.mark.parametrize("call", ["vamp", "vamp_batch"])
+def test_a_cancel_set_before_the_call_stops_it_before_any_graph_runs(vamp, monkeypatch, call):
+    ran = []
+    interruptible = runtime._interruptible
+
+    def counted(call, options):
+        return interruptible(lambda: (ran.append(call), call())[1], options)
+
+    monkeypatch.setattr(runtime, "_interruptible", counted)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="cancelled before it started"):
+        if call == "vamp":
+            vamp.vamp(noise(0.5), SR, cancel=cancel, **FAST)
+        else:
+            vamp.vamp_batch([noise(0.5)] * 2, SR, cancel=cancel, **FAST)
+    assert ran == []
+
+
+def test_a_cancel_set_during_a_run_terminates_the_graph_in_flight(models):
+    # The single graph is one onnxruntime run of about 10 s at 1000 steps here: the event set
+    # after 0.5 s can only be seen by terminating that run (onnxruntime's error is the cause).
+    single = SingleGraphVamp(models / "vamp.onnx", threads=2)
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    try:
+        with pytest.raises(Cancelled, match="the run was cancelled$") as stopped:
+            single.vamp(noise(1.0), SR, steps=1000, cancel=cancel)
+    finally:
+        timer.cancel()
+    assert "terminate flag" in str(stopped.value.__cause__)
+
+
+def test_cancel_must_be_an_event(vamp):
+    with pytest.raises(ValueError, match="^Vamp.vamp: cancel must be a threading.Event or None"):
+        vamp.vamp(noise(0.1), SR, cancel=True, **FAST)
 
 
 def test_same_seed_same_audio_other_seed_other_audio(vamp):

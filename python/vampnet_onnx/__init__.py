@@ -16,6 +16,7 @@ from .ops import DOMAIN, MASK_TOKEN
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
     "DOMAIN",
     "MASK_TOKEN",
     "Generator",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Cancelled": "runtime",
     "Generator": "generator",
     "SingleGraphVamp": "pipeline",
     "Vamp": "pipeline",

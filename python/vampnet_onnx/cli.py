@@ -539,6 +539,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    from . import runtime
+
+    runtime.device_providers(args.device, "", "--device")
+    if not 0 < args.max_seconds < math.inf:
+        raise ValueError(f"--max-seconds must be a number > 0, got {args.max_seconds}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    try:
+        from .app import serve
+    except ImportError as err:
+        raise ValueError(
+            f"gradio must be installed for the app: pip install 'vampnet-onnx[app]' "
+            f"({_one_line(err)})"
+        ) from None
+    serve(
+        args.models,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_seconds=args.max_seconds,
+    )
+    return 0
+
+
 def _add_settings(group, settings_class) -> None:
     """One option per field of a `settings` dataclass: its flag, type and help. The parsed
     default is None, so that a preset can tell a given option from a default one."""
@@ -962,6 +987,50 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=6.0, help="input length (default 6)")
     _add_vamp_options(demo)
     demo.set_defaults(handler=_demo)
+
+    app = commands.add_parser(
+        "app",
+        help="serve VampNet's app: a web page to vamp clips with a models folder",
+        description=(
+            "Serve a Gradio page (the app extra: pip install 'vampnet-onnx[app]'; docs/app.md): "
+            "upload, record or synthesise a clip, pick a preset or set the mask and sampling "
+            "by hand, generate variations, listen, download them as float WAV, use one as the "
+            "next input. Its generate action is also an API (gradio_client, api_name 'vamp'). "
+            "It serves this machine only unless --host says otherwise, one generation at a "
+            "time."
+        ),
+    )
+    app.add_argument(
+        "--models",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder written by vampnet-onnx export (beat-mask controls only with its "
+        "wavebeat.onnx)",
+    )
+    app.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 serves "
+        "every network this machine is on: only on one you trust, docs/app.md)",
+    )
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the graphs run: cpu, or cuda (onnxruntime-gpu) (default cpu)",
+    )
+    app.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="longest input accepted, in seconds; longer uploads are refused with a message "
+        "(default 60)",
+    )
+    app.add_argument("--verbose", action="store_true", help="full tracebacks")
+    app.set_defaults(handler=_app)
     return parser
 
 

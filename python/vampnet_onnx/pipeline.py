@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -75,7 +76,7 @@ from .contracts import (
     require_files,
 )
 from .generator import Generator
-from .runtime import create_session, run
+from .runtime import cancel_on, create_session, run
 from .settings import (
     BATCH_SIZE_DEFAULT,
     HOST_ONLY_MASK_SETTINGS,
@@ -235,6 +236,7 @@ class _AudioToAudio:
         context_s: float = 0.0,
         keep_rate: bool = True,
         progress: bool = False,
+        cancel: threading.Event | None = None,
     ) -> tuple[np.ndarray, int]:
         """Vamp on `samples` with VampNet's app defaults (docs/model.md §4.7).
 
@@ -266,34 +268,38 @@ class _AudioToAudio:
             keep_rate: return audio at `sample_rate` (True) or at the codec's 44.1 kHz.
             progress: tqdm bars over the chunks of each stage (`Vamp`; the single graph is one
                 run and shows none).
+            cancel: an event that another thread (a front end's Stop button) may set to stop
+                the vamp: the graph running then stops at its next node and `vamp` raises
+                `runtime.Cancelled` (`runtime.cancel_on`); None: only Ctrl-C stops it.
 
         Returns:
             (float32 mono ``[N']`` with the input's duration and loudness, its rate in Hz);
             N' = N when `keep_rate`.
         """
-        checked = self._prepare(
-            mask=mask,
-            inpaint=inpaint,
-            context_s=context_s,
-            seed=seed,
-            steps=steps,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            mask_temperature=mask_temperature,
-            periodic_prompt=periodic_prompt,
-            periodic_width=periodic_width,
-            upper_codebook_mask=upper_codebook_mask,
-            onset_mask_width=onset_mask_width,
-            beat_mask_ms=beat_mask_ms,
-            prefix_s=prefix_s,
-            suffix_s=suffix_s,
-            dropout=dropout,
-            keep_rate=keep_rate,
-            progress=progress,
-        )
-        y, info = self._run(checked, *audio.preprocess(samples, sample_rate, self.sample_rate))
-        return audio.restore(y, info, self.sample_rate), info.sample_rate
+        with cancel_on(cancel, f"{type(self).__name__}.vamp"):
+            checked = self._prepare(
+                mask=mask,
+                inpaint=inpaint,
+                context_s=context_s,
+                seed=seed,
+                steps=steps,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                mask_temperature=mask_temperature,
+                periodic_prompt=periodic_prompt,
+                periodic_width=periodic_width,
+                upper_codebook_mask=upper_codebook_mask,
+                onset_mask_width=onset_mask_width,
+                beat_mask_ms=beat_mask_ms,
+                prefix_s=prefix_s,
+                suffix_s=suffix_s,
+                dropout=dropout,
+                keep_rate=keep_rate,
+                progress=progress,
+            )
+            y, info = self._run(checked, *audio.preprocess(samples, sample_rate, self.sample_rate))
+            return audio.restore(y, info, self.sample_rate), info.sample_rate
 
     def _prepare(
         self,
@@ -451,12 +457,18 @@ class _AudioToAudio:
         return round(context_s * self.sample_rate / self.hop_length)
 
     def vamp_file(
-        self, in_path: str | Path, out_path: str | Path, **settings: Any
+        self,
+        in_path: str | Path,
+        out_path: str | Path,
+        *,
+        cancel: threading.Event | None = None,
+        **settings: Any,
     ) -> tuple[Path, int]:
         """`vamp` on an audio file, written to `out_path` (format from the extension, the
         input's subtype where that format takes it: `audio.kept_subtype`).
 
-        settings: the keyword arguments of `vamp`. Returns (out_path, its sample rate in Hz).
+        settings: the keyword arguments of `vamp`; cancel: as `vamp`'s (a cancelled run writes
+        nothing). Returns (out_path, its sample rate in Hz).
         Raises FileNotFoundError / ValueError for a missing or undecodable input, and ValueError
         before any work for an output that cannot be written (`audio.check_output_path`: no
         such folder, no permission, no audio extension, the input file itself, or a format
@@ -480,7 +492,8 @@ class _AudioToAudio:
         # File to file, piece by piece at both ends (`audio.preprocess_file`, `restore_file`):
         # the one whole-input array is the codec-rate mono signal, which the run overwrites
         # with its output, so memory stays bounded whatever the input's length.
-        y, info = self._run(checked, *audio.preprocess_file(in_path, self.sample_rate))
+        with cancel_on(cancel, where):
+            y, info = self._run(checked, *audio.preprocess_file(in_path, self.sample_rate))
         audio.restore_file(y, info, out_path, self.sample_rate, subtype)
         return out_path, info.sample_rate
 
@@ -746,6 +759,7 @@ class Vamp(_AudioToAudio):
         *,
         seeds: int | Sequence[int] | None = None,
         batch_size: int = BATCH_SIZE_DEFAULT,
+        cancel: threading.Event | None = None,
         **settings: Any,
     ) -> list[tuple[np.ndarray, int]]:
         """`vamp` on several clips at once: one ``(samples, sample_rate)`` per clip, equal to
@@ -763,6 +777,7 @@ class Vamp(_AudioToAudio):
                 chunks, up to `batch_size` each run, every chunk with its clip's seed and its
                 own stream index (per-item keys, docs/generation.md). A graph exported with
                 ``--batch-coupled`` runs one chunk a run (its schedule couples a run's items).
+            cancel: as `vamp`'s: setting it stops the whole batch (`runtime.Cancelled`).
             settings: the other keyword arguments of `vamp` (not `seed`), the same for every
                 clip; a given `mask` must fit every clip.
 
@@ -789,21 +804,22 @@ class Vamp(_AudioToAudio):
         runs = [self._prepare(seed=seed, **settings) for seed in seed_list]
         if not runs:
             return []
-        prepared = []
-        for clip, rate, checked in zip(clips, rates, runs):
-            x, info = audio.preprocess(clip, rate, self.sample_rate)
-            prepared.append((x, *self._run_inputs(checked, x, info)))
-        first = runs[0]
-        ys = self._vamp_preprocessed_batch(
-            [x for x, _, _ in prepared],
-            [checked.seed for checked in runs],
-            first.mask_settings,
-            first.sampling,
-            first.progress,
-            [given for _, given, _ in prepared],
-            batch_size,
-            self._context_frames(first.context_s),
-        )
+        with cancel_on(cancel, where):
+            prepared = []
+            for clip, rate, checked in zip(clips, rates, runs):
+                x, info = audio.preprocess(clip, rate, self.sample_rate)
+                prepared.append((x, *self._run_inputs(checked, x, info)))
+            first = runs[0]
+            ys = self._vamp_preprocessed_batch(
+                [x for x, _, _ in prepared],
+                [checked.seed for checked in runs],
+                first.mask_settings,
+                first.sampling,
+                first.progress,
+                [given for _, given, _ in prepared],
+                batch_size,
+                self._context_frames(first.context_s),
+            )
         return [
             (audio.restore(y, info, self.sample_rate), info.sample_rate)
             for y, (_, _, info) in zip(ys, prepared)
@@ -839,6 +855,19 @@ class Vamp(_AudioToAudio):
             mask = masks.mask_and(mask, self.beat_mask(x, beat_mask_ms)[None])
             mask = masks.codebook_mask(mask, values["upper_codebook_mask"])
         return mask
+
+    def vamp_mask(self, samples: np.ndarray, sample_rate: int, **settings: Any) -> np.ndarray:
+        """The mask bool ``[1, n_codebooks, T]`` (True = generate) that ``vamp(samples,
+        sample_rate, **settings)`` generates with, without generating: the recipe's (onset and
+        beat masks included) or the given `mask`, with the `inpaint` range applied; T = the
+        frames of the input at the codec's rate. settings: `vamp`'s keyword arguments, checked
+        as `vamp` checks them. For showing a mask before a run (the app)."""
+        checked = self._prepare(**settings)
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
+        given, _ = self._run_inputs(checked, x, info)
+        if given is not None:
+            return given
+        return self.build_mask(x, checked.seed, **checked.mask_settings.inputs())
 
     def beat_mask(self, x: np.ndarray, after_beat_ms: float) -> np.ndarray:
         """bool ``[n_codebooks, T]``: False (keep) from each beat of `x` (preprocessed mono

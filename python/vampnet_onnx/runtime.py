@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.resources
 import os
 import sys
@@ -355,6 +357,33 @@ def run_bound(
     _interruptible(lambda: session.run_with_iobinding(binding, options), options)
 
 
+class Cancelled(Exception):
+    """A run stopped because the cancel event of its `cancel_on` scope was set."""
+
+
+#: The cancel event of the current `cancel_on` scope (None: runs are not cancellable). A
+#: context variable, so that every run inside a `Vamp.vamp` sees it without each stage passing
+#: it on, and two threads' scopes do not meet.
+_CANCEL: contextvars.ContextVar = contextvars.ContextVar("vampnet_onnx_cancel", default=None)
+
+
+@contextlib.contextmanager
+def cancel_on(event: threading.Event | None, where: str, name: str = "cancel"):
+    """A scope in which setting `event` (from any thread) stops the work: a `run` or
+    `run_bound` in flight gets onnxruntime's `RunOptions.terminate` and stops at its next node,
+    one not yet started does not start; either raises `Cancelled` in the thread that entered
+    the scope (within about 0.1 s plus one node). None: nothing is cancellable. ValueError
+    "<where>: <name> must be a threading.Event or None, got ..." for anything else."""
+    if event is not None and not isinstance(event, threading.Event):
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}{name} must be a threading.Event or None, got {event!r}")
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
 def _run_options(session: ort.InferenceSession, release_memory: bool) -> ort.RunOptions:
     options = ort.RunOptions()
     # Errors reach the caller as exceptions; onnxruntime's own log line for a stopped run
@@ -367,7 +396,11 @@ def _run_options(session: ort.InferenceSession, release_memory: bool) -> ort.Run
 
 
 def _interruptible(call, options: ort.RunOptions):
-    """`call()` on a worker thread, stopped through `options.terminate` on Ctrl-C (`run`)."""
+    """`call()` on a worker thread, stopped through `options.terminate` on Ctrl-C (`run`) or
+    when the `cancel_on` scope's event is set."""
+    cancel = _CANCEL.get()
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the run was cancelled before it started")
     outcome: dict = {}
     done = threading.Event()
 
@@ -384,7 +417,11 @@ def _interruptible(call, options: ort.RunOptions):
     threading.Thread(target=work, name="vampnet_onnx-run", daemon=True).start()
     try:
         while not done.wait(0.1):
-            pass
+            if cancel is not None and cancel.is_set():
+                options.terminate = True
+                done.wait()
+                if "error" in outcome:
+                    raise Cancelled("the run was cancelled") from outcome["error"]
     except KeyboardInterrupt:
         options.terminate = True
         done.wait()

@@ -1,0 +1,283 @@
+"""`vampnet-onnx app` (vampnet_onnx.app): the page served on a free local port with the tiny
+models, called through `gradio_client` and driven in headless chromium (Playwright).
+
+Skips without the app extra (gradio) and, for the browser tests, without Playwright or a
+chromium on PATH (.ci/run installs Debian's). Screenshots go to $VAMPNET_ARTIFACTS (default: the
+test's temporary folder), never into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import soundfile
+
+from vampnet_onnx import cli, demo
+from vampnet_onnx.pipeline import Vamp
+
+SR = 44100
+#: The input clip's length, and the longest the app takes: the refusal test uploads longer.
+SECONDS = 2.0
+MAX_SECONDS = 3.0
+#: Few steps: the tests check the plumbing, not the music.
+STEPS = 2
+#: Steps of a run long enough to stop: about a minute here, where STEPS take a second.
+LONG_STEPS = 5000
+#: Where the float WAVs are in the vamp endpoint's outputs: seed used, status, spectrograms,
+#: mask, a player per variation slot (4), then a file per slot.
+FIRST_FILE = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models_dir):
+    """(url, studio) of the app serving the tiny models on 127.0.0.1."""
+    pytest.importorskip("gradio")
+    from vampnet_onnx.app import serve
+
+    port = _free_port()
+    blocks, studio = serve(tiny_models_dir, port=port, max_seconds=MAX_SECONDS, block=False)
+    yield f"http://127.0.0.1:{port}/", studio
+    blocks.close()
+    studio.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(app[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """The demo's music, SECONDS long, as a float WAV (read back bit for bit by the server)."""
+    path = tmp_path_factory.mktemp("clip") / "in.wav"
+    soundfile.write(path, demo.synth_music(SECONDS, SR), SR, subtype="FLOAT")
+    return path
+
+
+def _upload(path: Path):
+    from gradio_client import handle_file
+
+    return handle_file(str(path))
+
+
+def test_api_variations_equal_vamp_with_seed_plus_i(client, clip, tiny_models_dir):
+    settings = dict(steps=STEPS, periodic_prompt=5, upper_codebook_mask=4)
+    result = client.predict(
+        audio=_upload(clip), variations=2, seed="11", **settings, api_name="/vamp"
+    )
+    seed_used, files = result[0], result[FIRST_FILE : FIRST_FILE + 2]
+    assert seed_used == "11"
+    x, rate = soundfile.read(clip, dtype="float32")
+    vamp = Vamp(tiny_models_dir)
+    for i, path in enumerate(files):
+        y, out_rate = soundfile.read(path, dtype="float32")
+        expected, expected_rate = vamp.vamp(x, rate, seed=11 + i, **settings)
+        assert out_rate == expected_rate
+        np.testing.assert_array_equal(y, expected)
+
+
+def test_api_empty_seed_draws_one_and_names_it(client, clip):
+    result = client.predict(audio=_upload(clip), variations=1, seed="", steps=1, api_name="/vamp")
+    seed = int(result[0])
+    assert Path(result[FIRST_FILE]).name == f"variation-1-seed-{seed}.wav"
+
+
+def test_api_bad_setting_is_a_message(client, clip):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="temperature must be a finite number >= 0, got -1"):
+        client.predict(audio=_upload(clip), temperature=-1, api_name="/vamp")
+
+
+def test_api_inpaint_must_be_two_numbers(client, clip):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="inpaint must be two numbers of seconds, START END"):
+        client.predict(audio=_upload(clip), inpaint="1.5", api_name="/vamp")
+
+
+def test_api_undecodable_file_is_a_message(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(AppError, match="vampnet-onnx app: input must be"):
+        client.predict(audio=_upload(bad), api_name="/vamp")
+
+
+def test_api_refuses_an_input_longer_than_max_seconds(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    long = tmp_path / "long.wav"
+    soundfile.write(long, demo.synth_music(MAX_SECONDS + 1, SR), SR, subtype="FLOAT")
+    with pytest.raises(AppError, match=r"input must be at most 3 s long \(--max-seconds\)"):
+        client.predict(audio=_upload(long), api_name="/vamp")
+
+
+def test_api_refuses_a_server_path_the_client_names(app):
+    import httpx
+
+    from vampnet_onnx.app.studio import CONTROLS
+
+    url, studio = app
+    # An audio file on the server that no client uploaded: Gradio's upload handling refuses it.
+    named = {"path": str(studio.example_clip()), "meta": {"_type": "gradio.FileData"}}
+    data = [named, 1, *[control.default for control in CONTROLS], "5", ""]
+    call = f"{url}gradio_api/call/vamp"
+    event = httpx.post(call, json={"data": data}).json()["event_id"]
+    stream = httpx.get(f"{call}/{event}", timeout=60).text
+    assert stream.startswith("event: error"), stream
+
+
+def test_cli_app_without_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    for name in [n for n in sys.modules if n.startswith("vampnet_onnx.app")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert cli.main(["app", "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vampnet-onnx app: error: gradio must be installed for the app: ")
+    assert "pip install 'vampnet-onnx[app]'" in err
+
+
+# --- in a browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    """A fresh page on the app, with every URL it requested in `page.requested`."""
+    page = browser.new_page(accept_downloads=True, viewport={"width": 1280, "height": 1000})
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
+    page.goto(app[0])
+    page.wait_for_selector("#generate")
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = os.environ.get("VAMPNET_ARTIFACTS")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _only_loopback(urls: list[str]) -> None:
+    hosts = {urlsplit(url).hostname for url in urls if not url.startswith(("data:", "blob:"))}
+    assert hosts == {"127.0.0.1"}, f"requests to other hosts: {sorted(hosts)}"
+
+
+def _input_file(page) -> str:
+    """The file name the input audio component holds (from its download link)."""
+    link = page.locator("#input a[data-testid=download-link]")
+    link.wait_for()
+    return link.get_attribute("href").rsplit("/", 1)[-1]
+
+
+def _set_number(page, name: str, value: str) -> None:
+    field = page.locator(f"#{name} input")
+    field.fill(value)
+    field.press("Enter")
+
+
+def test_page_generates_two_variations_downloads_and_reuses_one(page, clip, artifacts):
+    page.locator("#input input[type=file]").set_input_files(str(clip))
+    assert _input_file(page) == "in.wav"
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="small variation", exact=True).click()
+    page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
+    page.locator("#recipe").get_by_text("mask recipe").click()
+    assert page.locator("#periodic_prompt input").input_value() == "5"
+    _set_number(page, "steps", str(STEPS))
+    page.locator("#seed input, #seed textarea").fill("3")
+    page.locator("#generate").click()
+    for i in (1, 2):
+        page.locator(f"#variation-{i} a[data-testid=download-link]").wait_for(timeout=120_000)
+    assert page.locator("#seed-used input, #seed-used textarea").input_value() == "3"
+    with page.expect_download() as download:
+        page.locator("#file-1 a[download]").first.click()
+    saved = artifacts / "variation-1.wav"
+    download.value.save_as(saved)
+    info = soundfile.info(saved)
+    assert (info.subtype, info.samplerate, info.frames) == ("FLOAT", SR, round(SECONDS * SR))
+    page.locator("#mask img").wait_for()
+    # The finished page whole, and its first screen (the README's picture, docs/app.png).
+    page.screenshot(path=artifacts / "app-full.png", full_page=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=artifacts / "app.png")
+    page.locator("#reuse-2").click()
+    page.wait_for_function(
+        "() => document.querySelector('#input a[data-testid=download-link]')"
+        "?.href.endsWith('variation-2-seed-4.wav')"
+    )
+    _only_loopback(page.requested)
+
+
+def test_page_shows_a_bad_setting_as_an_error(page, clip):
+    page.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(page)
+    page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
+    _set_number(page, "top_p", "1.5")
+    page.locator("#generate").click()
+    page.get_by_text("top_p must be").first.wait_for()
+    assert page.locator("#variation-1").is_hidden()
+    _only_loopback(page.requested)
+
+
+def _start_long_run(page, clip) -> None:
+    """Start a LONG_STEPS run and wait until the page's progress bar counts its steps."""
+    page.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(page)
+    page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
+    _set_number(page, "steps", str(LONG_STEPS))
+    page.locator("#generate").click()
+    page.get_by_text(re.compile(r"^\d+/\S+ step")).first.wait_for(timeout=60_000)  # "12/10k step"
+
+
+def test_page_stop_ends_a_long_run_and_the_page_recovers(page, clip):
+    _start_long_run(page, clip)
+    page.locator("#stop").click()
+    # Within seconds, where the whole run would take about a minute.
+    page.get_by_text("the generation was stopped").first.wait_for(timeout=15_000)
+    _set_number(page, "steps", str(STEPS))
+    page.locator("#generate").click()
+    page.locator("#variation-2 a[data-testid=download-link]").wait_for(timeout=60_000)
+    _only_loopback(page.requested)
+
+
+def test_closing_the_tab_stops_its_run(page, clip, client):
+    _start_long_run(page, clip)
+    page.close(run_before_unload=True)
+    # One generation at a time: this one waits for the closed tab's run unless that stopped.
+    started = time.monotonic()
+    client.predict(audio=_upload(clip), variations=1, steps=1, api_name="/vamp")
+    assert time.monotonic() - started < 15

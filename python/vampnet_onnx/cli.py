@@ -1035,7 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands whose memory must not grow with the audio's length (`runtime.bound_heap_growth`).
-_LONG_RUNNING = ("vamp", "extend", "demo")
+_LONG_RUNNING = ("vamp", "extend", "demo", "app")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

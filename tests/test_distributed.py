@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -257,3 +258,27 @@ def test_cli_refuses_cluster_options_that_do_not_fit(argv, message, clips, tmp_p
         base = ["vamp", str(clips[0]), "--out-dir", str(tmp_path / "o"), "--models", str(tmp_path)]
     assert cli.main([*base, *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        (
+            "threads",
+            3,
+            "vamp_files: threads must be at most the CPUs of the cluster's largest node, 2, got 3",
+        ),
+        (
+            "gpus_per_worker",
+            1,
+            "vamp_files: gpus_per_worker must be at most the GPUs of the "
+            "cluster's largest node, 0, got 1",
+        ),
+    ],
+)
+def test_a_worker_larger_than_any_node_is_refused_not_waited_for(
+    cluster, option, value, message, clips, tiny_models_dir, tmp_path
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        distributed.vamp_files(clips, tmp_path / "out", tiny_models_dir, **{option: value})
+    assert not (tmp_path / "out").exists()

@@ -141,6 +141,7 @@ def vamp_files(
     started = _join(ray, address, where, flags.get("address", "address"))
     try:
         options = _Options(models, threads, gpus_per_worker, batch_size, settings, rate_hint)
+        _check_fits(ray, threads, gpus_per_worker, where, named)
         made = _probe(ray, options, where, flags.get("models", "models"))
         overwrite_flag = flags.get("overwrite", "overwrite=True")
         todo, done = folder.resume(out_dir, jobs, made, overwrite, overwrite_flag)
@@ -247,6 +248,24 @@ def _check_reachable(address: str | None, where: str, flag: str) -> None:
         raise ValueError(
             f"{where}{flag} must be a reachable Ray cluster, got '{address}' ({err})"
         ) from None
+
+
+def _check_fits(ray, threads: int, gpus: float, where: str, named: dict) -> None:
+    """A worker's CPUs and GPUs fit on one of the cluster's nodes (else Ray would wait for
+    them forever)."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    if threads > cpus:
+        raise ValueError(
+            f"{where}{named['threads']} must be at most the CPUs of the cluster's largest node, "
+            f"{cpus:g}, got {threads}"
+        )
+    most = max((node.get("GPU", 0) for node in nodes), default=0)
+    if gpus > most:
+        raise ValueError(
+            f"{where}{named['gpus_per_worker']} must be at most the GPUs of the cluster's "
+            f"largest node, {most:g}, got {gpus:g}"
+        )
 
 
 def _probe(ray, options: _Options, where: str, flag: str) -> dict:

@@ -783,3 +783,36 @@ def test_a_body_session_is_created_without_onnxruntime_warnings(schema, capfd):
     capfd.readouterr()
     body_session(node_model(schema, shapes))
     assert "W:onnxruntime" not in capfd.readouterr().err
+
+
+def test_export_op_bodies_gives_the_generation_graph_its_bodies_and_no_other_graph(tmp_path):
+    from vampnet_onnx import cli, testing
+
+    coarse = testing.write_vampnet_checkpoint(tmp_path / "coarse.pth", configs.TINY_COARSE_KWARGS)
+    codec = testing.write_codec_checkpoint(tmp_path / "codec.pth", configs.SMALL_CODEC_KWARGS)
+    out = tmp_path / "models"
+    argv = ["export", "--coarse", str(coarse), "--codec", str(codec), "--out", str(out)]
+    assert cli.main([*argv, "--op-bodies"]) == 0
+    carrying = {}
+    for graph in sorted(out.glob("*.onnx")):
+        model = onnx.load(str(graph), load_external_data=False)
+        meta = {p.key: p.value for p in model.metadata_props}
+        carrying[graph.name] = (
+            meta.get(contracts.OP_BODIES_KEY),
+            sorted(f.name for f in model.functions),
+        )
+    generation = contracts.GENERATION_FILES["coarse"]
+    assert carrying.pop(generation) == ("1", ["MaskGitStep"])
+    assert all(entry == (None, []) for entry in carrying.values()), carrying
+    # Without the library, the bodies; with it, the kernels: the same codes.
+    body = ort.InferenceSession(str(out / generation))
+    kernel = vampnet_onnx.create_session(out / generation)
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 1024, (1, 4, 11)).astype(np.int64)
+    mask = rng.random(codes.shape) < 0.6
+    feed = {
+        "codes": codes,
+        "mask": mask,
+        **contracts.GENERATION.feed(**(contracts.GENERATION_DEFAULTS | dict(n_steps=3, seed=7))),
+    }
+    assert_same_bits(body.run(None, feed), kernel.run(None, feed))

@@ -103,6 +103,7 @@ def _export(args: argparse.Namespace) -> int:
         opset=args.opset,
         precision=args.precision,
         metadata=metadata,
+        op_bodies=args.op_bodies,
         verbose=args.verbose,
         progress=True,
         cli=True,
@@ -811,6 +812,15 @@ def build_parser() -> argparse.ArgumentParser:
         "batch item)",
     )
     _add_precision_option(bundle, folder=True)
+    bundle.add_argument(
+        "--op-bodies",
+        action="store_true",
+        help="let every graph that uses the vampnet_onnx ops carry their standard-op bodies "
+        "(ONNX functions): it then also runs where the op library cannot load (other "
+        "runtimes, onnxruntime without the library, slower there); onnxruntime with the "
+        "library still runs the kernels. About 86 KB a generation graph, 141 KB for vamp.onnx "
+        "(docs/ops.md, 'Standard-op bodies')",
+    )
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)
 

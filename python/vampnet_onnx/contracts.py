@@ -37,6 +37,9 @@ LICENSE_KEY = "vampnet_onnx.license"
 SOURCE_KEY = "vampnet_onnx.source"
 #: The WaveBeat graph's config: rates and architecture (export.wavebeat).
 WAVEBEAT_CONFIG_KEY = "vampnet_onnx.wavebeat_config"
+#: "1" on a graph that carries the standard-op bodies of the vampnet_onnx ops it uses
+#: (`ops_functions`, ``export --op-bodies``): it also runs where the op library cannot load.
+OP_BODIES_KEY = "vampnet_onnx.op_bodies"
 
 
 def metadata(

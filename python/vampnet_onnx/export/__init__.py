@@ -27,7 +27,7 @@ from ..contracts import (
     WAVEBEAT_FILE,
     read_metadata,
 )
-from .common import DEFAULT_OPSET, check_opset, stamp_metadata
+from .common import DEFAULT_OPSET, attach_op_bodies, check_opset, stamp_metadata
 from .precision import check_precision
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ def export_models(
     opset: int = DEFAULT_OPSET,
     precision: str = DEFAULT_PRECISION,
     metadata: dict[str, str] | None = None,
+    op_bodies: bool = False,
     verbose: bool = False,
     progress: bool = False,
     cli: bool = False,
@@ -138,6 +139,9 @@ def export_models(
             the transformers and the codec, its quantizer computing in fp32
             (`export.precision`); wavebeat.onnx is fp32 either way. Each graph's config
             records its precision ("precision").
+        op_bodies: every graph that uses the vampnet_onnx ops also carries their standard-op
+            bodies (`export.common.attach_op_bodies`): it runs where the op library cannot
+            load, and onnxruntime with the library still runs the kernels (docs/ops.md).
         metadata: extra metadata entries written into every graph (e.g. the weights' license
             and source, `hub.provenance`).
         verbose: show the torch exporter's own messages.
@@ -214,6 +218,9 @@ def export_models(
         if metadata:
             for graph in sorted(staging.glob("*.onnx")):
                 stamp_metadata(graph, metadata)
+        if op_bodies:
+            for graph in sorted(staging.glob("*.onnx")):
+                attach_op_bodies(graph)
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
     except BaseException:

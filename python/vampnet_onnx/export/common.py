@@ -157,6 +157,35 @@ def shared_data_file(model: ir.Model, folder: Path) -> str | None:
     return names.pop()
 
 
+def attach_op_bodies(path: str | Path) -> bool:
+    """Give the graph file `path` the standard-op bodies of the vampnet_onnx ops it uses
+    (`ops_functions.attach_functions`: model-local functions, so that runtimes without the op
+    library run them, while onnxruntime with the library keeps the kernels) and the metadata
+    entry `OP_BODIES_KEY`, in place and atomically; its external weights are left as they are.
+    Returns False (and leaves the file alone) for a graph that uses none of the ops."""
+    from .. import ops
+    from ..contracts import OP_BODIES_KEY
+    from ..ops_functions import attach_functions
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(f.domain == ops.DOMAIN for f in model.opset_import):
+        return False
+    model = attach_functions(model)
+    kept = [p for p in model.metadata_props if p.key != OP_BODIES_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=OP_BODIES_KEY, value="1")
+    staging = path.with_name(f".{path.name}.bodies")
+    try:
+        onnx.save(model, str(staging))
+        onnx.checker.check_model(str(staging))
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return True
+
+
 def stamp_metadata(path: str | Path, props: dict[str, str]) -> None:
     """Add (or replace) the metadata entries `props` of the graph file `path`, in place and
     atomically; its external weights file, if any, is left as it is."""

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import vampnet_onnx
-from conftest import ONNX_IR_VERSION, ONNX_OPSET
+from conftest import ONNX_IR_VERSION, ONNX_OPSET, sample_feed
 from test_rng import PHILOX_KAT
 from vampnet_onnx import _kernels, audio, configs, contracts, ops, ops_functions, reference
 
@@ -148,20 +148,6 @@ def sampling_sessions():
     return body_session(model), kernel_session(model)
 
 
-def sampling_feed(logits, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0, first_row=0):
-    return {
-        "logits": logits,
-        **ops.SAMPLE_TOKENS.feed(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            offset=offset,
-            first_row=first_row,
-        ),
-    }
-
-
 def random_logits(rng: np.random.Generator, shape, ties: bool = False, minus_inf: bool = False):
     logits = (rng.standard_normal(shape) * rng.uniform(0.3, 6.0)).astype(np.float32)
     if ties:
@@ -200,7 +186,7 @@ def test_body_sample_tokens_gives_the_kernels_bits(
     body, kernel = sampling_sessions
     for ties, minus_inf in [(False, False), (True, False), (False, True)]:
         logits = random_logits(rng, (24, 257), ties=ties, minus_inf=minus_inf)
-        feed = sampling_feed(
+        feed = sample_feed(
             logits,
             temperature,
             top_k,
@@ -217,7 +203,7 @@ def test_body_sample_tokens_gives_the_kernels_bits_on_vampnets_vocabulary(sampli
     body, kernel = sampling_sessions
     logits = random_logits(rng, (64, 1024))
     for temperature, top_k, top_p in [(1.0, 0, 0.9), (0.8, 0, 1.0), (1.0, 40, 1.0)]:
-        feed = sampling_feed(logits, temperature, top_k, top_p, seed=5, offset=3, first_row=7)
+        feed = sample_feed(logits, temperature, top_k, top_p, seed=5, offset=3, first_row=7)
         assert_same_bits(body.run(None, feed), kernel.run(None, feed))
 
 
@@ -227,7 +213,7 @@ def test_body_sample_tokens_keeps_every_tie_at_the_top_k_threshold(sampling_sess
     logits = np.full((4000, 12), -5.0, np.float32)
     logits[:, 0] = 1.0
     logits[:, 3:11] = 0.0
-    feed = sampling_feed(logits, temperature=1.0, top_k=3, seed=11)
+    feed = sample_feed(logits, temperature=1.0, top_k=3, seed=11)
     body, kernel = sampling_sessions
     tokens, logprob = body.run(None, feed)
     assert_same_bits([tokens, logprob], kernel.run(None, feed))
@@ -239,7 +225,7 @@ def test_body_sample_tokens_takes_the_lowest_index_of_tied_maxima_at_temperature
 ):
     logits = np.zeros((3, 9), np.float32)
     logits[:, [2, 5, 7]] = 4.0
-    feed = sampling_feed(logits, temperature=0.0, seed=3)
+    feed = sample_feed(logits, temperature=0.0, seed=3)
     body, kernel = sampling_sessions
     tokens, logprob = body.run(None, feed)
     assert tokens.tolist() == [2, 2, 2]
@@ -250,7 +236,7 @@ def test_body_sample_tokens_reads_float16_logits_and_any_rank():
     rng = np.random.default_rng(16)
     model = sampling_model(logits_rank=4, logits_type=TensorProto.FLOAT16)
     logits = random_logits(rng, (2, 3, 5, 300), ties=True).astype(np.float16)
-    feed = sampling_feed(logits, temperature=0.9, top_k=20, top_p=0.9, seed=-3, offset=2)
+    feed = sample_feed(logits, temperature=0.9, top_k=20, top_p=0.9, seed=-3, offset=2)
     got = body_session(model).run(None, feed)
     assert got[0].shape == (2, 3, 5)
     assert_same_bits(got, kernel_session(model).run(None, feed))
@@ -258,14 +244,14 @@ def test_body_sample_tokens_reads_float16_logits_and_any_rank():
 
 def test_body_sample_tokens_gives_empty_outputs_for_no_rows(sampling_sessions):
     body, _ = sampling_sessions
-    tokens, logprob = body.run(None, sampling_feed(np.zeros((0, 7), np.float32)))
+    tokens, logprob = body.run(None, sample_feed(np.zeros((0, 7), np.float32)))
     assert tokens.shape == (0,) and tokens.dtype == np.int64
     assert logprob.shape == (0,) and logprob.dtype == np.float32
 
 
 def test_body_sample_tokens_gives_token_0_and_logprob_0_for_one_token(sampling_sessions):
     body, _ = sampling_sessions
-    tokens, logprob = body.run(None, sampling_feed(np.ones((3, 1), np.float32), seed=9))
+    tokens, logprob = body.run(None, sample_feed(np.ones((3, 1), np.float32), seed=9))
     assert tokens.tolist() == [0, 0, 0] and logprob.tolist() == [0.0, 0.0, 0.0]
 
 
@@ -274,7 +260,7 @@ def test_body_sample_tokens_matches_the_numpy_twin_with_first_row_past_2_32(samp
     logits = random_logits(rng, (10, 100))
     kwargs = dict(temperature=1.1, top_k=0, top_p=0.97, seed=-99, offset=6, first_row=5 << 32)
     body, _ = sampling_sessions
-    tokens, logprob = body.run(None, sampling_feed(logits, **kwargs))
+    tokens, logprob = body.run(None, sample_feed(logits, **kwargs))
     want_tokens, want_logprob = reference.sample_tokens(logits, **kwargs)
     np.testing.assert_array_equal(tokens, want_tokens)
     np.testing.assert_array_equal(logprob, want_logprob)
@@ -284,7 +270,7 @@ def test_kernel_session_runs_the_kernel_not_the_body(sampling_sessions):
     # Only the kernel can print the bad value: the body's failing node has a fixed name.
     _, kernel = sampling_sessions
     with pytest.raises(Exception, match=r"SampleTokens: top_p must be in \(0, 1\], got 1\.5"):
-        kernel.run(None, sampling_feed(np.zeros((2, 3), np.float32), top_p=1.5))
+        kernel.run(None, sample_feed(np.zeros((2, 3), np.float32), top_p=1.5))
 
 
 BAD_SAMPLING = [
@@ -303,7 +289,7 @@ def test_body_sample_tokens_fails_on_bad_settings_in_a_node_named_for_the_check(
     sampling_sessions, settings, message
 ):
     body, _ = sampling_sessions
-    feed = sampling_feed(np.zeros((2, 3), np.float32), **settings)
+    feed = sample_feed(np.zeros((2, 3), np.float32), **settings)
     with pytest.raises(Exception, match=re.escape(message)):
         body.run(None, feed)
 
@@ -321,7 +307,7 @@ def test_body_sample_tokens_fails_on_bad_logits(sampling_sessions, bad, message)
     logits[1] = bad
     body, _ = sampling_sessions
     with pytest.raises(Exception, match=re.escape(message)):
-        body.run(None, sampling_feed(logits))
+        body.run(None, sample_feed(logits))
 
 
 # --- CheckRange ---------------------------------------------------------------------------------
@@ -587,7 +573,7 @@ def test_attach_functions_fills_an_omitted_first_row_with_0():
     onnx.checker.check_model(attached, full_check=True)
     assert [f.name for f in attached.functions] == ["SampleTokens"]
     rng = np.random.default_rng(4)
-    feed = sampling_feed(random_logits(rng, (30, 50)), 0.9, 0, 0.9, seed=77, offset=1)
+    feed = sample_feed(random_logits(rng, (30, 50)), 0.9, 0, 0.9, seed=77, offset=1)
     del feed["first_row"]
     assert_same_bits(body_session(attached).run(None, feed), kernel_session(model).run(None, feed))
 

@@ -390,6 +390,7 @@ def _extend(args: argparse.Namespace) -> int:
     """`extend IN OUT --seconds N [--context S]` (`Vamp.extend_file`): every value checked
     before the models load."""
     from . import audio, longform, runtime
+    from .contracts import COARSE_CHUNK_S
     from .pipeline import Vamp
 
     check_threads(args.threads, "", "--threads")
@@ -407,7 +408,9 @@ def _extend(args: argparse.Namespace) -> int:
     input_s = info.n_frames / info.sample_rate
     context = args.context if args.context is not None else min(DEFAULT_CONTEXT_S, input_s)
     try:
-        seconds, context = _check_extend(args.seconds, context, input_s)
+        seconds, context = longform.check_extend(
+            args.seconds, context, input_s, COARSE_CHUNK_S, "Vamp.extend"
+        )
     except ValueError as err:
         raise ValueError(
             str(err)
@@ -437,14 +440,6 @@ def _extend(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out} ({rate} Hz, {seconds:g} s added)")
     return 0
-
-
-def _check_extend(seconds: float, context: float, input_s: float) -> tuple[float, float]:
-    """`longform.check_extend` as `Vamp.extend` runs it, before the models load."""
-    from .contracts import COARSE_CHUNK_S
-    from .longform import check_extend
-
-    return check_extend(seconds, context, input_s, COARSE_CHUNK_S, "Vamp.extend")
 
 
 def _vamp_ray(args: argparse.Namespace, settings: dict) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .contracts import COARSE_STREAM_BASE, EXTEND_STREAM_BASE
+from .settings import SamplingSettings
 
 #: Seconds of context each window starts with, by default: 4 s of a 10-s window, the share of
 #: its window MusicGen's continuation keeps as prompt (12 of 30 s) and inside the 2-5 s that
@@ -174,8 +175,6 @@ def extend_codes(
     out[:, :, :n_kept] = codes
     coarse = vamp.coarse.n_codebooks
     plan = windows(n_kept, n_new, context_frames, vamp.coarse_chunk_frames)
-    from .settings import SamplingSettings
-
     n_steps = SamplingSettings.from_public("Vamp.extend", **sampling).n_steps
     with tqdm(total=len(plan) * n_steps, desc="extend", unit="step", disable=not progress) as bar:
         for window in plan:

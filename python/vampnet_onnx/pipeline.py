@@ -646,8 +646,8 @@ class Vamp(_AudioToAudio):
                     "(the new frames have nothing to keep)"
                 )
         seed, _, settings = self.check_settings(seed=seed, **sampling)
+        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)  # checks `samples`
         head = audio.to_mono(np.asarray(samples, np.float32))
-        x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
         input_s = info.n_samples / info.sample_rate
         if context_s is None:
             context_s = min(longform.DEFAULT_CONTEXT_S, input_s)
@@ -656,7 +656,7 @@ class Vamp(_AudioToAudio):
         )
         hop = self.hop_length
         kept = x.shape[0] // hop  # whole frames only: the last, part padding, is generated anew
-        context = min(kept, round(context_s * self.sample_rate / hop))
+        context = min(kept, self._context_frames(context_s))
         added = round(seconds * info.sample_rate)
         # Frames to the end of the addition, with a frame to spare for the resampler's filter.
         end = x.shape[0] + math.ceil(seconds * self.sample_rate) + hop
@@ -720,13 +720,11 @@ class Vamp(_AudioToAudio):
             )
 
         meter = audio.LoudnessMeter(self.sample_rate, 1, n_stream)
-        peak = max((float(np.abs(p).max()) for p in pieces(meter, "measure")), default=0.0)
-        gain = 10.0 ** ((info.loudness - meter.value()) / 20.0)
-        scale = gain / max(peak * gain, 1.0)
+        largest = max((float(np.abs(p).max()) for p in pieces(meter, "measure")), default=0.0)
+        gain = audio._gain(meter.value(), info.loudness)
+        # Scaled and limited as `audio.restore` scales a vamp's output.
         return longform.Tail(
-            lambda: ((p.astype(np.float64) * scale).astype(np.float32) for p in pieces()),
-            fade,
-            added,
+            lambda: (audio._scaled(p, gain, largest * gain) for p in pieces()), fade, added
         )
 
     def extend_file(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from vampnet_onnx import cli, longform
+from vampnet_onnx import cli, longform, presets
 from vampnet_onnx.contracts import EXTEND_STREAM_BASE
 from vampnet_onnx.pipeline import Vamp
 
@@ -89,6 +89,68 @@ def test_each_window_sees_the_final_codes_of_its_context_and_generates_only_new_
         assert np.array_equal(generated[..., context:], codes[:, :4, window.new : window.stop])
 
 
+def test_looped_repeats_the_input_frame_by_frame():
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 1024, (1, 14, 7)).astype(np.int64)
+    mask = rng.random((1, 14, 7)) < 0.5
+    loop = longform.looped(codes, mask, 30)
+    assert np.array_equal(loop.codes, np.tile(codes, (1, 1, 5))[:, :, :30])
+    assert np.array_equal(loop.mask, np.tile(mask, (1, 1, 5))[:, :, :30])
+
+
+def test_a_loop_keeps_its_codes_where_its_mask_keeps_them_in_every_codebook(vamp, monkeypatch):
+    spy = _Spy(vamp)
+    monkeypatch.setattr(vamp, "_run_chunks", spy)
+    rng = np.random.default_rng(3)
+    kept = rng.integers(0, 1024, (1, 14, 300)).astype(np.int64)
+    loop = longform.Loop(
+        rng.integers(0, 1024, (1, 14, 900)).astype(np.int64), rng.random((1, 14, 900)) < 0.7
+    )
+    context = 100
+    codes, plan = longform.extend_codes(vamp, kept, 900, context, 5, {"steps": STEPS}, loop=loop)
+    new = codes[:, :, 300:]
+    assert np.array_equal(codes[:, :, :300], kept)
+    assert np.array_equal(new[~loop.mask], loop.codes[~loop.mask])  # coarse and fine kept
+    assert (new[loop.mask] != loop.codes[loop.mask]).mean() > 0.9  # the rest generated
+    for window, (_, mask, _, _) in zip(plan, spy.chunks):
+        assert not mask[..., :context].any()  # the context, kept
+        expected = loop.mask[:, :4, window.new - 300 : window.stop - 300]
+        assert np.array_equal(mask[..., context:], expected)
+
+
+def test_a_preset_loops_the_input_under_its_mask_over_the_input(vamp, monkeypatch):
+    spy = _Spy(vamp)
+    monkeypatch.setattr(vamp, "_run_chunks", spy)
+    x = _clip(3.0, 44100)
+    recipe = presets.preset("small variation")
+    vamp.extend(x, 44100, seconds=12.0, context_s=2.0, seed=7, steps=STEPS, **recipe)
+    kept = x.shape[0] // 768
+    input_mask = vamp.vamp_mask(x, 44100, seed=7, **recipe)[:, :4, :kept]
+    assert input_mask.any() and not input_mask.all()
+    context = vamp._context_frames(2.0)
+    first = kept
+    assert len(spy.chunks) == 2
+    for _, mask, _, _ in spy.chunks:
+        n = mask.shape[2] - context
+        frames = (first - kept + np.arange(n)) % kept  # the input frames these new ones repeat
+        assert np.array_equal(mask[..., context:], input_mask[..., frames])
+        first += n
+
+
+def test_extend_without_a_recipe_generates_every_new_frame(vamp, monkeypatch):
+    spy = _Spy(vamp)
+    monkeypatch.setattr(vamp, "_run_chunks", spy)
+    vamp.extend(_clip(2.0, 44100), 44100, seconds=1.0, context_s=1.0, steps=STEPS)
+    [(_, mask, _, _)] = spy.chunks
+    context = vamp._context_frames(1.0)
+    assert not mask[..., :context].any() and mask[..., context:].all()
+
+
+def test_a_loop_needs_an_input_of_a_frame(vamp):
+    with pytest.raises(ValueError, match="samples must hold at least one frame"):
+        vamp.extend(np.zeros(500, np.float32), 44100, seconds=1.0, context_s=0, dropout=0.1)
+
+
 def test_extend_adds_exactly_the_seconds_asked_and_keeps_the_input_up_to_the_join(vamp):
     for rate, seconds in ((44100, 0.02), (22050, 13.3), (48000, 1.0)):
         x = _clip(2.5, rate)
@@ -129,7 +191,8 @@ def test_the_same_seed_gives_the_same_output_and_another_seed_other_new_frames(v
         ({"seconds": 1, "context_s": -1}, r"context_s must be in \[0, 10.000\)"),
         ({"seconds": 1, "context_s": 10}, r"context_s must be in \[0, 10.000\)"),
         ({"seconds": 1, "context_s": 2.5}, "context_s must be at most the input's length"),
-        ({"seconds": 1, "periodic_prompt": 3}, "periodic_prompt must not be given"),
+        ({"seconds": 1, "inpaint": (0, 1)}, "inpaint must not be given"),
+        ({"seconds": 1, "periodic_prompt": -1}, "periodic_prompt must be"),
         ({"seconds": 1, "steps": 0}, "steps must be"),
     ],
 )
@@ -148,12 +211,26 @@ def test_cli_extend_writes_the_input_and_its_continuation(tiny_models_dir, tmp_p
     assert "1.5 s added" in capsys.readouterr().out
 
 
+def test_cli_extend_with_a_preset_writes_its_loop(tiny_models_dir, tmp_path, capsys):
+    source, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    x = _clip(2.0, 44100)
+    soundfile.write(source, x, 44100, subtype="FLOAT")
+    argv = ["extend", str(source), str(out), "--seconds", "1", "--preset", "small variation"]
+    argv += ["--dropout", "0.1", "--seed", "2", "--models", str(tiny_models_dir)]
+    assert cli.main([*argv, "--steps", "3", "--quiet"]) == 0
+    written, _ = soundfile.read(out, dtype="float32")
+    settings = {**presets.preset("small variation"), "dropout": 0.1}
+    expected, _ = Vamp(tiny_models_dir).extend(x, 44100, seconds=1, seed=2, steps=3, **settings)
+    assert np.array_equal(written, expected)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--seconds", "-1"], "--seconds must be in (0, 86400], got -1"),
         (["--seconds", "1", "--context", "5"], "--context must be at most the input's length"),
         (["--seconds", "1", "--top-p", "2"], "--top-p must be"),
+        (["--seconds", "1", "--dropout", "2"], "--dropout must be"),
     ],
 )
 def test_cli_extend_refuses_bad_values_before_the_models_load(argv, message, tmp_path, capsys):

@@ -386,6 +386,18 @@ def _vamp_many(args: argparse.Namespace, single: bool, settings: dict) -> int:
     return 1
 
 
+def _loop_recipe(args: argparse.Namespace) -> dict:
+    """extend's mask recipe: the preset's settings, then the options given (which win); empty
+    when neither is given (every new frame generated)."""
+    from .presets import preset
+
+    recipe = preset(args.preset) if args.preset else {}
+    for f in fields(MaskSettings):
+        if getattr(args, f.name) is not None:
+            recipe[f.name] = getattr(args, f.name)
+    return recipe
+
+
 def _extend(args: argparse.Namespace) -> int:
     """`extend IN OUT --seconds N [--context S]` (`Vamp.extend_file`): every value checked
     before the models load."""
@@ -399,6 +411,7 @@ def _extend(args: argparse.Namespace) -> int:
     for f in fields(SamplingSettings):
         given = getattr(args, f.name)
         sampling[public_name(f.name)] = f.default if given is None else given
+    sampling.update(_loop_recipe(args))
     try:
         Vamp.check_settings(seed=args.seed, **sampling)
     except ValueError as err:
@@ -601,21 +614,10 @@ class _ListPresets(argparse.Action):
 
 def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
     """The mask, sampling and run options of `vamp` and `demo` (VampNet's app defaults)."""
-    from .presets import PRESETS
-
     _add_sampling_options(parser)
-    recipe = parser.add_argument_group(
-        "mask (what is kept from the input; 1 frame = 768 samples at 44.1 kHz, about 17 ms)"
+    recipe = _add_recipe_options(
+        parser, "mask (what is kept from the input; 1 frame = 768 samples at 44.1 kHz, about 17 ms)"
     )
-    recipe.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        action=_Once,
-        metavar="NAME",
-        help="one of VampNet's app presets (--list-presets); options given explicitly win",
-    )
-    recipe.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
-    _add_settings(recipe, MaskSettings)
     recipe.add_argument(
         "--mask",
         type=Path,
@@ -640,6 +642,24 @@ def _add_vamp_options(parser: argparse.ArgumentParser) -> None:
         help="write at the codec's 44.1 kHz instead of the input's sample rate",
     )
     _add_run_options(run)
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser, title: str):
+    """--preset, --list-presets and the mask recipe's options, in a group titled `title`
+    (returned)."""
+    from .presets import PRESETS
+
+    recipe = parser.add_argument_group(title)
+    recipe.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        action=_Once,
+        metavar="NAME",
+        help="one of VampNet's app presets (--list-presets); options given explicitly win",
+    )
+    recipe.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
+    _add_settings(recipe, MaskSettings)
+    return recipe
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -944,8 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(the input's, then generated ones) and generating the rest; only new frames are "
             "appended, and the codes are decoded as one stream. OUT holds IN mixed to mono, "
             f"unchanged up to {JOIN_S * 1000:g} ms before its end, crossfaded there into the "
-            "continuation, at IN's rate and loudness (docs/generation.md, 'Longer than ten "
-            "seconds')."
+            "continuation, at IN's rate and loudness. With --preset or a mask option the new "
+            "frames are IN looped, kept where the recipe's mask over IN keeps it, the rest "
+            "generated (docs/generation.md, 'Longer than ten seconds')."
         ),
     )
     extend.add_argument("paths", type=Path, nargs=2, metavar="IN OUT", help="input, output")
@@ -968,6 +989,11 @@ def build_parser() -> argparse.ArgumentParser:
         "clip, not windows)",
     )
     _add_sampling_options(extend)
+    _add_recipe_options(
+        extend,
+        "loop (any of these: the new frames are IN looped, kept where the recipe's mask over IN "
+        "keeps it; none: every new frame generated)",
+    )
     _add_run_options(extend.add_argument_group("run"))
     extend.set_defaults(handler=_extend)
 

@@ -11,6 +11,10 @@ frame by the coarse-to-fine model in its 3-s chunks over the whole sequence, as 
 the sequence is decoded as one stream in the codec's bounded segments (`Vamp.decode`), so no
 seam comes from separate decodes.
 
+With a mask recipe (`looped`), the new frames are the input looped: new frame j is prompted by
+input frame j mod K, kept where the recipe's mask over the input keeps it, so a preset continues
+a clip as variations of it played again.
+
 Random streams: window k draws MaskGitStep stream item `contracts.EXTEND_STREAM_BASE` + k (its
 own, apart from a vamp's coarse chunks); the coarse-to-fine chunks draw theirs as in a vamp.
 
@@ -157,6 +161,23 @@ def _number(value: Any, where: str, name: str) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Loop:
+    """The new frames of a continuation with a mask recipe (`looped`): their prompt `codes`
+    int64 ``[1, n_codebooks, n_new]`` and `mask` bool ``[1, n_codebooks, n_new]`` (True =
+    generate)."""
+
+    codes: np.ndarray
+    mask: np.ndarray
+
+
+def looped(codes: np.ndarray, mask: np.ndarray, n_new: int) -> Loop:
+    """The input's `codes` and its recipe's `mask` (both ``[1, n_codebooks, K]``, K >= 1)
+    repeated over `n_new` new frames: new frame j takes input frame j mod K."""
+    index = np.arange(n_new) % codes.shape[2]
+    return Loop(codes[:, :, index], mask[:, :, index])
+
+
 def extend_codes(
     vamp: Any,
     codes: np.ndarray,
@@ -165,26 +186,34 @@ def extend_codes(
     seed: int,
     sampling: dict[str, Any],
     progress: bool = False,
+    loop: Loop | None = None,
 ) -> tuple[np.ndarray, list[Window]]:
     """`codes` int64 ``[1, n_codebooks, K]`` (every frame kept) continued by `n_new` frames
     with `vamp`'s models (a `pipeline.Vamp`): (codes ``[1, n_codebooks, K + n_new]``, the
-    coarse windows). sampling: the coarse stage's settings (`Vamp.generate`'s)."""
+    coarse windows). sampling: the coarse stage's settings (`Vamp.generate`'s). `loop`: the
+    new frames' prompt and mask (`looped`); None: every new frame generated."""
     n_kept = codes.shape[2]
     total = n_kept + n_new
     out = np.zeros((1, codes.shape[1], total), np.int64)
     out[:, :, :n_kept] = codes
+    if loop is None:
+        new_mask = np.ones((1, codes.shape[1], n_new), bool)
+    else:
+        out[:, :, n_kept:] = loop.codes
+        new_mask = loop.mask
     coarse = vamp.coarse.n_codebooks
     plan = windows(n_kept, n_new, context_frames, vamp.coarse_chunk_frames)
     n_steps = SamplingSettings.from_public("Vamp.extend", **sampling).n_steps
     with tqdm(total=len(plan) * n_steps, desc="extend", unit="step", disable=not progress) as bar:
         for window in plan:
+            new = window.new - window.start
             mask = np.zeros((1, coarse, window.stop - window.start), bool)
-            mask[:, :, window.new - window.start :] = True
+            mask[:, :, new:] = new_mask[:, :coarse, window.new - n_kept : window.stop - n_kept]
             chunk = (out[:, :coarse, window.start : window.stop], mask, seed, window.stream)
             [generated] = vamp._run_chunks(vamp.coarse, [chunk], 1, bar, per_step=True, **sampling)
-            out[:, :coarse, window.new : window.stop] = generated[:, :, window.new - window.start :]
+            out[:, :coarse, window.new : window.stop] = generated[:, :, new:]
     fine = np.zeros(out.shape, bool)
-    fine[:, coarse:, n_kept:] = True
+    fine[:, coarse:, n_kept:] = new_mask[:, coarse:]
     [out] = vamp._c2f_batch([out], [fine], [seed], vamp.batch_size, progress)
     return out, plan
 

@@ -637,15 +637,18 @@ class Vamp(_AudioToAudio):
         """`extend`'s work up to its output: (the input mixed to mono ``[N]``, the input's
         `audio.PreprocessInfo`, the continuation's `longform.Tail`), every value checked first."""
         where = "Vamp.extend"
-        names = {public_name(f.name) for f in fields(SamplingSettings)}
+        recipe_names = {f.name for f in fields(MaskSettings)}
+        names = {public_name(f.name) for f in fields(SamplingSettings)} | recipe_names
         for name in sampling:
             if name not in names:
                 raise ValueError(
                     f"{where}: {name} must not be given: a continuation takes the sampling "
-                    f"settings ({', '.join(sorted(names))}); the mask recipe does not apply "
-                    "(the new frames have nothing to keep)"
+                    f"and mask recipe settings ({', '.join(sorted(names))})"
                 )
-        seed, _, settings = self.check_settings(seed=seed, **sampling)
+        recipe = {k: v for k, v in sampling.items() if k in recipe_names}
+        seed, mask_settings, settings = self.check_settings(seed=seed, **sampling)
+        if mask_settings.beat_mask_ms > 0:
+            self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)  # checks `samples`
         head = audio.to_mono(np.asarray(samples, np.float32))
         input_s = info.n_samples / info.sample_rate
@@ -656,15 +659,25 @@ class Vamp(_AudioToAudio):
         )
         hop = self.hop_length
         kept = x.shape[0] // hop  # whole frames only: the last, part padding, is generated anew
+        if recipe and not kept:
+            raise ValueError(
+                f"{where}: samples must hold at least one frame ({hop} samples at "
+                f"{self.sample_rate} Hz) to be looped under a mask recipe, got "
+                f"{info.n_samples} at {info.sample_rate} Hz"
+            )
         context = min(kept, self._context_frames(context_s))
         added = round(seconds * info.sample_rate)
         # Frames to the end of the addition, with a frame to spare for the resampler's filter.
         end = x.shape[0] + math.ceil(seconds * self.sample_rate) + hop
         n_new = math.ceil(end / hop) - kept
         codes = self.encode(x, progress)[:, :, :kept]
+        loop = None
+        if recipe:
+            mask = self.build_mask(x, seed, **mask_settings.inputs())[:, :, :kept]
+            loop = longform.looped(codes, mask, n_new)
         del x
         codes, _ = longform.extend_codes(
-            self, codes, n_new, context, seed, settings.public(), progress
+            self, codes, n_new, context, seed, settings.public(), progress, loop
         )
         return head, info, self._tail(codes, info, added, progress)
 
@@ -683,8 +696,11 @@ class Vamp(_AudioToAudio):
                 most the input's length; None: `longform.DEFAULT_CONTEXT_S`, or the input's
                 length where that is shorter), seed (any int64), progress (tqdm bars), and the
                 coarse stage's steps, temperature, top_k, top_p, mask_temperature
-                (`settings.SamplingSettings`); the mask recipe does not apply (the new frames
-                have nothing to keep).
+                (`settings.SamplingSettings`). Without a mask setting every new frame is
+                generated; with any (`settings.MaskSettings`, e.g. ``**presets.preset(name)``)
+                the new frames are the input looped, prompted by its codes where the recipe's
+                mask over the input (onset and beat masks included) keeps them
+                (`longform.looped`).
 
         Returns:
             (float32 mono ``[N + round(seconds * sample_rate)]``, `sample_rate`): the input

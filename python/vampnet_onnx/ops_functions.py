@@ -303,7 +303,10 @@ def _random_blocks(
 def _words(body: _Body, limbs: str) -> str:
     """int32 limbs [..., 8] -> the words' values, float64 [...] (exact: below 2^32)."""
     place = body.const([float(_LIMB**i) for i in range(_WORD_LIMBS)], np.float64)
-    return body.op("MatMul", body.op("Cast", limbs, to=_DOUBLE), place)
+    # Mul and ReduceSum, not a MatMul by the 1-D `place`: OpenVINO's CPU plugin fails to
+    # compile a float64 MatMul by a vector (its MatMulMultiplyFusion pass).
+    terms = body.op("Mul", body.op("Cast", limbs, to=_DOUBLE), place)
+    return body.op("ReduceSum", terms, body.const([-1], np.int64), keepdims=0)
 
 
 def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:

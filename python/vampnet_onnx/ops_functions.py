@@ -271,21 +271,40 @@ def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) ->
 def _word_limbs(body: _Body, value: str) -> str:
     """int64 [...] -> int32 limbs [..., 2, 8] of its 64-bit two's complement, (low word, high
     word). The one place int64 arithmetic is used: splitting the int64 inputs into words."""
-    word = body.const(2**32, np.int64)
-    low = body.op("Mod", value, word)  # Mod with fmod = 0 takes the divisor's sign: in [0, 2^32)
-    high = body.op("Mod", body.op("Div", body.op("Sub", value, low), word), word)  # exact Div
-    return _pair_limbs(body, low, high)
+    return _stacked_words(body, _split(body, value, 2 * _WORD_LIMBS))
 
 
 def _pair_limbs(body: _Body, low: str, high: str) -> str:
     """Two int64 [...] words, each in [0, 2^32) -> int32 limbs [..., 2, 8]."""
+    return _stacked_words(body, _split(body, low, _WORD_LIMBS) + _split(body, high, _WORD_LIMBS))
+
+
+def _split(body: _Body, value: str, n: int) -> list[str]:
+    """The `n` lowest limbs of int64 [...] `value` (two's complement), each int64 [..., 1].
+
+    Limb by limb, dividing by the limb's base alone: no constant above 2^31 (OpenVINO's CPU
+    plugin holds int64 constants and arithmetic in int32, where a divisor of 2^32 becomes
+    2^31 - 1), so a value below 2^31 is split exactly even in int32 arithmetic."""
+    base = body.const(_LIMB, np.int64)
     last = body.const([-1], np.int64)
-    words = body.op(
-        "Concat", body.op("Unsqueeze", low, last), body.op("Unsqueeze", high, last), axis=-1
-    )
-    place = body.const([_LIMB**i for i in range(_WORD_LIMBS)], np.int64)
-    limbs = body.op("Div", body.op("Unsqueeze", words, last), place)
-    return body.op("Cast", body.op("Mod", limbs, body.const(_LIMB, np.int64)), to=_INT32)
+    limbs = []
+    for i in range(n):
+        # Mod with fmod = 0 takes the divisor's sign: in [0, base) for negative values too.
+        limb = body.op("Mod", value, base)
+        limbs.append(body.op("Unsqueeze", limb, last))
+        if i + 1 < n:
+            value = body.op("Div", body.op("Sub", value, limb), base)  # exact division
+    return limbs
+
+
+def _stacked_words(body: _Body, limbs: list[str]) -> str:
+    """16 int64 limbs [..., 1], low word's first -> int32 [..., 2, 8]."""
+    second_last = body.const([-2], np.int64)
+    words = [
+        body.op("Unsqueeze", body.op("Concat", *limbs[k : k + _WORD_LIMBS], axis=-1), second_last)
+        for k in (0, _WORD_LIMBS)
+    ]
+    return body.op("Cast", body.op("Concat", *words, axis=-2), to=_INT32)
 
 
 def _random_blocks(

@@ -31,7 +31,9 @@ def test_export_writes_transformers_and_generation_graphs(tmp_path, capsys):
         "c2f.onnx",
         "coarse.generate.onnx",
         "coarse.onnx",
+        "codec.decode.cpu.onnx",
         "codec.decode.onnx",
+        "codec.encode.cpu.onnx",
         "codec.encode.onnx",
     ]
     assert "tensors mapped" in capsys.readouterr().out

@@ -16,8 +16,14 @@ import numpy_codec
 from numpy_forward import load_raw
 from vampnet_onnx import configs, testing
 from vampnet_onnx.checkpoint import CheckpointError, load_codec
-from vampnet_onnx.codec import Codec, check_codes, decoded_length, read_codec_config
-from vampnet_onnx.contracts import CODEC_CONFIG_KEY
+from vampnet_onnx.codec import (
+    Codec,
+    check_codes,
+    decoded_length,
+    read_codec_config,
+    session_graph,
+)
+from vampnet_onnx.contracts import CODEC_CONFIG_KEY, CPU_CODEC_FILES, DECODE_FILE, ENCODE_FILE
 from vampnet_onnx.export.codec import export_codec, export_codec_module
 from vampnet_onnx.model.codec import fold_codec, load_codec_model
 
@@ -318,3 +324,64 @@ def test_export_rejects_old_opsets(loaded, tmp_path):
 def test_a_decode_graph_given_as_the_encode_graph_is_named(exported):
     with pytest.raises(ValueError, match="Codec: encode_path must be a codec.encode.onnx"):
         Codec(exported.decode_path, exported.decode_path)
+
+
+# --- the CPU variants of an fp32 folder's codec graphs (contracts.CPU_CODEC_FILES) ---------
+
+
+def _op_types(path) -> set[tuple[str, str]]:
+    return {
+        (n.domain, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node
+    }
+
+
+@pytest.mark.parametrize("name", [ENCODE_FILE, DECODE_FILE])
+def test_an_fp32_folder_has_cpu_codec_graphs_with_the_snake_op(tiny_models_dir, name):
+    standard, variant = tiny_models_dir / name, tiny_models_dir / CPU_CODEC_FILES[name]
+    assert ("", "Sin") in _op_types(standard) and ("vampnet_onnx", "Snake") not in _op_types(
+        standard
+    )
+    assert ("vampnet_onnx", "Snake") in _op_types(variant) and ("", "Sin") not in _op_types(variant)
+    assert read_codec_config(variant) == read_codec_config(standard)
+
+
+def test_a_cpu_codec_session_runs_the_variant_and_a_cuda_one_the_standard_graph(tiny_models_dir):
+    encode = tiny_models_dir / ENCODE_FILE
+    variant = tiny_models_dir / CPU_CODEC_FILES[ENCODE_FILE]
+    assert session_graph(encode) == variant
+    assert session_graph(encode, device="cpu") == variant
+    assert session_graph(encode, ["CPUExecutionProvider"]) == variant
+    assert session_graph(encode, device="cuda") == encode
+    assert session_graph(encode, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == encode
+    codec = Codec(encode, tiny_models_dir / DECODE_FILE)
+    assert codec.graph_paths == {
+        "encode_path": variant,
+        "decode_path": tiny_models_dir / CPU_CODEC_FILES[DECODE_FILE],
+    }
+
+
+def test_a_folder_without_cpu_codec_graphs_runs_the_standard_ones(tiny_models_dir, tmp_path):
+    for name in (ENCODE_FILE, DECODE_FILE):
+        (tmp_path / name).symlink_to(tiny_models_dir / name)
+    codec = Codec(tmp_path / ENCODE_FILE, tmp_path / DECODE_FILE)
+    assert codec.graph_paths == {
+        "encode_path": tmp_path / ENCODE_FILE,
+        "decode_path": tmp_path / DECODE_FILE,
+    }
+
+
+def test_the_cpu_codec_gives_the_standard_codes_and_audio(tiny_models_dir):
+    """The fused Snake computes the same float32 operations in another order of evaluation
+    (docs/ops.md): the codes agree exactly on music-like input, the audio to float32 rounding."""
+    standard = {
+        n: ort.InferenceSession(str(tiny_models_dir / n)) for n in (ENCODE_FILE, DECODE_FILE)
+    }
+    codec = Codec(tiny_models_dir / ENCODE_FILE, tiny_models_dir / DECODE_FILE)
+    audio = random_audio(1, 3 * 44100, seed=5)
+    codes = codec.encode(audio[0, 0])
+    np.testing.assert_array_equal(codes, standard[ENCODE_FILE].run(None, {"audio": audio})[0])
+    length = np.array(codes.shape[2] * HOP, np.int64)
+    want = standard[DECODE_FILE].run(None, {"codes": codes, "length": length})[0]
+    got = codec.decode(codes)
+    snr = 10 * np.log10((want.astype(np.float64) ** 2).sum() / ((got - want) ** 2).sum())
+    assert snr >= 100.0, snr

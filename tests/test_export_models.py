@@ -159,7 +159,8 @@ def test_a_folder_with_external_weights_vamps(tmp_path, monkeypatch):
     got, _ = SingleGraphVamp(out / contracts.VAMP_FILE, threads=2).vamp(
         samples, 44100, steps=2, seed=3
     )
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The pipeline's CPU codec fuses Snake (docs/precision.md): audio to float32 rounding.
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def _copy(folder, to):

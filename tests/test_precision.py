@@ -5,6 +5,7 @@ paths."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -141,15 +142,20 @@ def test_the_ops_sample_exactly_from_the_converted_logits(graphs, precision):
 
 
 @pytest.mark.parametrize("precision", CONVERTED)
-def test_export_models_converted_folder_vamps_with_both_pipelines(tmp_path, precision):
+def test_export_models_converted_folder_vamps_with_both_pipelines(
+    tiny_models_dir, tmp_path, precision
+):
     root = tmp_path / "checkpoints"
     coarse = testing.write_vampnet_checkpoint(root / "coarse.pth", configs.TINY_COARSE_KWARGS)
     c2f = testing.write_vampnet_checkpoint(root / "c2f.pth", configs.TINY_C2F_KWARGS, seed=2)
     codec = testing.write_codec_checkpoint(root / "codec.pth", configs.SMALL_CODEC_KWARGS)
-    out = tmp_path / "m"
+    # Over an fp32 folder: its CPU codec graphs would run the old codec, so they go.
+    out = shutil.copytree(tiny_models_dir, tmp_path / "m")
     result = export_models(
         out, codec=codec, coarse=coarse, c2f=c2f, precision=precision, single_graph=True
     )
+    assert sorted(p.name for p in result.removed) == sorted(contracts.CPU_CODEC_FILES.values())
+    assert not any((out / name).exists() for name in contracts.CPU_CODEC_FILES.values())
     for kind in ("coarse", "c2f"):
         assert result.transformers[kind].config["precision"] == precision
         generator = vampnet_onnx.Generator(result.generations[kind].path)

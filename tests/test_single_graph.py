@@ -20,6 +20,10 @@ from vampnet_onnx.export.vamp import export_vamp
 from vampnet_onnx.pipeline import SingleGraphVamp, Vamp
 
 SR = 44100
+#: The pipeline decodes with the CPU variant of the codec (the Snake op, docs/precision.md), the
+#: graph with its standard nodes: the same codes, audio equal to float32 rounding (the small
+#: codec measures 2.9e-5 at most).
+AUDIO_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def test_single_graph_equals_the_pipeline_stage_by_stage(single, vamp, case):
     np.testing.assert_array_equal(codes_out, want_codes)
     assert not np.array_equal(codes_out[want_mask], codes[want_mask]) or not want_mask.any()
     np.testing.assert_array_equal(codes_out[~want_mask], codes[~want_mask])
-    np.testing.assert_allclose(audio_out, vamp.decode(want_codes, x.shape[0]), atol=1e-6)
+    np.testing.assert_allclose(audio_out, vamp.decode(want_codes, x.shape[0]), atol=AUDIO_ATOL)
     assert audio_out.shape == x.shape
 
 
@@ -99,7 +103,7 @@ def test_single_graph_vamp_equals_vamp_end_to_end(models, vamp):
     y, rate = one.vamp(samples, 48000, **settings)
     want, want_rate = vamp.vamp(samples, 48000, **settings)
     assert rate == want_rate == 48000 and y.shape == want.shape == (48000,)
-    np.testing.assert_allclose(y, want, atol=1e-6)
+    np.testing.assert_allclose(y, want, atol=AUDIO_ATOL)
     y44, rate44 = one.vamp(samples, 48000, keep_rate=False, **settings)
     assert (rate44, y44.shape) == (SR, (44100,))
 

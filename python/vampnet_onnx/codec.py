@@ -16,11 +16,12 @@ from .contracts import (
     CODEC_CONFIG_KEY,
     CODEC_DECODE,
     CODEC_ENCODE,
+    CPU_CODEC_FILES,
     DECODE_FILE,
     ENCODE_FILE,
     read_metadata,
 )
-from .runtime import create_session, run
+from .runtime import _provider_names, create_session, run
 
 
 def read_codec_config(path: str | Path) -> dict[str, Any]:
@@ -49,6 +50,23 @@ def check_codes(codes: Any, n_codebooks: int, codebook_size: int, where: str) ->
     return array.astype(np.int64, copy=False)
 
 
+def session_graph(
+    path: str | Path, providers: list | None = None, device: str | None = None
+) -> Path:
+    """The file a codec session runs for the graph `path`: on the CPU (no `providers` but
+    onnxruntime's CPU one, `device` None or "cpu"), its CPU variant beside it where the folder
+    has one (`contracts.CPU_CODEC_FILES`: the Snake activations as the op library's `Snake`,
+    the same float32 computation in one pass); else `path` itself (CUDA sessions keep the
+    standard nodes, which stay on the GPU)."""
+    path = Path(path)
+    if device is not None:
+        on_cpu = device == "cpu"
+    else:
+        on_cpu = all(name == "CPUExecutionProvider" for name in _provider_names(providers or []))
+    variant = path.with_name(CPU_CODEC_FILES.get(path.name, path.name))
+    return variant if on_cpu and variant != path and variant.is_file() else path
+
+
 def decoded_length(n_frames: int, decoder_rates: list[int]) -> int:
     """Samples the decoder makes from `n_frames` frames: T * hop for even rates (each odd
     rate r adds one sample: its transposed conv maps L to L * r + 1)."""
@@ -71,6 +89,8 @@ class Codec:
     Attributes:
         config: the codec metadata (`CODEC_CONFIG_KEY`): sample_rate, hop_length,
             n_codebooks, codebook_size, ...
+        graph_paths: the files the sessions run ("encode_path", "decode_path" -> path): the
+            CPU variants beside the given graphs on the CPU where they exist (`session_graph`).
     """
 
     def __init__(
@@ -92,10 +112,13 @@ class Codec:
                 f"checkpoint hashes {sorted(hashes)}"
             )
         self.config = next(iter(configs.values()))
+        #: The files the sessions run, by argument name (`session_graph`).
+        self.graph_paths = {
+            k: session_graph(p, providers, device) for k, p in paths.items() if p is not None
+        }
         self._sessions = {
             k: create_session(p, providers, intra_op_threads, device=device)
-            for k, p in paths.items()
-            if p
+            for k, p in self.graph_paths.items()
         }
         contract = {
             "encode_path": (CODEC_ENCODE, ENCODE_FILE),

@@ -82,6 +82,11 @@ DECODE_FILE = "codec.decode.onnx"
 TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
 GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
 VAMP_FILE = "vamp.onnx"
+#: The fp32 codec graphs for CPU sessions (`export.precision.write_cpu_codec`): each Snake
+#: activation one op library `Snake` node instead of five standard ones, the weights read from
+#: the fp32 graph's own data file. `codec.Codec` runs them on the CPU where they exist; CUDA
+#: sessions keep the standard graphs (Snake has no CUDA kernel).
+CPU_CODEC_FILES = {ENCODE_FILE: "codec.encode.cpu.onnx", DECODE_FILE: "codec.decode.cpu.onnx"}
 #: Where the graphs run (`runtime.device_providers`): here, so that the CLI parses without
 #: onnxruntime installed.
 DEVICES = ("cpu", "cuda")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..contracts import (
     CODEC_CONFIG_KEY,
     CONFIG_KEY,
+    CPU_CODEC_FILES,
     DEFAULT_PRECISION,
     GENERATION_FILES,
     TRANSFORMER_FILES,
@@ -68,6 +69,7 @@ class ModelsExport:
         """Every file written, in pipeline order: each graph, then its external weights file
         where it has one (`export.common.EXTERNAL_DATA_BYTES`)."""
         graphs = [self.codec.encode_path, self.codec.decode_path]
+        graphs += [p for p in (self.codec.encode_cpu_path, self.codec.decode_cpu_path) if p]
         for kind in self.transformers:
             graphs += [self.transformers[kind].path, self.generations[kind].path]
         if self.vamp is not None:
@@ -118,7 +120,9 @@ def export_models(
     """Export VampNet checkpoints to a models folder that `pipeline.Vamp`, `Generator` and
     ``vampnet-onnx vamp`` read (file names: `contracts`).
 
-    Writes ``codec.encode.onnx`` and ``codec.decode.onnx``; for each of `coarse` and `c2f`
+    Writes ``codec.encode.onnx`` and ``codec.decode.onnx`` (fp32: also their CPU variants,
+    ``codec.encode.cpu.onnx`` and ``codec.decode.cpu.onnx``, `contracts.CPU_CODEC_FILES`, which
+    share their weights files); for each of `coarse` and `c2f`
     given, ``KIND.onnx`` (the transformer) and ``KIND.generate.onnx`` (the whole generation
     loop); with `single_graph` also ``vamp.onnx`` (needs both models); with `wavebeat` also
     ``wavebeat.onnx`` (the beat tracker that `beats.BeatTracker` runs).
@@ -250,6 +254,13 @@ def _remove_stale(result: ModelsExport) -> dict[Path, str]:
             "it came from an earlier export and would run its graphs (export --single-graph "
             "writes one of this export)"
         )
+    if result.codec.encode_cpu_path is None:
+        for name in CPU_CODEC_FILES.values():
+            if (out / name).exists():
+                removed[out / name] = (
+                    "it came from an earlier fp32 export and would run its codec (only fp32 "
+                    "folders have one)"
+                )
     codec_sha256 = result.codec.config.get("checkpoint_sha256")
     for kind in TRANSFORMER_FILES:
         if kind in result.transformers:
@@ -310,7 +321,7 @@ def _export_into(
 
     from .codec import export_codec
     from .generation import export_generation
-    from .precision import convert_codec, convert_transformer
+    from .precision import convert_codec, convert_transformer, write_cpu_codec
     from .transformer import export_transformer
 
     options: dict[str, Any] = {"opset_version": opset, "verbose": verbose}
@@ -330,6 +341,12 @@ def _export_into(
                 convert_codec(graph, precision)
             config = read_metadata(codec_graphs[0], CODEC_CONFIG_KEY, "export_models")
             codec_export = replace(codec_export, config=config)
+        else:  # an int8 codec has the Snake op already; an fp16 one is for GPUs
+            codec_export = replace(
+                codec_export,
+                encode_cpu_path=write_cpu_codec(codec_export.encode_path),
+                decode_cpu_path=write_cpu_codec(codec_export.decode_path),
+            )
         done(f"exported {' and '.join(g.name for g in codec_graphs)} ({_mib(codec_graphs)})")
         result = ModelsExport(out, codec_export)
         for kind, checkpoint in models:

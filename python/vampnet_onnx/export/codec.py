@@ -34,11 +34,14 @@ _TRACE_FRAMES = 3
 
 @dataclass(frozen=True)
 class CodecExport:
-    """Result of `export_codec`: the two files and the config dict stored in each."""
+    """Result of `export_codec`: the two files and the config dict stored in each; in a models
+    folder of fp32 graphs, also their CPU variants (`export.precision.write_cpu_codec`)."""
 
     encode_path: Path
     decode_path: Path
     config: dict[str, Any]
+    encode_cpu_path: Path | None = None
+    decode_cpu_path: Path | None = None
 
 
 def codec_config(config: CodecConfig, checkpoint_sha256: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from .. import ops
-from ..contracts import CODEC_CONFIG_KEY, CONFIG_KEY, PRECISIONS
+from ..contracts import CODEC_CONFIG_KEY, CONFIG_KEY, CPU_CODEC_FILES, PRECISIONS
 from .common import save_model
 
 #: Ops kept in float32 by the fp16 conversion: the norms' reductions and the softmax.
@@ -148,6 +148,18 @@ def codec_weights_to_float16(
     )
     save_model(model, out_path)
     return out_path
+
+
+def write_cpu_codec(graph: str | Path) -> Path:
+    """The CPU variant of an fp32 codec graph (`contracts.CPU_CODEC_FILES`), written beside it:
+    the same graph with every Snake activation fused into the op library's `Snake`
+    (`fuse_snake`), its weights read from `graph`'s own external data file where it has one
+    (not stored twice). Returns its path."""
+    graph = Path(graph)
+    model = ir.load(str(graph))
+    if not fuse_snake(model):
+        raise ValueError(f"write_cpu_codec: graph must hold Snake activations, got '{graph}'")
+    return save_model(model, graph.with_name(CPU_CODEC_FILES[graph.name])).path
 
 
 def fuse_snake(model: ir.Model) -> int:

@@ -92,6 +92,37 @@ def test_api_variations_equal_vamp_with_seed_plus_i(client, clip, tiny_models_di
         np.testing.assert_array_equal(y, expected)
 
 
+def test_api_mask_after_a_run_is_each_variations_applied_mask(client, clip, tiny_models_dir):
+    from PIL import Image
+
+    from vampnet_onnx.app.studio import mask_picture
+
+    settings = dict(steps=1, periodic_prompt=5, dropout=0.3)
+    result = client.predict(
+        audio=_upload(clip), variations=2, seed="11", **settings, api_name="/vamp"
+    )
+    picture = np.asarray(Image.open(result[3]).convert("RGB"))
+    x, rate = soundfile.read(clip, dtype="float32")
+    vamp = Vamp(tiny_models_dir)
+    bands = [
+        mask_picture(vamp.vamp_mask(x, rate, seed=11 + i, applied=True, **settings))
+        for i in range(2)
+    ]
+    assert not np.array_equal(bands[0], bands[1])  # the seeds draw other rolls and dropouts
+    height = bands[0].shape[0]
+    np.testing.assert_array_equal(picture[:height], bands[0])
+    np.testing.assert_array_equal(picture[-height:], bands[1])
+    assert (picture[height:-height] == 255).all()  # the gap between the bands
+
+
+def test_masks_picture_of_equal_masks_is_one_band():
+    pytest.importorskip("gradio")
+    from vampnet_onnx.app.studio import mask_picture, masks_picture
+
+    mask = np.random.default_rng(0).random((1, 4, 50)) < 0.5
+    np.testing.assert_array_equal(masks_picture([mask, mask.copy()]), mask_picture(mask))
+
+
 def test_api_empty_seed_draws_one_and_names_it(client, clip):
     result = client.predict(audio=_upload(clip), variations=1, seed="", steps=1, api_name="/vamp")
     seed = int(result[0])

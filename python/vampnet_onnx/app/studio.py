@@ -64,7 +64,8 @@ CONTROLS = SAMPLING_CONTROLS + MASK_CONTROLS
 @dataclass(frozen=True)
 class Result:
     """One run: the seed of variation 1 (variation i has seed + i), a float WAV per variation,
-    the spectrograms of the input and the outputs, and the mask of variation 1."""
+    the spectrograms of the input and the outputs, and the picture of the masks the
+    variations were generated with (`masks_picture`)."""
 
     seed: int
     paths: list[Path]
@@ -166,7 +167,8 @@ class Studio:
         rest = dict(settings)
         seed = rest.pop("seed")
         seeds = [check_seed(seed + i, WHERE) for i in range(n)]
-        mask = self.vamp.vamp_mask(x, rate, seed=seed, **rest)
+        # Each variation's mask as the run applies it: its own seed draws its roll and dropout.
+        applied = [self.vamp.vamp_mask(x, rate, seed=s, applied=True, **rest) for s in seeds]
         outputs = self.vamp.vamp_batch(
             [x] * n, rate, seeds=seeds, progress=True, cancel=cancel, **rest
         )
@@ -179,12 +181,13 @@ class Studio:
         signals = [audio.to_mono(x)] + [y for y, _ in outputs]
         titles = ["input"] + [f"output {i}" for i in range(1, n + 1)]
         figure = demo.spectrogram_figure(signals, titles, rate)
-        return Result(seed, paths, figure, mask_picture(mask))
+        return Result(seed, paths, figure, masks_picture(applied))
 
     def mask(self, path: str | Path | None, settings: dict[str, Any]) -> np.ndarray:
-        """The picture of the mask variation 1 would generate with (`mask_picture`)."""
+        """The picture of the mask variation 1 would generate with (`mask_picture`), as the
+        run applies it."""
         x, rate = self.load(path)
-        return mask_picture(self.vamp.vamp_mask(x, rate, **settings))
+        return mask_picture(self.vamp.vamp_mask(x, rate, applied=True, **settings))
 
     def _new_run_folder(self) -> Path:
         """A fresh folder for this run's files; the one before the last is removed, so the
@@ -226,6 +229,8 @@ _KEPT = np.array([40, 40, 60], np.uint8)
 _GENERATED = np.array([250, 190, 90], np.uint8)
 #: Pixels per codebook row, and the picture's least width in pixels.
 _ROW_PX, _MIN_WIDTH = 16, 600
+#: Background between the bands of `masks_picture`, in pixels and RGB.
+_GAP_PX, _GAP = 8, np.array([255, 255, 255], np.uint8)
 
 
 def mask_picture(mask: np.ndarray) -> np.ndarray:
@@ -236,3 +241,14 @@ def mask_picture(mask: np.ndarray) -> np.ndarray:
     width = max(1, math.ceil(_MIN_WIDTH / rows.shape[1]))
     cells = np.repeat(np.repeat(rows, _ROW_PX, axis=0), width, axis=1)
     return np.where(cells[..., None], _GENERATED, _KEPT)
+
+
+def masks_picture(masks: list[np.ndarray]) -> np.ndarray:
+    """The masks of a run's variations, each bool ``[1, C, T]``, as one uint8 RGB picture: one
+    `mask_picture` when they are all equal, else one band per variation, variation 1 at the top,
+    `_GAP_PX` pixels of white between them."""
+    if all(np.array_equal(masks[0], m) for m in masks[1:]):
+        return mask_picture(masks[0])
+    bands = [mask_picture(m) for m in masks]
+    gap = np.broadcast_to(_GAP, (_GAP_PX, bands[0].shape[1], 3))
+    return np.concatenate([part for band in bands for part in (band, gap)][:-1])

@@ -156,8 +156,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 elem_id="spectrograms",
             )
             mask = gr.Image(
-                label=f"mask of variation 1: codebooks 0 (bottom) to {top_codebook}, frames left "
-                "to right; light = generated, dark = kept",
+                label=f"mask: codebooks 0 (bottom) to {top_codebook}, frames left to right; "
+                "light = generated, dark = kept; after a run, as generated: one band per "
+                "variation (1 at the top) where they differ",
                 interactive=False,
                 format="png",
                 buttons=["download", "fullscreen"],

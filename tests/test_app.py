@@ -176,6 +176,50 @@ def test_api_refuses_a_server_path_the_client_names(app):
     assert stream.startswith("event: error"), stream
 
 
+def _page_license(url: str) -> list[str]:
+    """The text of the page's license notice as the server sends it: [] when it has none."""
+    import httpx
+
+    components = httpx.get(f"{url}config").json()["components"]
+    return [c["props"]["value"] for c in components if c["props"].get("elem_id") == "license"]
+
+
+@pytest.fixture
+def licensed_models(tiny_models_dir, tmp_path) -> Path:
+    """The tiny models with the license metadata ``export --pretrained`` writes."""
+    import onnx
+
+    from vampnet_onnx import contracts, hub
+
+    folder = tmp_path / "licensed"
+    folder.mkdir()
+    for name in contracts.MODEL_FILES:
+        model = onnx.load(tiny_models_dir / name)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = contracts.LICENSE_KEY, hub.LICENSE_NOTICE
+        onnx.save(model, folder / name)
+    return folder
+
+
+def test_page_shows_the_license_of_a_pretrained_export(licensed_models):
+    pytest.importorskip("gradio")
+    from vampnet_onnx import hub
+    from vampnet_onnx.app import serve
+
+    port = _free_port()
+    blocks, studio = serve(licensed_models, port=port, block=False)
+    try:
+        [notice] = _page_license(f"http://127.0.0.1:{port}/")
+    finally:
+        blocks.close()
+        studio.close()
+    assert hub.LICENSE_NOTICE in notice
+
+
+def test_page_of_models_without_a_license_shows_none(app):
+    assert _page_license(app[0]) == []
+
+
 def test_cli_app_without_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
     for name in [n for n in sys.modules if n.startswith("vampnet_onnx.app")]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import audio, demo, presets
-from ..contracts import WAVEBEAT_FILE
+from ..contracts import LICENSE_KEY, WAVEBEAT_FILE
 from ..pipeline import Vamp
 from ..settings import MaskSettings, SamplingSettings, check_seed, public_name
 
@@ -74,7 +74,8 @@ class Result:
 
 
 class Studio:
-    """The models folder's `Vamp`, loaded once, and a folder for the files the app writes.
+    """The models folder's `Vamp`, loaded once, and a folder for the files the app writes;
+    `license` is the models' license notice (a folder exported with ``--pretrained``) or None.
 
     Args:
         models: a folder written by ``vampnet-onnx export``.
@@ -91,6 +92,7 @@ class Studio:
         self.max_seconds = float(max_seconds)
         self.has_beats = (Path(models) / WAVEBEAT_FILE).is_file()
         self.precision = self.vamp.coarse.config.get("precision", "fp32")
+        self.license = _license_notice(self.vamp)
         self.folder = Path(tempfile.mkdtemp(prefix="vampnet-onnx-app-"))
         self._run = 0
 
@@ -197,6 +199,16 @@ class Studio:
         folder = self.folder / f"run-{self._run}"
         folder.mkdir()
         return folder
+
+
+def _license_notice(vamp: Vamp) -> str | None:
+    """The license notice the generation graphs carry (`contracts.LICENSE_KEY`, which
+    ``vampnet-onnx export --pretrained`` writes into every graph), None where they carry none."""
+    notices = {
+        generator.session.get_modelmeta().custom_metadata_map.get(LICENSE_KEY)
+        for generator in (vamp.coarse, vamp.c2f)
+    }
+    return "\n\n".join(sorted(notices - {None})) or None
 
 
 def _seed(text: str | int | None) -> int:

@@ -72,6 +72,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             f"{'with' if studio.has_beats else 'no'} beat tracker). Inputs up to "
             f"{studio.max_seconds:g} s."
         )
+        if studio.license is not None:
+            gr.Markdown(f"**License of these models:** {studio.license}", elem_id="license")
         with gr.Row():
             with gr.Column():
                 source = gr.Audio(

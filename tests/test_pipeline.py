@@ -206,7 +206,7 @@ def test_vamp_mask_keeps_every_codebook_outside_the_inpaint_range(vamp):
     np.testing.assert_array_equal(inpainted[..., first:stop], recipe[..., first:stop])
 
 
-@pytest.mark.parametrize("call", ["vamp", "vamp_batch"])
+@pytest.mark.parametrize("call", ["vamp", "vamp_batch", "extend"])
 def test_a_cancel_set_before_the_call_stops_it_before_any_graph_runs(vamp, monkeypatch, call):
     ran = []
     interruptible = runtime._interruptible
@@ -220,9 +220,30 @@ def test_a_cancel_set_before_the_call_stops_it_before_any_graph_runs(vamp, monke
     with pytest.raises(Cancelled, match="cancelled before it started"):
         if call == "vamp":
             vamp.vamp(noise(0.5), SR, cancel=cancel, **FAST)
-        else:
+        elif call == "vamp_batch":
             vamp.vamp_batch([noise(0.5)] * 2, SR, cancel=cancel, **FAST)
+        else:
+            vamp.extend(noise(0.5), SR, seconds=1.0, cancel=cancel, **FAST)
     assert ran == []
+
+
+def test_a_cancel_set_while_extend_decodes_stops_its_last_decode(vamp, monkeypatch):
+    # extend decodes twice (loudness first, then the samples it returns): a cancel set during
+    # the first must stop the second, which runs as the output is assembled.
+    cancel = threading.Event()
+    decode = vamp.codec.decode
+    calls = []
+
+    def decode_then_cancel(*args, **kwargs):
+        calls.append(args)
+        decoded = decode(*args, **kwargs)
+        cancel.set()
+        return decoded
+
+    monkeypatch.setattr(vamp.codec, "decode", decode_then_cancel)
+    with pytest.raises(Cancelled, match="cancelled before it started"):
+        vamp.extend(noise(0.5), SR, seconds=1.0, cancel=cancel, **FAST)
+    assert len(calls) == 2
 
 
 def test_a_cancel_set_during_a_run_terminates_the_graph_in_flight(models):

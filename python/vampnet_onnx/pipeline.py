@@ -681,7 +681,13 @@ class Vamp(_AudioToAudio):
         return head, info, self._tail(codes, info, added, progress)
 
     def extend(
-        self, samples: np.ndarray, sample_rate: int, *, seconds: float, **settings: Any
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        seconds: float,
+        cancel: threading.Event | None = None,
+        **settings: Any,
     ) -> tuple[np.ndarray, int]:
         """Continue a clip by `seconds` of new music (`longform`: 10-s windows, each starting
         with `context_s` seconds of the codes already there, only new frames appended).
@@ -697,18 +703,21 @@ class Vamp(_AudioToAudio):
                 coarse stage's steps, temperature, top_k, top_p, mask_temperature
                 (`settings.SamplingSettings`); the mask recipe does not apply (the new frames
                 have nothing to keep).
+            cancel: as `vamp`'s: setting it stops the continuation (`runtime.Cancelled`).
 
         Returns:
             (float32 mono ``[N + round(seconds * sample_rate)]``, `sample_rate`): the input
             mixed to mono, unchanged up to `longform.JOIN_S` before its end, crossfaded there
             into the continuation, at the input's loudness (`_tail`).
         """
-        head, info, tail = self._continuation(samples, sample_rate, seconds=seconds, **settings)
-        out = np.empty(info.n_samples + tail.added, np.float32)
-        filled = 0
-        for piece in longform.joined(head, tail.pieces(), tail.fade):
-            out[filled : filled + piece.shape[0]] = piece
-            filled += piece.shape[0]
+        with cancel_on(cancel, "Vamp.extend"):
+            head, info, tail = self._continuation(samples, sample_rate, seconds=seconds, **settings)
+            out = np.empty(info.n_samples + tail.added, np.float32)
+            filled = 0
+            # The decode runs as the pieces are drawn: inside the scope too.
+            for piece in longform.joined(head, tail.pieces(), tail.fade):
+                out[filled : filled + piece.shape[0]] = piece
+                filled += piece.shape[0]
         return out, info.sample_rate
 
     def _tail(self, codes: np.ndarray, info: audio.PreprocessInfo, added: int, progress: bool):

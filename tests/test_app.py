@@ -92,6 +92,22 @@ def test_api_variations_equal_vamp_with_seed_plus_i(client, clip, tiny_models_di
         np.testing.assert_array_equal(y, expected)
 
 
+def test_api_extend_equals_vamp_extend(client, clip, tiny_models_dir):
+    settings = dict(steps=STEPS, temperature=0.8)
+    result = client.predict(
+        audio=_upload(clip), seconds=1.5, context_s=1.0, seed="7", **settings, api_name="/extend"
+    )
+    assert result[0] == "7"
+    y, out_rate = soundfile.read(result[FIRST_FILE], dtype="float32")
+    x, rate = soundfile.read(clip, dtype="float32")
+    expected, expected_rate = Vamp(tiny_models_dir).extend(
+        x, rate, seconds=1.5, context_s=1.0, seed=7, **settings
+    )
+    assert out_rate == expected_rate == SR
+    assert y.shape == (x.shape[0] + round(1.5 * SR),)
+    np.testing.assert_array_equal(y, expected)
+
+
 def test_api_mask_after_a_run_is_each_variations_applied_mask(client, clip, tiny_models_dir):
     from PIL import Image
 

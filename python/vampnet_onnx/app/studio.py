@@ -1,5 +1,6 @@
 """What the app does, without the page: checks an upload, turns the controls into `Vamp.vamp`
-keyword arguments, runs the variations as one `Vamp.vamp_batch` and writes what the page shows.
+keyword arguments, runs the variations as one `Vamp.vamp_batch` (or a continuation,
+`Vamp.extend`) and writes what the page shows.
 
 Gradio-free, so its errors are plain ValueErrors in the house format; `ui` shows them in the
 page. Only the public API is called (`Vamp`, `presets`, `settings`, `audio`, `demo`).
@@ -8,6 +9,7 @@ page. Only the public API is called (`Vamp`, `presets`, `settings`, `audio`, `de
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import shutil
 import tempfile
@@ -30,6 +32,11 @@ MAX_VARIATIONS = 4
 EXAMPLE_SECONDS = 6.0
 #: Seeds the app draws for an empty seed field: small enough to read and type back.
 _DRAWN_SEEDS = 2**31
+#: "extend by" to start with: what one window adds at the default context (10 - 4 s).
+EXTEND_SECONDS = 6.0
+#: The labels of the page's fields whose `Vamp` keyword is not their label (every other
+#: control is labelled with its keyword, the CLI's flag without the dashes).
+LABELS = {"seconds": "extend by (s)", "context_s": "context (s)", "inpaint": "inpaint (s)"}
 
 
 @dataclass(frozen=True)
@@ -133,12 +140,17 @@ class Studio:
         return audio.load_audio(path)
 
     def settings(
-        self, values: dict[str, Any], seed: str | int | None, inpaint: str | None
+        self,
+        values: dict[str, Any],
+        seed: str | int | None,
+        inpaint: str | None = None,
+        controls: list[Control] = CONTROLS,
     ) -> dict[str, Any]:
-        """`Vamp.vamp` keyword arguments from the controls' `values` (by keyword name), the seed
-        field (empty: a drawn seed) and the inpaint field ("START END" in seconds; empty:
-        none), checked as `Vamp.vamp` checks them."""
-        kwargs = {control.name: values[control.name] for control in CONTROLS}
+        """`Vamp.vamp` keyword arguments from the `controls`' `values` (by keyword name; a
+        continuation takes `SAMPLING_CONTROLS` only), the seed field (empty: a drawn seed) and
+        the inpaint field ("START END" in seconds; empty: none), checked as `Vamp.vamp` checks
+        them."""
+        kwargs = {control.name: values[control.name] for control in controls}
         kwargs["seed"] = _seed(seed)
         if inpaint is not None and inpaint.strip():
             kwargs["inpaint"] = _inpaint(inpaint)
@@ -185,6 +197,39 @@ class Studio:
         figure = demo.spectrogram_figure(signals, titles, rate)
         return Result(seed, paths, figure, masks_picture(applied))
 
+    def extend(
+        self,
+        path: str | Path | None,
+        settings: dict[str, Any],
+        seconds: Any,
+        context_s: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Result:
+        """The input file continued by `seconds` of new music (`Vamp.extend`, with `settings`:
+        `settings()` of `SAMPLING_CONTROLS` and the seed; `context_s` None: longform's
+        default), as one float WAV: ``Vamp.extend(x, rate, seconds=seconds,
+        context_s=context_s, **settings)``. `seconds` is at most `max_seconds`. Setting `cancel`
+        stops it (`Cancelled`)."""
+        if _is_number(seconds) and not 0 < seconds <= self.max_seconds:
+            raise ValueError(
+                f"{WHERE}: {LABELS['seconds']} must be in (0, {self.max_seconds:g}] "
+                f"(--max-seconds), got {seconds:g}"
+            )
+        x, rate = self.load(path)
+        y, out_rate = self.vamp.extend(
+            x,
+            rate,
+            seconds=seconds,
+            context_s=context_s,
+            progress=True,
+            cancel=cancel,
+            **settings,
+        )
+        out = self._new_run_folder() / f"continuation-seed-{settings['seed']}.wav"
+        audio.write_audio(out, y, out_rate, "FLOAT")
+        figure = demo.spectrogram_figure([audio.to_mono(x), y], ["input", "output"], rate)
+        return Result(settings["seed"], [out], figure, None)
+
     def mask(self, path: str | Path | None, settings: dict[str, Any]) -> np.ndarray:
         """The picture of the mask variation 1 would generate with (`mask_picture`), as the
         run applies it."""
@@ -199,6 +244,25 @@ class Studio:
         folder = self.folder / f"run-{self._run}"
         folder.mkdir()
         return folder
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The public API's errors: ``<Class.method>: <keyword> must ...`` (`Vamp`, `Generator`).
+_API_ERROR = re.compile(r"^(?:Vamp|Generator)\.\w+: (\w+) must ")
+
+
+def in_app_words(message: str) -> str:
+    """An error message of the public API as the page says it: ``vampnet-onnx app: <the
+    control's label> must ...`` for ``Vamp.extend: context_s must ...``; other messages (the
+    app's own, a file's) as they are."""
+    match = _API_ERROR.match(message)
+    if match is None:
+        return message
+    name = match.group(1)
+    return f"{WHERE}: {LABELS.get(name, name)} must {message[match.end() :]}"
 
 
 def _license_notice(vamp: Vamp) -> str | None:

@@ -92,16 +92,22 @@ def test_api_variations_equal_vamp_with_seed_plus_i(client, clip, tiny_models_di
         np.testing.assert_array_equal(y, expected)
 
 
-def test_api_extend_equals_vamp_extend(client, clip, tiny_models_dir):
+@pytest.mark.parametrize(("context", "context_s"), [("1", 1.0), ("", None)])
+def test_api_extend_equals_vamp_extend(client, clip, tiny_models_dir, context, context_s):
     settings = dict(steps=STEPS, temperature=0.8)
     result = client.predict(
-        audio=_upload(clip), seconds=1.5, context_s=1.0, seed="7", **settings, api_name="/extend"
+        audio=_upload(clip),
+        seconds=1.5,
+        context_s=context,
+        seed="7",
+        **settings,
+        api_name="/extend",
     )
     assert result[0] == "7"
     y, out_rate = soundfile.read(result[FIRST_FILE], dtype="float32")
     x, rate = soundfile.read(clip, dtype="float32")
     expected, expected_rate = Vamp(tiny_models_dir).extend(
-        x, rate, seconds=1.5, context_s=1.0, seed=7, **settings
+        x, rate, seconds=1.5, context_s=context_s, seed=7, **settings
     )
     assert out_rate == expected_rate == SR
     assert y.shape == (x.shape[0] + round(1.5 * SR),)
@@ -148,8 +154,25 @@ def test_api_empty_seed_draws_one_and_names_it(client, clip):
 def test_api_bad_setting_is_a_message(client, clip):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="temperature must be a finite number >= 0, got -1"):
+    message = "^vampnet-onnx app: temperature must be a finite number >= 0, got -1$"
+    with pytest.raises(AppError, match=message):
         client.predict(audio=_upload(clip), temperature=-1, api_name="/vamp")
+
+
+@pytest.mark.parametrize(
+    ("api_name", "given", "message"),
+    [
+        ("/vamp", {"inpaint": "5 6"}, "inpaint (s) must start at or before 1.985 s"),
+        ("/extend", {"context_s": "5"}, "context (s) must be at most the input's length, 2.000 s"),
+        ("/extend", {"seconds": 0}, "extend by (s) must be in (0, 3] (--max-seconds), got 0"),
+        ("/extend", {"context_s": "a"}, "context (s) must be a number of seconds or empty"),
+    ],
+)
+def test_api_error_names_the_controls_label(client, clip, api_name, given, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=f"^vampnet-onnx app: {re.escape(message)}"):
+        client.predict(audio=_upload(clip), **given, api_name=api_name)
 
 
 def test_api_inpaint_must_be_two_numbers(client, clip):
@@ -339,7 +362,7 @@ def test_page_shows_a_bad_setting_as_an_error(page, clip):
     page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
     _set_number(page, "top_p", "1.5")
     page.locator("#generate").click()
-    page.get_by_text("top_p must be").first.wait_for()
+    page.get_by_text("vampnet-onnx app: top_p must be").first.wait_for()
     assert page.locator("#variation-1").is_hidden()
     _only_loopback(page.requested)
 

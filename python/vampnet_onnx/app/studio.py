@@ -32,7 +32,8 @@ MAX_VARIATIONS = 4
 EXAMPLE_SECONDS = 6.0
 #: Seeds the app draws for an empty seed field: small enough to read and type back.
 _DRAWN_SEEDS = 2**31
-#: "extend by" to start with: what one window adds at the default context (10 - 4 s).
+#: "extend by" to start with (or --max-seconds where less): what one window adds at the
+#: default context (10 - 4 s).
 EXTEND_SECONDS = 6.0
 #: The labels of the page's fields whose `Vamp` keyword is not their label (every other
 #: control is labelled with its keyword, the CLI's flag without the dashes).
@@ -202,19 +203,20 @@ class Studio:
         path: str | Path | None,
         settings: dict[str, Any],
         seconds: Any,
-        context_s: Any = None,
+        context: str | None = None,
         cancel: threading.Event | None = None,
     ) -> Result:
         """The input file continued by `seconds` of new music (`Vamp.extend`, with `settings`:
-        `settings()` of `SAMPLING_CONTROLS` and the seed; `context_s` None: longform's
-        default), as one float WAV: ``Vamp.extend(x, rate, seconds=seconds,
-        context_s=context_s, **settings)``. `seconds` is at most `max_seconds`. Setting `cancel`
-        stops it (`Cancelled`)."""
+        `settings()` of `SAMPLING_CONTROLS` and the seed), as one float WAV: ``Vamp.extend(x,
+        rate, seconds=seconds, context_s=context_s, **settings)``, context_s from the context
+        field (seconds; empty: longform's default). `seconds` is at most `max_seconds`.
+        Setting `cancel` stops it (`Cancelled`)."""
         if _is_number(seconds) and not 0 < seconds <= self.max_seconds:
             raise ValueError(
                 f"{WHERE}: {LABELS['seconds']} must be in (0, {self.max_seconds:g}] "
                 f"(--max-seconds), got {seconds:g}"
             )
+        context_s = _context(context)
         x, rate = self.load(path)
         y, out_rate = self.vamp.extend(
             x,
@@ -285,6 +287,18 @@ def _seed(text: str | int | None) -> int:
         except ValueError:
             raise ValueError(f"{WHERE}: seed must be an int64 or empty, got {text!r}") from None
     return check_seed(text, WHERE)
+
+
+def _context(text: str | None) -> float | None:
+    """The context field: seconds, or empty for `Vamp.extend`'s default (None)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"{WHERE}: {LABELS['context_s']} must be a number of seconds or empty, got {text!r}"
+        ) from None
 
 
 def _inpaint(text: str) -> tuple[float, float]:

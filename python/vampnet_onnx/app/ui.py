@@ -121,17 +121,17 @@ def build_app(studio: Studio) -> gr.Blocks:
                     preview = gr.Button("show the mask", elem_id="preview")
                 with gr.Row(equal_height=True):
                     extend_seconds = gr.Number(
-                        value=EXTEND_SECONDS,
+                        value=min(EXTEND_SECONDS, studio.max_seconds),
                         label=LABELS["seconds"],
                         info=f"new music after the input, up to {studio.max_seconds:g} s; the "
                         "seed and the sampling settings apply, the mask recipe does not",
                         elem_id="extend-seconds",
                     )
-                    context = gr.Number(
-                        value=None,
+                    context = gr.Textbox(
                         label=LABELS["context_s"],
-                        info="of the codes each 10-s window starts with, in [0, 10); empty: "
-                        f"{DEFAULT_CONTEXT_S:g} s, or the input's length where shorter",
+                        placeholder=f"empty: {DEFAULT_CONTEXT_S:g} s, or the input's length "
+                        "where shorter",
+                        info="seconds of the codes each 10-s window starts with, in [0, 10)",
                         elem_id="context",
                     )
                     extend = gr.Button("extend", elem_id="extend", scale=0, min_width=100)

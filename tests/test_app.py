@@ -13,7 +13,6 @@ import re
 import shutil
 import socket
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -388,10 +387,52 @@ def test_page_stop_ends_a_long_run_and_the_page_recovers(page, clip):
     _only_loopback(page.requested)
 
 
-def test_closing_the_tab_stops_its_run(page, clip, client):
+def _generate_outcomes(monkeypatch, studio) -> list[str]:
+    """Each later call of `studio.generate` as it ends: "done", or its exception's name."""
+    outcomes: list[str] = []
+    generate = studio.generate
+
+    def recorded(*args, **kwargs):
+        try:
+            result = generate(*args, **kwargs)
+        except BaseException as err:
+            outcomes.append(type(err).__name__)
+            raise
+        outcomes.append("done")
+        return result
+
+    monkeypatch.setattr(studio, "generate", recorded)
+    return outcomes
+
+
+def _wait_for_queue(page, size: int) -> None:
+    """Wait until `size` runs wait in the server's queue (behind the one that runs)."""
+    page.wait_for_function(
+        f"async () => (await (await fetch('gradio_api/queue/status')).json()).queue_size == {size}"
+    )
+
+
+def test_closing_the_tab_stops_its_run(page, clip, client, app, monkeypatch):
+    outcomes = _generate_outcomes(monkeypatch, app[1])
     _start_long_run(page, clip)
     page.close(run_before_unload=True)
-    # One generation at a time: this one waits for the closed tab's run unless that stopped.
-    started = time.monotonic()
+    # One generation at a time: this call runs once the closed tab's run has ended.
     client.predict(audio=_upload(clip), variations=1, steps=1, api_name="/vamp")
-    assert time.monotonic() - started < 15
+    assert outcomes == ["Cancelled", "done"]
+
+
+def test_a_closed_tabs_waiting_run_never_starts(page, browser, app, clip, client, monkeypatch):
+    outcomes = _generate_outcomes(monkeypatch, app[1])
+    _start_long_run(page, clip)  # holds the one generation slot
+    waiting = browser.new_page()
+    waiting.goto(app[0])
+    waiting.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(waiting)
+    waiting.locator("#generate").click()
+    _wait_for_queue(page, 1)
+    waiting.close(run_before_unload=True)
+    _wait_for_queue(page, 0)
+    page.locator("#stop").click()
+    # Queued after the closed tab's run: it ends once that run was started or dropped.
+    client.predict(audio=_upload(clip), variations=1, steps=1, api_name="/vamp")
+    assert outcomes == ["Cancelled", "done"]  # the long run stopped, the client's; no other

@@ -119,22 +119,6 @@ def build_app(studio: Studio) -> gr.Blocks:
                     generate = gr.Button("generate", variant="primary", elem_id="generate")
                     stop = gr.Button("stop", variant="stop", elem_id="stop")
                     preview = gr.Button("show the mask", elem_id="preview")
-                with gr.Row(equal_height=True):
-                    extend_seconds = gr.Number(
-                        value=min(EXTEND_SECONDS, studio.max_seconds),
-                        label=LABELS["seconds"],
-                        info=f"new music after the input, up to {studio.max_seconds:g} s; the "
-                        "seed and the sampling settings apply, the mask recipe does not",
-                        elem_id="extend-seconds",
-                    )
-                    context = gr.Textbox(
-                        label=LABELS["context_s"],
-                        placeholder=f"empty: {DEFAULT_CONTEXT_S:g} s, or the input's length "
-                        "where shorter",
-                        info="seconds of the codes each 10-s window starts with, in [0, 10)",
-                        elem_id="context",
-                    )
-                    extend = gr.Button("extend", elem_id="extend", scale=0, min_width=100)
             with gr.Column():
                 with gr.Row():
                     seed_used = gr.Textbox(
@@ -171,6 +155,22 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     elem_id=f"reuse-{i}",
                                 )
                             )
+                with gr.Row(equal_height=True):
+                    extend_seconds = gr.Number(
+                        value=min(EXTEND_SECONDS, studio.max_seconds),
+                        label=LABELS["seconds"],
+                        info=f"new music after the input, up to {studio.max_seconds:g} s; the "
+                        "seed and the sampling settings apply, the mask recipe does not",
+                        elem_id="extend-seconds",
+                    )
+                    context = gr.Textbox(
+                        label=LABELS["context_s"],
+                        placeholder=f"empty: {DEFAULT_CONTEXT_S:g} s, or the input's length "
+                        "where shorter",
+                        info="seconds of the codes each 10-s window starts with, in [0, 10)",
+                        elem_id="context",
+                    )
+                    extend = gr.Button("extend", elem_id="extend", scale=0, min_width=100)
         with gr.Row():
             spectrograms = gr.Image(
                 label="spectrograms (log frequency)",
@@ -180,9 +180,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 elem_id="spectrograms",
             )
             mask = gr.Image(
-                label=f"mask: codebooks 0 (bottom) to {top_codebook}, frames left to right; "
-                "light = generated, dark = kept; after a run, as generated: one band per "
-                "variation (1 at the top) where they differ",
+                label=f"mask (a band per variation, 1 on top): codebooks 0 (bottom) to "
+                f"{top_codebook}; light = generated, dark = kept",
                 interactive=False,
                 format="png",
                 buttons=["download", "fullscreen"],

@@ -355,6 +355,22 @@ def test_page_generates_two_variations_downloads_and_reuses_one(page, clip, arti
     _only_loopback(page.requested)
 
 
+def test_page_extends_the_input(page, clip, artifacts):
+    page.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(page)
+    page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
+    _set_number(page, "steps", str(STEPS))
+    _set_number(page, "extend-seconds", "1")
+    page.locator("#extend").click()
+    with page.expect_download() as download:
+        page.locator("#file-1 a[download]").first.click()
+    saved = artifacts / "continuation.wav"
+    download.value.save_as(saved)
+    assert soundfile.info(saved).frames == round(SECONDS * SR) + SR
+    assert page.locator("#variation-2").is_hidden()
+    _only_loopback(page.requested)
+
+
 def test_page_shows_a_bad_setting_as_an_error(page, clip):
     page.locator("#input input[type=file]").set_input_files(str(clip))
     _input_file(page)

@@ -224,11 +224,12 @@ def build_app(studio: Studio) -> gr.Blocks:
             """`work(cancel)`'s `Result` as the outputs of a run: Stop and a closed tab set
             `cancel`, a run of a tab closed while it waited does not start, and an error is a
             message in the app's words."""
-            if request.session_hash in closed:
-                raise stopped()
             started = time.monotonic()
+            # Registered first: a tab that closes from here on sets it (`close`).
             cancel = running[request.session_hash] = threading.Event()
             try:
+                if request.session_hash in closed:
+                    raise Cancelled("the page was closed while its run waited")
                 result: Result = work(cancel)
             except _USER_ERRORS as err:
                 raise gr.Error(in_app_words(str(err)), print_exception=False) from None

@@ -13,7 +13,6 @@ import re
 import shutil
 import socket
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -92,6 +91,59 @@ def test_api_variations_equal_vamp_with_seed_plus_i(client, clip, tiny_models_di
         np.testing.assert_array_equal(y, expected)
 
 
+@pytest.mark.parametrize(("context", "context_s"), [("1", 1.0), ("", None)])
+def test_api_extend_equals_vamp_extend(client, clip, tiny_models_dir, context, context_s):
+    settings = dict(steps=STEPS, temperature=0.8)
+    result = client.predict(
+        audio=_upload(clip),
+        seconds=1.5,
+        context_s=context,
+        seed="7",
+        **settings,
+        api_name="/extend",
+    )
+    assert result[0] == "7"
+    y, out_rate = soundfile.read(result[FIRST_FILE], dtype="float32")
+    x, rate = soundfile.read(clip, dtype="float32")
+    expected, expected_rate = Vamp(tiny_models_dir).extend(
+        x, rate, seconds=1.5, context_s=context_s, seed=7, **settings
+    )
+    assert out_rate == expected_rate == SR
+    assert y.shape == (x.shape[0] + round(1.5 * SR),)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_api_mask_after_a_run_is_each_variations_applied_mask(client, clip, tiny_models_dir):
+    from PIL import Image
+
+    from vampnet_onnx.app.studio import mask_picture
+
+    settings = dict(steps=1, periodic_prompt=5, dropout=0.3)
+    result = client.predict(
+        audio=_upload(clip), variations=2, seed="11", **settings, api_name="/vamp"
+    )
+    picture = np.asarray(Image.open(result[3]).convert("RGB"))
+    x, rate = soundfile.read(clip, dtype="float32")
+    vamp = Vamp(tiny_models_dir)
+    bands = [
+        mask_picture(vamp.vamp_mask(x, rate, seed=11 + i, applied=True, **settings))
+        for i in range(2)
+    ]
+    assert not np.array_equal(bands[0], bands[1])  # the seeds draw other rolls and dropouts
+    height = bands[0].shape[0]
+    np.testing.assert_array_equal(picture[:height], bands[0])
+    np.testing.assert_array_equal(picture[-height:], bands[1])
+    assert (picture[height:-height] == 255).all()  # the gap between the bands
+
+
+def test_masks_picture_of_equal_masks_is_one_band():
+    pytest.importorskip("gradio")
+    from vampnet_onnx.app.studio import mask_picture, masks_picture
+
+    mask = np.random.default_rng(0).random((1, 4, 50)) < 0.5
+    np.testing.assert_array_equal(masks_picture([mask, mask.copy()]), mask_picture(mask))
+
+
 def test_api_empty_seed_draws_one_and_names_it(client, clip):
     result = client.predict(audio=_upload(clip), variations=1, seed="", steps=1, api_name="/vamp")
     seed = int(result[0])
@@ -101,8 +153,25 @@ def test_api_empty_seed_draws_one_and_names_it(client, clip):
 def test_api_bad_setting_is_a_message(client, clip):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="temperature must be a finite number >= 0, got -1"):
+    message = "^vampnet-onnx app: temperature must be a finite number >= 0, got -1$"
+    with pytest.raises(AppError, match=message):
         client.predict(audio=_upload(clip), temperature=-1, api_name="/vamp")
+
+
+@pytest.mark.parametrize(
+    ("api_name", "given", "message"),
+    [
+        ("/vamp", {"inpaint": "5 6"}, "inpaint (s) must start at or before 1.985 s"),
+        ("/extend", {"context_s": "5"}, "context (s) must be at most the input's length, 2.000 s"),
+        ("/extend", {"seconds": 0}, "extend by (s) must be in (0, 3] (--max-seconds), got 0"),
+        ("/extend", {"context_s": "a"}, "context (s) must be a number of seconds or empty"),
+    ],
+)
+def test_api_error_names_the_controls_label(client, clip, api_name, given, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=f"^vampnet-onnx app: {re.escape(message)}"):
+        client.predict(audio=_upload(clip), **given, api_name=api_name)
 
 
 def test_api_inpaint_must_be_two_numbers(client, clip):
@@ -143,6 +212,50 @@ def test_api_refuses_a_server_path_the_client_names(app):
     event = httpx.post(call, json={"data": data}).json()["event_id"]
     stream = httpx.get(f"{call}/{event}", timeout=60).text
     assert stream.startswith("event: error"), stream
+
+
+def _page_license(url: str) -> list[str]:
+    """The text of the page's license notice as the server sends it: [] when it has none."""
+    import httpx
+
+    components = httpx.get(f"{url}config").json()["components"]
+    return [c["props"]["value"] for c in components if c["props"].get("elem_id") == "license"]
+
+
+@pytest.fixture
+def licensed_models(tiny_models_dir, tmp_path) -> Path:
+    """The tiny models with the license metadata ``export --pretrained`` writes."""
+    import onnx
+
+    from vampnet_onnx import contracts, hub
+
+    folder = tmp_path / "licensed"
+    folder.mkdir()
+    for name in contracts.MODEL_FILES:
+        model = onnx.load(tiny_models_dir / name)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = contracts.LICENSE_KEY, hub.LICENSE_NOTICE
+        onnx.save(model, folder / name)
+    return folder
+
+
+def test_page_shows_the_license_of_a_pretrained_export(licensed_models):
+    pytest.importorskip("gradio")
+    from vampnet_onnx import hub
+    from vampnet_onnx.app import serve
+
+    port = _free_port()
+    blocks, studio = serve(licensed_models, port=port, block=False)
+    try:
+        [notice] = _page_license(f"http://127.0.0.1:{port}/")
+    finally:
+        blocks.close()
+        studio.close()
+    assert hub.LICENSE_NOTICE in notice
+
+
+def test_page_of_models_without_a_license_shows_none(app):
+    assert _page_license(app[0]) == []
 
 
 def test_cli_app_without_gradio_names_the_extra(monkeypatch, capsys, tmp_path):
@@ -242,13 +355,29 @@ def test_page_generates_two_variations_downloads_and_reuses_one(page, clip, arti
     _only_loopback(page.requested)
 
 
+def test_page_extends_the_input(page, clip, artifacts):
+    page.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(page)
+    page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
+    _set_number(page, "steps", str(STEPS))
+    _set_number(page, "extend-seconds", "1")
+    page.locator("#extend").click()
+    with page.expect_download() as download:
+        page.locator("#file-1 a[download]").first.click()
+    saved = artifacts / "continuation.wav"
+    download.value.save_as(saved)
+    assert soundfile.info(saved).frames == round(SECONDS * SR) + SR
+    assert page.locator("#variation-2").is_hidden()
+    _only_loopback(page.requested)
+
+
 def test_page_shows_a_bad_setting_as_an_error(page, clip):
     page.locator("#input input[type=file]").set_input_files(str(clip))
     _input_file(page)
     page.locator("#sampling").get_by_text("sampling (coarse stage)").click()
     _set_number(page, "top_p", "1.5")
     page.locator("#generate").click()
-    page.get_by_text("top_p must be").first.wait_for()
+    page.get_by_text("vampnet-onnx app: top_p must be").first.wait_for()
     assert page.locator("#variation-1").is_hidden()
     _only_loopback(page.requested)
 
@@ -274,10 +403,52 @@ def test_page_stop_ends_a_long_run_and_the_page_recovers(page, clip):
     _only_loopback(page.requested)
 
 
-def test_closing_the_tab_stops_its_run(page, clip, client):
+def _generate_outcomes(monkeypatch, studio) -> list[str]:
+    """Each later call of `studio.generate` as it ends: "done", or its exception's name."""
+    outcomes: list[str] = []
+    generate = studio.generate
+
+    def recorded(*args, **kwargs):
+        try:
+            result = generate(*args, **kwargs)
+        except BaseException as err:
+            outcomes.append(type(err).__name__)
+            raise
+        outcomes.append("done")
+        return result
+
+    monkeypatch.setattr(studio, "generate", recorded)
+    return outcomes
+
+
+def _wait_for_queue(page, size: int) -> None:
+    """Wait until `size` runs wait in the server's queue (behind the one that runs)."""
+    page.wait_for_function(
+        f"async () => (await (await fetch('gradio_api/queue/status')).json()).queue_size == {size}"
+    )
+
+
+def test_closing_the_tab_stops_its_run(page, clip, client, app, monkeypatch):
+    outcomes = _generate_outcomes(monkeypatch, app[1])
     _start_long_run(page, clip)
     page.close(run_before_unload=True)
-    # One generation at a time: this one waits for the closed tab's run unless that stopped.
-    started = time.monotonic()
+    # One generation at a time: this call runs once the closed tab's run has ended.
     client.predict(audio=_upload(clip), variations=1, steps=1, api_name="/vamp")
-    assert time.monotonic() - started < 15
+    assert outcomes == ["Cancelled", "done"]
+
+
+def test_a_closed_tabs_waiting_run_never_starts(page, browser, app, clip, client, monkeypatch):
+    outcomes = _generate_outcomes(monkeypatch, app[1])
+    _start_long_run(page, clip)  # holds the one generation slot
+    waiting = browser.new_page()
+    waiting.goto(app[0])
+    waiting.locator("#input input[type=file]").set_input_files(str(clip))
+    _input_file(waiting)
+    waiting.locator("#generate").click()
+    _wait_for_queue(page, 1)
+    waiting.close(run_before_unload=True)
+    _wait_for_queue(page, 0)
+    page.locator("#stop").click()
+    # Queued after the closed tab's run: it ends once that run was started or dropped.
+    client.predict(audio=_upload(clip), variations=1, steps=1, api_name="/vamp")
+    assert outcomes == ["Cancelled", "done"]  # the long run stopped, the client's; no other

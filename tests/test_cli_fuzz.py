@@ -56,6 +56,9 @@ def _base(command: str, root: Path) -> tuple[list[str], list[Path]]:
         out = root / "models"
         argv = ["export", "--codec", str(missing / "codec.pth"), "--c2f", str(missing)]
         return [*argv, "--out", str(out)], [out]
+    if command == "app":
+        # The models load before the server starts: a missing folder fails without one.
+        return ["app", "--models", str(missing)], []
     if command == "export-codec":
         out = root / "codec"
         return ["export-codec", str(missing / "codec.pth"), "--out", str(out)], [out]
@@ -71,13 +74,14 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-COMMANDS = ["vamp", "demo", "export", "export-codec", "export-transformer"]
+COMMANDS = ["vamp", "demo", "export", "export-codec", "export-transformer", "app"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_with_bad_values_is_a_one_line_error(command, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a value taken as a relative path stays in here
     soundfile.write(tmp_path / "in.wav", np.zeros(4800), 48000)
+    launched = _record_launches(monkeypatch) if command == "app" else []
     rng = np.random.default_rng(5)
     argv, outputs = _base(command, tmp_path)
     options = _options(command)
@@ -99,3 +103,15 @@ def test_every_option_with_bad_values_is_a_one_line_error(command, tmp_path, cap
             assert lines[0].startswith(f"vampnet-onnx {command}: "), case
             for path in outputs:
                 assert not path.exists(), case
+    assert launched == []  # no call of the app started a server
+
+
+def _record_launches(monkeypatch) -> list:
+    """The calls of Gradio's `Blocks.launch` from now on (none without Gradio installed)."""
+    launched: list = []
+    try:
+        import gradio
+    except ImportError:
+        return launched
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda *args, **kwargs: launched.append(args))
+    return launched

@@ -168,6 +168,35 @@ def test_vamp_mask_is_the_mask_vamp_generates_with(vamp):
     np.testing.assert_array_equal(given, vamp.vamp(x, SR, **recipe, **FAST)[0])
 
 
+@pytest.mark.parametrize("context_s", [0.0, 2.0])
+def test_vamp_mask_applied_is_what_the_run_generated_with(vamp, monkeypatch, context_s):
+    # 11 s: two coarse windows, so a seam inside the clip; dropout and the roll drawn with seed.
+    x = noise(11.0)
+    recipe = dict(seed=3, periodic_prompt=5, dropout=0.3, context_s=context_s)
+    decoded = Recorder(monkeypatch, vamp, "decode")
+    coarse = Recorder(monkeypatch, vamp.coarse, "generate")
+    c2f = Recorder(monkeypatch, vamp.c2f, "generate")
+    vamp.vamp(x, SR, **recipe, **FAST)
+    codes_in = vamp.encode(audio.preprocess(x, SR, SR)[0])
+    codes_out = decoded.calls[0][0][0]
+    n_frames, n_coarse = codes_in.shape[2], vamp.coarse.n_codebooks
+    # The masks the generators were given, stitched back: window 0 from frame 0, the last
+    # window ending at the last frame (its first frames, any context, are window 0's).
+    [first], [last] = ([args[1]] for args, _ in coarse.calls)
+    run_mask = np.concatenate([args[1] for args, _ in c2f.calls], axis=2)[:, :, :n_frames]
+    run_mask[:, :n_coarse, : first.shape[2]] = first
+    overlap = first.shape[2] + last.shape[2] - n_frames
+    assert overlap == round(context_s * SR / HOP)
+    assert not last[:, :, :overlap].any()
+    run_mask[:, :n_coarse, first.shape[2] :] = last[:, :, overlap:]
+
+    applied = vamp.vamp_mask(x, SR, applied=True, **recipe)
+    np.testing.assert_array_equal(applied, run_mask)
+    np.testing.assert_array_equal(codes_out[~applied], codes_in[~applied])
+    # The seam frames are where the recipe's mask says generate and the run keeps.
+    assert (applied != vamp.vamp_mask(x, SR, **recipe)).any()
+
+
 def test_vamp_mask_keeps_every_codebook_outside_the_inpaint_range(vamp):
     x = noise(1.5)
     recipe = vamp.vamp_mask(x, SR, seed=3, periodic_prompt=0)
@@ -177,7 +206,7 @@ def test_vamp_mask_keeps_every_codebook_outside_the_inpaint_range(vamp):
     np.testing.assert_array_equal(inpainted[..., first:stop], recipe[..., first:stop])
 
 
-@pytest.mark.parametrize("call", ["vamp", "vamp_batch"])
+@pytest.mark.parametrize("call", ["vamp", "vamp_batch", "extend"])
 def test_a_cancel_set_before_the_call_stops_it_before_any_graph_runs(vamp, monkeypatch, call):
     ran = []
     interruptible = runtime._interruptible
@@ -191,9 +220,30 @@ def test_a_cancel_set_before_the_call_stops_it_before_any_graph_runs(vamp, monke
     with pytest.raises(Cancelled, match="cancelled before it started"):
         if call == "vamp":
             vamp.vamp(noise(0.5), SR, cancel=cancel, **FAST)
-        else:
+        elif call == "vamp_batch":
             vamp.vamp_batch([noise(0.5)] * 2, SR, cancel=cancel, **FAST)
+        else:
+            vamp.extend(noise(0.5), SR, seconds=1.0, cancel=cancel, **FAST)
     assert ran == []
+
+
+def test_a_cancel_set_while_extend_decodes_stops_its_last_decode(vamp, monkeypatch):
+    # extend decodes twice (loudness first, then the samples it returns): a cancel set during
+    # the first must stop the second, which runs as the output is assembled.
+    cancel = threading.Event()
+    decode = vamp.codec.decode
+    calls = []
+
+    def decode_then_cancel(*args, **kwargs):
+        calls.append(args)
+        decoded = decode(*args, **kwargs)
+        cancel.set()
+        return decoded
+
+    monkeypatch.setattr(vamp.codec, "decode", decode_then_cancel)
+    with pytest.raises(Cancelled, match="cancelled before it started"):
+        vamp.extend(noise(0.5), SR, seconds=1.0, cancel=cancel, **FAST)
+    assert len(calls) == 2
 
 
 def test_a_cancel_set_during_a_run_terminates_the_graph_in_flight(models):

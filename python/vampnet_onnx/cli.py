@@ -1026,7 +1026,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve a Gradio page (the app extra: pip install 'vampnet-onnx[app]'; docs/app.md): "
             "upload, record or synthesise a clip, pick a preset or set the mask and sampling "
             "by hand, generate variations, listen, download them as float WAV, use one as the "
-            "next input. Its generate action is also an API (gradio_client, api_name 'vamp'). "
+            "next input or continue it by N seconds. Its generate and extend actions are also "
+            "an API (gradio_client, api_name 'vamp' and 'extend'). "
             "It serves this machine only unless --host says otherwise, one generation at a "
             "time."
         ),

@@ -114,6 +114,18 @@ class _Run:
     context_s: float = 0.0
 
 
+def _window_mask(mask: np.ndarray, n: int, window: longform.Window) -> np.ndarray:
+    """The coarse stage's mask ``[1, n, stop - start]`` for one chunk or window of `mask`
+    ``[1, C, T]``: its context frames kept, and upstream's seam rule (docs/model.md §4.3): a
+    chunk with any kept frame among its new ones keeps its first and last frame too."""
+    new = window.new - window.start
+    chunk_mask = mask[:, :n, window.start : window.stop].copy()
+    if not chunk_mask[:, :, new:].all():
+        chunk_mask[:, :, [0, -1]] = False
+    chunk_mask[:, :, :new] = False
+    return chunk_mask
+
+
 def _check_batch_size(batch_size: Any, where: str) -> int:
     """`batch_size` as an int >= 1 (numpy ints taken, as everywhere else)."""
     if (
@@ -682,7 +694,13 @@ class Vamp(_AudioToAudio):
         return head, info, self._tail(codes, info, added, progress)
 
     def extend(
-        self, samples: np.ndarray, sample_rate: int, *, seconds: float, **settings: Any
+        self,
+        samples: np.ndarray,
+        sample_rate: int,
+        *,
+        seconds: float,
+        cancel: threading.Event | None = None,
+        **settings: Any,
     ) -> tuple[np.ndarray, int]:
         """Continue a clip by `seconds` of new music (`longform`: 10-s windows, each starting
         with `context_s` seconds of the codes already there, only new frames appended).
@@ -701,18 +719,21 @@ class Vamp(_AudioToAudio):
                 the new frames are the input looped, prompted by its codes where the recipe's
                 mask over the input (onset and beat masks included) keeps them
                 (`longform.looped`).
+            cancel: as `vamp`'s: setting it stops the continuation (`runtime.Cancelled`).
 
         Returns:
             (float32 mono ``[N + round(seconds * sample_rate)]``, `sample_rate`): the input
             mixed to mono, unchanged up to `longform.JOIN_S` before its end, crossfaded there
             into the continuation, at the input's loudness (`_tail`).
         """
-        head, info, tail = self._continuation(samples, sample_rate, seconds=seconds, **settings)
-        out = np.empty(info.n_samples + tail.added, np.float32)
-        filled = 0
-        for piece in longform.joined(head, tail.pieces(), tail.fade):
-            out[filled : filled + piece.shape[0]] = piece
-            filled += piece.shape[0]
+        with cancel_on(cancel, "Vamp.extend"):
+            head, info, tail = self._continuation(samples, sample_rate, seconds=seconds, **settings)
+            out = np.empty(info.n_samples + tail.added, np.float32)
+            filled = 0
+            # The decode runs as the pieces are drawn: inside the scope too.
+            for piece in longform.joined(head, tail.pieces(), tail.fade):
+                out[filled : filled + piece.shape[0]] = piece
+                filled += piece.shape[0]
         return out, info.sample_rate
 
     def _tail(self, codes: np.ndarray, info: audio.PreprocessInfo, added: int, progress: bool):
@@ -870,18 +891,33 @@ class Vamp(_AudioToAudio):
             mask = masks.codebook_mask(mask, values["upper_codebook_mask"])
         return mask
 
-    def vamp_mask(self, samples: np.ndarray, sample_rate: int, **settings: Any) -> np.ndarray:
+    def vamp_mask(
+        self, samples: np.ndarray, sample_rate: int, *, applied: bool = False, **settings: Any
+    ) -> np.ndarray:
         """The mask bool ``[1, n_codebooks, T]`` (True = generate) that ``vamp(samples,
         sample_rate, **settings)`` generates with, without generating: the recipe's (onset and
-        beat masks included) or the given `mask`, with the `inpaint` range applied; T = the
-        frames of the input at the codec's rate. settings: `vamp`'s keyword arguments, checked
-        as `vamp` checks them. For showing a mask before a run (the app)."""
+        beat masks, and the random roll and dropout drawn with `seed`, included) or the given
+        `mask`, with the `inpaint` range applied; T = the frames of the input at the codec's
+        rate. settings: `vamp`'s keyword arguments, checked as `vamp` checks them.
+
+        applied: False: that mask, as `vamp`'s `mask` argument takes it. True: as the stages
+        apply it, exactly the positions the run regenerates (every other keeps the input's
+        code): in the coarse codebooks, each 10-s chunk (or `context_s` window) with any kept
+        frame keeps its first and last frame too (upstream's seam rule, docs/model.md §4.3),
+        and a window's context frames are kept. For showing a run's mask (the app)."""
         checked = self._prepare(**settings)
         x, info = audio.preprocess(samples, sample_rate, self.sample_rate)
-        given, _ = self._run_inputs(checked, x, info)
-        if given is not None:
-            return given
-        return self.build_mask(x, checked.seed, **checked.mask_settings.inputs())
+        mask, _ = self._run_inputs(checked, x, info)
+        if mask is None:
+            mask = self.build_mask(x, checked.seed, **checked.mask_settings.inputs())
+        if not applied:
+            return mask
+        n = self.coarse.n_codebooks
+        out = mask.copy()
+        for window in self._coarse_windows(mask.shape[2], self._context_frames(checked.context_s)):
+            new = window.new - window.start
+            out[:, :n, window.new : window.stop] = _window_mask(mask, n, window)[:, :, new:]
+        return out
 
     def beat_mask(self, x: np.ndarray, after_beat_ms: float) -> np.ndarray:
         """bool ``[n_codebooks, T]``: False (keep) from each beat of `x` (preprocessed mono
@@ -1049,19 +1085,26 @@ class Vamp(_AudioToAudio):
         [out] = self._coarse_batch([codes], [mask], [seed], self.batch_size, progress, **sampling)
         return out
 
+    def _coarse_windows(self, n_frames: int, context_frames: int) -> list[longform.Window]:
+        """The coarse stage's windows over `n_frames` frames: upstream's independent 10-s
+        chunks (no context frames; chunk k draws stream `COARSE_STREAM_BASE` + k), or with
+        `context_frames`, `longform.context_windows`."""
+        if context_frames:
+            return longform.context_windows(n_frames, self.coarse_chunk_frames, context_frames)
+        return [
+            longform.Window(start, start, stop, COARSE_STREAM_BASE + k)
+            for k, (start, stop) in enumerate(_spans(n_frames, self.coarse_chunk_frames))
+        ]
+
     def _coarse_batch(self, codes, masks, seeds, batch_size, progress, **sampling) -> list:
         """`coarse_vamp` of several clips, the chunks of all of them batched."""
         n = self.coarse.n_codebooks
         chunks, places = [], []
         for clip, (clip_codes, mask, seed) in enumerate(zip(codes, masks, seeds)):
-            spans = _spans(clip_codes.shape[2], self.coarse_chunk_frames)
-            for index, (start, stop) in enumerate(spans):
-                chunk_mask = mask[:, :n, start:stop].copy()
-                if not chunk_mask.all():
-                    # Upstream's guard against seams when stitching chunks (docs/model.md §4.3).
-                    chunk_mask[:, :, [0, -1]] = False
-                stream = COARSE_STREAM_BASE + index
-                chunks.append((clip_codes[:, :n, start:stop], chunk_mask, seed, stream))
+            for window in self._coarse_windows(clip_codes.shape[2], 0):
+                start, stop = window.start, window.stop
+                chunk_mask = _window_mask(mask, n, window)
+                chunks.append((clip_codes[:, :n, start:stop], chunk_mask, seed, window.stream))
                 places.append((clip, start, stop))
         n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
         with tqdm(
@@ -1083,10 +1126,7 @@ class Vamp(_AudioToAudio):
         `context_frames` frames the window before it generated, kept."""
         n = self.coarse.n_codebooks
         out = [c.copy() for c in codes]
-        plans = [
-            longform.context_windows(c.shape[2], self.coarse_chunk_frames, context_frames)
-            for c in codes
-        ]
+        plans = [self._coarse_windows(c.shape[2], context_frames) for c in codes]
         n_steps = SamplingSettings.from_public(Generator.WHERE, **sampling).n_steps
         total = sum(len(plan) for plan in plans) * n_steps
         with tqdm(total=total, desc="coarse", unit="step", disable=not progress) as bar:
@@ -1096,13 +1136,7 @@ class Vamp(_AudioToAudio):
                     if k >= len(plan):
                         continue
                     window = plan[k]
-                    chunk_mask = masks[clip][:, :n, window.start : window.stop].copy()
-                    new = window.new - window.start
-                    if not chunk_mask[:, :, new:].all():
-                        # Upstream's seam rule, as for a chunk whose frames these are (docs/
-                        # model.md §4.3); the context is kept anyway.
-                        chunk_mask[:, :, [0, -1]] = False
-                    chunk_mask[:, :, :new] = False
+                    chunk_mask = _window_mask(masks[clip], n, window)
                     chunk = out[clip][:, :n, window.start : window.stop]
                     chunks.append((chunk, chunk_mask, seeds[clip], window.stream))
                     places.append((clip, window))

@@ -1,5 +1,6 @@
 """What the app does, without the page: checks an upload, turns the controls into `Vamp.vamp`
-keyword arguments, runs the variations as one `Vamp.vamp_batch` and writes what the page shows.
+keyword arguments, runs the variations as one `Vamp.vamp_batch` (or a continuation,
+`Vamp.extend`) and writes what the page shows.
 
 Gradio-free, so its errors are plain ValueErrors in the house format; `ui` shows them in the
 page. Only the public API is called (`Vamp`, `presets`, `settings`, `audio`, `demo`).
@@ -8,6 +9,7 @@ page. Only the public API is called (`Vamp`, `presets`, `settings`, `audio`, `de
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import shutil
 import tempfile
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import audio, demo, presets
-from ..contracts import WAVEBEAT_FILE
+from ..contracts import LICENSE_KEY, WAVEBEAT_FILE
 from ..pipeline import Vamp
 from ..settings import MaskSettings, SamplingSettings, check_seed, public_name
 
@@ -30,6 +32,12 @@ MAX_VARIATIONS = 4
 EXAMPLE_SECONDS = 6.0
 #: Seeds the app draws for an empty seed field: small enough to read and type back.
 _DRAWN_SEEDS = 2**31
+#: "extend by" to start with (or --max-seconds where less): what one window adds at the
+#: default context (10 - 4 s).
+EXTEND_SECONDS = 6.0
+#: The labels of the page's fields whose `Vamp` keyword is not their label (every other
+#: control is labelled with its keyword, the CLI's flag without the dashes).
+LABELS = {"seconds": "extend by (s)", "context_s": "context (s)", "inpaint": "inpaint (s)"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ CONTROLS = SAMPLING_CONTROLS + MASK_CONTROLS
 @dataclass(frozen=True)
 class Result:
     """One run: the seed of variation 1 (variation i has seed + i), a float WAV per variation,
-    the spectrograms of the input and the outputs, and the mask of variation 1."""
+    the spectrograms of the input and the outputs, and the picture of the masks the
+    variations were generated with (`masks_picture`)."""
 
     seed: int
     paths: list[Path]
@@ -73,7 +82,8 @@ class Result:
 
 
 class Studio:
-    """The models folder's `Vamp`, loaded once, and a folder for the files the app writes.
+    """The models folder's `Vamp`, loaded once, and a folder for the files the app writes;
+    `license` is the models' license notice (a folder exported with ``--pretrained``) or None.
 
     Args:
         models: a folder written by ``vampnet-onnx export``.
@@ -90,6 +100,7 @@ class Studio:
         self.max_seconds = float(max_seconds)
         self.has_beats = (Path(models) / WAVEBEAT_FILE).is_file()
         self.precision = self.vamp.coarse.config.get("precision", "fp32")
+        self.license = _license_notice(self.vamp)
         self.folder = Path(tempfile.mkdtemp(prefix="vampnet-onnx-app-"))
         self._run = 0
 
@@ -130,12 +141,17 @@ class Studio:
         return audio.load_audio(path)
 
     def settings(
-        self, values: dict[str, Any], seed: str | int | None, inpaint: str | None
+        self,
+        values: dict[str, Any],
+        seed: str | int | None,
+        inpaint: str | None = None,
+        controls: list[Control] = CONTROLS,
     ) -> dict[str, Any]:
-        """`Vamp.vamp` keyword arguments from the controls' `values` (by keyword name), the seed
-        field (empty: a drawn seed) and the inpaint field ("START END" in seconds; empty:
-        none), checked as `Vamp.vamp` checks them."""
-        kwargs = {control.name: values[control.name] for control in CONTROLS}
+        """`Vamp.vamp` keyword arguments from the `controls`' `values` (by keyword name; a
+        continuation takes `SAMPLING_CONTROLS` only), the seed field (empty: a drawn seed) and
+        the inpaint field ("START END" in seconds; empty: none), checked as `Vamp.vamp` checks
+        them."""
+        kwargs = {control.name: values[control.name] for control in controls}
         kwargs["seed"] = _seed(seed)
         if inpaint is not None and inpaint.strip():
             kwargs["inpaint"] = _inpaint(inpaint)
@@ -166,7 +182,8 @@ class Studio:
         rest = dict(settings)
         seed = rest.pop("seed")
         seeds = [check_seed(seed + i, WHERE) for i in range(n)]
-        mask = self.vamp.vamp_mask(x, rate, seed=seed, **rest)
+        # Each variation's mask as the run applies it: its own seed draws its roll and dropout.
+        applied = [self.vamp.vamp_mask(x, rate, seed=s, applied=True, **rest) for s in seeds]
         outputs = self.vamp.vamp_batch(
             [x] * n, rate, seeds=seeds, progress=True, cancel=cancel, **rest
         )
@@ -179,12 +196,47 @@ class Studio:
         signals = [audio.to_mono(x)] + [y for y, _ in outputs]
         titles = ["input"] + [f"output {i}" for i in range(1, n + 1)]
         figure = demo.spectrogram_figure(signals, titles, rate)
-        return Result(seed, paths, figure, mask_picture(mask))
+        return Result(seed, paths, figure, masks_picture(applied))
+
+    def extend(
+        self,
+        path: str | Path | None,
+        settings: dict[str, Any],
+        seconds: Any,
+        context: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Result:
+        """The input file continued by `seconds` of new music (`Vamp.extend`, with `settings`:
+        `settings()` of `SAMPLING_CONTROLS` and the seed), as one float WAV: ``Vamp.extend(x,
+        rate, seconds=seconds, context_s=context_s, **settings)``, context_s from the context
+        field (seconds; empty: longform's default). `seconds` is at most `max_seconds`.
+        Setting `cancel` stops it (`Cancelled`)."""
+        if _is_number(seconds) and not 0 < seconds <= self.max_seconds:
+            raise ValueError(
+                f"{WHERE}: {LABELS['seconds']} must be in (0, {self.max_seconds:g}] "
+                f"(--max-seconds), got {seconds:g}"
+            )
+        context_s = _context(context)
+        x, rate = self.load(path)
+        y, out_rate = self.vamp.extend(
+            x,
+            rate,
+            seconds=seconds,
+            context_s=context_s,
+            progress=True,
+            cancel=cancel,
+            **settings,
+        )
+        out = self._new_run_folder() / f"continuation-seed-{settings['seed']}.wav"
+        audio.write_audio(out, y, out_rate, "FLOAT")
+        figure = demo.spectrogram_figure([audio.to_mono(x), y], ["input", "output"], rate)
+        return Result(settings["seed"], [out], figure, None)
 
     def mask(self, path: str | Path | None, settings: dict[str, Any]) -> np.ndarray:
-        """The picture of the mask variation 1 would generate with (`mask_picture`)."""
+        """The picture of the mask variation 1 would generate with (`mask_picture`), as the
+        run applies it."""
         x, rate = self.load(path)
-        return mask_picture(self.vamp.vamp_mask(x, rate, **settings))
+        return mask_picture(self.vamp.vamp_mask(x, rate, applied=True, **settings))
 
     def _new_run_folder(self) -> Path:
         """A fresh folder for this run's files; the one before the last is removed, so the
@@ -194,6 +246,35 @@ class Studio:
         folder = self.folder / f"run-{self._run}"
         folder.mkdir()
         return folder
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The public API's errors: ``<Class.method>: <keyword> must ...`` (`Vamp`, `Generator`).
+_API_ERROR = re.compile(r"^(?:Vamp|Generator)\.\w+: (\w+) must ")
+
+
+def in_app_words(message: str) -> str:
+    """An error message of the public API as the page says it: ``vampnet-onnx app: <the
+    control's label> must ...`` for ``Vamp.extend: context_s must ...``; other messages (the
+    app's own, a file's) as they are."""
+    match = _API_ERROR.match(message)
+    if match is None:
+        return message
+    name = match.group(1)
+    return f"{WHERE}: {LABELS.get(name, name)} must {message[match.end() :]}"
+
+
+def _license_notice(vamp: Vamp) -> str | None:
+    """The license notice the generation graphs carry (`contracts.LICENSE_KEY`, which
+    ``vampnet-onnx export --pretrained`` writes into every graph), None where they carry none."""
+    notices = {
+        generator.session.get_modelmeta().custom_metadata_map.get(LICENSE_KEY)
+        for generator in (vamp.coarse, vamp.c2f)
+    }
+    return "\n\n".join(sorted(notices - {None})) or None
 
 
 def _seed(text: str | int | None) -> int:
@@ -206,6 +287,18 @@ def _seed(text: str | int | None) -> int:
         except ValueError:
             raise ValueError(f"{WHERE}: seed must be an int64 or empty, got {text!r}") from None
     return check_seed(text, WHERE)
+
+
+def _context(text: str | None) -> float | None:
+    """The context field: seconds, or empty for `Vamp.extend`'s default (None)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"{WHERE}: {LABELS['context_s']} must be a number of seconds or empty, got {text!r}"
+        ) from None
 
 
 def _inpaint(text: str) -> tuple[float, float]:
@@ -226,6 +319,8 @@ _KEPT = np.array([40, 40, 60], np.uint8)
 _GENERATED = np.array([250, 190, 90], np.uint8)
 #: Pixels per codebook row, and the picture's least width in pixels.
 _ROW_PX, _MIN_WIDTH = 16, 600
+#: Background between the bands of `masks_picture`, in pixels and RGB.
+_GAP_PX, _GAP = 8, np.array([255, 255, 255], np.uint8)
 
 
 def mask_picture(mask: np.ndarray) -> np.ndarray:
@@ -236,3 +331,14 @@ def mask_picture(mask: np.ndarray) -> np.ndarray:
     width = max(1, math.ceil(_MIN_WIDTH / rows.shape[1]))
     cells = np.repeat(np.repeat(rows, _ROW_PX, axis=0), width, axis=1)
     return np.where(cells[..., None], _GENERATED, _KEPT)
+
+
+def masks_picture(masks: list[np.ndarray]) -> np.ndarray:
+    """The masks of a run's variations, each bool ``[1, C, T]``, as one uint8 RGB picture: one
+    `mask_picture` when they are all equal, else one band per variation, variation 1 at the top,
+    `_GAP_PX` pixels of white between them."""
+    if all(np.array_equal(masks[0], m) for m in masks[1:]):
+        return mask_picture(masks[0])
+    bands = [mask_picture(m) for m in masks]
+    gap = np.broadcast_to(_GAP, (_GAP_PX, bands[0].shape[1], 3))
+    return np.concatenate([part for band in bands for part in (band, gap)][:-1])

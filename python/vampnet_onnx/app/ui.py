@@ -13,13 +13,18 @@ from typing import Any
 import gradio as gr
 
 from .. import Cancelled, presets
+from ..longform import DEFAULT_CONTEXT_S
 from .studio import (
     CONTROLS,
+    EXTEND_SECONDS,
+    LABELS,
     MASK_CONTROLS,
     MAX_VARIATIONS,
     SAMPLING_CONTROLS,
     Control,
+    Result,
     Studio,
+    in_app_words,
 )
 
 #: Requests waiting behind the one generation that runs; more are turned away with a message.
@@ -63,8 +68,9 @@ def _signature(names: list[str], tracked: bool = False) -> inspect.Signature:
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The Blocks of the app on `studio`'s models: inputs and controls, a generate action
-    (``api_name="vamp"``), a mask preview (``api_name="mask"``), and per variation a player, a
-    float-WAV download and a "use as input" button."""
+    (``api_name="vamp"``), a continuation (``api_name="extend"``), a mask preview
+    (``api_name="mask"``), and per variation a player, a float-WAV download and a "use as
+    input" button."""
     top_codebook = studio.vamp.n_codebooks - 1
     with gr.Blocks(title="vampnet-onnx", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(
@@ -72,6 +78,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             f"{'with' if studio.has_beats else 'no'} beat tracker). Inputs up to "
             f"{studio.max_seconds:g} s."
         )
+        if studio.license is not None:
+            gr.Markdown(f"**License of these models:** {studio.license}", elem_id="license")
         with gr.Row():
             with gr.Column():
                 source = gr.Audio(
@@ -147,6 +155,22 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     elem_id=f"reuse-{i}",
                                 )
                             )
+                with gr.Row(equal_height=True):
+                    extend_seconds = gr.Number(
+                        value=min(EXTEND_SECONDS, studio.max_seconds),
+                        label=LABELS["seconds"],
+                        info=f"new music after the input, up to {studio.max_seconds:g} s; the "
+                        "seed and the sampling settings apply, the mask recipe does not",
+                        elem_id="extend-seconds",
+                    )
+                    context = gr.Textbox(
+                        label=LABELS["context_s"],
+                        placeholder=f"empty: {DEFAULT_CONTEXT_S:g} s, or the input's length "
+                        "where shorter",
+                        info="seconds of the codes each 10-s window starts with, in [0, 10)",
+                        elem_id="context",
+                    )
+                    extend = gr.Button("extend", elem_id="extend", scale=0, min_width=100)
         with gr.Row():
             spectrograms = gr.Image(
                 label="spectrograms (log frequency)",
@@ -156,8 +180,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 elem_id="spectrograms",
             )
             mask = gr.Image(
-                label=f"mask of variation 1: codebooks 0 (bottom) to {top_codebook}, frames left "
-                "to right; light = generated, dark = kept",
+                label=f"mask (a band per variation, 1 on top): codebooks 0 (bottom) to "
+                f"{top_codebook}; light = generated, dark = kept",
                 interactive=False,
                 format="png",
                 buttons=["download", "fullscreen"],
@@ -189,35 +213,65 @@ def build_app(studio: Studio) -> gr.Blocks:
         # every run still waiting, short of that many tabs closing while it waits.
         closed: collections.deque[str] = collections.deque(maxlen=8 * QUEUE_SIZE)
 
-        def run(request: gr.Request, path, n, *values):
-            # The last value is Gradio's progress tracker: it follows the stages' tqdm bars.
-            *values, _ = values
+        def stopped() -> gr.Error:
+            return gr.Error(
+                "the generation was stopped; nothing was generated",
+                title="Stopped",
+                print_exception=False,
+            )
+
+        def outputs(request: gr.Request, work, describe) -> tuple:
+            """`work(cancel)`'s `Result` as the outputs of a run: Stop and a closed tab set
+            `cancel`, a run of a tab closed while it waited does not start, and an error is a
+            message in the app's words."""
             started = time.monotonic()
+            # Registered first: a tab that closes from here on sets it (`close`).
             cancel = running[request.session_hash] = threading.Event()
-            if request.session_hash in closed:
-                cancel.set()
             try:
-                result = studio.generate(path, settings_of(values), n, cancel)
+                if request.session_hash in closed:
+                    raise Cancelled("the page was closed while its run waited")
+                result: Result = work(cancel)
             except _USER_ERRORS as err:
-                raise gr.Error(str(err), print_exception=False) from None
+                raise gr.Error(in_app_words(str(err)), print_exception=False) from None
             except Cancelled:
-                raise gr.Error(
-                    "the generation was stopped; nothing was generated",
-                    title="Stopped",
-                    print_exception=False,
-                ) from None
+                raise stopped() from None
             finally:
                 running.pop(request.session_hash, None)
-            count = len(result.paths)
-            paths = [str(p) for p in result.paths] + [None] * (MAX_VARIATIONS - count)
-            seeds = ", ".join(str(result.seed + i) for i in range(count))
+            paths = [str(p) for p in result.paths] + [None] * (MAX_VARIATIONS - len(result.paths))
             return (
                 str(result.seed),
-                f"{count} variation(s), seeds {seeds}, in {time.monotonic() - started:.1f} s",
+                f"{describe(result)}, in {time.monotonic() - started:.1f} s",
                 result.spectrograms,
                 result.mask,
                 *paths,
                 *paths,
+            )
+
+        def run(request: gr.Request, path, n, *values):
+            # The last value is Gradio's progress tracker: it follows the stages' tqdm bars.
+            *values, _ = values
+
+            def describe(result: Result) -> str:
+                count = len(result.paths)
+                seeds = ", ".join(str(result.seed + i) for i in range(count))
+                return f"{count} variation(s), seeds {seeds}"
+
+            return outputs(
+                request,
+                lambda cancel: studio.generate(path, settings_of(values), n, cancel),
+                describe,
+            )
+
+        def run_extend(request: gr.Request, path, seconds, context_s, *values):
+            *values, seed_text, _ = values
+
+            def work(cancel: threading.Event) -> Result:
+                named = dict(zip([c.name for c in SAMPLING_CONTROLS], values))
+                settings = studio.settings(named, seed_text, controls=SAMPLING_CONTROLS)
+                return studio.extend(path, settings, seconds, context_s, cancel)
+
+            return outputs(
+                request, work, lambda result: f"continued by {seconds:g} s, seed {result.seed}"
             )
 
         def show_slots(*paths):
@@ -230,12 +284,14 @@ def build_app(studio: Studio) -> gr.Blocks:
         # The API's parameters named for the settings they set (gradio_client takes keywords).
         settings_names = [*[c.name for c in CONTROLS], "seed", "inpaint"]
         run.__signature__ = _signature(["audio", "variations", *settings_names], tracked=True)
+        extend_names = ["audio", "seconds", "context_s", *[c.name for c in SAMPLING_CONTROLS]]
+        run_extend.__signature__ = _signature([*extend_names, "seed"], tracked=True)
 
         def show_mask(path, *values):
             try:
                 return studio.mask(path, settings_of(values))
             except _USER_ERRORS as err:
-                raise gr.Error(str(err), print_exception=False) from None
+                raise gr.Error(in_app_words(str(err)), print_exception=False) from None
 
         show_mask.__signature__ = _signature(["audio", *settings_names])
 
@@ -254,6 +310,14 @@ def build_app(studio: Studio) -> gr.Blocks:
             [source, variations, *settings_inputs],
             [seed_used, status, spectrograms, mask, *players, *files],
             api_name="vamp",
+            concurrency_limit=1,
+            concurrency_id="models",
+        ).then(show_slots, files, [*players, *files, *reuse], api_visibility="private")
+        extend.click(
+            run_extend,
+            [source, extend_seconds, context, *sampling, seed],
+            [seed_used, status, spectrograms, mask, *players, *files],
+            api_name="extend",
             concurrency_limit=1,
             concurrency_id="models",
         ).then(show_slots, files, [*players, *files, *reuse], api_visibility="private")

@@ -56,6 +56,10 @@ def _base(command: str, root: Path) -> tuple[list[str], list[Path]]:
         out = root / "models"
         argv = ["export", "--codec", str(missing / "codec.pth"), "--c2f", str(missing)]
         return [*argv, "--out", str(out)], [out]
+    if command == "extend":
+        out = root / "out.wav"
+        argv = ["extend", str(root / "in.wav"), str(out), "--seconds", "1"]
+        return [*argv, "--models", str(missing)], [out]
     if command == "app":
         # The models load before the server starts: a missing folder fails without one.
         return ["app", "--models", str(missing)], []
@@ -74,7 +78,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-COMMANDS = ["vamp", "demo", "export", "export-codec", "export-transformer", "app"]
+COMMANDS = ["vamp", "extend", "demo", "export", "export-codec", "export-transformer", "app"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

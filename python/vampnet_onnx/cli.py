@@ -809,12 +809,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_option(bundle, folder=True)
     bundle.add_argument(
         "--op-bodies",
-        action="store_true",
-        help="let every graph that uses the vampnet_onnx ops carry their standard-op bodies "
-        "(ONNX functions): it then also runs where the op library cannot load (other "
-        "runtimes, onnxruntime without the library, slower there); onnxruntime with the "
-        "library still runs the kernels. About 86 KB a generation graph, 141 KB for vamp.onnx "
-        "(docs/ops.md, 'Standard-op bodies')",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every graph that uses the vampnet_onnx ops (generation graphs, vamp.onnx, int8's "
+        "codec) carries their standard-op bodies (ONNX functions), so that it also runs where "
+        "the op library cannot load (other runtimes, onnxruntime without the library, slower "
+        "there); onnxruntime with the library still runs the kernels. About 86 KB a "
+        "generation graph, 141 KB for vamp.onnx (default: on; --no-op-bodies writes graphs "
+        "that need the library; docs/ops.md, 'Standard-op bodies')",
     )
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)

@@ -817,6 +817,86 @@ def test_attach_op_bodies_gives_int8s_codec_snakes_body(int8_folder_without_bodi
     assert_same_bits(body.run(None, feed), kernel.run(None, feed))
 
 
+def nodes_of_the_domain(model: onnx.ModelProto) -> int:
+    """The vampnet_onnx nodes of `model`'s graph and subgraphs (Loop and If bodies)."""
+    return sum(
+        node.domain == ops.DOMAIN
+        for graph in ops_functions._graphs(model.graph)
+        for node in graph.node
+    )
+
+
+def test_an_inlined_generation_graph_runs_in_a_plain_session_with_the_librarys_codes(
+    int8_folder_without_bodies, tmp_path
+):
+    from vampnet_onnx.export.common import attach_op_bodies
+
+    exported = int8_folder_without_bodies / contracts.GENERATION_FILES["coarse"]
+    inlined = tmp_path / exported.name
+    shutil.copy(exported, inlined)
+    assert attach_op_bodies(inlined, inline=True)
+    model = onnx.load(str(inlined))
+    assert nodes_of_the_domain(model) == 0 and not model.functions
+    assert ops.DOMAIN not in {o.domain for o in model.opset_import}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta[contracts.OP_BODIES_KEY] == contracts.OP_BODIES_INLINED
+    rng = np.random.default_rng(8)
+    codes = rng.integers(0, 1024, (2, 4, 12)).astype(np.int64)
+    mask = rng.random(codes.shape) < 0.7
+    settings = contracts.GENERATION_DEFAULTS | dict(n_steps=4, top_k=40, seed=2**40 + 3)
+    feed = {"codes": codes, "mask": mask, **contracts.GENERATION.feed(**settings)}
+    plain = ort.InferenceSession(str(inlined), providers=["CPUExecutionProvider"])
+    # The graph as exported, without bodies: only the library's kernels can run its ops.
+    kernel = vampnet_onnx.create_session(exported, python_ops=False)
+    assert_same_bits(plain.run(None, feed), kernel.run(None, feed))
+
+
+def test_an_inlined_vamp_graph_runs_in_a_plain_session_with_the_librarys_audio(
+    tiny_models_dir, tmp_path
+):
+    # vamp.onnx nests the ops two Loops deep and reads CheckRange's attributes in its body.
+    model = onnx.load(str(tiny_models_dir / contracts.VAMP_FILE))
+    inlined = ops_functions.inline_functions(model)
+    assert nodes_of_the_domain(inlined) == 0 and not inlined.functions
+    plain = ort.InferenceSession(inlined.SerializeToString(), providers=["CPUExecutionProvider"])
+    kernel = vampnet_onnx.create_session(model, python_ops=False)
+    noise = np.random.default_rng(6).standard_normal(2 * 44100).astype(np.float32) * 0.1
+    x, _ = audio.preprocess(noise, 44100)
+    settings = contracts.VAMP_DEFAULTS | dict(n_steps=2, seed=-3, top_p=0.9)
+    feed = {"audio": x, **contracts.VAMP.feed(**settings)}
+    assert_same_bits(plain.run(None, feed), kernel.run(None, feed))
+    # CheckRange's body reads the node's min and max: inlined, they must have been substituted.
+    with pytest.raises(Exception, match=r"CheckRange: x must be in \[min, max\]"):
+        plain.run(None, {**feed, **contracts.VAMP.feed(dropout=1.5)})
+
+
+def test_export_inline_op_bodies_is_passed_to_export_models(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from vampnet_onnx import cli, export
+
+    given = {}
+
+    def recorded(out, **options):
+        given.update(options)
+        return SimpleNamespace(files=[], out=out, n_bytes=0)
+
+    monkeypatch.setattr(export, "export_models", recorded)
+    argv = ["export", "--coarse", "c.pth", "--codec", "k.pth", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--inline-op-bodies"]) == 0
+    assert (given["op_bodies"], given["inline_op_bodies"]) == (True, True)
+
+
+def test_export_refuses_inline_op_bodies_without_op_bodies(tmp_path, capsys):
+    argv = ["export", "--coarse", "c.pth", "--codec", "k.pth", "--out", str(tmp_path / "m")]
+    from vampnet_onnx import cli
+
+    assert cli.main([*argv, "--no-op-bodies", "--inline-op-bodies"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("error: --inline-op-bodies must not come with --no-op-bodies, got both")
+    assert not (tmp_path / "m").exists()
+
+
 def test_bodies_are_built_without_torch_or_onnxscript():
     code = (
         "import sys\n"

@@ -104,6 +104,7 @@ def _export(args: argparse.Namespace) -> int:
         precision=args.precision,
         metadata=metadata,
         op_bodies=args.op_bodies,
+        inline_op_bodies=args.inline_op_bodies,
         verbose=args.verbose,
         progress=True,
         cli=True,
@@ -817,6 +818,13 @@ def build_parser() -> argparse.ArgumentParser:
         "there); onnxruntime with the library still runs the kernels. About 86 KB a "
         "generation graph, 141 KB for vamp.onnx (default: on; --no-op-bodies writes graphs "
         "that need the library; docs/ops.md, 'Standard-op bodies')",
+    )
+    bundle.add_argument(
+        "--inline-op-bodies",
+        action="store_true",
+        help="write those graphs with the bodies inlined in place of the op nodes instead, for "
+        "runtimes that do not expand ONNX functions: no vampnet_onnx node is left, so the "
+        "library's kernels never run (slower with onnxruntime)",
     )
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)

@@ -209,12 +209,14 @@ _OP_PATH = "_vampnet_onnx_op_path"  # the attribute create_session sets on its s
 def op_path(session: ort.InferenceSession) -> str:
     """Which path runs the vampnet_onnx ops of `session`, a session `create_session` made:
 
-    * "library": the compiled op library's kernels (same seed, same tokens on every machine);
+    * "library": the compiled op library is registered: its kernels run the graph's op nodes,
+      if it has any (same seed, same tokens on every machine);
     * "bodies": their standard-op bodies, which the graph carries (the library could not load,
       or the graph was exported with the bodies inlined): on onnxruntime the kernels' bits,
       slower (docs/ops.md, "Standard-op bodies");
     * "pyop": the numpy twins through onnxruntime-extensions' PyOp (`pyop`), slowest;
-    * "none": the graph uses none of the ops (the transformers, the fp32 codec, WaveBeat).
+    * "none": the library could not load, and the graph uses none of the ops (the
+      transformers, the fp32 codec, WaveBeat), so needs none.
     """
     path = getattr(session, _OP_PATH, None)
     if path is None:
@@ -307,8 +309,8 @@ def create_session(
     library, and where it cannot be loaded, with a RuntimeWarning, the standard-op bodies the
     graph carries (`export`'s default), or for a graph without them the Python fallback if
     onnxruntime-extensions is installed; else a ValueError naming the command that re-exports
-    the graph with its bodies. A graph that uses none of the ops, or
-    whose bodies are inlined, needs no library.
+    the graph with its bodies. A graph that uses none of the ops, or whose bodies are
+    inlined, needs no library.
     """
     source = _model_bytes(path_or_bytes)
     if device is not None:
@@ -319,10 +321,6 @@ def create_session(
             )
         providers = device_providers(device)
     providers = providers or [_CPU]
-    model = _loaded(path_or_bytes, source)
-    used, carried, bodies = _ops_of(model)
-    # What runs the ops where nothing fails: nothing to run, inlined bodies, or the library.
-    path = "library" if used else "bodies" if bodies == OP_BODIES_INLINED else "none"
     if python_ops:
         return _python_ops_session(source, providers, intra_op_threads)
     options = _session_options(intra_op_threads, providers)
@@ -331,34 +329,52 @@ def create_session(
     except (FileNotFoundError, RuntimeError, OSError) as error:
         if python_ops is False:
             raise
-        if path != "library":
-            return _with_path(_load(source, options, providers), path)
-        named = str(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
-        if carried:
-            warnings.warn(
-                f"create_session: the compiled op library could not be loaded ({error}); "
-                "running the standard-op bodies the graph carries instead (the kernels' tokens "
-                "on onnxruntime, slower; docs/ops.md)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return _with_path(_load(source, options, providers), "bodies")
-        command = _reexport_command(model, named)
-        if not _python_ops_available():
-            raise ValueError(
-                "create_session: path_or_bytes must carry the standard-op bodies of the "
-                f"vampnet_onnx ops it uses where the op library cannot be loaded ({error}), got "
-                f"a graph without them; re-export it with them: {command}"
-            ) from error
+        return _without_library(path_or_bytes, source, providers, intra_op_threads, error)
+    session = _load(source, options, providers)
+    # Read from onnxruntime's copy: parsing the model again would cost more than the check.
+    inlined = session.get_modelmeta().custom_metadata_map.get(OP_BODIES_KEY) == OP_BODIES_INLINED
+    return _with_path(session, "bodies" if inlined else "library")
+
+
+def _without_library(
+    path_or_bytes: ModelSource,
+    source: str | bytes,
+    providers: list,
+    intra_op_threads: int | None,
+    error: Exception,
+) -> ort.InferenceSession:
+    """`create_session`'s path where the op library could not be loaded (`error`)."""
+    options = _session_options(intra_op_threads, providers)
+    model = _loaded(path_or_bytes, source)
+    used, carried, bodies = _ops_of(model)
+    if not used:
+        path = "bodies" if bodies == OP_BODIES_INLINED else "none"
+        return _with_path(_load(source, options, providers), path)
+    if carried:
         warnings.warn(
-            f"create_session: the compiled op library could not be loaded ({error}) and the "
-            "graph carries no standard-op bodies; running the ops' Python fallback instead "
-            f"(much slower). Re-exported with the bodies, it runs without the library: {command}",
+            f"create_session: the compiled op library could not be loaded ({error}); running "
+            "the standard-op bodies the graph carries instead (the kernels' tokens on "
+            "onnxruntime, slower; docs/ops.md)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        return _python_ops_session(source, providers, intra_op_threads)
-    return _with_path(_load(source, options, providers), path)
+        return _with_path(_load(source, options, providers), "bodies")
+    named = str(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
+    command = _reexport_command(model, named)
+    if not _python_ops_available():
+        raise ValueError(
+            "create_session: path_or_bytes must carry the standard-op bodies of the "
+            f"vampnet_onnx ops it uses where the op library cannot be loaded ({error}), got "
+            f"a graph without them; re-export it with them: {command}"
+        ) from error
+    warnings.warn(
+        f"create_session: the compiled op library could not be loaded ({error}) and the graph "
+        "carries no standard-op bodies; running the ops' Python fallback instead (much "
+        f"slower). Re-exported with the bodies, it runs without the library: {command}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return _python_ops_session(source, providers, intra_op_threads)
 
 
 def _python_ops_available() -> bool:

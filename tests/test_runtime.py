@@ -13,7 +13,7 @@ import pytest
 
 import vampnet_onnx
 from conftest import ONNX_IR_VERSION, op_model, sample_feed
-from vampnet_onnx import ops, reference, runtime, settings
+from vampnet_onnx import contracts, ops, ops_functions, reference, runtime, settings
 
 
 def test_library_is_installed_inside_the_package():
@@ -100,6 +100,7 @@ def test_falls_back_to_python_ops_with_a_warning_when_the_library_cannot_load(
     logits = np.random.default_rng(0).standard_normal((6, 9)).astype(np.float32)
     with pytest.warns(RuntimeWarning, match="running the ops' Python fallback"):
         session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS))
+    assert vampnet_onnx.op_path(session) == "pyop"
     tokens, logprob = session.run(None, sample_feed(logits, seed=4, offset=1))
     want = reference.sample_tokens(logits, seed=4, offset=1)
     np.testing.assert_array_equal(tokens, want[0])
@@ -116,6 +117,122 @@ def test_python_ops_raise_the_same_errors():
     session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS), python_ops=True)
     with pytest.raises(Exception, match=r"SampleTokens: top_p must be in \(0, 1\], got 1.5"):
         session.run(None, sample_feed(np.zeros((2, 3), np.float32), top_p=1.5))
+
+
+# --- which path runs the ops (op_path) -----------------------------------------------------------
+
+
+def sampled_by(session) -> list[np.ndarray]:
+    """SampleTokens' outputs from `session` on fixed logits, seed and offset."""
+    logits = np.random.default_rng(1).standard_normal((5, 11)).astype(np.float32)
+    return session.run(None, sample_feed(logits, temperature=0.7, seed=-9, offset=3))
+
+
+def twin_sampled() -> list[np.ndarray]:
+    logits = np.random.default_rng(1).standard_normal((5, 11)).astype(np.float32)
+    return list(reference.sample_tokens(logits, temperature=0.7, seed=-9, offset=3))
+
+
+def test_a_graph_without_bodies_runs_on_the_library():
+    # Folders exported before the bodies (no op_bodies metadata) keep their path.
+    session = vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS))
+    assert vampnet_onnx.op_path(session) == "library"
+    for got, want in zip(sampled_by(session), twin_sampled(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_graph_with_bodies_runs_on_the_library_where_it_loads():
+    model = ops_functions.attach_functions(op_model(ops.SAMPLE_TOKENS))
+    assert vampnet_onnx.op_path(vampnet_onnx.create_session(model)) == "library"
+
+
+def test_a_graph_with_bodies_runs_them_with_a_warning_where_the_library_cannot_load(
+    monkeypatch, tmp_path
+):
+    _library_missing(monkeypatch, tmp_path)
+    model = ops_functions.attach_functions(op_model(ops.SAMPLE_TOKENS))
+    with pytest.warns(RuntimeWarning, match="running the standard-op bodies the graph carries"):
+        session = vampnet_onnx.create_session(model)
+    assert vampnet_onnx.op_path(session) == "bodies"
+    for got, want in zip(sampled_by(session), twin_sampled(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_graph_with_inlined_bodies_runs_them_even_with_the_library():
+    model = ops_functions.inline_functions(op_model(ops.SAMPLE_TOKENS))
+    model.metadata_props.add(key=contracts.OP_BODIES_KEY, value=contracts.OP_BODIES_INLINED)
+    session = vampnet_onnx.create_session(model)
+    assert vampnet_onnx.op_path(session) == "bodies"
+    for got, want in zip(sampled_by(session), twin_sampled(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def add_model() -> onnx.ModelProto:
+    """y = x + x: a graph of standard ops only."""
+    info = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "x"], ["y"])],
+        "add",
+        [info("x", onnx.TensorProto.FLOAT, [2])],
+        [info("y", onnx.TensorProto.FLOAT, [2])],
+    )
+    opsets = [onnx.helper.make_opsetid("", 20)]
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=ONNX_IR_VERSION)
+
+
+def test_a_graph_without_the_ops_needs_no_library(monkeypatch, tmp_path, recwarn):
+    _library_missing(monkeypatch, tmp_path)
+    session = vampnet_onnx.create_session(add_model())
+    assert vampnet_onnx.op_path(session) == "none"
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def _without_python_ops(monkeypatch, tmp_path):
+    _library_missing(monkeypatch, tmp_path)
+    monkeypatch.setattr(runtime, "_python_ops_available", lambda: False)
+
+
+def test_a_graph_without_bodies_and_no_library_names_the_command_that_re_exports_it(
+    monkeypatch, tmp_path
+):
+    _without_python_ops(monkeypatch, tmp_path)
+    model = op_model(ops.SAMPLE_TOKENS)
+    source = "hf://hugggof/vampnet@0123abc, fine-tune jazz"
+    model.metadata_props.add(key=contracts.SOURCE_KEY, value=source)
+    model.metadata_props.add(key=contracts.CONFIG_KEY, value='{"precision": "int8"}')
+    onnx.save(model, str(tmp_path / contracts.GENERATION_FILES["coarse"]))
+    (tmp_path / contracts.VAMP_FILE).write_bytes(b"")
+    command = (
+        "vampnet-onnx export --pretrained --repo hugggof/vampnet --revision 0123abc --lora jazz "
+        f"--single-graph --precision int8 --out {tmp_path}"
+    )
+    with pytest.raises(ValueError) as raised:
+        vampnet_onnx.create_session(tmp_path / contracts.GENERATION_FILES["coarse"])
+    assert str(raised.value) == (
+        "create_session: path_or_bytes must carry the standard-op bodies of the vampnet_onnx "
+        f"ops it uses where the op library cannot be loaded (no library in {tmp_path}), got a "
+        f"graph without them; re-export it with them: {command}"
+    )
+
+
+def test_the_re_export_command_of_a_graph_from_checkpoints_names_them_as_placeholders(
+    monkeypatch, tmp_path
+):
+    _without_python_ops(monkeypatch, tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"re-export it with them: vampnet-onnx export --codec CODEC\.pth --coarse "
+        r"COARSE\.pth --c2f C2F\.pth --out DIR$",
+    ):
+        vampnet_onnx.create_session(op_model(ops.SAMPLE_TOKENS).SerializeToString())
+
+
+def test_op_path_refuses_a_session_made_elsewhere():
+    session = ort.InferenceSession(add_model().SerializeToString())
+    with pytest.raises(
+        ValueError, match="op_path: session must come from create_session, got InferenceSession"
+    ):
+        vampnet_onnx.op_path(session)
 
 
 def test_make_node_checks_input_counts_and_attributes():

@@ -1,7 +1,8 @@
 """vampnet-onnx: VampNet masked-token music generation on ONNX Runtime.
 
 Runtime API (numpy + onnxruntime): `Vamp` and `SingleGraphVamp` (audio in, audio out; the
-`audio` extra), `Generator`, `get_library_path`, `create_session`; the ops'
+`audio` extra), `Generator`, `get_library_path`, `create_session`
+(`op_path`: which path runs the ops of a session); the ops'
 numpy twins in `vampnet_onnx.reference`; the compiled kernels on numpy arrays in
 `vampnet_onnx._kernels`. Exporting (`vampnet_onnx.export`, `vampnet_onnx.model`) needs torch.
 
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "create_session",
     "get_library_path",
+    "op_path",
 ]
 
 _LAZY = {
@@ -34,6 +36,7 @@ _LAZY = {
     "Vamp": "pipeline",
     "create_session": "runtime",
     "get_library_path": "runtime",
+    "op_path": "runtime",
 }
 
 

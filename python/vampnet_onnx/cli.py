@@ -104,6 +104,7 @@ def _export(args: argparse.Namespace) -> int:
         precision=args.precision,
         metadata=metadata,
         op_bodies=args.op_bodies,
+        inline_op_bodies=args.inline_op_bodies,
         verbose=args.verbose,
         progress=True,
         cli=True,
@@ -829,12 +830,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_option(bundle, folder=True)
     bundle.add_argument(
         "--op-bodies",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every graph that uses the vampnet_onnx ops (generation graphs, vamp.onnx, int8's "
+        "codec) carries their standard-op bodies (ONNX functions), so that it also runs where "
+        "the op library cannot load (other runtimes, onnxruntime without the library, slower "
+        "there); onnxruntime with the library still runs the kernels. About 86 KB a "
+        "generation graph, 141 KB for vamp.onnx (default: on; --no-op-bodies writes graphs "
+        "that need the library; docs/ops.md, 'Standard-op bodies')",
+    )
+    bundle.add_argument(
+        "--inline-op-bodies",
         action="store_true",
-        help="let every graph that uses the vampnet_onnx ops carry their standard-op bodies "
-        "(ONNX functions): it then also runs where the op library cannot load (other "
-        "runtimes, onnxruntime without the library, slower there); onnxruntime with the "
-        "library still runs the kernels. About 86 KB a generation graph, 141 KB for vamp.onnx "
-        "(docs/ops.md, 'Standard-op bodies')",
+        help="write those graphs with the bodies inlined in place of the op nodes instead, for "
+        "runtimes that do not expand ONNX functions: no vampnet_onnx node is left, so the "
+        "library's kernels never run (slower with onnxruntime)",
     )
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)

@@ -37,9 +37,14 @@ LICENSE_KEY = "vampnet_onnx.license"
 SOURCE_KEY = "vampnet_onnx.source"
 #: The WaveBeat graph's config: rates and architecture (export.wavebeat).
 WAVEBEAT_CONFIG_KEY = "vampnet_onnx.wavebeat_config"
-#: "1" on a graph that carries the standard-op bodies of the vampnet_onnx ops it uses
-#: (`ops_functions`, ``export --op-bodies``): it also runs where the op library cannot load.
+#: On a graph exported with the standard-op bodies of the vampnet_onnx ops it uses
+#: (`ops_functions`; ``export``'s default), which also runs where the op library cannot load:
+#: `OP_BODIES_FUNCTIONS` (model-local functions beside the op nodes) or `OP_BODIES_INLINED`
+#: (``export --inline-op-bodies``: the bodies in place of the op nodes). Absent: the graph's
+#: op nodes need the library (``export --no-op-bodies``, or an export before the bodies).
 OP_BODIES_KEY = "vampnet_onnx.op_bodies"
+OP_BODIES_FUNCTIONS = "1"
+OP_BODIES_INLINED = "inlined"
 
 
 def metadata(

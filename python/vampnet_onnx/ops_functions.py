@@ -1196,3 +1196,20 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     # Model-local functions with attribute defaults need IR version 9 (onnx 1.14).
     model.ir_version = max(model.ir_version, 9)
     return model
+
+
+def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with the standard-op bodies of the vampnet_onnx ops it uses inlined
+    (`attach_functions`, then onnx's inliner): every op node, in Loop and If bodies too, is
+    replaced by its body's nodes, so that no node of the domain is left and neither are the
+    functions, nor the domain's opset import. For runtimes that do not expand model-local
+    functions; onnxruntime runs the standard ops even with the library registered."""
+    import onnx.inliner
+
+    attached = attach_functions(model)
+    ids = [(ops.DOMAIN, schema.name) for schema in ops.SCHEMAS]
+    inlined = onnx.inliner.inline_selected_functions(attached, ids)
+    kept = [o for o in inlined.opset_import if o.domain != ops.DOMAIN]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(kept)
+    return inlined

@@ -1,11 +1,15 @@
-"""Sessions with the op library registered (numpy + onnxruntime only; torch is never imported)."""
+"""Sessions with the op library registered, or else the standard-op bodies a graph carries
+(`op_path` says which); numpy + onnxruntime only, torch is never imported."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import importlib.resources
+import importlib.util
+import json
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -14,7 +18,16 @@ from pathlib import Path
 
 import onnx
 
-from .contracts import DEVICES
+from .contracts import (
+    CONFIG_KEY,
+    DEFAULT_PRECISION,
+    DEVICES,
+    OP_BODIES_INLINED,
+    OP_BODIES_KEY,
+    SOURCE_KEY,
+    VAMP_FILE,
+    VAMP_KEY,
+)
 from .settings import check_threads
 
 try:
@@ -190,6 +203,92 @@ def device_providers(
     return [(_CUDA, {**CUDA_OPTIONS, **(cuda_options or {})}), _CPU]
 
 
+_OP_PATH = "_vampnet_onnx_op_path"  # the attribute create_session sets on its sessions
+
+
+def op_path(session: ort.InferenceSession) -> str:
+    """Which path runs the vampnet_onnx ops of `session`, a session `create_session` made:
+
+    * "library": the compiled op library is registered: its kernels run the graph's op nodes,
+      if it has any (same seed, same tokens on every machine);
+    * "bodies": their standard-op bodies, which the graph carries (the library could not load,
+      or the graph was exported with the bodies inlined): on onnxruntime the kernels' bits,
+      slower (docs/ops.md, "Standard-op bodies");
+    * "pyop": the numpy twins through onnxruntime-extensions' PyOp (`pyop`), slowest;
+    * "none": the library could not load, and the graph uses none of the ops (the
+      transformers, the fp32 codec, WaveBeat), so needs none.
+    """
+    path = getattr(session, _OP_PATH, None)
+    if path is None:
+        raise ValueError(
+            f"op_path: session must come from create_session, got {type(session).__name__} "
+            "made elsewhere"
+        )
+    return path
+
+
+def _ops_of(model: onnx.ModelProto) -> tuple[set[str], bool, str | None]:
+    """(the vampnet_onnx op types `model`'s nodes use, Loop and If bodies included; whether
+    it carries a function for each; its `OP_BODIES_KEY` metadata)."""
+    from .ops import DOMAIN
+
+    used, pending = set(), [model.graph]
+    while pending:
+        graph = pending.pop()
+        for node in graph.node:
+            if node.domain == DOMAIN:
+                used.add(node.op_type)
+            for attribute in node.attribute:
+                pending += [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+    carried = {f.name for f in model.functions if f.domain == DOMAIN}
+    meta = {p.key: p.value for p in model.metadata_props}
+    return used, used <= carried, meta.get(OP_BODIES_KEY)
+
+
+def _loaded(path_or_bytes: ModelSource, source: str | bytes) -> onnx.ModelProto:
+    """The model of `path_or_bytes` without its external weights (only its nodes, functions
+    and metadata are read)."""
+    if isinstance(path_or_bytes, onnx.ModelProto):
+        return path_or_bytes
+    try:
+        if isinstance(source, bytes):
+            return onnx.load_from_string(source)
+        return onnx.load(source, load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError, or a file that is not one
+        what = f"'{source}'" if isinstance(source, str) else "the model bytes"
+        raise ValueError(
+            f"create_session: path_or_bytes must be an ONNX model onnxruntime can load, got "
+            f"{what} ({err})"
+        ) from err
+
+
+def _reexport_command(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> str:
+    """The ``vampnet-onnx export`` command that writes `model` (an exported graph; `path`:
+    its file) again with the standard-op bodies (export's default): the weights it came from
+    (``--pretrained`` at the recorded revision, or the checkpoints as placeholders), its
+    precision, ``--single-graph`` where its folder holds a vamp.onnx, and its folder."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    source = meta.get(SOURCE_KEY, "")
+    if source.startswith("hf://"):
+        repo_at, _, lora = source[len("hf://") :].partition(", fine-tune ")
+        repo, _, revision = repo_at.partition("@")
+        argv = ["--pretrained", "--repo", repo, "--revision", revision]
+        argv += ["--lora", lora] if lora else []
+    else:
+        argv = ["--codec", "CODEC.pth", "--coarse", "COARSE.pth", "--c2f", "C2F.pth"]
+    folder = Path(path).parent if path is not None else None
+    if VAMP_KEY in meta or (folder is not None and (folder / VAMP_FILE).is_file()):
+        argv.append("--single-graph")
+    config = json.loads(meta.get(CONFIG_KEY, "{}"))
+    config = config.get("coarse", config)  # vamp.onnx holds both transformers' configs
+    used, _, _ = _ops_of(model)
+    precision = config.get("precision", "int8" if "Snake" in used else DEFAULT_PRECISION)
+    if precision != DEFAULT_PRECISION:
+        argv += ["--precision", precision]
+    argv += ["--out", str(folder) if folder is not None else "DIR"]
+    return shlex.join(["vampnet-onnx", "export", *argv])
+
+
 def create_session(
     path_or_bytes: ModelSource,
     providers: list | None = None,
@@ -198,15 +297,20 @@ def create_session(
     python_ops: bool | None = None,
     device: str | None = None,
 ) -> ort.InferenceSession:
-    """An onnxruntime.InferenceSession with the vampnet_onnx ops available.
+    """An onnxruntime.InferenceSession with the vampnet_onnx ops available; `op_path(session)`
+    says which path runs them.
 
     path_or_bytes: an .onnx path, serialized model bytes or an onnx.ModelProto.
     providers: onnxruntime execution providers (default: CPU).
     intra_op_threads: the session's intra-op thread count (default: onnxruntime's choice).
     device: "cpu" or "cuda" (`device_providers`), instead of `providers`.
-    python_ops: False: the compiled library only; True: the pure-Python fallback (numpy twins
-    through onnxruntime-extensions' PyOp); None: the compiled library, or the fallback with a
-    warning when the library cannot be loaded.
+    python_ops: False: the compiled library only (its load error is raised); True: the
+    pure-Python fallback (numpy twins through onnxruntime-extensions' PyOp); None: the compiled
+    library, and where it cannot be loaded, with a RuntimeWarning, the standard-op bodies the
+    graph carries (`export`'s default), or for a graph without them the Python fallback if
+    onnxruntime-extensions is installed; else a ValueError naming the command that re-exports
+    the graph with its bodies. A graph that uses none of the ops, or whose bodies are
+    inlined, needs no library.
     """
     source = _model_bytes(path_or_bytes)
     if device is not None:
@@ -218,29 +322,80 @@ def create_session(
         providers = device_providers(device)
     providers = providers or [_CPU]
     if python_ops:
-        from .pyop import create_python_ops_session
-
-        return create_python_ops_session(
-            source, providers, _session_options(intra_op_threads, providers)
-        )
+        return _python_ops_session(source, providers, intra_op_threads)
     options = _session_options(intra_op_threads, providers)
     try:
         options.register_custom_ops_library(get_library_path())
     except (FileNotFoundError, RuntimeError, OSError) as error:
         if python_ops is False:
             raise
-        warnings.warn(
-            f"create_session: the compiled op library could not be loaded ({error}); "
-            "running the ops' Python fallback instead (slower)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        from .pyop import create_python_ops_session
+        return _without_library(path_or_bytes, source, providers, intra_op_threads, error)
+    session = _load(source, options, providers)
+    # Read from onnxruntime's copy: parsing the model again would cost more than the check.
+    inlined = session.get_modelmeta().custom_metadata_map.get(OP_BODIES_KEY) == OP_BODIES_INLINED
+    return _with_path(session, "bodies" if inlined else "library")
 
-        return create_python_ops_session(
-            source, providers, _session_options(intra_op_threads, providers)
+
+def _without_library(
+    path_or_bytes: ModelSource,
+    source: str | bytes,
+    providers: list,
+    intra_op_threads: int | None,
+    error: Exception,
+) -> ort.InferenceSession:
+    """`create_session`'s path where the op library could not be loaded (`error`)."""
+    options = _session_options(intra_op_threads, providers)
+    model = _loaded(path_or_bytes, source)
+    used, carried, bodies = _ops_of(model)
+    if not used:
+        path = "bodies" if bodies == OP_BODIES_INLINED else "none"
+        return _with_path(_load(source, options, providers), path)
+    if carried:
+        warnings.warn(
+            f"create_session: the compiled op library could not be loaded ({error}); running "
+            "the standard-op bodies the graph carries instead (the kernels' tokens on "
+            "onnxruntime, slower; docs/ops.md)",
+            RuntimeWarning,
+            stacklevel=3,
         )
-    return _load(source, options, providers)
+        return _with_path(_load(source, options, providers), "bodies")
+    named = str(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
+    command = _reexport_command(model, named)
+    if not _python_ops_available():
+        raise ValueError(
+            "create_session: path_or_bytes must carry the standard-op bodies of the "
+            f"vampnet_onnx ops it uses where the op library cannot be loaded ({error}), got "
+            f"a graph without them; re-export it with them: {command}"
+        ) from error
+    warnings.warn(
+        f"create_session: the compiled op library could not be loaded ({error}) and the graph "
+        "carries no standard-op bodies; running the ops' Python fallback instead (much "
+        f"slower). Re-exported with the bodies, it runs without the library: {command}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return _python_ops_session(source, providers, intra_op_threads)
+
+
+def _python_ops_available() -> bool:
+    """Whether onnxruntime-extensions, which the Python fallback runs on, is installed."""
+    return importlib.util.find_spec("onnxruntime_extensions") is not None
+
+
+def _python_ops_session(
+    source: str | bytes, providers: list, intra_op_threads: int | None
+) -> ort.InferenceSession:
+    from .pyop import create_python_ops_session
+
+    session = create_python_ops_session(
+        source, providers, _session_options(intra_op_threads, providers)
+    )
+    return _with_path(session, "pyop")
+
+
+def _with_path(session: ort.InferenceSession, path: str) -> ort.InferenceSession:
+    setattr(session, _OP_PATH, path)
+    return session
 
 
 def _load(

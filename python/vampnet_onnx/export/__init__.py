@@ -112,7 +112,8 @@ def export_models(
     opset: int = DEFAULT_OPSET,
     precision: str = DEFAULT_PRECISION,
     metadata: dict[str, str] | None = None,
-    op_bodies: bool = False,
+    op_bodies: bool = True,
+    inline_op_bodies: bool = False,
     verbose: bool = False,
     progress: bool = False,
     cli: bool = False,
@@ -143,9 +144,15 @@ def export_models(
             the transformers and the codec, its quantizer computing in fp32
             (`export.precision`); wavebeat.onnx is fp32 either way. Each graph's config
             records its precision ("precision").
-        op_bodies: every graph that uses the vampnet_onnx ops also carries their standard-op
-            bodies (`export.common.attach_op_bodies`): it runs where the op library cannot
-            load, and onnxruntime with the library still runs the kernels (docs/ops.md).
+        op_bodies: every graph that uses the vampnet_onnx ops (the generation graphs,
+            vamp.onnx, int8's codec) also carries their standard-op bodies
+            (`export.common.attach_op_bodies`): it runs where the op library cannot load,
+            and onnxruntime with the library still runs the kernels (docs/ops.md). False:
+            graphs without them (each about 86 KB smaller, vamp.onnx 141 KB).
+        inline_op_bodies: the bodies inlined in place of the op nodes instead
+            (`ops_functions.inline_functions`), for runtimes that do not expand model-local
+            functions: no node of the vampnet_onnx domain is left, so the kernels never run,
+            even where the library is registered. Needs `op_bodies`.
         metadata: extra metadata entries written into every graph (e.g. the weights' license
             and source, `hub.provenance`).
         verbose: show the torch exporter's own messages.
@@ -174,6 +181,11 @@ def export_models(
         raise ValueError(
             f"{where}{name('single_graph')} must come with both {name('coarse')} and "
             f"{name('c2f')}, got one"
+        )
+    if inline_op_bodies and not op_bodies:
+        raise ValueError(
+            f"{where}{name('inline_op_bodies')} must not come with "
+            f"{'--no-op-bodies' if cli else 'op_bodies=False'}, got both"
         )
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -224,7 +236,7 @@ def export_models(
                 stamp_metadata(graph, metadata)
         if op_bodies:
             for graph in sorted(staging.glob("*.onnx")):
-                attach_op_bodies(graph)
+                attach_op_bodies(graph, inline=inline_op_bodies)
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
     except BaseException:

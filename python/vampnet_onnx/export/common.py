@@ -157,25 +157,29 @@ def shared_data_file(model: ir.Model, folder: Path) -> str | None:
     return names.pop()
 
 
-def attach_op_bodies(path: str | Path) -> bool:
+def attach_op_bodies(path: str | Path, inline: bool = False) -> bool:
     """Give the graph file `path` the standard-op bodies of the vampnet_onnx ops it uses
     (`ops_functions.attach_functions`: model-local functions, so that runtimes without the op
     library run them, while onnxruntime with the library keeps the kernels) and the metadata
-    entry `OP_BODIES_KEY`, in place and atomically; its external weights are left as they are.
-    Returns False (and leaves the file alone) for a graph that uses none of the ops."""
+    entry `OP_BODIES_KEY` ("1"), in place and atomically; its external weights are left as
+    they are. inline: the bodies inlined instead (`ops_functions.inline_functions`: no node
+    of the domain is left, for runtimes that do not expand model-local functions; the kernels
+    never run), `OP_BODIES_KEY` "inlined". Returns False (and leaves the file alone) for a
+    graph that uses none of the ops."""
     from .. import ops
-    from ..contracts import OP_BODIES_KEY
-    from ..ops_functions import attach_functions
+    from ..contracts import OP_BODIES_FUNCTIONS, OP_BODIES_INLINED, OP_BODIES_KEY
+    from ..ops_functions import attach_functions, inline_functions
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     if not any(f.domain == ops.DOMAIN for f in model.opset_import):
         return False
-    model = attach_functions(model)
+    model = inline_functions(model) if inline else attach_functions(model)
     kept = [p for p in model.metadata_props if p.key != OP_BODIES_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    model.metadata_props.add(key=OP_BODIES_KEY, value="1")
+    value = OP_BODIES_INLINED if inline else OP_BODIES_FUNCTIONS
+    model.metadata_props.add(key=OP_BODIES_KEY, value=value)
     staging = path.with_name(f".{path.name}.bodies")
     try:
         onnx.save(model, str(staging))

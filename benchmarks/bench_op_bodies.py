@@ -1,0 +1,115 @@
+"""Generation graphs without the op library: the ops' standard-op bodies vs the kernels.
+
+Run: ``python -m benchmarks.bench_op_bodies --models DIR [DIR ...] [--only coarse|c2f]
+[--threads 2] [--repeats 3] [--json PATH]``.
+
+Each DIR is a models folder that ``vampnet-onnx export`` wrote (the graphs carry the bodies by
+default; full size for figures that mean something, e.g. one fp32 and one ``--precision int8``
+folder). Each generation graph runs VampNet's workload (B=1, coarse 575 frames or c2f 173,
+periodic prompt every 7th frame in codebooks 0-2, the graph's default settings: 36 steps) in
+two sessions of the same file: ``create_session`` (the library registered: the kernels) and a
+plain ``onnxruntime.InferenceSession`` (no library: onnxruntime expands the ops into their
+bodies). One warm-up each, then the runs alternate (`interleaved_medians`); the table gives the
+medians, their ratio (issue 21's target: at most 1.15) and whether the two gave the same codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import interleaved_medians, machine_facts, parser, print_table, write_json
+
+FRAMES = {"coarse": 575, "c2f": 173}
+
+
+def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
+    """The medians of the kernel and body sessions on `graph`, and whether their codes agree."""
+    import onnxruntime as ort
+
+    import vampnet_onnx
+    from benchmarks.bench_generate import vampnet_mask
+    from vampnet_onnx import contracts
+
+    kernel = vampnet_onnx.create_session(graph, intra_op_threads=threads)
+    if vampnet_onnx.op_path(kernel) != "library":
+        raise SystemExit(f"bench_op_bodies: the op library must load, got {kernel!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.force_spinning_stop", "1")  # as create_session
+    options.log_severity_level = 3
+    body = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    config = contracts.read_metadata(graph, contracts.CONFIG_KEY, "bench_op_bodies")
+    n_codebooks, n_conditioning = config["n_codebooks"], config["n_conditioning_codebooks"]
+    frames = FRAMES[kind]
+    codes = np.random.default_rng(0).integers(0, 1024, (1, n_codebooks, frames))
+    feed = {
+        "codes": codes,
+        "mask": vampnet_mask(n_codebooks, n_conditioning, 1, frames),
+        **contracts.GENERATION.feed(**contracts.GENERATION_DEFAULTS),
+    }
+    outputs = {}
+
+    def runner(name, session):
+        def run():
+            outputs[name] = session.run(["codes_out"], feed)[0]
+
+        return run
+
+    medians = interleaved_medians(
+        {"kernels": runner("kernels", kernel), "bodies": runner("bodies", body)}, repeats
+    )
+    return {
+        "graph": str(graph),
+        "precision": config.get("precision", "fp32"),
+        "frames": frames,
+        "steps": contracts.GENERATION_DEFAULTS["n_steps"],
+        "kernels_s": medians["kernels"],
+        "bodies_s": medians["bodies"],
+        "ratio": medians["bodies"] / medians["kernels"],
+        "same_codes": bool(np.array_equal(outputs["kernels"], outputs["bodies"])),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vampnet_onnx.contracts import GENERATION_FILES
+
+    ap = parser(__doc__.splitlines()[0])
+    ap.set_defaults(repeats=3)
+    ap.add_argument("--models", type=Path, nargs="+", required=True, metavar="DIR")
+    ap.add_argument("--only", choices=list(FRAMES), help="one model only")
+    args = ap.parse_args(argv)
+    rows = []
+    for folder in args.models:
+        for kind in FRAMES:
+            graph = folder / GENERATION_FILES[kind]
+            if (args.only and kind != args.only) or not graph.is_file():
+                continue
+            rows.append({"kind": kind, **measure(graph, kind, args.threads, args.repeats)})
+    facts = machine_facts(args.threads)
+    print(f"machine: {facts}")
+    print_table(
+        f"generation graph, bodies vs kernels, median of {args.repeats} alternating runs after "
+        f"1 warm-up each, {args.threads} threads",
+        ["graph", "precision", "frames", "steps", "kernels s", "bodies s", "ratio", "same codes"],
+        [
+            [
+                r["graph"],
+                r["precision"],
+                r["frames"],
+                r["steps"],
+                r["kernels_s"],
+                r["bodies_s"],
+                r["ratio"],
+                r["same_codes"],
+            ]
+            for r in rows
+        ],
+    )
+    write_json(args.json, {"machine": facts, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

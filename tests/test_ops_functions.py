@@ -731,6 +731,8 @@ def test_export_gives_every_graph_that_uses_the_ops_their_bodies_by_default(tiny
     assert carried_bodies(tiny_models_dir) == {
         contracts.ENCODE_FILE: (None, []),
         contracts.DECODE_FILE: (None, []),
+        contracts.CPU_CODEC_FILES[contracts.ENCODE_FILE]: ("1", ["Snake"]),
+        contracts.CPU_CODEC_FILES[contracts.DECODE_FILE]: ("1", ["Snake"]),
         contracts.TRANSFORMER_FILES["coarse"]: (None, []),
         contracts.TRANSFORMER_FILES["c2f"]: (None, []),
         contracts.GENERATION_FILES["coarse"]: ("1", ["MaskGitStep"]),
@@ -741,7 +743,7 @@ def test_export_gives_every_graph_that_uses_the_ops_their_bodies_by_default(tiny
 
 
 def test_the_vamp_graphs_bodies_add_under_200_kb(tiny_models_dir):
-    # The budget is "a few hundred KB" per graph; measured: 138 KiB (docs/ops.md).
+    # The budget is "a few hundred KB" per graph; measured: 153 KiB (docs/ops.md).
     model = onnx.load(str(tiny_models_dir / contracts.VAMP_FILE), load_external_data=False)
     assert sum(len(f.SerializeToString()) for f in model.functions) < 200 * 1024
 

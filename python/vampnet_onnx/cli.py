@@ -835,8 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="every graph that uses the vampnet_onnx ops (generation graphs, vamp.onnx, int8's "
         "codec) carries their standard-op bodies (ONNX functions), so that it also runs where "
         "the op library cannot load (other runtimes, onnxruntime without the library, slower "
-        "there); onnxruntime with the library still runs the kernels. About 86 KB a "
-        "generation graph, 141 KB for vamp.onnx (default: on; --no-op-bodies writes graphs "
+        "there); onnxruntime with the library still runs the kernels. About 94 KB a "
+        "generation graph, 157 KB for vamp.onnx (default: on; --no-op-bodies writes graphs "
         "that need the library; docs/ops.md, 'Standard-op bodies')",
     )
     bundle.add_argument(

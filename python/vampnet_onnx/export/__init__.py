@@ -148,7 +148,7 @@ def export_models(
             vamp.onnx, int8's codec) also carries their standard-op bodies
             (`export.common.attach_op_bodies`): it runs where the op library cannot load,
             and onnxruntime with the library still runs the kernels (docs/ops.md). False:
-            graphs without them (each about 86 KB smaller, vamp.onnx 141 KB).
+            graphs without them (each about 94 KB smaller, vamp.onnx 157 KB).
         inline_op_bodies: the bodies inlined in place of the op nodes instead
             (`ops_functions.inline_functions`), for runtimes that do not expand model-local
             functions: no node of the vampnet_onnx domain is left, so the kernels never run,

@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,15 @@ def _window_mask(mask: np.ndarray, n: int, window: longform.Window) -> np.ndarra
         chunk_mask[:, :, [0, -1]] = False
     chunk_mask[:, :, :new] = False
     return chunk_mask
+
+
+def _filled(out: np.ndarray, pieces: Iterable[np.ndarray]) -> np.ndarray:
+    """`out` ``[N]`` written with consecutive `pieces`, from its start."""
+    filled = 0
+    for piece in pieces:
+        out[filled : filled + piece.shape[0]] = piece
+        filled += piece.shape[0]
+    return out
 
 
 def _check_batch_size(batch_size: Any, where: str) -> int:
@@ -657,7 +666,7 @@ class Vamp(_AudioToAudio):
                     f"{where}: {name} must not be given: a continuation takes the sampling "
                     f"and mask recipe settings ({', '.join(sorted(names))})"
                 )
-        recipe = {k: v for k, v in sampling.items() if k in recipe_names}
+        looped = any(name in recipe_names for name in sampling)
         seed, mask_settings, settings = self.check_settings(seed=seed, **sampling)
         if mask_settings.beat_mask_ms > 0:
             self.beat_tracker()  # a missing wavebeat.onnx fails before any audio work
@@ -671,7 +680,7 @@ class Vamp(_AudioToAudio):
         )
         hop = self.hop_length
         kept = x.shape[0] // hop  # whole frames only: the last, part padding, is generated anew
-        if recipe and not kept:
+        if looped and not kept:
             raise ValueError(
                 f"{where}: samples must hold at least one frame ({hop} samples at "
                 f"{self.sample_rate} Hz) to be looped under a mask recipe, got "
@@ -684,7 +693,7 @@ class Vamp(_AudioToAudio):
         n_new = math.ceil(end / hop) - kept
         codes = self.encode(x, progress)[:, :, :kept]
         loop = None
-        if recipe:
+        if looped:
             mask = self.build_mask(x, seed, **mask_settings.inputs())[:, :, :kept]
             loop = longform.looped(codes, mask, n_new)
         del x
@@ -729,11 +738,8 @@ class Vamp(_AudioToAudio):
         with cancel_on(cancel, "Vamp.extend"):
             head, info, tail = self._continuation(samples, sample_rate, seconds=seconds, **settings)
             out = np.empty(info.n_samples + tail.added, np.float32)
-            filled = 0
             # The decode runs as the pieces are drawn: inside the scope too.
-            for piece in longform.joined(head, tail.pieces(), tail.fade):
-                out[filled : filled + piece.shape[0]] = piece
-                filled += piece.shape[0]
+            _filled(out, longform.joined(head, tail.pieces(), tail.fade))
         return out, info.sample_rate
 
     def _tail(self, codes: np.ndarray, info: audio.PreprocessInfo, added: int, progress: bool):
@@ -981,11 +987,7 @@ class Vamp(_AudioToAudio):
         44.1 kHz, one segment at a time; written into `out` (float32 ``[n_samples]``) when
         given, e.g. the encoded input that is no longer needed."""
         y = np.empty(n_samples, dtype=np.float32) if out is None else out
-        filled = 0
-        for piece in self._decoded_pieces(codes, n_samples, progress):
-            y[filled : filled + piece.shape[0]] = piece
-            filled += piece.shape[0]
-        return y
+        return _filled(y, self._decoded_pieces(codes, n_samples, progress))
 
     def _decoded_pieces(
         self, codes: np.ndarray, n_samples: int, progress: bool = False, desc: str = "decode"

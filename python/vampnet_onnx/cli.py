@@ -105,6 +105,7 @@ def _export(args: argparse.Namespace) -> int:
         metadata=metadata,
         op_bodies=args.op_bodies,
         inline_op_bodies=args.inline_op_bodies,
+        op_bodies_variant=args.op_bodies_variant,
         verbose=args.verbose,
         progress=True,
         cli=True,
@@ -845,6 +846,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write those graphs with the bodies inlined in place of the op nodes instead, for "
         "runtimes that do not expand ONNX functions: no vampnet_onnx node is left, so the "
         "library's kernels never run (slower with onnxruntime)",
+    )
+    bundle.add_argument(
+        "--op-bodies-variant",
+        choices=["exact", "portable"],
+        default="exact",
+        help="exact: the bodies compute as the kernels do (float64 where they do, the Philox "
+        "rounds in a Loop) and give their bits on onnxruntime; portable: float32 throughout "
+        "and no Loop, for OpenVINO (with --inline-op-bodies), tract and runtimes without "
+        "float64: the same random words, tokens that agree with the kernels' to within "
+        "float32 rounding (default: exact; docs/portable.md)",
     )
     _add_export_options(bundle)
     bundle.set_defaults(handler=_export)

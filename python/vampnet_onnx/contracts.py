@@ -45,6 +45,9 @@ WAVEBEAT_CONFIG_KEY = "vampnet_onnx.wavebeat_config"
 OP_BODIES_KEY = "vampnet_onnx.op_bodies"
 OP_BODIES_FUNCTIONS = "1"
 OP_BODIES_INLINED = "inlined"
+#: Beside `OP_BODIES_KEY`: which variant of the bodies the graph carries,
+#: `ops_functions.VARIANTS` ("exact", or "portable": ``export --op-bodies-variant portable``).
+OP_BODIES_VARIANT_KEY = "vampnet_onnx.op_bodies_variant"
 
 
 def metadata(

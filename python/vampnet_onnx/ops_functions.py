@@ -40,10 +40,14 @@ class _Body:
     (short: names make most of a body's bytes). A subgraph's prefix differs from its outer
     graph's, so that its names cannot clash with them."""
 
-    def __init__(self, prefix: str = "v") -> None:
+    def __init__(self, prefix: str = "v", portable: bool = False) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
         self._prefix = prefix
+        #: The portable variant (`VARIANTS`): float32 for the arithmetic the exact one does in
+        #: float64, the runtime's Exp, Log and Cos, no Loop.
+        self.portable = portable
+        self.real = _FLOAT if portable else _DOUBLE
 
     def _name(self) -> str:
         self._count += 1
@@ -70,6 +74,16 @@ class _Body:
         """A Constant node holding `value` as an array of `dtype` (numpy)."""
         tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype))
         return self.op("Constant", value=tensor)
+
+    def real_const(self, value) -> str:
+        """A Constant of the variant's real type: float64 (exact) or float32 (portable)."""
+        return self.const(value, np.float32 if self.portable else np.float64)
+
+    def empty(self, shape: tuple[int, ...], dtype) -> str:
+        """An empty tensor of `shape` (a 0 in it) and `dtype`, from ConstantOfShape: OpenVINO's
+        ONNX frontend reads an empty Constant as a scalar."""
+        value = numpy_helper.from_array(np.zeros(1, dtype=dtype))
+        return self.op("ConstantOfShape", self.const(shape, np.int64), value=value)
 
     def attribute(self, name: str, kind: str) -> str:
         """The calling node's attribute `name` as a Constant (kind: "float" or "int")."""
@@ -115,7 +129,7 @@ class _Body:
         graphs = []
         for label, build in (("then", then_branch), ("else", else_branch)):
             self._count += 1
-            sub = _Body(prefix=f"{self._prefix}{label[0]}{self._count}_")
+            sub = _Body(prefix=f"{self._prefix}{label[0]}{self._count}_", portable=self.portable)
             names = [sub.op("Identity", name) for name in build(sub)]
             infos = [
                 helper.make_tensor_value_info(name, element, [f"{name}_{i}" for i in range(rank)])
@@ -210,40 +224,61 @@ def _round_keys(body: _Body, key: str) -> str:
     return _carry(body, columns, _WORD_LIMBS, _WORD_LIMBS)
 
 
-def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
-    """Philox4x32-10 (docs/ops.md). counter: int32 limbs [N, 4, 8] of the words c0..c3; key:
-    int32 limbs [K, 2, 8]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
-    The round keys are computed once per key, not per row; the ten rounds are a Loop over one
-    round's nodes. Returns the block's words as limb pairs (w0, w2) and (w1, w3), each int32
-    [N, 2, 8]."""
-    round_keys = _round_keys(body, key)
-    # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
-    multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
-    xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
-
-    one_round = _Body(prefix="r")
+def _philox_round(
+    body: _Body, multiplied: str, xored: str, key_r: str, output: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    """One Philox round on limb pairs (c0, c2) and (c1, c3), int32 [N, 2, 8], with the round's
+    key limbs key_r ([N or 1, 2, 8]) -> the new pairs. output: the names to give them."""
     # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz matrix.
     n_columns = 2 * _WORD_LIMBS - 1
     toeplitz = np.zeros((2, _WORD_LIMBS, n_columns), np.int32)
     for w, multiplier in enumerate(_MULTIPLIERS):
         for i in range(_WORD_LIMBS):
             toeplitz[w, i, i : i + _WORD_LIMBS] = _limbs(multiplier)
-    axis2 = one_round.const([2], np.int64)
-    limbs = one_round.op("Unsqueeze", "round_multiplied", axis2)  # [N, 2, 1, 8]
-    columns = one_round.op(
-        "Squeeze", one_round.op("MatMul", limbs, one_round.const(toeplitz, np.int32)), axis2
-    )
-    product = _carry(one_round, columns, n_columns, 2 * _WORD_LIMBS)  # M0 c0, M1 c2
+    axis2 = body.const([2], np.int64)
+    limbs = body.op("Unsqueeze", multiplied, axis2)  # [N, 2, 1, 8]
+    columns = body.op("Squeeze", body.op("MatMul", limbs, body.const(toeplitz, np.int32)), axis2)
+    product = _carry(body, columns, n_columns, 2 * _WORD_LIMBS)  # M0 c0, M1 c2
     # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
-    product = one_round.op("Gather", product, one_round.const([1, 0], np.int64), axis=1)
-    key_r = one_round.op("Gather", round_keys, "round_index", axis=1)
-    if key_rows is not None:
-        key_r = one_round.op("Gather", key_r, key_rows, axis=0)
-    high = _slice(one_round, product, _WORD_LIMBS, 2 * _WORD_LIMBS, axis=-1)
-    xor = _xor(one_round, _xor(one_round, high, "round_xored"), key_r)
-    one_round.op("Identity", xor, output="round_multiplied_out")
-    low = _slice(one_round, product, 0, _WORD_LIMBS, axis=-1)
-    one_round.op("Identity", low, output="round_xored_out")
+    product = body.op("Gather", product, body.const([1, 0], np.int64), axis=1)
+    high = _slice(body, product, _WORD_LIMBS, 2 * _WORD_LIMBS, axis=-1)
+    low = _slice(body, product, 0, _WORD_LIMBS, axis=-1)
+    xor = _xor(body, _xor(body, high, xored), key_r)
+    if output is None:
+        return xor, low
+    return body.op("Identity", xor, output=output[0]), body.op("Identity", low, output=output[1])
+
+
+def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
+    """Philox4x32-10 (docs/ops.md). counter: int32 limbs [N, 4, 8] of the words c0..c3; key:
+    int32 limbs [K, 2, 8]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
+    The round keys are computed once per key, not per row. The exact variant runs the ten
+    rounds as a Loop over one round's nodes; the portable one writes them out (tract has no
+    Loop). Returns the block's words as limb pairs (w0, w2) and (w1, w3), each int32
+    [N, 2, 8]."""
+    round_keys = _round_keys(body, key)
+    # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
+    multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
+    xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
+
+    def round_key(b: _Body, index: str) -> str:
+        key_r = b.op("Gather", round_keys, index, axis=1)
+        return key_r if key_rows is None else b.op("Gather", key_r, key_rows, axis=0)
+
+    if body.portable:
+        for r in range(_ROUNDS):
+            key_r = round_key(body, body.const(r, np.int64))
+            multiplied, xored = _philox_round(body, multiplied, xored, key_r)
+        return multiplied, xored
+
+    one_round = _Body(prefix="r")
+    _philox_round(
+        one_round,
+        "round_multiplied",
+        "round_xored",
+        round_key(one_round, "round_index"),
+        output=("round_multiplied_out", "round_xored_out"),
+    )
     one_round.op("Identity", "round_condition", output="round_condition_out")
 
     def limbs_info(name: str) -> onnx.ValueInfoProto:
@@ -279,12 +314,54 @@ def _pair_limbs(body: _Body, low: str, high: str) -> str:
     return _stacked_words(body, _split(body, low, _WORD_LIMBS) + _split(body, high, _WORD_LIMBS))
 
 
-def _split(body: _Body, value: str, n: int) -> list[str]:
-    """The `n` lowest limbs of int64 [...] `value` (two's complement), each int64 [..., 1].
+def _divmod_16_bits(body: _Body, value: str) -> tuple[str, str]:
+    """(q, r) with value = q 2^16 + r, 0 <= r < 2^16, for int64 [...] `value`, exact where a
+    runtime divides integers in float32 (OpenVINO's CPU plugin: int32 values above 2^24 lose
+    bits there) and whether it truncates or floors: Div's quotient is then off by at most
+    one (the float32 error over 2^16 is below 2^-8), which the remainder's range corrects.
+    Mul, Sub and comparisons are exact in int32 (and wrap, which leaves r exact)."""
+    base = body.const(1 << 16, np.int64)
+    one = body.const(1, np.int64)
+    zero = body.const(0, np.int64)
+    q = body.op("Div", value, base)
+    r = body.op("Sub", value, body.op("Mul", q, base))
+    low = body.op("Less", r, zero)
+    q = body.op("Where", low, body.op("Sub", q, one), q)
+    r = body.op("Where", low, body.op("Add", r, base), r)
+    high = body.op("GreaterOrEqual", r, base)
+    q = body.op("Where", high, body.op("Add", q, one), q)
+    r = body.op("Where", high, body.op("Sub", r, base), r)
+    return q, r
 
-    Limb by limb, dividing by the limb's base alone: no constant above 2^31 (OpenVINO's CPU
-    plugin holds int64 constants and arithmetic in int32, where a divisor of 2^32 becomes
-    2^31 - 1), so a value below 2^31 is split exactly even in int32 arithmetic."""
+
+def _split_portable(body: _Body, value: str, n: int) -> list[str]:
+    """`_split` 16 bits at a time (`_divmod_16_bits`), each part's limbs by Mod and Div of a
+    value below 2^16 (exact in float32 too). No BitwiseAnd: OpenVINO 2026.4's CPU plugin
+    computed it on other values from one run of a graph to the next. Where int64 is held in 32
+    bits (OpenVINO), the quotient past the low word is 0 or -1: its sign extension, as the
+    value's own high word."""
+    base = body.const(_LIMB, np.int64)
+    last = body.const([-1], np.int64)
+    limbs = []
+    per_part = 16 // _LIMB_BITS
+    for _ in range(n // per_part):
+        value, part = _divmod_16_bits(body, value)
+        for i in range(per_part):
+            limbs.append(body.op("Unsqueeze", body.op("Mod", part, base), last))
+            if i + 1 < per_part:
+                part = body.op("Div", part, base)
+    return limbs
+
+
+def _split(body: _Body, value: str, n: int) -> list[str]:
+    """The `n` lowest limbs of int64 [...] `value` (two's complement), each int64 [..., 1]:
+    `_split_by_division`, or in the portable variant `_split_portable`."""
+    return (_split_portable if body.portable else _split_by_division)(body, value, n)
+
+
+def _split_by_division(body: _Body, value: str, n: int) -> list[str]:
+    """`_split` limb by limb, Mod and an exact Div by the limb's base (exact in onnxruntime's
+    int64, and wherever a runtime folds them on constants in 64 bits, as OpenVINO does)."""
     base = body.const(_LIMB, np.int64)
     last = body.const([-1], np.int64)
     limbs = []
@@ -333,7 +410,16 @@ def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
 
     u = ((w0 >> 5) 2^26 + (w1 >> 6)) 2^-53 in float64: the words are exact (below 2^32), a
     shift right is Floor of a product by a power of two, and every product and sum below is an
-    integer below 2^53 scaled by a power of two: all exact."""
+    integer below 2^53 scaled by a power of two: all exact.
+
+    Portable variant: float32 [N, 2], u1 = (w0 >> 8) 2^-24 and u2 = (w2 >> 8) 2^-24, the
+    kernel's uniforms cut to their first 24 bits: the six high limbs scaled by powers of two
+    are exact in float32, and so is every partial sum (a multiple of 2^-24 below 1)."""
+    if body.portable:
+        high_limbs = _slice(body, even_words, _WORD_LIMBS - 6, _WORD_LIMBS, axis=-1)
+        place = body.const([2.0 ** (_LIMB_BITS * i - 24) for i in range(6)], np.float32)
+        terms = body.op("Mul", body.op("Cast", high_limbs, to=_FLOAT), place)
+        return body.op("ReduceSum", terms, body.const([-1], np.int64), keepdims=0)
     high = body.op(
         "Floor", body.op("Mul", _words(body, even_words), body.const(2.0**-5, np.float64))
     )
@@ -342,15 +428,16 @@ def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
     return body.op("Mul", bits, body.const(2.0**-53, np.float64))
 
 
-def random_block_model() -> onnx.ModelProto:
+def random_block_model(variant: str = "exact") -> onnx.ModelProto:
     """A model of the bodies' generator alone, to check a runtime's Philox words against the
     kernel's: inputs `seed`, `row`, `offset`, int64 [N] each (the 64-bit two's complement is
-    used, as the ops do); output `words`, int64 [N, 4], the block's words w0..w3 in [0, 2^32)."""
-    body = _Body()
+    used, as the ops do); output `limbs`, int32 [N, 4, 8]: limb i of word w (w0..w3) is bits
+    4i..4i+3 of the word, as the bodies hold it (`limb_words` gives the words). variant: as
+    `function`'s (the portable one writes the rounds out, without Loop)."""
+    body = _Body(portable=_portable(variant, "random_block_model"))
     even, odd = _random_blocks(body, "seed", _word_limbs(body, "row"), "offset")
-    pairs = body.op("Concat", _words(body, even), _words(body, odd), axis=-1)  # w0 w2 w1 w3
-    ordered = body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
-    body.op("Cast", ordered, to=_INT64, output="words")
+    pairs = body.op("Concat", even, odd, axis=1)  # w0 w2 w1 w3
+    body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1, output="limbs")
     inputs = [
         helper.make_tensor_value_info(name, _INT64, ["N"]) for name in ("seed", "row", "offset")
     ]
@@ -358,12 +445,18 @@ def random_block_model() -> onnx.ModelProto:
         body.nodes,
         "random_block",
         inputs,
-        [helper.make_tensor_value_info("words", _INT64, ["N", 4])],
+        [helper.make_tensor_value_info("limbs", _INT32, ["N", 4, _WORD_LIMBS])],
     )
     # IR version 10: the newest that onnxruntime 1.21, the oldest the package allows, loads.
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", FUNCTION_OPSET)], ir_version=10
     )
+
+
+def limb_words(limbs: np.ndarray) -> np.ndarray:
+    """`random_block_model`'s limbs [..., 8] -> the words, uint32 [...]."""
+    place = np.array([_LIMB**i for i in range(_WORD_LIMBS)], np.uint64)
+    return (np.asarray(limbs).astype(np.uint64) * place).sum(axis=-1).astype(np.uint32)
 
 
 # --- det_exp, det_log, det_cos: the kernels' IEEE double arithmetic, node by node -------------
@@ -403,7 +496,9 @@ def _horner(body: _Body, x: str, coefficients: list[float]) -> str:
 
 def _exp_in_range(body: _Body, x: str) -> str:
     """det::exp_in_range for float64 x in [-700, 0]: Cody-Waite reduction, Taylor series to
-    r^14 / 14!, exact scaling by 2^k."""
+    r^14 / 14!, exact scaling by 2^k. Portable variant: the runtime's float32 Exp."""
+    if body.portable:
+        return body.op("Exp", x)
     shift = body.const(_ROUND_SHIFT, np.float64)
     scaled = body.op("Mul", x, body.const(_INV_LN2, np.float64))
     k = body.op("Sub", body.op("Add", scaled, shift), shift)  # round to nearest, ties to even
@@ -448,7 +543,10 @@ def _frexp(body: _Body, x: str) -> tuple[str, str]:
 
 def _log(body: _Body, x: str) -> str:
     """det::log for float64 x = 0 (-> -inf) or in [2^-255, 2^255) (the bodies' arguments:
-    probabilities of float32 and Gumbel noise's logs)."""
+    probabilities of float32 and Gumbel noise's logs). Portable variant: the runtime's float32
+    Log."""
+    if body.portable:
+        return body.op("Log", x)
     m, e = _frexp(body, x)
     small = body.op("Less", m, body.const(_SQRT_HALF, np.float64))
     m = body.op("Where", small, body.op("Mul", m, body.const(2.0, np.float64)), m)
@@ -468,7 +566,10 @@ def _log(body: _Body, x: str) -> str:
 
 
 def _cos(body: _Body, x: str) -> str:
-    """det::cos for float64 |x| <= pi/2: Taylor series to x^22 / 22!, in -z = -(x x)."""
+    """det::cos for float64 |x| <= pi/2: Taylor series to x^22 / 22!, in -z = -(x x).
+    Portable variant: the runtime's float32 Cos."""
+    if body.portable:
+        return body.op("Cos", x)
     minus_z = body.op("Neg", body.op("Mul", x, x))
     return _horner(body, minus_z, [_inverse_factorial(2 * n) for n in range(12)])
 
@@ -478,11 +579,9 @@ def _cos(body: _Body, x: str) -> str:
 
 def _softmax_weights(body: _Body, d: str, keep: str) -> str:
     """weight_of: exp(d) for kept tokens whose d = (x - max) / T is >= -700, else 0."""
-    kept = body.op(
-        "And", keep, body.op("GreaterOrEqual", d, body.const(_EXP_UNDERFLOW, np.float64))
-    )
-    safe = body.op("Where", kept, d, body.const(0.0, np.float64))  # never NaN or -inf in exp
-    return body.op("Where", kept, _exp_in_range(body, safe), body.const(0.0, np.float64))
+    kept = body.op("And", keep, body.op("GreaterOrEqual", d, body.real_const(_EXP_UNDERFLOW)))
+    safe = body.op("Where", kept, d, body.real_const(0.0))  # never NaN or -inf in exp
+    return body.op("Where", kept, _exp_in_range(body, safe), body.real_const(0.0))
 
 
 def _last(body: _Body, value: str) -> str:
@@ -515,7 +614,7 @@ def _top_p_keep(
         body.op("Div", body.op("GatherElements", weight, order, axis=1), total),
         body.const(1, np.int64),
     )
-    within = body.op("LessOrEqual", mass, body.op("Cast", top_p, to=_DOUBLE))
+    within = body.op("LessOrEqual", mass, body.op("Cast", top_p, to=body.real))
     n_within = body.op("ReduceSum", body.op("Cast", within, to=_INT64), axis1)  # [N, 1]
     one = body.const(1, np.int64)
     last = body.op("Sub", body.op("Min", body.op("Add", n_within, one), width), one)
@@ -538,7 +637,7 @@ def _sample_rows(
     -> (tokens int64 [N, 1], logprob float32 [N, 1])."""
     axis1 = body.const([1], np.int64)
     vocab = body.op("Slice", body.op("Shape", x), axis1, body.const([2], np.int64))  # [1]
-    x64, x_max64 = body.op("Cast", x, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE)
+    x64, x_max64 = body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real)
     keep = body.op("Greater", x, body.const(-np.inf, np.float32))
 
     # top-k: every logit >= the k-th largest stays (ties at the threshold too). Off (0 or >= V):
@@ -563,11 +662,9 @@ def _sample_rows(
         body.op("Equal", temperature, body.const(0.0, np.float32)),
         body.op("Equal", temperature, body.const(1.0, np.float32)),
     )
-    scale = body.op(
-        "Where", unit, body.const(1.0, np.float64), body.op("Cast", temperature, to=_DOUBLE)
-    )
+    scale = body.op("Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=body.real))
     # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
-    d = body.op("Where", keep, body.op("Sub", x64, x_max64), body.const(0.0, np.float64))
+    d = body.op("Where", keep, body.op("Sub", x64, x_max64), body.real_const(0.0))
     weight = _softmax_weights(body, body.op("Div", d, scale), keep)
     running = body.op("CumSum", weight, body.const(1, np.int64))
     total = _last(body, running)
@@ -577,7 +674,7 @@ def _sample_rows(
     above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
     first_above = body.op("ArgMax", above, axis=1)
     any_above = body.op("Greater", body.op("ReduceMax", above, axis1), body.const(0, np.int32))
-    positive = body.op("Cast", body.op("Greater", weight, body.const(0.0, np.float64)), to=_INT32)
+    positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=_INT32)
     last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
     drawn = body.op("Where", any_above, first_above, last_positive)
     argmax = body.op("ArgMax", x, axis=1)
@@ -586,7 +683,7 @@ def _sample_rows(
 
     # logprob = log(float32(w / S)), rounded to float32: VampNet's confidence.
     p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
-    p32 = body.op("Cast", body.op("Cast", p, to=_FLOAT), to=_DOUBLE)
+    p32 = body.op("Cast", body.op("Cast", p, to=_FLOAT), to=body.real)
     return tokens, body.op("Cast", _log(body, p32), to=_FLOAT)
 
 
@@ -638,9 +735,29 @@ def _checked_max(body: _Body, where: str, x: str) -> str:
     )
 
 
-def _sample_tokens() -> onnx.FunctionProto:
+def _row_limbs(body: _Body, first_row: str, row_index: str) -> str:
+    """The limbs [N, 2, 8] of the rows first_row + row_index (int64 scalar and [N]).
+
+    The portable variant splits first_row on its own and adds the limbs with carries:
+    vamp.onnx's mask draws pass a constant first_row above 2^31 (`MASK_STREAM_ITEM << 32`),
+    which OpenVINO holds only while it folds constants, in 64 bits, before its CPU plugin
+    computes int64 in 32 (measured: the sum first split gives other rows there)."""
+    if not body.portable:
+        return _word_limbs(body, body.op("Add", row_index, first_row))
+    n_limbs = 2 * _WORD_LIMBS
+    flat = body.const([-1, n_limbs], np.int64)
+    columns = body.op(
+        "Add",
+        body.op("Reshape", _word_limbs(body, first_row), flat),
+        body.op("Reshape", _word_limbs(body, row_index), flat),
+    )
+    limbs = _carry(body, columns, n_limbs, n_limbs)
+    return body.op("Reshape", limbs, body.const([-1, 2, _WORD_LIMBS], np.int64))
+
+
+def _sample_tokens(portable: bool) -> onnx.FunctionProto:
     where = ops.SAMPLE_TOKENS.name
-    body = _Body()
+    body = _Body(portable=portable)
     temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
     seed = body.scalar("seed", where, "seed")
     offset = body.scalar("offset", where, "offset")
@@ -676,12 +793,11 @@ def _sample_tokens() -> onnx.FunctionProto:
             branch.op("Squeeze", n_rows),
             branch.const(1, np.int64),
         )
-        rows = branch.op("Add", row_index, first_row)
         reshape1 = branch.const([1], np.int64)
         even, odd = _random_blocks(
             branch,
             branch.op("Reshape", seed, reshape1),
-            _word_limbs(branch, rows),
+            _row_limbs(branch, first_row, row_index),
             branch.op("Reshape", offset, reshape1),
         )
         u = _slice(branch, _uniforms(branch, even, odd), 0, 1, axis=1)  # [N, 1]: u of (w0, w1)
@@ -692,10 +808,7 @@ def _sample_tokens() -> onnx.FunctionProto:
     tokens, logprob = body.branch(
         body.op("Squeeze", body.op("Greater", n_rows, body.const(0, np.int64))),
         sample,
-        lambda branch: [
-            branch.const(np.zeros((0, 1)), np.int64),
-            branch.const(np.zeros((0, 1)), np.float32),
-        ],
+        lambda branch: [branch.empty((0, 1), np.int64), branch.empty((0, 1), np.float32)],
         [(_INT64, 2), (_FLOAT, 2)],
     )
     body.op("Reshape", tokens, rows_shape, output="tokens")
@@ -713,8 +826,11 @@ def _mask_git_schedule(
     scalars; n0, n_masked: int64 [B]. -> (k int64 [B], the noise scale float32 scalar)."""
     one = body.const(1, np.int64)
     step_1 = body.op("Add", step, one)
+    # float32 of the float64 quotient equals the float32 quotient (a double rounding through
+    # 53 >= 2 * 24 + 2 bits is innocuous for a division), so the portable variant divides in
+    # float32 with the kernel's result.
     ratio = body.op(
-        "Div", body.op("Cast", step_1, to=_DOUBLE), body.op("Cast", n_steps, to=_DOUBLE)
+        "Div", body.op("Cast", step_1, to=body.real), body.op("Cast", n_steps, to=body.real)
     )
     r = body.op("Cast", ratio, to=_FLOAT)
     angle = body.op(
@@ -722,7 +838,7 @@ def _mask_git_schedule(
         body.op("Mul", r, body.const(np.float32(math.pi), np.float32)),
         body.const(2.0, np.float32),
     )
-    gamma = body.op("Cast", _cos(body, body.op("Cast", angle, to=_DOUBLE)), to=_FLOAT)
+    gamma = body.op("Cast", _cos(body, body.op("Cast", angle, to=body.real)), to=_FLOAT)
     gamma = body.op(
         "Min",
         body.op("Max", gamma, body.const(np.float32(1e-10), np.float32)),
@@ -755,9 +871,9 @@ def _item_values(body: _Body, value: str, batch: str, where: str, argument: str)
     return expanded, one
 
 
-def _mask_git_step() -> onnx.FunctionProto:
+def _mask_git_step(portable: bool) -> onnx.FunctionProto:
     where = ops.MASK_GIT_STEP.name
-    body = _Body()
+    body = _Body(portable=portable)
     temperature, top_k, top_p = _checked_sampling(body, where, "temperature", "top_k", "top_p")
     n_steps = body.scalar("n_steps", where, "n_steps")
     n_steps = body.check(
@@ -923,9 +1039,7 @@ def _mask_git_step() -> onnx.FunctionProto:
         tokens, logprob = _sample_rows(
             branch, x, x_max, temperature, top_k, top_p, _slice(branch, uniforms, 0, 1, axis=1)
         )
-        u2 = branch.op(
-            "Max", _slice(branch, uniforms, 1, 2, axis=1), branch.const(1e-20, np.float64)
-        )
+        u2 = branch.op("Max", _slice(branch, uniforms, 1, 2, axis=1), branch.real_const(1e-20))
         noise = branch.op(
             "Cast", branch.op("Neg", _log(branch, branch.op("Neg", _log(branch, u2)))), to=_FLOAT
         )
@@ -1000,14 +1114,16 @@ def _mask_git_step() -> onnx.FunctionProto:
 # --- CheckRange and Snake -----------------------------------------------------------------------
 
 
-def _check_range() -> onnx.FunctionProto:
+def _check_range(portable: bool) -> onnx.FunctionProto:
     """ok = true when min <= x <= max (NaN fails); else the run fails. The message cannot hold
     the node's own `where`, `name` or value (a node name is fixed text): the failing node says
     which op failed and the range's attributes are on the calling node."""
-    body = _Body()
+    body = _Body(portable=portable)
     x = body.scalar("x", "CheckRange", "x")
-    low = body.op("Cast", body.attribute("min", "float"), to=_DOUBLE)
-    high = body.op("Cast", body.attribute("max", "float"), to=_DOUBLE)
+    if portable:  # the float attributes' own type; a runtime without float64 computes so anyway
+        x = body.op("Cast", x, to=_FLOAT)
+    low = body.op("Cast", body.attribute("min", "float"), to=body.real)
+    high = body.op("Cast", body.attribute("max", "float"), to=body.real)
     ok = body.op("And", body.op("LessOrEqual", low, x), body.op("LessOrEqual", x, high))
     checked = body.check_flags(ok, "CheckRange: x must be in [min, max]", ok)  # [1]
     body.op("Reshape", checked, body.const(np.zeros(0), np.int64), output="ok")
@@ -1024,11 +1140,11 @@ _COS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
 _ROUNDING_SHIFT = 12582912.0
 
 
-def _snake() -> onnx.FunctionProto:
+def _snake(portable: bool) -> onnx.FunctionProto:
     """y = x + inverse * sin(alpha x)^2 with the kernel's float32 operations in its order, its
     sine polynomial included, so the bits are the kernel's; where |alpha x| > 8192 (or NaN,
     inf) the kernel calls std::sin and the body the runtime's Sin."""
-    body = _Body()
+    body = _Body(portable=portable)
 
     def f32(value: float) -> str:
         return body.const(value, np.float32)
@@ -1086,6 +1202,16 @@ def _function(schema: ops.OpSchema, body: _Body) -> onnx.FunctionProto:
     )
 
 
+#: The bodies' variants. "exact": the kernels' arithmetic, float64 where they compute in double,
+#: exp, log and cos from + - * / (det_math.h), the Philox rounds in a Loop: the kernels' bits
+#: on onnxruntime. "portable": float32 throughout, the runtime's Exp, Log and Cos, uniforms of
+#: 24 bits, the rounds written out: for runtimes that compute float64 as float32 (OpenVINO's
+#: CPU plugin) or have no Loop (tract); the same Philox words, its own agreement (docs/ops.md).
+VARIANTS = {
+    "exact": "the kernels' bits on onnxruntime (float64, Loop)",
+    "portable": "float32, no Loop: OpenVINO, tract and runtimes without float64",
+}
+
 _BUILDERS = {
     ops.SAMPLE_TOKENS.name: _sample_tokens,
     ops.MASK_GIT_STEP.name: _mask_git_step,
@@ -1094,14 +1220,24 @@ _BUILDERS = {
 }
 
 
-def function(op_type: str, opset: int = FUNCTION_OPSET) -> onnx.FunctionProto:
+def _portable(variant: str, where: str) -> bool:
+    if variant not in VARIANTS:
+        raise ValueError(f"{where}: variant must be one of {list(VARIANTS)}, got {variant!r}")
+    return variant == "portable"
+
+
+def function(
+    op_type: str, opset: int = FUNCTION_OPSET, variant: str = "exact"
+) -> onnx.FunctionProto:
     """The standard-op body of op `op_type` ("SampleTokens", ...) as an ONNX function in domain
     `vampnet_onnx`, version 1, with the schema's inputs, outputs and attributes (ops.py). A node
     must pass every input, the optional ones included: a function body cannot test for an
     omitted input (`attach_functions` fills them in).
 
     opset: the standard opset the body imports, which must be the model's (onnx's checker
-    requires it): >= 18; the bodies use no operator whose meaning changed since 18."""
+    requires it): >= 18; the bodies use no operator whose meaning changed since 18.
+    variant: one of `VARIANTS`."""
+    portable = _portable(variant, "function")
     if op_type not in _BUILDERS:
         raise ValueError(f"function: op_type must be one of {sorted(_BUILDERS)}, got {op_type!r}")
     if not FUNCTION_OPSET <= opset <= onnx.defs.onnx_opset_version():
@@ -1109,7 +1245,7 @@ def function(op_type: str, opset: int = FUNCTION_OPSET) -> onnx.FunctionProto:
             f"function: opset must be in [{FUNCTION_OPSET}, {onnx.defs.onnx_opset_version()}], "
             f"got {opset}"
         )
-    proto = _BUILDERS[op_type]()
+    proto = _BUILDERS[op_type](portable)
     proto.opset_import[0].version = opset
     return proto
 
@@ -1162,12 +1298,14 @@ def _fill_defaults(node: onnx.NodeProto, schema: ops.OpSchema, prefix: str) -> l
     return added
 
 
-def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+def attach_functions(model: onnx.ModelProto, variant: str = "exact") -> onnx.ModelProto:
     """A copy of `model` carrying the standard-op bodies of the vampnet_onnx ops it uses (in
     its graph or in Loop / If bodies), and only those, so that it also runs where the library
     cannot be registered. A node that leaves optional inputs out gets them computed beside it,
     as the op would (0 for first_row and batch_offset, the mask's count for n_masked_start):
-    a body needs every input. Functions of these ops already in the model are replaced."""
+    a body needs every input. Functions of these ops already in the model are replaced.
+    variant: one of `VARIANTS`."""
+    _portable(variant, "attach_functions")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < FUNCTION_OPSET:
         raise ValueError(
@@ -1192,21 +1330,22 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.node.extend(nodes)
     kept = [f for f in model.functions if not (f.domain == ops.DOMAIN and f.name in used)]
     model.ClearField("functions")
-    model.functions.extend(kept + [function(name, opset) for name in sorted(used)])
+    model.functions.extend(kept + [function(name, opset, variant) for name in sorted(used)])
     # Model-local functions with attribute defaults need IR version 9 (onnx 1.14).
     model.ir_version = max(model.ir_version, 9)
     return model
 
 
-def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+def inline_functions(model: onnx.ModelProto, variant: str = "exact") -> onnx.ModelProto:
     """A copy of `model` with the standard-op bodies of the vampnet_onnx ops it uses inlined
     (`attach_functions`, then onnx's inliner): every op node, in Loop and If bodies too, is
     replaced by its body's nodes, so that no node of the domain is left and neither are the
     functions, nor the domain's opset import. For runtimes that do not expand model-local
-    functions; onnxruntime runs the standard ops even with the library registered."""
+    functions; onnxruntime runs the standard ops even with the library registered.
+    variant: one of `VARIANTS`."""
     import onnx.inliner
 
-    attached = attach_functions(model)
+    attached = attach_functions(model, variant)
     ids = [(ops.DOMAIN, schema.name) for schema in ops.SCHEMAS]
     inlined = onnx.inliner.inline_selected_functions(attached, ids)
     kept = [o for o in inlined.opset_import if o.domain != ops.DOMAIN]

@@ -28,6 +28,7 @@ from ..contracts import (
     WAVEBEAT_FILE,
     read_metadata,
 )
+from ..ops_functions import VARIANTS
 from .common import DEFAULT_OPSET, attach_op_bodies, check_opset, stamp_metadata
 from .precision import check_precision
 
@@ -114,6 +115,7 @@ def export_models(
     metadata: dict[str, str] | None = None,
     op_bodies: bool = True,
     inline_op_bodies: bool = False,
+    op_bodies_variant: str = "exact",
     verbose: bool = False,
     progress: bool = False,
     cli: bool = False,
@@ -153,6 +155,9 @@ def export_models(
             (`ops_functions.inline_functions`), for runtimes that do not expand model-local
             functions: no node of the vampnet_onnx domain is left, so the kernels never run,
             even where the library is registered. Needs `op_bodies`.
+        op_bodies_variant: the bodies' variant (`ops_functions.VARIANTS`): "exact" (the
+            kernels' bits on onnxruntime) or "portable" (float32 and no Loop, for OpenVINO,
+            tract and runtimes without float64; docs/portable.md). Needs `op_bodies`.
         metadata: extra metadata entries written into every graph (e.g. the weights' license
             and source, `hub.provenance`).
         verbose: show the torch exporter's own messages.
@@ -182,11 +187,20 @@ def export_models(
             f"{where}{name('single_graph')} must come with both {name('coarse')} and "
             f"{name('c2f')}, got one"
         )
-    if inline_op_bodies and not op_bodies:
+    if op_bodies_variant not in VARIANTS:
         raise ValueError(
-            f"{where}{name('inline_op_bodies')} must not come with "
-            f"{'--no-op-bodies' if cli else 'op_bodies=False'}, got both"
+            f"{where}{name('op_bodies_variant')} must be one of {list(VARIANTS)}, "
+            f"got {op_bodies_variant!r}"
         )
+    for option, set_ in (
+        ("inline_op_bodies", inline_op_bodies),
+        ("op_bodies_variant", op_bodies_variant != "exact"),
+    ):
+        if set_ and not op_bodies:
+            raise ValueError(
+                f"{where}{name(option)} must not come with "
+                f"{'--no-op-bodies' if cli else 'op_bodies=False'}, got both"
+            )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{where}{name('out')} must be a folder, got '{out}', a file")
@@ -236,7 +250,7 @@ def export_models(
                 stamp_metadata(graph, metadata)
         if op_bodies:
             for graph in sorted(staging.glob("*.onnx")):
-                attach_op_bodies(graph, inline=inline_op_bodies)
+                attach_op_bodies(graph, inline=inline_op_bodies, variant=op_bodies_variant)
         for path in sorted(staging.iterdir()):
             os.replace(path, out / path.name)
     except BaseException:

@@ -1,0 +1,125 @@
+"""Exported graphs in runtimes other than onnxruntime (docs/portable.md): OpenVINO's CPU plugin.
+
+A graph that uses the vampnet_onnx ops runs in OpenVINO when it was exported with the bodies
+inlined in their portable variant (``vampnet-onnx export --inline-op-bodies
+--op-bodies-variant portable``): OpenVINO does not expand ONNX functions and computes float64
+as float32, which the exact variant's arithmetic cannot take. Graphs that use none of the ops
+(the transformers, the standard codec) run as they are.
+
+Needs the ``portable`` extra (``pip install "vampnet-onnx[portable]"``); nothing else in the
+package imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import ops
+from .contracts import OP_BODIES_INLINED, OP_BODIES_KEY, OP_BODIES_VARIANT_KEY
+
+#: OpenVINO's CPU plugin holds int64 values in 32 bits: every int64 input (seeds, steps,
+#: batch offsets, codes) must lie in this range, or the graph would compute with other values.
+INT32_RANGE = (-(2**31), 2**31 - 1)
+
+_REEXPORT = "vampnet-onnx export ... --inline-op-bodies --op-bodies-variant portable"
+
+
+def _check_graph(path: Path) -> None:
+    """A ValueError unless OpenVINO computes `path` as onnxruntime with the library would:
+    no op nodes left, and inlined bodies of the portable variant."""
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(o.domain == ops.DOMAIN for o in model.opset_import):
+        meta = {p.key: p.value for p in model.metadata_props}
+        inlined = meta.get(OP_BODIES_KEY) == OP_BODIES_INLINED
+        if inlined and meta.get(OP_BODIES_VARIANT_KEY) != "portable":
+            raise ValueError(
+                f"OpenVINOSession: path must hold the portable variant of the op bodies "
+                f"(OpenVINO computes float64 as float32, which the exact variant's arithmetic "
+                f"cannot take), got '{path}' with the exact variant: re-export with {_REEXPORT}"
+            )
+        return
+    raise ValueError(
+        f"OpenVINOSession: path must be a graph with the op bodies inlined (OpenVINO neither "
+        f"loads the op library nor expands ONNX functions), got '{path}', which has "
+        f"vampnet_onnx nodes: re-export with {_REEXPORT}"
+    )
+
+
+class OpenVINOSession:
+    """An exported graph compiled by OpenVINO for its CPU plugin, run as an onnxruntime
+    session is: `run(output_names, feed)` -> a list of numpy arrays.
+
+    path: a graph file (its external weights beside it). precision: OpenVINO's
+    INFERENCE_PRECISION_HINT, "f32" by default (measured agreement in docs/portable.md);
+    None keeps OpenVINO's own default (bf16 on CPUs with native bf16: faster, less exact).
+    threads: the CPU plugin's inference threads (None: OpenVINO's default, every core)."""
+
+    def __init__(
+        self, path: str | os.PathLike, precision: str | None = "f32", threads: int | None = None
+    ):
+        try:
+            import openvino
+        except ImportError as error:
+            raise ImportError(
+                'OpenVINOSession needs OpenVINO: pip install "vampnet-onnx[portable]"'
+            ) from error
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"OpenVINOSession: path must be a graph file, got '{path}'")
+        if threads is not None and (
+            isinstance(threads, bool) or int(threads) != threads or threads < 1
+        ):
+            raise ValueError(f"OpenVINOSession: threads must be an integer >= 1, got {threads!r}")
+        _check_graph(path)
+        config = {}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = openvino.Core()
+        self.path = path
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._inputs = [port.get_any_name() for port in self._compiled.inputs]
+        self._outputs = [port.get_any_name() for port in self._compiled.outputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph's inputs that OpenVINO kept (it drops inputs nothing reads)."""
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs `output_names` (None: all, in the graph's order) for `feed` (input name ->
+        array; inputs OpenVINO dropped are ignored). int64 values must fit in int32
+        (`INT32_RANGE`): a ValueError names the input otherwise."""
+        names = self.output_names if output_names is None else list(output_names)
+        unknown = [n for n in names if n not in self._outputs]
+        if unknown:
+            raise ValueError(
+                f"OpenVINOSession.run: output_names must be among {self._outputs}, got {unknown}"
+            )
+        missing = [n for n in self._inputs if n not in feed]
+        if missing:
+            raise ValueError(
+                f"OpenVINOSession.run: feed must hold {self._inputs}, missing {missing}"
+            )
+        low, high = INT32_RANGE
+        inputs = {}
+        for name in self._inputs:
+            value = np.asarray(feed[name])
+            if value.dtype == np.int64 and value.size and (value.min() < low or value.max() > high):
+                bad = value.min() if value.min() < low else value.max()
+                raise ValueError(
+                    f"OpenVINOSession.run: {name} must be in [-2^31, 2^31 - 1] (OpenVINO's CPU "
+                    f"plugin holds int64 in 32 bits), got {int(bad)}"
+                )
+            inputs[name] = value
+        result = self._compiled(inputs)
+        return [np.asarray(result[self._compiled.output(n)]) for n in names]

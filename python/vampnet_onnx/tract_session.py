@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 
 class TractSession:
@@ -40,7 +41,9 @@ class TractSession:
         model = tract.onnx().load(str(path))
         #: The graph's input and output names, in its order (tract runs inputs by position).
         self.input_names = [model.input_name(i) for i in range(model.input_count())]
-        self.output_names = [model.output_name(i) for i in range(model.output_count())]
+        # tract names an output after the node that makes it; the graph's names are the file's.
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self.output_names = [value.name for value in graph.output]
         self._runnable = model.into_model().into_runnable()
 
     def run(

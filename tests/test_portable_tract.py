@@ -82,3 +82,15 @@ def test_the_step_loop_on_tract_gives_onnxruntimes_tokens_at_temperature_0(coars
     got = tract_loop.generate(codes, mask, **settings)
     want = vampnet_onnx.Generator(coarse["generate"]).generate(codes, mask, **settings)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("samples", [5000, 3 * 768])
+def test_tract_encodes_audio_to_onnxruntimes_codes(tiny_models_dir, samples):
+    """The pad to whole hops, in and out of the multiple: tract analyses the amount (the
+    remainder of N - 1) and gives the codes of onnxruntime (ties in the nearest-codebook search
+    aside, which random audio does not meet)."""
+    audio = np.random.default_rng(samples).standard_normal((1, 1, samples)).astype(np.float32)
+    encoder = tiny_models_dir / contracts.ENCODE_FILE
+    [got] = TractSession(encoder).run(None, {"audio": audio * 0.1})
+    [want] = vampnet_onnx.create_session(encoder).run(None, {"audio": audio * 0.1})
+    np.testing.assert_array_equal(got, want)

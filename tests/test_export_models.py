@@ -193,3 +193,33 @@ def test_a_pair_of_the_same_codec_is_kept(tiny_models_dir, tmp_path):
     assert [p.name for p in result.removed] == [contracts.VAMP_FILE]
     assert (out / contracts.GENERATION_FILES["coarse"]).exists()
     Vamp(out)  # the kept coarse pair and the new graphs belong together
+
+
+@pytest.fixture(scope="module")
+def stepped(checkpoints, tmp_path_factory):
+    """export_models(step_graphs=True) of the tiny c2f model: its result."""
+    out = tmp_path_factory.mktemp("stepped") / "models"
+    return export_models(out, codec=checkpoints["codec"], c2f=checkpoints["c2f"], step_graphs=True)
+
+
+def test_step_graphs_are_written_listed_and_run(stepped):
+    step = stepped.out / contracts.STEP_FILES["c2f"]
+    assert list(stepped.steps) == ["c2f"] and stepped.steps["c2f"].path == step
+    assert step in stepped.files
+    codes = np.random.default_rng(0).integers(0, 1024, (1, 14, 5))
+    mask = np.zeros(codes.shape, bool)
+    mask[:, 4:, 1:] = True
+    generate = vampnet_onnx.Generator(stepped.generations["c2f"].path)
+    np.testing.assert_array_equal(
+        vampnet_onnx.Generator(step).generate(codes, mask, steps=2, seed=1),
+        generate.generate(codes, mask, steps=2, seed=1),
+    )
+
+
+def test_a_step_graph_beside_a_rewritten_transformer_is_removed(checkpoints, stepped, tmp_path):
+    """It would run the earlier transformer."""
+    out = _copy(stepped.out, tmp_path / "models")
+    result = export_models(out, codec=checkpoints["codec"], c2f=checkpoints["c2f"])
+    step = out / contracts.STEP_FILES["c2f"]
+    assert list(result.removed) == [step] and not step.exists()
+    assert "would run its c2f transformer" in result.removed[step]

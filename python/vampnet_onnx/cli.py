@@ -98,6 +98,7 @@ def _export(args: argparse.Namespace) -> int:
         c2f=args.c2f,
         wavebeat=args.wavebeat,
         single_graph=args.single_graph,
+        step_graphs=args.step_graphs,
         trace=args.trace,
         batch_coupled=args.batch_coupled,
         opset=args.opset,
@@ -821,6 +822,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write DIR/vamp.onnx: the whole vamp (encoder, mask, coarse and c2f loops, "
         "decoder) in one graph, audio in and out (needs --coarse and --c2f; per-item schedule "
         "and no trace whatever --trace / --batch-coupled say; see docs/generation.md)",
+    )
+    bundle.add_argument(
+        "--step-graphs",
+        action="store_true",
+        help="also write DIR/KIND.step.onnx for each model: one step of the generation loop "
+        "(the transformer and one MaskGitStep: codes, mask, step, the settings, "
+        "n_masked_start -> codes_out, mask_out), which Generator runs once per step, for "
+        "runtimes without ONNX's Loop (tract: with --inline-op-bodies; see docs/generation.md, "
+        "'Step graphs'); it reads the weights of KIND.onnx.data",
     )
     bundle.add_argument(
         "--batch-coupled",

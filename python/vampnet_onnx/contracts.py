@@ -89,6 +89,10 @@ DECODE_FILE = "codec.decode.onnx"
 #: The transformers and their generation graphs, by model kind.
 TRANSFORMER_FILES = {"coarse": "coarse.onnx", "c2f": "c2f.onnx"}
 GENERATION_FILES = {"coarse": "coarse.generate.onnx", "c2f": "c2f.generate.onnx"}
+#: The step graphs (``export --step-graphs``): one iteration of the generation graph's loop,
+#: for runtimes without ONNX's `Loop` (tract), which run it from a host loop
+#: (`generator.Generator`).
+STEP_FILES = {"coarse": "coarse.step.onnx", "c2f": "c2f.step.onnx"}
 VAMP_FILE = "vamp.onnx"
 #: The fp32 codec graphs for CPU sessions (`export.precision.write_cpu_codec`): each Snake
 #: activation one op library `Snake` node instead of five standard ones, the weights read from
@@ -319,6 +323,41 @@ GENERATION = OpSchema(
             "[S, B, C, T] mask after each step (trace export only)",
             True,
         ),
+    ),
+)
+
+#: One step of the generation graph's loop as a graph of its own (`STEP_FILES`): the
+#: transformer on the codes with MASK where masked, then `MaskGitStep`. Run for step = 0 ..
+#: n_steps - 1, each run continuing from the codes and mask the last returned, it gives the
+#: generation graph's codes for the same inputs.
+GENERATION_STEP = OpSchema(
+    name="GenerationStep",
+    inputs=(
+        GENERATION.port("codes"),
+        Port("mask", (TensorProto.BOOL,), "[B, C, T] true = still to generate"),
+        Port("step", INT64, "scalar in [0, n_steps), the step this run makes"),
+        *(
+            GENERATION.port(name)
+            for name in (
+                "n_steps",
+                "temperature",
+                "top_k",
+                "top_p",
+                "mask_temperature",
+                "seed",
+                "batch_offset",
+            )
+        ),
+        Port(
+            "n_masked_start",
+            INT64,
+            "[B] masked positions per item before step 0 (the step-0 mask's count, kept for "
+            "every step: the schedule's N0)",
+        ),
+    ),
+    outputs=(
+        Port("codes_out", INT64, "[B, C, T] the codes after this step"),
+        Port("mask_out", (TensorProto.BOOL,), "[B, C, T] still to generate after this step"),
     ),
 )
 

@@ -1,8 +1,12 @@
 """`Generator`: VampNet's iterative generation from an exported graph (numpy + onnxruntime).
 
-Two modes, chosen by the file given:
+Three modes, chosen by the file given:
 - a generation graph (``*.generate.onnx``, `export.generation`): one `run` does every step
   inside ONNX Runtime;
+- a step graph (``*.step.onnx``, ``export --step-graphs``): one iteration of the generation
+  graph's loop, run once per step from Python, each run continuing from the codes and mask the
+  last returned. Same tokens as the generation graph; for runtimes without ONNX's `Loop`
+  (tract), whose session `Generator` takes in place of onnxruntime's (``session=``);
 - a plain transformer graph (``codes -> logits``): the same step loop driven from Python, one
   `run` of the transformer plus one `_kernels.mask_git_step` per step. Same tokens as the
   single graph for the same inputs and seed; for comparison and debugging. With
@@ -29,6 +33,7 @@ from .contracts import (
     CONFIG_KEY,
     GENERATION,
     GENERATION_KEY,
+    GENERATION_STEP,
     SLICE_DEFAULTS,
     TRANSFORMER,
     metadata,
@@ -44,7 +49,7 @@ _DEFAULTS = SamplingSettings()
 class Generator:
     """Generates VampNet codes from an exported coarse or coarse-to-fine graph.
 
-    path: a generation graph or a transformer graph (see the module doc).
+    path: a generation graph, a step graph or a transformer graph (see the module doc).
     providers: onnxruntime execution providers (default CPU).
     threads: intra-op threads of the session and of the Python-loop kernels (default: ORT's).
     batch_coupled: Python-loop mode only: count the schedule's N0 over the whole batch as
@@ -58,6 +63,11 @@ class Generator:
     transformer as a CUDA graph, captured at its second run and replayed after, one graph per
     codes shape. Neither CUDA path has run on a GPU in this project's tests yet (tests/gpu
     checks them), and each warns so.
+    session: for a step graph only, what runs it instead of an onnxruntime session: any object
+    with ``run(output_names, feed) -> list of arrays`` (onnxruntime's signature), e.g.
+    `tract_session.TractSession` (docs/generation.md, "Step graphs"). path's metadata and
+    inputs are then read from the file. Not with providers, python_ops, device, io_binding or
+    cuda_graph, which set up onnxruntime's session.
     """
 
     #: Who reports a bad setting (also for `pipeline.Vamp`, which generates through this).
@@ -73,10 +83,26 @@ class Generator:
         device: str | None = None,
         io_binding: bool = False,
         cuda_graph: bool = False,
+        session: Any = None,
     ):
         for name, value in (("io_binding", io_binding), ("cuda_graph", cuda_graph)):
             if not isinstance(value, bool):
                 raise TypeError(f"Generator: {name} must be a bool, got {value!r}")
+        if session is not None:
+            onnxruntime_options = {
+                "providers": providers,
+                "python_ops": python_ops,
+                "device": device,
+                "io_binding": io_binding or None,
+                "cuda_graph": cuda_graph or None,
+            }
+            given = {k: v for k, v in onnxruntime_options.items() if v is not None}
+            if given or not callable(getattr(session, "run", None)):
+                raise ValueError(
+                    "Generator: session must be an object with run(output_names, feed) and "
+                    "come without providers, python_ops, device, io_binding and cuda_graph, "
+                    f"got {type(session).__name__} with {given}"
+                )
         if cuda_graph:
             if device != "cuda" or providers:
                 raise ValueError(
@@ -87,22 +113,28 @@ class Generator:
                 "cuda", "Generator", cuda_options={"enable_cuda_graph": "1"}
             )
             device = None
-        self.session: ort.InferenceSession = create_session(
-            path,
-            providers=list(providers) if providers else None,
-            intra_op_threads=threads,
-            python_ops=python_ops,
-            device=device,
-        )
-        meta = self.session.get_modelmeta().custom_metadata_map
+        #: Whether `session` is the caller's (run with its own run()) rather than onnxruntime's.
+        self.foreign_session = session is not None
+        if session is None:
+            self.session: Any = create_session(
+                path,
+                providers=list(providers) if providers else None,
+                intra_op_threads=threads,
+                python_ops=python_ops,
+                device=device,
+            )
+            meta = self.session.get_modelmeta().custom_metadata_map
+            input_names = [i.name for i in self.session.get_inputs()]
+            defaults = {i.name for i in self.session.get_overridable_initializers()}
+        else:
+            self.session = session
+            meta, input_names, defaults = _graph_interface(path)
         self.config: dict = metadata(meta, CONFIG_KEY, "Generator", "path", repr(str(path)))
-        input_names = [i.name for i in self.session.get_inputs()]
-        defaults = {i.name for i in self.session.get_overridable_initializers()}
         #: Whether the graph runs a slice of the steps (first_step, last_step inputs): graphs
         #: exported before those inputs existed run every step in one call.
         self.sliceable = set(SLICE_DEFAULTS) <= defaults
-        if input_names == GENERATION.required_input_names:
-            self.mode = "graph"
+        if input_names in (GENERATION.required_input_names, GENERATION_STEP.input_names):
+            self.mode = "graph" if input_names == GENERATION.required_input_names else "step-graph"
             settings = metadata(meta, GENERATION_KEY, "Generator", "path", repr(str(path)))
             exported_coupling = bool(settings.get("batch_coupled", False))
             if batch_coupled is not None and batch_coupled != exported_coupling:
@@ -124,8 +156,13 @@ class Generator:
                 else ""
             )
             raise ValueError(
-                f"Generator: path must hold a generation or transformer graph, got "
+                f"Generator: path must hold a generation, step or transformer graph, got "
                 f"{str(path)!r} with inputs {input_names}{hint}"
+            )
+        if self.foreign_session and self.mode != "step-graph":
+            raise ValueError(
+                f"Generator: session must come with a step graph (export --step-graphs), got "
+                f"{str(path)!r}, a {self.mode.replace('-', ' ')} graph"
             )
         self.threads = threads or 1
         self.io_binding = io_binding or cuda_graph
@@ -133,8 +170,8 @@ class Generator:
         if self.io_binding:
             if self.mode != "python-loop":
                 raise ValueError(
-                    "Generator: io_binding and cuda_graph must be False for a generation "
-                    "graph (they drive a transformer graph's Python loop), got "
+                    "Generator: io_binding and cuda_graph must be False for a generation or "
+                    "step graph (they drive a transformer graph's Python loop), got "
                     f"io_binding={io_binding}, cuda_graph={cuda_graph} for {str(path)!r}"
                 )
             self._bound = _BoundLoop(self, threads, python_ops, cuda_graph)
@@ -184,7 +221,7 @@ class Generator:
         update).
         With `progress` or `on_steps` a generation graph runs one step per call (its slice
         inputs, docs/generation.md), which gives the same tokens as one call; otherwise it
-        runs every step in one call.
+        runs every step in one call. A step graph always runs one step per call.
         Returns int64 [B, C, T] with every position filled; unmasked positions unchanged.
         """
         codes, mask = self._check_codes_and_mask(codes, mask)
@@ -202,27 +239,31 @@ class Generator:
             feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
             return run(self.session, ["codes_out"], feed)[0]
         steps = _step_counter(settings["n_steps"], progress, on_steps)
-        if self.mode == "graph":
-            return self._graph_slices(codes, mask, settings, steps)
+        if self.mode in ("graph", "step-graph"):
+            return self._step_runs(codes, mask, settings, steps)
         if self._bound is not None:
             return self._bound.generate(codes, mask, settings, steps)
         return self._python_loop(codes, mask, settings, steps)
 
-    def _graph_slices(self, codes, mask, settings, steps) -> np.ndarray:
-        """The generation graph one step per run: each run continues from the codes and mask
-        the last one returned, with N0 counted once here, as the single run counts it."""
-        feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
+    def _step_runs(self, codes, mask, settings, steps) -> np.ndarray:
+        """The generation graph (one slice of its steps per run) or the step graph, one run
+        per step: each run continues from the codes and mask the last one returned, with N0
+        counted once here, as the single run counts it."""
+        schema = GENERATION if self.mode == "graph" else GENERATION_STEP
         n_masked_start = mask.sum(axis=(1, 2)).astype(np.int64)
+        feed = {"codes": codes, "mask": mask}
+        feed |= schema.feed(**settings, n_masked_start=n_masked_start)
+        outputs = ["codes_out", "mask_out"]
         for step in steps:
-            feed |= GENERATION.feed(
-                first_step=step, last_step=step + 1, n_masked_start=n_masked_start
-            )
-            feed["codes"], feed["mask"] = run(
-                self.session,
-                ["codes_out", "mask_out"],
-                feed,
-                release_memory=step + 1 == settings["n_steps"],
-            )
+            if self.mode == "graph":
+                feed |= GENERATION.feed(first_step=step, last_step=step + 1)
+            else:
+                feed |= GENERATION_STEP.feed(step=step)
+            if self.foreign_session:
+                feed["codes"], feed["mask"] = self.session.run(outputs, feed)
+            else:
+                last = step + 1 == settings["n_steps"]
+                feed["codes"], feed["mask"] = run(self.session, outputs, feed, release_memory=last)
         return feed["codes"]
 
     def _python_loop(self, codes, mask, settings, steps) -> np.ndarray:
@@ -323,6 +364,22 @@ class Generator:
             )
         # Under the mask any value is ignored; keep the arrays the ops accept.
         return np.where(mask, 0, codes).astype(np.int64), np.ascontiguousarray(mask)
+
+
+def _graph_interface(path: str | Path) -> tuple[dict[str, str], list[str], set[str]]:
+    """(metadata, required input names, names of inputs with defaults) of the graph file
+    `path`, read without its weights: what `Generator` asks an onnxruntime session for."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Generator: path must be an existing .onnx file, got '{path}'")
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    names = [value.name for value in model.graph.input]
+    return (
+        {prop.key: prop.value for prop in model.metadata_props},
+        [name for name in names if name not in initializers],
+        {name for name in names if name in initializers},
+    )
 
 
 def _step_counter(

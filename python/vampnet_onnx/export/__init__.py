@@ -23,6 +23,7 @@ from ..contracts import (
     CPU_CODEC_FILES,
     DEFAULT_PRECISION,
     GENERATION_FILES,
+    STEP_FILES,
     TRANSFORMER_FILES,
     VAMP_FILE,
     WAVEBEAT_FILE,
@@ -51,6 +52,7 @@ class ModelsExport:
         codec: the codec graphs (``codec.encode.onnx``, ``codec.decode.onnx``).
         transformers: kind ("coarse", "c2f") -> the transformer graph and its mapping report.
         generations: kind -> the generation graph.
+        steps: kind -> the step graph, when asked for (`export_models`' step_graphs).
         vamp: the single graph (``vamp.onnx``), when asked for.
         wavebeat: the beat tracker (``wavebeat.onnx``), when a WaveBeat checkpoint was given.
         removed: graphs of an earlier export that this one made inconsistent and removed
@@ -61,6 +63,7 @@ class ModelsExport:
     codec: CodecExport
     transformers: dict[str, TransformerExport] = field(default_factory=dict)
     generations: dict[str, GenerationExport] = field(default_factory=dict)
+    steps: dict[str, GenerationExport] = field(default_factory=dict)
     vamp: VampExport | None = None
     wavebeat: WaveBeatExport | None = None
     removed: dict[Path, str] = field(default_factory=dict)
@@ -73,6 +76,7 @@ class ModelsExport:
         graphs += [p for p in (self.codec.encode_cpu_path, self.codec.decode_cpu_path) if p]
         for kind in self.transformers:
             graphs += [self.transformers[kind].path, self.generations[kind].path]
+            graphs += [self.steps[kind].path] if kind in self.steps else []
         if self.vamp is not None:
             graphs.append(self.vamp.path)
         if self.wavebeat is not None:
@@ -108,6 +112,7 @@ def export_models(
     c2f: str | Path | None = None,
     wavebeat: str | Path | None = None,
     single_graph: bool = False,
+    step_graphs: bool = False,
     trace: bool = False,
     batch_coupled: bool = False,
     opset: int = DEFAULT_OPSET,
@@ -127,8 +132,9 @@ def export_models(
     ``codec.encode.cpu.onnx`` and ``codec.decode.cpu.onnx``, `contracts.CPU_CODEC_FILES`, which
     share their weights files); for each of `coarse` and `c2f`
     given, ``KIND.onnx`` (the transformer) and ``KIND.generate.onnx`` (the whole generation
-    loop); with `single_graph` also ``vamp.onnx`` (needs both models); with `wavebeat` also
-    ``wavebeat.onnx`` (the beat tracker that `beats.BeatTracker` runs).
+    loop), with `step_graphs` also ``KIND.step.onnx`` (one step of it); with `single_graph`
+    also ``vamp.onnx`` (needs both models); with `wavebeat` also ``wavebeat.onnx`` (the beat
+    tracker that `beats.BeatTracker` runs).
 
     Args:
         out: the folder (created if missing; existing files are replaced).
@@ -136,6 +142,10 @@ def export_models(
         coarse, c2f: ``coarse.pth`` and ``c2f.pth``; at least one.
         wavebeat: WaveBeat's Lightning checkpoint (``wavebeat.pth``), or None to skip it.
         single_graph: also write the single graph ``vamp.onnx`` (docs/generation.md).
+        step_graphs: also write the step graphs ``KIND.step.onnx`` (`contracts.STEP_FILES`,
+            contract `contracts.GENERATION_STEP`): one iteration of the generation loop, which
+            `Generator` runs once per step, for runtimes without ONNX's `Loop` (tract;
+            docs/generation.md, "Step graphs"). They share the transformer's weights file.
         trace: the generation graphs also output the codes and mask after every step.
         batch_coupled: the generation graphs count the schedule over the whole batch, as
             upstream VampNet does (default: per batch item).
@@ -238,6 +248,7 @@ def export_models(
             models,
             wavebeat,
             single_graph,
+            step_graphs,
             trace,
             batch_coupled,
             opset,
@@ -270,11 +281,18 @@ def export_models(
 def _remove_stale(result: ModelsExport) -> dict[Path, str]:
     """Remove the graphs of an earlier export in `result.out` that the new ones make
     inconsistent (an export owns its folder's graphs): a ``vamp.onnx`` not written now (it
-    embeds the earlier codec and transformers), and a coarse or c2f pair not written now whose
-    codec is not the new one (``codec_sha256``). wavebeat.onnx depends on no codec: kept.
+    embeds the earlier codec and transformers), a step graph not written now beside a
+    transformer written now, and a coarse or c2f pair (with its step graph) not written now
+    whose codec is not the new one (``codec_sha256``). wavebeat.onnx depends on no codec: kept.
     Returns {removed graph: why}."""
     out = result.out
     removed: dict[Path, str] = {}
+    for kind in result.transformers:
+        if kind not in result.steps and (out / STEP_FILES[kind]).exists():
+            removed[out / STEP_FILES[kind]] = (
+                f"it came from an earlier export and would run its {kind} transformer (export "
+                "--step-graphs writes one of this export)"
+            )
     if result.vamp is None and (out / VAMP_FILE).exists():
         removed[out / VAMP_FILE] = (
             "it came from an earlier export and would run its graphs (export --single-graph "
@@ -292,6 +310,7 @@ def _remove_stale(result: ModelsExport) -> dict[Path, str]:
         if kind in result.transformers:
             continue
         graphs = [out / TRANSFORMER_FILES[kind], out / GENERATION_FILES[kind]]
+        graphs.append(out / STEP_FILES[kind])
         present = [graph for graph in graphs if graph.exists()]
         if not present:
             continue
@@ -323,10 +342,11 @@ def _moved(result: ModelsExport, out: Path) -> ModelsExport:
     return ModelsExport(
         out,
         paths(result.codec),
-        {kind: paths(export) for kind, export in result.transformers.items()},
-        {kind: paths(export) for kind, export in result.generations.items()},
-        paths(result.vamp) if result.vamp else None,
-        paths(result.wavebeat) if result.wavebeat else None,
+        transformers={kind: paths(export) for kind, export in result.transformers.items()},
+        generations={kind: paths(export) for kind, export in result.generations.items()},
+        steps={kind: paths(export) for kind, export in result.steps.items()},
+        vamp=paths(result.vamp) if result.vamp else None,
+        wavebeat=paths(result.wavebeat) if result.wavebeat else None,
     )
 
 
@@ -336,6 +356,7 @@ def _export_into(
     models: list[tuple[str, str | Path]],
     wavebeat: str | Path | None,
     single_graph: bool,
+    step_graphs: bool,
     trace: bool,
     batch_coupled: bool,
     opset: int,
@@ -346,7 +367,7 @@ def _export_into(
     from tqdm import tqdm
 
     from .codec import export_codec
-    from .generation import export_generation
+    from .generation import export_generation, export_step
     from .precision import convert_codec, convert_transformer, write_cpu_codec
     from .transformer import export_transformer
 
@@ -392,8 +413,16 @@ def _export_into(
                 trace=trace,
                 batch_coupled=batch_coupled,
             )
-            sizes = f"{_mib([transformer.path])} and {_mib([generation.path])}"
-            done(f"exported {transformer.path.name} and {generation.path.name} ({sizes})")
+            graphs = [transformer.path, generation.path]
+            if step_graphs:
+                step = export_step(
+                    transformer.path, out / STEP_FILES[kind], batch_coupled=batch_coupled
+                )
+                graphs.append(step.path)
+                result.steps[kind] = step
+            names = " and ".join(graph.name for graph in graphs)
+            sizes = " and ".join(_mib([graph]) for graph in graphs)
+            done(f"exported {names} ({sizes})")
             result.transformers[kind] = transformer
             result.generations[kind] = generation
         if single_graph:

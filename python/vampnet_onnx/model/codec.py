@@ -233,6 +233,10 @@ class LACCodec(nn.Module):
         self.encoder = Encoder(config)
         self.quantizer = ResidualQuantizer(config)
         self.decoder = Decoder(config)
+        # The zeros that pad the audio to whole hops (`encode`); a buffer, not a torch.zeros
+        # call, which the exporter writes as a ConstantOfShape without a value, whose float32
+        # default tract 0.23 takes for float64.
+        self.register_buffer("hop_zeros", torch.zeros(1, 1, config.hop_length), persistent=False)
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio float32 ``[B, 1, N]``, N >= 1 -> codes int64 ``[B, n_codebooks, T]``.
@@ -242,7 +246,13 @@ class LACCodec(nn.Module):
         odd rate drops a frame, as in the original).
         """
         hop = self.config.hop_length
-        padded = F.pad(audio, (0, (hop - audio.shape[-1] % hop) % hop))
+        # Zeros concatenated rather than F.pad: tract takes a Pad's amount as a number when it
+        # prepares the graph, and cannot when it depends on the length N.
+        # (hop - N % hop) % hop, which tract simplifies to N's remainder negated (-8 for 4
+        # samples short), written as the remainder of N - 1 >= 0, which it computes right.
+        pad = hop - 1 - (audio.shape[-1] - 1) % hop
+        zeros = self.hop_zeros[..., :pad].expand(audio.shape[0], 1, pad)
+        padded = torch.cat([audio, zeros], dim=-1)
         return self.quantizer.encode(self.encoder(padded))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

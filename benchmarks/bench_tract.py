@@ -6,7 +6,7 @@ Run: ``python -m benchmarks.bench_tract --models DIR [--only coarse|c2f] [--thre
 DIR is a models folder that ``vampnet-onnx export`` wrote (full size for figures that mean
 something). Each transformer graph (``KIND.onnx``) runs VampNet's workload (B=1, coarse 575
 frames or c2f 173, MASK where VampNet's periodic prompt generates) in an onnxruntime session
-(`create_session`, `--threads` intra-op threads) and in `tract_session.TractSession` (tract's
+(`create_session`, `--threads` intra-op threads) and in `portable.TractSession` (tract's
 own threading, which its Python bindings do not set). One warm-up each,
 then the runs alternate (`interleaved_medians`); the table gives the medians, their ratio, the
 seconds tract takes to load and optimise the graph, and how far its logits are from
@@ -38,7 +38,7 @@ def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
     import vampnet_onnx
     from benchmarks.bench_generate import vampnet_mask
     from vampnet_onnx import contracts
-    from vampnet_onnx.tract_session import TractSession
+    from vampnet_onnx.portable import TractSession
 
     config = contracts.read_metadata(graph, contracts.CONFIG_KEY, "bench_tract")
     n_codebooks, n_conditioning = config["n_codebooks"], config["n_conditioning_codebooks"]

@@ -322,3 +322,14 @@ def test_the_export_flags_variants_are_the_bodies_variants():
     ]
     [flag] = [a for a in export._actions if a.dest == "op_bodies_variant"]
     assert flag.choices == list(ops_functions.VARIANTS)
+
+
+def test_a_generator_drives_the_generation_graph_on_openvino(portable_folder):
+    path = portable_folder / contracts.GENERATION_FILES["coarse"]
+    feed = generation_feed("coarse", dict(temperature=0.8))
+    settings = dict(steps=8, seed=-3, temperature=0.8)
+    got = vampnet_onnx.Generator(path, session=OpenVINOSession(path)).generate(
+        feed["codes"], feed["mask"], **settings
+    )
+    want = vampnet_onnx.Generator(path).generate(feed["codes"], feed["mask"], **settings)
+    np.testing.assert_array_equal(got, want)

@@ -1,4 +1,4 @@
-"""tract (PyPI ``tract``, the portable extra) through `tract_session.TractSession`: the tiny
+"""tract (PyPI ``tract``, the portable extra) through `portable.TractSession`: the tiny
 transformer against onnxruntime, and the step graph with its bodies inlined driven by
 `Generator`'s host loop (docs/generation.md, "Step graphs")."""
 
@@ -15,7 +15,7 @@ import vampnet_onnx  # noqa: E402
 from vampnet_onnx import contracts  # noqa: E402
 from vampnet_onnx.export.common import attach_op_bodies  # noqa: E402
 from vampnet_onnx.export.generation import export_step  # noqa: E402
-from vampnet_onnx.tract_session import TractSession  # noqa: E402
+from vampnet_onnx.portable import TractSession  # noqa: E402
 
 
 @pytest.fixture(scope="module")

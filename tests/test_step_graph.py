@@ -110,7 +110,7 @@ def test_the_inlined_step_graph_gives_the_same_codes(graphs):
 
 class CountingSession:
     """An onnxruntime session behind the plain ``run(output_names, feed)`` interface, counting
-    its runs: what a foreign runtime's wrapper (tract_session.TractSession) looks like."""
+    its runs: what a foreign runtime's wrapper (portable.TractSession) looks like."""
 
     def __init__(self, path):
         self.session = vampnet_onnx.create_session(path)
@@ -134,10 +134,25 @@ def test_a_given_session_runs_the_step_graph_once_per_step(graphs):
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_given_session_must_come_with_a_step_graph(graphs):
+def test_a_given_session_runs_the_generation_graph_once(graphs):
+    codes, mask = problem(graphs["kind"], 2, 15, seed=3)
     session = CountingSession(graphs["generate"])
-    with pytest.raises(ValueError, match=r"Generator: session must come with a step graph .*"):
-        vampnet_onnx.Generator(graphs["generate"], session=session)
+    generator = vampnet_onnx.Generator(graphs["generate"], session=session)
+    got = generator.generate(codes, mask, steps=4, seed=8, temperature=0.6)
+    assert session.runs == 1
+    want = vampnet_onnx.Generator(graphs["generate"]).generate(
+        codes, mask, steps=4, seed=8, temperature=0.6
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_given_session_must_not_come_with_a_transformer_graph(graphs, tiny_models_dir):
+    transformer = tiny_models_dir / contracts.TRANSFORMER_FILES[graphs["kind"]]
+    session = CountingSession(transformer)
+    with pytest.raises(
+        ValueError, match=r"Generator: session must come with a generation or step graph, got"
+    ):
+        vampnet_onnx.Generator(transformer, session=session)
 
 
 @pytest.mark.parametrize(

@@ -63,11 +63,11 @@ class Generator:
     transformer as a CUDA graph, captured at its second run and replayed after, one graph per
     codes shape. Neither CUDA path has run on a GPU in this project's tests yet (tests/gpu
     checks them), and each warns so.
-    session: for a step graph only, what runs it instead of an onnxruntime session: any object
-    with ``run(output_names, feed) -> list of arrays`` (onnxruntime's signature), e.g.
-    `tract_session.TractSession` (docs/generation.md, "Step graphs"). path's metadata and
-    inputs are then read from the file. Not with providers, python_ops, device, io_binding or
-    cuda_graph, which set up onnxruntime's session.
+    session: for a generation or step graph, what runs it instead of an onnxruntime session:
+    any object with ``run(output_names, feed) -> list of arrays`` (onnxruntime's signature),
+    e.g. `portable.OpenVINOSession` or `portable.TractSession` (docs/portable.md). path's
+    metadata and inputs are then read from the file. Not with providers, python_ops, device,
+    io_binding or cuda_graph, which set up onnxruntime's session.
     """
 
     #: Who reports a bad setting (also for `pipeline.Vamp`, which generates through this).
@@ -159,10 +159,10 @@ class Generator:
                 f"Generator: path must hold a generation, step or transformer graph, got "
                 f"{str(path)!r} with inputs {input_names}{hint}"
             )
-        if self.foreign_session and self.mode != "step-graph":
+        if self.foreign_session and self.mode == "python-loop":
             raise ValueError(
-                f"Generator: session must come with a step graph (export --step-graphs), got "
-                f"{str(path)!r}, a {self.mode.replace('-', ' ')} graph"
+                f"Generator: session must come with a generation or step graph, got "
+                f"{str(path)!r}, a transformer graph (its loop runs our kernels)"
             )
         self.threads = threads or 1
         self.io_binding = io_binding or cuda_graph
@@ -237,6 +237,8 @@ class Generator:
         stepwise = progress or on_steps is not None
         if self.mode == "graph" and not (stepwise and self.sliceable):
             feed = {"codes": codes, "mask": mask, **GENERATION.feed(**settings)}
+            if self.foreign_session:
+                return self.session.run(["codes_out"], feed)[0]
             return run(self.session, ["codes_out"], feed)[0]
         steps = _step_counter(settings["n_steps"], progress, on_steps)
         if self.mode in ("graph", "step-graph"):

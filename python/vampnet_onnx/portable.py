@@ -1,10 +1,16 @@
-"""Exported graphs in runtimes other than onnxruntime (docs/portable.md): OpenVINO's CPU plugin.
+"""Exported graphs in runtimes other than onnxruntime (docs/portable.md): OpenVINO's CPU plugin
+(`OpenVINOSession`) and tract (`TractSession`), each behind the one method of an onnxruntime
+session that our code calls, ``run(output_names, feed)``.
 
 A graph that uses the vampnet_onnx ops runs in OpenVINO when it was exported with the bodies
 inlined in their portable variant (``vampnet-onnx export --inline-op-bodies
 --op-bodies-variant portable``): OpenVINO does not expand ONNX functions and computes float64
 as float32, which the exact variant's arithmetic cannot take. Graphs that use none of the ops
 (the transformers, the standard codec) run as they are.
+
+tract (Sonos' ONNX runtime in Rust) has no ONNX `Loop`: it runs a step graph
+(``export --step-graphs``) with the bodies inlined, which `Generator(path,
+session=TractSession(path))` drives one run per step (docs/generation.md, "Step graphs").
 
 Needs the ``portable`` extra (``pip install "vampnet-onnx[portable]"``); nothing else in the
 package imports this module.
@@ -13,6 +19,7 @@ package imports this module.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +130,54 @@ class OpenVINOSession:
             inputs[name] = value
         result = self._compiled(inputs)
         return [np.asarray(result[self._compiled.output(n)]) for n in names]
+
+
+class TractSession:
+    """The graph file `path` loaded, analysed and optimised by tract, ready to run.
+
+    Raises ImportError without the ``tract`` package, FileNotFoundError for a missing file,
+    and tract's own error (tract.TractError: the node and the reason) for a graph that tract
+    cannot load or analyse.
+    """
+
+    def __init__(self, path: str | Path):
+        try:
+            import tract
+        except ImportError as err:
+            raise ImportError(
+                "TractSession: the tract package must be installed (pip install "
+                "'vampnet-onnx[portable]'), got none"
+            ) from err
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"TractSession: path must be an existing .onnx file, got '{path}'"
+            )
+        model = tract.onnx().load(str(path))
+        #: The graph's input and output names, in its order (tract runs inputs by position).
+        self.input_names = [model.input_name(i) for i in range(model.input_count())]
+        # tract names an output after the node that makes it; the graph's names are the file's.
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self.output_names = [value.name for value in graph.output]
+        self._runnable = model.into_model().into_runnable()
+
+    def run(
+        self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        """The outputs `output_names` (None: all, in the graph's order) of one run on `feed`
+        (input name -> array, every input of the graph), as onnxruntime's session.run."""
+        missing = [name for name in self.input_names if name not in feed]
+        if missing:
+            raise ValueError(
+                f"TractSession.run: feed must hold every input of the graph, got none for "
+                f"{', '.join(missing)}"
+            )
+        unknown = [name for name in output_names or () if name not in self.output_names]
+        if unknown:
+            raise ValueError(
+                f"TractSession.run: output_names must be among {self.output_names}, got "
+                f"{', '.join(unknown)}"
+            )
+        results = self._runnable.run([np.asarray(feed[name]) for name in self.input_names])
+        by_name = dict(zip(self.output_names, (result.to_numpy() for result in results)))
+        return [by_name[name] for name in output_names or self.output_names]

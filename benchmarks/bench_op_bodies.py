@@ -1,7 +1,7 @@
 """Generation graphs without the op library: the ops' standard-op bodies vs the kernels.
 
 Run: ``python -m benchmarks.bench_op_bodies --models DIR [DIR ...] [--only coarse|c2f]
-[--threads 2] [--repeats 3] [--json PATH]``.
+[--portable] [--threads 2] [--repeats 3] [--json PATH]``.
 
 Each DIR is a models folder that ``vampnet-onnx export`` wrote (the graphs carry the bodies by
 default; full size for figures that mean something, e.g. one fp32 and one ``--precision int8``
@@ -11,6 +11,12 @@ two sessions of the same file: ``create_session`` (the library registered: the k
 plain ``onnxruntime.InferenceSession`` (no library: onnxruntime expands the ops into their
 bodies). One warm-up each, then the runs alternate (`interleaved_medians`); the table gives the
 medians, their ratio (issue 21's target: at most 1.15) and whether the two gave the same codes.
+
+``--portable`` (needs the portable extra) adds the graph with the portable variant of the bodies
+inlined (written beside it in a temporary folder, `export.common.attach_op_bodies`) in a plain
+onnxruntime session and in OpenVINO's CPU plugin (`portable.OpenVINOSession`), f32 and
+OpenVINO's default precision (bf16 on CPUs with it): their medians, ratios to the kernels and
+the share of the kernels' generated codes each gives (docs/portable.md).
 """
 
 from __future__ import annotations
@@ -24,8 +30,26 @@ from benchmarks.common import interleaved_medians, machine_facts, parser, print_
 FRAMES = {"coarse": 575, "c2f": 173}
 
 
-def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
-    """The medians of the kernel and body sessions on `graph`, and whether their codes agree."""
+def portable_graph(graph: Path, folder: Path) -> Path:
+    """`graph` with the portable bodies inlined, written into `folder` beside links to its
+    weights."""
+    import shutil
+
+    from vampnet_onnx.export.common import attach_op_bodies
+
+    copy = folder / graph.name
+    shutil.copy(graph, copy)
+    for data in graph.parent.glob(graph.name + ".*"):  # external weights, if any
+        (folder / data.name).symlink_to(data.resolve())
+    attach_op_bodies(copy, inline=True, variant="portable")
+    return copy
+
+
+def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) -> dict:
+    """The medians of the kernel and body sessions on `graph`, and whether their codes agree;
+    portable: also the portable variant on onnxruntime and OpenVINO."""
+    import tempfile
+
     import onnxruntime as ort
 
     import vampnet_onnx
@@ -40,6 +64,17 @@ def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
     options.add_session_config_entry("session.force_spinning_stop", "1")  # as create_session
     options.log_severity_level = 3
     body = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    sessions = {"kernels": kernel, "bodies": body}
+    scratch = tempfile.TemporaryDirectory()
+    if portable:
+        from vampnet_onnx.portable import OpenVINOSession
+
+        inlined = portable_graph(graph, Path(scratch.name))
+        sessions["portable"] = ort.InferenceSession(
+            str(inlined), options, providers=["CPUExecutionProvider"]
+        )
+        sessions["openvino_f32"] = OpenVINOSession(inlined, threads=threads)
+        sessions["openvino_default"] = OpenVINOSession(inlined, precision=None, threads=threads)
     config = contracts.read_metadata(graph, contracts.CONFIG_KEY, "bench_op_bodies")
     n_codebooks, n_conditioning = config["n_codebooks"], config["n_conditioning_codebooks"]
     frames = FRAMES[kind]
@@ -57,9 +92,19 @@ def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
 
         return run
 
-    medians = interleaved_medians(
-        {"kernels": runner("kernels", kernel), "bodies": runner("bodies", body)}, repeats
-    )
+    medians = interleaved_medians({name: runner(name, s) for name, s in sessions.items()}, repeats)
+    scratch.cleanup()
+    masked = feed["mask"]
+    others = {
+        f"{name}_{what}": value
+        for name in sessions
+        if name not in ("kernels", "bodies")
+        for what, value in (
+            ("s", medians[name]),
+            ("ratio", medians[name] / medians["kernels"]),
+            ("agreement", float((outputs[name] == outputs["kernels"])[masked].mean())),
+        )
+    }
     return {
         "graph": str(graph),
         "precision": config.get("precision", "fp32"),
@@ -69,6 +114,7 @@ def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
         "bodies_s": medians["bodies"],
         "ratio": medians["bodies"] / medians["kernels"],
         "same_codes": bool(np.array_equal(outputs["kernels"], outputs["bodies"])),
+        **others,
     }
 
 
@@ -79,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.set_defaults(repeats=3)
     ap.add_argument("--models", type=Path, nargs="+", required=True, metavar="DIR")
     ap.add_argument("--only", choices=list(FRAMES), help="one model only")
+    ap.add_argument(
+        "--portable",
+        action="store_true",
+        help="also the portable bodies, inlined, on onnxruntime and on OpenVINO (f32 and its "
+        "default precision)",
+    )
     args = ap.parse_args(argv)
     rows = []
     for folder in args.models:
@@ -86,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             graph = folder / GENERATION_FILES[kind]
             if (args.only and kind != args.only) or not graph.is_file():
                 continue
-            rows.append({"kind": kind, **measure(graph, kind, args.threads, args.repeats)})
+            rows.append(
+                {"kind": kind, **measure(graph, kind, args.threads, args.repeats, args.portable)}
+            )
     facts = machine_facts(args.threads)
     print(f"machine: {facts}")
     print_table(
@@ -107,6 +161,18 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )
+    if args.portable:
+        names = ["portable", "openvino_f32", "openvino_default"]
+        print_table(
+            "the portable bodies, inlined: onnxruntime without the library and OpenVINO "
+            "(f32; default precision); agreement: share of the kernels' generated codes",
+            ["graph", "kernels s", *[f"{n} {w}" for n in names for w in ("s", "ratio", "agr.")]],
+            [
+                [r["graph"], r["kernels_s"]]
+                + [r[f"{n}_{w}"] for n in names for w in ("s", "ratio", "agreement")]
+                for r in rows
+            ],
+        )
     write_json(args.json, {"machine": facts, "rows": rows})
     return 0
 

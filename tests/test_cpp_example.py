@@ -201,3 +201,42 @@ def test_example_runs_the_single_graph_vamp(example, tiny_models_dir, tmp_path):
     )
     np.testing.assert_array_equal(got["codes_out"], codes_out)
     np.testing.assert_array_equal(got["audio_out"], audio_out)
+
+
+def run_vamp(example, model, x_path, settings, *flags):
+    command = [str(example), *flags, "--model", str(model), "--print", "codes_out"]
+    command += [f"audio=@{x_path}", *[f"{name}={value}" for name, value in settings.items()]]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_example_runs_the_single_graph_vamp_without_the_library(example, tiny_models_dir, tmp_path):
+    """--no-library: vamp.onnx runs the bodies it carries, and gives the library's codes."""
+    from vampnet_onnx import audio, contracts
+
+    x, _ = audio.preprocess(np.random.default_rng(2).standard_normal(30000) * 0.1, 44100)
+    np.save(tmp_path / "audio.npy", x)
+    settings = contracts.VAMP_DEFAULTS | dict(n_steps=3, seed=21, dropout=0.2, top_k=30)
+    model = tiny_models_dir / "vamp.onnx"
+    result = run_vamp(example, model, tmp_path / "audio.npy", settings, "--no-library")
+    assert result.returncode == 0, result.stderr
+    session = vampnet_onnx.create_session(model)
+    [codes_out] = session.run(["codes_out"], {"audio": x, **contracts.VAMP.feed(**settings)})
+    np.testing.assert_array_equal(parse_outputs(result.stdout)["codes_out"], codes_out)
+
+
+def test_example_refuses_library_with_no_library(example, tiny_models_dir, tmp_path):
+    flags = ["--library", vampnet_onnx.get_library_path(), "--no-library"]
+    result = run_vamp(example, tiny_models_dir / "vamp.onnx", tmp_path / "a.npy", {}, *flags)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "vampnet_onnx_run: --library must not come with --no-library, got both"
+    )
+
+
+def test_example_without_the_library_names_the_op_a_graph_without_bodies_needs(example, problem):
+    root, _ = problem  # loop.onnx: the ops' nodes and no bodies
+    command = [str(example), "--no-library", "--model", str(root / "loop.onnx")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "vampnet_onnx_run: onnxruntime:" in result.stderr
+    assert "MaskGitStep" in result.stderr

@@ -4,8 +4,11 @@
 // the generation graph (coarse.generate.onnx: codes, mask, n_steps, temperature, top_k, top_p,
 // mask_temperature, seed -> codes_out) or any other model; see README.md beside this file.
 //
-//   vampnet_onnx_run --library libvampnet_onnx_ops.so --model MODEL.onnx
+//   vampnet_onnx_run (--library libvampnet_onnx_ops.so | --no-library) --model MODEL.onnx
 //                    [--threads N] [--repeat N] [--print NAME]... NAME=VALUE | NAME=@FILE.npy ...
+//
+// --no-library registers nothing: a graph exported with the ops' standard-op bodies (export's
+// default) then runs them in place of our kernels (slower; the same codes on onnxruntime).
 //
 // NAME=@FILE.npy feeds an array from a .npy file (numpy.save: C order, little endian; float32,
 // float16, float64, int64, int32 or bool); NAME=VALUE feeds a scalar of the input's declared
@@ -219,6 +222,7 @@ int integer(const std::string& option, const std::string& text) {
 
 struct Arguments {
   std::string library, model;
+  bool no_library = false;
   int threads = 0;  // 0: onnxruntime's default
   int repeat = 1;
   std::vector<std::string> print;
@@ -235,6 +239,8 @@ Arguments parse(int argc, char** argv) {
     };
     if (arg == "--library") {
       args.library = next();
+    } else if (arg == "--no-library") {
+      args.no_library = true;
     } else if (arg == "--model") {
       args.model = next();
     } else if (arg == "--threads") {
@@ -247,10 +253,14 @@ Arguments parse(int argc, char** argv) {
       args.inputs[arg.substr(0, arg.find('='))] = arg.substr(arg.find('=') + 1);
     } else {
       fail("argument '" + arg + "'",
-           "be --library, --model, --threads, --repeat, --print or NAME=VALUE", "'" + arg + "'");
+           "be --library, --no-library, --model, --threads, --repeat, --print or NAME=VALUE",
+           "'" + arg + "'");
     }
   }
-  if (args.library.empty()) fail("--library", "name the op library", "nothing");
+  if (args.no_library && !args.library.empty())
+    fail("--library", "not come with --no-library", "both");
+  if (!args.no_library && args.library.empty())
+    fail("--library", "name the op library (or --no-library)", "nothing");
   if (args.model.empty()) fail("--model", "name an .onnx file", "nothing");
   if (args.threads < 0) fail("--threads", "be >= 0", std::to_string(args.threads));
   if (args.repeat < 1) fail("--repeat", "be >= 1", std::to_string(args.repeat));
@@ -263,7 +273,7 @@ int run(const Arguments& args) {
   Ort::SessionOptions options;
   if (args.threads > 0) options.SetIntraOpNumThreads(args.threads);
   // The one call that makes the vampnet_onnx ops available to every model of this session.
-  options.RegisterCustomOpsLibrary(args.library.c_str());
+  if (!args.no_library) options.RegisterCustomOpsLibrary(args.library.c_str());
   Ort::Session session(env, args.model.c_str(), options);
   Ort::AllocatorWithDefaultOptions allocator;
 

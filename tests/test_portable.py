@@ -91,6 +91,22 @@ def test_openvino_session_refuses_an_int64_input_outside_int32(tmp_path):
         session.run(None, feed)
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
+        (dict(temperature=-1.0), r"temperature must be a finite number >= 0, got -1.0"),
+        (dict(n_steps=0), r"n_steps must be an int >= 1, got 0"),
+    ],
+)
+def test_openvino_session_refuses_a_setting_out_of_range(portable_folder, bad, message):
+    # OpenVINO runs past the bodies' in-graph checks (docs/portable.md), so the session checks.
+    path = portable_folder / contracts.GENERATION_FILES["coarse"]
+    feed = generation_feed("coarse", {}) | contracts.GENERATION.feed(**bad)
+    with pytest.raises(ValueError, match="OpenVINOSession.run: " + message):
+        OpenVINOSession(path).run(["codes_out"], feed)
+
+
 # --- SampleTokens -------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,36 @@ import onnx
 
 from . import ops
 from .contracts import OP_BODIES_INLINED, OP_BODIES_KEY, OP_BODIES_VARIANT_KEY
+from .settings import MaskSettings, SamplingSettings
 
 #: OpenVINO's CPU plugin holds int64 values in 32 bits: every int64 input (seeds, steps,
 #: batch offsets, codes) must lie in this range, or the graph would compute with other values.
 INT32_RANGE = (-(2**31), 2**31 - 1)
 
 _REEXPORT = "vampnet-onnx export ... --inline-op-bodies --op-bodies-variant portable"
+
+
+#: The settings a graph input may carry, by input name (`settings`' limits; a graph input is
+#: never None, so no "None or" in the messages).
+_LIMITS = {
+    name: replace(limit, off=None)
+    for name, limit in {**SamplingSettings.limits(), **MaskSettings.limits()}.items()
+}
+
+
+def check_settings(feed: Mapping[str, np.ndarray], where: str) -> None:
+    """A ValueError for a setting in `feed` (a graph's input by name: temperature, top_k, top_p,
+    mask_temperature, n_steps, step, the mask settings) outside its range, as `Generator` and
+    `Vamp` check them: the in-graph checks of the bodies fail the run on onnxruntime, but
+    OpenVINO runs past them (docs/portable.md, "Errors")."""
+    for name, value in feed.items():
+        value = np.asarray(value)
+        if name in _LIMITS and value.size == 1:
+            _LIMITS[name].check(name, value.reshape(()).item(), where)
+    if "step" in feed and "n_steps" in feed:
+        step, n_steps = (int(np.asarray(feed[n]).reshape(())) for n in ("step", "n_steps"))
+        if not 0 <= step < n_steps:
+            raise ValueError(f"{where}: step must be in [0, n_steps = {n_steps}), got {step}")
 
 
 def _check_graph(path: Path) -> None:
@@ -105,7 +130,8 @@ class OpenVINOSession:
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs `output_names` (None: all, in the graph's order) for `feed` (input name ->
         array; inputs OpenVINO dropped are ignored). int64 values must fit in int32
-        (`INT32_RANGE`): a ValueError names the input otherwise."""
+        (`INT32_RANGE`), and settings be in range (`check_settings`): a ValueError names the
+        input otherwise."""
         names = self.output_names if output_names is None else list(output_names)
         unknown = [n for n in names if n not in self._outputs]
         if unknown:
@@ -117,6 +143,7 @@ class OpenVINOSession:
             raise ValueError(
                 f"OpenVINOSession.run: feed must hold {self._inputs}, missing {missing}"
             )
+        check_settings(feed, "OpenVINOSession.run")
         low, high = INT32_RANGE
         inputs = {}
         for name in self._inputs:

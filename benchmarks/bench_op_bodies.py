@@ -3,14 +3,14 @@
 Run: ``python -m benchmarks.bench_op_bodies --models DIR [DIR ...] [--only coarse|c2f]
 [--portable] [--threads 2] [--repeats 3] [--json PATH]``.
 
-Each DIR is a models folder that ``vampnet-onnx export`` wrote (the graphs carry the bodies by
-default; full size for figures that mean something, e.g. one fp32 and one ``--precision int8``
-folder). Each generation graph runs VampNet's workload (B=1, coarse 575 frames or c2f 173,
-periodic prompt every 7th frame in codebooks 0-2, the graph's default settings: 36 steps) in
-two sessions of the same file: ``create_session`` (the library registered: the kernels) and a
-plain ``onnxruntime.InferenceSession`` (no library: onnxruntime expands the ops into their
-bodies). One warm-up each, then the runs alternate (`interleaved_medians`); the table gives the
-medians, their ratio (issue 21's target: at most 1.15) and whether the two gave the same codes.
+Each DIR is a models folder that ``vampnet-onnx export`` wrote (full size for figures that
+mean something, e.g. one fp32 and one ``--precision int8`` folder). Each generation graph runs
+VampNet's workload (B=1, coarse 575 frames or c2f 173, periodic prompt every 7th frame in
+codebooks 0-2, the graph's default settings: 36 steps) in two sessions: ``create_session`` on
+the file (the library registered: the kernels) and a plain ``onnxruntime.InferenceSession`` on
+a copy given today's bodies (no library: onnxruntime expands the ops into their bodies). One
+warm-up each, then the runs alternate (`interleaved_medians`); the table gives the medians,
+their ratio (issue 21's target: at most 1.15) and whether the two gave the same codes.
 
 ``--portable`` (needs the portable extra) adds the graph with the portable variant of the bodies
 inlined (written beside it in a temporary folder, `export.common.attach_op_bodies`) in a plain
@@ -30,18 +30,21 @@ from benchmarks.common import interleaved_medians, machine_facts, parser, print_
 FRAMES = {"coarse": 575, "c2f": 173}
 
 
-def portable_graph(graph: Path, folder: Path) -> Path:
-    """`graph` with the portable bodies inlined, written into `folder` beside links to its
-    weights."""
+def with_bodies(graph: Path, folder: Path, variant: str) -> Path:
+    """`graph` with the bodies of `variant` as the exporter writes them today (exact: as
+    functions; portable: inlined), written into `folder` beside links to its weights: folders
+    exported before the bodies, or with others, are measured with today's."""
     import shutil
 
     from vampnet_onnx.export.common import attach_op_bodies
 
+    folder = folder / variant
+    folder.mkdir()
     copy = folder / graph.name
     shutil.copy(graph, copy)
-    for data in graph.parent.glob(graph.name + ".*"):  # external weights, if any
+    for data in graph.parent.glob("*.data"):  # external weights, if any
         (folder / data.name).symlink_to(data.resolve())
-    attach_op_bodies(copy, inline=True, variant="portable")
+    attach_op_bodies(copy, inline=variant == "portable", variant=variant)
     return copy
 
 
@@ -63,13 +66,14 @@ def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) 
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.force_spinning_stop", "1")  # as create_session
     options.log_severity_level = 3
-    body = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    sessions = {"kernels": kernel, "bodies": body}
     scratch = tempfile.TemporaryDirectory()
+    exact = with_bodies(graph, Path(scratch.name), "exact")
+    body = ort.InferenceSession(str(exact), options, providers=["CPUExecutionProvider"])
+    sessions = {"kernels": kernel, "bodies": body}
     if portable:
         from vampnet_onnx.portable import OpenVINOSession
 
-        inlined = portable_graph(graph, Path(scratch.name))
+        inlined = with_bodies(graph, Path(scratch.name), "portable")
         sessions["portable"] = ort.InferenceSession(
             str(inlined), options, providers=["CPUExecutionProvider"]
         )

@@ -34,6 +34,7 @@ def with_bodies(graph: Path, folder: Path, variant: str) -> Path:
     """`graph` with the bodies of `variant` as the exporter writes them today (exact: as
     functions; portable: inlined), written into `folder` beside links to its weights: folders
     exported before the bodies, or with others, are measured with today's."""
+    import os
     import shutil
 
     from vampnet_onnx.export.common import attach_op_bodies
@@ -43,7 +44,11 @@ def with_bodies(graph: Path, folder: Path, variant: str) -> Path:
     copy = folder / graph.name
     shutil.copy(graph, copy)
     for data in graph.parent.glob("*.data"):  # external weights, if any
-        (folder / data.name).symlink_to(data.resolve())
+        # A hard link: onnx's checker refuses external data behind a symbolic link.
+        try:
+            os.link(data.resolve(), folder / data.name)
+        except OSError:  # another file system
+            shutil.copy(data, folder / data.name)
     attach_op_bodies(copy, inline=variant == "portable", variant=variant)
     return copy
 

@@ -13,7 +13,7 @@ warm-up each, then the runs alternate (`interleaved_medians`); the table gives t
 their ratio (issue 21's target: at most 1.15) and whether the two gave the same codes.
 
 ``--portable`` (needs the portable extra) adds the graph with the portable variant of the bodies
-inlined (written beside it in a temporary folder, `export.common.attach_op_bodies`) in a plain
+inlined (written beside it for the run, `export.common.attach_op_bodies`) in a plain
 onnxruntime session and in OpenVINO's CPU plugin (`portable.OpenVINOSession`), f32 and
 OpenVINO's default precision (bf16 on CPUs with it): their medians, ratios to the kernels and
 the share of the kernels' generated codes each gives (docs/portable.md).
@@ -30,25 +30,17 @@ from benchmarks.common import interleaved_medians, machine_facts, parser, print_
 FRAMES = {"coarse": 575, "c2f": 173}
 
 
-def with_bodies(graph: Path, folder: Path, variant: str) -> Path:
+def with_bodies(graph: Path, variant: str) -> Path:
     """`graph` with the bodies of `variant` as the exporter writes them today (exact: as
-    functions; portable: inlined), written into `folder` beside links to its weights: folders
-    exported before the bodies, or with others, are measured with today's."""
-    import os
+    functions; portable: inlined), written beside it as a hidden file that reads the same
+    weights (onnx's checker refuses weights behind a link): folders exported before the bodies,
+    or with others, are measured with today's. The caller removes it."""
     import shutil
 
     from vampnet_onnx.export.common import attach_op_bodies
 
-    folder = folder / variant
-    folder.mkdir()
-    copy = folder / graph.name
+    copy = graph.with_name(f".bench_op_bodies.{variant}.{graph.name}")
     shutil.copy(graph, copy)
-    for data in graph.parent.glob("*.data"):  # external weights, if any
-        # A hard link: onnx's checker refuses external data behind a symbolic link.
-        try:
-            os.link(data.resolve(), folder / data.name)
-        except OSError:  # another file system
-            shutil.copy(data, folder / data.name)
     attach_op_bodies(copy, inline=variant == "portable", variant=variant)
     return copy
 
@@ -56,8 +48,6 @@ def with_bodies(graph: Path, folder: Path, variant: str) -> Path:
 def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) -> dict:
     """The medians of the kernel and body sessions on `graph`, and whether their codes agree;
     portable: also the portable variant on onnxruntime and OpenVINO."""
-    import tempfile
-
     import onnxruntime as ort
 
     import vampnet_onnx
@@ -71,19 +61,27 @@ def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) 
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.force_spinning_stop", "1")  # as create_session
     options.log_severity_level = 3
-    scratch = tempfile.TemporaryDirectory()
-    exact = with_bodies(graph, Path(scratch.name), "exact")
-    body = ort.InferenceSession(str(exact), options, providers=["CPUExecutionProvider"])
-    sessions = {"kernels": kernel, "bodies": body}
-    if portable:
-        from vampnet_onnx.portable import OpenVINOSession
-
-        inlined = with_bodies(graph, Path(scratch.name), "portable")
-        sessions["portable"] = ort.InferenceSession(
-            str(inlined), options, providers=["CPUExecutionProvider"]
+    sessions = {"kernels": kernel}
+    copies = []
+    try:  # the sessions hold their graphs once made: the copies go right after
+        copies.append(with_bodies(graph, "exact"))
+        sessions["bodies"] = ort.InferenceSession(
+            str(copies[-1]), options, providers=["CPUExecutionProvider"]
         )
-        sessions["openvino_f32"] = OpenVINOSession(inlined, threads=threads)
-        sessions["openvino_default"] = OpenVINOSession(inlined, precision=None, threads=threads)
+        if portable:
+            from vampnet_onnx.portable import OpenVINOSession
+
+            copies.append(with_bodies(graph, "portable"))
+            sessions["portable"] = ort.InferenceSession(
+                str(copies[-1]), options, providers=["CPUExecutionProvider"]
+            )
+            sessions["openvino_f32"] = OpenVINOSession(copies[-1], threads=threads)
+            sessions["openvino_default"] = OpenVINOSession(
+                copies[-1], precision=None, threads=threads
+            )
+    finally:
+        for copy in copies:
+            copy.unlink(missing_ok=True)
     config = contracts.read_metadata(graph, contracts.CONFIG_KEY, "bench_op_bodies")
     n_codebooks, n_conditioning = config["n_codebooks"], config["n_conditioning_codebooks"]
     frames = FRAMES[kind]
@@ -102,7 +100,6 @@ def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) 
         return run
 
     medians = interleaved_medians({name: runner(name, s) for name, s in sessions.items()}, repeats)
-    scratch.cleanup()
     masked = feed["mask"]
     others = {
         f"{name}_{what}": value

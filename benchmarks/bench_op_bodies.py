@@ -41,7 +41,11 @@ def with_bodies(graph: Path, variant: str) -> Path:
 
     copy = graph.with_name(f".bench_op_bodies.{variant}.{graph.name}")
     shutil.copy(graph, copy)
-    attach_op_bodies(copy, inline=variant == "portable", variant=variant)
+    try:
+        attach_op_bodies(copy, inline=variant == "portable", variant=variant)
+    except BaseException:
+        copy.unlink()
+        raise
     return copy
 
 

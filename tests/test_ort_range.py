@@ -39,16 +39,19 @@ TORCH_FREE_TESTS = (
 OLDER_ONNXRUNTIME = "1.20.1"
 #: The Pythons the package claims at either end (pyproject's requires-python and classifiers).
 OTHER_PYTHONS = ("3.10", "3.13")
-#: Run in each environment: the coarse generation graph on the inputs in argv[1] (.npz), the
-#: codes written to argv[2] (.npy); the onnxruntime version printed.
+#: Run in each environment: the coarse generation graph on the inputs in argv[1] (.npz), on the
+#: library's kernels and, in a plain session without the library, on the op bodies the graph
+#: carries; the codes written to argv[2] and argv[4] (.npy); the onnxruntime version printed.
 GENERATE = """
 import sys, numpy as np, onnxruntime
 from vampnet_onnx import Generator
 inputs = np.load(sys.argv[1])
-generator = Generator(sys.argv[3], python_ops=False)
-codes = generator.generate(inputs["codes"], inputs["mask"], steps=4, temperature=1.0, top_p=0.9,
-                           seed=11)
-np.save(sys.argv[2], codes)
+plain = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+for generator, out in ((Generator(sys.argv[3], python_ops=False), sys.argv[2]),
+                       (Generator(sys.argv[3], session=plain), sys.argv[4])):
+    codes = generator.generate(inputs["codes"], inputs["mask"], steps=4, temperature=1.0,
+                               top_p=0.9, seed=11)
+    np.save(out, codes)
 print(onnxruntime.__version__)
 """
 #: Registering the library in a runtime too old for it; prints the error.
@@ -143,10 +146,12 @@ def generation(tiny_models_dir, tmp_path_factory) -> tuple[Path, Path, np.ndarra
 
 def _generates_the_same_codes(venv: Path, generation, tmp_path) -> str:
     graph, inputs, expected = generation
-    out = tmp_path / "codes.npy"
-    result = _run(venv, "-c", GENERATE, str(inputs), str(out), str(graph))
+    out, bodies = tmp_path / "codes.npy", tmp_path / "bodies.npy"
+    result = _run(venv, "-c", GENERATE, str(inputs), str(out), str(graph), str(bodies))
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(out), expected)
+    # The standard-op bodies give the kernels' bits in this onnxruntime too (docs/ops.md).
+    np.testing.assert_array_equal(np.load(bodies), expected)
     return result.stdout.strip()
 
 

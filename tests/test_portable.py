@@ -44,9 +44,14 @@ class OrtSession:
 
 
 def portable_session(model: onnx.ModelProto, runtime: str, tmp_path):
-    """`model`'s op bodies, portable and inlined, in `runtime`."""
+    """`model`'s op bodies, portable and inlined, in `runtime` ("onnxruntime", "openvino" or
+    "tract")."""
     path = tmp_path / f"{runtime}.onnx"
     onnx.save(ops_functions.inline_functions(model, "portable"), str(path))
+    if runtime == "tract":
+        from vampnet_onnx.portable import TractSession
+
+        return TractSession(path)
     return OrtSession(path) if runtime == "onnxruntime" else OpenVINOSession(path)
 
 
@@ -112,6 +117,11 @@ def test_openvino_session_refuses_a_setting_out_of_range(portable_folder, bad, m
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_portable_sample_tokens_at_temperature_0_gives_the_kernels_tokens(runtime, tmp_path):
+    check_sample_tokens_at_temperature_0(runtime, tmp_path)
+
+
+def check_sample_tokens_at_temperature_0(runtime: str, tmp_path) -> None:
+    """The temperature-0 gate of SampleTokens' portable body in `runtime`."""
     model = sampling_model()
     session = portable_session(model, runtime, tmp_path)
     logits = (np.random.default_rng(3).standard_normal((2000, 1024)) * 3).astype(np.float32)
@@ -134,6 +144,12 @@ SAMPLING = [(0.8, 0, 1.0), (1.3, 0, 0.9), (1.0, 40, 1.0)]
 def test_portable_sample_tokens_agree_with_the_kernel_and_follow_the_distribution(
     runtime, temperature, top_k, top_p, tmp_path
 ):
+    check_sample_tokens_sampling(runtime, temperature, top_k, top_p, tmp_path)
+
+
+def check_sample_tokens_sampling(runtime: str, temperature, top_k, top_p, tmp_path) -> None:
+    """The sampling gates of SampleTokens' portable body in `runtime`: tokens against the
+    kernel's, a z-test against the exact distribution, logprob against its log."""
     model = sampling_model()
     session = portable_session(model, runtime, tmp_path)
     n, vocab = 4000, 1024
@@ -186,6 +202,12 @@ STEP_SETTINGS = [
 def test_portable_mask_git_step_gives_the_kernels_codes_and_mask(
     runtime, settings, agreement, tmp_path
 ):
+    check_mask_git_step(runtime, settings, agreement, tmp_path)
+
+
+def check_mask_git_step(runtime: str, settings: dict, agreement: float, tmp_path) -> None:
+    """MaskGitStep's portable body in `runtime` against the kernel: at least `agreement` of
+    the codes at masked positions and of the mask."""
     model = node_model(ops.MASK_GIT_STEP, STEP_SHAPES, batch_coupled=0)
     session = portable_session(model, runtime, tmp_path)
     kernel = kernel_session(model)

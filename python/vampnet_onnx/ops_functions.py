@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import onnx
@@ -335,27 +336,29 @@ def _divmod_16_bits(body: _Body, value: str) -> tuple[str, str]:
 
 
 def _split_portable(body: _Body, value: str, n: int) -> list[str]:
-    """`_split` 16 bits at a time (`_divmod_16_bits`), each part's limbs by Mod and Div of a
-    value below 2^16 (exact in float32 too). No BitwiseAnd: OpenVINO 2026.4's CPU plugin
-    computed it on other values from one run of a graph to the next. Where int64 is held in 32
-    bits (OpenVINO), the quotient past the low word is 0 or -1: its sign extension, as the
-    value's own high word."""
-    base = body.const(_LIMB, np.int64)
-    last = body.const([-1], np.int64)
-    limbs = []
+    """`_split` 16 bits at a time (`_divmod_16_bits`), each part's four limbs at once by Div
+    and Mod of a value below 2^16 (exact in float32 too), as int64 [..., 4] pieces. No
+    BitwiseAnd: OpenVINO 2026.4's CPU plugin computed it on other values from one run of a
+    graph to the next. `value` gets its last axis of 1 before the arithmetic, not each limb
+    after it: with an Unsqueeze per limb, tract's optimiser ran out of 6 GiB on
+    `random_block_model` alone (73 MB in this form). Where int64 is held in 32 bits
+    (OpenVINO), the quotient past the low word is 0 or -1: its sign extension, as the value's
+    own high word."""
     per_part = 16 // _LIMB_BITS
+    places = body.const([_LIMB**i for i in range(per_part)], np.int64)
+    base = body.const(_LIMB, np.int64)
+    value = body.op("Unsqueeze", value, body.const([-1], np.int64))
+    pieces = []
     for _ in range(n // per_part):
         value, part = _divmod_16_bits(body, value)
-        for i in range(per_part):
-            limbs.append(body.op("Unsqueeze", body.op("Mod", part, base), last))
-            if i + 1 < per_part:
-                part = body.op("Div", part, base)
-    return limbs
+        pieces.append(body.op("Mod", body.op("Div", part, places), base))
+    return pieces
 
 
 def _split(body: _Body, value: str, n: int) -> list[str]:
-    """The `n` lowest limbs of int64 [...] `value` (two's complement), each int64 [..., 1]:
-    `_split_by_division`, or in the portable variant `_split_portable`."""
+    """The `n` lowest limbs of int64 [...] `value` (two's complement), as int64 pieces
+    [..., k] of k limbs each, lowest first: `_split_by_division` (k = 1), or in the portable
+    variant `_split_portable` (k = 4)."""
     return (_split_portable if body.portable else _split_by_division)(body, value, n)
 
 
@@ -374,11 +377,13 @@ def _split_by_division(body: _Body, value: str, n: int) -> list[str]:
     return limbs
 
 
-def _stacked_words(body: _Body, limbs: list[str]) -> str:
-    """16 int64 limbs [..., 1], low word's first -> int32 [..., 2, 8]."""
+def _stacked_words(body: _Body, pieces: list[str]) -> str:
+    """int64 pieces [..., k] of 16 limbs in all (`_split`), low word's first -> int32
+    [..., 2, 8]."""
+    limbs = body.op("Concat", *pieces, axis=-1)  # [..., 16]
     second_last = body.const([-2], np.int64)
     words = [
-        body.op("Unsqueeze", body.op("Concat", *limbs[k : k + _WORD_LIMBS], axis=-1), second_last)
+        body.op("Unsqueeze", _slice(body, limbs, k, k + _WORD_LIMBS, axis=-1), second_last)
         for k in (0, _WORD_LIMBS)
     ]
     return body.op("Cast", body.op("Concat", *words, axis=-2), to=_INT32)
@@ -585,8 +590,11 @@ def _softmax_weights(body: _Body, d: str, keep: str) -> str:
 
 
 def _last(body: _Body, value: str) -> str:
-    """The last column of a [N, n] tensor, as [N, 1]."""
-    return _slice(body, value, -1, 2**62, axis=1)
+    """The last column of a [N, n] tensor, as [N, 1]. The slice ends at n, read from the
+    shape, not at a huge constant: tract mis-simplifies min(n, 2^62) in the width it infers."""
+    axis1 = body.const([1], np.int64)
+    end = body.op("Shape", value, start=1, end=2)
+    return body.op("Slice", value, body.const([-1], np.int64), end, axis1)
 
 
 def _top_p_keep(
@@ -598,9 +606,12 @@ def _top_p_keep(
     token stays while the mass before it, a running sum of w / S in that order, is <= top_p.
     That mass never decreases, so the kept tokens are a prefix of the order, ending at the L-th
     token: a token is kept iff it comes no later than that one, (x, -index) >= (v_L, -i_L).
-    With top_p = 1 the work runs on the first column only and its result is ignored."""
+    With top_p = 1 the work runs on the first column only (the portable variant: on all) and
+    its result is ignored."""
     on = body.op("Less", top_p, body.const(1.0, np.float32))
-    width = body.op("Where", on, vocab, body.const([1], np.int64))
+    # The portable variant always runs on every column: tract gives a TopK or Slice whose size
+    # depends on the data a symbol that it has dropped by the time the graph runs.
+    width = vocab if body.portable else body.op("Where", on, vocab, body.const([1], np.int64))
     zero = body.const([0], np.int64)
     axis1 = body.const([1], np.int64)
     x_part = body.op("Slice", x, zero, width, axis1)
@@ -647,8 +658,15 @@ def _sample_rows(
         body.op("Greater", top_k, body.const(0, np.int64)),
         body.op("Less", top_k, body.op("Squeeze", vocab)),
     )
-    k = body.op("Reshape", body.op("Where", top_k_on, top_k, body.const(1, np.int64)), axis1)
-    threshold = _last(body, body.op("TopK", x, k, axis=1, n_outputs=2)[0])
+    k = body.op("Where", top_k_on, top_k, body.const(1, np.int64))
+    if body.portable:  # the k-th of all logits sorted (a TopK of k: `_top_p_keep`'s reason)
+        ranked = body.op("TopK", x, vocab, axis=1, n_outputs=2)[0]
+        index = body.op("Sub", k, body.const(1, np.int64))
+        threshold = body.op("Unsqueeze", body.op("Gather", ranked, index, axis=1), axis1)
+    else:
+        threshold = _last(
+            body, body.op("TopK", x, body.op("Reshape", k, axis1), axis=1, n_outputs=2)[0]
+        )
     keep = body.op(
         "And",
         keep,
@@ -715,19 +733,25 @@ def _checked_sampling(
     return temperature, top_k, top_p
 
 
-def _checked_max(body: _Body, where: str, x: str) -> str:
+def _checked_max(body: _Body, where: str, x: str, read: str | None = None) -> str:
     """The row maxima float32 [N, 1] of logits x [N, V], once the rows are checked: finite or
-    -inf, a finite value in every row.
+    -inf, a finite value in every row. read: bool [N], the rows whose draws are kept, the only
+    ones checked (absent: all).
 
     The checks guard the maxima, not x: every weight is computed from x - max, so nothing that
     could fail on a bad value runs before them, and no pass over all logits is spent on them."""
     bad = body.op("Or", body.op("IsNaN", x), body.op("IsInf", x, detect_negative=0))
+    if read is not None:
+        read = body.op("Unsqueeze", read, body.const([1], np.int64))  # [N, 1]
+        bad = body.op("And", bad, read)
     x_max = body.check(
         _all(body, body.op("Not", bad)),
         f"{where}: logits must be finite or -inf",
         body.op("ReduceMax", x, body.const([1], np.int64)),
     )
     dead = body.op("Equal", x_max, body.const(-np.inf, np.float32))
+    if read is not None:
+        dead = body.op("And", dead, read)
     return body.check(
         _all(body, body.op("Not", dead)),
         f"{where}: logits must have a finite value in every row",
@@ -778,6 +802,8 @@ def _sample_tokens(portable: bool) -> onnx.FunctionProto:
         body.op("Greater", vocab, body.const(0, np.int64)),
         body.op("Equal", n_rows, body.const(0, np.int64)),
     )
+    if portable:  # [0, 0] logits as [0, 1], so that the row of zeros below has a width
+        vocab = body.op("Max", vocab, body.const([1], np.int64))
     x_shape = body.check(
         body.op("Squeeze", non_empty),
         f"{where}: logits must have a non-empty last axis",
@@ -786,7 +812,7 @@ def _sample_tokens(portable: bool) -> onnx.FunctionProto:
     x = body.op("Reshape", logits, x_shape)
     x_max = _checked_max(body, where, x)
 
-    def sample(branch: _Body) -> list[str]:
+    def sample(branch: _Body, x: str, x_max: str, n_rows: str) -> list[str]:
         row_index = branch.op(
             "Range",
             branch.const(0, np.int64),
@@ -804,13 +830,30 @@ def _sample_tokens(portable: bool) -> onnx.FunctionProto:
         return list(_sample_rows(branch, x, x_max, temperature, top_k, top_p, u))
 
     # No rows: empty outputs, and no operator runs on an empty tensor (onnxruntime 1.21's TopK
-    # and MatMul fail on some, its TopK with a floating-point exception).
-    tokens, logprob = body.branch(
-        body.op("Squeeze", body.op("Greater", n_rows, body.const(0, np.int64))),
-        sample,
-        lambda branch: [branch.empty((0, 1), np.int64), branch.empty((0, 1), np.float32)],
-        [(_INT64, 2), (_FLOAT, 2)],
-    )
+    # and MatMul fail on some, its TopK with a floating-point exception). The portable variant
+    # samples one row of zeros more and drops it, without If: tract does not carry the graph's
+    # shape symbols into an If's branches.
+    if portable:
+        first = body.const([0], np.int64)
+        zeros = body.op(
+            "Expand",
+            body.const(0.0, np.float32),
+            body.op("Concat", body.const([1], np.int64), vocab, axis=0),
+        )
+        padded = sample(
+            body,
+            body.op("Concat", x, zeros, axis=0),
+            body.op("Concat", x_max, body.const([[0.0]], np.float32), axis=0),
+            body.op("Add", n_rows, body.const([1], np.int64)),
+        )
+        tokens, logprob = (body.op("Slice", value, first, n_rows, first) for value in padded)
+    else:
+        tokens, logprob = body.branch(
+            body.op("Squeeze", body.op("Greater", n_rows, body.const(0, np.int64))),
+            lambda branch: sample(branch, x, x_max, n_rows),
+            lambda branch: [branch.empty((0, 1), np.int64), branch.empty((0, 1), np.float32)],
+            [(_INT64, 2), (_FLOAT, 2)],
+        )
     body.op("Reshape", tokens, rows_shape, output="tokens")
     body.op("Reshape", logprob, rows_shape, output="logprob")
     return _function(ops.SAMPLE_TOKENS, body)
@@ -1012,28 +1055,49 @@ def _mask_git_step(portable: bool) -> onnx.FunctionProto:
     )
 
     def step_rows(branch: _Body) -> list[str]:
-        # Only the masked positions are sampled (and their logits checked): the M rows
-        # rows[j] = b T P + p of the logits [B T P, V] where the flat mask is true.
         flat = branch.const([-1], np.int64)
-        rows = branch.op(
-            "Reshape", branch.op("NonZero", branch.op("Reshape", flat_mask, n_rows)), flat
-        )
-        x = branch.op(
-            "Gather",
-            branch.op("Reshape", logits, branch.op("Concat", n_rows, vocab, axis=0)),
-            rows,
-            axis=0,
-        )  # [M, V]
-        x_max = _checked_max(branch, where, x)
+        rows_by_items = branch.op("Reshape", logits, branch.op("Concat", n_rows, vocab, axis=0))
+        if branch.portable:
+            # Every row b T P + p of the logits [B T P, V] is sampled, and one row of zeros
+            # past them (item B, key and stream 0), so that no tensor is empty; only the
+            # masked rows' logits are checked and their draws kept. No NonZero: tract cannot
+            # size what follows by its count (docs/generation.md, "Step graphs").
+            zeros = branch.op(
+                "Expand", branch.const(0.0, np.float32), branch.op("Concat", axis1, vocab, axis=0)
+            )
+            x = branch.op("Concat", rows_by_items, zeros, axis=0)  # [M = B T P + 1, V]
+            read = branch.op(
+                "Concat",
+                branch.op("Reshape", flat_mask, n_rows),
+                branch.const([False], np.bool_),
+                axis=0,
+            )
+            rows = branch.op(
+                "Range",
+                branch.const(0, np.int64),
+                branch.op("Squeeze", branch.op("Add", n_rows, axis1)),
+                branch.const(1, np.int64),
+            )
+            item_seeds = branch.op("Concat", seeds, zero1, axis=0)
+            item_streams = branch.op("Concat", streams, zero1, axis=0)
+        else:
+            # Only the masked positions are sampled (and their logits checked): the M rows
+            # rows[j] = b T P + p of the logits [B T P, V] where the flat mask is true.
+            rows = branch.op(
+                "Reshape", branch.op("NonZero", branch.op("Reshape", flat_mask, n_rows)), flat
+            )
+            x = branch.op("Gather", rows_by_items, rows, axis=0)  # [M, V]
+            read, item_seeds, item_streams = None, seeds, streams
+        x_max = _checked_max(branch, where, x, read)
 
         # The stream of row (b, p): counter (p, stream_b, step, 0) under key seed[b]. T P = 0
         # leaves no rows, but onnxruntime refuses an integer division by 0 even then.
         divisor = branch.op("Max", positions, branch.const([1], np.int64))
         item = branch.op("Div", rows, divisor)
         position = branch.op("Mod", rows, divisor)
-        row_limbs = _pair_limbs(branch, position, branch.op("Gather", streams, item, axis=0))
+        row_limbs = _pair_limbs(branch, position, branch.op("Gather", item_streams, item, axis=0))
         even, odd = _random_blocks(
-            branch, seeds, row_limbs, branch.op("Reshape", step, axis1), item
+            branch, item_seeds, row_limbs, branch.op("Reshape", step, axis1), item
         )
         uniforms = _uniforms(branch, even, odd)  # [M, 2]
         tokens, logprob = _sample_rows(
@@ -1049,6 +1113,9 @@ def _mask_git_step(portable: bool) -> onnx.FunctionProto:
 
         def scattered(values: str, fill: str) -> str:
             """[M, 1] values of the masked rows -> [B, T P], `fill` (a scalar) elsewhere."""
+            if branch.portable:  # every row's value, in order: the first B T P are the items'
+                full = branch.op("Slice", values, zero1, n_rows, zero1)
+                return branch.op("Where", flat_mask, branch.op("Reshape", full, items_shape), fill)
             background = branch.op("Expand", fill, n_rows)
             indices = branch.op("Unsqueeze", rows, flat)
             full = branch.op("ScatterND", background, indices, branch.op("Reshape", values, flat))
@@ -1065,13 +1132,19 @@ def _mask_git_step(portable: bool) -> onnx.FunctionProto:
             branch.op("Expand", inf, branch.op("Concat", batch, axis1, axis=0)),
             axis=1,
         )
-        ascending = branch.op(
-            "TopK", padded, branch.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
-        )[0]
         index = branch.op(
             "Reshape", branch.op("Min", k, positions), branch.const([-1, 1], np.int64)
         )
-        cut = branch.op("GatherElements", ascending, index, axis=1)  # [B, 1]
+        if branch.portable:  # and one +inf row more, so that B = 0 leaves no TopK empty
+            width = branch.op("Concat", axis1, branch.op("Add", positions, axis1), axis=0)
+            padded = branch.op("Concat", padded, branch.op("Expand", inf, width), axis=0)
+            index = branch.op("Concat", index, branch.const([[0]], np.int64), axis=0)
+        ascending = branch.op(
+            "TopK", padded, branch.op("Add", positions, axis1), axis=1, largest=0, n_outputs=2
+        )[0]
+        cut = branch.op("GatherElements", ascending, index, axis=1)  # [B (+ 1), 1]
+        if branch.portable:
+            cut = branch.op("Slice", cut, zero1, batch, zero1)
         mask_again = branch.op("And", flat_mask, branch.op("Less", confidence, cut))
 
         def to_codebooks(flat_values: str) -> str:
@@ -1098,16 +1171,26 @@ def _mask_git_step(portable: bool) -> onnx.FunctionProto:
     # Nothing masked (also B = 0 or T = 0): nothing to sample, the codes stay and the mask,
     # all false, too; and no operator runs on an empty tensor (onnxruntime 1.21's TopK dies
     # with a floating-point exception on one).
-    n_masked_total = body.op("ReduceSum", n_masked, keepdims=0)
-    codes_out, mask_out = body.branch(
-        body.op("Greater", n_masked_total, body.const(0, np.int64)),
-        step_rows,
-        lambda branch: [codes, mask],
-        [(_INT64, 3), (TensorProto.BOOL, 3)],
+    # The portable variant, which never makes an empty tensor, runs the step as it is: tract
+    # does not carry the graph's shape symbols into an If's branches.
+    codes_out, mask_out = (
+        step_rows(body)
+        if body.portable
+        else body.branch(
+            body.op("Greater", body.op("ReduceSum", n_masked, keepdims=0), body.const(0, np.int64)),
+            step_rows,
+            lambda branch: [codes, mask],
+            [(_INT64, 3), (TensorProto.BOOL, 3)],
+        )
     )
     body.op("Identity", codes_out, output="codes_out")
     body.op("Identity", mask_out, output="mask_out")
-    body.op("Where", mask_out, body.op("Squeeze", vocab), codes_out, output="model_input")
+    mask_token = body.op("Squeeze", vocab)
+    if portable:  # V as a sum of ones: an int64 tensor where tract would keep its shape type
+        # (which its API cannot hand out; it folds a Cast away), not a value read from a shape
+        ones = numpy_helper.from_array(np.ones(1, np.int64))
+        mask_token = body.op("ReduceSum", body.op("ConstantOfShape", vocab, value=ones), keepdims=0)
+    body.op("Where", mask_out, mask_token, codes_out, output="model_input")
     return _function(ops.MASK_GIT_STEP, body)
 
 
@@ -1352,3 +1435,33 @@ def inline_functions(model: onnx.ModelProto, variant: str = "exact") -> onnx.Mod
     del inlined.opset_import[:]
     inlined.opset_import.extend(kept)
     return inlined
+
+
+#: The suffixes onnx's inliner appends to the node names of an inlined body ("__1", ...).
+_INLINED_SUFFIX = re.compile(r"(__\d+)+$")
+
+
+def checks_as_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of `model` whose inlined input checks (`_Body.passed`: a Reshape of the bool
+    `ok` to a shape chosen by a Where on `ok` itself) no longer fail the run but hand `ok`
+    out as an extra graph output, for runtimes that must know every shape before the run
+    (tract): the caller fails the run where one is false. Only checks of the main graph.
+    -> (the copy, {extra output name: the check's message})."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    made_by = {output: node for node in graph.node for output in node.output}
+    one = "vampnet_onnx_check_shape"
+    checks = {}
+    for node in graph.node:
+        target = made_by.get(node.input[1]) if node.op_type == "Reshape" else None
+        if target is None or target.op_type != "Where" or target.input[0] != node.input[0]:
+            continue
+        output = f"vampnet_onnx_check_{len(checks)}"
+        checks[output] = _INLINED_SUFFIX.sub("", node.name)
+        node.input[1] = one
+        graph.node.append(helper.make_node("Identity", [node.input[0]], [output]))
+        graph.output.append(helper.make_tensor_value_info(output, TensorProto.BOOL, []))
+    if checks:
+        graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), one))
+    return copy, checks

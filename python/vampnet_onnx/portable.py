@@ -19,6 +19,7 @@ package imports this module.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +29,7 @@ import onnx
 
 from . import ops
 from .contracts import OP_BODIES_INLINED, OP_BODIES_KEY, OP_BODIES_VARIANT_KEY
+from .ops_functions import checks_as_outputs
 from .settings import MaskSettings, SamplingSettings
 
 #: OpenVINO's CPU plugin holds int64 values in 32 bits: every int64 input (seeds, steps,
@@ -160,11 +162,19 @@ class OpenVINOSession:
 
 
 class TractSession:
-    """The graph file `path` loaded, analysed and optimised by tract, ready to run.
+    """The graph file `path` for tract, analysed and optimised for the shapes of each feed (one
+    tract model per distinct set of input shapes and types, kept), run as an onnxruntime session
+    is: `run(output_names, feed)`.
+
+    tract must know every shape before a run, so the op bodies' input checks, which fail a run
+    by a Reshape to a shape chosen by the data (`ops_functions.checks_as_outputs`), come out as
+    extra outputs instead, and `run` raises ValueError with the check's message (house format,
+    "MaskGitStep: step must be in [0, n_steps)") where one failed; checks on shapes alone fail
+    while tract analyses the graph, with tract's error naming the check.
 
     Raises ImportError without the ``tract`` package, FileNotFoundError for a missing file,
     and tract's own error (tract.TractError: the node and the reason) for a graph that tract
-    cannot load or analyse.
+    cannot load, or (at a run) analyse for the feed's shapes.
     """
 
     def __init__(self, path: str | Path):
@@ -180,19 +190,47 @@ class TractSession:
             raise FileNotFoundError(
                 f"TractSession: path must be an existing .onnx file, got '{path}'"
             )
-        model = tract.onnx().load(str(path))
-        #: The graph's input and output names, in its order (tract runs inputs by position).
-        self.input_names = [model.input_name(i) for i in range(model.input_count())]
+        self.path = path
+        model = onnx.load(str(path), load_external_data=False)
         # tract names an output after the node that makes it; the graph's names are the file's.
-        graph = onnx.load(str(path), load_external_data=False).graph
-        self.output_names = [value.name for value in graph.output]
-        self._runnable = model.into_model().into_runnable()
+        self.output_names = [value.name for value in model.graph.output]
+        rewritten, self._checks = checks_as_outputs(model)
+        # The shapes come from each feed: with the file's symbolic ones tract analyses the
+        # step graph but fails to run the bodies' arithmetic on shapes ("Rem: Undetermined
+        # symbol in expression: max(1,4*time)"), and the symbolic shapes the file declares
+        # for inner values (batch, time) would contradict concrete ones.
+        del rewritten.graph.value_info[:]
+        self._folder = tempfile.TemporaryDirectory(prefix="vampnet_onnx_tract_")
+        self._file = Path(self._folder.name) / path.name
+        onnx.save(rewritten, str(self._file))
+        for location in _external_files(rewritten):  # the weights stay where they are
+            (self._file.parent / location).symlink_to((path.parent / location).resolve())
+        self._tract = tract
+        model = tract.onnx().load(str(self._file))
+        #: The graph's input names, in its order (tract runs inputs by position).
+        self.input_names = [model.input_name(i) for i in range(model.input_count())]
+        self._runnables: dict[tuple, object] = {}
+
+    def _runnable(self, inputs: list[np.ndarray]):
+        """tract's runnable model for inputs of these shapes and types, analysed once."""
+        key = tuple((value.shape, value.dtype.str) for value in inputs)
+        if key not in self._runnables:
+            model = self._tract.onnx().load(str(self._file))
+            for i, value in enumerate(inputs):
+                model.set_input_fact(
+                    i, ",".join([*map(str, value.shape), _TRACT_TYPES[value.dtype]])
+                )
+            for i in range(model.output_count()):
+                model.set_output_fact(i, None)
+            self._runnables[key] = model.into_model().into_runnable()
+        return self._runnables[key]
 
     def run(
         self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray]
     ) -> list[np.ndarray]:
         """The outputs `output_names` (None: all, in the graph's order) of one run on `feed`
-        (input name -> array, every input of the graph), as onnxruntime's session.run."""
+        (input name -> array, every input of the graph), as onnxruntime's session.run; a
+        ValueError with its message where an op body's input check fails."""
         missing = [name for name in self.input_names if name not in feed]
         if missing:
             raise ValueError(
@@ -205,6 +243,39 @@ class TractSession:
                 f"TractSession.run: output_names must be among {self.output_names}, got "
                 f"{', '.join(unknown)}"
             )
-        results = self._runnable.run([np.asarray(feed[name]) for name in self.input_names])
-        by_name = dict(zip(self.output_names, (result.to_numpy() for result in results)))
+        inputs = [np.asarray(feed[name]) for name in self.input_names]
+        for name, value in zip(self.input_names, inputs, strict=True):
+            if value.dtype not in _TRACT_TYPES:
+                allowed = ", ".join(sorted(str(dtype) for dtype in _TRACT_TYPES))
+                raise ValueError(
+                    f"TractSession.run: input '{name}' must be an array of one of {allowed}, "
+                    f"got {value.dtype}"
+                )
+        results = [result.to_numpy() for result in self._runnable(inputs).run(inputs)]
+        by_name = dict(zip([*self.output_names, *self._checks], results, strict=True))
+        failed = [message for name, message in self._checks.items() if not by_name[name].all()]
+        if failed:
+            raise ValueError(failed[0])
         return [by_name[name] for name in output_names or self.output_names]
+
+
+#: tract's names of the element types of the graphs' inputs.
+_TRACT_TYPES = {
+    np.dtype(np.float32): "f32",
+    np.dtype(np.float16): "f16",
+    np.dtype(np.float64): "f64",
+    np.dtype(np.int64): "i64",
+    np.dtype(np.int32): "i32",
+    np.dtype(np.bool_): "bool",
+}
+
+
+def _external_files(model: onnx.ModelProto) -> set[str]:
+    """The files, relative to the graph's, that hold `model`'s external weights."""
+    return {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }

@@ -193,3 +193,22 @@ def test_tract_encodes_audio_to_onnxruntimes_codes(tiny_models_dir, samples):
     [got] = TractSession(encoder).run(None, {"audio": audio * 0.1})
     [want] = vampnet_onnx.create_session(encoder).run(None, {"audio": audio * 0.1})
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_models_dir):
+    path = tiny_models_dir / contracts.DECODE_FILE
+    return {"tract": TractSession(path), "onnxruntime": vampnet_onnx.create_session(path)}
+
+
+@pytest.mark.parametrize("length", [7 * 768, 7 * 768 - 5, 100, 0, -3, 10**6])
+def test_tract_decodes_codes_to_onnxruntimes_audio(decoder, length):
+    """The cut to `length` samples, clamped into [0, T * hop]: tract runs it (a Range and a
+    Gather; a Slice to a data-dependent end it cannot run) and gives onnxruntime's samples to
+    float32 rounding through the decoder's convolutions."""
+    codes = np.random.default_rng(length % 97).integers(0, 1024, (2, 14, 7))
+    feed = {"codes": codes, "length": np.array(length)}
+    [got] = decoder["tract"].run(None, feed)
+    [want] = decoder["onnxruntime"].run(None, feed)
+    assert got.shape == want.shape == (2, 1, min(max(length, 0), 7 * 768))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

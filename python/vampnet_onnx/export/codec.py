@@ -80,13 +80,15 @@ class _DecodeGraph(nn.Module):
     def forward(self, codes: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         codes = codes.clamp(0, self.codec.config.codebook_size - 1)
         audio = self.codec.decode(codes)
-        # A data-dependent length: the clamp (a Clip in the graph) keeps a negative length from
-        # counting from the end; the exported Slice caps it at the decoded length by itself.
-        # The checks only tell torch.export the range.
-        end = length.clamp(min=0).item()
+        # A data-dependent length, clamped into [0, T * hop]. The samples are gathered by
+        # index rather than sliced: tract cannot run a Slice to a data-dependent end (it drops
+        # the symbol that sizes the result, "Symbol <Sym0> points to an invalid (dead ?)
+        # SymbolScope") but runs a Range and a Gather. The checks only tell torch.export the
+        # range.
+        end = torch.minimum(length.clamp(min=0), torch.tensor(audio.shape[-1])).item()
         torch._check(end >= 0)
         torch._check(end <= audio.shape[-1])
-        return audio[..., :end]
+        return audio.index_select(2, torch.arange(end, device=audio.device))
 
 
 def export_codec_module(

@@ -8,12 +8,13 @@ mean something, e.g. one fp32 and one ``--precision int8`` folder). Each generat
 VampNet's workload (B=1, coarse 575 frames or c2f 173, periodic prompt every 7th frame in
 codebooks 0-2, the graph's default settings: 36 steps) in two sessions: ``create_session`` on
 the file (the library registered: the kernels) and a plain ``onnxruntime.InferenceSession`` on
-a copy given today's bodies (no library: onnxruntime expands the ops into their bodies). One
-warm-up each, then the runs alternate (`interleaved_medians`); the table gives the medians,
-their ratio (issue 21's target: at most 1.15) and whether the two gave the same codes.
+a copy given today's bodies, in a temporary folder with links to the weights (no library:
+onnxruntime expands the ops into their bodies). One warm-up each, then the runs alternate
+(`interleaved_medians`); the table gives the medians, their ratio (issue 21's target: at
+most 1.15) and whether the two gave the same codes.
 
 ``--portable`` (needs the portable extra) adds the graph with the portable variant of the bodies
-inlined (written beside it for the run, `export.common.attach_op_bodies`) in a plain
+inlined (written to a temporary folder for the run, `export.common.with_op_bodies`) in a plain
 onnxruntime session and in OpenVINO's CPU plugin (`portable.OpenVINOSession`), f32 and
 OpenVINO's default precision (bf16 on CPUs with it): their medians, ratios to the kernels and
 the share of the kernels' generated codes each gives (docs/portable.md).
@@ -21,6 +22,7 @@ the share of the kernels' generated codes each gives (docs/portable.md).
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +32,25 @@ from benchmarks.common import interleaved_medians, machine_facts, parser, print_
 FRAMES = {"coarse": 575, "c2f": 173}
 
 
-def with_bodies(graph: Path, variant: str) -> Path:
+def with_bodies(graph: Path, variant: str, folder: Path) -> Path:
     """`graph` with the bodies of `variant` as the exporter writes them today (exact: as
-    functions; portable: inlined), written beside it as a hidden file that reads the same
-    weights (onnx's checker refuses weights behind a link): folders exported before the bodies,
-    or with others, are measured with today's. The caller removes it."""
-    import shutil
+    functions; portable: inlined), written into `folder` with links to its weights: folders
+    exported before the bodies, or with others, are measured with today's."""
+    import onnx
 
-    from vampnet_onnx.export.common import attach_op_bodies
+    from vampnet_onnx.export.common import with_op_bodies
+    from vampnet_onnx.portable import _external_files
 
-    copy = graph.with_name(f".bench_op_bodies.{variant}.{graph.name}")
-    shutil.copy(graph, copy)
-    try:
-        attach_op_bodies(copy, inline=variant == "portable", variant=variant)
-    except BaseException:
-        copy.unlink()
-        raise
+    model = onnx.load(str(graph), load_external_data=False)
+    model = with_op_bodies(model, inline=variant == "portable", variant=variant)
+    if model is None:
+        raise SystemExit(f"bench_op_bodies: {graph} uses none of the library's ops")
+    copy = folder / f"{variant}.{graph.name}"
+    onnx.save(model, str(copy))
+    for location in _external_files(model):
+        link = folder / location
+        if not link.exists():
+            link.symlink_to((graph.parent / location).resolve())
     return copy
 
 
@@ -66,26 +71,21 @@ def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) 
     options.add_session_config_entry("session.force_spinning_stop", "1")  # as create_session
     options.log_severity_level = 3
     sessions = {"kernels": kernel}
-    copies = []
-    try:  # the sessions hold their graphs once made: the copies go right after
-        copies.append(with_bodies(graph, "exact"))
+    # The sessions hold their graphs once made: the folder goes right after.
+    with tempfile.TemporaryDirectory(prefix="bench_op_bodies_") as folder:
+        exact = with_bodies(graph, "exact", Path(folder))
         sessions["bodies"] = ort.InferenceSession(
-            str(copies[-1]), options, providers=["CPUExecutionProvider"]
+            str(exact), options, providers=["CPUExecutionProvider"]
         )
         if portable:
             from vampnet_onnx.portable import OpenVINOSession
 
-            copies.append(with_bodies(graph, "portable"))
+            inlined = with_bodies(graph, "portable", Path(folder))
             sessions["portable"] = ort.InferenceSession(
-                str(copies[-1]), options, providers=["CPUExecutionProvider"]
+                str(inlined), options, providers=["CPUExecutionProvider"]
             )
-            sessions["openvino_f32"] = OpenVINOSession(copies[-1], threads=threads)
-            sessions["openvino_default"] = OpenVINOSession(
-                copies[-1], precision=None, threads=threads
-            )
-    finally:
-        for copy in copies:
-            copy.unlink(missing_ok=True)
+            sessions["openvino_f32"] = OpenVINOSession(inlined, threads=threads)
+            sessions["openvino_default"] = OpenVINOSession(inlined, precision=None, threads=threads)
     config = contracts.read_metadata(graph, contracts.CONFIG_KEY, "bench_op_bodies")
     n_codebooks, n_conditioning = config["n_codebooks"], config["n_conditioning_codebooks"]
     frames = FRAMES[kind]

@@ -110,6 +110,22 @@ def test_an_input_of_a_type_tract_cannot_take_is_named(coarse):
         TractSession(coarse["transformer"]).run(["logits"], {"codes": codes})
 
 
+def test_codes_out_of_range_are_refused_before_tract_aborts_on_them(coarse):
+    """tract aborts the process on an embedding index out of range: the session checks the
+    codes first, where the mask keeps them (masked ones become the mask token in the graph)."""
+    with pytest.raises(ValueError, match=r"codes must be in \[0, 1024\] .*got 1025 at \[0, 0, 0\]"):
+        TractSession(coarse["transformer"]).run(None, {"codes": np.full((1, 4, 5), 1025)})
+    step = TractSession(coarse["step"])
+    codes, mask = problem("coarse", 1, 9, seed=5)
+    feed = {"codes": codes, "mask": mask, "n_masked_start": mask.sum(axis=(1, 2))}
+    feed |= contracts.GENERATION_STEP.feed(**contracts.GENERATION_DEFAULTS, step=0)
+    codes[mask] = 5000  # never read: the mask token replaces them
+    assert (step.run(["codes_out"], feed)[0][mask] < 1024).all()
+    codes[~mask] = -1
+    with pytest.raises(ValueError, match=r"where mask is false, got -1 at"):
+        step.run(None, feed)
+
+
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="^TractSession: path must be an existing"):
         TractSession(tmp_path / "none.onnx")

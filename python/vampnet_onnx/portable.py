@@ -18,6 +18,7 @@ package imports this module.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 import onnx
 
 from . import ops
-from .contracts import OP_BODIES_INLINED, OP_BODIES_KEY, OP_BODIES_VARIANT_KEY
+from .contracts import CONFIG_KEY, OP_BODIES_INLINED, OP_BODIES_KEY, OP_BODIES_VARIANT_KEY
 from .ops_functions import checks_as_outputs
 from .settings import MaskSettings, SamplingSettings
 
@@ -210,6 +211,12 @@ class TractSession:
         #: The graph's input names, in its order (tract runs inputs by position).
         self.input_names = [model.input_name(i) for i in range(model.input_count())]
         self._runnables: dict[tuple, object] = {}
+        # A transformer's codes index its embeddings: tract aborts the process on an index out
+        # of range (a Rust panic), so a graph with the transformer's configuration has its
+        # codes checked first (onnxruntime fails such a run with an error).
+        props = {p.key: p.value for p in rewritten.metadata_props}
+        config = json.loads(props[CONFIG_KEY]) if CONFIG_KEY in props else None
+        self._mask_token = int(config.get("mask_token", ops.MASK_TOKEN)) if config else None
 
     def _runnable(self, inputs: list[np.ndarray]):
         """tract's runnable model for inputs of these shapes and types, analysed once."""
@@ -251,12 +258,32 @@ class TractSession:
                     f"TractSession.run: input '{name}' must be an array of one of {allowed}, "
                     f"got {value.dtype}"
                 )
+        if self._mask_token is not None and "codes" in feed:
+            self._check_codes(np.asarray(feed["codes"]), feed.get("mask"))
         results = [result.to_numpy() for result in self._runnable(inputs).run(inputs)]
         by_name = dict(zip([*self.output_names, *self._checks], results, strict=True))
         failed = [message for name, message in self._checks.items() if not by_name[name].all()]
         if failed:
             raise ValueError(failed[0])
         return [by_name[name] for name in output_names or self.output_names]
+
+    def _check_codes(self, codes: np.ndarray, mask: np.ndarray | None) -> None:
+        """Refuses codes outside [0, mask token] (where `mask`, if given, is false: masked
+        positions are replaced by the mask token in the graph)."""
+        if not np.issubdtype(codes.dtype, np.integer):
+            return  # tract's own type error names it
+        bad = (codes < 0) | (codes > self._mask_token)
+        where = ""
+        if mask is not None and np.shape(mask) == codes.shape:
+            bad &= ~np.asarray(mask, bool)
+            where = " where mask is false"
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"TractSession.run: codes must be in [0, {self._mask_token}] (the mask token "
+                f"{self._mask_token} included){where}, got {codes[index]} at "
+                f"{list(index)}"
+            )
 
 
 #: tract's names of the element types of the graphs' inputs.

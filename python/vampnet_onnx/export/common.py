@@ -159,14 +159,33 @@ def shared_data_file(model: ir.Model, folder: Path) -> str | None:
 
 def attach_op_bodies(path: str | Path, inline: bool = False, variant: str = "exact") -> bool:
     """Give the graph file `path` the standard-op bodies of the vampnet_onnx ops it uses
+    (`with_op_bodies`), in place and atomically; its external weights are left as they are.
+    Returns False (and leaves the file alone) for a graph that uses none of the ops."""
+    path = Path(path)
+    model = with_op_bodies(onnx.load(str(path), load_external_data=False), inline, variant)
+    if model is None:
+        return False
+    staging = path.with_name(f".{path.name}.bodies")
+    try:
+        onnx.save(model, str(staging))
+        onnx.checker.check_model(str(staging))
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return True
+
+
+def with_op_bodies(
+    model: onnx.ModelProto, inline: bool = False, variant: str = "exact"
+) -> onnx.ModelProto | None:
+    """`model` given the standard-op bodies of the vampnet_onnx ops it uses
     (`ops_functions.attach_functions`: model-local functions, so that runtimes without the op
     library run them, while onnxruntime with the library keeps the kernels) and the metadata
-    entry `OP_BODIES_KEY` ("1"), in place and atomically; its external weights are left as
-    they are. inline: the bodies inlined instead (`ops_functions.inline_functions`: no node
-    of the domain is left, for runtimes that do not expand model-local functions; the kernels
-    never run), `OP_BODIES_KEY` "inlined". variant: the bodies' variant
-    (`ops_functions.VARIANTS`), recorded as `OP_BODIES_VARIANT_KEY`. Returns False (and leaves
-    the file alone) for a graph that uses none of the ops."""
+    entry `OP_BODIES_KEY` ("1"). inline: the bodies inlined instead
+    (`ops_functions.inline_functions`: no node of the domain is left, for runtimes that do not
+    expand model-local functions; the kernels never run), `OP_BODIES_KEY` "inlined". variant:
+    the bodies' variant (`ops_functions.VARIANTS`), recorded as `OP_BODIES_VARIANT_KEY`. None
+    for a graph that uses none of the ops."""
     from .. import ops
     from ..contracts import (
         OP_BODIES_FUNCTIONS,
@@ -176,10 +195,8 @@ def attach_op_bodies(path: str | Path, inline: bool = False, variant: str = "exa
     )
     from ..ops_functions import attach_functions, inline_functions
 
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
     if not any(f.domain == ops.DOMAIN for f in model.opset_import):
-        return False
+        return None
     model = (inline_functions if inline else attach_functions)(model, variant)
     keys = (OP_BODIES_KEY, OP_BODIES_VARIANT_KEY)
     kept = [p for p in model.metadata_props if p.key not in keys]
@@ -188,14 +205,7 @@ def attach_op_bodies(path: str | Path, inline: bool = False, variant: str = "exa
     value = OP_BODIES_INLINED if inline else OP_BODIES_FUNCTIONS
     model.metadata_props.add(key=OP_BODIES_KEY, value=value)
     model.metadata_props.add(key=OP_BODIES_VARIANT_KEY, value=variant)
-    staging = path.with_name(f".{path.name}.bodies")
-    try:
-        onnx.save(model, str(staging))
-        onnx.checker.check_model(str(staging))
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-    return True
+    return model
 
 
 def stamp_metadata(path: str | Path, props: dict[str, str]) -> None:

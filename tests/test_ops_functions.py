@@ -210,6 +210,33 @@ def test_body_sample_tokens_gives_the_kernels_bits_on_vampnets_vocabulary(sampli
         assert_same_bits(body.run(None, feed), kernel.run(None, feed))
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 5, 23])
+def test_body_sample_tokens_gives_the_kernels_bits_in_any_chunking_of_the_rows(
+    monkeypatch, sampling_sessions, chunk_rows
+):
+    """The exact body samples its rows in chunks of at most `_CHUNK_ROWS` (padded to equal
+    sizes): chunks of 1, of 5 (24 rows: 5 chunks of 5, one row of padding) and 23 (2 of 12)."""
+    monkeypatch.setattr(ops_functions, "_CHUNK_ROWS", chunk_rows)
+    body = body_session(sampling_model())
+    _, kernel = sampling_sessions
+    rng = np.random.default_rng(chunk_rows)
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.0, 0, 1.0), (1.3, 7, 0.8)]:
+        logits = random_logits(rng, (24, 257), minus_inf=True)
+        feed = sample_feed(logits, temperature, top_k, top_p, seed=-3, offset=9, first_row=2**33)
+        assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
+def test_body_sample_tokens_gives_the_kernels_bits_over_several_chunks(sampling_sessions):
+    """1100 rows: three chunks of 367 (the last with a row of padding) at the default size."""
+    assert ops_functions._CHUNK_ROWS < 1100
+    rng = np.random.default_rng(1100)
+    body, kernel = sampling_sessions
+    logits = random_logits(rng, (1100, 64))
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 10, 0.9)]:
+        feed = sample_feed(logits, temperature, top_k, top_p, seed=11, offset=5, first_row=1)
+        assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
 def test_body_sample_tokens_keeps_every_tie_at_the_top_k_threshold(sampling_sessions):
     # Eight tokens tie at the 3rd largest logit: top_k = 3 keeps all nine, so the draws spread
     # over them, on the kernel's and the body's side alike.
@@ -443,6 +470,27 @@ def test_body_mask_git_step_gives_the_kernels_bits_over_a_whole_generation(
     n_steps = 6
     for step in range(n_steps):
         feed = step_feed(logits, codes, mask, step, n_steps, n0, seed, batch_offset, **settings)
+        got = body.run(None, feed)
+        assert_same_bits(got, kernel.run(None, feed))
+        codes, mask = got[0], got[1]
+    assert not mask.any()
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 64, None])
+def test_body_mask_git_step_gives_the_kernels_bits_in_chunks_of_rows(monkeypatch, chunk_rows):
+    """A whole generation whose masked rows (2 x 10 x 45 x 0.7, about 630, at the first step)
+    the exact body samples in chunks: of 3 rows, of 64, and of the default size (512)."""
+    if chunk_rows:
+        monkeypatch.setattr(ops_functions, "_CHUNK_ROWS", chunk_rows)
+    model = node_model(ops.MASK_GIT_STEP, STEP_SHAPES, batch_coupled=0)
+    body, kernel = body_session(model), kernel_session(model)
+    rng = np.random.default_rng(chunk_rows)
+    logits, codes, mask = random_step_problem(rng, 2, 14, 10, 45, 48)
+    n0 = mask.sum(axis=(1, 2))
+    for step in range(4):
+        feed = step_feed(
+            logits, codes, mask, step, 4, n0, [3, -9], [0, 1], temperature=0.9, top_k=20
+        )
         got = body.run(None, feed)
         assert_same_bits(got, kernel.run(None, feed))
         codes, mask = got[0], got[1]

@@ -68,6 +68,11 @@ class _Body:
         outputs = [output] if output else [self._name() for _ in range(n_outputs)]
         if op_type == "Reshape":  # a 0 in a computed shape is an empty dimension, not "copy"
             attributes.setdefault("allowzero", 1)
+        if op_type in ("Gather", "Slice") and not name:
+            # onnxruntime 1.21 fuses Gathers and Slices of one tensor into a Split named after
+            # the first of them: two such fusions of unnamed nodes in one graph got the same
+            # name, and the session refused the model ("two nodes with same node name").
+            name = f"{outputs[0]}_{op_type}"
         self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attributes))
         return outputs[0] if n_outputs == 1 else outputs
 
@@ -197,6 +202,26 @@ def _carry(body: _Body, columns: str, n_columns: int, n_limbs: int) -> str:
     return body.op("Concat", *limbs[:n_limbs], axis=-1)
 
 
+def _carry_groups(body: _Body, groups: str, n_groups: int) -> str:
+    """int32 [..., n_groups], group j worth 2^(16 j) (each below 2^23, so every sum with a
+    carry stays below 2^24: exact even where a runtime divides integers in float32) -> the
+    limbs of their sum mod 2^(16 n_groups), int32 [..., 4 n_groups]: four carries of 16 bits
+    where `_carry` takes sixteen of 4 (the products' carries were most of a round's nodes)."""
+    base = body.const(1 << 16, np.int32)
+    carry, digits = None, []
+    for group in body.op("Split", groups, axis=-1, num_outputs=n_groups, n_outputs=n_groups):
+        total = group if carry is None else body.op("Add", group, carry)
+        digits.append(body.op("Mod", total, base))
+        if len(digits) < n_groups:
+            carry = body.op("Div", total, base)
+    digits = body.op("Unsqueeze", body.op("Concat", *digits, axis=-1), body.const([-1], np.int64))
+    places = body.const([_LIMB**i for i in range(16 // _LIMB_BITS)], np.int32)
+    limbs = body.op("Mod", body.op("Div", digits, places), body.const(_LIMB, np.int32))
+    leading = body.op("Shape", groups, start=0, end=-1)
+    shape = body.op("Concat", leading, body.const([4 * n_groups], np.int64), axis=0)
+    return body.op("Reshape", limbs, shape)
+
+
 def _xor(body: _Body, a: str, b: str) -> str:
     """Limbs of a ^ b, for limbs a and b of the same or broadcasting shapes."""
     index = body.op("Add", body.op("Mul", a, body.const(_LIMB, np.int32)), b)
@@ -230,16 +255,24 @@ def _philox_round(
 ) -> tuple[str, str]:
     """One Philox round on limb pairs (c0, c2) and (c1, c3), int32 [N, 2, 8], with the round's
     key limbs key_r ([N or 1, 2, 8]) -> the new pairs. output: the names to give them."""
-    # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz matrix.
+    # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz
+    # matrix; its columns summed four at a time into groups of 16 bits (column 4j + i worth
+    # 16^i in group j) by the same MatMul: each group is at most 1800 (1 + 16 + 256 + 4096) <
+    # 2^23, and every partial sum of the MatMul too.
     n_columns = 2 * _WORD_LIMBS - 1
-    toeplitz = np.zeros((2, _WORD_LIMBS, n_columns), np.int32)
+    toeplitz = np.zeros((2, _WORD_LIMBS, n_columns), np.int64)
     for w, multiplier in enumerate(_MULTIPLIERS):
         for i in range(_WORD_LIMBS):
             toeplitz[w, i, i : i + _WORD_LIMBS] = _limbs(multiplier)
+    n_groups = 2 * _WORD_LIMBS // 4
+    grouping = np.zeros((n_columns, n_groups), np.int64)
+    for k in range(n_columns):
+        grouping[k, k // 4] = _LIMB ** (k % 4)
+    grouped = (toeplitz @ grouping).astype(np.int32)
     axis2 = body.const([2], np.int64)
     limbs = body.op("Unsqueeze", multiplied, axis2)  # [N, 2, 1, 8]
-    columns = body.op("Squeeze", body.op("MatMul", limbs, body.const(toeplitz, np.int32)), axis2)
-    product = _carry(body, columns, n_columns, 2 * _WORD_LIMBS)  # M0 c0, M1 c2
+    groups = body.op("Squeeze", body.op("MatMul", limbs, body.const(grouped, np.int32)), axis2)
+    product = _carry_groups(body, groups, n_groups)  # M0 c0, M1 c2
     # c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1; c1' = lo(M1 c2), c3' = lo(M0 c0).
     product = body.op("Gather", product, body.const([1, 0], np.int64), axis=1)
     high = _slice(body, product, _WORD_LIMBS, 2 * _WORD_LIMBS, axis=-1)
@@ -583,10 +616,25 @@ def _cos(body: _Body, x: str) -> str:
 
 
 def _softmax_weights(body: _Body, d: str, keep: str) -> str:
-    """weight_of: exp(d) for kept tokens whose d = (x - max) / T is >= -700, else 0."""
+    """weight_of: exp(d) for kept tokens whose d = (x - max) / T is >= -700, else 0.
+
+    Exact variant: d is never NaN there (its rows are checked before, and `_sample_rows`
+    clamps -inf before the division), so the argument of exp is max(d, -700), in the table's
+    range, and the weights of the other tokens are zeroed by a product with 0 (exp is finite
+    and positive there): the same values as a Where, which onnxruntime runs 5 to 7 times slower
+    than Max or Mul on float64 (measured on [1730, 1024])."""
     kept = body.op("And", keep, body.op("GreaterOrEqual", d, body.real_const(_EXP_UNDERFLOW)))
-    safe = body.op("Where", kept, d, body.real_const(0.0))  # never NaN or -inf in exp
-    return body.op("Where", kept, _exp_in_range(body, safe), body.real_const(0.0))
+    if body.portable:
+        safe = body.op("Where", kept, d, body.real_const(0.0))  # never NaN or -inf in exp
+        return body.op("Where", kept, _exp_in_range(body, safe), body.real_const(0.0))
+    safe = body.op("Max", d, body.real_const(_EXP_UNDERFLOW))
+    return body.op("Mul", _exp_in_range(body, safe), _as_real(body, kept))
+
+
+def _as_real(body: _Body, flags: str) -> str:
+    """bool -> 0.0 / 1.0 of the variant's real type, through uint8 (onnxruntime casts bool to
+    float64 four times slower than bool to uint8 to float64)."""
+    return body.op("Cast", body.op("Cast", flags, to=TensorProto.UINT8), to=body.real)
 
 
 def _last(body: _Body, value: str) -> str:
@@ -640,7 +688,61 @@ def _top_p_keep(
     return body.op("Or", body.op("Not", on), no_later)
 
 
+#: Rows per chunk of the exact variant's sampling (at most): onnxruntime's elementwise kernels
+#: run about twice as fast per element on float64 [512, 1024] tensors as on [1730, 1024] ones
+#: (measured: a chain of 30 Mul/Add, 2 threads, 0.25 against 0.47 ms a pass for 1730 rows),
+#: and MaskGitStep's body on c2f's 1730 masked rows took 55-75 ms instead of 90.
+_CHUNK_ROWS = 512
+
+
 def _sample_rows(
+    body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
+) -> tuple[str, str]:
+    """RowSampler::sample (`_sample_chunk`) on N >= 1 rows. The exact variant runs it over
+    chunks of rows in a Loop: ceil(N / _CHUNK_ROWS) chunks of equal size (the rows padded with
+    at most one row a chunk, of zeros, whose draws are dropped); each row's arithmetic is the
+    same, so are its bits. The portable variant samples all rows at once (tract has no Loop)."""
+    if body.portable:
+        return _sample_chunk(body, x, x_max, temperature, top_k, top_p, u)
+    one = body.const([1], np.int64)
+    n_rows = body.op("Shape", x, start=0, end=1)  # [1]
+    chunk_rows = body.const([_CHUNK_ROWS], np.int64)
+    n_chunks = body.op("Div", body.op("Sub", body.op("Add", n_rows, chunk_rows), one), chunk_rows)
+    size = body.op("Div", body.op("Sub", body.op("Add", n_rows, n_chunks), one), n_chunks)
+    padding = body.op("Sub", body.op("Mul", n_chunks, size), n_rows)
+    zero = body.const([0], np.int64)
+    pads = body.op("Concat", zero, zero, padding, zero, axis=0)  # [begin0, begin1, end0, end1]
+    padded = [body.op("Pad", value, pads) for value in (x, x_max, u)]
+
+    loop = _Body(prefix=f"{body._prefix}s{len(body.nodes)}_", portable=False)
+    start = loop.op("Mul", loop.op("Reshape", "chunk_index", one), size)
+    stop = loop.op("Add", start, size)
+    chunk = [loop.op("Slice", value, start, stop, zero) for value in padded]
+    tokens, logprob = _sample_chunk(loop, *chunk[:2], temperature, top_k, top_p, chunk[2])
+    loop.op("Identity", "chunk_condition", output="chunk_condition_out")
+    loop.op("Identity", tokens, output="chunk_tokens")
+    loop.op("Identity", logprob, output="chunk_logprob")
+    graph = helper.make_graph(
+        loop.nodes,
+        "sample_chunk",
+        [
+            helper.make_tensor_value_info("chunk_index", _INT64, []),
+            helper.make_tensor_value_info("chunk_condition", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("chunk_condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("chunk_tokens", _INT64, ["rows", 1]),
+            helper.make_tensor_value_info("chunk_logprob", _FLOAT, ["rows", 1]),
+        ],
+    )
+    stacked = body.op("Loop", body.op("Squeeze", n_chunks), "", n_outputs=2, body=graph)
+    flat = body.const([-1, 1], np.int64)
+    return tuple(
+        body.op("Slice", body.op("Reshape", value, flat), zero, n_rows, zero) for value in stacked
+    )
+
+
+def _sample_chunk(
     body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
 ) -> tuple[str, str]:
     """RowSampler::sample. x: float32 [N, V]; x_max: its checked row maxima [N, 1]
@@ -681,18 +783,26 @@ def _sample_rows(
         body.op("Equal", temperature, body.const(1.0, np.float32)),
     )
     scale = body.op("Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=body.real))
-    # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
-    d = body.op("Where", keep, body.op("Sub", x64, x_max64), body.real_const(0.0))
+    # Removed tokens' differences become 0 before the division: -inf / inf would be NaN. (The
+    # exact variant clamps them to -DBL_MAX instead, a Max being faster than a Where: a removed
+    # token's weight is 0 whatever its difference, and a kept one's is finite, unchanged.)
+    d = body.op("Sub", x64, x_max64)
+    if body.portable:
+        d = body.op("Where", keep, d, body.real_const(0.0))
+    else:
+        d = body.op("Max", d, body.real_const(-np.finfo(np.float64).max))
     weight = _softmax_weights(body, body.op("Div", d, scale), keep)
     running = body.op("CumSum", weight, body.const(1, np.int64))
     total = _last(body, running)
 
     # The first index whose running sum exceeds u S; if rounding leaves none, the last token of
     # positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
-    above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
+    # Flags as int32 (portable) or uint8 (exact: onnxruntime casts bool to it 10 times faster).
+    flag_type = _INT32 if body.portable else TensorProto.UINT8
+    above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=flag_type)
     first_above = body.op("ArgMax", above, axis=1)
-    any_above = body.op("Greater", body.op("ReduceMax", above, axis1), body.const(0, np.int32))
-    positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=_INT32)
+    any_above = body.op("Cast", body.op("ReduceMax", above, axis1), to=TensorProto.BOOL)
+    positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=flag_type)
     last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
     drawn = body.op("Where", any_above, first_above, last_positive)
     argmax = body.op("ArgMax", x, axis=1)
@@ -745,7 +855,7 @@ def _checked_max(body: _Body, where: str, x: str, read: str | None = None) -> st
         read = body.op("Unsqueeze", read, body.const([1], np.int64))  # [N, 1]
         bad = body.op("And", bad, read)
     x_max = body.check(
-        _all(body, body.op("Not", bad)),
+        _none(body, bad),
         f"{where}: logits must be finite or -inf",
         body.op("ReduceMax", x, body.const([1], np.int64)),
     )
@@ -753,7 +863,7 @@ def _checked_max(body: _Body, where: str, x: str, read: str | None = None) -> st
     if read is not None:
         dead = body.op("And", dead, read)
     return body.check(
-        _all(body, body.op("Not", dead)),
+        _none(body, dead),
         f"{where}: logits must have a finite value in every row",
         x_max,
     )
@@ -899,8 +1009,28 @@ def _mask_git_schedule(
 def _all(body: _Body, flags: str) -> str:
     """Whether every element of the bool tensor `flags` is true (also when it is empty), as a
     bool scalar."""
-    n_false = body.op("ReduceSum", body.op("Cast", body.op("Not", flags), to=_INT64), keepdims=0)
-    return body.op("Equal", n_false, body.const(0, np.int64))
+    if body.portable:
+        n_false = body.op(
+            "ReduceSum", body.op("Cast", body.op("Not", flags), to=_INT64), keepdims=0
+        )
+        return body.op("Equal", n_false, body.const(0, np.int64))
+    return body.op("Not", _any(body, body.op("Not", flags)))
+
+
+def _none(body: _Body, flags: str) -> str:
+    """Whether no element of the bool tensor `flags` is true (also when it is empty)."""
+    return _all(body, body.op("Not", flags)) if body.portable else body.op("Not", _any(body, flags))
+
+
+def _any(body: _Body, flags: str) -> str:
+    """Whether some element of the bool tensor `flags` is true, as a bool scalar: the maximum
+    of its uint8 values and one 0 appended (so that an empty tensor gives false). Exact
+    variant: onnxruntime reduces uint8 some 80 times faster than the int64 sum of the
+    portable `_all` (measured on [1730, 1024])."""
+    flat = body.op("Reshape", flags, body.const([-1], np.int64))
+    padded = body.op("Concat", flat, body.const([False], np.bool_), axis=0)
+    largest = body.op("ReduceMax", body.op("Cast", padded, to=TensorProto.UINT8), keepdims=0)
+    return body.op("Cast", largest, to=TensorProto.BOOL)
 
 
 def _item_values(body: _Body, value: str, batch: str, where: str, argument: str) -> tuple[str, str]:

@@ -38,6 +38,27 @@ from benchmarks.common import (
 FRAMES = {"coarse": 575, "c2f": 173}
 
 
+def race(onnxruntime, tract, output: str, feed: dict, repeats: int) -> tuple[dict, dict]:
+    """The two sessions' medians on `feed` (`interleaved_medians`) and their ratio, as a row's
+    entries, and each one's `output`."""
+    outputs = {}
+
+    def runner(name, session):
+        def run():
+            outputs[name] = session.run([output], feed)[0]
+
+        return run
+
+    runs = {"onnxruntime": runner("onnxruntime", onnxruntime), "tract": runner("tract", tract)}
+    medians = interleaved_medians(runs, repeats)
+    timings = {
+        "onnxruntime_s": medians["onnxruntime"],
+        "tract_s": medians["tract"],
+        "ratio": medians["tract"] / medians["onnxruntime"],
+    }
+    return timings, outputs
+
+
 def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
     """The medians of onnxruntime and tract on `graph`, tract's load time, and the logits'
     agreement."""
@@ -56,25 +77,12 @@ def measure(graph: Path, kind: str, threads: int, repeats: int) -> dict:
     start = time.perf_counter()
     tract = TractSession(graph)
     load_s = time.perf_counter() - start
-    logits = {}
-
-    def runner(name, session):
-        def run():
-            logits[name] = session.run(["logits"], feed)[0]
-
-        return run
-
-    medians = interleaved_medians(
-        {"onnxruntime": runner("onnxruntime", onnxruntime), "tract": runner("tract", tract)},
-        repeats,
-    )
+    timings, logits = race(onnxruntime, tract, "logits", feed, repeats)
     kl, top1 = logits_agreement(logits["onnxruntime"], logits["tract"])
     return {
         "graph": str(graph),
         "frames": frames,
-        "onnxruntime_s": medians["onnxruntime"],
-        "tract_s": medians["tract"],
-        "ratio": medians["tract"] / medians["onnxruntime"],
+        **timings,
         "tract_load_s": load_s,
         "max_abs_diff": float(np.abs(logits["onnxruntime"] - logits["tract"]).max()),
         "kl": kl,
@@ -117,24 +125,11 @@ def measure_step(graph: Path, kind: str, threads: int, repeats: int) -> dict:
     options.log_severity_level = 3
     onnxruntime = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     tract = TractSession(graph)
-    outputs = {}
-
-    def runner(name, session):
-        def run():
-            outputs[name] = session.run(["codes_out"], feed)[0]
-
-        return run
-
-    medians = interleaved_medians(
-        {"onnxruntime": runner("onnxruntime", onnxruntime), "tract": runner("tract", tract)},
-        repeats,
-    )
+    timings, outputs = race(onnxruntime, tract, "codes_out", feed, repeats)
     return {
         "graph": str(graph),
         "frames": frames,
-        "onnxruntime_s": medians["onnxruntime"],
-        "tract_s": medians["tract"],
-        "ratio": medians["tract"] / medians["onnxruntime"],
+        **timings,
         "agreement": float((outputs["onnxruntime"] == outputs["tract"]).mean()),
     }
 

@@ -28,12 +28,11 @@ from test_portable import (  # noqa: E402
     check_sample_tokens_at_temperature_0,
     check_sample_tokens_sampling,
 )
+from test_step_graph import problem  # noqa: E402
 from vampnet_onnx import contracts, ops_functions  # noqa: E402
 from vampnet_onnx.export.common import attach_op_bodies  # noqa: E402
 from vampnet_onnx.export.generation import export_step  # noqa: E402
 from vampnet_onnx.portable import TractSession  # noqa: E402
-
-N_CODEBOOKS = {"coarse": (4, 0), "c2f": (14, 4)}
 
 
 def export_portable_step(tiny_models_dir, root, kind: str):
@@ -69,16 +68,6 @@ def steps(request, tiny_models_dir, tmp_path_factory):
     }
 
 
-def problem(kind: str, batch: int, frames: int, seed: int):
-    """Random prompt codes and a mask (conditioning codebooks unmasked)."""
-    rng = np.random.default_rng(seed)
-    n_codebooks, n_conditioning = N_CODEBOOKS[kind]
-    codes = rng.integers(0, 1024, (batch, n_codebooks, frames))
-    mask = rng.random(codes.shape) < 0.7
-    mask[:, :n_conditioning] = False
-    return codes, mask
-
-
 def model_input(seed: int, batch: int = 2, frames: int = 19) -> np.ndarray:
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 1024, (batch, 4, frames))
@@ -92,6 +81,20 @@ def test_tract_gives_the_transformers_logits_to_float32_rounding(coarse):
     [want] = vampnet_onnx.create_session(coarse["transformer"]).run(["logits"], {"codes": codes})
     # Logits of order one through 2 layers: float32 sums in another order differ by ~1e-6.
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tract_reads_weights_stored_beside_the_graph(coarse, tmp_path):
+    """Full-size graphs keep their weights in FILE.data beside them: the session's rewritten
+    copy must reach them (tract refuses a symbolic link out of the copy's folder)."""
+    model = onnx.load(str(coarse["transformer"]))
+    path = tmp_path / "external" / "coarse.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, location="coarse.onnx.data")
+    assert (path.parent / "coarse.onnx.data").stat().st_size > 100_000
+    codes = model_input(seed=4)
+    [got] = TractSession(path).run(["logits"], {"codes": codes})
+    [want] = TractSession(coarse["transformer"]).run(["logits"], {"codes": codes})
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_feed_without_an_input_is_refused(coarse):

@@ -204,8 +204,8 @@ class TractSession:
         self._folder = tempfile.TemporaryDirectory(prefix="vampnet_onnx_tract_")
         self._file = Path(self._folder.name) / path.name
         onnx.save(rewritten, str(self._file))
-        for location in _external_files(rewritten):  # the weights stay where they are
-            (self._file.parent / location).symlink_to((path.parent / location).resolve())
+        for location in _external_files(rewritten):
+            _link_or_copy((path.parent / location).resolve(), self._file.parent / location)
         self._tract = tract
         model = tract.onnx().load(str(self._file))
         #: The graph's input names, in its order (tract runs inputs by position).
@@ -295,6 +295,18 @@ _TRACT_TYPES = {
     np.dtype(np.int32): "i32",
     np.dtype(np.bool_): "bool",
 }
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`source` at `target` too: a hard link (tract refuses weights behind a symbolic link that
+    leads out of the graph's folder), or where none can be made (another filesystem) a copy."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _external_files(model: onnx.ModelProto) -> set[str]:

@@ -8,7 +8,7 @@ mean something, e.g. one fp32 and one ``--precision int8`` folder). Each generat
 VampNet's workload (B=1, coarse 575 frames or c2f 173, periodic prompt every 7th frame in
 codebooks 0-2, the graph's default settings: 36 steps) in two sessions: ``create_session`` on
 the file (the library registered: the kernels) and a plain ``onnxruntime.InferenceSession`` on
-a copy given today's bodies, in a temporary folder with hard links to the weights (no library:
+a copy given today's bodies, in a temporary folder with links to the weights (no library:
 onnxruntime expands the ops into their bodies). One warm-up each, then the runs alternate
 (`interleaved_medians`); the table gives the medians, their ratio (issue 21's target: at
 most 1.15) and whether the two gave the same codes.
@@ -22,7 +22,6 @@ the share of the kernels' generated codes each gives (docs/portable.md).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -35,14 +34,14 @@ FRAMES = {"coarse": 575, "c2f": 173}
 
 def with_bodies(graph: Path, variant: str, folder: Path) -> Path:
     """`graph` with the bodies of `variant` as the exporter writes them today (exact: as
-    functions; portable: inlined), written into `folder` with hard links to its weights
-    (onnxruntime and OpenVINO refuse weights behind a symbolic link that leads out of the
-    graph's folder): folders exported before the bodies, or with others, are measured with
-    today's."""
+    functions; portable: inlined), written into `folder` with hard links to its weights (a copy
+    across filesystems: onnxruntime and OpenVINO refuse weights behind a symbolic link that
+    leads out of the graph's folder): folders exported before the bodies, or with others, are
+    measured with today's."""
     import onnx
 
     from vampnet_onnx.export.common import with_op_bodies
-    from vampnet_onnx.portable import _external_files
+    from vampnet_onnx.portable import _external_files, _link_or_copy
 
     model = onnx.load(str(graph), load_external_data=False)
     model = with_op_bodies(model, inline=variant == "portable", variant=variant)
@@ -51,25 +50,9 @@ def with_bodies(graph: Path, variant: str, folder: Path) -> Path:
     copy = folder / f"{variant}.{graph.name}"
     onnx.save(model, str(copy))
     for location in _external_files(model):
-        link = folder / location
-        if not link.exists():
-            os.link((graph.parent / location).resolve(), link)
+        if not (folder / location).exists():
+            _link_or_copy((graph.parent / location).resolve(), folder / location)
     return copy
-
-
-def scratch_folder(graph: Path) -> tempfile.TemporaryDirectory:
-    """A temporary folder for `graph`'s copies with bodies: the system's, where hard links to
-    the graph's weights can be made from it, else a hidden one beside the graph (a run killed
-    before it ends leaves that one behind)."""
-    folder = tempfile.TemporaryDirectory(prefix="bench_op_bodies_")
-    probe = Path(folder.name) / "probe"
-    try:
-        os.link(graph.resolve(), probe)
-        probe.unlink()
-        return folder
-    except OSError:  # another filesystem
-        folder.cleanup()
-        return tempfile.TemporaryDirectory(prefix=".bench_op_bodies_", dir=graph.parent)
 
 
 def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) -> dict:
@@ -90,7 +73,7 @@ def measure(graph: Path, kind: str, threads: int, repeats: int, portable: bool) 
     options.log_severity_level = 3
     sessions = {"kernels": kernel}
     # The sessions hold their graphs once made: the folder goes right after.
-    with scratch_folder(graph) as folder:
+    with tempfile.TemporaryDirectory(prefix="bench_op_bodies_") as folder:
         exact = with_bodies(graph, "exact", Path(folder))
         sessions["bodies"] = ort.InferenceSession(
             str(exact), options, providers=["CPUExecutionProvider"]

@@ -144,6 +144,58 @@ def sampling_model(logits_rank: int = 2, logits_type: int = TensorProto.FLOAT) -
     return node_model(ops.SAMPLE_TOKENS, shapes, {"logits": logits_type})
 
 
+def helper_session(build, rank: int = 1) -> ort.InferenceSession:
+    """A plain session on one exact-variant helper of the bodies: float64 x -> build(body, x)."""
+    body = ops_functions._Body()
+    body.op("Identity", build(body, "x"), output="y")
+    shape = [f"d{i}" for i in range(rank)]
+    graph = helper.make_graph(
+        body.nodes,
+        "helper",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, shape)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION
+    )
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_body_log_gives_det_logs_bits_over_its_whole_domain():
+    # Every power of two in [2^-255, 2^255), its neighbours (where frexp's exponent changes and
+    # the runtime's Log, which estimates it, is least sure), random values over the range, 0.
+    powers = np.ldexp(1.0, np.arange(-255, 255))
+    x = np.concatenate(
+        [
+            powers,
+            np.nextafter(powers, 0.0),
+            np.nextafter(powers, np.inf),
+            np.ldexp(np.random.default_rng(3).random(20_000) + 0.5, np.arange(20_000) % 509 - 254),
+            [0.0, 1.0, 0.5, 1.5e-45, 1e-20, 46.0, 2.0**-53],
+        ]
+    )
+    x = x[(x == 0) | ((x >= 2.0**-255) & (x < 2.0**255))]
+    got = helper_session(ops_functions._log).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got.view(np.uint64), reference.det_log(x).view(np.uint64))
+
+
+def test_body_exp_gives_det_exps_bits_over_its_whole_domain():
+    # [-700, 0]: both ends, every k = round(x / ln 2) and its rounding boundaries, random values.
+    k = np.arange(-1010, 1)
+    x = np.concatenate(
+        [
+            k * np.log(2.0),
+            (k + 0.5) * np.log(2.0),
+            np.nextafter((k + 0.5) * np.log(2.0), -np.inf),
+            -700.0 * np.random.default_rng(4).random(20_000),
+            [-700.0, 0.0, -0.0, -1e-300],
+        ]
+    )
+    x = x[(x >= -700.0) & (x <= 0.0)].reshape(1, -1)
+    got = helper_session(ops_functions._exp_in_range, rank=2).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got.view(np.uint64), reference.det_exp(x).view(np.uint64))
+
+
 @pytest.fixture(scope="module")
 def sampling_sessions():
     """(body, kernel) sessions of SampleTokens on float32 logits [N, V]."""

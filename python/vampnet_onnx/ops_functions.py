@@ -28,9 +28,10 @@ from . import ops
 #: need 18, the lowest opset the exporter writes (export.common.MIN_OPSET).
 FUNCTION_OPSET = 18
 
-_INT32, _INT64, _FLOAT, _DOUBLE = (
+_INT32, _INT64, _UINT64, _FLOAT, _DOUBLE = (
     TensorProto.INT32,
     TensorProto.INT64,
+    TensorProto.UINT64,
     TensorProto.FLOAT,
     TensorProto.DOUBLE,
 )
@@ -162,15 +163,21 @@ _ATTRIBUTE_KINDS = {
 }
 
 
-# --- Philox4x32-10 from exact int32 arithmetic -------------------------------------------------
+# --- Philox4x32-10 ---------------------------------------------------------------------------
 #
-# A 32-bit word is carried as its eight 4-bit limbs (int32 in [0, 16), least significant first,
-# on the last axis). Xor needs no BitwiseXor: a limb's xor is a lookup in the 16 x 16 table,
-# Gather(table, 16 a + b). The 32 x 32 -> 64-bit multiply is a MatMul of the limbs by the
-# multiplier's Toeplitz matrix: a limb product is at most 15^2 = 225 and a column of the product
-# sums at most 8 of them, 1800 < 2^11, so every sum is exact in int32, and even where a runtime
-# computes an integer MatMul in float32 or float16 (16-bit limbs would reach 2^33 and overflow
-# int32). Carries are then propagated limb by limb. No int64, uint32 or BitShift either.
+# Exact variant (onnxruntime): a 32-bit word is a uint64 value below 2^32, 64-bit keys and
+# counters are (low, high) word pairs on the last axis; the 32 x 32 -> 64-bit products are
+# uint64 Mul (exact: below 2^64), their halves BitShift and BitwiseAnd, xor BitwiseXor. One
+# round is seven nodes over [rows, 2] (`_philox_words`).
+#
+# Portable variant: a 32-bit word is carried as its eight 4-bit limbs (int32 in [0, 16), least
+# significant first, on the last axis). Xor needs no BitwiseXor: a limb's xor is a lookup in
+# the 16 x 16 table, Gather(table, 16 a + b). The 32 x 32 -> 64-bit multiply is a MatMul of
+# the limbs by the multiplier's Toeplitz matrix: a limb product is at most 15^2 = 225 and a
+# column of the product sums at most 8 of them, 1800 < 2^11, so every sum is exact in int32,
+# and even where a runtime computes an integer MatMul in float32 or float16 (16-bit limbs
+# would reach 2^33 and overflow int32). Carries are then propagated limb by limb. No int64,
+# uint32 or BitShift either.
 
 _LIMB_BITS = 4
 _LIMB = 1 << _LIMB_BITS
@@ -178,6 +185,7 @@ _WORD_LIMBS = 32 // _LIMB_BITS
 _MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
 _WEYL = (0x9E3779B9, 0xBB67AE85)
 _ROUNDS = 10
+_WORD_MASK = 2**32 - 1
 _XOR_TABLE = np.array([a ^ b for a in range(_LIMB) for b in range(_LIMB)], np.int32)
 
 
@@ -284,68 +292,80 @@ def _philox_round(
 
 
 def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
-    """Philox4x32-10 (docs/ops.md). counter: int32 limbs [N, 4, 8] of the words c0..c3; key:
-    int32 limbs [K, 2, 8]; key_rows: int64 [N], row n's key (absent: K = N or 1, broadcast).
-    The round keys are computed once per key, not per row. The exact variant runs the ten
-    rounds as a Loop over one round's nodes; the portable one writes them out (tract has no
-    Loop). Returns the block's words as limb pairs (w0, w2) and (w1, w3), each int32
-    [N, 2, 8]."""
-    round_keys = _round_keys(body, key)
+    """Philox4x32-10 (docs/ops.md). counter: the words c0..c3, uint64 [N, 4] (exact variant) or
+    int32 limbs [N, 4, 8] (portable); key: the key's words, [K, 2] or [K, 2, 8]; key_rows:
+    int64 [N], row n's key (absent: K = N or 1, broadcast). The round keys are computed once
+    per key, not per row. Returns the block's words as pairs (w0, w2) and (w1, w3), each
+    [N, 2] or [N, 2, 8]."""
     # The pair multiplied in each round, (c0, c2), and the pair xored in, (c1, c3).
     multiplied = body.op("Gather", counter, body.const([0, 2], np.int64), axis=1)
     xored = body.op("Gather", counter, body.const([1, 3], np.int64), axis=1)
+    if not body.portable:
+        return _philox_words(body, multiplied, xored, key, key_rows)
+    round_keys = _round_keys(body, key)
+    for r in range(_ROUNDS):
+        key_r = body.op("Gather", round_keys, body.const(r, np.int64), axis=1)
+        if key_rows is not None:
+            key_r = body.op("Gather", key_r, key_rows, axis=0)
+        multiplied, xored = _philox_round(body, multiplied, xored, key_r)
+    return multiplied, xored
 
-    def round_key(b: _Body, index: str) -> str:
-        key_r = b.op("Gather", round_keys, index, axis=1)
-        return key_r if key_rows is None else b.op("Gather", key_r, key_rows, axis=0)
 
-    if body.portable:
-        for r in range(_ROUNDS):
-            key_r = round_key(body, body.const(r, np.int64))
-            multiplied, xored = _philox_round(body, multiplied, xored, key_r)
-        return multiplied, xored
-
-    one_round = _Body(prefix="r")
-    _philox_round(
-        one_round,
-        "round_multiplied",
-        "round_xored",
-        round_key(one_round, "round_index"),
-        output=("round_multiplied_out", "round_xored_out"),
-    )
-    one_round.op("Identity", "round_condition", output="round_condition_out")
-
-    def limbs_info(name: str) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, _INT32, ["N", 2, _WORD_LIMBS])
-
-    graph = helper.make_graph(
-        one_round.nodes,
-        "philox_round",
-        [
-            helper.make_tensor_value_info("round_index", _INT64, []),
-            helper.make_tensor_value_info("round_condition", TensorProto.BOOL, []),
-            limbs_info("round_multiplied"),
-            limbs_info("round_xored"),
-        ],
-        [
-            helper.make_tensor_value_info("round_condition_out", TensorProto.BOOL, []),
-            limbs_info("round_multiplied_out"),
-            limbs_info("round_xored_out"),
-        ],
-    )
-    rounds = body.const(_ROUNDS, np.int64)
-    return body.op("Loop", rounds, "", multiplied, xored, n_outputs=2, body=graph)
+def _philox_words(
+    body: _Body, multiplied: str, xored: str, key: str, key_rows: str | None
+) -> tuple[str, str]:
+    """The exact variant's ten rounds on uint64 words: (c0, c2) and (c1, c3) [N, 2], the key
+    [K, 2]. Round r's key is key + r * (Weyl constants) mod 2^32, for every key at once."""
+    offsets = np.array([[(r * weyl) % 2**32 for weyl in _WEYL] for r in range(_ROUNDS)], np.uint64)
+    mask = body.const(_WORD_MASK, np.uint64)
+    round_keys = body.op(
+        "BitwiseAnd",
+        body.op(
+            "Add",
+            body.op("Unsqueeze", key, body.const([1], np.int64)),
+            body.const(offsets, np.uint64),
+        ),
+        mask,
+    )  # [K, 10, 2]
+    if key_rows is not None:
+        round_keys = body.op("Gather", round_keys, key_rows, axis=0)  # [N, 10, 2]
+    multipliers = body.const(np.array(_MULTIPLIERS, np.uint64), np.uint64)
+    swap = body.const([1, 0], np.int64)
+    thirty_two = body.const(32, np.uint64)
+    for r in range(_ROUNDS):
+        # (M1 c2, M0 c0): c0' = hi(M1 c2) ^ c1 ^ k0, c2' = hi(M0 c0) ^ c3 ^ k1;
+        # c1' = lo(M1 c2), c3' = lo(M0 c0).
+        product = body.op("Gather", body.op("Mul", multiplied, multipliers), swap, axis=1)
+        key_r = body.op("Gather", round_keys, body.const(r, np.int64), axis=1)
+        high = body.op("BitShift", product, thirty_two, direction="RIGHT")
+        multiplied = body.op("BitwiseXor", body.op("BitwiseXor", high, xored), key_r)
+        xored = body.op("BitwiseAnd", product, mask)
+    return multiplied, xored
 
 
 def _word_limbs(body: _Body, value: str) -> str:
-    """int64 [...] -> int32 limbs [..., 2, 8] of its 64-bit two's complement, (low word, high
-    word). The one place int64 arithmetic is used: splitting the int64 inputs into words."""
-    return _stacked_words(body, _split(body, value, 2 * _WORD_LIMBS))
+    """int64 [...] -> the words of its 64-bit two's complement, (low word, high word), in the
+    variant's form: uint64 [..., 2] (exact), int32 limbs [..., 2, 8] (portable: the one place
+    it uses int64 arithmetic, splitting the int64 inputs)."""
+    if not body.portable:
+        value = body.op("Unsqueeze", body.op("Cast", value, to=_UINT64), body.const([-1], np.int64))
+        shifted = body.op("BitShift", value, body.const([0, 32], np.uint64), direction="RIGHT")
+        return body.op("BitwiseAnd", shifted, body.const(_WORD_MASK, np.uint64))
+    return _stacked_words(body, _split_portable(body, value, 2 * _WORD_LIMBS))
 
 
 def _pair_limbs(body: _Body, low: str, high: str) -> str:
-    """Two int64 [...] words, each in [0, 2^32) -> int32 limbs [..., 2, 8]."""
-    return _stacked_words(body, _split(body, low, _WORD_LIMBS) + _split(body, high, _WORD_LIMBS))
+    """Two int64 [...] words, each in [0, 2^32) -> the pair in the variant's form (uint64
+    [..., 2] or int32 limbs [..., 2, 8])."""
+    if not body.portable:
+        last = body.const([-1], np.int64)
+        pair = body.op(
+            "Concat", body.op("Unsqueeze", low, last), body.op("Unsqueeze", high, last), axis=-1
+        )
+        return body.op("Cast", pair, to=_UINT64)
+    return _stacked_words(
+        body, _split_portable(body, low, _WORD_LIMBS) + _split_portable(body, high, _WORD_LIMBS)
+    )
 
 
 def _divmod_16_bits(body: _Body, value: str) -> tuple[str, str]:
@@ -369,8 +389,9 @@ def _divmod_16_bits(body: _Body, value: str) -> tuple[str, str]:
 
 
 def _split_portable(body: _Body, value: str, n: int) -> list[str]:
-    """`_split` 16 bits at a time (`_divmod_16_bits`), each part's four limbs at once by Div
-    and Mod of a value below 2^16 (exact in float32 too), as int64 [..., 4] pieces. No
+    """The `n` lowest 4-bit limbs of int64 [...] `value` (two's complement), as int64 pieces
+    [..., 4], lowest first: 16 bits at a time (`_divmod_16_bits`), each part's four limbs at
+    once by Div and Mod of a value below 2^16 (exact in float32 too). No
     BitwiseAnd: OpenVINO 2026.4's CPU plugin computed it on other values from one run of a
     graph to the next. `value` gets its last axis of 1 before the arithmetic, not each limb
     after it: with an Unsqueeze per limb, tract's optimiser ran out of 6 GiB on
@@ -388,30 +409,8 @@ def _split_portable(body: _Body, value: str, n: int) -> list[str]:
     return pieces
 
 
-def _split(body: _Body, value: str, n: int) -> list[str]:
-    """The `n` lowest limbs of int64 [...] `value` (two's complement), as int64 pieces
-    [..., k] of k limbs each, lowest first: `_split_by_division` (k = 1), or in the portable
-    variant `_split_portable` (k = 4)."""
-    return (_split_portable if body.portable else _split_by_division)(body, value, n)
-
-
-def _split_by_division(body: _Body, value: str, n: int) -> list[str]:
-    """`_split` limb by limb, Mod and an exact Div by the limb's base (exact in onnxruntime's
-    int64, and wherever a runtime folds them on constants in 64 bits, as OpenVINO does)."""
-    base = body.const(_LIMB, np.int64)
-    last = body.const([-1], np.int64)
-    limbs = []
-    for i in range(n):
-        # Mod with fmod = 0 takes the divisor's sign: in [0, base) for negative values too.
-        limb = body.op("Mod", value, base)
-        limbs.append(body.op("Unsqueeze", limb, last))
-        if i + 1 < n:
-            value = body.op("Div", body.op("Sub", value, limb), base)  # exact division
-    return limbs
-
-
 def _stacked_words(body: _Body, pieces: list[str]) -> str:
-    """int64 pieces [..., k] of 16 limbs in all (`_split`), low word's first -> int32
+    """int64 pieces [..., k] of 16 limbs in all (`_split_portable`), low word's first -> int32
     [..., 2, 8]."""
     limbs = body.op("Concat", *pieces, axis=-1)  # [..., 16]
     second_last = body.const([-2], np.int64)
@@ -426,21 +425,12 @@ def _random_blocks(
     body: _Body, seed: str, row_limbs: str, offset: str, key_rows: str | None = None
 ) -> tuple[str, str]:
     """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
-    seed: int64 [K]; row_limbs: int32 [N, 2, 8], the rows' words (`_word_limbs`); offset:
-    int64 [1]; key_rows: int64 [N], the key of each row (absent: K = N or 1, broadcast).
-    -> limb pairs (w0, w2) and (w1, w3), int32 [N, 2, 8]."""
+    seed: int64 [K]; row_limbs: the rows' words in the variant's form (`_word_limbs`: uint64
+    [N, 2] or int32 limbs [N, 2, 8]); offset: int64 [1]; key_rows: int64 [N], the key of each
+    row (absent: K = N or 1, broadcast). -> pairs (w0, w2) and (w1, w3), in that form."""
     offset_limbs = body.op("Expand", _word_limbs(body, offset), body.op("Shape", row_limbs))
-    counter = body.op("Concat", row_limbs, offset_limbs, axis=1)  # [N, 4, 8]
+    counter = body.op("Concat", row_limbs, offset_limbs, axis=1)  # [N, 4(, 8)]
     return _philox(body, counter, _word_limbs(body, seed), key_rows)
-
-
-def _words(body: _Body, limbs: str) -> str:
-    """int32 limbs [..., 8] -> the words' values, float64 [...] (exact: below 2^32)."""
-    place = body.const([float(_LIMB**i) for i in range(_WORD_LIMBS)], np.float64)
-    # Mul and ReduceSum, not a MatMul by the 1-D `place`: OpenVINO's CPU plugin fails to
-    # compile a float64 MatMul by a vector (its MatMulMultiplyFusion pass).
-    terms = body.op("Mul", body.op("Cast", limbs, to=_DOUBLE), place)
-    return body.op("ReduceSum", terms, body.const([-1], np.int64), keepdims=0)
 
 
 def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
@@ -459,9 +449,13 @@ def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
         terms = body.op("Mul", body.op("Cast", high_limbs, to=_FLOAT), place)
         return body.op("ReduceSum", terms, body.const([-1], np.int64), keepdims=0)
     high = body.op(
-        "Floor", body.op("Mul", _words(body, even_words), body.const(2.0**-5, np.float64))
+        "Floor",
+        body.op("Mul", body.op("Cast", even_words, to=_DOUBLE), body.const(2.0**-5, np.float64)),
     )
-    low = body.op("Floor", body.op("Mul", _words(body, odd_words), body.const(2.0**-6, np.float64)))
+    low = body.op(
+        "Floor",
+        body.op("Mul", body.op("Cast", odd_words, to=_DOUBLE), body.const(2.0**-6, np.float64)),
+    )
     bits = body.op("Add", body.op("Mul", high, body.const(2.0**26, np.float64)), low)
     return body.op("Mul", bits, body.const(2.0**-53, np.float64))
 
@@ -470,12 +464,19 @@ def random_block_model(variant: str = "exact") -> onnx.ModelProto:
     """A model of the bodies' generator alone, to check a runtime's Philox words against the
     kernel's: inputs `seed`, `row`, `offset`, int64 [N] each (the 64-bit two's complement is
     used, as the ops do); output `limbs`, int32 [N, 4, 8]: limb i of word w (w0..w3) is bits
-    4i..4i+3 of the word, as the bodies hold it (`limb_words` gives the words). variant: as
-    `function`'s (the portable one writes the rounds out, without Loop)."""
+    4i..4i+3 of the word, as the portable bodies hold it (`limb_words` gives the words; the
+    exact variant holds uint64 words, cut into limbs here). variant: as `function`'s."""
     body = _Body(portable=_portable(variant, "random_block_model"))
     even, odd = _random_blocks(body, "seed", _word_limbs(body, "row"), "offset")
     pairs = body.op("Concat", even, odd, axis=1)  # w0 w2 w1 w3
-    body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1, output="limbs")
+    words = body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
+    if body.portable:
+        body.op("Identity", words, output="limbs")
+    else:  # uint64 words [N, 4] -> their limbs
+        places = body.const([_LIMB**i for i in range(_WORD_LIMBS)], np.uint64)
+        digits = body.op("Div", body.op("Unsqueeze", words, body.const([-1], np.int64)), places)
+        limbs = body.op("Mod", digits, body.const(_LIMB, np.uint64))
+        body.op("Cast", limbs, to=_INT32, output="limbs")
     inputs = [
         helper.make_tensor_value_info(name, _INT64, ["N"]) for name in ("seed", "row", "offset")
     ]
@@ -514,8 +515,8 @@ _SQRT_HALF = 0.70710678118654752440
 # exp's argument lies in [-700, 0] in the bodies (x - max x over a temperature): its k =
 # round(x / ln 2) in [-1010, 0], and 2^k is looked up in this table of exact powers of two.
 _EXP_MIN_K = -1010
-# frexp by halving: scalings by 2^(+-j) for these j bring x in [2^-255, 2^255) to [0.5, 2).
-_FREXP_STEPS = (128, 64, 32, 16, 8, 4, 2, 1)
+# frexp's arguments lie in [2^-255, 2^255) (or are 0).
+_FREXP_LIMIT = 256
 
 
 def _inverse_factorial(n: int) -> float:
@@ -533,8 +534,10 @@ def _horner(body: _Body, x: str, coefficients: list[float]) -> str:
 
 
 def _exp_in_range(body: _Body, x: str) -> str:
-    """det::exp_in_range for float64 x in [-700, 0]: Cody-Waite reduction, Taylor series to
-    r^14 / 14!, exact scaling by 2^k. Portable variant: the runtime's float32 Exp."""
+    """det::exp_in_range for float64 x [N, V] in [-700, 0]: Cody-Waite reduction, Taylor series
+    to r^14 / 14!, exact scaling by 2^k, looked up with GatherElements in the table repeated
+    for each row (onnxruntime's Gather took five times as long, measured on [433, 1024]).
+    Portable variant: the runtime's float32 Exp."""
     if body.portable:
         return body.op("Exp", x)
     shift = body.const(_ROUND_SHIFT, np.float64)
@@ -546,36 +549,44 @@ def _exp_in_range(body: _Body, x: str) -> str:
         body.op("Mul", k, body.const(_LN2_LO, np.float64)),
     )
     p = _horner(body, r, [_inverse_factorial(n) for n in range(15)])
-    powers = np.array([2.0**-i for i in range(-_EXP_MIN_K + 1)])
+    powers = np.array([[2.0**-i for i in range(-_EXP_MIN_K + 1)]])
+    table_shape = body.op(
+        "Concat",
+        body.op("Shape", x, start=0, end=1),
+        body.const([len(powers[0])], np.int64),
+        axis=0,
+    )
+    table = body.op("Expand", body.const(powers, np.float64), table_shape)  # [N, 1011]
     index = body.op("Cast", body.op("Neg", k), to=_INT32)
-    return body.op("Mul", p, body.op("Gather", body.const(powers, np.float64), index))
+    return body.op("Mul", p, body.op("GatherElements", table, index, axis=1))
 
 
 def _frexp(body: _Body, x: str) -> tuple[str, str]:
-    """(m, e) with x = m 2^e, m in [0.5, 1), e float64, for float64 x in [2^-255, 2^255): each
-    step scales by an exact power of two, as frexp's result is exact."""
-    e = body.op("Mul", x, body.const(0.0, np.float64))
-    for j in _FREXP_STEPS:
-        for sign in (1, -1):
-            bound = body.const(2.0 ** (sign * j), np.float64)
-            far = body.op("GreaterOrEqual" if sign > 0 else "Less", x, bound)
-            x = body.op(
-                "Where", far, body.op("Mul", x, body.const(2.0 ** (-sign * j), np.float64)), x
-            )
-            e = body.op(
-                "Add",
-                e,
-                body.op(
-                    "Where",
-                    far,
-                    body.const(float(sign * j), np.float64),
-                    body.const(0.0, np.float64),
-                ),
-            )
-    # Now x is in [0.5, 2).
-    big = body.op("GreaterOrEqual", x, body.const(1.0, np.float64))
-    m = body.op("Where", big, body.op("Mul", x, body.const(0.5, np.float64)), x)
+    """(m, e) with x = m 2^e, m in [0.5, 1), e float64, for float64 x in [2^-255, 2^255) (0
+    gives some m and e: `_log` replaces its result). e is estimated from the runtime's Log,
+    within one of it whatever Log's last bits, x is scaled by the exact power 2^-e looked up in
+    a table, and one exact step each way corrects the estimate: frexp's exact result, in 20
+    nodes where halving steps took 80."""
+    safe = body.op("Max", x, body.const(2.0 ** -(_FREXP_LIMIT - 1), np.float64))
+    log2 = body.op("Mul", body.op("Log", safe), body.const(1.0 / math.log(2.0), np.float64))
+    e = body.op("Add", body.op("Floor", log2), body.const(1.0, np.float64))
+    e = body.op(
+        "Min",
+        body.op("Max", e, body.const(-float(_FREXP_LIMIT - 1), np.float64)),
+        body.const(float(_FREXP_LIMIT), np.float64),
+    )
+    # table[i] = 2^-(i - 255) for e = i - 255 in [-255, 256]
+    table = np.array([2.0 ** -(i - (_FREXP_LIMIT - 1)) for i in range(2 * _FREXP_LIMIT)])
+    index = body.op(
+        "Cast", body.op("Add", e, body.const(_FREXP_LIMIT - 1.0, np.float64)), to=_INT32
+    )
+    m = body.op("Mul", safe, body.op("Gather", body.const(table, np.float64), index))  # [0.25, 2)
+    big = body.op("GreaterOrEqual", m, body.const(1.0, np.float64))
+    m = body.op("Where", big, body.op("Mul", m, body.const(0.5, np.float64)), m)
     e = body.op("Add", e, body.op("Cast", big, to=_DOUBLE))
+    small = body.op("Less", m, body.const(0.5, np.float64))
+    m = body.op("Where", small, body.op("Mul", m, body.const(2.0, np.float64)), m)
+    e = body.op("Sub", e, body.op("Cast", small, to=_DOUBLE))
     return m, e
 
 
@@ -645,47 +656,36 @@ def _last(body: _Body, value: str) -> str:
     return body.op("Slice", value, body.const([-1], np.int64), end, axis1)
 
 
-def _top_p_keep(
-    body: _Body, x: str, x64: str, x_max64: str, keep: str, top_p: str, vocab: str
-) -> str:
-    """The nucleus filter: bool [N, V], true for the tokens top-p keeps (all when top_p = 1).
+def _top_p_keep(body: _Body, x: str, d: str, keep: str, top_p: str) -> str:
+    """The nucleus filter: bool [N, V], true for the tokens top-p keeps. d: x - max x in the
+    real type, unscaled.
 
     In the order of decreasing logit, ties by lower index (TopK's order, by the ONNX spec), a
     token stays while the mass before it, a running sum of w / S in that order, is <= top_p.
     That mass never decreases, so the kept tokens are a prefix of the order, ending at the L-th
     token: a token is kept iff it comes no later than that one, (x, -index) >= (v_L, -i_L).
-    With top_p = 1 the work runs on the first column only (the portable variant: on all) and
-    its result is ignored."""
-    on = body.op("Less", top_p, body.const(1.0, np.float32))
-    # The portable variant always runs on every column: tract gives a TopK or Slice whose size
-    # depends on the data a symbol that it has dropped by the time the graph runs.
-    width = vocab if body.portable else body.op("Where", on, vocab, body.const([1], np.int64))
-    zero = body.const([0], np.int64)
+    The caller applies it only when top_p < 1 (exact variant: an If; portable: every time, the
+    result ignored at top_p = 1)."""
+    one = body.const(1, np.int64)
     axis1 = body.const([1], np.int64)
-    x_part = body.op("Slice", x, zero, width, axis1)
-    keep_part = body.op("Slice", keep, zero, width, axis1)
-    d = body.op("Sub", body.op("Slice", x64, zero, width, axis1), x_max64)
-    weight = _softmax_weights(body, d, keep_part)
-    total = _last(body, body.op("CumSum", weight, body.const(1, np.int64)))
-    values, order = body.op("TopK", x_part, width, axis=1, n_outputs=2)
+    vocab = body.op("Shape", x, start=1, end=2)  # [1]
+    weight = _softmax_weights(body, d, keep)
+    total = _last(body, body.op("CumSum", weight, one))
+    values, order = body.op("TopK", x, vocab, axis=1, n_outputs=2)
     mass = body.op(
-        "CumSum",
-        body.op("Div", body.op("GatherElements", weight, order, axis=1), total),
-        body.const(1, np.int64),
+        "CumSum", body.op("Div", body.op("GatherElements", weight, order, axis=1), total), one
     )
     within = body.op("LessOrEqual", mass, body.op("Cast", top_p, to=body.real))
     n_within = body.op("ReduceSum", body.op("Cast", within, to=_INT64), axis1)  # [N, 1]
-    one = body.const(1, np.int64)
-    last = body.op("Sub", body.op("Min", body.op("Add", n_within, one), width), one)
+    last = body.op("Sub", body.op("Min", body.op("Add", n_within, one), vocab), one)
     v_last = body.op("GatherElements", values, last, axis=1)
     i_last = body.op("GatherElements", order, last, axis=1)
     index = body.op("Range", body.const(0, np.int64), body.op("Squeeze", vocab), one)
-    no_later = body.op(
+    return body.op(
         "Or",
         body.op("Greater", x, v_last),
         body.op("And", body.op("Equal", x, v_last), body.op("LessOrEqual", index, i_last)),
     )
-    return body.op("Or", body.op("Not", on), no_later)
 
 
 #: Rows per chunk of the exact variant's sampling (at most): onnxruntime's elementwise kernels
@@ -698,10 +698,12 @@ _CHUNK_ROWS = 512
 def _sample_rows(
     body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
 ) -> tuple[str, str]:
-    """RowSampler::sample (`_sample_chunk`) on N >= 1 rows. The exact variant runs it over
-    chunks of rows in a Loop: ceil(N / _CHUNK_ROWS) chunks of equal size (the rows padded with
-    at most one row a chunk, of zeros, whose draws are dropped); each row's arithmetic is the
-    same, so are its bits. The portable variant samples all rows at once (tract has no Loop)."""
+    """RowSampler::sample (`_sample_chunk`) on N >= 1 rows -> (tokens int64 [N, 1], p32 [N, 1]:
+    the tokens' probabilities rounded to float32, whose log the caller takes, once for all
+    rows). The exact variant runs it over chunks of rows in a Loop: ceil(N / _CHUNK_ROWS)
+    chunks of equal size (the rows padded with at most one row a chunk, of zeros, whose draws
+    are dropped); each row's arithmetic is the same, so are its bits. The portable variant
+    samples all rows at once (tract has no Loop)."""
     if body.portable:
         return _sample_chunk(body, x, x_max, temperature, top_k, top_p, u)
     one = body.const([1], np.int64)
@@ -718,10 +720,10 @@ def _sample_rows(
     start = loop.op("Mul", loop.op("Reshape", "chunk_index", one), size)
     stop = loop.op("Add", start, size)
     chunk = [loop.op("Slice", value, start, stop, zero) for value in padded]
-    tokens, logprob = _sample_chunk(loop, *chunk[:2], temperature, top_k, top_p, chunk[2])
+    tokens, p32 = _sample_chunk(loop, *chunk[:2], temperature, top_k, top_p, chunk[2])
     loop.op("Identity", "chunk_condition", output="chunk_condition_out")
     loop.op("Identity", tokens, output="chunk_tokens")
-    loop.op("Identity", logprob, output="chunk_logprob")
+    loop.op("Identity", p32, output="chunk_p32")
     graph = helper.make_graph(
         loop.nodes,
         "sample_chunk",
@@ -732,7 +734,7 @@ def _sample_rows(
         [
             helper.make_tensor_value_info("chunk_condition_out", TensorProto.BOOL, []),
             helper.make_tensor_value_info("chunk_tokens", _INT64, ["rows", 1]),
-            helper.make_tensor_value_info("chunk_logprob", _FLOAT, ["rows", 1]),
+            helper.make_tensor_value_info("chunk_p32", _DOUBLE, ["rows", 1]),
         ],
     )
     stacked = body.op("Loop", body.op("Squeeze", n_chunks), "", n_outputs=2, body=graph)
@@ -746,35 +748,53 @@ def _sample_chunk(
     body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
 ) -> tuple[str, str]:
     """RowSampler::sample. x: float32 [N, V]; x_max: its checked row maxima [N, 1]
-    (`_checked_max`); temperature, top_k, top_p: checked scalars; u: float64 [N, 1].
-    -> (tokens int64 [N, 1], logprob float32 [N, 1])."""
-    axis1 = body.const([1], np.int64)
-    vocab = body.op("Slice", body.op("Shape", x), axis1, body.const([2], np.int64))  # [1]
+    (`_checked_max`); temperature, top_k, top_p: checked scalars; u: the real type [N, 1].
+    -> (tokens int64 [N, 1], p32 [N, 1]: the token's probability w / S rounded to float32, in
+    the real type; its log is the logprob, VampNet's confidence).
+
+    The exact variant skips what the settings switch off, behind an If each (top-k, top-p,
+    the division by the temperature, the argmax at temperature 0, the rare fallback to the
+    last positive weight), and sums the weights down the columns of their transpose, where
+    onnxruntime's CumSum runs some ten times faster than along the rows (the same additions
+    in the same order: the same bits)."""
+    axis0, axis1 = body.const([0], np.int64), body.const([1], np.int64)
+    vocab = body.op("Shape", x, start=1, end=2)  # [1]
     x64, x_max64 = body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real)
     keep = body.op("Greater", x, body.const(-np.inf, np.float32))
+    d = body.op("Sub", x64, x_max64)
+    bool2 = [(TensorProto.BOOL, 2)]
 
-    # top-k: every logit >= the k-th largest stays (ties at the threshold too). Off (0 or >= V):
-    # a TopK of 1 whose threshold is ignored.
+    # top-k: every logit >= the k-th largest stays (ties at the threshold too). Off: 0 or >= V.
     top_k_on = body.op(
         "And",
         body.op("Greater", top_k, body.const(0, np.int64)),
         body.op("Less", top_k, body.op("Squeeze", vocab)),
     )
-    k = body.op("Where", top_k_on, top_k, body.const(1, np.int64))
-    if body.portable:  # the k-th of all logits sorted (a TopK of k: `_top_p_keep`'s reason)
+    if body.portable:  # the k-th of all logits sorted (a TopK of a data-dependent k: tract
+        # drops the symbol that sizes it), a k of 1 when off, the threshold then ignored
+        k = body.op("Where", top_k_on, top_k, body.const(1, np.int64))
         ranked = body.op("TopK", x, vocab, axis=1, n_outputs=2)[0]
         index = body.op("Sub", k, body.const(1, np.int64))
         threshold = body.op("Unsqueeze", body.op("Gather", ranked, index, axis=1), axis1)
+        above = body.op("GreaterOrEqual", x, threshold)
+        keep = body.op("And", keep, body.op("Or", body.op("Not", top_k_on), above))
+        nucleus = _top_p_keep(body, x, d, keep, top_p)
+        top_p_on = body.op("Less", top_p, body.const(1.0, np.float32))
+        keep = body.op("And", keep, body.op("Or", body.op("Not", top_p_on), nucleus))
     else:
-        threshold = _last(
-            body, body.op("TopK", x, body.op("Reshape", k, axis1), axis=1, n_outputs=2)[0]
+
+        def top_k_filter(b: _Body) -> list[str]:
+            values = b.op("TopK", x, b.op("Reshape", top_k, axis1), axis=1, n_outputs=2)[0]
+            return [b.op("And", keep, b.op("GreaterOrEqual", x, _last(b, values)))]
+
+        keep = body.branch(top_k_on, top_k_filter, lambda b: [keep], bool2)
+        kept = keep
+        keep = body.branch(
+            body.op("Less", top_p, body.const(1.0, np.float32)),
+            lambda b: [b.op("And", kept, _top_p_keep(b, x, d, kept, top_p))],
+            lambda b: [kept],
+            bool2,
         )
-    keep = body.op(
-        "And",
-        keep,
-        body.op("Or", body.op("Not", top_k_on), body.op("GreaterOrEqual", x, threshold)),
-    )
-    keep = body.op("And", keep, _top_p_keep(body, x, x64, x_max64, keep, top_p, vocab))
 
     # Temperature 0 and 1 use the unscaled weights (no division: the kernel's bits).
     unit = body.op(
@@ -782,37 +802,76 @@ def _sample_chunk(
         body.op("Equal", temperature, body.const(0.0, np.float32)),
         body.op("Equal", temperature, body.const(1.0, np.float32)),
     )
-    scale = body.op("Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=body.real))
-    # Removed tokens' differences become 0 before the division: -inf / inf would be NaN. (The
-    # exact variant clamps them to -DBL_MAX instead, a Max being faster than a Where: a removed
-    # token's weight is 0 whatever its difference, and a kept one's is finite, unchanged.)
-    d = body.op("Sub", x64, x_max64)
     if body.portable:
+        # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
         d = body.op("Where", keep, d, body.real_const(0.0))
+        scale = body.op(
+            "Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=_FLOAT)
+        )
+        d = body.op("Div", d, scale)
     else:
-        d = body.op("Max", d, body.real_const(-np.finfo(np.float64).max))
-    weight = _softmax_weights(body, body.op("Div", d, scale), keep)
-    running = body.op("CumSum", weight, body.const(1, np.int64))
-    total = _last(body, running)
+        # Removed tokens' differences are clamped to -DBL_MAX before the division (-inf / inf
+        # would be NaN; a Max is faster than a Where): their weight is 0 whatever it is, and a
+        # kept token's difference is finite, unchanged. Unscaled, -inf gives a weight of 0.
+        unscaled = d
+        d = body.branch(
+            unit,
+            lambda b: [unscaled],
+            lambda b: [
+                b.op(
+                    "Div",
+                    b.op("Max", unscaled, b.real_const(-np.finfo(np.float64).max)),
+                    b.op("Cast", temperature, to=_DOUBLE),
+                )
+            ],
+            [(_DOUBLE, 2)],
+        )
+    weight = _softmax_weights(body, d, keep)
 
     # The first index whose running sum exceeds u S; if rounding leaves none, the last token of
     # positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
-    # Flags as int32 (portable) or uint8 (exact: onnxruntime casts bool to it 10 times faster).
-    flag_type = _INT32 if body.portable else TensorProto.UINT8
-    above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=flag_type)
-    first_above = body.op("ArgMax", above, axis=1)
-    any_above = body.op("Cast", body.op("ReduceMax", above, axis1), to=TensorProto.BOOL)
-    positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=flag_type)
-    last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
-    drawn = body.op("Where", any_above, first_above, last_positive)
-    argmax = body.op("ArgMax", x, axis=1)
     sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
-    tokens = body.op("Where", sampling, drawn, argmax)
+    if body.portable:  # flags as int32
+        running = body.op("CumSum", weight, body.const(1, np.int64))
+        total = _last(body, running)
+        above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
+        first_above = body.op("ArgMax", above, axis=1)
+        any_above = body.op("Cast", body.op("ReduceMax", above, axis1), to=TensorProto.BOOL)
+        positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=_INT32)
+        last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
+        drawn = body.op("Where", any_above, first_above, last_positive)
+        tokens = body.op("Where", sampling, drawn, body.op("ArgMax", x, axis=1))
+    else:
+        # Running sums down the columns of the transpose [V, N]; flags as uint8 (onnxruntime
+        # casts bool to it 10 times faster than to int32). Some running sum exceeds u S iff the
+        # last, S, does: the sums never decrease.
+        running = body.op(
+            "CumSum", body.op("Transpose", weight, perm=[1, 0]), body.const(0, np.int64)
+        )
+        total_t = body.op(
+            "Slice", running, body.const([-1], np.int64), body.const([2**62], np.int64), axis0
+        )
+        bar = body.op("Mul", body.op("Transpose", u, perm=[1, 0]), total_t)  # [1, N]
+        total = body.op("Transpose", total_t, perm=[1, 0])  # [N, 1]
+        any_above = body.op("Transpose", body.op("Greater", total_t, bar), perm=[1, 0])
 
-    # logprob = log(float32(w / S)), rounded to float32: VampNet's confidence.
+        def drawn(b: _Body) -> list[str]:
+            above = b.op("Cast", b.op("Greater", running, bar), to=TensorProto.UINT8)
+            first_above = b.op("Transpose", b.op("ArgMax", above, axis=0), perm=[1, 0])
+
+            def fallback(f: _Body) -> list[str]:
+                positive = f.op(
+                    "Cast", f.op("Greater", weight, f.real_const(0.0)), to=TensorProto.UINT8
+                )
+                last_positive = f.op("ArgMax", positive, axis=1, select_last_index=1)
+                return [f.op("Where", any_above, first_above, last_positive)]
+
+            return [b.branch(_all(b, any_above), lambda a: [first_above], fallback, [(_INT64, 2)])]
+
+        tokens = body.branch(sampling, drawn, lambda b: [b.op("ArgMax", x, axis=1)], [(_INT64, 2)])
+
     p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
-    p32 = body.op("Cast", body.op("Cast", p, to=_FLOAT), to=body.real)
-    return tokens, body.op("Cast", _log(body, p32), to=_FLOAT)
+    return tokens, body.op("Cast", body.op("Cast", p, to=_FLOAT), to=body.real)
 
 
 def _checked_sampling(
@@ -937,7 +996,8 @@ def _sample_tokens(portable: bool) -> onnx.FunctionProto:
             branch.op("Reshape", offset, reshape1),
         )
         u = _slice(branch, _uniforms(branch, even, odd), 0, 1, axis=1)  # [N, 1]: u of (w0, w1)
-        return list(_sample_rows(branch, x, x_max, temperature, top_k, top_p, u))
+        tokens, p32 = _sample_rows(branch, x, x_max, temperature, top_k, top_p, u)
+        return [tokens, branch.op("Cast", _log(branch, p32), to=_FLOAT)]
 
     # No rows: empty outputs, and no operator runs on an empty tensor (onnxruntime 1.21's TopK
     # and MatMul fail on some, its TopK with a floating-point exception). The portable variant
@@ -1230,13 +1290,15 @@ def _mask_git_step(portable: bool) -> onnx.FunctionProto:
             branch, item_seeds, row_limbs, branch.op("Reshape", step, axis1), item
         )
         uniforms = _uniforms(branch, even, odd)  # [M, 2]
-        tokens, logprob = _sample_rows(
+        tokens, p32 = _sample_rows(
             branch, x, x_max, temperature, top_k, top_p, _slice(branch, uniforms, 0, 1, axis=1)
         )
+        # The logprob's log and the noise's first, -log(-log u2), in one pass.
         u2 = branch.op("Max", _slice(branch, uniforms, 1, 2, axis=1), branch.real_const(1e-20))
-        noise = branch.op(
-            "Cast", branch.op("Neg", _log(branch, branch.op("Neg", _log(branch, u2)))), to=_FLOAT
-        )
+        logs = _log(branch, branch.op("Concat", p32, u2, axis=1))  # [M, 2]
+        logprob = branch.op("Cast", _slice(branch, logs, 0, 1, axis=1), to=_FLOAT)
+        minus_log_u2 = branch.op("Neg", _slice(branch, logs, 1, 2, axis=1))
+        noise = branch.op("Cast", branch.op("Neg", _log(branch, minus_log_u2)), to=_FLOAT)
 
         k, scale = _mask_git_schedule(branch, step, n_steps, n0, n_masked, mask_temperature)
         confidence = branch.op("Add", logprob, branch.op("Mul", scale, noise))  # [M, 1]

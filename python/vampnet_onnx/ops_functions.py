@@ -4,10 +4,9 @@
 A model that carries these functions beside its `vampnet_onnx` nodes (`attach_functions`)
 runs in a runtime without our library: the runtime expands each node into its body. With the
 library registered, onnxruntime keeps the node on our kernel. The bodies follow the kernels'
-arithmetic operation by operation (Philox4x32-10 from integer operations that stay exact in
-int32, the softmax weights, logs and cosine from IEEE double + - * /, sums in index order
-through CumSum), so on onnxruntime they give the kernels' bits; tests/test_ops_functions.py
-checks that.
+arithmetic operation by operation (Philox4x32-10 from exact integer operations, the softmax
+weights, logs and cosine from IEEE double + - * /, sums in index order through CumSum), so on
+onnxruntime they give the kernels' bits; tests/test_ops_functions.py checks that.
 
 Built with plain `onnx.helper` (no torch, no onnxscript): the runtime imports this module.
 """
@@ -756,7 +755,8 @@ def _sample_chunk(
     the division by the temperature, the argmax at temperature 0, the rare fallback to the
     last positive weight), and sums the weights down the columns of their transpose, where
     onnxruntime's CumSum runs some ten times faster than along the rows (the same additions
-    in the same order: the same bits)."""
+    in the same order: the same bits; with the transpose, about as fast in a whole
+    generation)."""
     axis0, axis1 = body.const([0], np.int64), body.const([1], np.int64)
     vocab = body.op("Shape", x, start=1, end=2)  # [1]
     x64, x_max64 = body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real)
@@ -1478,7 +1478,8 @@ def _function(schema: ops.OpSchema, body: _Body) -> onnx.FunctionProto:
 
 
 #: The bodies' variants. "exact": the kernels' arithmetic, float64 where they compute in double,
-#: exp, log and cos from + - * / (det_math.h), the Philox rounds in a Loop: the kernels' bits
+#: exp, log and cos from + - * / (det_math.h), Philox on uint64 words, the rows sampled in a
+#: Loop over chunks and what the settings switch off skipped behind If: the kernels' bits
 #: on onnxruntime. "portable": float32 throughout, the runtime's Exp, Log and Cos, uniforms of
 #: 24 bits, the rounds written out: for runtimes that compute float64 as float32 (OpenVINO's
 #: CPU plugin) or have no Loop (tract); the same Philox words, its own agreement (docs/ops.md).

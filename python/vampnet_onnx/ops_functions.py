@@ -257,11 +257,9 @@ def _round_keys(body: _Body, key: str) -> str:
     return _carry(body, columns, _WORD_LIMBS, _WORD_LIMBS)
 
 
-def _philox_round(
-    body: _Body, multiplied: str, xored: str, key_r: str, output: tuple[str, str] | None = None
-) -> tuple[str, str]:
-    """One Philox round on limb pairs (c0, c2) and (c1, c3), int32 [N, 2, 8], with the round's
-    key limbs key_r ([N or 1, 2, 8]) -> the new pairs. output: the names to give them."""
+def _philox_round(body: _Body, multiplied: str, xored: str, key_r: str) -> tuple[str, str]:
+    """One Philox round (portable variant) on limb pairs (c0, c2) and (c1, c3), int32
+    [N, 2, 8], with the round's key limbs key_r ([N or 1, 2, 8]) -> the new pairs."""
     # Column k of (limbs a) x (limbs of M) is sum_i a_i m_(k-i): a MatMul by M's Toeplitz
     # matrix; its columns summed four at a time into groups of 16 bits (column 4j + i worth
     # 16^i in group j) by the same MatMul: each group is at most 1800 (1 + 16 + 256 + 4096) <
@@ -284,10 +282,7 @@ def _philox_round(
     product = body.op("Gather", product, body.const([1, 0], np.int64), axis=1)
     high = _slice(body, product, _WORD_LIMBS, 2 * _WORD_LIMBS, axis=-1)
     low = _slice(body, product, 0, _WORD_LIMBS, axis=-1)
-    xor = _xor(body, _xor(body, high, xored), key_r)
-    if output is None:
-        return xor, low
-    return body.op("Identity", xor, output=output[0]), body.op("Identity", low, output=output[1])
+    return _xor(body, _xor(body, high, xored), key_r), low
 
 
 def _philox(body: _Body, counter: str, key: str, key_rows: str | None = None) -> tuple[str, str]:
@@ -342,7 +337,7 @@ def _philox_words(
     return multiplied, xored
 
 
-def _word_limbs(body: _Body, value: str) -> str:
+def _int64_words(body: _Body, value: str) -> str:
     """int64 [...] -> the words of its 64-bit two's complement, (low word, high word), in the
     variant's form: uint64 [..., 2] (exact), int32 limbs [..., 2, 8] (portable: the one place
     it uses int64 arithmetic, splitting the int64 inputs)."""
@@ -353,7 +348,7 @@ def _word_limbs(body: _Body, value: str) -> str:
     return _stacked_words(body, _split_portable(body, value, 2 * _WORD_LIMBS))
 
 
-def _pair_limbs(body: _Body, low: str, high: str) -> str:
+def _pair_words(body: _Body, low: str, high: str) -> str:
     """Two int64 [...] words, each in [0, 2^32) -> the pair in the variant's form (uint64
     [..., 2] or int32 limbs [..., 2, 8])."""
     if not body.portable:
@@ -421,15 +416,15 @@ def _stacked_words(body: _Body, pieces: list[str]) -> str:
 
 
 def _random_blocks(
-    body: _Body, seed: str, row_limbs: str, offset: str, key_rows: str | None = None
+    body: _Body, seed: str, row_words: str, offset: str, key_rows: str | None = None
 ) -> tuple[str, str]:
     """The Philox block of each row: key = seed, counter = (row, offset) as 64-bit words.
-    seed: int64 [K]; row_limbs: the rows' words in the variant's form (`_word_limbs`: uint64
+    seed: int64 [K]; row_words: the rows' words in the variant's form (`_int64_words`: uint64
     [N, 2] or int32 limbs [N, 2, 8]); offset: int64 [1]; key_rows: int64 [N], the key of each
     row (absent: K = N or 1, broadcast). -> pairs (w0, w2) and (w1, w3), in that form."""
-    offset_limbs = body.op("Expand", _word_limbs(body, offset), body.op("Shape", row_limbs))
-    counter = body.op("Concat", row_limbs, offset_limbs, axis=1)  # [N, 4(, 8)]
-    return _philox(body, counter, _word_limbs(body, seed), key_rows)
+    offset_words = body.op("Expand", _int64_words(body, offset), body.op("Shape", row_words))
+    counter = body.op("Concat", row_words, offset_words, axis=1)  # [N, 4(, 8)]
+    return _philox(body, counter, _int64_words(body, seed), key_rows)
 
 
 def _uniforms(body: _Body, even_words: str, odd_words: str) -> str:
@@ -466,7 +461,7 @@ def random_block_model(variant: str = "exact") -> onnx.ModelProto:
     4i..4i+3 of the word, as the portable bodies hold it (`limb_words` gives the words; the
     exact variant holds uint64 words, cut into limbs here). variant: as `function`'s."""
     body = _Body(portable=_portable(variant, "random_block_model"))
-    even, odd = _random_blocks(body, "seed", _word_limbs(body, "row"), "offset")
+    even, odd = _random_blocks(body, "seed", _int64_words(body, "row"), "offset")
     pairs = body.op("Concat", even, odd, axis=1)  # w0 w2 w1 w3
     words = body.op("Gather", pairs, body.const([0, 2, 1, 3], np.int64), axis=1)
     if body.portable:
@@ -928,21 +923,22 @@ def _checked_max(body: _Body, where: str, x: str, read: str | None = None) -> st
     )
 
 
-def _row_limbs(body: _Body, first_row: str, row_index: str) -> str:
-    """The limbs [N, 2, 8] of the rows first_row + row_index (int64 scalar and [N]).
+def _row_words(body: _Body, first_row: str, row_index: str) -> str:
+    """The words of the rows first_row + row_index (int64 scalar and [N]), in the variant's
+    form (`_int64_words`).
 
     The portable variant splits first_row on its own and adds the limbs with carries:
     vamp.onnx's mask draws pass a constant first_row above 2^31 (`MASK_STREAM_ITEM << 32`),
     which OpenVINO holds only while it folds constants, in 64 bits, before its CPU plugin
     computes int64 in 32 (measured: the sum first split gives other rows there)."""
     if not body.portable:
-        return _word_limbs(body, body.op("Add", row_index, first_row))
+        return _int64_words(body, body.op("Add", row_index, first_row))
     n_limbs = 2 * _WORD_LIMBS
     flat = body.const([-1, n_limbs], np.int64)
     columns = body.op(
         "Add",
-        body.op("Reshape", _word_limbs(body, first_row), flat),
-        body.op("Reshape", _word_limbs(body, row_index), flat),
+        body.op("Reshape", _int64_words(body, first_row), flat),
+        body.op("Reshape", _int64_words(body, row_index), flat),
     )
     limbs = _carry(body, columns, n_limbs, n_limbs)
     return body.op("Reshape", limbs, body.const([-1, 2, _WORD_LIMBS], np.int64))
@@ -992,7 +988,7 @@ def _sample_tokens(portable: bool) -> onnx.FunctionProto:
         even, odd = _random_blocks(
             branch,
             branch.op("Reshape", seed, reshape1),
-            _row_limbs(branch, first_row, row_index),
+            _row_words(branch, first_row, row_index),
             branch.op("Reshape", offset, reshape1),
         )
         u = _slice(branch, _uniforms(branch, even, odd), 0, 1, axis=1)  # [N, 1]: u of (w0, w1)
@@ -1285,9 +1281,9 @@ def _mask_git_step(portable: bool) -> onnx.FunctionProto:
         divisor = branch.op("Max", positions, branch.const([1], np.int64))
         item = branch.op("Div", rows, divisor)
         position = branch.op("Mod", rows, divisor)
-        row_limbs = _pair_limbs(branch, position, branch.op("Gather", item_streams, item, axis=0))
+        row_words = _pair_words(branch, position, branch.op("Gather", item_streams, item, axis=0))
         even, odd = _random_blocks(
-            branch, item_seeds, row_limbs, branch.op("Reshape", step, axis1), item
+            branch, item_seeds, row_words, branch.op("Reshape", step, axis1), item
         )
         uniforms = _uniforms(branch, even, odd)  # [M, 2]
         tokens, p32 = _sample_rows(

@@ -196,6 +196,102 @@ def test_body_exp_gives_det_exps_bits_over_its_whole_domain():
     np.testing.assert_array_equal(got.view(np.uint64), reference.det_exp(x).view(np.uint64))
 
 
+def draw_session() -> ort.InferenceSession:
+    """A plain session on the exact variant's `_draw` with its certificate: (x float32 [N, V],
+    weight float64 [N, V], u [N, 1], temperature) -> (tokens, p, certified)."""
+    body = ops_functions._Body()
+    outputs = ops_functions._draw(body, "x", "weight", "temperature", "u", certify=True)
+    for value, name in zip(outputs, ("tokens", "p", "certified"), strict=True):
+        body.op("Identity", value, output=name)
+    rows = ["N", "V"]
+    graph = helper.make_graph(
+        body.nodes,
+        "draw",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, rows),
+            helper.make_tensor_value_info("weight", TensorProto.DOUBLE, rows),
+            helper.make_tensor_value_info("u", TensorProto.DOUBLE, ["N", 1]),
+            helper.make_tensor_value_info("temperature", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("p", TensorProto.DOUBLE, ["N", 1]),
+            helper.make_tensor_value_info("certified", TensorProto.BOOL, ["N", 1]),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION
+    )
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def numpy_draw(weight: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's draw from float64 weights [N, V] (positive) with uniforms [N, 1]: (tokens,
+    p rounded to float32)."""
+    running = np.cumsum(weight, axis=1)
+    above = running > u * running[:, -1:]
+    last = weight.shape[1] - 1 - np.argmax((weight > 0)[:, ::-1], axis=1)
+    tokens = np.where(above.any(axis=1), np.argmax(above, axis=1), last)
+    p = weight[np.arange(len(weight)), tokens] / running[:, -1]
+    return tokens, p.astype(np.float32)
+
+
+def test_the_fast_draws_certificate_holds_for_any_weights_within_its_bound():
+    """The exact variant draws from the runtime's Exp and keeps a row's draw only where it is
+    certified to be det_exp's (`ops_functions._CERTAIN`). Weights perturbed by up to 1e-14
+    relatively (the bound the certificate assumes; onnxruntime's Exp is within 2 units in the
+    last place, 4.4e-16) must give the unperturbed weights' token and float32 p in every
+    certified row. Rows whose u S lies within a few units in the last place of a running sum,
+    or whose p lies next to a float32 rounding boundary, are drawn to be uncertified, and some
+    of them do draw another token or p from the perturbed weights: the certificate is what
+    keeps those rows out."""
+    rng = np.random.default_rng(21)
+    n, vocab = 6000, 24
+    weight = rng.random((n, vocab)) ** 4 + 1e-3
+    running = np.cumsum(weight, axis=1)
+    u = rng.random((n, 1))
+    # Rows 0-1999: u S on a running sum, give or take a few units in the last place.
+    cut = rng.integers(0, vocab - 1, 2000)
+    ratio = running[np.arange(2000), cut] / running[:2000, -1]
+    u[:2000, 0] = ratio * (1 + rng.integers(-4, 5, 2000) * 2.0**-53)
+    # Rows 2000-3999: the sampled token's p on a float32 rounding boundary, for the same u.
+    tokens, _ = numpy_draw(weight, u)
+    rows = np.arange(2000, 4000)
+    p32 = (weight[rows, tokens[rows]] / running[rows, -1]).astype(np.float32)
+    boundary = (p32.astype(np.float64) + np.nextafter(p32, np.float32(2)).astype(np.float64)) / 2
+    rest = running[rows, -1] - weight[rows, tokens[rows]]
+    weight[rows, tokens[rows]] = boundary * rest / (1 - boundary)  # then w / S is the boundary
+    perturbed = weight * (1 + rng.uniform(-1e-14, 1e-14, weight.shape))
+
+    x = np.zeros((n, vocab), np.float32)
+    got_tokens, got_p, certified = draw_session().run(
+        None,
+        {"x": x, "weight": perturbed, "u": u, "temperature": np.array(1.0, np.float32)},
+    )
+    want_tokens, want_p32 = numpy_draw(weight, u)
+    certified = certified[:, 0]
+    differs = (got_tokens[:, 0] != want_tokens) | (got_p[:, 0].astype(np.float32) != want_p32)
+    assert not (differs & certified).any()
+    # The crafted rows: uncertified, and some of them do differ (the test can fail).
+    assert differs[:2000].sum() >= 20 and differs[2000:4000].sum() >= 20
+    assert certified[:4000].mean() < 0.1
+    # Random rows are nearly all certified: the fast path is the one that runs.
+    assert certified[4000:].mean() > 0.999
+
+
+@pytest.mark.parametrize("certain", [0.0, 1.0])
+def test_body_sample_tokens_gives_the_kernels_bits_on_either_path(monkeypatch, certain):
+    """A margin of 1 certifies nothing (every chunk is drawn again from det_exp); one of 0
+    certifies all but exact ties (the runtime's Exp alone)."""
+    monkeypatch.setattr(ops_functions, "_CERTAIN", certain)
+    model = sampling_model()
+    body, kernel = body_session(model), kernel_session(model)
+    logits = random_logits(np.random.default_rng(5), (700, 1024))
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.8, 0, 0.9), (0.0, 0, 1.0)]:
+        feed = sample_feed(logits, temperature, top_k, top_p, seed=2, offset=0, first_row=0)
+        assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
 @pytest.fixture(scope="module")
 def sampling_sessions():
     """(body, kernel) sessions of SampleTokens on float32 logits [N, V]."""

@@ -620,20 +620,22 @@ def _cos(body: _Body, x: str) -> str:
 # --- sampling: csrc/kernels/sampling.h ----------------------------------------------------------
 
 
-def _softmax_weights(body: _Body, d: str, keep: str) -> str:
+def _softmax_weights(body: _Body, d: str, keep: str, runtime_exp: bool = False) -> str:
     """weight_of: exp(d) for kept tokens whose d = (x - max) / T is >= -700, else 0.
 
     Exact variant: d is never NaN there (its rows are checked before, and `_sample_rows`
     clamps -inf before the division), so the argument of exp is max(d, -700), in the table's
     range, and the weights of the other tokens are zeroed by a product with 0 (exp is finite
     and positive there): the same values as a Where, which onnxruntime runs 5 to 7 times slower
-    than Max or Mul on float64 (measured on [1730, 1024])."""
+    than Max or Mul on float64 (measured on [1730, 1024]). runtime_exp: the runtime's float64
+    Exp instead of det_exp (`_sample_chunk`'s certified fast path)."""
     kept = body.op("And", keep, body.op("GreaterOrEqual", d, body.real_const(_EXP_UNDERFLOW)))
     if body.portable:
         safe = body.op("Where", kept, d, body.real_const(0.0))  # never NaN or -inf in exp
         return body.op("Where", kept, _exp_in_range(body, safe), body.real_const(0.0))
     safe = body.op("Max", d, body.real_const(_EXP_UNDERFLOW))
-    return body.op("Mul", _exp_in_range(body, safe), _as_real(body, kept))
+    exp = body.op("Exp", safe) if runtime_exp else _exp_in_range(body, safe)
+    return body.op("Mul", exp, _as_real(body, kept))
 
 
 def _as_real(body: _Body, flags: str) -> str:
@@ -752,7 +754,7 @@ def _sample_chunk(
     onnxruntime's CumSum runs some ten times faster than along the rows (the same additions
     in the same order: the same bits; with the transpose, about as fast in a whole
     generation)."""
-    axis0, axis1 = body.const([0], np.int64), body.const([1], np.int64)
+    axis1 = body.const([1], np.int64)
     vocab = body.op("Shape", x, start=1, end=2)  # [1]
     x64, x_max64 = body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real)
     keep = body.op("Greater", x, body.const(-np.inf, np.float32))
@@ -821,12 +823,63 @@ def _sample_chunk(
             ],
             [(_DOUBLE, 2)],
         )
-    weight = _softmax_weights(body, d, keep)
+    if body.portable:
+        weight = _softmax_weights(body, d, keep)
+        tokens, p, _ = _draw(body, x, weight, temperature, u)
+        return tokens, _float32(body, p)
 
-    # The first index whose running sum exceeds u S; if rounding leaves none, the last token of
-    # positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
+    # Exact variant: drawn first from the runtime's Exp, the draw kept where it is certain to
+    # be det_exp's (`_draw`'s margins), else drawn again from det_exp, the chunk at once.
+    fast_tokens, fast_p, certified = _draw(
+        body, x, _softmax_weights(body, d, keep, runtime_exp=True), temperature, u, certify=True
+    )
+
+    def exact(b: _Body) -> list[str]:
+        tokens, p, _ = _draw(b, x, _softmax_weights(b, d, keep), temperature, u)
+        return [tokens, _float32(b, p)]
+
+    return tuple(
+        body.branch(
+            _all(body, certified),
+            lambda b: [fast_tokens, _float32(b, fast_p)],
+            exact,
+            [(_INT64, 2), (_DOUBLE, 2)],
+        )
+    )
+
+
+def _float32(body: _Body, p: str) -> str:
+    """p rounded to float32, in the real type."""
+    return body.op("Cast", body.op("Cast", p, to=_FLOAT), to=body.real)
+
+
+#: The exact variant's fast path (`_draw`): a draw from weights of the runtime's float64 Exp is
+#: kept when every comparison it rests on clears this margin, relative to the row's total S.
+#: The comparisons of the draw's running sums with u S, and p = w / S, differ from det_exp's
+#: by at most about 4.8e-13 S: the weights by at most 1e-14 relatively (45 units in the last
+#: place; det_exp is within 1 of exp, onnxruntime's Exp within 2, measured), the two sums of
+#: up to 1024 positive terms in the same order by 1024 roundings each (2.3e-13), u S by one.
+_CERTAIN = 2.0**-39  # 1.8e-12
+
+
+def _draw(
+    body: _Body, x: str, weight: str, temperature: str, u: str, certify: bool = False
+) -> tuple[str, str, str | None]:
+    """The draw from the weights [N, V] -> (tokens int64 [N, 1], p = w / S [N, 1] in the real
+    type, and with `certify` (exact variant) a bool [N, 1]: true where the token and p rounded
+    to float32 are those of any weights within 1e-14 of these, relatively (`_CERTAIN`)).
+
+    The first index whose running sum exceeds u S; if rounding leaves none, the last token of
+    positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
+
+    A token t is certain when the running sums s[t - 1] and s[t] (s[-1] = 0 <= u S needs none)
+    are both farther than the margin from u S: the sums never decrease, so any weights within
+    the bound give the same first index above u S (or none: then s[t] = S, below u S). p
+    rounded to float32 is certain when p (1 - margin) and p (1 + margin) round to the same
+    float32. The certificate is exact arithmetic on the bound, not a statistical guess."""
     sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
     if body.portable:  # flags as int32
+        axis1 = body.const([1], np.int64)
         running = body.op("CumSum", weight, body.const(1, np.int64))
         total = _last(body, running)
         above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
@@ -836,37 +889,60 @@ def _sample_chunk(
         last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
         drawn = body.op("Where", any_above, first_above, last_positive)
         tokens = body.op("Where", sampling, drawn, body.op("ArgMax", x, axis=1))
-    else:
-        # Running sums down the columns of the transpose [V, N]; flags as uint8 (onnxruntime
-        # casts bool to it 10 times faster than to int32). Some running sum exceeds u S iff the
-        # last, S, does: the sums never decrease.
-        running = body.op(
-            "CumSum", body.op("Transpose", weight, perm=[1, 0]), body.const(0, np.int64)
-        )
-        total_t = body.op(
-            "Slice", running, body.const([-1], np.int64), body.const([2**62], np.int64), axis0
-        )
-        bar = body.op("Mul", body.op("Transpose", u, perm=[1, 0]), total_t)  # [1, N]
-        total = body.op("Transpose", total_t, perm=[1, 0])  # [N, 1]
-        any_above = body.op("Transpose", body.op("Greater", total_t, bar), perm=[1, 0])
+        p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
+        return tokens, p, None
+    # Running sums down the columns of the transpose [V, N]; flags as uint8 (onnxruntime
+    # casts bool to it 10 times faster than to int32). Some running sum exceeds u S iff the
+    # last, S, does: the sums never decrease.
+    running = body.op("CumSum", body.op("Transpose", weight, perm=[1, 0]), body.const(0, np.int64))
+    total_t = body.op(
+        "Slice",
+        running,
+        body.const([-1], np.int64),
+        body.const([2**62], np.int64),
+        body.const([0], np.int64),
+    )
+    bar = body.op("Mul", body.op("Transpose", u, perm=[1, 0]), total_t)  # [1, N]
+    total = body.op("Transpose", total_t, perm=[1, 0])  # [N, 1]
+    any_above = body.op("Transpose", body.op("Greater", total_t, bar), perm=[1, 0])
 
-        def drawn(b: _Body) -> list[str]:
-            above = b.op("Cast", b.op("Greater", running, bar), to=TensorProto.UINT8)
-            first_above = b.op("Transpose", b.op("ArgMax", above, axis=0), perm=[1, 0])
+    def drawn(b: _Body) -> list[str]:
+        above = b.op("Cast", b.op("Greater", running, bar), to=TensorProto.UINT8)
+        first_above = b.op("Transpose", b.op("ArgMax", above, axis=0), perm=[1, 0])
 
-            def fallback(f: _Body) -> list[str]:
-                positive = f.op(
-                    "Cast", f.op("Greater", weight, f.real_const(0.0)), to=TensorProto.UINT8
-                )
-                last_positive = f.op("ArgMax", positive, axis=1, select_last_index=1)
-                return [f.op("Where", any_above, first_above, last_positive)]
+        def fallback(f: _Body) -> list[str]:
+            positive = f.op(
+                "Cast", f.op("Greater", weight, f.real_const(0.0)), to=TensorProto.UINT8
+            )
+            last_positive = f.op("ArgMax", positive, axis=1, select_last_index=1)
+            return [f.op("Where", any_above, first_above, last_positive)]
 
-            return [b.branch(_all(b, any_above), lambda a: [first_above], fallback, [(_INT64, 2)])]
+        return [b.branch(_all(b, any_above), lambda a: [first_above], fallback, [(_INT64, 2)])]
 
-        tokens = body.branch(sampling, drawn, lambda b: [b.op("ArgMax", x, axis=1)], [(_INT64, 2)])
-
+    tokens = body.branch(sampling, drawn, lambda b: [b.op("ArgMax", x, axis=1)], [(_INT64, 2)])
     p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
-    return tokens, body.op("Cast", body.op("Cast", p, to=_FLOAT), to=body.real)
+    if not certify:
+        return tokens, p, None
+
+    margin = body.op("Mul", total_t, body.const(_CERTAIN, np.float64))  # [1, N]
+    t_row = body.op("Transpose", tokens, perm=[1, 0])
+    before = body.op("Max", body.op("Sub", t_row, body.const(1, np.int64)), body.const(0, np.int64))
+
+    def clear(index: str) -> str:
+        s = body.op("GatherElements", running, index, axis=0)
+        return body.op("Greater", body.op("Abs", body.op("Sub", s, bar)), margin)
+
+    token_certain = body.op(
+        "Or", body.op("Not", sampling), body.op("And", clear(t_row), clear(before))
+    )
+    # p (1 -+ margin) as p -+ p margin: onnxruntime's common-subexpression elimination took
+    # Mul(p, 1 - 2^-39) and Mul(p, 1 + 2^-39) for one value (the constants are equal in
+    # float32), and every p for certain.
+    spread = body.op("Mul", p, body.const(_CERTAIN, np.float64))
+    low = body.op("Cast", body.op("Sub", p, spread), to=_FLOAT)
+    high = body.op("Cast", body.op("Add", p, spread), to=_FLOAT)
+    p_certain = body.op("Equal", low, high)
+    return tokens, p, body.op("And", body.op("Transpose", token_certain, perm=[1, 0]), p_certain)
 
 
 def _checked_sampling(

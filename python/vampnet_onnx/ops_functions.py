@@ -854,11 +854,13 @@ def _float32(body: _Body, p: str) -> str:
 
 
 #: The exact variant's fast path (`_draw`): a draw from weights of the runtime's float64 Exp is
-#: kept when every comparison it rests on clears this margin, relative to the row's total S.
-#: The comparisons of the draw's running sums with u S, and p = w / S, differ from det_exp's
-#: by at most about 4.8e-13 S: the weights by at most 1e-14 relatively (45 units in the last
-#: place; det_exp is within 1 of exp, onnxruntime's Exp within 2, measured), the two sums of
-#: up to 1024 positive terms in the same order by 1024 roundings each (2.3e-13), u S by one.
+#: kept when every comparison it rests on clears this margin, relative to the row's total S,
+#: for V <= 1024 tokens, and V / 1024 times it for more. With weights within 1e-14 of det_exp's,
+#: relatively (45 units in the last place; det_exp is within 1 of exp, onnxruntime's Exp within
+#: 2, measured), the two running sums of V positive terms in the same order differ by at most
+#: 1e-14 S and V roundings each, V 2^-53 S (2.3e-13 S for V = 1024), and u S by one rounding
+#: more: the comparisons with u S by at most about 4.8e-13 S at V = 1024, and p = w / S by
+#: 2.5e-13 p. The margin is 3.8 times that.
 _CERTAIN = 2.0**-39  # 1.8e-12
 
 
@@ -867,7 +869,8 @@ def _draw(
 ) -> tuple[str, str, str | None]:
     """The draw from the weights [N, V] -> (tokens int64 [N, 1], p = w / S [N, 1] in the real
     type, and with `certify` (exact variant) a bool [N, 1]: true where the token and p rounded
-    to float32 are those of any weights within 1e-14 of these, relatively (`_CERTAIN`)).
+    to float32 are those of any weights within 1e-14 of these, relatively (`_CERTAIN`: the
+    margin, times V / 1024 past 1024 tokens)).
 
     The first index whose running sum exceeds u S; if rounding leaves none, the last token of
     positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
@@ -924,7 +927,17 @@ def _draw(
     if not certify:
         return tokens, p, None
 
-    margin = body.op("Mul", total_t, body.const(_CERTAIN, np.float64))  # [1, N]
+    vocab = body.op("Cast", body.op("Shape", weight, start=1, end=2), to=_DOUBLE)
+    relative = body.op(
+        "Mul",
+        body.op(
+            "Max",
+            body.op("Div", vocab, body.const(1024.0, np.float64)),
+            body.const(1.0, np.float64),
+        ),
+        body.const(_CERTAIN, np.float64),
+    )  # [1]
+    margin = body.op("Mul", total_t, relative)  # [1, N]
     t_row = body.op("Transpose", tokens, perm=[1, 0])
     before = body.op("Max", body.op("Sub", t_row, body.const(1, np.int64)), body.const(0, np.int64))
 
@@ -938,7 +951,7 @@ def _draw(
     # p (1 -+ margin) as p -+ p margin: onnxruntime's common-subexpression elimination took
     # Mul(p, 1 - 2^-39) and Mul(p, 1 + 2^-39) for one value (the constants are equal in
     # float32), and every p for certain.
-    spread = body.op("Mul", p, body.const(_CERTAIN, np.float64))
+    spread = body.op("Mul", p, relative)
     low = body.op("Cast", body.op("Sub", p, spread), to=_FLOAT)
     high = body.op("Cast", body.op("Add", p, spread), to=_FLOAT)
     p_certain = body.op("Equal", low, high)

@@ -247,15 +247,16 @@ def test_a_cancel_set_while_extend_decodes_stops_its_last_decode(vamp, monkeypat
 
 
 def test_a_cancel_set_during_a_run_terminates_the_graph_in_flight(models):
-    # The single graph is one onnxruntime run of about 10 s at 1000 steps here: the event set
-    # after 0.5 s can only be seen by terminating that run (onnxruntime's error is the cause).
+    # The single graph is one onnxruntime run, of about 12 s for a 10-s clip at 1000 steps here
+    # (a 1-s clip took 0.5 s, a race with the timer): the event set after 0.5 s can only be
+    # seen by terminating that run (onnxruntime's error is the cause).
     single = SingleGraphVamp(models / "vamp.onnx", threads=2)
     cancel = threading.Event()
     timer = threading.Timer(0.5, cancel.set)
     timer.start()
     try:
         with pytest.raises(Cancelled, match="the run was cancelled$") as stopped:
-            single.vamp(noise(1.0), SR, steps=1000, cancel=cancel)
+            single.vamp(noise(10.0), SR, steps=1000, cancel=cancel)
     finally:
         timer.cancel()
     assert "terminate flag" in str(stopped.value.__cause__)

@@ -753,7 +753,8 @@ def _sample_chunk(
     last positive weight), and sums the weights down the columns of their transpose, where
     onnxruntime's CumSum runs some ten times faster than along the rows (the same additions
     in the same order: the same bits; with the transpose, about as fast in a whole
-    generation)."""
+    generation). It draws from the runtime's Exp first and keeps the draw where `_draw`
+    certifies it to be det_exp's, else draws the chunk again from det_exp."""
     axis1 = body.const([1], np.int64)
     vocab = body.op("Shape", x, start=1, end=2)  # [1]
     x64, x_max64 = body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real)
@@ -878,7 +879,7 @@ def _draw(
     A token t is certain when the running sums s[t - 1] and s[t] (s[-1] = 0 <= u S needs none)
     are both farther than the margin from u S: the sums never decrease, so any weights within
     the bound give the same first index above u S (or none: then s[t] = S, below u S). p
-    rounded to float32 is certain when p (1 - margin) and p (1 + margin) round to the same
+    rounded to float32 is certain when p - p margin and p + p margin round to the same
     float32. The certificate is exact arithmetic on the bound, not a statistical guess."""
     sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
     if body.portable:  # flags as int32

@@ -197,26 +197,27 @@ def test_body_exp_gives_det_exps_bits_over_its_whole_domain():
 
 
 def draw_session() -> ort.InferenceSession:
-    """A plain session on the exact variant's `_draw` with its certificate: (x float32 [N, V],
-    weight float64 [N, V], u [N, 1], temperature) -> (tokens, p, certified)."""
+    """A plain session on the exact variant's `_draw_columns` with its certificate, on rows
+    laid out as columns: (x float32 [V, N], weight float64 [V, N], u [1, N], temperature) ->
+    (tokens, p, certified), each [1, N]."""
     body = ops_functions._Body()
-    outputs = ops_functions._draw(body, "x", "weight", "temperature", "u", certify=True)
+    outputs = ops_functions._draw_columns(body, "x", "weight", "temperature", "u", certify=True)
     for value, name in zip(outputs, ("tokens", "p", "certified"), strict=True):
         body.op("Identity", value, output=name)
-    rows = ["N", "V"]
+    columns = ["V", "N"]
     graph = helper.make_graph(
         body.nodes,
         "draw",
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, rows),
-            helper.make_tensor_value_info("weight", TensorProto.DOUBLE, rows),
-            helper.make_tensor_value_info("u", TensorProto.DOUBLE, ["N", 1]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, columns),
+            helper.make_tensor_value_info("weight", TensorProto.DOUBLE, columns),
+            helper.make_tensor_value_info("u", TensorProto.DOUBLE, [1, "N"]),
             helper.make_tensor_value_info("temperature", TensorProto.FLOAT, []),
         ],
         [
-            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", 1]),
-            helper.make_tensor_value_info("p", TensorProto.DOUBLE, ["N", 1]),
-            helper.make_tensor_value_info("certified", TensorProto.BOOL, ["N", 1]),
+            helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "N"]),
+            helper.make_tensor_value_info("p", TensorProto.DOUBLE, [1, "N"]),
+            helper.make_tensor_value_info("certified", TensorProto.BOOL, [1, "N"]),
         ],
     )
     model = helper.make_model(
@@ -263,14 +264,19 @@ def test_the_fast_draws_certificate_holds_for_any_weights_within_its_bound():
     weight[rows, tokens[rows]] = boundary * rest / (1 - boundary)  # then w / S is the boundary
     perturbed = weight * (1 + rng.uniform(-1e-14, 1e-14, weight.shape))
 
-    x = np.zeros((n, vocab), np.float32)
+    x = np.zeros((vocab, n), np.float32)
     got_tokens, got_p, certified = draw_session().run(
         None,
-        {"x": x, "weight": perturbed, "u": u, "temperature": np.array(1.0, np.float32)},
+        {
+            "x": x,
+            "weight": perturbed.T.copy(),
+            "u": u.T.copy(),
+            "temperature": np.array(1.0, np.float32),
+        },
     )
     want_tokens, want_p32 = numpy_draw(weight, u)
-    certified = certified[:, 0]
-    differs = (got_tokens[:, 0] != want_tokens) | (got_p[:, 0].astype(np.float32) != want_p32)
+    certified = certified[0]
+    differs = (got_tokens[0] != want_tokens) | (got_p[0].astype(np.float32) != want_p32)
     assert not (differs & certified).any()
     # The crafted rows: uncertified, and some of them do differ (the test can fail).
     assert differs[:2000].sum() >= 20 and differs[2000:4000].sum() >= 20
@@ -383,6 +389,31 @@ def test_body_sample_tokens_gives_the_kernels_bits_over_several_chunks(sampling_
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 10, 0.9)]:
         feed = sample_feed(logits, temperature, top_k, top_p, seed=11, offset=5, first_row=1)
         assert_same_bits(body.run(None, feed), kernel.run(None, feed))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0, 0.8, 0.01])
+def test_body_sample_tokens_gives_the_kernels_bits_where_weights_underflow(
+    monkeypatch, sampling_sessions, temperature
+):
+    """The exact body computes a chunk's weights at once when no filter is on and every row's
+    smallest scaled difference (min - max) / T is >= -700, else through the general case
+    (tokens below -700 weigh 0). Chunks of 4 rows mix both, in one run: rows whose differences
+    reach just above, exactly at and just below -700 T, rows reaching -5000 T, and ordinary
+    ones. (A weight below exp(-700) changes no sum, so the tokens cannot tell which case ran:
+    the filters' tests are what catch a filtered chunk taken for the fast case.)"""
+    monkeypatch.setattr(ops_functions, "_CHUNK_ROWS", 4)
+    body = body_session(sampling_model())
+    _, kernel = sampling_sessions
+    rng = np.random.default_rng(700)
+    logits = random_logits(rng, (40, 257))
+    scale = temperature if temperature not in (0.0, 1.0) else 1.0
+    for row, low in enumerate([-699.9, -700.0, -700.1, -5000.0]):
+        rows = slice(row * 8, row * 8 + 4)  # chunks 0, 2, 4, 6; 1, 3, 5, 7, 8, 9 ordinary
+        logits[rows, 0] = 0.0
+        logits[rows, 1:] = np.minimum(logits[rows, 1:], 0.0)
+        logits[rows, 5] = np.float32(low * scale)
+    feed = sample_feed(logits, temperature, 0, 1.0, seed=70, offset=1, first_row=0)
+    assert_same_bits(body.run(None, feed), kernel.run(None, feed))
 
 
 def test_body_sample_tokens_keeps_every_tie_at_the_top_k_threshold(sampling_sessions):

@@ -694,12 +694,16 @@ _CHUNK_ROWS = 512
 def _sample_rows(
     body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
 ) -> tuple[str, str]:
-    """RowSampler::sample (`_sample_chunk`) on N >= 1 rows -> (tokens int64 [N, 1], p32 [N, 1]:
-    the tokens' probabilities rounded to float32, whose log the caller takes, once for all
-    rows). The exact variant runs it over chunks of rows in a Loop: ceil(N / _CHUNK_ROWS)
-    chunks of equal size (the rows padded with at most one row a chunk, of zeros, whose draws
-    are dropped); each row's arithmetic is the same, so are its bits. The portable variant
-    samples all rows at once (tract has no Loop)."""
+    """RowSampler::sample on N >= 1 rows -> (tokens int64 [N, 1], p32 [N, 1]: the tokens'
+    probabilities rounded to float32, whose log the caller takes, once for all rows).
+
+    The portable variant samples all rows at once (`_sample_chunk`; tract has no Loop). The
+    exact variant transposes the float32 logits once, to [V, N] (the rows as columns: sums run
+    down the columns, where onnxruntime's CumSum is some ten times faster than along rows, and
+    a float32 transpose costs half a float64 one), and samples them in a Loop over
+    ceil(N / _CHUNK_ROWS) chunks of equal width (`_sample_columns`; the rows padded with at
+    most one row a chunk, of zeros, whose draws are dropped). Each row's arithmetic is the same
+    whatever the layout and chunk, so are its bits."""
     if body.portable:
         return _sample_chunk(body, x, x_max, temperature, top_k, top_p, u)
     one = body.const([1], np.int64)
@@ -710,13 +714,26 @@ def _sample_rows(
     padding = body.op("Sub", body.op("Mul", n_chunks, size), n_rows)
     zero = body.const([0], np.int64)
     pads = body.op("Concat", zero, zero, padding, zero, axis=0)  # [begin0, begin1, end0, end1]
-    padded = [body.op("Pad", value, pads) for value in (x, x_max, u)]
+    rows_x, rows_max, rows_u = (body.op("Pad", value, pads) for value in (x, x_max, u))
+    # Each row's smallest logit bounds its weights' arguments from below (`_sample_columns`).
+    rows_min = body.op("ReduceMin", rows_x, one)
+    columns_x, columns_max, columns_min, columns_u = (
+        body.op("Transpose", value, perm=[1, 0]) for value in (rows_x, rows_max, rows_min, rows_u)
+    )
 
     loop = _Body(prefix=f"{body._prefix}s{len(body.nodes)}_", portable=False)
     start = loop.op("Mul", loop.op("Reshape", "chunk_index", one), size)
     stop = loop.op("Add", start, size)
-    chunk = [loop.op("Slice", value, start, stop, zero) for value in padded]
-    tokens, p32 = _sample_chunk(loop, *chunk[:2], temperature, top_k, top_p, chunk[2])
+    chunk = [
+        loop.op("Slice", value, start, stop, one)
+        for value in (columns_x, columns_max, columns_min, columns_u)
+    ]
+
+    def chunk_rows_of(b: _Body) -> tuple[str, str]:
+        """The chunk's logits and maxima as rows, [n, V] and [n, 1], for the filters."""
+        return tuple(b.op("Slice", value, start, stop, zero) for value in (rows_x, rows_max))
+
+    tokens, p32 = _sample_columns(loop, chunk_rows_of, *chunk, temperature, top_k, top_p)
     loop.op("Identity", "chunk_condition", output="chunk_condition_out")
     loop.op("Identity", tokens, output="chunk_tokens")
     loop.op("Identity", p32, output="chunk_p32")
@@ -729,8 +746,8 @@ def _sample_rows(
         ],
         [
             helper.make_tensor_value_info("chunk_condition_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("chunk_tokens", _INT64, ["rows", 1]),
-            helper.make_tensor_value_info("chunk_p32", _DOUBLE, ["rows", 1]),
+            helper.make_tensor_value_info("chunk_tokens", _INT64, [1, "rows"]),
+            helper.make_tensor_value_info("chunk_p32", _DOUBLE, [1, "rows"]),
         ],
     )
     stacked = body.op("Loop", body.op("Squeeze", n_chunks), "", n_outputs=2, body=graph)
@@ -743,100 +760,173 @@ def _sample_rows(
 def _sample_chunk(
     body: _Body, x: str, x_max: str, temperature: str, top_k: str, top_p: str, u: str
 ) -> tuple[str, str]:
-    """RowSampler::sample. x: float32 [N, V]; x_max: its checked row maxima [N, 1]
-    (`_checked_max`); temperature, top_k, top_p: checked scalars; u: the real type [N, 1].
-    -> (tokens int64 [N, 1], p32 [N, 1]: the token's probability w / S rounded to float32, in
-    the real type; its log is the logprob, VampNet's confidence).
-
-    The exact variant skips what the settings switch off, behind an If each (top-k, top-p,
-    the division by the temperature, the argmax at temperature 0, the rare fallback to the
-    last positive weight), and sums the weights down the columns of their transpose, where
-    onnxruntime's CumSum runs some ten times faster than along the rows (the same additions
-    in the same order: the same bits; with the transpose, about as fast in a whole
-    generation). It draws from the runtime's Exp first and keeps the draw where `_draw`
-    certifies it to be det_exp's, else draws the chunk again from det_exp."""
-    axis1 = body.const([1], np.int64)
+    """RowSampler::sample, portable variant. x: float32 [N, V]; x_max: its checked row maxima
+    [N, 1] (`_checked_max`); temperature, top_k, top_p: checked scalars; u: float32 [N, 1].
+    -> (tokens int64 [N, 1], p32 [N, 1]: the token's probability w / S rounded to float32; its
+    log is the logprob, VampNet's confidence). Every filter runs, its result ignored when it
+    is off (no If: tract does not carry shape symbols into an If's branches)."""
     vocab = body.op("Shape", x, start=1, end=2)  # [1]
-    x64, x_max64 = body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real)
     keep = body.op("Greater", x, body.const(-np.inf, np.float32))
-    d = body.op("Sub", x64, x_max64)
-    bool2 = [(TensorProto.BOOL, 2)]
+    d = body.op("Sub", body.op("Cast", x, to=body.real), body.op("Cast", x_max, to=body.real))
+    top_k_on = _top_k_on(body, top_k, vocab)
+    # top-k: the k-th of all logits sorted (a TopK of a data-dependent k: tract drops the
+    # symbol that sizes it), a k of 1 when off, the threshold then ignored
+    k = body.op("Where", top_k_on, top_k, body.const(1, np.int64))
+    ranked = body.op("TopK", x, vocab, axis=1, n_outputs=2)[0]
+    index = body.op("Sub", k, body.const(1, np.int64))
+    axis1 = body.const([1], np.int64)
+    threshold = body.op("Unsqueeze", body.op("Gather", ranked, index, axis=1), axis1)
+    above = body.op("GreaterOrEqual", x, threshold)
+    keep = body.op("And", keep, body.op("Or", body.op("Not", top_k_on), above))
+    nucleus = _top_p_keep(body, x, d, keep, top_p)
+    top_p_on = body.op("Less", top_p, body.const(1.0, np.float32))
+    keep = body.op("And", keep, body.op("Or", body.op("Not", top_p_on), nucleus))
+    # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
+    # Temperature 0 and 1 use the unscaled weights.
+    d = body.op("Where", keep, d, body.real_const(0.0))
+    scale = body.op(
+        "Where",
+        _unit(body, temperature),
+        body.real_const(1.0),
+        body.op("Cast", temperature, to=_FLOAT),
+    )
+    weight = _softmax_weights(body, body.op("Div", d, scale), keep)
+    tokens, p = _draw(body, x, weight, temperature, u)
+    return tokens, _float32(body, p)
 
-    # top-k: every logit >= the k-th largest stays (ties at the threshold too). Off: 0 or >= V.
-    top_k_on = body.op(
+
+def _top_k_on(body: _Body, top_k: str, vocab: str) -> str:
+    """Whether top-k filters: off at 0 and at k >= V."""
+    return body.op(
         "And",
         body.op("Greater", top_k, body.const(0, np.int64)),
         body.op("Less", top_k, body.op("Squeeze", vocab)),
     )
-    if body.portable:  # the k-th of all logits sorted (a TopK of a data-dependent k: tract
-        # drops the symbol that sizes it), a k of 1 when off, the threshold then ignored
-        k = body.op("Where", top_k_on, top_k, body.const(1, np.int64))
-        ranked = body.op("TopK", x, vocab, axis=1, n_outputs=2)[0]
-        index = body.op("Sub", k, body.const(1, np.int64))
-        threshold = body.op("Unsqueeze", body.op("Gather", ranked, index, axis=1), axis1)
-        above = body.op("GreaterOrEqual", x, threshold)
-        keep = body.op("And", keep, body.op("Or", body.op("Not", top_k_on), above))
-        nucleus = _top_p_keep(body, x, d, keep, top_p)
-        top_p_on = body.op("Less", top_p, body.const(1.0, np.float32))
-        keep = body.op("And", keep, body.op("Or", body.op("Not", top_p_on), nucleus))
-    else:
 
-        def top_k_filter(b: _Body) -> list[str]:
-            values = b.op("TopK", x, b.op("Reshape", top_k, axis1), axis=1, n_outputs=2)[0]
-            return [b.op("And", keep, b.op("GreaterOrEqual", x, _last(b, values)))]
 
-        keep = body.branch(top_k_on, top_k_filter, lambda b: [keep], bool2)
-        kept = keep
-        keep = body.branch(
-            body.op("Less", top_p, body.const(1.0, np.float32)),
-            lambda b: [b.op("And", kept, _top_p_keep(b, x, d, kept, top_p))],
-            lambda b: [kept],
-            bool2,
-        )
-
-    # Temperature 0 and 1 use the unscaled weights (no division: the kernel's bits).
-    unit = body.op(
+def _unit(body: _Body, temperature: str) -> str:
+    """Whether the weights are unscaled: temperature 0 and 1 (no division: the kernel's bits)."""
+    return body.op(
         "Or",
         body.op("Equal", temperature, body.const(0.0, np.float32)),
         body.op("Equal", temperature, body.const(1.0, np.float32)),
     )
-    if body.portable:
-        # Removed tokens' differences become 0 before the division: -inf / inf would be NaN.
-        d = body.op("Where", keep, d, body.real_const(0.0))
-        scale = body.op(
-            "Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=_FLOAT)
-        )
-        d = body.op("Div", d, scale)
-    else:
-        # Removed tokens' differences are clamped to -DBL_MAX before the division (-inf / inf
-        # would be NaN; a Max is faster than a Where): their weight is 0 whatever it is, and a
-        # kept token's difference is finite, unchanged. Unscaled, -inf gives a weight of 0.
-        unscaled = d
-        d = body.branch(
-            unit,
-            lambda b: [unscaled],
-            lambda b: [
-                b.op(
-                    "Div",
-                    b.op("Max", unscaled, b.real_const(-np.finfo(np.float64).max)),
-                    b.op("Cast", temperature, to=_DOUBLE),
-                )
-            ],
-            [(_DOUBLE, 2)],
-        )
-    if body.portable:
-        weight = _softmax_weights(body, d, keep)
-        tokens, p, _ = _draw(body, x, weight, temperature, u)
-        return tokens, _float32(body, p)
 
-    # Exact variant: drawn first from the runtime's Exp, the draw kept where it is certain to
-    # be det_exp's (`_draw`'s margins), else drawn again from det_exp, the chunk at once.
-    fast_tokens, fast_p, certified = _draw(
-        body, x, _softmax_weights(body, d, keep, runtime_exp=True), temperature, u, certify=True
+
+def _filtered_columns(
+    body: _Body, rows, d: str, temperature: str, top_k: str, top_p: str
+) -> tuple[str, str]:
+    """The exact variant's general case: (scaled differences float64 [V, n], kept bool [V, n]).
+    rows(b): the chunk's logits and maxima as rows, [n, V] and [n, 1], built in b; d: the
+    differences x - max as columns, float64 [V, n].
+
+    Kept: the finite logits that top-k and top-p keep, each filter behind an If that skips it
+    when off. Scaled: d / T, with removed tokens' differences clamped to -DBL_MAX before the
+    division (-inf / inf would be NaN; a Max is faster than a Where): their weight is 0
+    whatever it is, and a kept token's difference is finite, unchanged. Temperature 0 and 1:
+    d itself."""
+    x, x_max = rows(body)
+    vocab = body.op("Shape", x, start=1, end=2)  # [1]
+    keep = body.op("Greater", x, body.const(-np.inf, np.float32))
+    bool2 = [(TensorProto.BOOL, 2)]
+
+    def top_k_filter(b: _Body) -> list[str]:
+        # every logit >= the k-th largest stays (ties at the threshold too)
+        axis1 = b.const([1], np.int64)
+        values = b.op("TopK", x, b.op("Reshape", top_k, axis1), axis=1, n_outputs=2)[0]
+        return [b.op("And", keep, b.op("GreaterOrEqual", x, _last(b, values)))]
+
+    keep = body.branch(_top_k_on(body, top_k, vocab), top_k_filter, lambda b: [keep], bool2)
+    kept = keep
+
+    def top_p_filter(b: _Body) -> list[str]:
+        d_rows = b.op("Sub", b.op("Cast", x, to=_DOUBLE), b.op("Cast", x_max, to=_DOUBLE))
+        return [b.op("And", kept, _top_p_keep(b, x, d_rows, kept, top_p))]
+
+    keep = body.branch(
+        body.op("Less", top_p, body.const(1.0, np.float32)), top_p_filter, lambda b: [kept], bool2
     )
+    scaled = body.branch(
+        _unit(body, temperature),
+        lambda b: [d],
+        lambda b: [
+            b.op(
+                "Div",
+                b.op("Max", d, b.real_const(-np.finfo(np.float64).max)),
+                b.op("Cast", temperature, to=_DOUBLE),
+            )
+        ],
+        [(_DOUBLE, 2)],
+    )
+    return scaled, body.op("Transpose", keep, perm=[1, 0])
+
+
+def _sample_columns(
+    body: _Body,
+    rows,
+    x: str,
+    x_max: str,
+    x_min: str,
+    u: str,
+    temperature: str,
+    top_k: str,
+    top_p: str,
+) -> tuple[str, str]:
+    """RowSampler::sample, exact variant, on a chunk of rows laid out as columns. x: float32
+    [V, n]; x_max, x_min: each row's checked maximum (`_checked_max`) and minimum, [1, n]; u:
+    float64 [1, n]; rows(b): the chunk as rows (`_filtered_columns`); temperature, top_k,
+    top_p: checked scalars. -> (tokens int64 [1, n], p32 [1, n]: the token's probability w / S
+    rounded to float32, in float64; its log is the logprob, VampNet's confidence).
+
+    Most chunks take the fast case: no filter on, and every row's smallest scaled difference
+    (min - max) / T >= -700 (division and rounding are monotone, so it bounds the row's
+    others; -inf fails it). Then every token is kept and none is clamped, and the weights are
+    exp(d / T) at once: the general case's values (a Max that changes nothing and a product
+    with 1), in two passes instead of seven.
+
+    The draw is made from the runtime's Exp first and kept where `_draw_columns` certifies it
+    to be det_exp's, else the chunk is drawn again from det_exp."""
+    d = body.op("Sub", body.op("Cast", x, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE))
+    unit = _unit(body, temperature)
+    scale = body.op("Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=_DOUBLE))
+    lowest = body.op(
+        "Div",
+        body.op("Sub", body.op("Cast", x_min, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE)),
+        scale,
+    )
+    vocab = body.op("Shape", x, start=0, end=1)  # [1]
+    filtered = body.op(
+        "Or",
+        _top_k_on(body, top_k, vocab),
+        body.op("Less", top_p, body.const(1.0, np.float32)),
+    )
+    fast = body.op(
+        "And",
+        body.op("Not", filtered),
+        _all(body, body.op("GreaterOrEqual", lowest, body.real_const(_EXP_UNDERFLOW))),
+    )
+    real2 = [(_DOUBLE, 2)]
+
+    def fast_weights(b: _Body) -> list[str]:
+        return [
+            b.branch(
+                unit,
+                lambda a: [a.op("Exp", d)],
+                lambda a: [a.op("Exp", a.op("Div", d, a.op("Cast", temperature, to=_DOUBLE)))],
+                real2,
+            )
+        ]
+
+    def general_weights(b: _Body) -> list[str]:
+        scaled, keep = _filtered_columns(b, rows, d, temperature, top_k, top_p)
+        return [_softmax_weights(b, scaled, keep, runtime_exp=True)]
+
+    weight = body.branch(fast, fast_weights, general_weights, real2)
+    fast_tokens, fast_p, certified = _draw_columns(body, x, weight, temperature, u, certify=True)
 
     def exact(b: _Body) -> list[str]:
-        tokens, p, _ = _draw(b, x, _softmax_weights(b, d, keep), temperature, u)
+        scaled, keep = _filtered_columns(b, rows, d, temperature, top_k, top_p)
+        tokens, p, _ = _draw_columns(b, x, _softmax_weights(b, scaled, keep), temperature, u)
         return [tokens, _float32(b, p)]
 
     return tuple(
@@ -854,27 +944,50 @@ def _float32(body: _Body, p: str) -> str:
     return body.op("Cast", body.op("Cast", p, to=_FLOAT), to=body.real)
 
 
-#: The exact variant's fast path (`_draw`): a draw from weights of the runtime's float64 Exp is
-#: kept when every comparison it rests on clears this margin, relative to the row's total S,
-#: for V <= 1024 tokens, and V / 1024 times it for more. With weights within 1e-14 of det_exp's,
-#: relatively (45 units in the last place; det_exp is within 1 of exp, onnxruntime's Exp within
-#: 2, measured), the two running sums of V positive terms in the same order differ by at most
-#: 1e-14 S and V roundings each, V 2^-53 S (2.3e-13 S for V = 1024), and u S by one rounding
-#: more: the comparisons with u S by at most about 4.8e-13 S at V = 1024, and p = w / S by
-#: 2.5e-13 p. The margin is 3.8 times that.
+#: The exact variant's fast path (`_draw_columns`): a draw from weights of the runtime's float64
+#: Exp is kept when every comparison it rests on clears this margin, relative to the row's
+#: total S, for V <= 1024 tokens, and V / 1024 times it for more. With weights within 1e-14
+#: of det_exp's, relatively (45 units in the last place; det_exp is within 1 of exp,
+#: onnxruntime's Exp within 2, measured), the two running sums of V positive terms in the same
+#: order differ by at most 1e-14 S and V roundings each, V 2^-53 S (2.3e-13 S for V = 1024),
+#: and u S by one rounding more: the comparisons with u S by at most about 4.8e-13 S at
+#: V = 1024, and p = w / S by 2.5e-13 p. The margin is 3.8 times that.
 _CERTAIN = 2.0**-39  # 1.8e-12
 
 
-def _draw(
+def _draw(body: _Body, x: str, weight: str, temperature: str, u: str) -> tuple[str, str]:
+    """The portable variant's draw from the weights [N, V] -> (tokens int64 [N, 1], p = w / S
+    [N, 1]): the first index whose running sum exceeds u S; if rounding leaves none, the last
+    token of positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's
+    default). Flags as int32."""
+    sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
+    axis1 = body.const([1], np.int64)
+    running = body.op("CumSum", weight, body.const(1, np.int64))
+    total = _last(body, running)
+    above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
+    first_above = body.op("ArgMax", above, axis=1)
+    any_above = body.op("Cast", body.op("ReduceMax", above, axis1), to=TensorProto.BOOL)
+    positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=_INT32)
+    last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
+    drawn = body.op("Where", any_above, first_above, last_positive)
+    tokens = body.op("Where", sampling, drawn, body.op("ArgMax", x, axis=1))
+    p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
+    return tokens, p
+
+
+def _draw_columns(
     body: _Body, x: str, weight: str, temperature: str, u: str, certify: bool = False
 ) -> tuple[str, str, str | None]:
-    """The draw from the weights [N, V] -> (tokens int64 [N, 1], p = w / S [N, 1] in the real
-    type, and with `certify` (exact variant) a bool [N, 1]: true where the token and p rounded
-    to float32 are those of any weights within 1e-14 of these, relatively (`_CERTAIN`: the
-    margin, times V / 1024 past 1024 tokens)).
+    """The exact variant's draw, on rows laid out as columns: x float32 [V, n], weight float64
+    [V, n], u [1, n] -> (tokens int64 [1, n], p = w / S [1, n] in float64, and with `certify`
+    a bool [1, n]: true where the token and p rounded to float32 are those of any weights
+    within 1e-14 of these, relatively (`_CERTAIN`: the margin, times V / 1024 past 1024
+    tokens)).
 
     The first index whose running sum exceeds u S; if rounding leaves none, the last token of
-    positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default).
+    positive weight. Temperature 0: the argmax, lowest index on ties (ArgMax's default). Flags
+    as uint8 (onnxruntime casts bool to it 10 times faster than to int32). Some running sum
+    exceeds u S iff the last, S, does: the sums never decrease.
 
     A token t is certain when the running sums s[t - 1] and s[t] (s[-1] = 0 <= u S needs none)
     are both farther than the margin from u S: the sums never decrease, so any weights within
@@ -882,53 +995,36 @@ def _draw(
     rounded to float32 is certain when p - p margin and p + p margin round to the same
     float32. The certificate is exact arithmetic on the bound, not a statistical guess."""
     sampling = body.op("Greater", temperature, body.const(0.0, np.float32))
-    if body.portable:  # flags as int32
-        axis1 = body.const([1], np.int64)
-        running = body.op("CumSum", weight, body.const(1, np.int64))
-        total = _last(body, running)
-        above = body.op("Cast", body.op("Greater", running, body.op("Mul", u, total)), to=_INT32)
-        first_above = body.op("ArgMax", above, axis=1)
-        any_above = body.op("Cast", body.op("ReduceMax", above, axis1), to=TensorProto.BOOL)
-        positive = body.op("Cast", body.op("Greater", weight, body.real_const(0.0)), to=_INT32)
-        last_positive = body.op("ArgMax", positive, axis=1, select_last_index=1)
-        drawn = body.op("Where", any_above, first_above, last_positive)
-        tokens = body.op("Where", sampling, drawn, body.op("ArgMax", x, axis=1))
-        p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
-        return tokens, p, None
-    # Running sums down the columns of the transpose [V, N]; flags as uint8 (onnxruntime
-    # casts bool to it 10 times faster than to int32). Some running sum exceeds u S iff the
-    # last, S, does: the sums never decrease.
-    running = body.op("CumSum", body.op("Transpose", weight, perm=[1, 0]), body.const(0, np.int64))
-    total_t = body.op(
+    running = body.op("CumSum", weight, body.const(0, np.int64))
+    total = body.op(
         "Slice",
         running,
         body.const([-1], np.int64),
         body.const([2**62], np.int64),
         body.const([0], np.int64),
-    )
-    bar = body.op("Mul", body.op("Transpose", u, perm=[1, 0]), total_t)  # [1, N]
-    total = body.op("Transpose", total_t, perm=[1, 0])  # [N, 1]
-    any_above = body.op("Transpose", body.op("Greater", total_t, bar), perm=[1, 0])
+    )  # [1, n]
+    bar = body.op("Mul", u, total)
+    any_above = body.op("Greater", total, bar)
 
     def drawn(b: _Body) -> list[str]:
         above = b.op("Cast", b.op("Greater", running, bar), to=TensorProto.UINT8)
-        first_above = b.op("Transpose", b.op("ArgMax", above, axis=0), perm=[1, 0])
+        first_above = b.op("ArgMax", above, axis=0)
 
         def fallback(f: _Body) -> list[str]:
             positive = f.op(
                 "Cast", f.op("Greater", weight, f.real_const(0.0)), to=TensorProto.UINT8
             )
-            last_positive = f.op("ArgMax", positive, axis=1, select_last_index=1)
+            last_positive = f.op("ArgMax", positive, axis=0, select_last_index=1)
             return [f.op("Where", any_above, first_above, last_positive)]
 
         return [b.branch(_all(b, any_above), lambda a: [first_above], fallback, [(_INT64, 2)])]
 
-    tokens = body.branch(sampling, drawn, lambda b: [b.op("ArgMax", x, axis=1)], [(_INT64, 2)])
-    p = body.op("Div", body.op("GatherElements", weight, tokens, axis=1), total)
+    tokens = body.branch(sampling, drawn, lambda b: [b.op("ArgMax", x, axis=0)], [(_INT64, 2)])
+    p = body.op("Div", body.op("GatherElements", weight, tokens, axis=0), total)
     if not certify:
         return tokens, p, None
 
-    vocab = body.op("Cast", body.op("Shape", weight, start=1, end=2), to=_DOUBLE)
+    vocab = body.op("Cast", body.op("Shape", weight, start=0, end=1), to=_DOUBLE)
     relative = body.op(
         "Mul",
         body.op(
@@ -938,16 +1034,17 @@ def _draw(
         ),
         body.const(_CERTAIN, np.float64),
     )  # [1]
-    margin = body.op("Mul", total_t, relative)  # [1, N]
-    t_row = body.op("Transpose", tokens, perm=[1, 0])
-    before = body.op("Max", body.op("Sub", t_row, body.const(1, np.int64)), body.const(0, np.int64))
+    margin = body.op("Mul", total, relative)  # [1, n]
+    before = body.op(
+        "Max", body.op("Sub", tokens, body.const(1, np.int64)), body.const(0, np.int64)
+    )
 
     def clear(index: str) -> str:
         s = body.op("GatherElements", running, index, axis=0)
         return body.op("Greater", body.op("Abs", body.op("Sub", s, bar)), margin)
 
     token_certain = body.op(
-        "Or", body.op("Not", sampling), body.op("And", clear(t_row), clear(before))
+        "Or", body.op("Not", sampling), body.op("And", clear(tokens), clear(before))
     )
     # p (1 -+ margin) as p -+ p margin: onnxruntime's common-subexpression elimination took
     # Mul(p, 1 - 2^-39) and Mul(p, 1 + 2^-39) for one value (the constants are equal in
@@ -956,7 +1053,7 @@ def _draw(
     low = body.op("Cast", body.op("Sub", p, spread), to=_FLOAT)
     high = body.op("Cast", body.op("Add", p, spread), to=_FLOAT)
     p_certain = body.op("Equal", low, high)
-    return tokens, p, body.op("And", body.op("Transpose", token_certain, perm=[1, 0]), p_certain)
+    return tokens, p, body.op("And", token_certain, p_certain)
 
 
 def _checked_sampling(

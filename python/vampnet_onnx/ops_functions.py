@@ -813,40 +813,58 @@ def _unit(body: _Body, temperature: str) -> str:
     )
 
 
-def _filtered_columns(
-    body: _Body, rows, d: str, temperature: str, top_k: str, top_p: str
-) -> tuple[str, str]:
-    """The exact variant's general case: (scaled differences float64 [V, n], kept bool [V, n]).
-    rows(b): the chunk's logits and maxima as rows, [n, V] and [n, 1], built in b; d: the
-    differences x - max as columns, float64 [V, n].
+def _kept_columns(body: _Body, rows, x: str, top_k: str, top_p: str) -> str:
+    """The exact variant's kept tokens, bool [V, n]: the finite logits that top-k and top-p
+    keep. x: the chunk's logits as columns, float32 [V, n]; rows(b): the chunk's logits and
+    maxima as rows, [n, V] and [n, 1], built in b (the filters' TopK work along rows). Without
+    a filter on, one comparison of x; else the filters on the rows, each behind an If that
+    skips it when off, transposed."""
 
-    Kept: the finite logits that top-k and top-p keep, each filter behind an If that skips it
-    when off. Scaled: d / T, with removed tokens' differences clamped to -DBL_MAX before the
-    division (-inf / inf would be NaN; a Max is faster than a Where): their weight is 0
-    whatever it is, and a kept token's difference is finite, unchanged. Temperature 0 and 1:
-    d itself."""
-    x, x_max = rows(body)
-    vocab = body.op("Shape", x, start=1, end=2)  # [1]
-    keep = body.op("Greater", x, body.const(-np.inf, np.float32))
-    bool2 = [(TensorProto.BOOL, 2)]
+    def filtered(b: _Body) -> list[str]:
+        x_rows, max_rows = rows(b)
+        keep = b.op("Greater", x_rows, b.const(-np.inf, np.float32))
+        vocab = b.op("Shape", x_rows, start=1, end=2)  # [1]
+        bool2 = [(TensorProto.BOOL, 2)]
 
-    def top_k_filter(b: _Body) -> list[str]:
-        # every logit >= the k-th largest stays (ties at the threshold too)
-        axis1 = b.const([1], np.int64)
-        values = b.op("TopK", x, b.op("Reshape", top_k, axis1), axis=1, n_outputs=2)[0]
-        return [b.op("And", keep, b.op("GreaterOrEqual", x, _last(b, values)))]
+        def top_k_filter(f: _Body) -> list[str]:
+            # every logit >= the k-th largest stays (ties at the threshold too)
+            axis1 = f.const([1], np.int64)
+            values = f.op("TopK", x_rows, f.op("Reshape", top_k, axis1), axis=1, n_outputs=2)[0]
+            return [f.op("And", keep, f.op("GreaterOrEqual", x_rows, _last(f, values)))]
 
-    keep = body.branch(_top_k_on(body, top_k, vocab), top_k_filter, lambda b: [keep], bool2)
-    kept = keep
+        keep = b.branch(_top_k_on(b, top_k, vocab), top_k_filter, lambda f: [keep], bool2)
+        kept = keep
 
-    def top_p_filter(b: _Body) -> list[str]:
-        d_rows = b.op("Sub", b.op("Cast", x, to=_DOUBLE), b.op("Cast", x_max, to=_DOUBLE))
-        return [b.op("And", kept, _top_p_keep(b, x, d_rows, kept, top_p))]
+        def top_p_filter(f: _Body) -> list[str]:
+            d_rows = f.op(
+                "Sub", f.op("Cast", x_rows, to=_DOUBLE), f.op("Cast", max_rows, to=_DOUBLE)
+            )
+            return [f.op("And", kept, _top_p_keep(f, x_rows, d_rows, kept, top_p))]
 
-    keep = body.branch(
-        body.op("Less", top_p, body.const(1.0, np.float32)), top_p_filter, lambda b: [kept], bool2
+        keep = b.branch(
+            b.op("Less", top_p, b.const(1.0, np.float32)), top_p_filter, lambda f: [kept], bool2
+        )
+        return [b.op("Transpose", keep, perm=[1, 0])]
+
+    vocab = body.op("Shape", x, start=0, end=1)  # [1]
+    return body.branch(
+        body.op(
+            "Or",
+            _top_k_on(body, top_k, vocab),
+            body.op("Less", top_p, body.const(1.0, np.float32)),
+        ),
+        filtered,
+        lambda b: [b.op("Greater", x, b.const(-np.inf, np.float32))],
+        [(TensorProto.BOOL, 2)],
     )
-    scaled = body.branch(
+
+
+def _scaled(body: _Body, d: str, temperature: str) -> str:
+    """The exact variant's scaled differences d / T (float64, d's shape), with removed tokens'
+    differences (-inf) clamped to -DBL_MAX before the division (-inf / inf would be NaN; a Max
+    is faster than a Where): their weight is 0 whatever it is, and a kept token's difference
+    is finite, unchanged. Temperature 0 and 1: d itself (no division: the kernel's bits)."""
+    return body.branch(
         _unit(body, temperature),
         lambda b: [d],
         lambda b: [
@@ -858,7 +876,6 @@ def _filtered_columns(
         ],
         [(_DOUBLE, 2)],
     )
-    return scaled, body.op("Transpose", keep, perm=[1, 0])
 
 
 def _sample_columns(
@@ -874,15 +891,15 @@ def _sample_columns(
 ) -> tuple[str, str]:
     """RowSampler::sample, exact variant, on a chunk of rows laid out as columns. x: float32
     [V, n]; x_max, x_min: each row's checked maximum (`_checked_max`) and minimum, [1, n]; u:
-    float64 [1, n]; rows(b): the chunk as rows (`_filtered_columns`); temperature, top_k,
-    top_p: checked scalars. -> (tokens int64 [1, n], p32 [1, n]: the token's probability w / S
+    float64 [1, n]; rows(b): the chunk as rows (`_kept_columns`); temperature, top_k, top_p:
+    checked scalars. -> (tokens int64 [1, n], p32 [1, n]: the token's probability w / S
     rounded to float32, in float64; its log is the logprob, VampNet's confidence).
 
     Most chunks take the fast case: no filter on, and every row's smallest scaled difference
     (min - max) / T >= -700 (division and rounding are monotone, so it bounds the row's
     others; -inf fails it). Then every token is kept and none is clamped, and the weights are
     exp(d / T) at once: the general case's values (a Max that changes nothing and a product
-    with 1), in two passes instead of seven.
+    with 1), in two passes instead of seven. The kept flags are then one true that broadcasts.
 
     The draw is made from the runtime's Exp first and kept where `_draw_columns` certifies it
     to be det_exp's, else the chunk is drawn again from det_exp."""
@@ -905,6 +922,12 @@ def _sample_columns(
         body.op("Not", filtered),
         _all(body, body.op("GreaterOrEqual", lowest, body.real_const(_EXP_UNDERFLOW))),
     )
+    keep = body.branch(
+        fast,
+        lambda b: [b.const([[True]], np.bool_)],
+        lambda b: [_kept_columns(b, rows, x, top_k, top_p)],
+        [(TensorProto.BOOL, 2)],
+    )
     real2 = [(_DOUBLE, 2)]
 
     def fast_weights(b: _Body) -> list[str]:
@@ -918,15 +941,14 @@ def _sample_columns(
         ]
 
     def general_weights(b: _Body) -> list[str]:
-        scaled, keep = _filtered_columns(b, rows, d, temperature, top_k, top_p)
-        return [_softmax_weights(b, scaled, keep, runtime_exp=True)]
+        return [_softmax_weights(b, _scaled(b, d, temperature), keep, runtime_exp=True)]
 
     weight = body.branch(fast, fast_weights, general_weights, real2)
     fast_tokens, fast_p, certified = _draw_columns(body, x, weight, temperature, u, certify=True)
 
     def exact(b: _Body) -> list[str]:
-        scaled, keep = _filtered_columns(b, rows, d, temperature, top_k, top_p)
-        tokens, p, _ = _draw_columns(b, x, _softmax_weights(b, scaled, keep), temperature, u)
+        weight = _softmax_weights(b, _scaled(b, d, temperature), keep)
+        tokens, p, _ = _draw_columns(b, x, weight, temperature, u)
         return [tokens, _float32(b, p)]
 
     return tuple(

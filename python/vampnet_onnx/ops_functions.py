@@ -700,7 +700,7 @@ def _sample_rows(
     The portable variant samples all rows at once (`_sample_chunk`; tract has no Loop). The
     exact variant transposes the float32 logits once, to [V, N] (the rows as columns: sums run
     down the columns, where onnxruntime's CumSum is some ten times faster than along rows, and
-    a float32 transpose costs half a float64 one), and samples them in a Loop over
+    a float32 transpose costs a tenth of a float64 one), and samples them in a Loop over
     ceil(N / _CHUNK_ROWS) chunks of equal width (`_sample_columns`; the rows padded with at
     most one row a chunk, of zeros, whose draws are dropped). Each row's arithmetic is the same
     whatever the layout and chunk, so are its bits."""

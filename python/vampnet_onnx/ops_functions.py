@@ -813,14 +813,14 @@ def _unit(body: _Body, temperature: str) -> str:
     )
 
 
-def _kept_columns(body: _Body, rows, x: str, top_k: str, top_p: str) -> str:
+def _kept_columns(body: _Body, rows, x: str, filtered: str, top_k: str, top_p: str) -> str:
     """The exact variant's kept tokens, bool [V, n]: the finite logits that top-k and top-p
     keep. x: the chunk's logits as columns, float32 [V, n]; rows(b): the chunk's logits and
-    maxima as rows, [n, V] and [n, 1], built in b (the filters' TopK work along rows). Without
-    a filter on, one comparison of x; else the filters on the rows, each behind an If that
-    skips it when off, transposed."""
+    maxima as rows, [n, V] and [n, 1], built in b (the filters' TopK work along rows);
+    filtered: whether top-k or top-p is on. Without a filter on, one comparison of x; else the
+    filters on the rows, each behind an If that skips it when off, transposed."""
 
-    def filtered(b: _Body) -> list[str]:
+    def filters(b: _Body) -> list[str]:
         x_rows, max_rows = rows(b)
         keep = b.op("Greater", x_rows, b.const(-np.inf, np.float32))
         vocab = b.op("Shape", x_rows, start=1, end=2)  # [1]
@@ -846,14 +846,9 @@ def _kept_columns(body: _Body, rows, x: str, top_k: str, top_p: str) -> str:
         )
         return [b.op("Transpose", keep, perm=[1, 0])]
 
-    vocab = body.op("Shape", x, start=0, end=1)  # [1]
     return body.branch(
-        body.op(
-            "Or",
-            _top_k_on(body, top_k, vocab),
-            body.op("Less", top_p, body.const(1.0, np.float32)),
-        ),
         filtered,
+        filters,
         lambda b: [b.op("Greater", x, b.const(-np.inf, np.float32))],
         [(TensorProto.BOOL, 2)],
     )
@@ -903,14 +898,11 @@ def _sample_columns(
 
     The draw is made from the runtime's Exp first and kept where `_draw_columns` certifies it
     to be det_exp's, else the chunk is drawn again from det_exp."""
-    d = body.op("Sub", body.op("Cast", x, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE))
+    x_max = body.op("Cast", x_max, to=_DOUBLE)
+    d = body.op("Sub", body.op("Cast", x, to=_DOUBLE), x_max)
     unit = _unit(body, temperature)
     scale = body.op("Where", unit, body.real_const(1.0), body.op("Cast", temperature, to=_DOUBLE))
-    lowest = body.op(
-        "Div",
-        body.op("Sub", body.op("Cast", x_min, to=_DOUBLE), body.op("Cast", x_max, to=_DOUBLE)),
-        scale,
-    )
+    lowest = body.op("Div", body.op("Sub", body.op("Cast", x_min, to=_DOUBLE), x_max), scale)
     vocab = body.op("Shape", x, start=0, end=1)  # [1]
     filtered = body.op(
         "Or",
@@ -925,7 +917,7 @@ def _sample_columns(
     keep = body.branch(
         fast,
         lambda b: [b.const([[True]], np.bool_)],
-        lambda b: [_kept_columns(b, rows, x, top_k, top_p)],
+        lambda b: [_kept_columns(b, rows, x, filtered, top_k, top_p)],
         [(TensorProto.BOOL, 2)],
     )
     real2 = [(_DOUBLE, 2)]
